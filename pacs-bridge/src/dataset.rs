@@ -1,0 +1,581 @@
+//! A bounded walker over an encoded dataset (PS3.5 section 7): it checks that every element,
+//! item and fragment fits in the bytes that are there before looking at it, and pulls out the
+//! attributes that identify an instance. It never allocates on a declared length, so a dataset
+//! declaring gigabytes it does not carry is refused instead of acknowledged.
+//!
+//! It validates structure only; values are stored as received.
+
+use crate::uids::Encoding;
+use std::io::Read;
+use thiserror::Error;
+
+/// Nesting limit for sequences and items; deeper datasets are refused.
+const MAX_DEPTH: usize = 64;
+
+/// Tags of the delimitation items (PS3.5 section 7.5).
+const ITEM: u32 = 0xFFFE_E000;
+const ITEM_DELIMITATION: u32 = 0xFFFE_E00D;
+const SEQUENCE_DELIMITATION: u32 = 0xFFFE_E0DD;
+const PIXEL_DATA: u32 = 0x7FE0_0010;
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+const SOP_CLASS_UID: u32 = 0x0008_0016;
+const SOP_INSTANCE_UID: u32 = 0x0008_0018;
+const MODALITY: u32 = 0x0008_0060;
+const STUDY_INSTANCE_UID: u32 = 0x0020_000D;
+const SERIES_INSTANCE_UID: u32 = 0x0020_000E;
+
+/// Why a dataset was refused. Offsets are in the (inflated) dataset bytes.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DatasetError {
+    #[error("element ({group:04X},{element:04X}) at offset {offset} declares {declared} bytes but only {available} remain")]
+    LengthBeyondEnd {
+        group: u16,
+        element: u16,
+        offset: usize,
+        declared: u64,
+        available: usize,
+    },
+    #[error("dataset ends inside an element header at offset {offset}")]
+    TruncatedHeader { offset: usize },
+    #[error("invalid VR {vr:?} for ({group:04X},{element:04X}) at offset {offset}")]
+    InvalidVr {
+        group: u16,
+        element: u16,
+        offset: usize,
+        vr: [u8; 2],
+    },
+    #[error("undefined length not allowed for ({group:04X},{element:04X}) at offset {offset}")]
+    UndefinedLength {
+        group: u16,
+        element: u16,
+        offset: usize,
+    },
+    #[error("unexpected ({group:04X},{element:04X}) at offset {offset} where an item was expected")]
+    ExpectedItem {
+        group: u16,
+        element: u16,
+        offset: usize,
+    },
+    #[error("sequence or item left open at the end of the dataset")]
+    Unterminated,
+    #[error("stray delimiter ({group:04X},{element:04X}) at offset {offset}")]
+    StrayDelimiter {
+        group: u16,
+        element: u16,
+        offset: usize,
+    },
+    #[error("sequences nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("deflated dataset could not be inflated: {0}")]
+    Inflate(String),
+    #[error("inflated dataset exceeds the limit of {limit} bytes")]
+    InflatedTooLarge { limit: usize },
+    #[error("empty dataset")]
+    Empty,
+}
+
+/// The attributes that identify an instance, taken from the top level of its dataset.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub sop_class_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    pub study_instance_uid: Option<String>,
+    pub series_instance_uid: Option<String>,
+    pub modality: Option<String>,
+}
+
+/// Walk `bytes`, encoded as `encoding`, and return its identifying attributes. A deflated dataset
+/// is inflated first, refusing to grow beyond `inflate_limit` bytes.
+pub fn inspect(
+    bytes: &[u8],
+    encoding: Encoding,
+    inflate_limit: usize,
+) -> Result<Identity, DatasetError> {
+    if bytes.is_empty() {
+        return Err(DatasetError::Empty);
+    }
+    match encoding {
+        Encoding::DeflatedExplicitLittle => {
+            let inflated = inflate(bytes, inflate_limit)?;
+            inspect(&inflated, Encoding::ExplicitLittle, inflate_limit)
+        }
+        _ => {
+            let mut walker = Walker {
+                bytes,
+                pos: 0,
+                encoding,
+                identity: Identity::default(),
+            };
+            walker.elements(bytes.len(), 0, false)?;
+            Ok(walker.identity)
+        }
+    }
+}
+
+/// Raw deflate (PS3.5 A.5: RFC 1951 without zlib header), bounded.
+fn inflate(bytes: &[u8], limit: usize) -> Result<Vec<u8>, DatasetError> {
+    let mut out = Vec::new();
+    let decoder = flate2::read::DeflateDecoder::new(bytes);
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DatasetError::Inflate(e.to_string()))?;
+    if out.len() > limit {
+        return Err(DatasetError::InflatedTooLarge { limit });
+    }
+    Ok(out)
+}
+
+struct Header {
+    tag: u32,
+    vr: Option<[u8; 2]>,
+    length: u32,
+    offset: usize,
+}
+
+impl Header {
+    fn group(&self) -> u16 {
+        (self.tag >> 16) as u16
+    }
+    fn element(&self) -> u16 {
+        self.tag as u16
+    }
+}
+
+struct Walker<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    encoding: Encoding,
+    identity: Identity,
+}
+
+impl Walker<'_> {
+    fn explicit(&self) -> bool {
+        self.encoding != Encoding::ImplicitLittle
+    }
+
+    fn u16_at(&self, at: usize) -> u16 {
+        let b = [self.bytes[at], self.bytes[at + 1]];
+        match self.encoding {
+            Encoding::ExplicitBig => u16::from_be_bytes(b),
+            _ => u16::from_le_bytes(b),
+        }
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        let b = [
+            self.bytes[at],
+            self.bytes[at + 1],
+            self.bytes[at + 2],
+            self.bytes[at + 3],
+        ];
+        match self.encoding {
+            Encoding::ExplicitBig => u32::from_be_bytes(b),
+            _ => u32::from_le_bytes(b),
+        }
+    }
+
+    /// Tag and 32-bit length of an item or delimiter: always the "implicit" layout (PS3.5 7.5).
+    fn item_header(&mut self, end: usize) -> Result<Header, DatasetError> {
+        let offset = self.pos;
+        if end - self.pos < 8 {
+            return Err(DatasetError::TruncatedHeader { offset });
+        }
+        let tag = (u32::from(self.u16_at(offset)) << 16) | u32::from(self.u16_at(offset + 2));
+        let length = self.u32_at(offset + 4);
+        self.pos += 8;
+        Ok(Header {
+            tag,
+            vr: None,
+            length,
+            offset,
+        })
+    }
+
+    fn element_header(&mut self, end: usize, implicit: bool) -> Result<Header, DatasetError> {
+        let offset = self.pos;
+        if end - self.pos < 8 {
+            return Err(DatasetError::TruncatedHeader { offset });
+        }
+        let tag = (u32::from(self.u16_at(offset)) << 16) | u32::from(self.u16_at(offset + 2));
+        // Items and delimiters never carry a VR, whatever the transfer syntax.
+        if implicit || (tag >> 16) == 0xFFFE {
+            return self.item_header(end);
+        }
+        let vr = [self.bytes[offset + 4], self.bytes[offset + 5]];
+        if !vr.iter().all(u8::is_ascii_uppercase) {
+            return Err(DatasetError::InvalidVr {
+                group: (tag >> 16) as u16,
+                element: tag as u16,
+                offset,
+                vr,
+            });
+        }
+        // PS3.5 table 7.1-1: these VRs have 2 reserved bytes and a 32-bit length.
+        let long = matches!(
+            &vr,
+            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN"
+        );
+        let length = if long {
+            if end - self.pos < 12 {
+                return Err(DatasetError::TruncatedHeader { offset });
+            }
+            self.pos += 12;
+            self.u32_at(offset + 8)
+        } else {
+            self.pos += 8;
+            u32::from(self.u16_at(offset + 6))
+        };
+        Ok(Header {
+            tag,
+            vr: Some(vr),
+            length,
+            offset,
+        })
+    }
+
+    /// Check that `header`'s value fits before `end`, and return where the value ends.
+    fn value_end(&self, header: &Header, end: usize) -> Result<usize, DatasetError> {
+        let available = end - self.pos;
+        if header.length as usize > available {
+            return Err(DatasetError::LengthBeyondEnd {
+                group: header.group(),
+                element: header.element(),
+                offset: header.offset,
+                declared: u64::from(header.length),
+                available,
+            });
+        }
+        Ok(self.pos + header.length as usize)
+    }
+
+    /// Walk elements until `end`, or until an item delimiter when `until_delimiter` is set.
+    /// `depth` 0 is the top level, where identifying attributes are collected.
+    fn elements(
+        &mut self,
+        end: usize,
+        depth: usize,
+        until_delimiter: bool,
+    ) -> Result<(), DatasetError> {
+        self.elements_in(end, depth, until_delimiter, !self.explicit())
+    }
+
+    fn elements_in(
+        &mut self,
+        end: usize,
+        depth: usize,
+        until_delimiter: bool,
+        implicit: bool,
+    ) -> Result<(), DatasetError> {
+        if depth > MAX_DEPTH {
+            return Err(DatasetError::TooDeep);
+        }
+        while self.pos < end {
+            let header = self.element_header(end, implicit)?;
+            match header.tag {
+                ITEM_DELIMITATION if until_delimiter => return Ok(()),
+                ITEM_DELIMITATION | SEQUENCE_DELIMITATION | ITEM => {
+                    return Err(DatasetError::StrayDelimiter {
+                        group: header.group(),
+                        element: header.element(),
+                        offset: header.offset,
+                    });
+                }
+                _ => {}
+            }
+            if header.length == UNDEFINED {
+                self.undefined_length_value(&header, end, depth, implicit)?;
+                continue;
+            }
+            let value_end = self.value_end(&header, end)?;
+            if header.vr == Some(*b"SQ") {
+                self.items(value_end, depth + 1, false, implicit)?;
+            } else {
+                if depth == 0 {
+                    self.collect(header.tag, value_end);
+                }
+                self.pos = value_end;
+            }
+        }
+        if until_delimiter {
+            return Err(DatasetError::Unterminated);
+        }
+        Ok(())
+    }
+
+    fn undefined_length_value(
+        &mut self,
+        header: &Header,
+        end: usize,
+        depth: usize,
+        implicit: bool,
+    ) -> Result<(), DatasetError> {
+        match header.vr {
+            // Implicit VR: only a sequence may have an undefined length.
+            None | Some([b'S', b'Q']) => self.items(end, depth + 1, true, implicit),
+            // PS3.5 6.2.2: UN with undefined length holds a sequence encoded implicit VR LE.
+            Some([b'U', b'N']) => self.items(end, depth + 1, true, true),
+            // PS3.5 A.4: encapsulated pixel data, a sequence of fragments.
+            Some([b'O', b'B']) | Some([b'O', b'W']) if header.tag == PIXEL_DATA => {
+                self.fragments(end)
+            }
+            Some(_) => Err(DatasetError::UndefinedLength {
+                group: header.group(),
+                element: header.element(),
+                offset: header.offset,
+            }),
+        }
+    }
+
+    /// Items of a sequence, up to `end` (defined length) or to its delimiter.
+    fn items(
+        &mut self,
+        end: usize,
+        depth: usize,
+        until_delimiter: bool,
+        implicit: bool,
+    ) -> Result<(), DatasetError> {
+        if depth > MAX_DEPTH {
+            return Err(DatasetError::TooDeep);
+        }
+        while self.pos < end {
+            let header = self.item_header(end)?;
+            match header.tag {
+                SEQUENCE_DELIMITATION if until_delimiter => return Ok(()),
+                ITEM => {}
+                _ => {
+                    return Err(DatasetError::ExpectedItem {
+                        group: header.group(),
+                        element: header.element(),
+                        offset: header.offset,
+                    })
+                }
+            }
+            if header.length == UNDEFINED {
+                self.elements_in(end, depth, true, implicit)?;
+            } else {
+                let item_end = self.value_end(&header, end)?;
+                self.elements_in(item_end, depth, false, implicit)?;
+                self.pos = item_end;
+            }
+        }
+        if until_delimiter {
+            return Err(DatasetError::Unterminated);
+        }
+        Ok(())
+    }
+
+    /// Fragments of encapsulated pixel data, up to the sequence delimiter (PS3.5 A.4).
+    fn fragments(&mut self, end: usize) -> Result<(), DatasetError> {
+        loop {
+            if self.pos >= end {
+                return Err(DatasetError::Unterminated);
+            }
+            let header = self.item_header(end)?;
+            match header.tag {
+                SEQUENCE_DELIMITATION => return Ok(()),
+                ITEM if header.length != UNDEFINED => {
+                    self.pos = self.value_end(&header, end)?;
+                }
+                ITEM => {
+                    return Err(DatasetError::UndefinedLength {
+                        group: header.group(),
+                        element: header.element(),
+                        offset: header.offset,
+                    })
+                }
+                _ => {
+                    return Err(DatasetError::ExpectedItem {
+                        group: header.group(),
+                        element: header.element(),
+                        offset: header.offset,
+                    })
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self, tag: u32, value_end: usize) {
+        let slot = match tag {
+            SOP_CLASS_UID => &mut self.identity.sop_class_uid,
+            SOP_INSTANCE_UID => &mut self.identity.sop_instance_uid,
+            STUDY_INSTANCE_UID => &mut self.identity.study_instance_uid,
+            SERIES_INSTANCE_UID => &mut self.identity.series_instance_uid,
+            MODALITY => &mut self.identity.modality,
+            _ => return,
+        };
+        let raw = &self.bytes[self.pos..value_end];
+        let text = String::from_utf8_lossy(raw);
+        let trimmed = text.trim_end_matches(['\0', ' ']).trim_start_matches(' ');
+        *slot = Some(trimmed.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Explicit VR little endian element with a short (16-bit) length.
+    fn short(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(group.to_le_bytes());
+        out.extend(element.to_le_bytes());
+        out.extend(vr);
+        out.extend((value.len() as u16).to_le_bytes());
+        out.extend(value);
+        out
+    }
+
+    fn long_header(group: u16, element: u16, vr: &[u8; 2], length: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(group.to_le_bytes());
+        out.extend(element.to_le_bytes());
+        out.extend(vr);
+        out.extend([0, 0]);
+        out.extend(length.to_le_bytes());
+        out
+    }
+
+    fn item(tag_element: u16, length: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(0xFFFEu16.to_le_bytes());
+        out.extend(tag_element.to_le_bytes());
+        out.extend(length.to_le_bytes());
+        out
+    }
+
+    fn identifying() -> Vec<u8> {
+        let mut ds = short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0");
+        ds.extend(short(0x0008, 0x0018, b"UI", b"1.2.3.4"));
+        ds.extend(short(0x0008, 0x0060, b"CS", b"CT"));
+        ds.extend(short(0x0020, 0x000D, b"UI", b"1.2.3"));
+        ds.extend(short(0x0020, 0x000E, b"UI", b"1.2.3.5\0"));
+        ds
+    }
+
+    #[test]
+    fn identifying_attributes_are_extracted_without_padding() {
+        let id = inspect(&identifying(), Encoding::ExplicitLittle, 1 << 20).unwrap();
+        assert_eq!(id.sop_class_uid.as_deref(), Some("1.2.840.10008.5.1.4.1.1.2"));
+        assert_eq!(id.sop_instance_uid.as_deref(), Some("1.2.3.4"));
+        assert_eq!(id.series_instance_uid.as_deref(), Some("1.2.3.5"));
+        assert_eq!(id.modality.as_deref(), Some("CT"));
+    }
+
+    #[test]
+    fn pixel_data_declaring_more_than_present_is_refused() {
+        let mut ds = identifying();
+        ds.extend(long_header(0x7FE0, 0x0010, b"OW", 4_000_000_000));
+        ds.extend([0u8; 1024]);
+        let err = inspect(&ds, Encoding::ExplicitLittle, 1 << 20).unwrap_err();
+        assert!(matches!(
+            err,
+            DatasetError::LengthBeyondEnd {
+                group: 0x7FE0,
+                declared: 4_000_000_000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn truncated_header_is_refused() {
+        let mut ds = identifying();
+        ds.extend([0x08, 0x00, 0x20]);
+        assert!(matches!(
+            inspect(&ds, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::TruncatedHeader { .. })
+        ));
+    }
+
+    #[test]
+    fn nested_sequences_with_undefined_lengths_are_walked_and_nested_uids_ignored() {
+        let mut ds = identifying();
+        ds.extend(long_header(0x0008, 0x1140, b"SQ", UNDEFINED));
+        ds.extend(item(0xE000, UNDEFINED));
+        ds.extend(short(0x0008, 0x1155, b"UI", b"9.9.9"));
+        ds.extend(short(0x0008, 0x0018, b"UI", b"7.7.7"));
+        ds.extend(item(0xE00D, 0));
+        ds.extend(item(0xE0DD, 0));
+        ds.extend(short(0x0020, 0x0013, b"IS", b"1 "));
+        let id = inspect(&ds, Encoding::ExplicitLittle, 1 << 20).unwrap();
+        assert_eq!(id.sop_instance_uid.as_deref(), Some("1.2.3.4"));
+    }
+
+    #[test]
+    fn an_unterminated_sequence_is_refused() {
+        let mut ds = identifying();
+        ds.extend(long_header(0x0008, 0x1140, b"SQ", UNDEFINED));
+        ds.extend(item(0xE000, UNDEFINED));
+        ds.extend(short(0x0008, 0x1155, b"UI", b"9.9.9"));
+        assert_eq!(
+            inspect(&ds, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::Unterminated)
+        );
+    }
+
+    #[test]
+    fn encapsulated_fragments_are_bounded() {
+        let mut ds = identifying();
+        ds.extend(long_header(0x7FE0, 0x0010, b"OB", UNDEFINED));
+        ds.extend(item(0xE000, 0));
+        ds.extend(item(0xE000, 4));
+        ds.extend([1, 2, 3, 4]);
+        ds.extend(item(0xE0DD, 0));
+        assert!(inspect(&ds, Encoding::ExplicitLittle, 1 << 20).is_ok());
+
+        let mut bad = identifying();
+        bad.extend(long_header(0x7FE0, 0x0010, b"OB", UNDEFINED));
+        bad.extend(item(0xE000, 1_000_000));
+        bad.extend([1, 2, 3, 4]);
+        assert!(matches!(
+            inspect(&bad, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::LengthBeyondEnd { .. })
+        ));
+    }
+
+    #[test]
+    fn excessive_nesting_is_refused_not_overflowing_the_stack() {
+        let mut ds = Vec::new();
+        for _ in 0..200 {
+            ds.extend(long_header(0x0008, 0x1140, b"SQ", UNDEFINED));
+            ds.extend(item(0xE000, UNDEFINED));
+        }
+        assert_eq!(
+            inspect(&ds, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn implicit_and_big_endian_layouts_are_understood() {
+        let mut implicit = Vec::new();
+        implicit.extend([0x08, 0x00, 0x18, 0x00, 8, 0, 0, 0]);
+        implicit.extend(b"1.2.3.4\0");
+        let id = inspect(&implicit, Encoding::ImplicitLittle, 1 << 20).unwrap();
+        assert_eq!(id.sop_instance_uid.as_deref(), Some("1.2.3.4"));
+
+        let mut big = Vec::new();
+        big.extend([0x00, 0x08, 0x00, 0x18, b'U', b'I', 0, 8]);
+        big.extend(b"1.2.3.4\0");
+        let id = inspect(&big, Encoding::ExplicitBig, 1 << 20).unwrap();
+        assert_eq!(id.sop_instance_uid.as_deref(), Some("1.2.3.4"));
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_stopped_at_the_limit() {
+        use std::io::Write;
+        let mut plain = identifying();
+        plain.extend(long_header(0x0009, 0x0010, b"OB", 4_000_000));
+        plain.extend(vec![0u8; 4_000_000]);
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&plain).unwrap();
+        let deflated = enc.finish().unwrap();
+        assert!(inspect(&deflated, Encoding::DeflatedExplicitLittle, 8 << 20).is_ok());
+        assert_eq!(
+            inspect(&deflated, Encoding::DeflatedExplicitLittle, 1 << 20),
+            Err(DatasetError::InflatedTooLarge { limit: 1 << 20 })
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! DIMSE command sets (PS3.7 section 9.3 and annex E): decoding the requests we serve and
+//! encoding their responses. Command sets are always implicit VR little endian.
+
+use thiserror::Error;
+
+/// Command Field values (PS3.7 section E.1).
+pub const C_STORE_RQ: u16 = 0x0001;
+pub const C_STORE_RSP: u16 = 0x8001;
+pub const C_ECHO_RQ: u16 = 0x0030;
+pub const C_ECHO_RSP: u16 = 0x8030;
+/// Command Data Set Type value meaning "no dataset follows".
+pub const NO_DATASET: u16 = 0x0101;
+
+/// Status codes we send (PS3.7 annex C and PS3.4 B.2.3).
+pub mod status {
+    pub const SUCCESS: u16 = 0x0000;
+    /// Refused: Out of Resources.
+    pub const OUT_OF_RESOURCES: u16 = 0xA700;
+    /// Error: Data Set does not match SOP Class.
+    pub const DATASET_DOES_NOT_MATCH: u16 = 0xA900;
+    /// Error: Cannot understand.
+    pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+    /// Failure: unrecognized operation (PS3.7 C.5.6).
+    pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+    /// Failure: SOP class not supported (PS3.7 C.5.9).
+    pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+}
+
+/// Largest command set we accept; real ones are a few hundred bytes.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("command set truncated at offset {offset}")]
+    Truncated { offset: usize },
+    #[error("command element (0000,{element:04X}) declares {declared} bytes but {available} remain")]
+    LengthBeyondEnd {
+        element: u16,
+        declared: u32,
+        available: usize,
+    },
+    #[error("command set holds a non-command element ({group:04X},{element:04X})")]
+    NotCommandGroup { group: u16, element: u16 },
+    #[error("command set lacks (0000,{0:04X})")]
+    Missing(u16),
+    #[error("command element (0000,{element:04X}) has {length} bytes where 2 were expected")]
+    BadUs { element: u16, length: u32 },
+}
+
+/// The fields of a request command that we act upon.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub command_field: u16,
+    pub message_id: u16,
+    pub affected_sop_class_uid: Option<String>,
+    pub affected_sop_instance_uid: Option<String>,
+    pub has_dataset: bool,
+    pub move_originator_ae: Option<String>,
+}
+
+/// Decode a command set, checking each declared length against the bytes present.
+pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
+    let mut pos = 0usize;
+    let mut command_field = None;
+    let mut message_id = None;
+    let mut data_set_type = None;
+    let mut cmd = Command::default();
+    while pos < bytes.len() {
+        if bytes.len() - pos < 8 {
+            return Err(CommandError::Truncated { offset: pos });
+        }
+        let group = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
+        let element = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
+        let length = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]);
+        pos += 8;
+        if group != 0 {
+            return Err(CommandError::NotCommandGroup { group, element });
+        }
+        let available = bytes.len() - pos;
+        if length as usize > available {
+            return Err(CommandError::LengthBeyondEnd {
+                element,
+                declared: length,
+                available,
+            });
+        }
+        let value = &bytes[pos..pos + length as usize];
+        pos += length as usize;
+        let us = || -> Result<u16, CommandError> {
+            if value.len() != 2 {
+                return Err(CommandError::BadUs { element, length });
+            }
+            Ok(u16::from_le_bytes([value[0], value[1]]))
+        };
+        let text = || {
+            String::from_utf8_lossy(value)
+                .trim_end_matches(['\0', ' '])
+                .trim_start()
+                .to_string()
+        };
+        match element {
+            0x0002 => cmd.affected_sop_class_uid = Some(text()),
+            0x0100 => command_field = Some(us()?),
+            0x0110 => message_id = Some(us()?),
+            0x0800 => data_set_type = Some(us()?),
+            0x1000 => cmd.affected_sop_instance_uid = Some(text()),
+            0x1030 => cmd.move_originator_ae = Some(text()),
+            _ => {}
+        }
+    }
+    cmd.command_field = command_field.ok_or(CommandError::Missing(0x0100))?;
+    cmd.message_id = message_id.ok_or(CommandError::Missing(0x0110))?;
+    cmd.has_dataset = data_set_type.ok_or(CommandError::Missing(0x0800))? != NO_DATASET;
+    Ok(cmd)
+}
+
+/// A response command set to encode.
+#[derive(Debug, Clone)]
+pub struct Response<'a> {
+    pub command_field: u16,
+    pub message_id_being_responded_to: u16,
+    pub affected_sop_class_uid: Option<&'a str>,
+    pub affected_sop_instance_uid: Option<&'a str>,
+    pub status: u16,
+    /// Error Comment (0000,0902), LO: at most 64 characters, cut if longer.
+    pub error_comment: Option<&'a str>,
+}
+
+impl Response<'_> {
+    /// Encode as implicit VR little endian, with the group length first (PS3.7 E.1).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(160);
+        if let Some(uid) = self.affected_sop_class_uid {
+            put_text(&mut body, 0x0002, uid, 0);
+        }
+        put_us(&mut body, 0x0100, self.command_field);
+        put_us(&mut body, 0x0120, self.message_id_being_responded_to);
+        put_us(&mut body, 0x0800, NO_DATASET);
+        put_us(&mut body, 0x0900, self.status);
+        if let Some(comment) = self.error_comment {
+            let cut: String = comment
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '\\')
+                .take(64)
+                .collect();
+            put_text(&mut body, 0x0902, &cut, b' ');
+        }
+        if let Some(uid) = self.affected_sop_instance_uid {
+            put_text(&mut body, 0x1000, uid, 0);
+        }
+        let mut out = Vec::with_capacity(body.len() + 12);
+        out.extend(0u16.to_le_bytes());
+        out.extend(0u16.to_le_bytes());
+        out.extend(4u32.to_le_bytes());
+        out.extend((body.len() as u32).to_le_bytes());
+        out.extend(body);
+        out
+    }
+}
+
+fn put_us(out: &mut Vec<u8>, element: u16, value: u16) {
+    out.extend(0u16.to_le_bytes());
+    out.extend(element.to_le_bytes());
+    out.extend(2u32.to_le_bytes());
+    out.extend(value.to_le_bytes());
+}
+
+/// A text value padded to even length with `pad` (NUL for UI, space for LO).
+fn put_text(out: &mut Vec<u8>, element: u16, value: &str, pad: u8) {
+    let padded_len = value.len() + value.len() % 2;
+    out.extend(0u16.to_le_bytes());
+    out.extend(element.to_le_bytes());
+    out.extend((padded_len as u32).to_le_bytes());
+    out.extend(value.as_bytes());
+    if value.len() % 2 == 1 {
+        out.push(pad);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_rq() -> Vec<u8> {
+        let mut body = Vec::new();
+        put_text(&mut body, 0x0002, "1.2.840.10008.5.1.4.1.1.2", 0);
+        put_us(&mut body, 0x0100, C_STORE_RQ);
+        put_us(&mut body, 0x0110, 7);
+        put_us(&mut body, 0x0700, 0);
+        put_us(&mut body, 0x0800, 0x0000);
+        put_text(&mut body, 0x1000, "1.2.3.4.5", 0);
+        body
+    }
+
+    #[test]
+    fn a_store_request_decodes_with_padding_removed() {
+        let cmd = decode(&store_rq()).unwrap();
+        assert_eq!(cmd.command_field, C_STORE_RQ);
+        assert_eq!(cmd.message_id, 7);
+        assert!(cmd.has_dataset);
+        assert_eq!(
+            cmd.affected_sop_class_uid.as_deref(),
+            Some("1.2.840.10008.5.1.4.1.1.2")
+        );
+        assert_eq!(cmd.affected_sop_instance_uid.as_deref(), Some("1.2.3.4.5"));
+    }
+
+    #[test]
+    fn a_response_round_trips_through_the_decoder() {
+        let rsp = Response {
+            command_field: C_STORE_RSP,
+            message_id_being_responded_to: 7,
+            affected_sop_class_uid: Some("1.2.840.10008.5.1.4.1.1.2"),
+            affected_sop_instance_uid: Some("1.2.3"),
+            status: status::CANNOT_UNDERSTAND,
+            error_comment: Some("odd"),
+        };
+        let bytes = rsp.encode();
+        assert_eq!(bytes.len() % 2, 0);
+        let back = decode(&[&bytes[..], &[0, 0, 0x10, 0x01, 2, 0, 0, 0, 1, 0]].concat()).unwrap();
+        assert_eq!(back.command_field, C_STORE_RSP);
+        assert_eq!(back.affected_sop_instance_uid.as_deref(), Some("1.2.3"));
+        assert!(!back.has_dataset);
+    }
+
+    #[test]
+    fn a_command_declaring_more_than_present_is_refused() {
+        let mut bytes = store_rq();
+        bytes.extend([0, 0, 0x00, 0x10, 0xFF, 0xFF, 0xFF, 0x7F]);
+        assert!(matches!(
+            decode(&bytes),
+            Err(CommandError::LengthBeyondEnd { .. })
+        ));
+    }
+
+    #[test]
+    fn a_command_without_a_command_field_is_refused() {
+        let mut body = Vec::new();
+        put_us(&mut body, 0x0110, 1);
+        put_us(&mut body, 0x0800, NO_DATASET);
+        assert_eq!(decode(&body), Err(CommandError::Missing(0x0100)));
+    }
+}

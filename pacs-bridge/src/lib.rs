@@ -1,0 +1,31 @@
+//! The appliance's only DICOM speaker: the network side (an Upper Layer SCP for C-ECHO and
+//! C-STORE) and the durable spool of what it received.
+//!
+//! # Layout
+//! - [`uids`]: the SOP classes and transfer syntaxes we accept, and UID syntax checks.
+//! - [`dataset`]: a bounded walker over encoded datasets (PS3.5 section 7) that checks every
+//!   declared length against the bytes present and extracts the identifying attributes.
+//! - [`dimse`]: DIMSE command sets (PS3.7 section 9.3): decode requests, encode responses.
+//! - [`scp`]: associations (PS3.8): negotiation with access control, the message loop, timeouts,
+//!   and the listener that bounds concurrent associations and shuts down gracefully.
+//! - [`store`]: the spool (Part 10 files) and its SQLite index, written with group commit so that
+//!   an instance is durable before its Success status leaves; study assembly on top of it.
+//! - [`metrics`]: counters the daemon exposes in Prometheus text format.
+//!
+//! No async runtime: one OS thread per association, bounded by `max_associations`; durability
+//! work of concurrent associations is batched by a single committer thread.
+
+pub mod dataset;
+pub mod dimse;
+pub mod metrics;
+pub mod scp;
+pub mod store;
+pub mod uids;
+
+/// A short, stable, non-reversible tag for a UID, for logs: the first 12 hex digits of its
+/// SHA-256. Logs never carry study UIDs or patient attributes in clear.
+pub fn log_tag(uid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(uid.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,168 @@
+//! Counters of the DICOM side, rendered in the Prometheus text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Why an association or an instance was refused; the label value in `rejects_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RejectReason {
+    CalledAeTitle,
+    CallingAeTitle,
+    CallingHost,
+    ApplicationContext,
+    ProtocolVersion,
+    AssociationLimit,
+    DiskFloor,
+    Malformed,
+    SopMismatch,
+    TooLarge,
+    StoreFailed,
+    PduTooLarge,
+    Timeout,
+    Protocol,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::CalledAeTitle => "called_ae_title",
+            Self::CallingAeTitle => "calling_ae_title",
+            Self::CallingHost => "calling_host",
+            Self::ApplicationContext => "application_context",
+            Self::ProtocolVersion => "protocol_version",
+            Self::AssociationLimit => "association_limit",
+            Self::DiskFloor => "disk_floor",
+            Self::Malformed => "malformed_dataset",
+            Self::SopMismatch => "sop_mismatch",
+            Self::TooLarge => "too_large",
+            Self::StoreFailed => "store_failed",
+            Self::PduTooLarge => "pdu_too_large",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol_error",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub associations_total: AtomicU64,
+    pub associations_active: AtomicI64,
+    pub instances_total: AtomicU64,
+    pub instances_duplicate_total: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub echoes_total: AtomicU64,
+    /// Bytes of instance files in the spool; set at start-up from the index, then kept current.
+    pub spool_bytes: AtomicU64,
+    pub spool_instances: AtomicU64,
+    pub commit_batches_total: AtomicU64,
+    rejects: Mutex<BTreeMap<RejectReason, u64>>,
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: RejectReason) {
+        if let Ok(mut map) = self.rejects.lock() {
+            *map.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn rejects(&self, reason: RejectReason) -> u64 {
+        self.rejects
+            .lock()
+            .map(|m| m.get(&reason).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Render every counter in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, kind: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        counter(
+            "radiant_associations_total",
+            "DICOM associations accepted.",
+            "counter",
+            get(&self.associations_total),
+        );
+        counter(
+            "radiant_associations_active",
+            "DICOM associations in progress.",
+            "gauge",
+            self.associations_active.load(Ordering::Relaxed).to_string(),
+        );
+        counter(
+            "radiant_instances_received_total",
+            "Instances stored durably and acknowledged with Success.",
+            "counter",
+            get(&self.instances_total),
+        );
+        counter(
+            "radiant_instances_duplicate_total",
+            "Instances re-sent with a SOP Instance UID already stored.",
+            "counter",
+            get(&self.instances_duplicate_total),
+        );
+        counter(
+            "radiant_received_bytes_total",
+            "Dataset bytes of stored instances.",
+            "counter",
+            get(&self.bytes_total),
+        );
+        counter(
+            "radiant_echoes_total",
+            "C-ECHO requests answered.",
+            "counter",
+            get(&self.echoes_total),
+        );
+        counter(
+            "radiant_spool_bytes",
+            "Bytes of instance files in the spool.",
+            "gauge",
+            get(&self.spool_bytes),
+        );
+        counter(
+            "radiant_spool_instances",
+            "Instances in the spool.",
+            "gauge",
+            get(&self.spool_instances),
+        );
+        counter(
+            "radiant_commit_batches_total",
+            "Group commits of the spool index (one fsync of the index each).",
+            "counter",
+            get(&self.commit_batches_total),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP radiant_rejects_total Associations and instances refused, by reason.\n# TYPE radiant_rejects_total counter"
+        );
+        if let Ok(map) = self.rejects.lock() {
+            for (reason, count) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "radiant_rejects_total{{reason=\"{}\"}} {count}",
+                    reason.label()
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_are_rendered_with_their_reason_label() {
+        let m = Metrics::default();
+        m.reject(RejectReason::CallingAeTitle);
+        m.reject(RejectReason::CallingAeTitle);
+        let text = m.render();
+        assert!(text.contains("radiant_rejects_total{reason=\"calling_ae_title\"} 2"));
+        assert!(text.contains("radiant_instances_received_total 0"));
+    }
+}

@@ -1,0 +1,121 @@
+//! The spool's SQLite index: schema, connection settings and the queries other modules share.
+//!
+//! WAL mode with `synchronous=FULL`: a committed transaction is on disk when `commit` returns,
+//! and readers (the CLI, the assembler) never block the committer.
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+use super::StoreError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid    TEXT PRIMARY KEY NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    study_uid           TEXT NOT NULL,
+    series_uid          TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    path                TEXT NOT NULL,
+    size                INTEGER NOT NULL,
+    received_at_ms      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances(study_uid, calling_ae);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid             TEXT NOT NULL,
+    calling_ae            TEXT NOT NULL,
+    state                 TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
+    first_received_at_ms  INTEGER NOT NULL,
+    last_received_at_ms   INTEGER NOT NULL,
+    completed_at_ms       INTEGER,
+    completion_announced  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (study_uid, calling_ae)
+);
+";
+
+/// Open (creating if needed) the index at `path` with the durability settings above.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::index(path, e))?;
+    configure(&conn).map_err(|e| StoreError::index(path, e))?;
+    conn.execute_batch(SCHEMA)
+        .map_err(|e| StoreError::index(path, e))?;
+    Ok(conn)
+}
+
+/// Open an existing index for reading only (the CLI); fails if the daemon never ran.
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::NoIndex(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::index(path, e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| StoreError::index(path, e))?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+/// One row of `appliance studies list`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StudySummary {
+    pub study_uid: String,
+    pub calling_ae: String,
+    pub state: String,
+    pub instances: u64,
+    pub series: u64,
+    pub first_received_at_ms: i64,
+    pub last_received_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+}
+
+pub fn list_studies(conn: &Connection) -> rusqlite::Result<Vec<StudySummary>> {
+    let mut stmt = conn.prepare(
+        "SELECT s.study_uid, s.calling_ae, s.state,
+                COUNT(i.sop_instance_uid), COUNT(DISTINCT i.series_uid),
+                s.first_received_at_ms, s.last_received_at_ms, s.completed_at_ms
+         FROM studies s
+         LEFT JOIN instances i ON i.study_uid = s.study_uid AND i.calling_ae = s.calling_ae
+         GROUP BY s.study_uid, s.calling_ae
+         ORDER BY s.first_received_at_ms, s.study_uid",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StudySummary {
+            study_uid: r.get(0)?,
+            calling_ae: r.get(1)?,
+            state: r.get(2)?,
+            instances: r.get::<_, i64>(3)? as u64,
+            series: r.get::<_, i64>(4)? as u64,
+            first_received_at_ms: r.get(5)?,
+            last_received_at_ms: r.get(6)?,
+            completed_at_ms: r.get(7)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// An instance's place in the spool, relative to the data directory.
+pub fn instance_path(conn: &Connection, sop_instance_uid: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT path FROM instances WHERE sop_instance_uid = ?1",
+        [sop_instance_uid],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Number of instances and their total bytes.
+pub fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+}

@@ -1,0 +1,533 @@
+//! The spool: every received instance as a DICOM Part 10 file, indexed in SQLite, durable before
+//! the SCP answers Success.
+//!
+//! Write path of one instance (association thread, then the committer thread):
+//! 1. write `spool/tmp/<n>.part` (preamble, file meta group, dataset bytes as received), fdatasync;
+//! 2. hand it to the committer, which takes every instance waiting at that moment as one batch:
+//!    skips SOP Instance UIDs already indexed (idempotent re-sends), renames each file to
+//!    `spool/<study>/<sop>.dcm`, fsyncs each touched directory once, inserts the rows and upserts
+//!    the studies in one transaction, commits (one WAL fsync), then answers every waiter.
+//!
+//! So concurrent associations share directory and index fsyncs (group commit) and no instance
+//! skips one. Recovery at open removes `.part` files and files the index does not list: both
+//! belong to instances that were never acknowledged.
+
+pub mod index;
+pub mod studies;
+
+use crate::metrics::Metrics;
+use crate::uids;
+use dicom_object::FileMetaTableBuilder;
+use rusqlite::{params, Connection};
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Most instances one group commit takes.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("spool I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spool index {path}: {source}")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("no spool index at {0}: the daemon has not run with this data_dir yet")]
+    NoIndex(PathBuf),
+    #[error("invalid UID {0:?}")]
+    InvalidUid(String),
+    #[error("could not encode the file meta group: {0}")]
+    Meta(String),
+    #[error("the spool is shut down")]
+    Closed,
+}
+
+impl StoreError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub(crate) fn index(path: &Path, source: rusqlite::Error) -> Self {
+        Self::Index {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// An instance as it arrived, already checked by the SCP.
+#[derive(Debug, Clone)]
+pub struct IncomingInstance<'a> {
+    pub sop_class_uid: &'a str,
+    pub sop_instance_uid: &'a str,
+    pub study_uid: &'a str,
+    pub series_uid: &'a str,
+    pub transfer_syntax_uid: &'a str,
+    pub calling_ae: &'a str,
+    pub called_ae: &'a str,
+    /// The dataset bytes exactly as received, in `transfer_syntax_uid`.
+    pub dataset: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Written and committed.
+    Stored,
+    /// This SOP Instance UID was already stored; the new copy was discarded.
+    Duplicate,
+}
+
+struct CommitJob {
+    tmp: PathBuf,
+    sop_instance_uid: String,
+    sop_class_uid: String,
+    study_uid: String,
+    series_uid: String,
+    transfer_syntax_uid: String,
+    calling_ae: String,
+    size: u64,
+    reply: SyncSender<Result<StoreOutcome, String>>,
+}
+
+pub struct Spool {
+    data_dir: PathBuf,
+    spool_dir: PathBuf,
+    tmp_dir: PathBuf,
+    index_path: PathBuf,
+    sender: Mutex<Option<Sender<CommitJob>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    next_tmp: AtomicU64,
+}
+
+/// Path of the index inside a data directory.
+pub fn index_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("index.sqlite")
+}
+
+impl Spool {
+    /// Open the spool under `data_dir`, recover from any crash, and start the committer.
+    pub fn open(data_dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<Spool>, StoreError> {
+        let spool_dir = data_dir.join("spool");
+        let tmp_dir = spool_dir.join("tmp");
+        fs::create_dir_all(&tmp_dir).map_err(|e| StoreError::io(&tmp_dir, e))?;
+        let index_path = index_path(data_dir);
+        let conn = index::open(&index_path)?;
+        recover(data_dir, &spool_dir, &tmp_dir, &conn, &index_path)?;
+        let (count, bytes) = index::totals(&conn).map_err(|e| StoreError::index(&index_path, e))?;
+        metrics.spool_instances.store(count, Ordering::Relaxed);
+        metrics.spool_bytes.store(bytes, Ordering::Relaxed);
+
+        let (sender, receiver) = mpsc::channel();
+        let committer = Committer {
+            conn,
+            data_dir: data_dir.to_path_buf(),
+            spool_dir: spool_dir.clone(),
+            index_path: index_path.clone(),
+            metrics,
+        };
+        let handle = std::thread::Builder::new()
+            .name("spool-committer".into())
+            .spawn(move || committer.run(receiver))
+            .map_err(|e| StoreError::io(&spool_dir, e))?;
+        Ok(Arc::new(Spool {
+            data_dir: data_dir.to_path_buf(),
+            spool_dir,
+            tmp_dir,
+            index_path,
+            sender: Mutex::new(Some(sender)),
+            committer: Mutex::new(Some(handle)),
+            next_tmp: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn index_path(&self) -> &Path {
+        &self.index_path
+    }
+
+    /// Store one instance durably. Returns only once the file and its index row are on disk.
+    pub fn store(&self, instance: &IncomingInstance<'_>) -> Result<StoreOutcome, StoreError> {
+        for uid in [instance.sop_instance_uid, instance.study_uid] {
+            if !uids::is_valid_uid(uid) {
+                return Err(StoreError::InvalidUid(uid.to_string()));
+            }
+        }
+        let sender = self
+            .sender
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp_dir.join(format!("{}-{n}.part", std::process::id()));
+        let size = match write_part10(&tmp, instance) {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = CommitJob {
+            tmp: tmp.clone(),
+            sop_instance_uid: instance.sop_instance_uid.to_string(),
+            sop_class_uid: instance.sop_class_uid.to_string(),
+            study_uid: instance.study_uid.to_string(),
+            series_uid: instance.series_uid.to_string(),
+            transfer_syntax_uid: instance.transfer_syntax_uid.to_string(),
+            calling_ae: instance.calling_ae.to_string(),
+            size,
+            reply,
+        };
+        if sender.send(job).is_err() {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Closed);
+        }
+        match answer.recv() {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(message)) => Err(StoreError::Io {
+                path: self.spool_dir.clone(),
+                source: std::io::Error::other(message),
+            }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Free bytes on the file system holding the spool.
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        free_bytes(&self.spool_dir).map_err(|e| StoreError::io(&self.spool_dir, e))
+    }
+
+    /// Stop taking instances, let the committer finish its batch, and wait for it.
+    pub fn close(&self) {
+        if let Ok(mut sender) = self.sender.lock() {
+            sender.take();
+        }
+        let handle = self.committer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Free bytes available to us on the file system holding `path` (statvfs).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and stat a writable statvfs.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Write a Part 10 file (PS3.10 section 7.1): 128-byte preamble, "DICM", the file meta group,
+/// then the dataset bytes unchanged. Returns the dataset size.
+fn write_part10(path: &Path, instance: &IncomingInstance<'_>) -> Result<u64, StoreError> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(instance.sop_class_uid)
+        .media_storage_sop_instance_uid(instance.sop_instance_uid)
+        .transfer_syntax(instance.transfer_syntax_uid)
+        .implementation_class_uid(uids::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(uids::IMPLEMENTATION_VERSION_NAME)
+        .source_application_entity_title(instance.calling_ae)
+        .receiving_application_entity_title(instance.called_ae)
+        .build()
+        .map_err(|e| StoreError::Meta(e.to_string()))?;
+    let mut head = Vec::with_capacity(512);
+    head.extend([0u8; 128]);
+    head.extend(b"DICM");
+    meta.write(&mut head)
+        .map_err(|e| StoreError::Meta(e.to_string()))?;
+    let mut file = File::create(path).map_err(|e| StoreError::io(path, e))?;
+    file.write_all(&head).map_err(|e| StoreError::io(path, e))?;
+    file.write_all(instance.dataset)
+        .map_err(|e| StoreError::io(path, e))?;
+    file.sync_data().map_err(|e| StoreError::io(path, e))?;
+    Ok(instance.dataset.len() as u64)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Remove what a crash left behind: `.part` files and spool files the index does not list.
+fn recover(
+    data_dir: &Path,
+    spool_dir: &Path,
+    tmp_dir: &Path,
+    conn: &Connection,
+    index_path: &Path,
+) -> Result<(), StoreError> {
+    let mut removed = 0usize;
+    for entry in fs::read_dir(tmp_dir).map_err(|e| StoreError::io(tmp_dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(tmp_dir, e))?;
+        fs::remove_file(entry.path()).map_err(|e| StoreError::io(&entry.path(), e))?;
+        removed += 1;
+    }
+    let indexed: HashSet<String> = {
+        let mut stmt = conn
+            .prepare("SELECT path FROM instances")
+            .map_err(|e| StoreError::index(index_path, e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| StoreError::index(index_path, e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| StoreError::index(index_path, e))?
+    };
+    let mut present = 0usize;
+    for study in fs::read_dir(spool_dir).map_err(|e| StoreError::io(spool_dir, e))? {
+        let study = study.map_err(|e| StoreError::io(spool_dir, e))?;
+        let study_path = study.path();
+        if study_path == tmp_dir || !study_path.is_dir() {
+            continue;
+        }
+        for file in fs::read_dir(&study_path).map_err(|e| StoreError::io(&study_path, e))? {
+            let file = file.map_err(|e| StoreError::io(&study_path, e))?;
+            let path = file.path();
+            let relative = path
+                .strip_prefix(data_dir)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if indexed.contains(&relative) {
+                present += 1;
+            } else {
+                fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(removed, "recovery removed files of unacknowledged instances");
+    }
+    if present < indexed.len() {
+        tracing::error!(
+            missing = indexed.len() - present,
+            "index lists instances whose spool files are missing"
+        );
+    }
+    Ok(())
+}
+
+struct Committer {
+    conn: Connection,
+    data_dir: PathBuf,
+    spool_dir: PathBuf,
+    index_path: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+impl Committer {
+    fn run(mut self, jobs: Receiver<CommitJob>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            match self.commit(&batch) {
+                Ok(outcomes) => {
+                    self.metrics
+                        .commit_batches_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    for (job, outcome) in batch.iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch = batch.len(), "group commit failed");
+                    for job in &batch {
+                        let _ = fs::remove_file(&job.tmp);
+                        let _ = job.reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &[CommitJob]) -> Result<Vec<StoreOutcome>, StoreError> {
+        let index_path = self.index_path.clone();
+        let ix = |e| StoreError::index(&index_path, e);
+        let now = now_ms();
+        let tx = self.conn.transaction().map_err(ix)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut dirs_to_sync = BTreeSet::new();
+        let mut stored_bytes = 0u64;
+        for job in batch {
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM instances WHERE sop_instance_uid = ?1)",
+                    [&job.sop_instance_uid],
+                    |r| r.get(0),
+                )
+                .map_err(ix)?;
+            if exists {
+                fs::remove_file(&job.tmp).map_err(|e| StoreError::io(&job.tmp, e))?;
+                outcomes.push(StoreOutcome::Duplicate);
+                continue;
+            }
+            let study_dir = self.spool_dir.join(&job.study_uid);
+            if !study_dir.is_dir() {
+                fs::create_dir(&study_dir).map_err(|e| StoreError::io(&study_dir, e))?;
+                dirs_to_sync.insert(self.spool_dir.clone());
+            }
+            let final_path = study_dir.join(format!("{}.dcm", job.sop_instance_uid));
+            fs::rename(&job.tmp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+            dirs_to_sync.insert(study_dir);
+            let relative = final_path
+                .strip_prefix(&self.data_dir)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| final_path.to_string_lossy().into_owned());
+            tx.execute(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,
+                     transfer_syntax_uid, calling_ae, path, size, received_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    job.sop_instance_uid,
+                    job.sop_class_uid,
+                    job.study_uid,
+                    job.series_uid,
+                    job.transfer_syntax_uid,
+                    job.calling_ae,
+                    relative,
+                    job.size as i64,
+                    now
+                ],
+            )
+            .map_err(ix)?;
+            // A late instance reopens a completed study: it completes again after the quiet period.
+            tx.execute(
+                "INSERT INTO studies (study_uid, calling_ae, state, first_received_at_ms, last_received_at_ms)
+                 VALUES (?1, ?2, 'receiving', ?3, ?3)
+                 ON CONFLICT (study_uid, calling_ae) DO UPDATE SET
+                     last_received_at_ms = excluded.last_received_at_ms,
+                     state = 'receiving', completed_at_ms = NULL, completion_announced = 0",
+                params![job.study_uid, job.calling_ae, now],
+            )
+            .map_err(ix)?;
+            stored_bytes += job.size;
+            outcomes.push(StoreOutcome::Stored);
+        }
+        for dir in &dirs_to_sync {
+            fsync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+        }
+        tx.commit().map_err(ix)?;
+        let stored = outcomes
+            .iter()
+            .filter(|o| **o == StoreOutcome::Stored)
+            .count() as u64;
+        self.metrics
+            .spool_instances
+            .fetch_add(stored, Ordering::Relaxed);
+        self.metrics
+            .spool_bytes
+            .fetch_add(stored_bytes, Ordering::Relaxed);
+        Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance<'a>(sop: &'a str, dataset: &'a [u8]) -> IncomingInstance<'a> {
+        IncomingInstance {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2",
+            sop_instance_uid: sop,
+            study_uid: "1.2.3",
+            series_uid: "1.2.3.1",
+            transfer_syntax_uid: uids::EXPLICIT_VR_LE,
+            calling_ae: "MODALITY",
+            called_ae: "RADIANT",
+            dataset,
+        }
+    }
+
+    #[test]
+    fn a_stored_instance_keeps_its_dataset_bytes_after_the_meta_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let dataset = b"\x08\x00\x18\x00UI\x04\x001.2\0".to_vec();
+        assert_eq!(
+            spool.store(&instance("1.2.3.4", &dataset)).unwrap(),
+            StoreOutcome::Stored
+        );
+        spool.close();
+        let file = fs::read(dir.path().join("spool/1.2.3/1.2.3.4.dcm")).unwrap();
+        assert_eq!(&file[128..132], b"DICM");
+        assert!(file.ends_with(&dataset));
+    }
+
+    #[test]
+    fn a_resent_instance_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let spool = Spool::open(dir.path(), metrics.clone()).unwrap();
+        let dataset = b"\x08\x00\x18\x00UI\x04\x001.2\0".to_vec();
+        spool.store(&instance("1.2.3.4", &dataset)).unwrap();
+        assert_eq!(
+            spool.store(&instance("1.2.3.4", &dataset)).unwrap(),
+            StoreOutcome::Duplicate
+        );
+        spool.close();
+        assert_eq!(metrics.spool_instances.load(Ordering::Relaxed), 1);
+        assert_eq!(fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn recovery_removes_partial_and_unindexed_files_but_keeps_indexed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        spool.store(&instance("1.2.3.4", b"abcd")).unwrap();
+        spool.close();
+        fs::write(dir.path().join("spool/tmp/9-9.part"), b"half").unwrap();
+        fs::write(dir.path().join("spool/1.2.3/1.2.3.5.dcm"), b"orphan").unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        spool.close();
+        assert!(dir.path().join("spool/1.2.3/1.2.3.4.dcm").exists());
+        assert!(!dir.path().join("spool/1.2.3/1.2.3.5.dcm").exists());
+        assert!(!dir.path().join("spool/tmp/9-9.part").exists());
+    }
+
+    #[test]
+    fn a_uid_that_would_escape_the_spool_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let mut bad = instance("1.2.3.4", b"abcd");
+        bad.study_uid = "../../etc";
+        assert!(matches!(spool.store(&bad), Err(StoreError::InvalidUid(_))));
+        spool.close();
+    }
+}
