@@ -51,7 +51,9 @@ pub enum DatasetError {
         element: u16,
         offset: usize,
     },
-    #[error("unexpected ({group:04X},{element:04X}) at offset {offset} where an item was expected")]
+    #[error(
+        "unexpected ({group:04X},{element:04X}) at offset {offset} where an item was expected"
+    )]
     ExpectedItem {
         group: u16,
         element: u16,
@@ -457,7 +459,10 @@ mod tests {
     #[test]
     fn identifying_attributes_are_extracted_without_padding() {
         let id = inspect(&identifying(), Encoding::ExplicitLittle, 1 << 20).unwrap();
-        assert_eq!(id.sop_class_uid.as_deref(), Some("1.2.840.10008.5.1.4.1.1.2"));
+        assert_eq!(
+            id.sop_class_uid.as_deref(),
+            Some("1.2.840.10008.5.1.4.1.1.2")
+        );
         assert_eq!(id.sop_instance_uid.as_deref(), Some("1.2.3.4"));
         assert_eq!(id.series_instance_uid.as_deref(), Some("1.2.3.5"));
         assert_eq!(id.modality.as_deref(), Some("CT"));

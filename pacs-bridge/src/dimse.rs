@@ -33,7 +33,9 @@ pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub enum CommandError {
     #[error("command set truncated at offset {offset}")]
     Truncated { offset: usize },
-    #[error("command element (0000,{element:04X}) declares {declared} bytes but {available} remain")]
+    #[error(
+        "command element (0000,{element:04X}) declares {declared} bytes but {available} remain"
+    )]
     LengthBeyondEnd {
         element: u16,
         declared: u32,

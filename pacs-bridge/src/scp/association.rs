@@ -10,11 +10,10 @@ use crate::metrics::RejectReason;
 use crate::store::{IncomingInstance, StoreOutcome};
 use crate::{log_tag, uids};
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ,
-    AssociationRJResult, AssociationRJServiceProviderASCEReason,
-    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
-    AssociationRJSource, AssociationRQ, Pdu, PresentationContextResult,
-    PresentationContextResultReason, UserVariableItem,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, Pdu,
+    PresentationContextResult, PresentationContextResultReason, UserVariableItem,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -52,7 +51,9 @@ fn refusal(reason: RejectReason) -> Refusal {
         ),
         RejectReason::ProtocolVersion => (
             Permanent,
-            ServiceProviderASCE(AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported),
+            ServiceProviderASCE(
+                AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
+            ),
         ),
         RejectReason::AssociationLimit => (
             Transient,
@@ -280,7 +281,8 @@ fn negotiate(rq: &AssociationRQ) -> (Vec<PresentationContextResult>, HashMap<u8,
     let mut accepted = HashMap::new();
     for pc in &rq.presentation_contexts {
         let abstract_syntax = pc.abstract_syntax.trim_end_matches('\0');
-        let served = abstract_syntax == uids::VERIFICATION || uids::is_storage_class(abstract_syntax);
+        let served =
+            abstract_syntax == uids::VERIFICATION || uids::is_storage_class(abstract_syntax);
         let chosen = pc
             .transfer_syntaxes
             .iter()
@@ -430,7 +432,10 @@ impl Association<'_> {
             if !self.contexts.contains_key(&pdv.context_id) {
                 return Err(End::Aborted(
                     RejectReason::Protocol,
-                    format!("PDV on presentation context {} that was not accepted", pdv.context_id),
+                    format!(
+                        "PDV on presentation context {} that was not accepted",
+                        pdv.context_id
+                    ),
                 ));
             }
             match pending {
@@ -613,7 +618,13 @@ impl Association<'_> {
                 "unknown presentation context".into(),
             ));
         };
-        let mismatch = |detail: String| (status::DATASET_DOES_NOT_MATCH, RejectReason::SopMismatch, detail);
+        let mismatch = |detail: String| {
+            (
+                status::DATASET_DOES_NOT_MATCH,
+                RejectReason::SopMismatch,
+                detail,
+            )
+        };
         let class = command.affected_sop_class_uid.as_deref().unwrap_or("");
         if class != context.abstract_syntax || !uids::is_storage_class(class) {
             return Err((
@@ -630,7 +641,13 @@ impl Association<'_> {
             ));
         };
         let identity = dataset::inspect(dataset, encoding, self.shared.config.max_instance_bytes)
-            .map_err(|e| (status::CANNOT_UNDERSTAND, RejectReason::Malformed, e.to_string()))?;
+            .map_err(|e| {
+            (
+                status::CANNOT_UNDERSTAND,
+                RejectReason::Malformed,
+                e.to_string(),
+            )
+        })?;
         let Identity {
             sop_class_uid,
             sop_instance_uid,
@@ -638,15 +655,20 @@ impl Association<'_> {
             series_instance_uid,
             ..
         } = identity;
-        let sop_instance_uid = sop_instance_uid.ok_or_else(|| mismatch("no SOP Instance UID (0008,0018)".into()))?;
+        let sop_instance_uid =
+            sop_instance_uid.ok_or_else(|| mismatch("no SOP Instance UID (0008,0018)".into()))?;
         if Some(sop_instance_uid.as_str()) != command.affected_sop_instance_uid.as_deref() {
-            return Err(mismatch("SOP Instance UID differs from the command's".into()));
+            return Err(mismatch(
+                "SOP Instance UID differs from the command's".into(),
+            ));
         }
         if sop_class_uid.as_deref() != Some(class) {
             return Err(mismatch("SOP Class UID differs from the command's".into()));
         }
-        let study_uid = study_instance_uid.ok_or_else(|| mismatch("no Study Instance UID (0020,000D)".into()))?;
-        let series_uid = series_instance_uid.ok_or_else(|| mismatch("no Series Instance UID (0020,000E)".into()))?;
+        let study_uid = study_instance_uid
+            .ok_or_else(|| mismatch("no Study Instance UID (0020,000D)".into()))?;
+        let series_uid = series_instance_uid
+            .ok_or_else(|| mismatch("no Series Instance UID (0020,000E)".into()))?;
         for (name, uid) in [
             ("SOP Instance UID", &sop_instance_uid),
             ("Study Instance UID", &study_uid),

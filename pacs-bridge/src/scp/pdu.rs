@@ -70,15 +70,38 @@ impl PduStream {
         &self.writer
     }
 
+    /// Ask the kernel to acknowledge received segments at once (Linux TCP_QUICKACK, which the
+    /// kernel clears again after a while, so it is re-armed before each read). Senders that
+    /// leave Nagle's algorithm on (DCMTK does) hold their last small segment until our ACK; a
+    /// delayed ACK then stalls every such message by ~40 ms.
+    fn quickack(&self) {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                self.writer.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// Read a PDU header: type and length. A clean EOF before its first byte is `Closed`.
     pub fn read_header(&mut self) -> Result<(u8, u32), PduError> {
+        self.quickack();
         let mut head = [0u8; 6];
         let first = self.reader.read(&mut head[..1])?;
         if first == 0 {
             return Err(PduError::Closed);
         }
         self.reader.read_exact(&mut head[1..])?;
-        Ok((head[0], u32::from_be_bytes([head[2], head[3], head[4], head[5]])))
+        Ok((
+            head[0],
+            u32::from_be_bytes([head[2], head[3], head[4], head[5]]),
+        ))
     }
 
     /// Read `length` body bytes of a non-data PDU and decode it with `dicom-ul`.
@@ -113,6 +136,7 @@ impl PduStream {
                 "{remaining} stray bytes at the end of a P-DATA-TF PDU"
             )));
         }
+        self.quickack();
         let mut head = [0u8; 6];
         self.reader.read_exact(&mut head)?;
         let item_length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);

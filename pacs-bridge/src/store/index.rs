@@ -102,7 +102,10 @@ pub fn list_studies(conn: &Connection) -> rusqlite::Result<Vec<StudySummary>> {
 }
 
 /// An instance's place in the spool, relative to the data directory.
-pub fn instance_path(conn: &Connection, sop_instance_uid: &str) -> rusqlite::Result<Option<String>> {
+pub fn instance_path(
+    conn: &Connection,
+    sop_instance_uid: &str,
+) -> rusqlite::Result<Option<String>> {
     conn.query_row(
         "SELECT path FROM instances WHERE sop_instance_uid = ?1",
         [sop_instance_uid],

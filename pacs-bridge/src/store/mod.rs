@@ -179,7 +179,9 @@ impl Spool {
             .clone()
             .ok_or(StoreError::Closed)?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp_dir.join(format!("{}-{n}.part", std::process::id()));
+        let tmp = self
+            .tmp_dir
+            .join(format!("{}-{n}.part", std::process::id()));
         let size = match write_part10(&tmp, instance) {
             Ok(size) => size,
             Err(e) => {
@@ -328,7 +330,10 @@ fn recover(
         }
     }
     if removed > 0 {
-        tracing::warn!(removed, "recovery removed files of unacknowledged instances");
+        tracing::warn!(
+            removed,
+            "recovery removed files of unacknowledged instances"
+        );
     }
     if present < indexed.len() {
         tracing::error!(
@@ -503,7 +508,10 @@ mod tests {
         );
         spool.close();
         assert_eq!(metrics.spool_instances.load(Ordering::Relaxed), 1);
-        assert_eq!(fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

@@ -165,7 +165,8 @@ mod tests {
         let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
         store(&spool, "1.2.3.4", "A");
         store(&spool, "1.2.3.5", "A");
-        let mut asm = Assembler::open(dir.path(), Duration::from_secs(3600), HashMap::new()).unwrap();
+        let mut asm =
+            Assembler::open(dir.path(), Duration::from_secs(3600), HashMap::new()).unwrap();
         assert!(asm.tick().unwrap().is_empty());
         let mut fast = Assembler::open(dir.path(), Duration::ZERO, HashMap::new()).unwrap();
         let done = fast.tick().unwrap();
@@ -194,7 +195,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
         store(&spool, "1.2.3.4", "A");
-        let mut asm = Assembler::open(dir.path(), Duration::from_secs(3600), HashMap::new()).unwrap();
+        let mut asm =
+            Assembler::open(dir.path(), Duration::from_secs(3600), HashMap::new()).unwrap();
         assert_eq!(complete_now(dir.path(), "1.2.3").unwrap(), 1);
         assert_eq!(asm.tick().unwrap().len(), 1);
         store(&spool, "1.2.3.6", "A");

@@ -1,0 +1,496 @@
+//! The appliance's one TOML configuration file: its schema, defaults, and validation that names
+//! the key of every problem. `image/etc/appliance.toml` documents every field and is embedded as
+//! the default configuration.
+
+use pacs_bridge::scp::{Peer, ScpConfig};
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The documented example configuration, used when no `--config` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../image/etc/appliance.toml");
+
+/// Largest configuration file we read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: invalid configuration:\n{}", .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub dicom: DicomConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomConfig {
+    pub ae_title: String,
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    pub port: u16,
+    #[serde(default = "default_max_associations")]
+    pub max_associations: usize,
+    #[serde(default = "default_max_pdu_length")]
+    pub max_pdu_length: u32,
+    #[serde(default = "default_study_quiet_seconds")]
+    pub study_quiet_seconds: u64,
+    #[serde(default = "default_association_request_timeout")]
+    pub association_request_timeout_seconds: u64,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    #[serde(default = "default_max_instance_bytes")]
+    pub max_instance_bytes: u64,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub ae_title: String,
+    pub host: Option<String>,
+    pub study_quiet_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            min_free_mb: default_min_free_mb(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_http_bind")]
+    pub bind: String,
+    #[serde(default = "default_http_port")]
+    pub port: u16,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: default_http_bind(),
+            port: default_http_port(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_bind() -> String {
+    "0.0.0.0".into()
+}
+fn default_max_associations() -> usize {
+    16
+}
+fn default_max_pdu_length() -> u32 {
+    262_144
+}
+fn default_study_quiet_seconds() -> u64 {
+    60
+}
+fn default_association_request_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_instance_bytes() -> u64 {
+    1 << 30
+}
+fn default_shutdown_grace() -> u64 {
+    30
+}
+fn default_min_free_mb() -> u64 {
+    1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_http_bind() -> String {
+    "127.0.0.1".into()
+}
+fn default_http_port() -> u16 {
+    8480
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Load and validate a configuration file; relative paths resolve against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read)?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_toml(&text, &path.display().to_string(), &base)
+    }
+
+    /// The embedded default; relative paths resolve against the current directory.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Self::from_toml(EMBEDDED_DEFAULT, "embedded default", Path::new("."))
+    }
+
+    pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        if config.data_dir.is_relative() {
+            config.data_dir = base.join(&config.data_dir);
+        }
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Every problem, by key. Host names in `dicom.peers` are resolved here too.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            out.push(Problem {
+                key: key.to_string(),
+                message,
+            })
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            problem("data_dir", "must not be empty".into());
+        }
+        let d = &self.dicom;
+        if let Err(m) = check_ae_title(&d.ae_title) {
+            problem("dicom.ae_title", m);
+        }
+        if d.bind.parse::<IpAddr>().is_err() {
+            problem("dicom.bind", format!("{:?} is not an IP address", d.bind));
+        }
+        if d.port == 0 {
+            problem("dicom.port", "must be between 1 and 65535".into());
+        }
+        if !(1..=1024).contains(&d.max_associations) {
+            problem(
+                "dicom.max_associations",
+                "must be between 1 and 1024".into(),
+            );
+        }
+        if !(4096..=16 << 20).contains(&d.max_pdu_length) {
+            problem(
+                "dicom.max_pdu_length",
+                "must be between 4096 and 16777216 bytes".into(),
+            );
+        }
+        if !(1..=7 * 86_400).contains(&d.study_quiet_seconds) {
+            problem(
+                "dicom.study_quiet_seconds",
+                "must be between 1 and 604800".into(),
+            );
+        }
+        for (key, value) in [
+            (
+                "dicom.association_request_timeout_seconds",
+                d.association_request_timeout_seconds,
+            ),
+            ("dicom.idle_timeout_seconds", d.idle_timeout_seconds),
+        ] {
+            if !(1..=3600).contains(&value) {
+                problem(key, "must be between 1 and 3600".into());
+            }
+        }
+        if d.shutdown_grace_seconds > 3600 {
+            problem(
+                "dicom.shutdown_grace_seconds",
+                "must be at most 3600".into(),
+            );
+        }
+        if !(1024..=4 << 30).contains(&d.max_instance_bytes) {
+            problem(
+                "dicom.max_instance_bytes",
+                "must be between 1024 and 4294967296".into(),
+            );
+        }
+        if d.peers.is_empty() {
+            problem(
+                "dicom.peers",
+                "no peer is allowed to associate; add at least one [[dicom.peers]]".into(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, peer) in d.peers.iter().enumerate() {
+            let key = format!("dicom.peers[{i}]");
+            if let Err(m) = check_ae_title(&peer.ae_title) {
+                problem(&format!("{key}.ae_title"), m);
+            } else if !seen.insert(peer.ae_title.clone()) {
+                problem(
+                    &format!("{key}.ae_title"),
+                    format!("{:?} is listed twice", peer.ae_title),
+                );
+            }
+            if let Some(host) = &peer.host {
+                if let Err(m) = resolve(host) {
+                    problem(&format!("{key}.host"), m);
+                }
+            }
+            if let Some(q) = peer.study_quiet_seconds {
+                if !(1..=7 * 86_400).contains(&q) {
+                    problem(
+                        &format!("{key}.study_quiet_seconds"),
+                        "must be between 1 and 604800".into(),
+                    );
+                }
+            }
+        }
+        if self.http.bind.parse::<IpAddr>().is_err() {
+            problem(
+                "http.bind",
+                format!("{:?} is not an IP address", self.http.bind),
+            );
+        }
+        if self.http.enabled && self.http.port == 0 {
+            problem("http.port", "must be between 1 and 65535".into());
+        }
+        if self.http.enabled && self.http.port == d.port && self.http.bind == d.bind {
+            problem("http.port", "must differ from dicom.port".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problem(
+                "log.level",
+                format!("{:?} is not a log level or filter", self.log.level),
+            );
+        }
+        out
+    }
+
+    /// The SCP's view of this configuration (peer host names resolved).
+    pub fn scp(&self) -> ScpConfig {
+        let d = &self.dicom;
+        let ip: IpAddr = d.bind.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        ScpConfig {
+            ae_title: d.ae_title.clone(),
+            bind: SocketAddr::new(ip, d.port),
+            max_associations: d.max_associations,
+            max_pdu_length: d.max_pdu_length,
+            peers: d
+                .peers
+                .iter()
+                .map(|p| Peer {
+                    ae_title: p.ae_title.clone(),
+                    addresses: p.host.as_deref().map(|h| resolve(h).unwrap_or_default()),
+                })
+                .collect(),
+            association_request_timeout: Duration::from_secs(d.association_request_timeout_seconds),
+            idle_timeout: Duration::from_secs(d.idle_timeout_seconds),
+            max_instance_bytes: usize::try_from(d.max_instance_bytes).unwrap_or(usize::MAX),
+            min_free_bytes: self.storage.min_free_mb.saturating_mul(1 << 20),
+            shutdown_grace: Duration::from_secs(d.shutdown_grace_seconds),
+        }
+    }
+
+    /// Quiet period per calling AE, for those peers that override the default.
+    pub fn quiet_by_ae(&self) -> HashMap<String, Duration> {
+        self.dicom
+            .peers
+            .iter()
+            .filter_map(|p| {
+                p.study_quiet_seconds
+                    .map(|q| (p.ae_title.clone(), Duration::from_secs(q)))
+            })
+            .collect()
+    }
+}
+
+/// PS3.5 table 6.2-1 (AE): up to 16 characters of the default repertoire, no backslash or
+/// control characters, not only spaces. Leading and trailing spaces are not significant, so we
+/// refuse them rather than guess.
+fn check_ae_title(title: &str) -> Result<(), String> {
+    if title.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if title.len() > 16 {
+        return Err(format!("{title:?} is longer than 16 characters"));
+    }
+    if title != title.trim() {
+        return Err(format!("{title:?} has leading or trailing spaces"));
+    }
+    if !title
+        .chars()
+        .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
+    {
+        return Err(format!(
+            "{title:?} may only hold printable ASCII without backslash"
+        ));
+    }
+    Ok(())
+}
+
+fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let addrs: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .map(|a| a.ip())
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{host:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_loads_and_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/etc/appliance.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.dicom.ae_title, "RADIANT");
+        assert_eq!(config.dicom.port, 11112);
+        assert_eq!(config.dicom.bind, "0.0.0.0");
+        assert!(config.dicom.peers.iter().any(|p| p.ae_title == "STORESCU"));
+        assert_eq!(config.http.bind, "127.0.0.1");
+        assert_eq!(config.scp().min_free_bytes, 1024 << 20);
+        assert!(Config::embedded_default().is_ok());
+    }
+
+    #[test]
+    fn problems_are_reported_by_key_all_at_once() {
+        let text = r#"
+            data_dir = "data"
+            [dicom]
+            ae_title = "A_TITLE_THAT_IS_TOO_LONG"
+            port = 0
+            max_pdu_length = 10
+            [[dicom.peers]]
+            ae_title = "X"
+            [[dicom.peers]]
+            ae_title = "X"
+            host = "no-such-host.invalid"
+        "#;
+        let err = Config::from_toml(text, "test", Path::new("/etc")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "dicom.ae_title",
+                "dicom.port",
+                "dicom.max_pdu_length",
+                "dicom.peers[1].ae_title",
+                "dicom.peers[1].host"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named() {
+        let text = "data_dir = \"d\"\n[dicom]\nae_titel = \"X\"\nport = 104\n";
+        let err = Config::from_toml(text, "test", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("ae_titel"), "{err}");
+    }
+
+    #[test]
+    fn a_relative_data_dir_resolves_against_the_config_folder() {
+        let text = "data_dir = \"spool\"\n[dicom]\nae_title = \"A\"\nport = 104\n[[dicom.peers]]\nae_title = \"B\"\n";
+        let config = Config::from_toml(text, "test", Path::new("/etc/radiant")).unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/radiant/spool"));
+    }
+}
