@@ -1,0 +1,257 @@
+//! The appliance under test: its binary, run on a configuration derived from the documented
+//! example `image/etc/appliance.toml` (so the example is exercised by every test), with its own
+//! data directory and ports.
+
+use crate::{free_port, http_get, port_open, repo_root, signal, wait_until};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// The appliance binary next to the test executable (`target/<profile>/appliance`).
+pub fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("APPLIANCE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/appliance
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable inside target/<profile>/deps");
+    let bin = profile_dir.join("appliance");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo build --release -p appliance)",
+        bin.display()
+    );
+    bin
+}
+
+/// The example configuration as a TOML table, for tests to adjust.
+pub fn example_config() -> toml::Table {
+    let text = std::fs::read_to_string(repo_root().join("image/etc/appliance.toml"))
+        .expect("read image/etc/appliance.toml");
+    text.parse().expect("image/etc/appliance.toml is TOML")
+}
+
+pub struct Appliance {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub http_port: u16,
+    pub ae_title: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+/// Adjusts the example configuration before start.
+pub type Tweak<'a> = &'a dyn Fn(&mut toml::Table);
+
+impl Appliance {
+    /// Start on the example configuration with fresh ports and data directory, a 1-second
+    /// quiet period and a small disk floor; `tweak` may change anything else.
+    pub fn start(tweak: Tweak<'_>) -> Appliance {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let port = free_port();
+        let http_port = free_port();
+        let mut config = example_config();
+        config.insert(
+            "data_dir".into(),
+            data_dir.to_string_lossy().as_ref().into(),
+        );
+        {
+            let dicom = table(&mut config, "dicom");
+            dicom.insert("port".into(), i64::from(port).into());
+            dicom.insert("bind".into(), "127.0.0.1".into());
+            dicom.insert("study_quiet_seconds".into(), 1i64.into());
+            dicom.insert("shutdown_grace_seconds".into(), 10i64.into());
+            // The example's peers, with the quiet period override removed so tests control it.
+            if let Some(toml::Value::Array(peers)) = dicom.get_mut("peers") {
+                for peer in peers.iter_mut() {
+                    if let toml::Value::Table(p) = peer {
+                        p.remove("study_quiet_seconds");
+                    }
+                }
+            }
+        }
+        table(&mut config, "http").insert("port".into(), i64::from(http_port).into());
+        table(&mut config, "storage").insert("min_free_mb".into(), 1i64.into());
+        tweak(&mut config);
+        let ae_title = config
+            .get("dicom")
+            .and_then(|d| d.get("ae_title"))
+            .and_then(|a| a.as_str())
+            .unwrap_or("RADIANT")
+            .to_string();
+        let config_path = dir.path().join("appliance.toml");
+        std::fs::write(
+            &config_path,
+            toml::to_string(&config).expect("serialize config"),
+        )
+        .expect("write config");
+        let log_path = dir.path().join("appliance.log");
+        let mut appliance = Appliance {
+            dir,
+            config_path,
+            data_dir,
+            port,
+            http_port,
+            ae_title,
+            child: None,
+            log_path,
+        };
+        appliance.launch();
+        appliance
+    }
+
+    /// Start the daemon process (again) and wait until it accepts DICOM connections.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open appliance log");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn appliance");
+        self.child = Some(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(20), || {
+            self.exited().is_none() && port_open(port)
+        });
+        assert!(up, "appliance did not start; log:\n{}", self.log());
+    }
+
+    /// The daemon's exit status if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL: no chance to flush or clean up anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status (at most `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), libc::SIGTERM);
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Run the appliance CLI with this configuration.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run appliance CLI")
+    }
+
+    /// `studies list --json`, parsed.
+    pub fn studies(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["studies", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "studies list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    }
+
+    /// Where the spool holds an instance, if the index lists it.
+    pub fn stored_path(&self, sop_instance_uid: &str) -> Option<PathBuf> {
+        let index = pacs_bridge::store::index_path(&self.data_dir);
+        let conn = pacs_bridge::store::index::open_read_only(&index).ok()?;
+        pacs_bridge::store::index::instance_path(&conn, sop_instance_uid)
+            .ok()
+            .flatten()
+            .map(|p| self.data_dir.join(p))
+    }
+
+    pub fn http(&self, path: &str) -> (u16, String) {
+        http_get(self.http_port, path).expect("HTTP request to the appliance")
+    }
+
+    /// A metric's value from /metrics (label set included in `name`, as printed).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn table<'a>(config: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
+    config
+        .entry(key.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("configuration section is a table")
+}
+
+/// Replace the peer list with these (AE title, optional host).
+pub fn set_peers(config: &mut toml::Table, peers: &[(&str, Option<&str>)]) {
+    let list: Vec<toml::Value> = peers
+        .iter()
+        .map(|(ae, host)| {
+            let mut t = toml::Table::new();
+            t.insert("ae_title".into(), (*ae).into());
+            if let Some(h) = host {
+                t.insert("host".into(), (*h).into());
+            }
+            toml::Value::Table(t)
+        })
+        .collect();
+    table(config, "dicom").insert("peers".into(), toml::Value::Array(list));
+}
+
+/// Set `[dicom] key = value`.
+pub fn set_dicom(config: &mut toml::Table, key: &str, value: impl Into<toml::Value>) {
+    table(config, "dicom").insert(key.into(), value.into());
+}
+
+/// Set `[section] key = value`.
+pub fn set(config: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+    table(config, section).insert(key.into(), value.into());
+}

@@ -1,0 +1,106 @@
+//! The fixture files built by `scripts/fixtures.sh`, with their manifests.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub fn dir() -> PathBuf {
+    let dir = crate::repo_root().join("fixtures");
+    assert!(
+        dir.join("ct-series/manifest.json").exists() && dir.join("pydicom/manifest.json").exists(),
+        "fixtures missing: run scripts/fixtures.sh first"
+    );
+    dir
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TestFile {
+    pub file: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub category: String,
+    pub dataset_offset: usize,
+}
+
+impl TestFile {
+    pub fn path(&self) -> PathBuf {
+        dir().join("pydicom").join(&self.file)
+    }
+}
+
+/// The pydicom / pydicom-data test files.
+pub fn test_files() -> Vec<TestFile> {
+    let text = std::fs::read_to_string(dir().join("pydicom/manifest.json"))
+        .expect("read fixtures/pydicom/manifest.json");
+    serde_json::from_str(&text).expect("parse fixtures/pydicom/manifest.json")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Slice {
+    pub file: String,
+    pub sop_instance_uid: String,
+    pub dataset_offset: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CtSeries {
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub slices: Vec<Slice>,
+}
+
+impl CtSeries {
+    pub fn load() -> CtSeries {
+        let text = std::fs::read_to_string(dir().join("ct-series/manifest.json"))
+            .expect("read fixtures/ct-series/manifest.json");
+        serde_json::from_str(&text).expect("parse fixtures/ct-series/manifest.json")
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.slices
+            .iter()
+            .map(|s| dir().join("ct-series").join(&s.file))
+            .collect()
+    }
+}
+
+/// The dataset bytes of a Part 10 file: what follows its file meta group.
+pub fn dataset_of(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    dataset_after_meta(&bytes)
+        .unwrap_or_else(|| panic!("{} is not a Part 10 file", path.display()))
+        .to_vec()
+}
+
+/// Skip preamble, "DICM" and the group-0002 elements (always explicit VR little endian).
+pub fn dataset_after_meta(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return None;
+    }
+    let mut pos = 132;
+    while pos + 8 <= bytes.len() && bytes[pos] == 0x02 && bytes[pos + 1] == 0x00 {
+        let vr = &bytes[pos + 4..pos + 6];
+        let (header, len) = if matches!(vr, b"OB" | b"OW" | b"UN" | b"SQ" | b"UT" | b"UC" | b"UR") {
+            let len = u32::from_le_bytes(bytes.get(pos + 8..pos + 12)?.try_into().ok()?);
+            (12, len as usize)
+        } else {
+            (
+                8,
+                u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize,
+            )
+        };
+        pos += header + len;
+    }
+    bytes.get(pos..)
+}
+
+/// Inflate a deflated dataset (PS3.5 A.5: raw deflate, no zlib header).
+pub fn inflate(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("inflate a deflated dataset");
+    out
+}

@@ -1,0 +1,83 @@
+//! Harness for whole-system tests: starts the appliance binary and real peers (DCMTK, Orthanc,
+//! pynetdicom) on loopback, each in its own temporary directory, and offers a minimal raw
+//! DICOM SCU for the inputs no well-behaved peer would send.
+//!
+//! # Layout
+//! - [`appliance`]: the appliance under test, configured from `image/etc/appliance.toml`.
+//! - [`peers`]: DCMTK tools, Orthanc, DCMTK `storescp`, the pynetdicom SCP.
+//! - [`raw`]: hand-built PDUs and DIMSE messages over a plain TCP socket.
+//! - [`fixtures`]: the DICOM files `scripts/fixtures.sh` prepares.
+
+pub mod appliance;
+pub mod fixtures;
+pub mod peers;
+pub mod raw;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("hil-tests lives inside the repository")
+        .to_path_buf()
+}
+
+/// A TCP port that was free a moment ago on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on loopback")
+}
+
+/// Poll `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    check()
+}
+
+/// Whether something accepts TCP connections on `port` on loopback.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// Minimal HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Send SIGKILL or SIGTERM to a child process.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on a pid we spawned.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}

@@ -1,0 +1,277 @@
+//! Real DICOM peers on loopback: DCMTK's `storescu`/`echoscu`/`storescp`, Orthanc, and a plain
+//! pynetdicom SCP. DCMTK tools are called by absolute path: pip's pynetdicom installs Python
+//! tools of the same names that may come first on PATH.
+
+use crate::{free_port, port_open, repo_root, wait_until};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub const STORESCU: &str = "/usr/bin/storescu";
+pub const ECHOSCU: &str = "/usr/bin/echoscu";
+pub const STORESCP: &str = "/usr/bin/storescp";
+pub const ORTHANC: &str = "/usr/sbin/Orthanc";
+
+/// The `storescu` option that proposes exactly this transfer syntax, so the file travels in
+/// its own encoding (no transcoding by the sender).
+pub fn storescu_proposal(transfer_syntax: &str) -> &'static str {
+    match transfer_syntax {
+        "1.2.840.10008.1.2" => "-xi",
+        "1.2.840.10008.1.2.1" => "-xe",
+        "1.2.840.10008.1.2.2" => "-xb",
+        "1.2.840.10008.1.2.1.99" => "-xd",
+        "1.2.840.10008.1.2.5" => "-xr",
+        "1.2.840.10008.1.2.4.50" => "-xy",
+        "1.2.840.10008.1.2.4.51" => "-xx",
+        "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => "-xs",
+        "1.2.840.10008.1.2.4.80" => "-xt",
+        "1.2.840.10008.1.2.4.81" => "-xu",
+        "1.2.840.10008.1.2.4.90" => "-xv",
+        "1.2.840.10008.1.2.4.91" => "-xw",
+        other => panic!("no storescu proposal option for {other}"),
+    }
+}
+
+/// Run DCMTK `storescu -v` as `calling_ae` against `called_ae` on `port` with extra options.
+pub fn storescu(
+    calling_ae: &str,
+    called_ae: &str,
+    port: u16,
+    options: &[&str],
+    files: &[PathBuf],
+) -> Output {
+    Command::new(STORESCU)
+        .args(["-v", "-aet", calling_ae, "-aec", called_ae])
+        .args(options)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .args(files)
+        .output()
+        .expect("run DCMTK storescu (apt-get install dcmtk)")
+}
+
+/// Files `storescu -v` logged as answered with Success, in order.
+pub fn storescu_successes(log: &str) -> Vec<PathBuf> {
+    let mut current: Option<PathBuf> = None;
+    let mut done = Vec::new();
+    for line in log.lines() {
+        if let Some(file) = line.strip_prefix("I: Sending file: ") {
+            current = Some(PathBuf::from(file.trim()));
+        } else if line.starts_with("I: Received Store Response (Success)") {
+            if let Some(f) = current.take() {
+                done.push(f);
+            }
+        }
+    }
+    done
+}
+
+pub fn echoscu(calling_ae: &str, called_ae: &str, port: u16) -> Output {
+    Command::new(ECHOSCU)
+        .args(["-aet", calling_ae, "-aec", called_ae, "127.0.0.1"])
+        .arg(port.to_string())
+        .output()
+        .expect("run DCMTK echoscu (apt-get install dcmtk)")
+}
+
+/// A peer process killed when dropped.
+pub struct PeerProcess {
+    pub name: &'static str,
+    pub dir: TempDir,
+    pub port: u16,
+    pub http_port: u16,
+    child: Child,
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PeerProcess {
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+}
+
+/// DCMTK `storescp` writing every instance to its own file (no fsync), accepting all
+/// transfer syntaxes.
+pub fn start_storescp() -> PeerProcess {
+    spawn_storescp(&[])
+}
+
+/// DCMTK `storescp -B`: writes each dataset exactly as it arrived, the reference for what
+/// crossed the wire.
+pub fn start_storescp_bit_preserving() -> PeerProcess {
+    spawn_storescp(&["-B"])
+}
+
+fn spawn_storescp(extra: &[&str]) -> PeerProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = dir.path().join("storage");
+    std::fs::create_dir_all(&storage).expect("storescp storage dir");
+    let port = free_port();
+    let child = Command::new(STORESCP)
+        .args(["-aet", "STORESCP", "+xa"])
+        .args(extra)
+        .arg("-od")
+        .arg(&storage)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn DCMTK storescp");
+    let peer = PeerProcess {
+        name: "dcmtk-storescp",
+        dir,
+        port,
+        http_port: 0,
+        child,
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || port_open(port)),
+        "storescp did not start"
+    );
+    peer
+}
+
+/// The plain pynetdicom storage SCP in `hil-tests/peers/pynetdicom_scp.py` (AE title ANY-SCP);
+/// with `write_files` it writes each dataset to a file, as a typical SCP does.
+pub fn start_pynetdicom(write_files: bool) -> PeerProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("hil-tests/peers/pynetdicom_scp.py"))
+        .args(["--port", &port.to_string()]);
+    if write_files {
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).expect("pynetdicom storage dir");
+        cmd.arg("--out").arg(storage);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the pynetdicom SCP (python3 with pynetdicom)");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut first);
+    assert_eq!(first.trim(), "ready", "pynetdicom SCP did not start");
+    PeerProcess {
+        name: "pynetdicom",
+        dir,
+        port,
+        http_port: 0,
+        child,
+    }
+}
+
+/// Orthanc with a throw-away configuration: DICOM and HTTP on loopback, AE title ORTHANC, one
+/// modality `appliance` pointing at (`appliance_ae`, `appliance_port`).
+pub fn start_orthanc(appliance_ae: &str, appliance_port: u16) -> PeerProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let http_port = free_port();
+    let config = serde_json::json!({
+        "Name": "radiant-edge-test",
+        "StorageDirectory": dir.path().join("storage"),
+        "IndexDirectory": dir.path().join("index"),
+        "HttpPort": http_port,
+        "DicomPort": port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": false,
+        "AuthenticationEnabled": false,
+        "HttpServerEnabled": true,
+        "DicomServerEnabled": true,
+        "DicomCheckCalledAet": false,
+        "DicomAlwaysAllowStore": true,
+        "Plugins": [],
+        "StableAge": 1,
+        "DicomModalities": { "appliance": [appliance_ae, "127.0.0.1", appliance_port] },
+    });
+    let config_path = dir.path().join("orthanc.json");
+    std::fs::write(&config_path, config.to_string()).expect("write Orthanc config");
+    let child = Command::new(ORTHANC)
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn Orthanc (apt-get install orthanc)");
+    let peer = PeerProcess {
+        name: "orthanc",
+        dir,
+        port,
+        http_port,
+        child,
+    };
+    let up = wait_until(Duration::from_secs(30), || {
+        port_open(http_port) && port_open(port)
+    });
+    assert!(up, "Orthanc did not start");
+    peer
+}
+
+/// HTTP/1.0 POST on loopback: (status, body).
+pub fn http_post(port: u16, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Upload files to Orthanc through its REST API; returns the Orthanc study IDs touched.
+pub fn orthanc_upload(orthanc: &PeerProcess, files: &[PathBuf]) -> Vec<String> {
+    let mut studies = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(file).expect("read fixture");
+        let (status, body) =
+            http_post(orthanc.http_port, "/instances", &bytes).expect("POST /instances");
+        assert_eq!(status, 200, "Orthanc refused {}: {body}", file.display());
+        let reply: serde_json::Value = serde_json::from_str(&body).expect("Orthanc JSON reply");
+        if let Some(study) = reply["ParentStudy"].as_str() {
+            if !studies.iter().any(|s| s == study) {
+                studies.push(study.to_string());
+            }
+        }
+    }
+    studies
+}
+
+/// Files below `dir`, recursively.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build the DICOM test fixtures in <repo>/fixtures/ (gitignored).
+#
+# Owns: installing the fixture inputs (apt: invesalius-examples; pip:
+# pydicom, pydicom-data, pynetdicom, numpy) when missing, then running
+# scripts/make_fixtures.py, which returns at once when fixtures/ is complete.
+# Idempotent; runnable from any directory; needs root only to install.
+# Extra arguments go to make_fixtures.py (e.g. --force).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+# Debian package carrying Cranium.inv3 (source of the CT series).
+if ! dpkg -s invesalius-examples 2>/dev/null | grep -q '^Status: install ok installed'; then
+    echo "fixtures: installing invesalius-examples" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y invesalius-examples
+fi
+
+# pip requirements that are not importable (or too old) yet. Checked with
+# find_spec so nothing heavy gets imported; pydicom-data's module is data_store.
+missing="$("$PYTHON" - <<'PY'
+import importlib.metadata
+import importlib.util
+
+
+def major(dist):
+    try:
+        return int(importlib.metadata.version(dist).split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return 0
+
+
+need = []
+if importlib.util.find_spec("pydicom") is None or major("pydicom") < 3:
+    need.append("pydicom>=3,<4")  # make_fixtures.py uses the pydicom 3 API
+if importlib.util.find_spec("data_store") is None:
+    need.append("pydicom-data")
+if importlib.util.find_spec("pynetdicom") is None or major("pynetdicom") < 2:
+    need.append("pynetdicom>=2")
+if importlib.util.find_spec("numpy") is None:
+    need.append("numpy")
+print(" ".join(need))
+PY
+)"
+if [[ -n "$missing" ]]; then
+    echo "fixtures: pip installing $missing" >&2
+    # shellcheck disable=SC2086  # one word per requirement is intended
+    "$PYTHON" -m pip install --quiet $missing
+fi
+
+exec "$PYTHON" "$REPO_ROOT/scripts/make_fixtures.py" "$@"
