@@ -1,0 +1,71 @@
+//! What radiology IT watches: health endpoints, Prometheus metrics, logs without patient data,
+//! and the CLI's view of studies.
+
+use hil_tests::appliance::Appliance;
+use hil_tests::fixtures::CtSeries;
+use hil_tests::peers::{echoscu, storescu};
+
+#[test]
+fn health_and_metrics_report_what_happened() {
+    let app = Appliance::start(&|_| {});
+    assert_eq!(app.http("/health/live"), (200, "live\n".to_string()));
+    assert_eq!(app.http("/health/ready").0, 200);
+    let series = CtSeries::load();
+    assert!(storescu(
+        "STORESCU",
+        &app.ae_title,
+        app.port,
+        &[],
+        &series.paths()[..12]
+    )
+    .status
+    .success());
+    assert!(!echoscu("NOBODY", &app.ae_title, app.port).status.success());
+    let bytes: u64 = series.paths()[..12]
+        .iter()
+        .zip(&series.slices)
+        .map(|(p, s)| std::fs::metadata(p).unwrap().len() - s.dataset_offset as u64)
+        .sum();
+    assert_eq!(app.metric("radiant_instances_received_total"), Some(12.0));
+    assert_eq!(
+        app.metric("radiant_received_bytes_total"),
+        Some(bytes as f64)
+    );
+    assert_eq!(app.metric("radiant_spool_bytes"), Some(bytes as f64));
+    assert_eq!(
+        app.metric("radiant_rejects_total{reason=\"calling_ae_title\"}"),
+        Some(1.0)
+    );
+    assert!(app.metric("radiant_associations_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(app.http("/nope").0, 404);
+}
+
+#[test]
+fn logs_never_carry_patient_names_ids_or_study_uids_in_clear() {
+    let app =
+        Appliance::start(&|c| hil_tests::appliance::set_dicom(c, "study_quiet_seconds", 1i64));
+    let series = CtSeries::load();
+    assert!(storescu(
+        "STORESCU",
+        &app.ae_title,
+        app.port,
+        &[],
+        &series.paths()[..3]
+    )
+    .status
+    .success());
+    assert!(hil_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        || app.log().contains("study complete")
+    ));
+    let log = app.log();
+    for secret in [
+        "Anonymous^Cranium",
+        "Cranium",
+        "RE-CT-0001",
+        series.study_instance_uid.as_str(),
+    ] {
+        assert!(!log.contains(secret), "log contains {secret:?}");
+    }
+    assert!(log.contains(&pacs_bridge::log_tag(&series.study_instance_uid)));
+}
