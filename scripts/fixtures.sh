@@ -48,7 +48,9 @@ PY
 if [[ -n "$missing" ]]; then
     echo "fixtures: pip installing $missing" >&2
     # shellcheck disable=SC2086  # one word per requirement is intended
-    "$PYTHON" -m pip install --quiet $missing
+    # Debian's own python3 refuses user-wide installs (PEP 668) unless told otherwise.
+    "$PYTHON" -m pip install --quiet $missing 2>/dev/null ||
+        "$PYTHON" -m pip install --quiet --break-system-packages $missing
 fi
 
 exec "$PYTHON" "$REPO_ROOT/scripts/make_fixtures.py" "$@"
