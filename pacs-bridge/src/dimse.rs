@@ -230,6 +230,46 @@ mod tests {
         assert!(!back.has_dataset);
     }
 
+    /// Property: every response we can encode decodes to the same fields (round trip), for
+    /// UIDs and comments of every length up to their limits.
+    #[test]
+    fn responses_round_trip_for_all_lengths() {
+        for len in 1..=64usize {
+            let uid: String = "1.2.840.10008.5.1.4.1.1.2.99999999999999999999999999999999999999999"
+                .chars()
+                .take(len)
+                .collect();
+            let uid = uid.trim_end_matches('.').to_string();
+            let comment = "x".repeat(len + 10);
+            let rsp = Response {
+                command_field: C_STORE_RSP,
+                message_id_being_responded_to: len as u16,
+                affected_sop_class_uid: Some(&uid),
+                affected_sop_instance_uid: Some(&uid),
+                status: 0xA700 + len as u16,
+                error_comment: Some(&comment),
+            };
+            let mut bytes = rsp.encode();
+            bytes.extend([0, 0, 0x10, 0x01, 2, 0, 0, 0, 1, 0]);
+            let back = decode(&bytes).unwrap();
+            assert_eq!(back.affected_sop_class_uid.as_deref(), Some(uid.as_str()));
+            assert_eq!(
+                back.affected_sop_instance_uid.as_deref(),
+                Some(uid.as_str())
+            );
+            assert_eq!(back.command_field, C_STORE_RSP);
+        }
+    }
+
+    /// Property: no truncation of a valid command set panics; each is refused or decoded.
+    #[test]
+    fn every_truncation_of_a_command_is_handled() {
+        let full = store_rq();
+        for cut in 0..full.len() {
+            let _ = decode(&full[..cut]);
+        }
+    }
+
     #[test]
     fn a_command_declaring_more_than_present_is_refused() {
         let mut bytes = store_rq();
