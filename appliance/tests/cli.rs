@@ -13,7 +13,11 @@ fn appliance(args: &[&str]) -> std::process::Output {
 fn check_config_accepts_the_documented_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../image/etc/appliance.toml");
     let out = appliance(&["check-config", "--config", example]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
@@ -29,7 +33,12 @@ fn check_config_explains_each_problem_by_key_and_fails() {
     let out = appliance(&["check-config", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for key in ["dicom.ae_title", "dicom.max_associations", "dicom.peers", "http.bind"] {
+    for key in [
+        "dicom.ae_title",
+        "dicom.max_associations",
+        "dicom.peers",
+        "http.bind",
+    ] {
         assert!(err.contains(key), "{key} not named in:\n{err}");
     }
 }
@@ -47,7 +56,13 @@ fn check_config_reports_toml_syntax_errors_with_their_place() {
 #[test]
 fn studies_list_before_the_daemon_ever_ran_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = appliance(&["studies", "list", "--json", "--data-dir", dir.path().to_str().unwrap()]);
+    let out = appliance(&[
+        "studies",
+        "list",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has not run"));
 }

@@ -3,7 +3,7 @@
 //! data directory and ports.
 
 use crate::{free_port, http_get, port_open, repo_root, signal, wait_until};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -13,19 +13,23 @@ pub fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("APPLIANCE_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/appliance
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable inside target/<profile>/deps");
-    let bin = profile_dir.join("appliance");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build --release -p appliance)",
-        bin.display()
-    );
-    bin
+    let exe = std::env::current_exe().expect("current executable");
+    // A test runs from target/<profile>/deps/, a binary (the benchmark) from target/<profile>/.
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let bin = d.join("appliance");
+        if bin.is_file() {
+            return bin;
+        }
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+        dir = d.parent();
+    }
+    panic!(
+        "no appliance binary near {}: build it first (cargo build --release -p appliance)",
+        exe.display()
+    )
 }
 
 /// The example configuration as a TOML table, for tests to adjust.

@@ -51,7 +51,8 @@ fn every_test_file_is_stored_with_the_dataset_bytes_it_was_sent_with() {
             let log = String::from_utf8_lossy(&out.stderr);
             assert!(
                 out.status.success(),
-                "storescu to {ae} failed for {syntax}:\n{log}"
+                "storescu to {ae} failed for {syntax}:\n{log}\nappliance log:\n{}",
+                app.log()
             );
             assert_eq!(
                 storescu_successes(&log).len(),
