@@ -18,7 +18,7 @@ pub mod studies;
 use crate::metrics::Metrics;
 use crate::uids;
 use dicom_object::FileMetaTableBuilder;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
@@ -362,7 +362,8 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            match self.commit(&batch) {
+            let mut renamed = Vec::new();
+            match self.commit(&batch, &mut renamed) {
                 Ok(outcomes) => {
                     self.metrics
                         .commit_batches_total
@@ -373,6 +374,10 @@ impl Committer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, batch = batch.len(), "group commit failed");
+                    // Nothing of the batch is indexed: remove its files wherever they are.
+                    for path in renamed {
+                        let _ = fs::remove_file(path);
+                    }
                     for job in &batch {
                         let _ = fs::remove_file(&job.tmp);
                         let _ = job.reply.send(Err(e.to_string()));
@@ -382,11 +387,22 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, batch: &[CommitJob]) -> Result<Vec<StoreOutcome>, StoreError> {
+    /// Commit one batch; `renamed` collects the spool files moved into place, so that a
+    /// failed batch can take them out again.
+    fn commit(
+        &mut self,
+        batch: &[CommitJob],
+        renamed: &mut Vec<PathBuf>,
+    ) -> Result<Vec<StoreOutcome>, StoreError> {
         let index_path = self.index_path.clone();
         let ix = |e| StoreError::index(&index_path, e);
         let now = now_ms();
-        let tx = self.conn.transaction().map_err(ix)?;
+        // IMMEDIATE: take the write lock at BEGIN, where the busy timeout applies. A deferred
+        // transaction that reads first cannot upgrade after another connection committed.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(ix)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut dirs_to_sync = BTreeSet::new();
         let mut stored_bytes = 0u64;
@@ -410,6 +426,7 @@ impl Committer {
             }
             let final_path = study_dir.join(format!("{}.dcm", job.sop_instance_uid));
             fs::rename(&job.tmp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+            renamed.push(final_path.clone());
             dirs_to_sync.insert(study_dir);
             let relative = final_path
                 .strip_prefix(&self.data_dir)

@@ -3,7 +3,7 @@
 //! demand. Completion is recorded in the index and announced once through [`StudyCompleted`]
 //! events; an announcement that was not yet made when the daemon stopped is made after restart.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,7 +85,10 @@ impl Assembler {
 
     fn announce(&mut self) -> Result<Vec<StudyCompleted>, StoreError> {
         let ix = |e| StoreError::index(&self.index_path, e);
-        let tx = self.conn.transaction().map_err(ix)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(ix)?;
         let completed: Vec<StudyCompleted> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -187,6 +190,55 @@ mod tests {
         let done = asm.tick().unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].calling_ae, "A");
+        spool.close();
+    }
+
+    /// The committer and the assembler write the index from two connections; a transaction
+    /// that read before writing used to fail with "database is locked" (SQLITE_BUSY_SNAPSHOT,
+    /// which the busy timeout does not retry) when the other committed in between.
+    #[test]
+    fn stores_and_study_completion_running_together_never_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let data_dir = dir.path().to_path_buf();
+        let stop_c = stop.clone();
+        let assembler = std::thread::spawn(move || {
+            let mut asm = Assembler::open(&data_dir, Duration::ZERO, HashMap::new()).unwrap();
+            let mut ticks = 0;
+            while !stop_c.load(std::sync::atomic::Ordering::SeqCst) {
+                asm.tick().expect("assembly tick");
+                ticks += 1;
+            }
+            ticks
+        });
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    for i in 0..150 {
+                        let sop = format!("1.2.3.{w}.{i}");
+                        spool
+                            .store(&IncomingInstance {
+                                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2",
+                                sop_instance_uid: &sop,
+                                study_uid: &format!("1.2.{w}.{}", i / 10),
+                                series_uid: "1.2.3.1",
+                                transfer_syntax_uid: uids::EXPLICIT_VR_LE,
+                                calling_ae: "A",
+                                called_ae: "RADIANT",
+                                dataset: b"abcd",
+                            })
+                            .expect("store while the assembler writes");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(assembler.join().unwrap() > 0);
         spool.close();
     }
 
