@@ -54,12 +54,23 @@ pub fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
-/// Minimal HTTP/1.0 GET on loopback: (status code, body).
-pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+/// Minimal HTTP/1.0 request on loopback: (status code, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     let status = text
@@ -72,6 +83,11 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// HTTP GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, b"", Duration::from_secs(10))
 }
 
 /// Send SIGKILL or SIGTERM to a child process.

@@ -3,7 +3,7 @@
 //! tools of the same names that may come first on PATH.
 
 use crate::{free_port, port_open, repo_root, wait_until};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -215,28 +215,9 @@ pub fn start_orthanc(appliance_ae: &str, appliance_port: u16) -> PeerProcess {
     peer
 }
 
-/// HTTP/1.0 POST on loopback: (status, body).
+/// HTTP POST on loopback (Orthanc's REST API): (status, body).
 pub fn http_post(port: u16, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    crate::http_request(port, "POST", path, body, Duration::from_secs(120))
 }
 
 /// Upload files to Orthanc through its REST API; returns the Orthanc study IDs touched.

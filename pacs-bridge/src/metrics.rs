@@ -76,68 +76,70 @@ impl Metrics {
 
     /// Render every counter in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let series: [(&str, &str, &str, String); 9] = [
+            (
+                "radiant_associations_total",
+                "DICOM associations accepted.",
+                "counter",
+                get(&self.associations_total),
+            ),
+            (
+                "radiant_associations_active",
+                "DICOM associations in progress.",
+                "gauge",
+                self.associations_active.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "radiant_instances_received_total",
+                "Instances stored durably and acknowledged with Success.",
+                "counter",
+                get(&self.instances_total),
+            ),
+            (
+                "radiant_instances_duplicate_total",
+                "Instances re-sent with a SOP Instance UID already stored.",
+                "counter",
+                get(&self.instances_duplicate_total),
+            ),
+            (
+                "radiant_received_bytes_total",
+                "Dataset bytes of stored instances.",
+                "counter",
+                get(&self.bytes_total),
+            ),
+            (
+                "radiant_echoes_total",
+                "C-ECHO requests answered.",
+                "counter",
+                get(&self.echoes_total),
+            ),
+            (
+                "radiant_spool_bytes",
+                "Bytes of instance files in the spool.",
+                "gauge",
+                get(&self.spool_bytes),
+            ),
+            (
+                "radiant_spool_instances",
+                "Instances in the spool.",
+                "gauge",
+                get(&self.spool_instances),
+            ),
+            (
+                "radiant_commit_batches_total",
+                "Group commits of the spool index (one fsync of the index each).",
+                "counter",
+                get(&self.commit_batches_total),
+            ),
+        ];
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, kind: &str, value: String| {
+        for (name, help, kind, value) in series {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
-        };
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-        counter(
-            "radiant_associations_total",
-            "DICOM associations accepted.",
-            "counter",
-            get(&self.associations_total),
-        );
-        counter(
-            "radiant_associations_active",
-            "DICOM associations in progress.",
-            "gauge",
-            self.associations_active.load(Ordering::Relaxed).to_string(),
-        );
-        counter(
-            "radiant_instances_received_total",
-            "Instances stored durably and acknowledged with Success.",
-            "counter",
-            get(&self.instances_total),
-        );
-        counter(
-            "radiant_instances_duplicate_total",
-            "Instances re-sent with a SOP Instance UID already stored.",
-            "counter",
-            get(&self.instances_duplicate_total),
-        );
-        counter(
-            "radiant_received_bytes_total",
-            "Dataset bytes of stored instances.",
-            "counter",
-            get(&self.bytes_total),
-        );
-        counter(
-            "radiant_echoes_total",
-            "C-ECHO requests answered.",
-            "counter",
-            get(&self.echoes_total),
-        );
-        counter(
-            "radiant_spool_bytes",
-            "Bytes of instance files in the spool.",
-            "gauge",
-            get(&self.spool_bytes),
-        );
-        counter(
-            "radiant_spool_instances",
-            "Instances in the spool.",
-            "gauge",
-            get(&self.spool_instances),
-        );
-        counter(
-            "radiant_commit_batches_total",
-            "Group commits of the spool index (one fsync of the index each).",
-            "counter",
-            get(&self.commit_batches_total),
-        );
+        }
         let _ = writeln!(
             out,
             "# HELP radiant_rejects_total Associations and instances refused, by reason.\n# TYPE radiant_rejects_total counter"
