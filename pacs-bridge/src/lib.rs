@@ -11,6 +11,7 @@
 //! - [`store`]: the spool (Part 10 files) and its SQLite index, written with group commit so that
 //!   an instance is durable before its Success status leaves; study assembly on top of it.
 //! - [`metrics`]: counters the daemon exposes in Prometheus text format.
+//! - [`volume`]: a series' pixel data decoded, rescaled and ordered into a `models` volume.
 //!
 //! No async runtime: one OS thread per association, bounded by `max_associations`; durability
 //! work of concurrent associations is batched by a single committer thread.
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod scp;
 pub mod store;
 pub mod uids;
+pub mod volume;
 
 /// A short, stable, non-reversible tag for a UID, for logs: the first 12 hex digits of its
 /// SHA-256. Logs never carry study UIDs or patient attributes in clear.

@@ -1,0 +1,571 @@
+//! Series to volume: decode the pixel data of a series' instances (every transfer syntax the SCP
+//! accepts that a maintained decoder handles), apply the modality rescale, and lay the slices
+//! out by their position along the slice normal (PS3.3 C.7.6.2.1.1), never by file name or
+//! Instance Number. Geometry comes from the headers: Image Position/Orientation (Patient) and
+//! Pixel Spacing, or their functional-group equivalents in Enhanced multi-frame objects
+//! (PS3.3 C.7.6.16). A series that cannot form one regular volume is refused with the reason.
+
+use crate::dataset;
+use crate::uids;
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
+use models::volume::{cross, dot, Volume};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Bounds on what one series may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest file read.
+    pub max_file_bytes: u64,
+    /// Most voxels in the volume (4 bytes each in memory).
+    pub max_voxels: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 1 << 30,
+            max_voxels: 1 << 28,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum VolumeError {
+    #[error("no DICOM files given")]
+    Empty,
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path} is not a DICOM Part 10 file")]
+    NotPart10 { path: PathBuf },
+    #[error("{path}: transfer syntax {transfer_syntax} is not one we decode")]
+    UnsupportedTransferSyntax {
+        path: PathBuf,
+        transfer_syntax: String,
+    },
+    #[error("{path}: malformed dataset: {source}")]
+    Malformed {
+        path: PathBuf,
+        #[source]
+        source: dataset::DatasetError,
+    },
+    #[error("{path}: missing or invalid {attribute}")]
+    MissingAttribute {
+        path: PathBuf,
+        attribute: &'static str,
+    },
+    #[error("{path}: {reason}")]
+    UnsupportedCompression { path: PathBuf, reason: &'static str },
+    #[error("{path}: pixel data cannot be decoded: {reason}")]
+    Decode { path: PathBuf, reason: String },
+    #[error("{path}: {samples} samples per pixel; only single-channel (monochrome) images form a volume")]
+    NotMonochrome { path: PathBuf, samples: u16 },
+    #[error("files belong to different series ({first} and {other})")]
+    MixedSeries { first: String, other: String },
+    #[error(
+        "images of different sizes: {first_rows}x{first_columns} and {rows}x{columns} ({path})"
+    )]
+    MixedSizes {
+        first_rows: u32,
+        first_columns: u32,
+        rows: u32,
+        columns: u32,
+        path: PathBuf,
+    },
+    #[error("images with different orientations ({path})")]
+    MixedOrientations { path: PathBuf },
+    #[error("images with different pixel spacing ({path})")]
+    MixedSpacing { path: PathBuf },
+    #[error("two slices at the same position {position:?} mm along the normal")]
+    DuplicatePosition { position: f64 },
+    #[error("uneven slice spacing: gap of {gap:.3} mm at {at:.3} mm where {expected:.3} mm is usual (missing slice?)")]
+    UnevenSpacing { gap: f64, at: f64, expected: f64 },
+    #[error("slice positions do not lie along the slice normal (tilted or sheared stack)")]
+    NotAlongNormal,
+    #[error("volume of {voxels} voxels exceeds the limit of {limit}")]
+    TooLarge { voxels: usize, limit: usize },
+}
+
+/// Where each slice of a volume came from, in volume order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceSource {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    /// Frame number within the instance, from 0.
+    pub frame: u32,
+    pub position: [f64; 3],
+}
+
+/// A volume built from one series, with its DICOM identity for later result objects.
+#[derive(Debug, Clone)]
+pub struct SeriesVolume {
+    pub volume: Volume,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sources: Vec<SliceSource>,
+}
+
+/// One frame's geometry, before ordering.
+struct Frame {
+    instance: usize,
+    frame: u32,
+    position: Option<[f64; 3]>,
+}
+
+struct Instance {
+    path: PathBuf,
+    object: DefaultDicomObject,
+    sop_instance_uid: String,
+    sop_class_uid: String,
+    rows: u32,
+    columns: u32,
+    orientation: [f64; 6],
+    spacing: [f64; 2],
+    thickness: Option<f64>,
+}
+
+/// JPEG Extended (Process 2 & 4).
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
+/// Relative tolerance on slice gaps, and absolute tolerance on direction cosines.
+const GAP_TOLERANCE: f64 = 0.05;
+const COSINE_TOLERANCE: f64 = 1e-3;
+
+/// Build the volume of the series held in `paths` (any order).
+pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeError> {
+    if paths.is_empty() {
+        return Err(VolumeError::Empty);
+    }
+    let mut instances = Vec::with_capacity(paths.len());
+    let mut frames = Vec::new();
+    let (mut series_uid, mut study_uid, mut modality, mut frame_of_reference) =
+        (String::new(), String::new(), String::new(), None);
+    for (i, path) in paths.iter().enumerate() {
+        let object = read(path, limits)?;
+        let series = text(&object, tags::SERIES_INSTANCE_UID)
+            .ok_or_else(|| missing(path, "Series Instance UID"))?;
+        if i == 0 {
+            series_uid = series;
+            study_uid = text(&object, tags::STUDY_INSTANCE_UID)
+                .ok_or_else(|| missing(path, "Study Instance UID"))?;
+            modality = text(&object, tags::MODALITY).unwrap_or_default();
+            frame_of_reference = text(&object, tags::FRAME_OF_REFERENCE_UID);
+        } else if series != series_uid {
+            return Err(VolumeError::MixedSeries {
+                first: series_uid,
+                other: series,
+            });
+        }
+        let samples = uint(&object, tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16;
+        if samples != 1 {
+            return Err(VolumeError::NotMonochrome {
+                path: path.clone(),
+                samples,
+            });
+        }
+        let instance = describe(path, object)?;
+        let count = uint(&instance.object, tags::NUMBER_OF_FRAMES)
+            .unwrap_or(1)
+            .max(1);
+        let positions = frame_positions(&instance.object, count);
+        for frame in 0..count {
+            frames.push(Frame {
+                instance: i,
+                frame,
+                position: positions.get(frame as usize).copied().flatten(),
+            });
+        }
+        instances.push(instance);
+    }
+    let reference = &instances[0];
+    for inst in &instances[1..] {
+        if (inst.rows, inst.columns) != (reference.rows, reference.columns) {
+            return Err(VolumeError::MixedSizes {
+                first_rows: reference.rows,
+                first_columns: reference.columns,
+                rows: inst.rows,
+                columns: inst.columns,
+                path: inst.path.clone(),
+            });
+        }
+        if inst
+            .orientation
+            .iter()
+            .zip(&reference.orientation)
+            .any(|(a, b)| (a - b).abs() > COSINE_TOLERANCE)
+        {
+            return Err(VolumeError::MixedOrientations {
+                path: inst.path.clone(),
+            });
+        }
+        if inst
+            .spacing
+            .iter()
+            .zip(&reference.spacing)
+            .any(|(a, b)| (a - b).abs() > 1e-4 * b.abs().max(1.0))
+        {
+            return Err(VolumeError::MixedSpacing {
+                path: inst.path.clone(),
+            });
+        }
+    }
+    let o = reference.orientation;
+    let row_direction = [o[0], o[1], o[2]];
+    let column_direction = [o[3], o[4], o[5]];
+    let normal = cross(row_direction, column_direction);
+
+    let (order, slice_gap) = order_frames(&frames, normal, &instances)?;
+    let (rows, columns) = (reference.rows as usize, reference.columns as usize);
+    let voxels_total = rows * columns * order.len();
+    if voxels_total > limits.max_voxels {
+        return Err(VolumeError::TooLarge {
+            voxels: voxels_total,
+            limit: limits.max_voxels,
+        });
+    }
+    let mut voxels = vec![0f32; voxels_total];
+    let per_slice = rows * columns;
+    // Decode instance by instance (multi-frame objects once), placing each frame at its slot.
+    let mut slot_of = vec![Vec::new(); instances.len()];
+    for (slot, &f) in order.iter().enumerate() {
+        slot_of[frames[f].instance].push((frames[f].frame, slot));
+    }
+    let options = convert_options();
+    for (i, inst) in instances.iter().enumerate() {
+        let decoded = inst
+            .object
+            .decode_pixel_data()
+            .map_err(|e| VolumeError::Decode {
+                path: inst.path.clone(),
+                reason: e.to_string(),
+            })?;
+        for &(frame, slot) in &slot_of[i] {
+            let values: Vec<f32> =
+                decoded
+                    .to_vec_frame_with_options(frame, &options)
+                    .map_err(|e| VolumeError::Decode {
+                        path: inst.path.clone(),
+                        reason: e.to_string(),
+                    })?;
+            if values.len() != per_slice {
+                return Err(VolumeError::Decode {
+                    path: inst.path.clone(),
+                    reason: format!(
+                        "frame {frame} has {} samples, expected {per_slice}",
+                        values.len()
+                    ),
+                });
+            }
+            voxels[slot * per_slice..(slot + 1) * per_slice].copy_from_slice(&values);
+        }
+    }
+    let sources: Vec<SliceSource> = order
+        .iter()
+        .map(|&f| {
+            let inst = &instances[frames[f].instance];
+            SliceSource {
+                sop_instance_uid: inst.sop_instance_uid.clone(),
+                sop_class_uid: inst.sop_class_uid.clone(),
+                frame: frames[f].frame,
+                position: frames[f].position.unwrap_or([0.0; 3]),
+            }
+        })
+        .collect();
+    let origin = sources[0].position;
+    Ok(SeriesVolume {
+        volume: Volume {
+            columns,
+            rows,
+            slices: order.len(),
+            spacing: [reference.spacing[1], reference.spacing[0], slice_gap],
+            origin,
+            row_direction,
+            column_direction,
+            normal,
+            voxels,
+            modality,
+            frame_of_reference_uid: frame_of_reference,
+        },
+        study_uid,
+        series_uid,
+        sources,
+    })
+}
+
+/// Decode every frame of one file (rescale applied), without any geometry: for single objects
+/// that carry no Image Position/Orientation, and to check a decoder on its own.
+pub fn decode_frames(path: &Path, limits: &Limits) -> Result<Vec<Vec<f32>>, VolumeError> {
+    let object = read(path, limits)?;
+    let count = uint(&object, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let decoded = object
+        .decode_pixel_data()
+        .map_err(|e| VolumeError::Decode {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    (0..count)
+        .map(|frame| {
+            decoded
+                .to_vec_frame_with_options(frame, &convert_options())
+                .map_err(|e| VolumeError::Decode {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Modality rescale applied (Hounsfield units for CT), no VOI windowing.
+fn convert_options() -> ConvertOptions {
+    ConvertOptions::new()
+        .with_modality_lut(ModalityLutOption::Default)
+        .with_voi_lut(VoiLutOption::Identity)
+}
+
+/// Order frames along the normal and check the stack is regular; returns the order and the
+/// slice spacing.
+fn order_frames(
+    frames: &[Frame],
+    normal: [f64; 3],
+    instances: &[Instance],
+) -> Result<(Vec<usize>, f64), VolumeError> {
+    if frames.len() == 1 {
+        let thickness = instances[0].thickness.filter(|t| *t > 0.0).unwrap_or(1.0);
+        return Ok((vec![0], thickness));
+    }
+    let mut keyed = Vec::with_capacity(frames.len());
+    for (i, f) in frames.iter().enumerate() {
+        let position = f
+            .position
+            .ok_or_else(|| missing(&instances[f.instance].path, "Image Position (Patient)"))?;
+        keyed.push((dot(position, normal), i));
+    }
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let gaps: Vec<f64> = keyed.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    if let Some(w) = keyed.windows(2).find(|w| w[1].0 - w[0].0 < 1e-3) {
+        return Err(VolumeError::DuplicatePosition { position: w[0].0 });
+    }
+    let mut sorted = gaps.clone();
+    sorted.sort_by(f64::total_cmp);
+    let expected = sorted[sorted.len() / 2];
+    for (i, gap) in gaps.iter().enumerate() {
+        if (gap - expected).abs() > GAP_TOLERANCE * expected {
+            return Err(VolumeError::UnevenSpacing {
+                gap: *gap,
+                at: keyed[i].0,
+                expected,
+            });
+        }
+    }
+    // Consecutive positions must differ by a multiple of the normal only.
+    for w in keyed.windows(2) {
+        let (a, b) = (
+            frames[w[0].1].position.unwrap_or_default(),
+            frames[w[1].1].position.unwrap_or_default(),
+        );
+        let step = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+        let along = dot(step, normal);
+        let off: f64 = (0..3)
+            .map(|k| (step[k] - along * normal[k]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if off > GAP_TOLERANCE * expected {
+            return Err(VolumeError::NotAlongNormal);
+        }
+    }
+    Ok((keyed.into_iter().map(|(_, i)| i).collect(), expected))
+}
+
+fn missing(path: &Path, attribute: &'static str) -> VolumeError {
+    VolumeError::MissingAttribute {
+        path: path.to_path_buf(),
+        attribute,
+    }
+}
+
+/// Read a Part 10 file: bounded size, a transfer syntax we accept, and a dataset whose every
+/// declared length the bounded walker has checked before `dicom-object` parses it.
+fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError> {
+    let fail = |reason: String| VolumeError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string()))?
+        .len();
+    if size > limits.max_file_bytes {
+        return Err(fail(format!(
+            "{size} bytes exceeds the limit of {}",
+            limits.max_file_bytes
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Err(VolumeError::NotPart10 {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = dicom_object::from_reader(&bytes[128..]).map_err(|e| fail(e.to_string()))?;
+    let transfer_syntax = file
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    let encoding = uids::encoding_of(&transfer_syntax).ok_or_else(|| {
+        VolumeError::UnsupportedTransferSyntax {
+            path: path.to_path_buf(),
+            transfer_syntax: transfer_syntax.clone(),
+        }
+    })?;
+    let meta_len = 132 + 12 + file.meta().information_group_length as usize;
+    let dataset_bytes = bytes
+        .get(meta_len..)
+        .ok_or_else(|| VolumeError::NotPart10 {
+            path: path.to_path_buf(),
+        })?;
+    dataset::inspect(dataset_bytes, encoding, limits.max_file_bytes as usize * 4).map_err(
+        |source| VolumeError::Malformed {
+            path: path.to_path_buf(),
+            source,
+        },
+    )?;
+    // jpeg-decoder, the maintained pure-Rust JPEG decoder, reads 8-bit samples only.
+    if transfer_syntax == JPEG_EXTENDED && uint(&file, tags::BITS_STORED).unwrap_or(8) > 8 {
+        return Err(VolumeError::UnsupportedCompression {
+            path: path.to_path_buf(),
+            reason: "JPEG Extended with 12-bit samples: no maintained Rust decoder reads it; \
+                     have the sender use JPEG Lossless or an uncompressed transfer syntax",
+        });
+    }
+    Ok(file)
+}
+
+fn describe(path: &Path, object: DefaultDicomObject) -> Result<Instance, VolumeError> {
+    let rows = uint(&object, tags::ROWS).ok_or_else(|| missing(path, "Rows"))?;
+    let columns = uint(&object, tags::COLUMNS).ok_or_else(|| missing(path, "Columns"))?;
+    let orientation = floats(&object, tags::IMAGE_ORIENTATION_PATIENT)
+        .or_else(|| {
+            functional_group(
+                &object,
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                tags::IMAGE_ORIENTATION_PATIENT,
+            )
+        })
+        .and_then(|v| <[f64; 6]>::try_from(v).ok())
+        .ok_or_else(|| missing(path, "Image Orientation (Patient)"))?;
+    let spacing = floats(&object, tags::PIXEL_SPACING)
+        .or_else(|| functional_group(&object, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING))
+        .and_then(|v| <[f64; 2]>::try_from(v).ok())
+        .filter(|s| s.iter().all(|x| *x > 0.0))
+        .ok_or_else(|| missing(path, "Pixel Spacing"))?;
+    let thickness = floats(&object, tags::SLICE_THICKNESS)
+        .or_else(|| {
+            functional_group(
+                &object,
+                tags::PIXEL_MEASURES_SEQUENCE,
+                tags::SLICE_THICKNESS,
+            )
+        })
+        .and_then(|v| v.first().copied());
+    let norm = |a: &[f64]| (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]).sqrt();
+    if (norm(&orientation[..3]) - 1.0).abs() > 0.01 || (norm(&orientation[3..]) - 1.0).abs() > 0.01
+    {
+        return Err(missing(
+            path,
+            "Image Orientation (Patient) (not unit vectors)",
+        ));
+    }
+    Ok(Instance {
+        path: path.to_path_buf(),
+        sop_instance_uid: text(&object, tags::SOP_INSTANCE_UID)
+            .ok_or_else(|| missing(path, "SOP Instance UID"))?,
+        sop_class_uid: text(&object, tags::SOP_CLASS_UID)
+            .ok_or_else(|| missing(path, "SOP Class UID"))?,
+        object,
+        rows,
+        columns,
+        orientation,
+        spacing,
+        thickness,
+    })
+}
+
+/// Image Position (Patient) of each frame: the top-level attribute for single-frame objects,
+/// the Plane Position Sequence of each per-frame functional group for Enhanced ones.
+fn frame_positions(object: &InMemDicomObject, count: u32) -> Vec<Option<[f64; 3]>> {
+    if let Some(p) = floats(object, tags::IMAGE_POSITION_PATIENT) {
+        return vec![<[f64; 3]>::try_from(p).ok()];
+    }
+    let per_frame = object
+        .element_opt(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items());
+    match per_frame {
+        Some(items) => items
+            .iter()
+            .take(count as usize)
+            .map(|item| {
+                nested(
+                    item,
+                    tags::PLANE_POSITION_SEQUENCE,
+                    tags::IMAGE_POSITION_PATIENT,
+                )
+                .and_then(|v| <[f64; 3]>::try_from(v).ok())
+            })
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// A value from the Shared Functional Groups Sequence, or else the first per-frame group.
+fn functional_group(object: &InMemDicomObject, sequence: Tag, tag: Tag) -> Option<Vec<f64>> {
+    for groups in [
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+    ] {
+        let first = object
+            .element_opt(groups)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .and_then(|items| items.first());
+        if let Some(v) = first.and_then(|item| nested(item, sequence, tag)) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn nested(item: &InMemDicomObject, sequence: Tag, tag: Tag) -> Option<Vec<f64>> {
+    let inner = item
+        .element_opt(sequence)
+        .ok()
+        .flatten()?
+        .items()?
+        .first()?;
+    floats(inner, tag)
+}
+
+fn floats(object: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
+    object
+        .element_opt(tag)
+        .ok()
+        .flatten()?
+        .to_multi_float64()
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+fn uint(object: &InMemDicomObject, tag: Tag) -> Option<u32> {
+    object.element_opt(tag).ok().flatten()?.to_int::<u32>().ok()
+}
+
+fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = object.element_opt(tag).ok().flatten()?.to_str().ok()?;
+    let s = s.trim_end_matches(['\0', ' ']).trim();
+    (!s.is_empty()).then(|| s.to_string())
+}

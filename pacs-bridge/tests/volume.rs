@@ -1,0 +1,202 @@
+//! Series to volume on real data: the 108-slice head CT and the pydicom test files built by
+//! `scripts/fixtures.sh`.
+
+use pacs_bridge::volume::{build, decode_frames, Limits, VolumeError};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    assert!(
+        dir.join("ct-series").is_dir(),
+        "run scripts/fixtures.sh first"
+    );
+    dir
+}
+
+fn ct_series() -> Vec<PathBuf> {
+    (0..108)
+        .map(|i| fixtures().join(format!("ct-series/slice_{i:03}.dcm")))
+        .collect()
+}
+
+fn test_file(name: &str) -> PathBuf {
+    fixtures().join("pydicom").join(name)
+}
+
+/// The int16 pixel values of a CT slice fixture: its Pixel Data is the last element.
+fn raw_pixels(path: &Path, count: usize) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    bytes[bytes.len() - 2 * count..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32)
+        .collect()
+}
+
+#[test]
+fn the_ct_series_in_any_file_order_forms_one_regular_volume() {
+    let mut paths = ct_series();
+    paths.reverse();
+    paths.swap(3, 70);
+    let series = build(&paths, &Limits::default()).unwrap();
+    let v = &series.volume;
+    assert_eq!((v.columns, v.rows, v.slices), (256, 256, 108));
+    assert!((v.spacing[0] - 0.9570312).abs() < 1e-6, "{:?}", v.spacing);
+    assert!((v.spacing[2] - 1.5).abs() < 1e-6, "{:?}", v.spacing);
+    assert_eq!(v.normal, [0.0, 0.0, 1.0]);
+    assert_eq!(v.modality, "CT");
+    assert!(v.frame_of_reference_uid.is_some());
+    // Slices run along +z, whatever the file order; each holds its own file's pixels.
+    for w in series.sources.windows(2) {
+        assert!(w[1].position[2] > w[0].position[2]);
+    }
+    for z in [0usize, 53, 107] {
+        assert_eq!(
+            v.slice(z),
+            raw_pixels(&ct_series()[z], 256 * 256).as_slice(),
+            "slice {z}"
+        );
+    }
+    let min = v.voxels.iter().copied().fold(f32::MAX, f32::min);
+    let max = v.voxels.iter().copied().fold(f32::MIN, f32::max);
+    assert!(min <= -1000.0 && max > 1000.0, "HU range {min}..{max}");
+}
+
+#[test]
+fn a_missing_slice_is_refused_as_uneven_spacing() {
+    let mut paths = ct_series();
+    paths.remove(50);
+    let err = build(&paths, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, VolumeError::UnevenSpacing { gap, expected, .. } if (gap - 3.0).abs() < 1e-6 && (expected - 1.5).abs() < 1e-6),
+        "{err}"
+    );
+    assert!(err.to_string().contains("missing slice"));
+}
+
+#[test]
+fn a_slice_given_twice_is_refused_as_a_duplicate_position() {
+    let mut paths = ct_series();
+    paths.push(paths[10].clone());
+    let err = build(&paths, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, VolumeError::DuplicatePosition { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_of_another_series_are_refused() {
+    let mut paths = ct_series();
+    paths.push(test_file("CT_small.dcm"));
+    let err = build(&paths, &Limits::default()).unwrap_err();
+    assert!(matches!(err, VolumeError::MixedSeries { .. }), "{err}");
+}
+
+#[test]
+fn a_volume_over_the_voxel_limit_is_refused_before_decoding() {
+    let limits = Limits {
+        max_voxels: 256 * 256 * 100,
+        ..Limits::default()
+    };
+    let err = build(&ct_series(), &limits).unwrap_err();
+    assert!(matches!(err, VolumeError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn lossless_jpeg_2000_decodes_to_the_same_values_as_the_uncompressed_file() {
+    for (compressed, plain) in [
+        ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
+        ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),
+    ] {
+        let a = build(&[test_file(compressed)], &Limits::default());
+        let b = build(&[test_file(plain)], &Limits::default());
+        match (a, b) {
+            (Ok(a), Ok(b)) => assert!(
+                a.volume.voxels == b.volume.voxels,
+                "{compressed} differs from {plain}"
+            ),
+            // CR images lack Image Position/Orientation; both must then fail the same way.
+            (Err(a), Err(b)) => assert_eq!(a.to_string().replace(compressed, plain), b.to_string()),
+            (a, b) => panic!("{compressed}: {:?} vs {plain}: {:?}", a.err(), b.err()),
+        }
+    }
+}
+
+/// Every CT and MR test file, in whatever transfer syntax it comes, becomes a volume; the JPEG-LS
+/// Enhanced MR goes through CharLS and the Enhanced CT through its functional groups.
+#[test]
+fn every_ct_and_mr_test_file_decodes_in_its_own_transfer_syntax() {
+    let manifest: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("pydicom/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let mut decoded = Vec::new();
+    for entry in &manifest {
+        let category = entry["category"].as_str().unwrap_or("");
+        if !["ct", "mr", "enhanced_ct", "enhanced_mr"].contains(&category) {
+            continue;
+        }
+        let file = entry["file"].as_str().unwrap();
+        let frames = match build(&[test_file(file)], &Limits::default()) {
+            Ok(series) => {
+                let v = series.volume;
+                assert_eq!(v.voxels.len(), v.columns * v.rows * v.slices);
+                vec![v.voxels]
+            }
+            // Some test files carry no geometry at all: refused as a volume, naming what is
+            // missing, while their pixels still decode.
+            Err(VolumeError::MissingAttribute { attribute, .. }) => {
+                assert!(attribute.contains("Image"), "{file}: {attribute}");
+                decode_frames(&test_file(file), &Limits::default())
+                    .unwrap_or_else(|e| panic!("{file}: {e}"))
+            }
+            Err(e) => panic!("{file} ({}): {e}", entry["transfer_syntax_uid"]),
+        };
+        for f in &frames {
+            assert!(f.iter().any(|x| *x != f[0]), "{file}: constant image");
+        }
+        decoded.push(entry["transfer_syntax_uid"].as_str().unwrap().to_string());
+    }
+    for needed in [
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+    ] {
+        assert!(
+            decoded.iter().any(|d| d == needed),
+            "no CT/MR file in {needed} decoded: {decoded:?}"
+        );
+    }
+}
+
+#[test]
+fn colour_images_are_refused_with_the_reason() {
+    let err = build(&[test_file("SC_rgb_rle.dcm")], &Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, VolumeError::NotMonochrome { samples: 3, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn twelve_bit_jpeg_extended_is_refused_with_the_reason() {
+    let err = decode_frames(&test_file("JPGExtended.dcm"), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, VolumeError::UnsupportedCompression { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("12-bit"), "{err}");
+}
+
+#[test]
+fn single_images_and_enhanced_multi_frame_objects_form_volumes() {
+    let single = build(&[test_file("CT_small.dcm")], &Limits::default()).unwrap();
+    assert_eq!((single.volume.columns, single.volume.rows, single.volume.slices), (128, 128, 1));
+    let enhanced = build(&[test_file("eCT_Supplemental.dcm")], &Limits::default()).unwrap();
+    assert_eq!(enhanced.volume.slices, 2);
+    assert_eq!(enhanced.sources.len(), 2);
+    assert!(enhanced.sources.iter().all(|s| s.sop_instance_uid == enhanced.sources[0].sop_instance_uid));
+    assert_ne!(enhanced.sources[0].frame, enhanced.sources[1].frame);
+}
