@@ -51,6 +51,55 @@ enum Command {
         #[command(subcommand)]
         command: StudiesCommand,
     },
+    /// Installed model packages.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Run a model on one folder of DICOM files (one series), without the daemon; prints JSON.
+    Infer {
+        /// Folder holding the series' files.
+        path: PathBuf,
+        /// Installed model id (its active version), or the folder of a model package.
+        #[arg(long)]
+        model: String,
+        #[arg(long, value_enum, default_value_t = BackendChoice::Tract)]
+        backend: BackendChoice,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackendChoice {
+    /// Pure-Rust tract on the CPU (always available).
+    Tract,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List installed models and versions (JSON lines with --json).
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every installed version against its manifest's SHA-256.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Verify and install a model package folder.
+    Install {
+        /// The package folder (manifest.toml, backbone, head, card).
+        path: PathBuf,
+        /// Make this version active even if another one is.
+        #[arg(long)]
+        activate: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +152,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Models { command } => models_command(command),
+        Command::Infer {
+            path,
+            model,
+            backend: BackendChoice::Tract,
+            config,
+        } => infer_command(path, model, config),
         Command::Studies { command } => match command {
             StudiesCommand::List { config, json } => {
                 let config = config.load()?;
@@ -137,6 +193,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     }
+}
+
+fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::List { config, json } => {
+            let registry = models::registry::Registry::new(&config.load()?.data_dir);
+            for m in registry.list()? {
+                if json {
+                    println!("{}", serde_json::to_string(&m)?);
+                } else {
+                    let active = if m.active { "active" } else { "" };
+                    println!("{:<24} {:<10} {:<28} {active}", m.id, m.version, m.task);
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Verify { config } => {
+            let registry = models::registry::Registry::new(&config.load()?.data_dir);
+            let mut failed = 0;
+            for (m, result) in registry.verify_all()? {
+                match result {
+                    Ok(()) => println!("ok      {} {}", m.id, m.version),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAILED  {} {}: {e}", m.id, m.version);
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} installed model version(s) failed verification");
+            }
+            Ok(())
+        }
+        ModelsCommand::Install {
+            path,
+            activate,
+            config,
+        } => {
+            let registry = models::registry::Registry::new(&config.load()?.data_dir);
+            let installed = registry.install(&path, activate)?;
+            println!(
+                "installed {} {}{}",
+                installed.id,
+                installed.version,
+                if installed.active { " (active)" } else { "" }
+            );
+            Ok(())
+        }
+    }
+}
+
+fn infer_command(path: PathBuf, model: String, config: ConfigArgs) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let package_dir = PathBuf::from(&model);
+    let package = if package_dir.join("manifest.toml").is_file() {
+        models::package::Package::open(&package_dir)?
+    } else {
+        models::registry::Registry::new(&config.load()?.data_dir).open_active(&model)?
+    };
+    let backend = models::backend::TractBackend::load(&package.backbone_path())?;
+    let mut loaded = models::infer::Model::new(package, Box::new(backend))?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let t = std::time::Instant::now();
+    let series = pacs_bridge::volume::build(&files, &pacs_bridge::volume::Limits::default())?;
+    let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+    let result = models::infer::run(&mut loaded, &series.volume)?;
+    let mut json = serde_json::to_value(&result)?;
+    json["series_uid"] = series.series_uid.into();
+    json["slices"] = series.volume.slices.into();
+    json["timings"]["decode_ms"] = decode_ms.into();
+    json["timings"]["model_load_ms"] = load_ms.into();
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,9 +1,35 @@
 //! Model packages, preprocessing, inference backends and fine-tuning. Sees volumes and
-//! tensors, never DICOM; does no network I/O.
+//! tensors, never DICOM; does no network I/O; reads model packages and writes only under the
+//! model registry.
 //!
 //! # Layout
 //! - [`volume`]: a scalar volume with its patient-space geometry (built by `pacs-bridge`).
-//!
-//! Model packages, backends and fine-tuning are the next steps of the inference issue.
+//! - [`package`]: the model package format (manifest, backbone, head, card) and its checks.
+//! - [`registry`]: installed packages under `<data_dir>/models`, with an active version each.
+//! - [`preprocess`]: volume to model input tensor, as the manifest says.
+//! - [`backend`]: the `Backend` trait and the tract backend (the embedded default).
+//! - [`head`]: the trainable head, applied in Rust.
+//! - [`infer`]: one study through one model, with label volumes and timings.
 
+pub mod backend;
+pub mod head;
+pub mod infer;
+pub mod package;
+pub mod preprocess;
+pub mod registry;
 pub mod volume;
+
+use thiserror::Error;
+
+/// Why a study could not go through a model.
+#[derive(Debug, Error)]
+pub enum InferError {
+    #[error("the model expects modality {expected}, the series is {found}")]
+    WrongModality { expected: String, found: String },
+    #[error("the model needs at least {min} slices, the series has {found}")]
+    TooFewSlices { min: usize, found: usize },
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("head: {0}")]
+    Head(String),
+}

@@ -1,0 +1,256 @@
+//! Model packages (design.md section 3): a folder with `manifest.toml`, the frozen
+//! `backbone.onnx`, the trainable `head.safetensors` and `card.md`. Loading checks the manifest
+//! field by field and both files against their SHA-256 before anything runs.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Largest manifest we read.
+const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum PackageError {
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{path}: file missing from the package")]
+    MissingFile { path: PathBuf },
+    #[error("{path}: invalid manifest: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("{path}: SHA-256 is {actual}, the manifest says {expected}")]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub id: String,
+    pub version: String,
+    pub task: String,
+    #[serde(default)]
+    pub description: String,
+    pub licence: String,
+    pub intended_use: String,
+    #[serde(default)]
+    pub provenance: toml::Table,
+    pub input: InputSpec,
+    pub backbone: BackboneSpec,
+    pub head: HeadSpec,
+    pub labels: Vec<LabelSpec>,
+    pub classification: Option<ClassificationSpec>,
+    #[serde(default)]
+    pub metrics: toml::Table,
+}
+
+/// What the model expects and how a volume becomes its input tensor.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub modality: String,
+    pub min_slices: usize,
+    /// Rows and columns of each model slice.
+    pub size: [usize; 2],
+    /// In-plane spacing of the model grid, mm.
+    pub spacing_mm: f64,
+    /// One channel per intensity window.
+    pub channels: Vec<WindowSpec>,
+    /// Value assumed outside the source image (HU for CT).
+    pub outside_value: f32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    pub name: String,
+    pub center: f32,
+    pub width: f32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneSpec {
+    pub file: String,
+    pub sha256: String,
+    pub input: String,
+    pub output: String,
+    pub features: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    pub file: String,
+    pub sha256: String,
+    pub hidden: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSpec {
+    pub value: u8,
+    pub name: String,
+    pub colour: [u8; 3],
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationSpec {
+    pub name: String,
+}
+
+/// A package whose manifest parsed, whose files exist and match their hashes.
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Package {
+    /// Load and verify the package in `dir`.
+    pub fn open(dir: &Path) -> Result<Package, PackageError> {
+        let manifest_path = dir.join("manifest.toml");
+        let manifest = read_manifest(&manifest_path)?;
+        let package = Package {
+            dir: dir.to_path_buf(),
+            manifest,
+        };
+        package.verify()?;
+        Ok(package)
+    }
+
+    pub fn backbone_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.backbone.file)
+    }
+
+    pub fn head_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.head.file)
+    }
+
+    /// Check both model files against the manifest's SHA-256.
+    pub fn verify(&self) -> Result<(), PackageError> {
+        for (path, expected) in [
+            (self.backbone_path(), &self.manifest.backbone.sha256),
+            (self.head_path(), &self.manifest.head.sha256),
+        ] {
+            let actual = sha256_file(&path)?;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(PackageError::HashMismatch {
+                    path,
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_manifest(path: &Path) -> Result<Manifest, PackageError> {
+    let meta = std::fs::metadata(path).map_err(|_| PackageError::MissingFile {
+        path: path.to_path_buf(),
+    })?;
+    let invalid = |reason: String| PackageError::Manifest {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| PackageError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let m = &manifest;
+    let checks: [(bool, &str); 9] = [
+        (is_name(&m.id), "id must be 1-64 characters of [a-z0-9-]"),
+        (is_semver(&m.version), "version must be MAJOR.MINOR.PATCH"),
+        (
+            !m.input.channels.is_empty(),
+            "input.channels must not be empty",
+        ),
+        (
+            m.input.channels.iter().all(|c| c.width > 0.0),
+            "input.channels widths must be positive",
+        ),
+        (
+            m.input.size.iter().all(|s| (8..=1024).contains(s)),
+            "input.size must be between 8 and 1024",
+        ),
+        (
+            m.input.spacing_mm > 0.0,
+            "input.spacing_mm must be positive",
+        ),
+        (
+            (1..=1024).contains(&m.backbone.features) && (1..=1024).contains(&m.head.hidden),
+            "backbone.features and head.hidden must be between 1 and 1024",
+        ),
+        (
+            is_hex64(&m.backbone.sha256) && is_hex64(&m.head.sha256),
+            "sha256 values must be 64 hex digits",
+        ),
+        (
+            !m.labels.is_empty() && m.labels.iter().all(|l| l.value > 0),
+            "labels must list at least one label with a value above 0",
+        ),
+    ];
+    if let Some((_, reason)) = checks.iter().find(|(ok, _)| !ok) {
+        return Err(invalid((*reason).to_string()));
+    }
+    for file in [&m.backbone.file, &m.head.file] {
+        if file.contains('/') || file.contains("..") || file.is_empty() {
+            return Err(invalid(format!(
+                "{file:?} must be a plain file name in the package"
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_semver(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// SHA-256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String, PackageError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|_| PackageError::MissingFile {
+        path: path.to_path_buf(),
+    })?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| PackageError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
