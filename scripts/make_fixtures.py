@@ -9,6 +9,10 @@ This script owns everything below ``fixtures/``:
 * ``fixtures/ct-series/`` - a 108-slice CT Image Storage series generated
   from the InVesalius example project ``Cranium.inv3`` (Debian package
   ``invesalius-examples``), plus ``manifest.json``.
+* ``fixtures/ct-series-lesion/`` - the same series with one synthetic
+  haemorrhage-like lesion implanted (a smooth-edged sphere, LESION below),
+  under its own patient, study, series and SOP Instance UIDs, plus
+  ``manifest.json`` (which also records the lesion).
 * ``fixtures/.stamp``     - written last; when it carries the current
   FIXTURES_VERSION and every file listed in the manifests is present with
   the recorded size, the script exits immediately.
@@ -30,13 +34,52 @@ from collections import Counter
 from pathlib import Path
 
 # Bump whenever the selection rules or the generated content change.
-FIXTURES_VERSION = 1
+FIXTURES_VERSION = 2
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "fixtures"
 CRANIUM_INV3 = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 
 MAX_FILE_SIZE = 20 * 1000 * 1000
+
+# The lesion implanted into fixtures/ct-series-lesion: a sphere in patient
+# coordinates (LPS, mm; the series is centred on x = y = 0, slice i at
+# z = 1.5 i), in the right hemisphere of the middle slices, well inside the
+# intracranial space (about 30 mm from its boundary). Every voxel gains
+# delta_hu * p, where p falls smoothly (half a sine) from 1 at
+# radius - edge to 0 at radius + edge; p = 0.5 on the sphere itself, which is
+# the lesion's exact extent. Brain here is about 25 HU, so the lesion reads
+# about 90 HU, like acute blood. The same profile is used by
+# models/reference/train_head_ct.py.
+LESION = {
+    "shape": "sphere",
+    "centre_mm": [-26.0, 12.0, 81.0],
+    "radius_mm": 12.0,
+    "delta_hu": 65.0,
+    "edge_mm": 1.5,
+}
+
+# The two CT series: directory name -> what differs between them.
+CT_SERIES = {
+    "ct-series": {
+        "uid_root": "radiant-edge-fixtures/cranium/",
+        "patient_name": "Anonymous^Cranium",
+        "patient_id": "RE-CT-0001",
+        "accession": "RE-ACC-0001",
+        "study_description": "Head CT (InVesalius Cranium example)",
+        "series_suffix": "",
+        "lesion": None,
+    },
+    "ct-series-lesion": {
+        "uid_root": "radiant-edge-fixtures/cranium-lesion/",
+        "patient_name": "Anonymous^CraniumLesion",
+        "patient_id": "RE-CT-0002",
+        "accession": "RE-ACC-0002",
+        "study_description": "Head CT (Cranium example, synthetic lesion)",
+        "series_suffix": " + synthetic lesion",
+        "lesion": LESION,
+    },
+}
 
 # SOP Class UID -> fixture category.
 CATEGORIES = {
@@ -301,8 +344,34 @@ def load_cranium(inv3: Path):
     return volume.reshape(shape), meta
 
 
-def build_ct_series(dest: Path, inv3: Path) -> dict:
-    """Write one CT Image Storage file per slice of the Cranium volume."""
+def lesion_increment(lesion: dict, shape: tuple[int, int, int],
+                     spacing: tuple[float, float, float],
+                     origin: tuple[float, float, float]):
+    """HU added to each voxel of a [z, y, x] volume by ``lesion``, and its mask.
+
+    Returns (increment float64 [z, y, x], label bool [z, y, x]); the label is
+    the sphere itself (distance to the centre <= radius).
+    """
+    import numpy as np
+
+    n_slices, rows, cols = shape
+    sx, sy, sz = spacing
+    cx, cy, cz = lesion["centre_mm"]
+    z = (origin[2] + np.arange(n_slices) * sz - cz)[:, None, None]
+    y = (origin[1] + np.arange(rows) * sy - cy)[None, :, None]
+    x = (origin[0] + np.arange(cols) * sx - cx)[None, None, :]
+    dist = np.sqrt(x * x + y * y + z * z)
+    edge = (dist - lesion["radius_mm"]) / lesion["edge_mm"]
+    profile = 0.5 * (1.0 - np.sin(0.5 * np.pi * np.clip(edge, -1.0, 1.0)))
+    return lesion["delta_hu"] * profile, dist <= lesion["radius_mm"]
+
+
+def build_ct_series(dest: Path, inv3: Path, variant: dict) -> dict:
+    """Write one CT Image Storage file per slice of the Cranium volume.
+
+    ``variant`` (a CT_SERIES value) names the UID namespace, the patient and
+    study identification and the lesion to implant, if any.
+    """
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (PYDICOM_ROOT_UID, CTImageStorage, ExplicitVRLittleEndian,
@@ -320,20 +389,29 @@ def build_ct_series(dest: Path, inv3: Path) -> dict:
         # root, so every run gives the same UIDs. (With prefix=None pydicom
         # ignores entropy_srcs and returns a random 2.25 UUID UID.)
         return generate_uid(prefix=PYDICOM_ROOT_UID,
-                            entropy_srcs=["radiant-edge-fixtures/cranium/", *parts])
+                            entropy_srcs=[variant["uid_root"], *parts])
 
     study_uid, series_uid, for_uid = uid("study"), uid("series"), uid("for")
     # The volume was stored by InVesalius flipped vertically (anterior at the
     # bottom row); flip back so row direction +y (posterior) matches
     # ImageOrientationPatient [1,0,0,0,1,0]. Slice 0 is the most inferior one
     # (teeth), so z increases with the slice index (feet -> head).
+    volume = np.flip(volume, axis=1)
     origin = (-(cols - 1) * sx / 2, -(rows - 1) * sy / 2, 0.0)
     date, time = "20120914", "151208"
+
+    lesion = variant["lesion"]
+    if lesion is not None:
+        increment, label = lesion_increment(lesion, volume.shape, (sx, sy, sz), origin)
+        info = np.iinfo(np.int16)
+        volume = np.clip(volume + np.rint(increment), info.min, info.max).astype(np.int16)
+        lesion = dict(lesion, label_voxels=int(label.sum()),
+                      label_ml=round(float(label.sum()) * sx * sy * sz / 1000, 4))
 
     dest.mkdir(parents=True)
     slices = []
     for i in range(n_slices):
-        pixels = np.ascontiguousarray(np.flipud(volume[i])).astype("<i2")
+        pixels = np.ascontiguousarray(volume[i]).astype("<i2")
         sop_uid = uid(f"slice/{i}")
         z = origin[2] + i * sz
 
@@ -355,17 +433,17 @@ def build_ct_series(dest: Path, inv3: Path) -> dict:
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
         ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = time
-        ds.AccessionNumber = "RE-ACC-0001"
+        ds.AccessionNumber = variant["accession"]
         ds.Modality = "CT"
         ds.Manufacturer = "Radiant Edge fixtures"
         ds.InstitutionName = "Radiant Edge Test Lab"
         ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "Head CT (InVesalius Cranium example)"
-        ds.SeriesDescription = str(meta.get("name", "Cranium"))
+        ds.StudyDescription = variant["study_description"]
+        ds.SeriesDescription = str(meta.get("name", "Cranium")) + variant["series_suffix"]
         ds.ManufacturerModelName = "make_fixtures.py"
         # Patient
-        ds.PatientName = "Anonymous^Cranium"
-        ds.PatientID = "RE-CT-0001"
+        ds.PatientName = variant["patient_name"]
+        ds.PatientID = variant["patient_id"]
         ds.PatientBirthDate = ""
         ds.PatientSex = "O"
         ds.BodyPartExamined = "HEAD"
@@ -420,6 +498,8 @@ def build_ct_series(dest: Path, inv3: Path) -> dict:
         "pixel_spacing_mm": [sy, sx], "slice_spacing_mm": sz,
         "slices": slices,
     }
+    if lesion is not None:
+        manifest["lesion"] = lesion
     write_json(dest / "manifest.json", manifest)
     return manifest
 
@@ -438,9 +518,10 @@ def is_complete(out: Path) -> bool:
         if stamp.get("version") != FIXTURES_VERSION:
             return False
         samples = json.loads((out / "pydicom" / "manifest.json").read_text())
-        series = json.loads((out / "ct-series" / "manifest.json").read_text())
         expected = [(out / "pydicom" / e["file"], e["size"]) for e in samples]
-        expected += [(out / "ct-series" / s["file"], s["size"]) for s in series["slices"]]
+        for name in CT_SERIES:
+            series = json.loads((out / name / "manifest.json").read_text())
+            expected += [(out / name / s["file"], s["size"]) for s in series["slices"]]
         return all(p.stat().st_size == size for p, size in expected)
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -471,13 +552,15 @@ def main() -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / ".stamp").unlink(missing_ok=True)
-    for name in ("pydicom", "ct-series"):
+    for name in ("pydicom", *CT_SERIES):
         shutil.rmtree(out / f".build-{name}", ignore_errors=True)
 
     samples, rejected = build_pydicom_fixtures(out / ".build-pydicom")
     replace_dir(out / ".build-pydicom", out / "pydicom")
-    series = build_ct_series(out / ".build-ct-series", args.inv3)
-    replace_dir(out / ".build-ct-series", out / "ct-series")
+    built = {}
+    for name, variant in CT_SERIES.items():
+        built[name] = build_ct_series(out / f".build-{name}", args.inv3, variant)
+        replace_dir(out / f".build-{name}", out / name)
 
     write_json(out / ".stamp", {
         "version": FIXTURES_VERSION,
@@ -496,9 +579,15 @@ def main() -> int:
     if os.environ.get("FIXTURES_VERBOSE"):
         for name, why in rejected:
             print(f"    {name}: {why}")
-    print(f"fixtures/ct-series: {len(series['slices'])} CT slices "
-          f"{series['rows']}x{series['columns']}, explicit_le, "
-          f"spacing {series['pixel_spacing_mm']} x {series['slice_spacing_mm']} mm")
+    for name, series in built.items():
+        print(f"fixtures/{name}: {len(series['slices'])} CT slices "
+              f"{series['rows']}x{series['columns']}, explicit_le, "
+              f"spacing {series['pixel_spacing_mm']} x {series['slice_spacing_mm']} mm")
+        if "lesion" in series:
+            lesion = series["lesion"]
+            print(f"  lesion: {lesion['shape']} r={lesion['radius_mm']} mm at "
+                  f"{lesion['centre_mm']} mm, +{lesion['delta_hu']} HU, "
+                  f"{lesion['label_ml']} ml")
     return 0
 
 

@@ -27,4 +27,11 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 bash scripts/fixtures.sh
+
+# ONNX Runtime for the `ort` backend: the shared library of the PyPI wheel, loaded at run time.
+if ! python3 -c "import onnxruntime" 2>/dev/null; then
+    echo "setup: pip installing onnxruntime" >&2
+    python3 -m pip install --quiet onnxruntime 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages onnxruntime
+fi
 cargo build --release --workspace --bins

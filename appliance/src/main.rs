@@ -65,6 +65,9 @@ enum Command {
         model: String,
         #[arg(long, value_enum, default_value_t = BackendChoice::Tract)]
         backend: BackendChoice,
+        /// ONNX Runtime shared library (libonnxruntime.so.1.x); defaults to $ORT_DYLIB_PATH.
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_library: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -74,6 +77,11 @@ enum Command {
 enum BackendChoice {
     /// Pure-Rust tract on the CPU (always available).
     Tract,
+    /// ONNX Runtime from its shared library (--ort-library or ORT_DYLIB_PATH); the CUDA
+    /// execution provider when it starts, the CPU otherwise.
+    Ort,
+    /// ONNX Runtime on the CPU only.
+    OrtCpu,
 }
 
 #[derive(Subcommand)]
@@ -156,9 +164,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infer {
             path,
             model,
-            backend: BackendChoice::Tract,
+            backend,
+            ort_library,
             config,
-        } => infer_command(path, model, config),
+        } => {
+            // Warnings (such as a CUDA fallback) go to stderr; the result alone to stdout.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .try_init();
+            infer_command(path, model, backend, ort_library, config)
+        }
         Command::Studies { command } => match command {
             StudiesCommand::List { config, json } => {
                 let config = config.load()?;
@@ -244,7 +263,35 @@ fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn infer_command(path: PathBuf, model: String, config: ConfigArgs) -> anyhow::Result<()> {
+fn load_backend(
+    choice: BackendChoice,
+    package: &models::package::Package,
+    ort_library: Option<&std::path::Path>,
+) -> anyhow::Result<Box<dyn models::backend::Backend>> {
+    use models::backend::{OrtBackend, OrtDevice, TractBackend};
+    let device = match choice {
+        BackendChoice::Tract => return Ok(Box::new(TractBackend::load(&package.backbone_path())?)),
+        BackendChoice::Ort => OrtDevice::CudaOrCpu,
+        BackendChoice::OrtCpu => OrtDevice::Cpu,
+    };
+    let library = ort_library.context("the ort backend needs --ort-library or ORT_DYLIB_PATH")?;
+    let b = &package.manifest.backbone;
+    Ok(Box::new(OrtBackend::load(
+        &package.backbone_path(),
+        library,
+        &b.input,
+        &b.output,
+        device,
+    )?))
+}
+
+fn infer_command(
+    path: PathBuf,
+    model: String,
+    backend: BackendChoice,
+    ort_library: Option<PathBuf>,
+    config: ConfigArgs,
+) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let package_dir = PathBuf::from(&model);
     let package = if package_dir.join("manifest.toml").is_file() {
@@ -252,13 +299,20 @@ fn infer_command(path: PathBuf, model: String, config: ConfigArgs) -> anyhow::Re
     } else {
         models::registry::Registry::new(&config.load()?.data_dir).open_active(&model)?
     };
-    let backend = models::backend::TractBackend::load(&package.backbone_path())?;
-    let mut loaded = models::infer::Model::new(package, Box::new(backend))?;
+    let backend = load_backend(backend, &package, ort_library.as_deref())?;
+    let mut loaded = models::infer::Model::new(package, backend)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
+        .filter(|p| {
+            let dicom = is_part10(p);
+            if !dicom {
+                eprintln!("skipping {}: not a DICOM Part 10 file", p.display());
+            }
+            dicom
+        })
         .collect();
     files.sort();
     let t = std::time::Instant::now();
@@ -272,6 +326,16 @@ fn infer_command(path: PathBuf, model: String, config: ConfigArgs) -> anyhow::Re
     json["timings"]["model_load_ms"] = load_ms.into();
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
+}
+
+/// Whether `path` starts with a Part 10 preamble and the "DICM" prefix.
+fn is_part10(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 132];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|_| &head[128..] == b"DICM")
+        .unwrap_or(false)
 }
 
 fn main() -> ExitCode {

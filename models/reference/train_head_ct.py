@@ -97,7 +97,7 @@ EPOCHS = 14
 BATCH = 4096
 LEARNING_RATE = 3e-3
 CLASS_WEIGHTS = np.array([1.0, 1.0, 3.0])
-KEEP = {"lesion": 1.0, "intracranial": 0.3, "head": 0.15, "air": 0.02}
+KEEP = {"lesion": 1.0, "blood-range": 1.0, "intracranial": 0.3, "head": 0.15, "air": 0.02}
 
 
 def log(msg: str) -> None:
@@ -329,10 +329,10 @@ def model_labels(label: np.ndarray, sx: float, sy: float, pose: dict | None = No
 # backbone: a fixed filter bank as ONNX
 
 FEATURE_NAMES = [
-    "brain window", "subdural window", "bone window",
-    "brain G1", "brain G2", "brain G4", "subdural G1",
-    "brain DoG G1-G4 (bright blobs)", "subdural DoG G1-G4", "brain top-hat B-G2",
-    "bone indicator G1", "bone indicator G4", "air indicator G2", "air indicator G8",
+    "brain window", "fat-range indicator G2", "bone window",
+    "brain G1", "brain G2", "blood-range indicator (G1 HU 70-140)", "fat-range indicator G8",
+    "brain DoG G1-G4 (bright blobs)", "blood-range indicator G2", "brain top-hat B-G2",
+    "bone indicator G1", "bone indicator G4", "bone indicator G8", "air indicator G8",
     "surrounded by bone, 4 of 4 rays", "surrounded by bone, 3 of 4 rays",
 ]
 BLUR_SIGMAS = (1, 2, 4, 8)
@@ -417,21 +417,44 @@ def build_backbone():
     nodes.append(helper.make_node("Concat", rays, ["rays"], name="rays", axis=1))
     enc3 = clip01("enc3", conv("enc3.lin", "rays", np.ones((1, 4, 1, 1), np.float32), np.float32([-2.0])))
 
-    # All maps: base (0-4), G1 (5-9), G2 (10-14), G4 (15-19), G8 (20-24), enc4 (25), enc3 (26).
-    nodes.append(helper.make_node("Concat", [base, *blurred, "enc4", enc3], ["maps"], name="maps", axis=1))
+    # HU ranges of the sigma-1 blur (HU from the bone window, linear from -800 to 2000 HU):
+    # blood 70..140 HU (ramps 50-70, 140-170) and fat -130..-60 HU (ramps -170..-130, -60..-30),
+    # each as relu(rising ramp - falling ramp); blood also blurred (sigma 2), fat at sigma 2 and 8.
+    ramps = [(50, 20), (140, 30), (-170, 40), (-60, 30)]  # (start HU, width HU)
+    w = np.zeros((4, 5, 1, 1), np.float32)
+    b = np.zeros(4, np.float32)
+    for r_, (start, width) in enumerate(ramps):
+        w[r_, 2], b[r_] = 2800.0 / width, (-800 - start) / width
+    ramp = clip01("ramps", conv("ramps.lin", blurred[0], w, b))
+    w = np.zeros((2, 4, 1, 1), np.float32)
+    w[0, 0], w[0, 1], w[1, 2], w[1, 3] = 1, -1, 1, -1
+    nodes.append(helper.make_node("Relu", [conv("ranges.lin", ramp, w)], ["ranges"], name="ranges"))
+    ranges_blurred = []
+    for sigma in (2, 8):
+        k = _gauss(sigma)
+        r = len(k) // 2
+        h = conv(f"ranges.g{sigma}.h", "ranges", np.tile(k.reshape(1, 1, 1, -1), (2, 1, 1, 1)), pads=(0, r, 0, r),
+                 group=2)
+        ranges_blurred.append(conv(f"ranges.g{sigma}", h, np.tile(k.reshape(1, 1, -1, 1), (2, 1, 1, 1)),
+                                   pads=(r, 0, r, 0), group=2))
+
+    # All maps: base (0-4), G1 (5-9), G2 (10-14), G4 (15-19), G8 (20-24), enc4 (25), enc3 (26),
+    # blood, fat (27, 28), their G2 (29, 30) and G8 (31, 32).
+    nodes.append(helper.make_node("Concat", [base, *blurred, "enc4", enc3, "ranges", *ranges_blurred], ["maps"],
+                                  name="maps", axis=1))
     B, S, O, BONE, AIR = range(5)
 
     def g(sigma: int, ch: int) -> int:
         return 5 * (1 + BLUR_SIGMAS.index(sigma)) + ch
 
     rows = [
-        {B: 1}, {S: 1}, {O: 1},
-        {g(1, B): 1}, {g(2, B): 1}, {g(4, B): 1}, {g(1, S): 1},
-        {g(1, B): 3, g(4, B): -3}, {g(1, S): 3, g(4, S): -3}, {B: 2, g(2, B): -2},
-        {g(1, BONE): 1}, {g(4, BONE): 2}, {g(2, AIR): 1}, {g(8, AIR): 1},
+        {B: 1}, {30: 2}, {O: 1},
+        {g(1, B): 1}, {g(2, B): 1}, {27: 1}, {32: 4},
+        {g(1, B): 3, g(4, B): -3}, {29: 1}, {B: 2, g(2, B): -2},
+        {g(1, BONE): 1}, {g(4, BONE): 2}, {g(8, BONE): 4}, {g(8, AIR): 1},
         {25: 1}, {26: 1},
     ]
-    w = np.zeros((FEATURES, 27, 1, 1), np.float32)
+    w = np.zeros((FEATURES, 33, 1, 1), np.float32)
     for f, row in enumerate(rows):
         for ch, v in row.items():
             w[f, ch] = v
@@ -487,7 +510,8 @@ def study_outputs(head: dict, probs: np.ndarray, slice_spacing_mm: float) -> dic
     counts = np.bincount(labels.ravel(), minlength=CLASSES)
     m = float(probs[..., 2].max())
     v = float(counts[2]) * (SPACING_MM * SPACING_MM * slice_spacing_mm) / 1000
-    return {"labels": labels, "counts": counts, "m": m, "v": v, "p": classify(head, m, v)}
+    p = classify(head, m, v) if "cls.w" in head else None
+    return {"labels": labels, "counts": counts, "m": m, "v": v, "p": p}
 
 
 def classify(head: dict, m: float, v: float) -> float:
@@ -596,8 +620,9 @@ def pixel_sample(feats: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     f = feats.transpose(0, 2, 3, 1).reshape(-1, FEATURES)
     y = labels.ravel()
     head = f[:, 2] > 0.05  # bone window above about -660 HU: inside the head
-    keep_p = np.where(y == 2, KEEP["lesion"], np.where(y == 1, KEEP["intracranial"],
-                                                       np.where(head, KEEP["head"], KEEP["air"])))
+    blood = f[:, 5] > 0.2  # blood-range indicator: the hard negatives
+    keep_p = np.select([y == 2, blood, y == 1, head], [KEEP["lesion"], KEEP["blood-range"], KEEP["intracranial"],
+                                                       KEEP["head"]], KEEP["air"])
     keep = rng.random(len(y)) < keep_p
     return f[keep], y[keep], (CLASS_WEIGHTS[y[keep]] / keep_p[keep]).astype(np.float32)
 

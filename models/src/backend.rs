@@ -66,3 +66,105 @@ impl Backend for TractBackend {
         Ok(view.iter().copied().collect())
     }
 }
+
+/// Which processor ONNX Runtime should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrtDevice {
+    Cpu,
+    /// The CUDA execution provider, with a logged fallback to the CPU when it cannot start.
+    CudaOrCpu,
+}
+
+/// ONNX Runtime through `ort`, with the library loaded at run time.
+pub struct OrtBackend {
+    session: ort::session::Session,
+    input: String,
+    output: String,
+    provider: &'static str,
+}
+
+static ORT_ENVIRONMENT: std::sync::OnceLock<Result<ort::environment::Environment, String>> =
+    std::sync::OnceLock::new();
+
+/// Load the ONNX Runtime shared library once per process.
+fn ort_environment(library: &Path) -> Result<&'static ort::environment::Environment, InferError> {
+    ORT_ENVIRONMENT
+        .get_or_init(|| {
+            ort::init_from(library)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?
+                .build()
+                .map_err(|e| format!("ONNX Runtime environment: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| InferError::Backend(e.clone()))
+}
+
+impl OrtBackend {
+    /// Load `model` with ONNX Runtime from `library` (`libonnxruntime.so.1.x`).
+    pub fn load(
+        model: &Path,
+        library: &Path,
+        input: &str,
+        output: &str,
+        device: OrtDevice,
+    ) -> Result<Self, InferError> {
+        let environment = ort_environment(library)?;
+        let err = |e: ort::Error| InferError::Backend(format!("ONNX Runtime: {e}"));
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let builder = || {
+            ort::session::Session::builder(environment)
+                .map_err(err)?
+                .with_intra_threads(threads)
+                .map_err(|e| err(e.into()))
+        };
+        let mut provider = "ort-cpu";
+        let mut session = None;
+        if device == OrtDevice::CudaOrCpu {
+            let cuda = builder()?
+                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+                .map_err(|e| err(e.into()))
+                .and_then(|mut b| b.commit_from_file(model).map_err(err));
+            match cuda {
+                Ok(s) => {
+                    session = Some(s);
+                    provider = "ort-cuda";
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "CUDA execution provider unavailable; using the CPU")
+                }
+            }
+        }
+        let session = match session {
+            Some(s) => s,
+            None => builder()?.commit_from_file(model).map_err(err)?,
+        };
+        Ok(Self {
+            session,
+            input: input.to_string(),
+            output: output.to_string(),
+            provider,
+        })
+    }
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        self.provider
+    }
+
+    fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, InferError> {
+        let err = |e: ort::Error| InferError::Backend(format!("ONNX Runtime run: {e}"));
+        let dims: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
+        let tensor = ort::value::Tensor::from_array((dims, input.to_vec())).map_err(err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(err)?;
+        let (_, data) = outputs[self.output.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(err)?;
+        Ok(data.to_vec())
+    }
+}

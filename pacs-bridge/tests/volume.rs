@@ -193,10 +193,20 @@ fn twelve_bit_jpeg_extended_is_refused_with_the_reason() {
 #[test]
 fn single_images_and_enhanced_multi_frame_objects_form_volumes() {
     let single = build(&[test_file("CT_small.dcm")], &Limits::default()).unwrap();
-    assert_eq!((single.volume.columns, single.volume.rows, single.volume.slices), (128, 128, 1));
+    assert_eq!(
+        (
+            single.volume.columns,
+            single.volume.rows,
+            single.volume.slices
+        ),
+        (128, 128, 1)
+    );
     let enhanced = build(&[test_file("eCT_Supplemental.dcm")], &Limits::default()).unwrap();
     assert_eq!(enhanced.volume.slices, 2);
     assert_eq!(enhanced.sources.len(), 2);
-    assert!(enhanced.sources.iter().all(|s| s.sop_instance_uid == enhanced.sources[0].sop_instance_uid));
+    assert!(enhanced
+        .sources
+        .iter()
+        .all(|s| s.sop_instance_uid == enhanced.sources[0].sop_instance_uid));
     assert_ne!(enhanced.sources[0].frame, enhanced.sources[1].frame);
 }
