@@ -59,6 +59,57 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub inference: InferenceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Installed model id whose active version runs on completed studies.
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// ONNX Runtime shared library for the ort backends (else $ORT_DYLIB_PATH).
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Jobs waiting at most; a study completing beyond that is recorded as rejected.
+    #[serde(default = "default_max_queued_jobs")]
+    pub max_queued_jobs: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: default_model(),
+            backend: BackendKind::Tract,
+            onnxruntime_library: None,
+            max_queued_jobs: default_max_queued_jobs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// Pure-Rust tract on the CPU.
+    #[default]
+    Tract,
+    /// ONNX Runtime: CUDA when its provider starts, else the CPU (logged).
+    Ort,
+    /// ONNX Runtime on the CPU.
+    OrtCpu,
+}
+
+fn default_model() -> String {
+    "head-ct-ich".into()
+}
+fn default_max_queued_jobs() -> usize {
+    100
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +281,11 @@ impl Config {
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
+        if let Some(lib) = config.inference.onnxruntime_library.as_mut() {
+            if lib.is_relative() {
+                *lib = base.join(&*lib);
+            }
+        }
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -345,6 +401,20 @@ impl Config {
         }
         if self.http.enabled && self.http.port == d.port && self.http.bind == d.bind {
             problem("http.port", "must differ from dicom.port".into());
+        }
+        if !(1..=100_000).contains(&self.inference.max_queued_jobs) {
+            problem(
+                "inference.max_queued_jobs",
+                "must be between 1 and 100000".into(),
+            );
+        }
+        if let Some(lib) = &self.inference.onnxruntime_library {
+            if self.inference.backend != BackendKind::Tract && !lib.is_file() {
+                problem(
+                    "inference.onnxruntime_library",
+                    format!("{} is not a file", lib.display()),
+                );
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problem(

@@ -92,7 +92,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 std::thread::sleep(ASSEMBLY_TICK);
             }
         })?;
-    // Completion is the hook later stages (inference) attach to; for now it is logged.
+    let pipeline = crate::jobs::Pipeline::new(&config.data_dir, &config.inference)?;
+    let stop_worker = Arc::new(AtomicBool::new(false));
+    let worker =
+        match &pipeline {
+            Some(p) => {
+                p.recover()?;
+                let worker = p.clone();
+                let stop = stop_worker.clone();
+                Some(std::thread::Builder::new().name("inference".into()).spawn(move || {
+                if let Err(e) = worker.work(stop) {
+                    tracing::error!(error = %format!("{e:#}"), "inference worker stopped");
+                }
+            })?)
+            }
+            None => None,
+        };
+    // Completion is the hook inference attaches to: one job per series the model takes.
     let consumer = std::thread::Builder::new()
         .name("study-events".into())
         .spawn(move || {
@@ -103,6 +119,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                     instances = study.instances,
                     "study complete"
                 );
+                if let Some(p) = &pipeline {
+                    match p.enqueue(&study.study_uid, &study.calling_ae) {
+                        Ok(jobs) => tracing::info!(study = %log_tag(&study.study_uid), jobs, "inference queued"),
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot queue inference"),
+                    }
+                }
             }
         })?;
 
@@ -113,6 +135,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     stop_assembly.store(true, Ordering::SeqCst);
     let _ = assembly.join();
     let _ = consumer.join();
+    stop_worker.store(true, Ordering::SeqCst);
+    if let Some(w) = worker {
+        let _ = w.join();
+    }
     spool.close();
     if let Some(http) = http {
         http.stop();

@@ -5,9 +5,11 @@
 //! - [`daemon`]: `appliance serve`: starts the spool, the DICOM SCP, study assembly and the
 //!   HTTP endpoints, and stops them in order on SIGTERM/SIGINT.
 //! - [`http`]: `/health/live`, `/health/ready`, `/metrics`.
+//! - [`jobs`]: durable inference jobs for completed studies, and their results.
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod jobs;
 pub mod studies;

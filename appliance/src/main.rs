@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: StudiesCommand,
     },
+    /// Inference results of a study.
+    Results {
+        #[command(subcommand)]
+        command: ResultsCommand,
+    },
     /// Installed model packages.
     Models {
         #[command(subcommand)]
@@ -82,6 +87,18 @@ enum BackendChoice {
     Ort,
     /// ONNX Runtime on the CPU only.
     OrtCpu,
+}
+
+#[derive(Subcommand)]
+enum ResultsCommand {
+    /// Jobs and results of one study (one JSON object per job and line with --json).
+    Show {
+        study_uid: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +178,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models { command } => models_command(command),
+        Command::Results {
+            command:
+                ResultsCommand::Show {
+                    study_uid,
+                    json,
+                    config,
+                },
+        } => {
+            let jobs = appliance::jobs::show(&config.load()?.data_dir, &study_uid)?;
+            anyhow::ensure!(!jobs.is_empty(), "no inference job for study {study_uid}");
+            for job in jobs {
+                if json {
+                    println!("{}", serde_json::to_string(&job)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&job)?);
+                }
+            }
+            Ok(())
+        }
         Command::Infer {
             path,
             model,

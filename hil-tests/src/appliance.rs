@@ -83,6 +83,8 @@ impl Appliance {
         }
         table(&mut config, "http").insert("port".into(), i64::from(http_port).into());
         table(&mut config, "storage").insert("min_free_mb".into(), 1i64.into());
+        // Inference is off unless a test turns it on (and installs a model).
+        table(&mut config, "inference").insert("enabled".into(), false.into());
         tweak(&mut config);
         let ae_title = config
             .get("dicom")

@@ -653,7 +653,7 @@ impl Association<'_> {
             sop_instance_uid,
             study_instance_uid,
             series_instance_uid,
-            ..
+            modality,
         } = identity;
         let sop_instance_uid =
             sop_instance_uid.ok_or_else(|| mismatch("no SOP Instance UID (0008,0018)".into()))?;
@@ -693,6 +693,7 @@ impl Association<'_> {
                 sop_instance_uid: &sop_instance_uid,
                 study_uid: &study_uid,
                 series_uid: &series_uid,
+                modality: modality.as_deref().unwrap_or(""),
                 transfer_syntax_uid: &context.transfer_syntax,
                 calling_ae: &self.calling_ae,
                 called_ae: &self.called_ae,

@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS instances (
     sop_class_uid       TEXT NOT NULL,
     study_uid           TEXT NOT NULL,
     series_uid          TEXT NOT NULL,
+    modality            TEXT NOT NULL DEFAULT '',
     transfer_syntax_uid TEXT NOT NULL,
     calling_ae          TEXT NOT NULL,
     path                TEXT NOT NULL,
@@ -121,4 +122,45 @@ pub fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
         [],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
     )
+}
+
+/// One series of a study from one sender, with its files (absolute paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesFiles {
+    pub series_uid: String,
+    pub modality: String,
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// The series of (study, calling AE) with the spool files of their instances.
+pub fn series_of_study(
+    conn: &Connection,
+    data_dir: &Path,
+    study_uid: &str,
+    calling_ae: &str,
+) -> rusqlite::Result<Vec<SeriesFiles>> {
+    let mut stmt = conn.prepare(
+        "SELECT series_uid, modality, path FROM instances
+         WHERE study_uid = ?1 AND calling_ae = ?2 ORDER BY series_uid, path",
+    )?;
+    let rows = stmt.query_map([study_uid, calling_ae], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out: Vec<SeriesFiles> = Vec::new();
+    for row in rows {
+        let (series_uid, modality, path) = row?;
+        match out.last_mut() {
+            Some(last) if last.series_uid == series_uid => last.files.push(data_dir.join(path)),
+            _ => out.push(SeriesFiles {
+                series_uid,
+                modality,
+                files: vec![data_dir.join(path)],
+            }),
+        }
+    }
+    Ok(out)
 }

@@ -79,6 +79,8 @@ pub struct IncomingInstance<'a> {
     pub sop_instance_uid: &'a str,
     pub study_uid: &'a str,
     pub series_uid: &'a str,
+    /// Modality (0008,0060), empty when absent.
+    pub modality: &'a str,
     pub transfer_syntax_uid: &'a str,
     pub calling_ae: &'a str,
     pub called_ae: &'a str,
@@ -100,6 +102,7 @@ struct CommitJob {
     sop_class_uid: String,
     study_uid: String,
     series_uid: String,
+    modality: String,
     transfer_syntax_uid: String,
     calling_ae: String,
     size: u64,
@@ -196,6 +199,7 @@ impl Spool {
             sop_class_uid: instance.sop_class_uid.to_string(),
             study_uid: instance.study_uid.to_string(),
             series_uid: instance.series_uid.to_string(),
+            modality: instance.modality.to_string(),
             transfer_syntax_uid: instance.transfer_syntax_uid.to_string(),
             calling_ae: instance.calling_ae.to_string(),
             size,
@@ -434,13 +438,14 @@ impl Committer {
                 .unwrap_or_else(|_| final_path.to_string_lossy().into_owned());
             tx.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,
-                     transfer_syntax_uid, calling_ae, path, size, received_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     modality, transfer_syntax_uid, calling_ae, path, size, received_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     job.sop_instance_uid,
                     job.sop_class_uid,
                     job.study_uid,
                     job.series_uid,
+                    job.modality,
                     job.transfer_syntax_uid,
                     job.calling_ae,
                     relative,
@@ -490,6 +495,7 @@ mod tests {
             sop_instance_uid: sop,
             study_uid: "1.2.3",
             series_uid: "1.2.3.1",
+            modality: "CT",
             transfer_syntax_uid: uids::EXPLICIT_VR_LE,
             calling_ae: "MODALITY",
             called_ae: "RADIANT",

@@ -1,0 +1,308 @@
+//! Inference jobs and their results, in `<data_dir>/results.sqlite` (WAL, synchronous=FULL).
+//!
+//! A completed study gets one job per series whose modality the model takes. A job is keyed by
+//! (study, sender, series, model, version, instance count): a study completing again with the
+//! same data creates nothing new, one that grew (late instances) runs again. Jobs run one at a
+//! time in a worker thread (one CPU/GPU pool); the result and the job's `done` state commit in
+//! one transaction, so a restart re-runs exactly the unfinished jobs, never duplicating a
+//! result.
+
+use crate::config::{BackendKind, InferenceConfig};
+use anyhow::Context;
+use models::backend::{Backend, OrtBackend, OrtDevice, TractBackend};
+use models::infer::Model;
+use models::package::Package;
+use pacs_bridge::log_tag;
+use pacs_bridge::store::index;
+use pacs_bridge::volume::{self, Limits};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id             INTEGER PRIMARY KEY,
+    study_uid      TEXT NOT NULL,
+    calling_ae     TEXT NOT NULL,
+    series_uid     TEXT NOT NULL,
+    model_id       TEXT NOT NULL,
+    model_version  TEXT NOT NULL,
+    instances      INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'rejected')),
+    error          TEXT,
+    created_at_ms  INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    UNIQUE (study_uid, calling_ae, series_uid, model_id, model_version, instances)
+);
+CREATE TABLE IF NOT EXISTS results (
+    job_id         INTEGER PRIMARY KEY REFERENCES jobs(id),
+    result_json    TEXT NOT NULL,
+    created_at_ms  INTEGER NOT NULL
+);
+";
+
+pub fn results_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("results.sqlite")
+}
+
+pub fn open(data_dir: &Path) -> anyhow::Result<Connection> {
+    let path = results_path(data_dir);
+    let conn = Connection::open(&path).with_context(|| format!("open {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A job with its result, as `appliance results show` prints it.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub job_id: i64,
+    pub study_uid: String,
+    pub calling_ae: String,
+    pub series_uid: String,
+    pub model_id: String,
+    pub model_version: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
+/// Every job of a study, with results where done.
+pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
+    let path = results_path(data_dir);
+    anyhow::ensure!(
+        path.exists(),
+        "no results yet: {} does not exist",
+        path.display()
+    );
+    let conn = open(data_dir)?;
+    let mut stmt = conn.prepare(
+        "SELECT j.id, j.study_uid, j.calling_ae, j.series_uid, j.model_id, j.model_version,
+                j.state, j.error, r.result_json
+         FROM jobs j LEFT JOIN results r ON r.job_id = j.id
+         WHERE j.study_uid = ?1 ORDER BY j.id",
+    )?;
+    let rows = stmt.query_map([study_uid], |r| {
+        let json: Option<String> = r.get(8)?;
+        Ok(JobView {
+            job_id: r.get(0)?,
+            study_uid: r.get(1)?,
+            calling_ae: r.get(2)?,
+            series_uid: r.get(3)?,
+            model_id: r.get(4)?,
+            model_version: r.get(5)?,
+            state: r.get(6)?,
+            error: r.get(7)?,
+            result: json.and_then(|j| serde_json::from_str(&j).ok()),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Creates jobs for completed studies and runs them.
+#[derive(Clone)]
+pub struct Pipeline {
+    data_dir: PathBuf,
+    config: InferenceConfig,
+    package: Package,
+}
+
+impl Pipeline {
+    /// The pipeline for the configured model, or `None` (logged) when inference is off or the
+    /// model is not installed.
+    pub fn new(data_dir: &Path, config: &InferenceConfig) -> anyhow::Result<Option<Pipeline>> {
+        if !config.enabled {
+            tracing::info!("inference disabled in the configuration");
+            return Ok(None);
+        }
+        let registry = models::registry::Registry::new(data_dir);
+        let package = match registry.open_active(&config.model) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(model = %config.model, error = %e, "inference off: model not available (install it with `appliance models install`)");
+                return Ok(None);
+            }
+        };
+        open(data_dir)?;
+        Ok(Some(Pipeline {
+            data_dir: data_dir.to_path_buf(),
+            config: config.clone(),
+            package,
+        }))
+    }
+
+    /// Queue one job per series of a completed study that the model takes.
+    pub fn enqueue(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
+        let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
+        let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
+        let spec = &self.package.manifest.input;
+        let conn = open(&self.data_dir)?;
+        let mut created = 0;
+        for s in series {
+            // Other series (an SR, a localizer of another modality) are not the model's input;
+            // too few slices is left to the job, which fails with that reason.
+            if !s.modality.eq_ignore_ascii_case(&spec.modality) {
+                continue;
+            }
+            let queued: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
+                [],
+                |r| r.get(0),
+            )?;
+            let state = if queued as usize >= self.config.max_queued_jobs {
+                tracing::warn!(study = %log_tag(study_uid), "inference queue full; job rejected");
+                "rejected"
+            } else {
+                "queued"
+            };
+            let now = now_ms();
+            created += conn.execute(
+                "INSERT OR IGNORE INTO jobs (study_uid, calling_ae, series_uid, model_id,
+                     model_version, instances, state, error, created_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    study_uid,
+                    calling_ae,
+                    s.series_uid,
+                    self.package.manifest.id,
+                    self.package.manifest.version,
+                    s.files.len() as i64,
+                    state,
+                    (state == "rejected").then_some("queue full"),
+                    now
+                ],
+            )?;
+        }
+        Ok(created)
+    }
+
+    /// Queue jobs for completed studies that have none (an announcement a crash interrupted),
+    /// and put jobs a crash left `running` back in the queue.
+    pub fn recover(&self) -> anyhow::Result<()> {
+        let conn = open(&self.data_dir)?;
+        let requeued = conn.execute(
+            "UPDATE jobs SET state = 'queued', updated_at_ms = ?1 WHERE state = 'running'",
+            [now_ms()],
+        )?;
+        if requeued > 0 {
+            tracing::warn!(requeued, "re-running inference jobs interrupted by a stop");
+        }
+        let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
+        for study in index::list_studies(&index)? {
+            if study.state != "complete" {
+                continue;
+            }
+            self.enqueue(&study.study_uid, &study.calling_ae)?;
+        }
+        Ok(())
+    }
+
+    fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
+        let b = &self.package.manifest.backbone;
+        let device = match self.config.backend {
+            BackendKind::Tract => {
+                return Ok(Box::new(TractBackend::load(&self.package.backbone_path())?))
+            }
+            BackendKind::Ort => OrtDevice::CudaOrCpu,
+            BackendKind::OrtCpu => OrtDevice::Cpu,
+        };
+        let library = self
+            .config
+            .onnxruntime_library
+            .clone()
+            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+            .context("inference.backend is ort but no onnxruntime_library or ORT_DYLIB_PATH")?;
+        Ok(Box::new(OrtBackend::load(
+            &self.package.backbone_path(),
+            &library,
+            &b.input,
+            &b.output,
+            device,
+        )?))
+    }
+
+    /// Run queued jobs one at a time until `stop` is set. The model is loaded once.
+    pub fn work(self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+        let mut model = Model::new(self.package.clone(), self.backend()?)?;
+        tracing::info!(model = %self.package.manifest.id, version = %self.package.manifest.version, backend = model.backend.name(), "inference worker ready");
+        let conn = open(&self.data_dir)?;
+        while !stop.load(Ordering::SeqCst) {
+            let next: Option<(i64, String, String, String)> = conn
+                .query_row(
+                    "SELECT id, study_uid, calling_ae, series_uid FROM jobs
+                     WHERE state = 'queued' ORDER BY id LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((id, study, ae, series)) = next else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            conn.execute(
+                "UPDATE jobs SET state = 'running', updated_at_ms = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            let started = Instant::now();
+            match self.run_one(&mut model, &study, &ae, &series) {
+                Ok(json) => {
+                    let mut conn = open(&self.data_dir)?;
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO results (job_id, result_json, created_at_ms) VALUES (?1, ?2, ?3)",
+                        params![id, json.to_string(), now_ms()],
+                    )?;
+                    tx.execute(
+                        "UPDATE jobs SET state = 'done', error = NULL, updated_at_ms = ?2 WHERE id = ?1",
+                        params![id, now_ms()],
+                    )?;
+                    tx.commit()?;
+                    tracing::info!(study = %log_tag(&study), job = id, seconds = started.elapsed().as_secs_f64(), finding = ?json["finding_probability"].as_f64(), "inference done");
+                }
+                Err(e) => {
+                    tracing::warn!(study = %log_tag(&study), job = id, error = %format!("{e:#}"), "inference failed");
+                    conn.execute(
+                        "UPDATE jobs SET state = 'failed', error = ?2, updated_at_ms = ?3 WHERE id = ?1",
+                        params![id, format!("{e:#}"), now_ms()],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_one(
+        &self,
+        model: &mut Model,
+        study: &str,
+        ae: &str,
+        series: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
+        let files = index::series_of_study(&index, &self.data_dir, study, ae)?
+            .into_iter()
+            .find(|s| s.series_uid == series)
+            .context("the series is no longer in the spool")?
+            .files;
+        let t = Instant::now();
+        let volume = volume::build(&files, &Limits::default())?;
+        let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+        let result = models::infer::run(model, &volume.volume)?;
+        let mut json = serde_json::to_value(&result)?;
+        json["timings"]["decode_ms"] = decode_ms.into();
+        json["slices"] = volume.volume.slices.into();
+        Ok(json)
+    }
+}
