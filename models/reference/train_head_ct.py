@@ -31,7 +31,7 @@ loader of ``scripts/make_fixtures.py``:
    expected.json``: the full pipeline's outputs on ``fixtures/ct-series`` and
    ``fixtures/ct-series-lesion`` (build them first: ``bash scripts/fixtures.sh``).
 
-Usage: ``python3 models/reference/train_head_ct.py`` (about 5 minutes on 2 CPU
+Usage: ``python3 models/reference/train_head_ct.py`` (about 3 minutes on 2 CPU
 cores). Seeds are fixed; a re-run on the same machine rewrites every output
 byte for byte (float summation order in BLAS or onnxruntime may differ on
 another CPU, which can move the last digits).
@@ -104,6 +104,7 @@ EPOCHS = 60
 BATCH = 8192
 LEARNING_RATE = 3e-2
 CLASS_WEIGHTS = np.array([1.0, 1.0, 3.0])
+SMALL_LESION_PX = 30  # lesions of fewer 3.9 mm model pixels (all slices) count as small in the card
 KEEP = {"lesion": 1.0, "blood-range": 1.0, "intracranial": 0.3, "head": 0.15, "air": 0.02}
 
 
@@ -739,7 +740,7 @@ def manifest_toml(backbone_sha: str, head_sha: str, metrics: dict) -> str:
 version = "0.1.0"
 task = "segmentation+classification"
 description = "Reference head CT model: per-slice segmentation of the intracranial space and of synthetic haemorrhage-like lesions, and a study-level lesion-present probability. Fixed filter-bank backbone, numpy-trained head, all from one real head CT with simulated sites."
-licence = "Same licence as the Radiant Edge repository (code and weights). Training image: Cranium.inv3 from the Debian package invesalius-examples (see its copyright file)."
+licence = "Apache-2.0 (code and weights, as the repository). Training image Cranium.inv3: GPL-2 per Debian invesalius-examples; see card.md."
 intended_use = "Research and engineering tests only. Not for clinical use."
 
 [provenance]
@@ -783,104 +784,111 @@ heldout_volumes = {metrics["heldout_volumes"]}
 
 def card_md(metrics: dict, sizes: dict, fixtures: dict) -> str:
     feature_rows = "\n".join(f"| {i} | {n} |" for i, n in enumerate(FEATURE_NAMES))
-    fx = fixtures
+    plain, lesion = fixtures["ct-series"], fixtures["ct-series-lesion"]
+    small, large = metrics["detected_small"], metrics["detected_large"]
+    w0, w1 = metrics["cls_w"]
     return f"""# head-ct-ich 0.1.0: reference head CT model
 
 > **Not for clinical use.** Research and engineering tests only. Trained on a
-> single real head CT with synthetic lesions; it has never seen another patient
-> nor a real haemorrhage.
+> single real head CT with synthetic lesions; it has never seen another
+> patient nor a real haemorrhage.
 
 A small, reproducible model package for exercising Radiant Edge's model
 pipeline end to end (preprocessing, ONNX backbone, head in Rust, study-level
 classification, federated head updates) on real anatomy. Produced by
 `python3 models/reference/train_head_ct.py` (seed {SEED}; numpy, scipy, onnx,
-onnxruntime; about 5 minutes on 2 CPU cores). Re-running it rewrites
-`head-ct/` and `models/reference/expected.json` byte for byte on the same
-machine.
+onnxruntime, pydicom; no deep-learning framework; about 3 minutes on 2 CPU
+cores). Re-running it rewrites `head-ct/` and `models/reference/expected.json`
+byte for byte on the same machine (single-threaded BLAS and onnxruntime).
 
 ## Data
 
-- Anatomy: `Cranium.inv3` from the Debian package `invesalius-examples`, a real
-  head CT (108 axial slices of 256 x 256, 0.957 x 0.957 x 1.5 mm, skull base to
-  vertex, with a large left frontal skull defect). The fixture series
-  `fixtures/ct-series` is the same volume.
-- Every training and held-out study is this one anatomy with its own synthetic
-  lesions, simulated site and positioning ({N_TRAIN} training studies, seeds
-  `[{SEED}, 0, k]`; {N_HELDOUT} held-out studies, seeds `[{SEED}, 1, k]`).
-  Held-out metrics therefore measure robustness to lesion placement, scanner
-  variation and positioning, **not** generalisation to other patients.
+- Anatomy: `Cranium.inv3` from the Debian package `invesalius-examples`, a
+  real head CT (108 axial slices of 256 x 256, 0.957 x 0.957 x 1.5 mm, from
+  the teeth to the vertex, with a large left frontal skull defect). The
+  fixture series `fixtures/ct-series` is the same volume.
+- Every training and held-out study is this one anatomy with its own
+  synthetic lesions, simulated site and positioning ({N_TRAIN} training
+  studies, seeds `[{SEED}, 0, k]`; {N_HELDOUT} held-out studies, seeds
+  `[{SEED}, 1, k]`). Held-out metrics therefore measure robustness to lesion
+  placement, scanner variation and positioning, **not** generalisation to
+  other patients.
 
 ## Labels
 
 | value | name | how |
 | --- | --- | --- |
-| 1 | intracranial space | **Algorithmic reference label**, not an expert segmentation. Per axial slice: bone = HU > 300; the holes of the bone mask are filled (`binary_fill_holes`) after a morphological closing with the smallest disk of radius 6, 10, 14, 18 or 22 px that gives a plausible filled area (0.5 to 1.3 times the soft tissue inside the convex hull of the largest bone component); where none does (slices through the skull defect) that convex hull is used. Minus the bone and a 1-pixel dilation of it; soft tissue only (-100 to 150 HU); the largest 3D connected component; slices where it covers less than 200 mm^2 are dropped. At the skull base it can include small extracranial regions (orbit, sphenoid) and miss small parts. |
-| 2 | lesion | **Exact synthetic label.** 0 to 3 haemorrhage-like ellipsoids per study: semi-axes 4 to 20 mm (largest log-uniform, the others 0.6 to 1 times it), random in-plane rotation, +50 to +80 HU added to the local tissue (brain here is about 25 to 35 HU, so lesions read about 75 to 115 HU, like acute blood), smooth edge (half a sine over +-1.5 mm around the surface); every voxel a lesion touches lies in the intracranial space. The label is the ellipsoid itself; it overrides label 1. |
+| 1 | intracranial space | **Algorithmic reference label**, not an expert segmentation. Per axial slice: bone = HU > 300; the holes of the bone mask are filled (`binary_fill_holes`) after a morphological closing with the smallest disk of radius 6, 10, 14, 18 or 22 px that gives a plausible filled area (0.5 to 1.3 times the soft tissue inside the convex hull of the largest bone component); where none does (slices through the skull defect) that convex hull is used. Minus the bone and a 1-pixel dilation of it; soft tissue only (-100 to 150 HU); the largest 3D connected component; slices where it covers less than 200 mm^2 are dropped. It can include small extracranial regions at the skull base (orbit, sphenoid) and the upper cervical canal in the lowest slices. |
+| 2 | lesion | **Exact synthetic label.** 0 to 3 haemorrhage-like ellipsoids per study: semi-axes 4 to 20 mm (largest log-uniform, the others 0.6 to 1 times it, at least 4 mm), random in-plane rotation, +50 to +80 HU added to the local tissue (brain here is about 25 to 35 HU, so lesions read about 75 to 115 HU, like acute blood), smooth edge (half a sine over +-1.5 mm about the surface); every voxel a lesion touches lies in the intracranial space. The label is the ellipsoid itself and overrides label 1. |
 
 Labels are made at the CT's resolution and brought to the model grid by the
-same bilinear sampling as the image (class weights at the sample point, argmax).
+same bilinear sampling as the image (class weights at the sample point,
+argmax).
 
 ## Simulated sites
 
-Per study, drawn from its seed: lesion prevalence {PREVALENCE[0]} to {PREVALENCE[1]}
-(then 1, 2 or 3 lesions with probability 0.6, 0.3, 0.1); contrast scale
-{CONTRAST[0]} to {CONTRAST[1]} (HU multiplied); a smooth multiplicative bias
-field on attenuation (HU + 1000 multiplied by 1 + a quadratic polynomial of
-x, y, z of maximum amplitude 0 to {BIAS_MAX}, i.e. up to about +-10 HU in
-soft tissue); in-plane Gaussian blur of sigma 0 to 1 px; Gaussian noise of
-sigma 0 to 15 HU (white, added last); positioning: left-right mirror
-(p = 0.5), in-plane rotation +-{ROTATION_DEG:g} degrees, scale {SCALE[0]} to
-{SCALE[1]}, shift +-{SHIFT_MM:g} mm (applied to the model's sampling grid;
-inference uses the plain grid below).
+Per study, drawn from its seed: lesion prevalence {PREVALENCE[0]} to
+{PREVALENCE[1]} (a study with lesions gets 1, 2 or 3 with probability 0.6, 0.3,
+0.1); contrast scale {CONTRAST[0]} to {CONTRAST[1]} (HU multiplied); a smooth
+multiplicative bias field on attenuation (HU + 1000 multiplied by 1 + a
+quadratic polynomial of x, y, z with maximum amplitude 0 to {BIAS_MAX}: up to
+about +-10 HU in soft tissue); in-plane Gaussian blur of sigma 0 to 1 pixel;
+white Gaussian noise of sigma 0 to 15 HU, added last. Positioning: left-right
+mirror (p = 0.5), in-plane rotation +-{ROTATION_DEG:g} degrees, scale
+{SCALE[0]} to {SCALE[1]}, shift +-{SHIFT_MM:g} mm, all applied to the model's
+sampling grid in training; inference uses the plain grid below.
 
 ## Model
 
-Input (identical in `models/src/preprocess.rs`): each axial slice resampled
-to 64 x 64 at 3.9 mm, centred on the slice centre (model pixel (i, j) samples
-source index x = cx + (j - 31.5) 3.9 / sx, y = cy + (i - 31.5) 3.9 / sy,
-bilinear, -1024 HU for neighbours outside the image); three channels
-clip((HU - (c - w/2)) / w, 0, 1) for the brain (40, 80), subdural (75, 215)
-and bone (600, 2800) windows.
+Input (as `models/src/preprocess.rs` computes it): each axial slice
+resampled to 64 x 64 at 3.9 mm, centred on the slice centre: model pixel
+(i, j) samples the source at continuous index x = cx + (j - 31.5) 3.9 / sx,
+y = cy + (i - 31.5) 3.9 / sy (cx = (columns - 1) / 2, cy = (rows - 1) / 2,
+sx, sy the column and row spacing), bilinear on the 4 neighbours, -1024 HU for
+a neighbour outside the image; three channels clip((HU - (c - w/2)) / w, 0, 1)
+for the brain (40, 80), subdural (75, 215) and bone (600, 2800) windows.
 
-Backbone `backbone.onnx` (opset 13; Conv, Clip, Mul, Concat, Relu only;
-input `image` [N, 3, 64, 64], output `features` [N, 16, 64, 64]): a **fixed,
-untrained** multi-scale filter bank, not a learned network; its
-parameters were chosen by hand while developing this script (checked on the
-training studies only). Base maps: the three windows, a bone indicator (0 at
-300 HU, 1 from 440 HU) and an air indicator (1 at -800 HU and below, 0 from
--100 HU); separable depthwise Gaussian blurs of sigma 1, 2, 4, 8 px; ray sums
-of twice the sigma-1 blurred bone indicator (the blur closes gaps that 3.9 mm
-sampling leaves in a thin skull) over 63 px (the whole grid) left, right, up
-and down, each clipped to 1, combined as "bone in all 4 directions" (product)
-and "in at least 3" (clip(sum - 2, 0, 1)); HU-range indicators of the sigma-1
-blur (HU read back from the bone window, which is linear from -800 to 2000 HU):
-blood-like (70 to 140 HU, ramps 50-70 and 140-170) and fat (-130 to -60 HU,
-ramps -170 to -130 and -60 to -30; no fat inside the skull), blurred again.
-The subdural window is part of the input contract but unused by this filter
-bank (zero weights); a trained backbone could use it. Features (ReLU of a
-fixed 1x1 combination, each roughly in [0, 2]):
+Backbone `backbone.onnx` (opset 13, IR 7; Conv, Clip, Mul, Concat, Relu
+only; input `image` [N, 3, 64, 64] with a dynamic N, output `features`
+[N, 16, 64, 64]): a **fixed, untrained** multi-scale filter bank, not a learned
+network, designed by hand. Base maps: the three windows, a bone indicator (0
+at 300 HU, 1 from 440 HU) and an air indicator (1 at -800 HU and below, 0 from
+-100 HU); separable depthwise Gaussian blurs of sigma 1, 2, 4, 8 px (zero
+padding); ray sums of twice the sigma-1 blurred bone indicator (the blur
+closes gaps that 3.9 mm sampling leaves in a thin skull) over 63 px (the whole
+grid) to the left, right, up and down, each clipped to 1, combined as "bone in
+all 4 directions" (product) and "in at least 3" (clip(sum - 2, 0, 1));
+HU-range indicators of the sigma-1 blur (HU read back from the bone window,
+which is linear from -800 to 2000 HU): blood-like (70 to 140 HU, ramps 50-70
+and 140-170) and fat (-130 to -60 HU, ramps -170 to -130 and -60 to -30; there
+is no fat inside the skull), blurred again. The subdural window is part of
+the input contract but unused by this filter bank (zero weights); a trained
+backbone could use it. Features, each ReLU of a fixed 1x1 combination and
+roughly in [0, 2]:
 
 | # | feature |
 | --- | --- |
 {feature_rows}
 
-Head `head.safetensors` (the only trainable, federated part; applied in Rust):
-`seg.w1` [16, 16], `seg.b1` [16], `seg.w2` [3, 16], `seg.b2` [3]: per pixel
-h = relu(W1 f + b1), logits = W2 h + b2, softmax over background, intracranial
-space, lesion; label = argmax. `cls.w` [2], `cls.b` [1]: study lesion
-probability = sigmoid(w0 m + w1 ln(1 + v) + b), m = the highest lesion
-probability over all slices and pixels, v = lesion pixels (argmax) x 3.9 x 3.9
-x slice spacing / 1000 (ml at model resolution).
+Head `head.safetensors` (the only trainable, federated part; applied in
+Rust): `seg.w1` [16, 16], `seg.b1` [16], `seg.w2` [3, 16], `seg.b2` [3]: per
+pixel h = relu(W1 f + b1), logits = W2 h + b2, softmax over background,
+intracranial space and lesion; label = argmax. `cls.w` [2], `cls.b` [1]:
+study lesion probability = sigmoid(w0 m + w1 ln(1 + v) + b), m = the highest
+lesion probability over all slices and pixels, v = lesion pixels (argmax) x
+3.9 x 3.9 x slice spacing / 1000 (ml at model resolution). Fitted: w0 =
+{w0:.3f}, w1 = {w1:.3f}, b = {metrics['cls_b']:.3f}; the lesion volume carries
+the decision, m adds little once v is known.
 
 Training: the segmentation head by Adam (cosine learning rate from
-{LEARNING_RATE}, {EPOCHS} epochs, batches of {BATCH}) on softmax cross-entropy
-with hand-written backprop, on a pixel subsample of the training studies
-(all lesion pixels and all pixels with a blood-range indicator above 0.2, the
-hard negatives; {KEEP['intracranial']:.0%} of other intracranial pixels,
-{KEEP['head']:.0%} of other head pixels, {KEEP['air']:.0%} of air; each weighted by
-the inverse of its keep rate) and class weights {CLASS_WEIGHTS.tolist()}; the classifier by
-L2-regularised logistic regression (Newton's method) on the training
-studies' (m, ln(1 + v)).
+{LEARNING_RATE}, {EPOCHS} epochs, batches of {BATCH}) on softmax
+cross-entropy with hand-written backprop, on a pixel subsample of the
+training studies (all lesion pixels and all pixels whose blood-range
+indicator exceeds 0.2, the hard negatives; {KEEP['intracranial']:.0%} of other
+intracranial pixels, {KEEP['head']:.0%} of other head pixels, {KEEP['air']:.0%}
+of air; each weighted by the inverse of its keep rate) with class weights
+{CLASS_WEIGHTS.tolist()}; then the classifier by L2-regularised logistic
+regression (Newton's method) on the training studies' (m, ln(1 + v)).
 
 ## Held-out metrics ({metrics['heldout_volumes']} studies, {metrics['heldout_positive']} with lesions)
 
@@ -889,35 +897,48 @@ studies' (m, ln(1 + v)).
 | Dice, intracranial space (model resolution, pooled over studies) | {metrics['dice_intracranial']:.4f} |
 | Dice, lesion (model resolution, pooled over studies) | {metrics['dice_lesion']:.4f} |
 | AUROC, lesion present (study probability) | {metrics['auroc_lesion_present']:.4f} |
-| study probability, studies with lesions: min / median | {metrics['p_pos_min']:.3f} / {metrics['p_pos_median']:.3f} |
-| study probability, studies without: median / max | {metrics['p_neg_median']:.3f} / {metrics['p_neg_max']:.3f} |
-| training: Dice intracranial / lesion, AUROC | {metrics['train_dice_intracranial']:.4f} / {metrics['train_dice_lesion']:.4f} / {metrics['train_auroc']:.4f} |
+| study probability with lesions: min / median | {metrics['p_pos_min']:.3f} / {metrics['p_pos_median']:.3f} |
+| study probability without lesions: median / max | {metrics['p_neg_median']:.3f} / {metrics['p_neg_max']:.3f} |
+| lesions hit (any pixel labelled lesion): under {SMALL_LESION_PX} model pixels / larger | {small[0]} of {small[1]} / {large[0]} of {large[1]} |
+| training studies: Dice intracranial / lesion, AUROC | {metrics['train_dice_intracranial']:.4f} / {metrics['train_dice_lesion']:.4f} / {metrics['train_auroc']:.4f} |
 
-Fixture series (`models/reference/expected.json`, the pipeline in numpy and
-onnxruntime): `fixtures/ct-series` (no lesion) gives a study probability of
-{fx['ct-series']['study_lesion_probability']:.4f} (m = {fx['ct-series']['max_lesion_probability']:.3f},
-{fx['ct-series']['lesion_ml']:.2f} ml); `fixtures/ct-series-lesion` (one 12 mm
-sphere, +65 HU, 7.2 ml) gives {fx['ct-series-lesion']['study_lesion_probability']:.4f}
-(m = {fx['ct-series-lesion']['max_lesion_probability']:.3f}, {fx['ct-series-lesion']['lesion_ml']:.2f} ml).
+The held-out studies are not a pristine test set: a handful of filter-bank
+and training variants were compared on them while this script was written.
 
-## Files
+Fixture series (`models/reference/expected.json`, the whole pipeline in numpy
+and onnxruntime on the DICOM files): `fixtures/ct-series` (no lesion): study
+probability {plain['study_lesion_probability']:.4f}, m =
+{plain['max_lesion_probability']:.3f}, {plain['lesion_ml']:.2f} ml;
+`fixtures/ct-series-lesion` (one 12 mm sphere, +65 HU, 7.2 ml): study
+probability {lesion['study_lesion_probability']:.4f}, m =
+{lesion['max_lesion_probability']:.3f}, {lesion['lesion_ml']:.2f} ml.
+
+## Files and licence
 
 | file | bytes |
 | --- | --- |
 | backbone.onnx | {sizes['backbone.onnx']} |
 | head.safetensors | {sizes['head.safetensors']} |
 
+Code and weights: Apache-2.0, as the repository. The training image
+`Cranium.inv3` is distributed by Debian under GPL-2 (the `Files: *` stanza of
+`/usr/share/doc/invesalius-examples/copyright`); whether weights fitted to it
+carry its terms is not settled here: check before redistributing the package
+outside this repository.
+
 ## Limitations
 
 - One patient. Nothing here says how the model behaves on any other head,
-  scanner, reconstruction kernel or slice thickness; expect it to fail on them.
+  scanner, reconstruction kernel or slice thickness; expect it to fail there.
 - Lesions are synthetic ellipsoids of uniform added density; real
-  haemorrhages (subdural crescents, subarachnoid blood, intraventricular
-  blood, mass effect, oedema, mixed density) are not represented.
+  haemorrhages (subdural crescents, subarachnoid and intraventricular blood,
+  mass effect, oedema, mixed density) are not represented.
 - The intracranial label is algorithmic and imperfect at the skull base and
   near the skull defect.
-- The backbone is a hand-designed filter bank; the head is a 16-unit MLP on
-  3.9 mm pixels, so lesions under about 4 mm radius are often missed.
+- The backbone is a hand-designed filter bank and the head a 16-unit MLP on
+  3.9 mm pixels: small lesions (a few model pixels) are often missed, and
+  dense structures near the skull base (vessels, partial volume of bone) give
+  occasional false-positive pixels.
 - Metrics come from the same anatomy as training (disjoint seeds only).
 
 **Not for clinical use.**
@@ -934,10 +955,14 @@ def run_studies(split: int, count: int, hu, ic, ic_depth, spacing, backbone: Bac
         yield study, backbone(study["image"])
 
 
-def evaluate(head: dict, studies: list[dict], slice_spacing: float) -> dict:
+def evaluate(head: dict, studies: list[dict]) -> dict:
+    """Pooled Dice per label, AUROC of the study probability, per-lesion detection by size."""
+    from scipy import ndimage as ndi
+
     inter = {1: 0, 2: 0}
     sums = {1: 0, 2: 0}
     scores, positive = [], []
+    lesions = {"small": [0, 0], "large": [0, 0]}  # [detected, total]; small: < SMALL_LESION_PX pixels
     for s in studies:
         pred, ref = s["pred"], s["labels"]
         for c in (1, 2):
@@ -945,9 +970,15 @@ def evaluate(head: dict, studies: list[dict], slice_spacing: float) -> dict:
             sums[c] += int((pred == c).sum() + (ref == c).sum())
         scores.append(classify(head, s["m"], s["v"]))
         positive.append(bool((ref == 2).any()))
+        parts, n = ndi.label(ref == 2)
+        for k in range(1, n + 1):
+            region = parts == k
+            tally = lesions["small" if region.sum() < SMALL_LESION_PX else "large"]
+            tally[0] += int((pred[region] == 2).any())
+            tally[1] += 1
     scores, positive = np.array(scores), np.array(positive)
     return {"dice_intracranial": 2 * inter[1] / sums[1], "dice_lesion": 2 * inter[2] / sums[2],
-            "auroc": auroc(scores, positive), "scores": scores, "positive": positive}
+            "auroc": auroc(scores, positive), "scores": scores, "positive": positive, "lesions": lesions}
 
 
 def main() -> int:
@@ -999,14 +1030,14 @@ def main() -> int:
     head["cls.w"] = beta[:2].astype(np.float32)
     head["cls.b"] = beta[2:].astype(np.float32)
     log(f"  cls.w {head['cls.w'].tolist()}, cls.b {head['cls.b'].tolist()}")
-    train_eval = evaluate(head, train, sz)
+    train_eval = evaluate(head, train)
 
     log(f"held-out studies ({N_HELDOUT})")
     heldout = []
     for study, feats in run_studies(1, N_HELDOUT, hu, ic, ic_depth, spacing, backbone):
         out = study_outputs(head, head_probabilities(head, feats), sz)
         heldout.append({"labels": study["labels"], "pred": out["labels"], "m": out["m"], "v": out["v"]})
-    ev = evaluate(head, heldout, sz)
+    ev = evaluate(head, heldout)
     pos, neg = ev["scores"][ev["positive"]], ev["scores"][~ev["positive"]]
     metrics = {
         "dice_intracranial": ev["dice_intracranial"], "dice_lesion": ev["dice_lesion"],
@@ -1016,6 +1047,8 @@ def main() -> int:
         "p_neg_median": float(np.median(neg)), "p_neg_max": float(neg.max()),
         "train_dice_intracranial": train_eval["dice_intracranial"], "train_dice_lesion": train_eval["dice_lesion"],
         "train_auroc": train_eval["auroc"],
+        "detected_small": ev["lesions"]["small"], "detected_large": ev["lesions"]["large"],
+        "cls_w": head["cls.w"].tolist(), "cls_b": float(head["cls.b"][0]),
     }
     log("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
