@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the reference head-CT model package ``models/reference/head-ct/``.
 
-Numpy (plus scipy, onnx and onnxruntime) only; no deep-learning framework.
+Numpy (plus scipy, onnx, onnxruntime and pydicom) only; no deep-learning framework.
 Everything is derived from one real head CT, the InVesalius example project
 ``Cranium.inv3`` (Debian package ``invesalius-examples``), read with the
 loader of ``scripts/make_fixtures.py``:
