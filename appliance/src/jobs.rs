@@ -237,7 +237,7 @@ impl Pipeline {
     pub fn work(self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let mut model = Model::new(self.package.clone(), self.backend()?)?;
         tracing::info!(model = %self.package.manifest.id, version = %self.package.manifest.version, backend = model.backend.name(), "inference worker ready");
-        let conn = open(&self.data_dir)?;
+        let mut conn = open(&self.data_dir)?;
         while !stop.load(Ordering::SeqCst) {
             let next: Option<(i64, String, String, String)> = conn
                 .query_row(
@@ -258,7 +258,6 @@ impl Pipeline {
             let started = Instant::now();
             match self.run_one(&mut model, &study, &ae, &series) {
                 Ok(json) => {
-                    let mut conn = open(&self.data_dir)?;
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     tx.execute(
                         "INSERT OR REPLACE INTO results (job_id, result_json, created_at_ms) VALUES (?1, ?2, ?3)",
