@@ -2,7 +2,7 @@
 # Build the DICOM test fixtures in <repo>/fixtures/ (gitignored).
 #
 # Owns: installing the fixture inputs (apt: invesalius-examples; pip:
-# pydicom, pydicom-data, pynetdicom, numpy) when missing, then running
+# pydicom, pydicom-data, pynetdicom, numpy, highdicom) when missing, then running
 # scripts/make_fixtures.py, which returns at once when fixtures/ is complete.
 # Idempotent; runnable from any directory; needs root only to install.
 # Extra arguments go to make_fixtures.py (e.g. --force).
@@ -42,6 +42,8 @@ if importlib.util.find_spec("pynetdicom") is None or major("pynetdicom") < 2:
     need.append("pynetdicom>=2")
 if importlib.util.find_spec("numpy") is None:
     need.append("numpy")
+if importlib.util.find_spec("highdicom") is None:
+    need.append("highdicom")  # the independent reader of the SEG and SR we write
 print(" ".join(need))
 PY
 )"

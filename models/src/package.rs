@@ -43,8 +43,21 @@ pub struct Manifest {
     pub head: HeadSpec,
     pub labels: Vec<LabelSpec>,
     pub classification: Option<ClassificationSpec>,
+    /// What result reports say the examination was; needed to export a report.
+    pub report: Option<ReportSpec>,
     #[serde(default)]
     pub metrics: toml::Table,
+}
+
+/// A coded concept: a code from a named coding scheme (SNOMED CT is `SCT`, LOINC `LN`, DICOM's
+/// own `DCM`), with its human-readable meaning. Result objects carry these so that viewers and
+/// other systems know what a label or finding is without parsing its name.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Code {
+    pub scheme: String,
+    pub value: String,
+    pub meaning: String,
 }
 
 /// What the model expects and how a volume becomes its input tensor.
@@ -94,13 +107,29 @@ pub struct HeadSpec {
 pub struct LabelSpec {
     pub value: u8,
     pub name: String,
+    /// Recommended display colour, sRGB.
     pub colour: [u8; 3],
+    /// The general kind of thing the label is (an anatomical structure, a morphologically
+    /// abnormal one, ...). Needed to export a segmentation.
+    pub category: Option<Code>,
+    /// What the label is, specifically. Needed to export a segmentation.
+    #[serde(rename = "type")]
+    pub property_type: Option<Code>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClassificationSpec {
     pub name: String,
+    /// The finding whose presence the probability is about. Needed to export a report.
+    pub finding: Option<Code>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// The examination the model reads (e.g. LOINC 24725-4 "CT Head").
+    pub procedure: Code,
 }
 
 /// A package whose manifest parsed, whose files exist and match their hashes.

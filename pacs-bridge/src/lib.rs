@@ -12,6 +12,8 @@
 //!   an instance is durable before its Success status leaves; study assembly on top of it.
 //! - [`metrics`]: counters the daemon exposes in Prometheus text format.
 //! - [`volume`]: a series' pixel data decoded, rescaled and ordered into a `models` volume.
+//! - [`objects`]: the result objects we write (SEG, TID 1500 SR) and the read-back geometry
+//!   check a SEG must pass before it leaves.
 //!
 //! No async runtime: one OS thread per association, bounded by `max_associations`; durability
 //! work of concurrent associations is batched by a single committer thread.
@@ -19,6 +21,7 @@
 pub mod dataset;
 pub mod dimse;
 pub mod metrics;
+pub mod objects;
 pub mod scp;
 pub mod store;
 pub mod uids;

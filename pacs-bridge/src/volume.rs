@@ -388,7 +388,7 @@ fn missing(path: &Path, attribute: &'static str) -> VolumeError {
 
 /// Read a Part 10 file: bounded size, a transfer syntax we accept, and a dataset whose every
 /// declared length the bounded walker has checked before `dicom-object` parses it.
-fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError> {
+pub(crate) fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError> {
     let fail = |reason: String| VolumeError::Read {
         path: path.to_path_buf(),
         reason,

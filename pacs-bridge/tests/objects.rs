@@ -1,0 +1,355 @@
+//! The result objects we write, on real series: every SEG and SR passes dicom3tools' `dciodvfy`
+//! without errors, highdicom (an independent reader) gets exactly our mask back on the source
+//! instances, and the read-back geometry check refuses every deliberately wrong geometry.
+
+use models::package::Code;
+use models::volume::Volume;
+use pacs_bridge::objects::seg::{self, Segment};
+use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
+use pacs_bridge::objects::{Creator, ObjectError, Source};
+use pacs_bridge::volume::{build, Limits, SeriesVolume};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    assert!(
+        dir.join("ct-series").is_dir(),
+        "run scripts/fixtures.sh first"
+    );
+    dir
+}
+
+fn ct_series() -> Vec<PathBuf> {
+    (0..108)
+        .map(|i| fixtures().join(format!("ct-series/slice_{i:03}.dcm")))
+        .collect()
+}
+
+fn code(scheme: &str, value: &str, meaning: &str) -> Code {
+    Code {
+        scheme: scheme.into(),
+        value: value.into(),
+        meaning: meaning.into(),
+    }
+}
+
+fn segments() -> Vec<Segment> {
+    vec![
+        Segment {
+            number: 1,
+            label: "intracranial space".into(),
+            category: code("SCT", "91723000", "Anatomical Structure"),
+            property_type: code("SCT", "12738006", "Brain"),
+            colour: [64, 160, 255],
+        },
+        Segment {
+            number: 2,
+            label: "lesion".into(),
+            category: code("SCT", "49755003", "Morphologically Altered Structure"),
+            property_type: code("SCT", "50960005", "Hemorrhage"),
+            colour: [255, 64, 32],
+        },
+    ]
+}
+
+fn creator() -> Creator {
+    Creator {
+        model_name: "head-ct-ich".into(),
+        model_version: "0.1.0".into(),
+        backend: "tract".into(),
+        device_serial: "TEST-0001".into(),
+        software_version: "0.1.0".into(),
+    }
+}
+
+/// Soft tissue as label 1 and a ball as label 2: an asymmetric label map, so that any
+/// transposition or flip of the mask shows.
+fn labels_of(volume: &Volume) -> Vec<u8> {
+    let (c, r) = (volume.columns, volume.rows);
+    let mut labels = vec![0u8; volume.voxels.len()];
+    for z in 0..volume.slices {
+        for y in 0..r {
+            for x in 0..c {
+                let i = z * r * c + y * c + x;
+                let hu = volume.voxels[i];
+                let (dx, dy, dz) = (x as f64 - 150.0, y as f64 - 90.0, (z as f64 - 40.0) * 1.5);
+                labels[i] = if dx * dx + dy * dy + dz * dz < 15.0 * 15.0 {
+                    2
+                } else if (0.0..80.0).contains(&hu) {
+                    1
+                } else {
+                    0
+                };
+            }
+        }
+    }
+    labels
+}
+
+fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// dciodvfy's error lines for a file (it prints errors and warnings on stderr).
+fn dciodvfy_errors(path: &Path) -> Vec<String> {
+    let out = Command::new("dciodvfy")
+        .arg(path)
+        .output()
+        .expect("run dciodvfy (apt-get install dicom3tools)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warnings: Vec<_> = text.lines().filter(|l| l.starts_with("Warning")).collect();
+    if !warnings.is_empty() {
+        eprintln!(
+            "dciodvfy warnings for {}:\n{}",
+            path.display(),
+            warnings.join("\n")
+        );
+    }
+    text.lines()
+        .filter(|l| l.starts_with("Error"))
+        .map(String::from)
+        .collect()
+}
+
+fn seg_of(series: &SeriesVolume, header: &Path, labels: &[u8]) -> seg::WrittenSeg {
+    let source = Source::read(series, header).unwrap();
+    seg::build(&source, labels, &segments(), &creator(), "test-job-1").unwrap()
+}
+
+#[test]
+fn a_seg_of_the_ct_series_reads_back_onto_the_source_grid_voxel_for_voxel() {
+    let paths = ct_series();
+    let series = build(&paths, &Limits::default()).unwrap();
+    let labels = labels_of(&series.volume);
+    let written = seg_of(&series, &paths[0], &labels);
+    let decoded = seg::decode(&written.bytes).unwrap();
+    assert_eq!(decoded.frames.len(), written.frames);
+    assert!(written.frames > 108, "both segments span many slices");
+    seg::check_geometry(&decoded, &series, &labels).unwrap();
+    // The same job gives the same UIDs: a re-run is a repeat at the PACS, not a new object.
+    let again = seg_of(&series, &paths[0], &labels);
+    assert_eq!(again.sop_instance_uid, written.sop_instance_uid);
+    assert_eq!(again.series_instance_uid, written.series_instance_uid);
+}
+
+#[test]
+fn the_geometry_check_refuses_a_transposed_mask() {
+    let paths = ct_series();
+    let series = build(&paths, &Limits::default()).unwrap();
+    let labels = labels_of(&series.volume);
+    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    let n = decoded.columns;
+    for frame in &mut decoded.frames {
+        let m = frame.mask.clone();
+        for y in 0..n {
+            for x in 0..n {
+                frame.mask[y * n + x] = m[x * n + y];
+            }
+        }
+    }
+    let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
+    assert!(
+        matches!(err, ObjectError::Geometry(ref m) if m.contains("voxels differ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_geometry_check_refuses_a_frame_moved_to_another_slice() {
+    let paths = ct_series();
+    let series = build(&paths, &Limits::default()).unwrap();
+    let labels = labels_of(&series.volume);
+    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    decoded.frames[5].position[2] += series.volume.spacing[2];
+    let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
+    assert!(
+        err.to_string().contains("references another instance"),
+        "{err}"
+    );
+    // Off the grid altogether (half a pixel).
+    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    decoded.frames[0].position[0] += series.volume.spacing[0] / 2.0;
+    let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
+    assert!(err.to_string().contains("not on a source slice"), "{err}");
+}
+
+#[test]
+fn the_geometry_check_refuses_a_seg_written_on_a_rotated_geometry() {
+    let paths = ct_series();
+    let series = build(&paths, &Limits::default()).unwrap();
+    let labels = labels_of(&series.volume);
+    // The writer is handed a geometry whose row and column directions are swapped (the
+    // classic rotated-mask bug): the SEG is self-consistent but wrong against the source.
+    let mut lying = series.clone();
+    std::mem::swap(
+        &mut lying.volume.row_direction,
+        &mut lying.volume.column_direction,
+    );
+    let written = seg_of(&lying, &paths[0], &labels);
+    let decoded = seg::decode(&written.bytes).unwrap();
+    let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
+    assert!(err.to_string().contains("orientation"), "{err}");
+    // And a flipped column direction with a mask flipped to match still lands elsewhere.
+    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    for v in &mut decoded.orientation[3..] {
+        *v = -*v;
+    }
+    assert!(seg::check_geometry(&decoded, &series, &labels).is_err());
+}
+
+#[test]
+fn the_geometry_check_refuses_a_mask_that_differs_by_one_voxel() {
+    let paths = ct_series();
+    let series = build(&paths, &Limits::default()).unwrap();
+    let labels = labels_of(&series.volume);
+    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    let frame = &mut decoded.frames[3];
+    let p = frame.mask.iter().position(|b| *b).unwrap();
+    frame.mask[p] = false;
+    let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
+    assert!(err.to_string().contains("1 voxels differ"), "{err}");
+}
+
+#[test]
+fn seg_and_sr_of_the_ct_series_pass_dciodvfy_and_highdicom_reads_our_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = ct_series();
+    let series = build(&paths, &Limits::default()).unwrap();
+    let labels = labels_of(&series.volume);
+    let written = seg_of(&series, &paths[0], &labels);
+    let seg_path = write_temp(dir.path(), "seg.dcm", &written.bytes);
+    assert_eq!(dciodvfy_errors(&seg_path), Vec::<String>::new());
+
+    let source = Source::read(&series, &paths[0]).unwrap();
+    let voxel_ml = series.volume.voxel_ml();
+    let report = Report {
+        procedure: code("LN", "24725-4", "CT Head"),
+        seg_sop_instance_uid: written.sop_instance_uid.clone(),
+        seg_series_instance_uid: written.series_instance_uid.clone(),
+        segments: segments()
+            .iter()
+            .map(|s| MeasuredSegment {
+                number: s.number,
+                label: s.label.clone(),
+                property_type: s.property_type.clone(),
+                volume_ml: labels.iter().filter(|l| **l == s.number).count() as f64 * voxel_ml,
+            })
+            .collect(),
+        finding: Some(Finding {
+            code: code("SCT", "50960005", "Hemorrhage"),
+            probability: 0.93,
+            threshold: 0.5,
+        }),
+    };
+    let sr = sr::build(&source, &report, &creator(), "test-job-1").unwrap();
+    let sr_path = write_temp(dir.path(), "sr.dcm", &sr.bytes);
+    assert_eq!(dciodvfy_errors(&sr_path), Vec::<String>::new());
+
+    // highdicom maps every frame back to its source instance through our references; the
+    // counts per (source instance, segment) must be ours exactly.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_seg.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&seg_path)
+        .arg(sr_path.as_os_str())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plane = series.volume.rows * series.volume.columns;
+    for (z, slice) in series.sources.iter().enumerate() {
+        for s in segments() {
+            let ours = labels[z * plane..(z + 1) * plane]
+                .iter()
+                .filter(|l| **l == s.number)
+                .count() as u64;
+            let theirs = read["pixels"][&slice.sop_instance_uid][s.number.to_string()]
+                .as_u64()
+                .unwrap_or(0);
+            assert_eq!(ours, theirs, "slice {z} segment {}", s.number);
+        }
+        // The mask itself, not only its size: a hash of the positions of each slice's pixels.
+        let ours: Vec<String> = (1..=2u8)
+            .map(|n| {
+                let idx: Vec<String> = labels[z * plane..(z + 1) * plane]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| **l == n)
+                    .map(|(i, _)| i.to_string())
+                    .collect();
+                idx.join(",")
+            })
+            .collect();
+        for (k, n) in [1u8, 2].iter().enumerate() {
+            let theirs = read["indices"][&slice.sop_instance_uid][n.to_string()]
+                .as_str()
+                .unwrap_or("");
+            assert_eq!(ours[k], theirs, "pixel positions of slice {z} segment {n}");
+        }
+    }
+    assert_eq!(
+        read["segment_labels"],
+        serde_json::json!(["intracranial space", "lesion"])
+    );
+    // The SR as pydicom reads it: the SEG it references, one volume per segment, the finding.
+    assert_eq!(
+        read["sr"]["referenced_seg"],
+        written.sop_instance_uid.as_str()
+    );
+    let volumes = read["sr"]["volumes_ml"].as_array().unwrap();
+    assert_eq!(volumes.len(), 2);
+    for (v, s) in volumes.iter().zip(&report.segments) {
+        assert!((v.as_f64().unwrap() - s.volume_ml).abs() < 1e-3 * s.volume_ml.max(1.0));
+    }
+    assert_eq!(read["sr"]["probability"].as_f64(), Some(0.93));
+    assert_eq!(read["sr"]["template"], "1500");
+    assert_eq!(read["sr"]["volumetric_groups"], 2);
+}
+
+#[test]
+fn a_seg_of_an_enhanced_multi_frame_ct_checks_and_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixtures().join("pydicom/eCT_Supplemental.dcm");
+    let series = build(std::slice::from_ref(&path), &Limits::default()).unwrap();
+    let mut labels = vec![0u8; series.volume.voxels.len()];
+    let plane = series.volume.rows * series.volume.columns;
+    labels[plane + 5] = 1; // one voxel on the second frame
+    let written = seg_of(&series, &path, &labels);
+    let decoded = seg::decode(&written.bytes).unwrap();
+    assert_eq!(decoded.frames.len(), 1);
+    seg::check_geometry(&decoded, &series, &labels).unwrap();
+    let seg_path = write_temp(dir.path(), "seg.dcm", &written.bytes);
+    assert_eq!(dciodvfy_errors(&seg_path), Vec::<String>::new());
+}
+
+#[test]
+fn an_empty_result_is_one_empty_frame_and_still_checks() {
+    let paths = ct_series();
+    let series = build(&paths[..10], &Limits::default()).unwrap();
+    let labels = vec![0u8; series.volume.voxels.len()];
+    let written = seg_of(&series, &paths[0], &labels);
+    let decoded = seg::decode(&written.bytes).unwrap();
+    assert_eq!(decoded.frames.len(), 1);
+    assert!(decoded.frames[0].mask.iter().all(|b| !b));
+    seg::check_geometry(&decoded, &series, &labels).unwrap();
+}
+
+#[test]
+fn a_label_map_of_the_wrong_size_is_refused_before_anything_is_written() {
+    let paths = ct_series();
+    let series = build(&paths[..10], &Limits::default()).unwrap();
+    let source = Source::read(&series, &paths[0]).unwrap();
+    let err = seg::build(&source, &[0u8; 7], &segments(), &creator(), "x").unwrap_err();
+    assert!(matches!(err, ObjectError::Mismatch(_)), "{err}");
+}
