@@ -407,7 +407,10 @@ mod tests {
                 back.affected_sop_class_uid.as_deref(),
                 Some("1.2.840.10008.5.1.4.1.1.66.4")
             );
-            assert_eq!(back.affected_sop_instance_uid.as_deref(), Some(uid.as_str()));
+            assert_eq!(
+                back.affected_sop_instance_uid.as_deref(),
+                Some(uid.as_str())
+            );
         }
     }
 
@@ -465,4 +468,3 @@ mod tests {
         }
     }
 }
-

@@ -235,7 +235,10 @@ impl StoreFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
     Success,
-    Warning { status: u16, comment: Option<String> },
+    Warning {
+        status: u16,
+        comment: Option<String>,
+    },
 }
 
 /// What happened to one file.
@@ -669,7 +672,11 @@ impl<'a> Association<'a> {
         }
     }
 
-    fn read_answer_pdu(&mut self, awaiting: &'static str, deadline: Instant) -> Result<Pdu, ScuError> {
+    fn read_answer_pdu(
+        &mut self,
+        awaiting: &'static str,
+        deadline: Instant,
+    ) -> Result<Pdu, ScuError> {
         self.arm(awaiting, deadline)?;
         let (ty, length) = self
             .io
@@ -836,7 +843,11 @@ impl<'a> Association<'a> {
                 "answered C-STORE-RQ {message_id} with command {:#06x} for message {}{}",
                 rsp.command_field,
                 rsp.message_id_being_responded_to,
-                if rsp.has_dataset { " and a dataset" } else { "" }
+                if rsp.has_dataset {
+                    " and a dataset"
+                } else {
+                    ""
+                }
             ));
             self.abort();
             return Err(e);
@@ -924,18 +935,20 @@ impl<'a> Association<'a> {
             match ty {
                 pdu::P_DATA_TF => {}
                 pdu::A_ABORT => {
-                    return Err(match self.read_small_body(awaiting, ty, length, deadline)? {
-                        Pdu::AbortRQ { source } => ScuError::Aborted {
-                            peer: self.peer.clone(),
-                            abort_source: source,
+                    return Err(
+                        match self.read_small_body(awaiting, ty, length, deadline)? {
+                            Pdu::AbortRQ { source } => ScuError::Aborted {
+                                peer: self.peer.clone(),
+                                abort_source: source,
+                            },
+                            _ => self.protocol("malformed A-ABORT"),
                         },
-                        _ => self.protocol("malformed A-ABORT"),
-                    });
+                    );
                 }
                 other => {
-                    return Err(
-                        self.protocol(format!("PDU type {other:#04x} where {awaiting} was expected"))
-                    )
+                    return Err(self.protocol(format!(
+                        "PDU type {other:#04x} where {awaiting} was expected"
+                    )))
                 }
             }
             // PS3.8 D.1: the peer must not exceed the Maximum Length we announced; checked
@@ -1016,13 +1029,15 @@ impl<'a> Association<'a> {
                 pdu::A_RELEASE_RP => self
                     .read_small_body(AWAITING, ty, length, deadline)
                     .map(|_| ()),
-                pdu::A_ABORT => Err(match self.read_small_body(AWAITING, ty, length, deadline)? {
-                    Pdu::AbortRQ { source } => ScuError::Aborted {
-                        peer: self.peer.clone(),
-                        abort_source: source,
+                pdu::A_ABORT => Err(
+                    match self.read_small_body(AWAITING, ty, length, deadline)? {
+                        Pdu::AbortRQ { source } => ScuError::Aborted {
+                            peer: self.peer.clone(),
+                            abort_source: source,
+                        },
+                        _ => self.protocol("malformed A-ABORT"),
                     },
-                    _ => self.protocol("malformed A-ABORT"),
-                }),
+                ),
                 other => Err(self.protocol(format!(
                     "PDU type {other:#04x} where {AWAITING} was expected"
                 ))),
@@ -1106,8 +1121,7 @@ fn reencode(dataset: &[u8], from: &str, to: &str, meta: &part10::Meta) -> Result
         .write_dataset_with_ts(&mut out, &to_ts)
         .map_err(|e| e.to_string())?;
     let encoding = uids::encoding_of(to).ok_or("no encoding for the target syntax")?;
-    let identity =
-        crate::dataset::inspect(&out, encoding, out.len()).map_err(|e| e.to_string())?;
+    let identity = crate::dataset::inspect(&out, encoding, out.len()).map_err(|e| e.to_string())?;
     if identity.sop_instance_uid.as_deref() != Some(meta.sop_instance_uid.as_str()) {
         return Err("re-encoded dataset lost its SOP Instance UID".into());
     }

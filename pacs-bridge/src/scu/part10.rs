@@ -107,8 +107,19 @@ pub fn parse_meta(bytes: &[u8]) -> Result<Meta, FileError> {
         // PS3.5 section 7.1.2: these VRs have two reserved bytes and a 32-bit length.
         let long = matches!(
             &vr,
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR"
-                | b"UT" | b"UV"
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"UV"
         );
         let (header, length) = if long {
             if bytes.len() - pos < 12 {
@@ -122,7 +133,10 @@ pub fn parse_meta(bytes: &[u8]) -> Result<Meta, FileError> {
             ]);
             (12usize, length as usize)
         } else {
-            (8usize, u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize)
+            (
+                8usize,
+                u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize,
+            )
         };
         if length == 0xFFFF_FFFF || length > bytes.len() - pos - header {
             return Err(bad("length beyond the end of the file"));
@@ -141,9 +155,12 @@ pub fn parse_meta(bytes: &[u8]) -> Result<Meta, FileError> {
         }
         pos += header + length;
     }
-    let class = class.ok_or(FileError::MissingMeta("Media Storage SOP Class UID (0002,0002)"))?;
-    let instance =
-        instance.ok_or(FileError::MissingMeta("Media Storage SOP Instance UID (0002,0003)"))?;
+    let class = class.ok_or(FileError::MissingMeta(
+        "Media Storage SOP Class UID (0002,0002)",
+    ))?;
+    let instance = instance.ok_or(FileError::MissingMeta(
+        "Media Storage SOP Instance UID (0002,0003)",
+    ))?;
     let syntax = syntax.ok_or(FileError::MissingMeta("Transfer Syntax UID (0002,0010)"))?;
     for (name, uid) in [
         ("Media Storage SOP Class UID", &class),
@@ -198,7 +215,10 @@ mod tests {
         assert_eq!(meta.sop_class_uid, "1.2.840.10008.5.1.4.1.1.66.4");
         assert_eq!(meta.sop_instance_uid, "1.2.3.4");
         assert_eq!(meta.transfer_syntax_uid, "1.2.840.10008.1.2.1");
-        assert_eq!(&bytes[meta.dataset_offset..meta.dataset_offset + 2], &[0x08, 0x00]);
+        assert_eq!(
+            &bytes[meta.dataset_offset..meta.dataset_offset + 2],
+            &[0x08, 0x00]
+        );
     }
 
     /// Property: no truncation of a meta group panics; each is refused or parsed.
@@ -214,7 +234,9 @@ mod tests {
     fn a_meta_element_declaring_more_than_present_is_refused() {
         let mut bytes = vec![0u8; 128];
         bytes.extend(b"DICM");
-        bytes.extend([0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F]);
+        bytes.extend([
+            0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ]);
         assert!(matches!(parse_meta(&bytes), Err(FileError::Meta { .. })));
     }
 

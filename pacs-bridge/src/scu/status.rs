@@ -49,10 +49,12 @@ pub fn meaning(status: u16) -> &'static str {
         0x0001 => "warning",
         0x0107 => "warning: attribute list error",
         0x0116 => "warning: attribute value out of range",
-        0xB000 => "warning: coercion of data elements",
-        0xB006 => "warning: elements discarded",
-        0xB007 => "warning: data set does not match SOP class",
-        0xB000..=0xBFFF => "warning",
+        0xB000..=0xBFFF => match status {
+            0xB000 => "warning: coercion of data elements",
+            0xB006 => "warning: elements discarded",
+            0xB007 => "warning: data set does not match SOP class",
+            _ => "warning",
+        },
         0xA700..=0xA7FF => "refused: out of resources",
         0xA900..=0xA9FF => "error: data set does not match SOP class",
         0xC000..=0xCFFF => "error: cannot understand",
@@ -87,7 +89,11 @@ mod tests {
     #[test]
     fn out_of_resources_and_processing_failures_are_retried() {
         for transient in [0xA700, 0xA701, 0xA7FF, 0x0110, 0x0210, 0x0213, 0xFE00] {
-            assert_eq!(classify(transient), StatusClass::Transient, "{transient:#06x}");
+            assert_eq!(
+                classify(transient),
+                StatusClass::Transient,
+                "{transient:#06x}"
+            );
             assert!(!classify(transient).is_delivered());
         }
     }
@@ -95,10 +101,14 @@ mod tests {
     #[test]
     fn mismatches_unsupported_classes_and_unknown_statuses_are_not_retried() {
         for permanent in [
-            0xA900, 0xA9FF, 0xC000, 0xC123, 0x0122, 0x0124, 0x0111, 0x0117, 0x0211, 0x0212,
-            0xFF00, 0xFF01, 0xA800, 0x0105, 0xD000,
+            0xA900, 0xA9FF, 0xC000, 0xC123, 0x0122, 0x0124, 0x0111, 0x0117, 0x0211, 0x0212, 0xFF00,
+            0xFF01, 0xA800, 0x0105, 0xD000,
         ] {
-            assert_eq!(classify(permanent), StatusClass::Permanent, "{permanent:#06x}");
+            assert_eq!(
+                classify(permanent),
+                StatusClass::Permanent,
+                "{permanent:#06x}"
+            );
         }
     }
 
@@ -111,7 +121,9 @@ mod tests {
             assert!(!meaning(status).is_empty());
             assert_eq!(
                 class.is_delivered(),
-                status == 0 || (0xB000..=0xBFFF).contains(&status) || [1, 0x107, 0x116].contains(&status)
+                status == 0
+                    || (0xB000..=0xBFFF).contains(&status)
+                    || [1, 0x107, 0x116].contains(&status)
             );
         }
     }
