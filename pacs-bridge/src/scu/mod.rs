@@ -455,52 +455,44 @@ struct Proposals {
 
 impl Proposals {
     fn for_files<'a>(metas: impl Iterator<Item = &'a part10::Meta>) -> Result<Self, ScuError> {
-        let mut contexts: Vec<PresentationContextProposed> = Vec::new();
-        let mut by_key: HashMap<ContextKey, u8> = HashMap::new();
-        let mut count = 0usize;
+        // Each context's own syntaxes (those of its files), in order of first appearance.
+        let mut keys: Vec<(ContextKey, Vec<String>)> = Vec::new();
         for meta in metas {
             let key = ContextKey::of(meta);
-            let index = match by_key.get(&key) {
-                Some(id) => usize::from(*id / 2),
+            let at = match keys.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
                 None => {
-                    count += 1;
-                    if count > MAX_CONTEXTS {
-                        continue;
-                    }
-                    let id = (2 * contexts.len() + 1) as u8;
-                    by_key.insert(key.clone(), id);
-                    contexts.push(PresentationContextProposed {
-                        id,
-                        abstract_syntax: key.sop_class.clone(),
-                        transfer_syntaxes: Vec::new(),
-                    });
-                    contexts.len() - 1
+                    keys.push((key, Vec::new()));
+                    keys.len() - 1
                 }
             };
-            let syntaxes = &mut contexts[index].transfer_syntaxes;
-            let mut add = |ts: &str| {
-                if !syntaxes.iter().any(|s| s == ts) {
-                    syntaxes.push(ts.to_string());
-                }
-            };
-            // The file's own syntax first, so a peer that takes the first acceptable one
-            // (as ours does) gets the bytes unchanged.
-            add(&meta.transfer_syntax_uid);
-            if key.encapsulated.is_none() {
-                add(uids::EXPLICIT_VR_LE);
-                add(uids::IMPLICIT_VR_LE);
+            let own = &mut keys[at].1;
+            if !own.contains(&meta.transfer_syntax_uid) {
+                own.push(meta.transfer_syntax_uid.clone());
             }
         }
-        if count > MAX_CONTEXTS {
-            return Err(ScuError::TooManyContexts { count });
+        if keys.len() > MAX_CONTEXTS {
+            return Err(ScuError::TooManyContexts { count: keys.len() });
         }
-        // Keep the fallbacks after every file's own syntax.
-        for pc in &mut contexts {
-            pc.transfer_syntaxes.sort_by_key(|ts| match ts.as_str() {
-                uids::IMPLICIT_VR_LE => 2,
-                uids::EXPLICIT_VR_LE => 1,
-                _ => 0,
+        let mut contexts = Vec::with_capacity(keys.len());
+        let mut by_key = HashMap::with_capacity(keys.len());
+        for (index, (key, mut syntaxes)) in keys.into_iter().enumerate() {
+            // The files' own syntaxes first, so a peer that takes the first acceptable one
+            // (as ours does) gets the bytes unchanged; native fallbacks after them.
+            if key.encapsulated.is_none() {
+                for fallback in [uids::EXPLICIT_VR_LE, uids::IMPLICIT_VR_LE] {
+                    if !syntaxes.iter().any(|s| s == fallback) {
+                        syntaxes.push(fallback.to_string());
+                    }
+                }
+            }
+            let id = (2 * index + 1) as u8;
+            contexts.push(PresentationContextProposed {
+                id,
+                abstract_syntax: key.sop_class.clone(),
+                transfer_syntaxes: syntaxes,
             });
+            by_key.insert(key, id);
         }
         Ok(Proposals { contexts, by_key })
     }
@@ -890,22 +882,17 @@ impl<'a> Association<'a> {
         let max = self.max_fragment;
         let peer = self.peer.clone();
         let after = self.config.io_timeout;
-        let tcp = self.io.tcp();
-        let mut out = BufWriter::with_capacity(64 * 1024, tcp);
-        let result = (|| -> std::io::Result<()> {
-            for (data, is_command) in [(command, true), (dataset, false)] {
-                let mut chunks = data.chunks(max).peekable();
-                if data.is_empty() {
-                    write_pdv(&mut out, context_id, is_command, true, &[])?;
-                }
-                while let Some(chunk) = chunks.next() {
-                    let last = chunks.peek().is_none();
-                    write_pdv(&mut out, context_id, is_command, last, chunk)?;
-                }
-            }
-            out.flush()
-        })();
-        result.map_err(|e| pdu_error(&peer, "the peer to read our data", after, e.into()))
+        let mut out = BufWriter::with_capacity(64 * 1024, self.io.tcp());
+        let result =
+            write_fragments(&mut out, context_id, command, dataset, max).and_then(|()| out.flush());
+        // Not drop: BufWriter's drop would try to write the rest again, past the timeout.
+        let _ = out.into_parts();
+        if let Err(e) = result {
+            let e = pdu_error(&peer, "the peer to read our data", after, e.into());
+            self.abort_if_ours(&e);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Read the C-STORE-RSP command on `context_id`, within `io_timeout`.
@@ -1058,11 +1045,38 @@ impl<'a> Association<'a> {
     }
 
     fn abort(&mut self) {
+        // A peer that stopped reading must not hold us another io_timeout.
+        let _ = self
+            .io
+            .tcp()
+            .set_write_timeout(Some(Duration::from_secs(1).min(self.config.io_timeout)));
         let _ = self.io.write_pdu(&Pdu::AbortRQ {
             source: AbortRQSource::ServiceUser,
         });
         let _ = self.io.tcp().shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// A command and its dataset as P-DATA-TF PDUs of one PDV each, fragments of at most `max`
+/// bytes: the command's fragments, the last one flagged, then the dataset's (PS3.8 annex E).
+fn write_fragments(
+    out: &mut impl Write,
+    context_id: u8,
+    command: &[u8],
+    dataset: &[u8],
+    max: usize,
+) -> std::io::Result<()> {
+    for (data, is_command) in [(command, true), (dataset, false)] {
+        if data.is_empty() {
+            write_pdv(out, context_id, is_command, true, &[])?;
+        }
+        let mut chunks = data.chunks(max.max(2)).peekable();
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            write_pdv(out, context_id, is_command, last, chunk)?;
+        }
+    }
+    Ok(())
 }
 
 /// One P-DATA-TF PDU holding one PDV (PS3.8 section 9.3.5 and annex E.2: bit 0 of the message
@@ -1155,4 +1169,149 @@ fn native_syntax(uid: &str) -> Option<dicom_encoding::TransferSyntax> {
         _ => return None,
     };
     Some(ts.erased())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_ul::pdu::{PDataValueType, Pdu};
+
+    fn meta(class: &str, instance: &str, ts: &str) -> part10::Meta {
+        part10::Meta {
+            sop_class_uid: class.into(),
+            sop_instance_uid: instance.into(),
+            transfer_syntax_uid: ts.into(),
+            dataset_offset: 132,
+        }
+    }
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const SEG: &str = "1.2.840.10008.5.1.4.1.1.66.4";
+    const J2K: &str = "1.2.840.10008.1.2.4.90";
+
+    #[test]
+    fn native_files_share_a_context_per_class_and_encapsulated_ones_get_their_own() {
+        let files = [
+            meta(CT, "1", uids::IMPLICIT_VR_LE),
+            meta(CT, "2", J2K),
+            meta(SEG, "3", uids::EXPLICIT_VR_LE),
+            meta(CT, "4", uids::EXPLICIT_VR_BE),
+            meta(CT, "5", uids::IMPLICIT_VR_LE),
+        ];
+        let proposals = Proposals::for_files(files.iter()).unwrap();
+        let contexts: Vec<(u8, &str, Vec<&str>)> = proposals
+            .contexts
+            .iter()
+            .map(|pc| {
+                (
+                    pc.id,
+                    pc.abstract_syntax.as_str(),
+                    pc.transfer_syntaxes.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            contexts,
+            vec![
+                // The files' own syntaxes first, in order, then the fallbacks.
+                (
+                    1,
+                    CT,
+                    vec![
+                        uids::IMPLICIT_VR_LE,
+                        uids::EXPLICIT_VR_BE,
+                        uids::EXPLICIT_VR_LE
+                    ]
+                ),
+                // Nothing we could not produce from a JPEG 2000 file.
+                (3, CT, vec![J2K]),
+                (5, SEG, vec![uids::EXPLICIT_VR_LE, uids::IMPLICIT_VR_LE]),
+            ]
+        );
+        for (file, id) in files.iter().zip([1u8, 3, 5, 1, 1]) {
+            assert_eq!(proposals.by_key[&ContextKey::of(file)], id);
+        }
+    }
+
+    #[test]
+    fn more_than_128_contexts_are_refused_before_connecting() {
+        let files: Vec<_> = (0..129)
+            .map(|i| meta(&format!("1.2.3.{i}"), "1", uids::EXPLICIT_VR_LE))
+            .collect();
+        let err = Proposals::for_files(files.iter()).err().unwrap();
+        assert!(matches!(err, ScuError::TooManyContexts { count: 129 }));
+        assert!(!err.is_transient());
+        assert!(Proposals::for_files(files[..128].iter()).is_ok());
+    }
+
+    /// Property: what we write decodes (with dicom-ul) to PDUs within the maximum length whose
+    /// fragments reassemble to the command and dataset, flagged command/last correctly, for
+    /// sizes around every fragment boundary.
+    #[test]
+    fn fragments_round_trip_within_the_maximum_length() {
+        let command: Vec<u8> = (0..150u8).collect();
+        for max in [2usize, 64, 1000, 4096] {
+            for len in [1usize, max - 1, max, max + 1, 3 * max, 3 * max + 7] {
+                let dataset: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                let mut wire = Vec::new();
+                write_fragments(&mut wire, 5, &command, &dataset, max).unwrap();
+                let (mut got_command, mut got_dataset) = (Vec::<u8>::new(), Vec::<u8>::new());
+                let (mut command_done, mut dataset_done) = (false, false);
+                let mut pos = 0;
+                while pos < wire.len() {
+                    let length = u32::from_be_bytes(wire[pos + 2..pos + 6].try_into().unwrap());
+                    assert!(
+                        length as usize <= max + 6,
+                        "PDU of {length} bytes for max {max}"
+                    );
+                    let pdu = dicom_ul::pdu::read_pdu(
+                        &wire[pos..],
+                        dicom_ul::pdu::MAXIMUM_PDU_SIZE,
+                        false,
+                    )
+                    .unwrap()
+                    .unwrap();
+                    pos += 6 + length as usize;
+                    let Pdu::PData { data } = pdu else {
+                        panic!("not P-DATA-TF")
+                    };
+                    assert_eq!(data.len(), 1);
+                    let pdv = &data[0];
+                    assert_eq!(pdv.presentation_context_id, 5);
+                    match pdv.value_type {
+                        PDataValueType::Command => {
+                            assert!(!command_done && got_dataset.is_empty());
+                            got_command.extend(&pdv.data);
+                            command_done = pdv.is_last;
+                        }
+                        PDataValueType::Data => {
+                            assert!(command_done && !dataset_done);
+                            got_dataset.extend(&pdv.data);
+                            dataset_done = pdv.is_last;
+                        }
+                    }
+                }
+                assert!(command_done && dataset_done);
+                assert_eq!(got_command, command);
+                assert_eq!(got_dataset, dataset);
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_ae_titles_and_pdu_limits_are_configuration_errors() {
+        let dest = Destination {
+            ae_title: "PACS".into(),
+            host: "127.0.0.1".into(),
+            port: 104,
+        };
+        assert!(check_config(&dest, &ScuConfig::new("RADIANT")).is_ok());
+        for bad in ["", "   ", "SEVENTEEN_CHARS_X", "BACK\\SLASH", "TAB\tBED"] {
+            let err = check_config(&dest, &ScuConfig::new(bad)).unwrap_err();
+            assert!(!err.is_transient());
+        }
+        let mut config = ScuConfig::new("RADIANT");
+        config.max_pdu_length = 100;
+        assert!(check_config(&dest, &config).is_err());
+    }
 }
