@@ -4,11 +4,13 @@
 //! refusals, silences and aborts come back as typed errors that say whether a retry can help,
 //! within the configured timeouts; one file the peer cannot take does not stop the others.
 
+use dicom_ul::pdu::Pdu;
 use hil_tests::appliance::{self, Appliance};
 use hil_tests::fixtures::{self, CtSeries};
 use hil_tests::peers::{
     files_below, start_orthanc, start_storescp_bit_preserving, start_storescp_with,
 };
+use hil_tests::raw::{self, RawScu};
 use hil_tests::{free_port, http_get, wait_until};
 use pacs_bridge::scu::{self, Delivered, Destination, ScuConfig, ScuError, StoreFailure};
 use std::io::Read;
@@ -178,9 +180,21 @@ fn a_wrong_called_ae_title_is_a_permanent_rejection() {
 #[test]
 fn a_busy_peer_is_a_transient_rejection() {
     let app = Appliance::start(&|c| appliance::set_dicom(c, "max_associations", 1i64));
-    // Hold the only slot with a connection that has not asked for anything yet.
-    let _holder = std::net::TcpStream::connect(("127.0.0.1", app.port)).expect("connect");
-    std::thread::sleep(Duration::from_millis(300));
+    // Hold the only slot with an accepted association (retrying while the start-up probe's
+    // connection may still hold it).
+    let mut _holder = None;
+    let held = wait_until(Duration::from_secs(10), || {
+        let mut raw = RawScu::connect(app.port);
+        let contexts: &[(u8, &str, &[&str])] = &[(1, raw::CT_IMAGE_STORAGE, &[EXPLICIT_VR_LE])];
+        match raw.associate("PACS", &app.ae_title, contexts) {
+            Some(Pdu::AssociationAC(_)) => {
+                _holder = Some(raw);
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(held, "could not take the appliance's only association slot");
     let paths = CtSeries::load().paths();
     let err = scu::send(&to(&app.ae_title, app.port), &config("PACS"), &paths[..1])
         .expect_err("the appliance must refuse an association over its limit");
