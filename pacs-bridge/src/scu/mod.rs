@@ -498,7 +498,7 @@ impl Proposals {
     }
 }
 
-/// An accepted context: its ID and the transfer syntax the peer chose.
+/// An accepted context (keyed by its ID): the transfer syntax the peer chose.
 struct Accepted {
     transfer_syntax: String,
 }
