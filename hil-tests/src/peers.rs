@@ -256,3 +256,10 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// DCMTK `storescp` (accepting all transfer syntaxes) with extra options after the defaults,
+/// so they override them: `+xi` to accept Implicit VR Little Endian only, `--abort-after`,
+/// `--sleep-after N`, `--refuse`.
+pub fn start_storescp_with(extra: &[&str]) -> PeerProcess {
+    spawn_storescp(extra)
+}

@@ -8,6 +8,9 @@
 //! - [`dimse`]: DIMSE command sets (PS3.7 section 9.3): decode requests, encode responses.
 //! - [`scp`]: associations (PS3.8): negotiation with access control, the message loop, timeouts,
 //!   and the listener that bounds concurrent associations and shuts down gracefully.
+//! - [`scu`]: a C-STORE SCU (PS3.4 annex B, PS3.8): sends Part 10 files to a peer on one
+//!   association, re-encoding between native transfer syntaxes when the peer asks, with every
+//!   read bounded by a timeout and the negotiated PDU size; typed, retry-aware errors.
 //! - [`store`]: the spool (Part 10 files) and its SQLite index, written with group commit so that
 //!   an instance is durable before its Success status leaves; study assembly on top of it.
 //! - [`metrics`]: counters the daemon exposes in Prometheus text format.
@@ -23,6 +26,7 @@ pub mod dimse;
 pub mod metrics;
 pub mod objects;
 pub mod scp;
+pub mod scu;
 pub mod store;
 pub mod uids;
 pub mod volume;

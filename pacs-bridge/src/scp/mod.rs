@@ -6,7 +6,7 @@
 //! instance whose Success was not sent is not acknowledged, so the sender retries it.
 
 mod association;
-mod pdu;
+pub(crate) mod pdu;
 
 use crate::metrics::{Metrics, RejectReason};
 use crate::store::Spool;

@@ -8,8 +8,11 @@ use std::net::TcpStream;
 use thiserror::Error;
 
 pub const A_ASSOCIATE_RQ: u8 = 0x01;
+pub const A_ASSOCIATE_AC: u8 = 0x02;
+pub const A_ASSOCIATE_RJ: u8 = 0x03;
 pub const P_DATA_TF: u8 = 0x04;
 pub const A_RELEASE_RQ: u8 = 0x05;
+pub const A_RELEASE_RP: u8 = 0x06;
 pub const A_ABORT: u8 = 0x07;
 
 /// Largest A-ASSOCIATE-RQ we read; real ones are a few KiB even with 128 contexts.
