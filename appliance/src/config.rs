@@ -61,6 +61,111 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub inference: InferenceConfig,
+    #[serde(default)]
+    pub results: ResultsConfig,
+    /// Where results (SEG, SR) are sent.
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// What the appliance writes about a result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// Write a SEG and an SR for every inference result (and send them to the destinations).
+    #[serde(default = "default_true")]
+    pub export: bool,
+    /// Identifies this appliance in the objects it writes.
+    #[serde(default = "default_device_serial")]
+    pub device_serial: String,
+    /// Probability at and above which the SR reports the finding as present.
+    #[serde(default = "default_finding_threshold")]
+    pub finding_threshold: f64,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            export: true,
+            device_serial: default_device_serial(),
+            finding_threshold: default_finding_threshold(),
+        }
+    }
+}
+
+/// A DICOM peer (the PACS) that receives results over C-STORE.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Our name for it, in the outbox and logs.
+    pub name: String,
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// Results of studies from these calling AE titles go here. A destination without it is a
+    /// default: it gets the results of studies whose sender no destination names.
+    #[serde(default)]
+    pub for_calling_ae: Vec<String>,
+}
+
+/// How the outbox retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// First wait after a transient failure; it doubles with every further failure...
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_seconds: u64,
+    /// ...up to this.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_seconds: u64,
+    /// An object still undelivered this long after it was queued is given up (failed).
+    #[serde(default = "default_give_up_hours")]
+    pub give_up_after_hours: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Longest wait for any answer of the destination during an association.
+    #[serde(default = "default_outbox_io_timeout")]
+    pub io_timeout_seconds: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial_seconds: default_retry_initial(),
+            retry_max_seconds: default_retry_max(),
+            give_up_after_hours: default_give_up_hours(),
+            connect_timeout_seconds: default_connect_timeout(),
+            io_timeout_seconds: default_outbox_io_timeout(),
+        }
+    }
+}
+
+fn default_device_serial() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.len() <= 64)
+        .unwrap_or_else(|| "radiant-edge".into())
+}
+fn default_finding_threshold() -> f64 {
+    0.5
+}
+fn default_retry_initial() -> u64 {
+    10
+}
+fn default_retry_max() -> u64 {
+    600
+}
+fn default_give_up_hours() -> u64 {
+    72
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_outbox_io_timeout() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -416,6 +521,69 @@ impl Config {
                 );
             }
         }
+        let r = &self.results;
+        if r.device_serial.trim().is_empty() || r.device_serial.len() > 64 {
+            problem("results.device_serial", "must be 1 to 64 characters".into());
+        }
+        if !(0.0..=1.0).contains(&r.finding_threshold) {
+            problem(
+                "results.finding_threshold",
+                "must be between 0 and 1".into(),
+            );
+        }
+        let mut names = HashSet::new();
+        for (i, dest) in self.destinations.iter().enumerate() {
+            let key = format!("destinations[{i}]");
+            if dest.name.trim().is_empty() {
+                problem(&format!("{key}.name"), "must not be empty".into());
+            } else if !names.insert(dest.name.clone()) {
+                problem(
+                    &format!("{key}.name"),
+                    format!("{:?} is used twice", dest.name),
+                );
+            }
+            if let Err(m) = check_ae_title(&dest.ae_title) {
+                problem(&format!("{key}.ae_title"), m);
+            }
+            if dest.host.trim().is_empty() {
+                problem(&format!("{key}.host"), "must not be empty".into());
+            }
+            if dest.port == 0 {
+                problem(&format!("{key}.port"), "must be between 1 and 65535".into());
+            }
+            for (j, ae) in dest.for_calling_ae.iter().enumerate() {
+                if let Err(m) = check_ae_title(ae) {
+                    problem(&format!("{key}.for_calling_ae[{j}]"), m);
+                }
+            }
+        }
+        let o = &self.outbox;
+        if !(1..=86_400).contains(&o.retry_initial_seconds) {
+            problem(
+                "outbox.retry_initial_seconds",
+                "must be between 1 and 86400".into(),
+            );
+        }
+        if o.retry_max_seconds < o.retry_initial_seconds || o.retry_max_seconds > 86_400 {
+            problem(
+                "outbox.retry_max_seconds",
+                "must be at least retry_initial_seconds and at most 86400".into(),
+            );
+        }
+        if !(1..=24 * 365).contains(&o.give_up_after_hours) {
+            problem(
+                "outbox.give_up_after_hours",
+                "must be between 1 and 8760".into(),
+            );
+        }
+        for (key, value) in [
+            ("outbox.connect_timeout_seconds", o.connect_timeout_seconds),
+            ("outbox.io_timeout_seconds", o.io_timeout_seconds),
+        ] {
+            if !(1..=3600).contains(&value) {
+                problem(key, "must be between 1 and 3600".into());
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problem(
                 "log.level",
@@ -448,6 +616,23 @@ impl Config {
             min_free_bytes: self.storage.min_free_mb.saturating_mul(1 << 20),
             shutdown_grace: Duration::from_secs(d.shutdown_grace_seconds),
         }
+    }
+
+    /// The destinations that get the results of a study from `calling_ae`: those that name it,
+    /// or else the defaults (those that name no calling AE).
+    pub fn destinations_for(&self, calling_ae: &str) -> Vec<&DestinationConfig> {
+        let named: Vec<_> = self
+            .destinations
+            .iter()
+            .filter(|d| d.for_calling_ae.iter().any(|a| a == calling_ae))
+            .collect();
+        if !named.is_empty() {
+            return named;
+        }
+        self.destinations
+            .iter()
+            .filter(|d| d.for_calling_ae.is_empty())
+            .collect()
     }
 
     /// Quiet period per calling AE, for those peers that override the default.
@@ -546,6 +731,79 @@ mod tests {
                 "dicom.max_pdu_length",
                 "dicom.peers[1].ae_title",
                 "dicom.peers[1].host"
+            ]
+        );
+    }
+
+    #[test]
+    fn results_go_to_the_destinations_that_name_the_sender_or_else_to_the_defaults() {
+        let text = r#"
+            data_dir = "d"
+            [dicom]
+            ae_title = "A"
+            port = 104
+            [[dicom.peers]]
+            ae_title = "B"
+            [[destinations]]
+            name = "main"
+            ae_title = "PACS"
+            host = "127.0.0.1"
+            port = 4242
+            [[destinations]]
+            name = "research"
+            ae_title = "RESEARCH"
+            host = "127.0.0.1"
+            port = 4243
+            for_calling_ae = ["CT1"]
+        "#;
+        let config = Config::from_toml(text, "test", Path::new(".")).unwrap();
+        let names = |ae: &str| -> Vec<String> {
+            config
+                .destinations_for(ae)
+                .iter()
+                .map(|d| d.name.clone())
+                .collect()
+        };
+        assert_eq!(names("CT1"), ["research"]);
+        assert_eq!(names("MR7"), ["main"]);
+    }
+
+    #[test]
+    fn bad_destinations_and_outbox_settings_are_named() {
+        let text = r#"
+            data_dir = "d"
+            [dicom]
+            ae_title = "A"
+            port = 104
+            [[dicom.peers]]
+            ae_title = "B"
+            [[destinations]]
+            name = "x"
+            ae_title = "WAY_TOO_LONG_AE_TITLE"
+            host = ""
+            port = 0
+            [[destinations]]
+            name = "x"
+            ae_title = "P"
+            host = "h"
+            port = 1
+            [outbox]
+            retry_initial_seconds = 60
+            retry_max_seconds = 10
+        "#;
+        let err = Config::from_toml(text, "test", Path::new(".")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "destinations[0].ae_title",
+                "destinations[0].host",
+                "destinations[0].port",
+                "destinations[1].name",
+                "outbox.retry_max_seconds"
             ]
         );
     }

@@ -1,4 +1,5 @@
-//! `appliance serve`: bring the parts up in dependency order (spool, SCP, study assembly, HTTP)
+//! `appliance serve`: bring the parts up in dependency order (spool, SCP, study assembly, HTTP,
+//! inference worker, outbox sender)
 //! and take them down in reverse on SIGTERM/SIGINT, so that every association in progress ends,
 //! every queued commit is written and the index is closed cleanly.
 
@@ -92,7 +93,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 std::thread::sleep(ASSEMBLY_TICK);
             }
         })?;
-    let pipeline = crate::jobs::Pipeline::new(&config.data_dir, &config.inference)?;
+    let pipeline = crate::jobs::Pipeline::new(&config)?;
     let stop_worker = Arc::new(AtomicBool::new(false));
     let worker =
         match &pipeline {
@@ -108,6 +109,24 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+    // Result objects go out through the outbox, whatever made them (a job of this run or an
+    // entry left pending by an earlier one).
+    let stop_outbox = Arc::new(AtomicBool::new(false));
+    let outbox = {
+        let sender = crate::outbox::Sender {
+            data_dir: config.data_dir.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+        };
+        let stop = stop_outbox.clone();
+        std::thread::Builder::new()
+            .name("outbox".into())
+            .spawn(move || {
+                if let Err(e) = sender.run(stop) {
+                    tracing::error!(error = %format!("{e:#}"), "outbox sender stopped");
+                }
+            })?
+    };
     // Completion is the hook inference attaches to: one job per series the model takes.
     let consumer = std::thread::Builder::new()
         .name("study-events".into())
@@ -139,6 +158,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(w) = worker {
         let _ = w.join();
     }
+    stop_outbox.store(true, Ordering::SeqCst);
+    let _ = outbox.join();
     spool.close();
     if let Some(http) = http {
         http.stop();

@@ -5,9 +5,11 @@
 //! same data creates nothing new, one that grew (late instances) runs again. Jobs run one at a
 //! time in a worker thread (one CPU/GPU pool); the result and the job's `done` state commit in
 //! one transaction, so a restart re-runs exactly the unfinished jobs, never duplicating a
-//! result.
+//! result. With export on, the job also writes its SEG and SR (checked and fsync'd) and queues
+//! them in the outbox in that same transaction.
 
-use crate::config::{BackendKind, InferenceConfig};
+use crate::config::{BackendKind, Config};
+use crate::export::ExportedObject;
 use anyhow::Context;
 use models::backend::{Backend, OrtBackend, OrtDevice, TractBackend};
 use models::infer::Model;
@@ -55,10 +57,11 @@ pub fn open(data_dir: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(crate::outbox::SCHEMA)?;
     Ok(conn)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -115,23 +118,40 @@ pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
 #[derive(Clone)]
 pub struct Pipeline {
     data_dir: PathBuf,
-    config: InferenceConfig,
+    config: Config,
     package: Package,
+}
+
+/// Whether one more job may wait: `queued` while fewer than `max_queued` jobs are queued or
+/// running, `rejected` beyond that (the queue is bounded; a rejected job is recorded with its
+/// reason, never silently dropped).
+fn admission(conn: &Connection, max_queued: usize) -> rusqlite::Result<&'static str> {
+    let waiting: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(if waiting as usize >= max_queued {
+        "rejected"
+    } else {
+        "queued"
+    })
 }
 
 impl Pipeline {
     /// The pipeline for the configured model, or `None` (logged) when inference is off or the
     /// model is not installed.
-    pub fn new(data_dir: &Path, config: &InferenceConfig) -> anyhow::Result<Option<Pipeline>> {
-        if !config.enabled {
+    pub fn new(config: &Config) -> anyhow::Result<Option<Pipeline>> {
+        let data_dir = &config.data_dir;
+        if !config.inference.enabled {
             tracing::info!("inference disabled in the configuration");
             return Ok(None);
         }
         let registry = models::registry::Registry::new(data_dir);
-        let package = match registry.open_active(&config.model) {
+        let package = match registry.open_active(&config.inference.model) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(model = %config.model, error = %e, "inference off: model not available (install it with `appliance models install`)");
+                tracing::warn!(model = %config.inference.model, error = %e, "inference off: model not available (install it with `appliance models install`)");
                 return Ok(None);
             }
         };
@@ -156,17 +176,10 @@ impl Pipeline {
             if !s.modality.eq_ignore_ascii_case(&spec.modality) {
                 continue;
             }
-            let queued: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
-                [],
-                |r| r.get(0),
-            )?;
-            let state = if queued as usize >= self.config.max_queued_jobs {
+            let state = admission(&conn, self.config.inference.max_queued_jobs)?;
+            if state == "rejected" {
                 tracing::warn!(study = %log_tag(study_uid), "inference queue full; job rejected");
-                "rejected"
-            } else {
-                "queued"
-            };
+            }
             let now = now_ms();
             created += conn.execute(
                 "INSERT OR IGNORE INTO jobs (study_uid, calling_ae, series_uid, model_id,
@@ -211,7 +224,7 @@ impl Pipeline {
 
     fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
         let b = &self.package.manifest.backbone;
-        let device = match self.config.backend {
+        let device = match self.config.inference.backend {
             BackendKind::Tract => {
                 return Ok(Box::new(TractBackend::load(&self.package.backbone_path())?))
             }
@@ -220,6 +233,7 @@ impl Pipeline {
         };
         let library = self
             .config
+            .inference
             .onnxruntime_library
             .clone()
             .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
@@ -256,8 +270,8 @@ impl Pipeline {
                 params![id, now_ms()],
             )?;
             let started = Instant::now();
-            match self.run_one(&mut model, &study, &ae, &series) {
-                Ok(json) => {
+            match self.run_one(&mut model, id, &study, &ae, &series) {
+                Ok((json, objects)) => {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     tx.execute(
                         "INSERT OR REPLACE INTO results (job_id, result_json, created_at_ms) VALUES (?1, ?2, ?3)",
@@ -267,8 +281,17 @@ impl Pipeline {
                         "UPDATE jobs SET state = 'done', error = NULL, updated_at_ms = ?2 WHERE id = ?1",
                         params![id, now_ms()],
                     )?;
+                    let queued = crate::outbox::enqueue(
+                        &tx,
+                        &self.config,
+                        id,
+                        &study,
+                        &ae,
+                        &objects,
+                        now_ms(),
+                    )?;
                     tx.commit()?;
-                    tracing::info!(study = %log_tag(&study), job = id, seconds = started.elapsed().as_secs_f64(), finding = ?json["finding_probability"].as_f64(), "inference done");
+                    tracing::info!(study = %log_tag(&study), job = id, seconds = started.elapsed().as_secs_f64(), finding = ?json["finding_probability"].as_f64(), objects = objects.len(), queued, "inference done");
                 }
                 Err(e) => {
                     tracing::warn!(study = %log_tag(&study), job = id, error = %format!("{e:#}"), "inference failed");
@@ -285,10 +308,11 @@ impl Pipeline {
     fn run_one(
         &self,
         model: &mut Model,
+        job_id: i64,
         study: &str,
         ae: &str,
         series: &str,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<(serde_json::Value, Vec<ExportedObject>)> {
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let files = index::series_of_study(&index, &self.data_dir, study, ae)?
             .into_iter()
@@ -302,6 +326,67 @@ impl Pipeline {
         let mut json = serde_json::to_value(&result)?;
         json["timings"]["decode_ms"] = decode_ms.into();
         json["slices"] = volume.volume.slices.into();
-        Ok(json)
+        let mut objects = Vec::new();
+        if self.config.results.export {
+            let t = Instant::now();
+            let header = files.first().context("the series has no files")?;
+            // The job's identity names its objects: a re-run makes the same UIDs.
+            let seed = format!(
+                "{study}|{ae}|{series}|{}|{}|{}",
+                self.package.manifest.id,
+                self.package.manifest.version,
+                files.len()
+            );
+            objects = crate::export::export(
+                &self.data_dir,
+                job_id,
+                &volume,
+                header,
+                &result,
+                &self.package.manifest,
+                &self.config.results,
+                &seed,
+            )?;
+            json["timings"]["export_ms"] = (t.elapsed().as_secs_f64() * 1e3).into();
+            json["objects"] = serde_json::to_value(&objects)?;
+        }
+        Ok((json, objects))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(conn: &Connection, n: usize, state: &str) {
+        for _ in 0..n {
+            let i: i64 = conn
+                .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO jobs (study_uid, calling_ae, series_uid, model_id, model_version,
+                     instances, state, created_at_ms, updated_at_ms)
+                 VALUES (?1, 'A', 's', 'm', '1', 1, ?2, 0, 0)",
+                params![format!("{state}-{i}"), state],
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_queue_admits_jobs_until_queued_and_running_reach_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(dir.path()).unwrap();
+        assert_eq!(admission(&conn, 3).unwrap(), "queued");
+        insert(&conn, 1, "running");
+        insert(&conn, 1, "queued");
+        // Finished, failed and rejected jobs do not wait, so they do not count.
+        insert(&conn, 5, "done");
+        insert(&conn, 2, "failed");
+        insert(&conn, 2, "rejected");
+        assert_eq!(admission(&conn, 3).unwrap(), "queued");
+        insert(&conn, 1, "queued");
+        assert_eq!(admission(&conn, 3).unwrap(), "rejected");
+        assert_eq!(admission(&conn, 4).unwrap(), "queued");
     }
 }

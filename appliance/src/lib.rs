@@ -6,10 +6,14 @@
 //!   HTTP endpoints, and stops them in order on SIGTERM/SIGINT.
 //! - [`http`]: `/health/live`, `/health/ready`, `/metrics`.
 //! - [`jobs`]: durable inference jobs for completed studies, and their results.
+//! - [`export`]: a result as SEG and SR files, geometry-checked and fsync'd.
+//! - [`outbox`]: durable delivery of result objects to the configured destinations.
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
 pub mod config;
 pub mod daemon;
+pub mod export;
 pub mod http;
 pub mod jobs;
+pub mod outbox;
 pub mod studies;

@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: ResultsCommand,
     },
+    /// Result objects (SEG, SR) queued for delivery to the destinations.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Installed model packages.
     Models {
         #[command(subcommand)]
@@ -96,6 +101,28 @@ enum ResultsCommand {
         study_uid: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Every entry with its state (pending, sent, failed), attempts and last error; one JSON
+    /// object per line with --json.
+    List {
+        /// Only entries in this state.
+        #[arg(long, value_parser = ["pending", "sent", "failed"])]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Queue failed entries again (after fixing what the destination refused).
+    Retry {
+        /// One entry id; without it, every failed entry.
+        id: Option<i64>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -178,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models { command } => models_command(command),
+        Command::Outbox { command } => outbox_command(command),
         Command::Results {
             command:
                 ResultsCommand::Show {
@@ -247,6 +275,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
+    match command {
+        OutboxCommand::List {
+            state,
+            json,
+            config,
+        } => {
+            let conn = appliance::jobs::open(&config.load()?.data_dir)?;
+            for e in appliance::outbox::list(&conn, state.as_deref())? {
+                if json {
+                    println!("{}", serde_json::to_string(&e)?);
+                } else {
+                    println!(
+                        "{:>6} {:<8} {:<4} {:<16} job {:<6} attempts {:<3} {}",
+                        e.id,
+                        e.state,
+                        e.kind,
+                        e.destination,
+                        e.job_id,
+                        e.attempts,
+                        e.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        OutboxCommand::Retry { id, config } => {
+            let conn = appliance::jobs::open(&config.load()?.data_dir)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let n = appliance::outbox::retry(&conn, id, now)?;
+            if n == 0 {
+                anyhow::bail!("no failed outbox entry to retry");
+            }
+            println!("{n} entr{} queued again", if n == 1 { "y" } else { "ies" });
+            Ok(())
+        }
     }
 }
 

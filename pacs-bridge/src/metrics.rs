@@ -57,6 +57,11 @@ pub struct Metrics {
     pub spool_bytes: AtomicU64,
     pub spool_instances: AtomicU64,
     pub commit_batches_total: AtomicU64,
+    /// Result objects waiting in the outbox (set by the sender each round).
+    pub outbox_pending: AtomicU64,
+    pub outbox_sent_total: AtomicU64,
+    pub outbox_retries_total: AtomicU64,
+    pub outbox_failed_total: AtomicU64,
     rejects: Mutex<BTreeMap<RejectReason, u64>>,
 }
 
@@ -77,7 +82,7 @@ impl Metrics {
     /// Render every counter in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-        let series: [(&str, &str, &str, String); 9] = [
+        let series: [(&str, &str, &str, String); 13] = [
             (
                 "radiant_associations_total",
                 "DICOM associations accepted.",
@@ -131,6 +136,30 @@ impl Metrics {
                 "Group commits of the spool index (one fsync of the index each).",
                 "counter",
                 get(&self.commit_batches_total),
+            ),
+            (
+                "radiant_outbox_pending",
+                "Result objects (SEG, SR) waiting to be delivered.",
+                "gauge",
+                get(&self.outbox_pending),
+            ),
+            (
+                "radiant_outbox_sent_total",
+                "Result objects delivered to a destination.",
+                "counter",
+                get(&self.outbox_sent_total),
+            ),
+            (
+                "radiant_outbox_retries_total",
+                "Deliveries that failed transiently and were rescheduled.",
+                "counter",
+                get(&self.outbox_retries_total),
+            ),
+            (
+                "radiant_outbox_failed_total",
+                "Deliveries refused permanently or given up (not retried).",
+                "counter",
+                get(&self.outbox_failed_total),
             ),
         ];
         let mut out = String::new();

@@ -1,0 +1,164 @@
+//! One inference result as DICOM objects on disk: a SEG on the source geometry and a TID 1500
+//! SR that references it, under `<data_dir>/results/<job id>/`. The SEG is read back and
+//! checked against the label map before anything is kept; both files are fsync'd (file, then
+//! directory) before the job that made them may commit, so the outbox never points at a file
+//! a crash could lose.
+
+use crate::config::ResultsConfig;
+use anyhow::Context;
+use models::infer::Inference;
+use models::package::Manifest;
+use pacs_bridge::objects::seg::{self, Segment};
+use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
+use pacs_bridge::objects::{Creator, Source};
+use pacs_bridge::volume::SeriesVolume;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One object written for a result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportedObject {
+    /// "SEG" or "SR".
+    pub kind: &'static str,
+    pub sop_instance_uid: String,
+    /// Relative to the data directory.
+    pub path: PathBuf,
+}
+
+/// The folder of one job's objects, relative to the data directory.
+pub fn job_dir(job_id: i64) -> PathBuf {
+    PathBuf::from("results").join(job_id.to_string())
+}
+
+/// Write, check and fsync the SEG and SR of `result`. `uid_seed` names the job: the same job
+/// gives the same UIDs.
+#[allow(clippy::too_many_arguments)]
+pub fn export(
+    data_dir: &Path,
+    job_id: i64,
+    series: &SeriesVolume,
+    header: &Path,
+    result: &Inference,
+    manifest: &Manifest,
+    config: &ResultsConfig,
+    uid_seed: &str,
+) -> anyhow::Result<Vec<ExportedObject>> {
+    let source = Source::read(series, header)?;
+    let creator = Creator {
+        model_name: manifest.id.clone(),
+        model_version: manifest.version.clone(),
+        backend: result.backend.clone(),
+        device_serial: config.device_serial.clone(),
+        software_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let mut segments = Vec::new();
+    for label in &manifest.labels {
+        let (Some(category), Some(property_type)) = (&label.category, &label.property_type) else {
+            anyhow::bail!(
+                "model {} label {:?} has no category and type codes in its manifest; \
+                 a SEG needs them",
+                manifest.id,
+                label.name
+            );
+        };
+        segments.push(Segment {
+            number: label.value,
+            label: label.name.clone(),
+            category: category.clone(),
+            property_type: property_type.clone(),
+            colour: label.colour,
+        });
+    }
+    let written = seg::build(&source, &result.label_map, &segments, &creator, uid_seed)?;
+    // What a viewer will see must be what inference produced (the rotated-mask failure).
+    let decoded = seg::decode(&written.bytes)?;
+    seg::check_geometry(&decoded, series, &result.label_map)
+        .context("the SEG failed its geometry check; nothing is sent")?;
+
+    let procedure = manifest
+        .report
+        .as_ref()
+        .map(|r| r.procedure.clone())
+        .with_context(|| {
+            format!(
+                "model {} has no [report] procedure code in its manifest",
+                manifest.id
+            )
+        })?;
+    let finding = match (
+        manifest
+            .classification
+            .as_ref()
+            .and_then(|c| c.finding.clone()),
+        result.finding_probability,
+    ) {
+        (Some(code), Some(probability)) => Some(Finding {
+            code,
+            probability,
+            threshold: config.finding_threshold,
+        }),
+        _ => None,
+    };
+    let report = Report {
+        procedure,
+        seg_sop_instance_uid: written.sop_instance_uid.clone(),
+        seg_series_instance_uid: written.series_instance_uid.clone(),
+        segments: segments
+            .iter()
+            .map(|s| MeasuredSegment {
+                number: s.number,
+                label: s.label.clone(),
+                property_type: s.property_type.clone(),
+                volume_ml: result
+                    .labels
+                    .iter()
+                    .find(|l| l.value == s.number)
+                    .map(|l| l.ml)
+                    .unwrap_or(0.0),
+            })
+            .collect(),
+        finding,
+    };
+    let sr = sr::build(&source, &report, &creator, uid_seed)?;
+
+    let dir = job_dir(job_id);
+    let absolute = data_dir.join(&dir);
+    std::fs::create_dir_all(&absolute)
+        .with_context(|| format!("cannot create {}", absolute.display()))?;
+    write_durably(&absolute.join("seg.dcm"), &written.bytes)?;
+    write_durably(&absolute.join("sr.dcm"), &sr.bytes)?;
+    fsync_dir(&absolute)?;
+    if let Some(parent) = absolute.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(vec![
+        ExportedObject {
+            kind: "SEG",
+            sop_instance_uid: written.sop_instance_uid,
+            path: dir.join("seg.dcm"),
+        },
+        ExportedObject {
+            kind: "SR",
+            sop_instance_uid: sr.sop_instance_uid,
+            path: dir.join("sr.dcm"),
+        },
+    ])
+}
+
+/// Write to a temporary name, fdatasync, then rename over `path`.
+fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("part");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_data())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+}
+
+fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync {}", dir.display()))
+}
