@@ -83,8 +83,10 @@ impl Appliance {
         }
         table(&mut config, "http").insert("port".into(), i64::from(http_port).into());
         table(&mut config, "storage").insert("min_free_mb".into(), 1i64.into());
-        // Inference is off unless a test turns it on (and installs a model).
+        // Inference is off unless a test turns it on (and installs a model); results go nowhere
+        // unless a test names a destination.
         table(&mut config, "inference").insert("enabled".into(), false.into());
+        config.remove("destinations");
         tweak(&mut config);
         let ae_title = config
             .get("dicom")
@@ -111,6 +113,51 @@ impl Appliance {
         };
         appliance.launch();
         appliance
+    }
+
+    /// Start with inference on and the reference model installed; returns once the inference
+    /// worker has loaded it.
+    pub fn start_with_model(tweak: Tweak<'_>) -> Appliance {
+        let mut app = Appliance::start(&|c| {
+            set(c, "inference", "enabled", true);
+            tweak(c);
+        });
+        let package = repo_root().join("models/reference/head-ct");
+        let out = app.cli(&["models", "install", &package.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The daemon picks the model up at start.
+        app.terminate(Duration::from_secs(15));
+        app.launch();
+        assert!(
+            wait_until(Duration::from_secs(30), || app
+                .log()
+                .contains("inference worker ready")),
+            "{}",
+            app.log()
+        );
+        app
+    }
+
+    /// `results show STUDY --json`: one object per job.
+    pub fn jobs(&self, study: &str) -> Vec<serde_json::Value> {
+        self.json_lines(&["results", "show", study, "--json"])
+    }
+
+    /// `outbox list --json`: one object per entry.
+    pub fn outbox(&self) -> Vec<serde_json::Value> {
+        self.json_lines(&["outbox", "list", "--json"])
+    }
+
+    fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.cli(args);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Start the daemon process (again) and wait until it accepts DICOM connections.
@@ -255,6 +302,24 @@ pub fn set_peers(config: &mut toml::Table, peers: &[(&str, Option<&str>)]) {
 /// Set `[dicom] key = value`.
 pub fn set_dicom(config: &mut toml::Table, key: &str, value: impl Into<toml::Value>) {
     table(config, "dicom").insert(key.into(), value.into());
+}
+
+/// Send results to one destination (and nowhere else); fast retries for tests.
+pub fn set_destination(config: &mut toml::Table, name: &str, ae_title: &str, port: u16) {
+    let mut t = toml::Table::new();
+    t.insert("name".into(), name.into());
+    t.insert("ae_title".into(), ae_title.into());
+    t.insert("host".into(), "127.0.0.1".into());
+    t.insert("port".into(), i64::from(port).into());
+    config.insert(
+        "destinations".into(),
+        toml::Value::Array(vec![toml::Value::Table(t)]),
+    );
+    let outbox = table(config, "outbox");
+    outbox.insert("retry_initial_seconds".into(), 1i64.into());
+    outbox.insert("retry_max_seconds".into(), 2i64.into());
+    outbox.insert("connect_timeout_seconds".into(), 2i64.into());
+    outbox.insert("io_timeout_seconds".into(), 10i64.into());
 }
 
 /// Set `[section] key = value`.

@@ -173,9 +173,18 @@ pub fn start_pynetdicom(write_files: bool) -> PeerProcess {
 /// Orthanc with a throw-away configuration: DICOM and HTTP on loopback, AE title ORTHANC, one
 /// modality `appliance` pointing at (`appliance_ae`, `appliance_port`).
 pub fn start_orthanc(appliance_ae: &str, appliance_port: u16) -> PeerProcess {
+    start_orthanc_at(appliance_ae, appliance_port, free_port(), free_port())
+}
+
+/// [`start_orthanc`] on chosen DICOM and HTTP ports (for an appliance configured before
+/// Orthanc starts).
+pub fn start_orthanc_at(
+    appliance_ae: &str,
+    appliance_port: u16,
+    port: u16,
+    http_port: u16,
+) -> PeerProcess {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let http_port = free_port();
     let config = serde_json::json!({
         "Name": "radiant-edge-test",
         "StorageDirectory": dir.path().join("storage"),
@@ -195,24 +204,47 @@ pub fn start_orthanc(appliance_ae: &str, appliance_port: u16) -> PeerProcess {
     });
     let config_path = dir.path().join("orthanc.json");
     std::fs::write(&config_path, config.to_string()).expect("write Orthanc config");
-    let child = Command::new(ORTHANC)
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn Orthanc (apt-get install orthanc)");
-    let peer = PeerProcess {
+    let child = spawn_orthanc(&config_path);
+    let mut peer = PeerProcess {
         name: "orthanc",
         dir,
         port,
         http_port,
         child,
     };
-    let up = wait_until(Duration::from_secs(30), || {
-        port_open(http_port) && port_open(port)
-    });
-    assert!(up, "Orthanc did not start");
+    peer.wait_for_orthanc();
     peer
+}
+
+fn spawn_orthanc(config_path: &Path) -> Child {
+    Command::new(ORTHANC)
+        .arg(config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn Orthanc (apt-get install orthanc)")
+}
+
+impl PeerProcess {
+    fn wait_for_orthanc(&mut self) {
+        let (port, http_port) = (self.port, self.http_port);
+        let up = wait_until(Duration::from_secs(30), || {
+            port_open(http_port) && port_open(port)
+        });
+        assert!(up, "Orthanc did not start");
+    }
+
+    /// SIGKILL the peer; its directory and ports stay for a restart.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start Orthanc again on the same configuration, storage and ports.
+    pub fn restart_orthanc(&mut self) {
+        self.child = spawn_orthanc(&self.dir.path().join("orthanc.json"));
+        self.wait_for_orthanc();
+    }
 }
 
 /// HTTP POST on loopback (Orthanc's REST API): (status, body).

@@ -1,31 +1,13 @@
 //! Completed studies go through the installed model as durable jobs: DCMTK sends a series, the
 //! study completes, and a result is stored once, even across a kill -9 mid-job.
 
-use hil_tests::appliance::{set, Appliance};
+use hil_tests::appliance::Appliance;
 use hil_tests::peers::storescu;
 use hil_tests::{repo_root, wait_until};
 use std::time::Duration;
 
 fn with_model() -> Appliance {
-    let mut app = Appliance::start(&|c| set(c, "inference", "enabled", true));
-    let package = repo_root().join("models/reference/head-ct");
-    let out = app.cli(&["models", "install", package.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The daemon picks the model up at start.
-    app.terminate(Duration::from_secs(15));
-    app.launch();
-    assert!(
-        wait_until(Duration::from_secs(30), || app
-            .log()
-            .contains("inference worker ready")),
-        "{}",
-        app.log()
-    );
-    app
+    Appliance::start_with_model(&|_| {})
 }
 
 fn send_lesion_series(app: &Appliance) -> String {
@@ -45,11 +27,7 @@ fn send_lesion_series(app: &Appliance) -> String {
 }
 
 fn jobs(app: &Appliance, study: &str) -> Vec<serde_json::Value> {
-    let out = app.cli(&["results", "show", study, "--json"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    app.jobs(study)
 }
 
 fn expected_probability() -> f64 {
