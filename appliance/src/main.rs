@@ -445,7 +445,16 @@ fn is_part10(path: &std::path::Path) -> bool {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A CLI whose output is piped into `head` or `grep -q` ends quietly when the reader
+        // goes away, as other Unix tools do; the daemon keeps SIGPIPE ignored for its sockets.
+        // SAFETY: signal(2) with the default action, before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
