@@ -221,19 +221,34 @@ pub(crate) fn now_da_tm() -> (String, String) {
     )
 }
 
-/// SOP Common (PS3.3 C.12.1) and equipment attributes shared by our objects.
+/// SOP Common (PS3.3 C.12.1) and (Enhanced) General Equipment (C.7.5.1, C.7.5.2), shared by
+/// our objects.
 pub(crate) fn put_sop_common(
     object: &mut InMemDicomObject,
     sop_class: &str,
     sop_instance: &str,
     date: &str,
     time: &str,
+    creator: &Creator,
 ) {
     put_str(object, tags::SOP_CLASS_UID, VR::UI, sop_class);
     put_str(object, tags::SOP_INSTANCE_UID, VR::UI, sop_instance);
     put_str(object, tags::INSTANCE_CREATION_DATE, VR::DA, date);
     put_str(object, tags::INSTANCE_CREATION_TIME, VR::TM, time);
     put_str(object, tags::MANUFACTURER, VR::LO, MANUFACTURER);
+    put_str(object, tags::MANUFACTURER_MODEL_NAME, VR::LO, MODEL_NAME);
+    put_str(
+        object,
+        tags::DEVICE_SERIAL_NUMBER,
+        VR::LO,
+        &creator.device_serial,
+    );
+    put_str(
+        object,
+        tags::SOFTWARE_VERSIONS,
+        VR::LO,
+        &creator.software_version,
+    );
 }
 
 /// The object as Part 10 bytes, Explicit VR Little Endian.

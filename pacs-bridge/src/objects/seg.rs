@@ -10,7 +10,7 @@
 
 use super::{
     code, code_item, copy_patient_and_study, now_da_tm, part10, put_ds, put_empty, put_seq,
-    put_sop_common, put_str, put_u16, Creator, ObjectError, Source, MODEL_NAME,
+    put_sop_common, put_str, put_u16, Creator, ObjectError, Source,
 };
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
@@ -109,6 +109,7 @@ pub fn build(
         &sop_instance_uid,
         &date,
         &time,
+        creator,
     );
     // General Series (C.7.3.1) and Segmentation Series (C.8.20.1).
     put_str(&mut o, tags::MODALITY, VR::CS, "SEG");
@@ -135,20 +136,6 @@ pub fn build(
         frame_of_reference,
     );
     put_empty(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO);
-    // Enhanced General Equipment (C.7.5.2).
-    put_str(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, MODEL_NAME);
-    put_str(
-        &mut o,
-        tags::DEVICE_SERIAL_NUMBER,
-        VR::LO,
-        &creator.device_serial,
-    );
-    put_str(
-        &mut o,
-        tags::SOFTWARE_VERSIONS,
-        VR::LO,
-        &creator.software_version,
-    );
     // General Image (C.7.6.1) and Segmentation Image (C.8.20.2).
     put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
     put_str(&mut o, tags::CONTENT_DATE, VR::DA, &date);

@@ -73,6 +73,7 @@ pub fn build(
         &sop_instance_uid,
         &date,
         &time,
+        creator,
     );
     let mut local = InMemDicomObject::new_empty();
     put_str(
@@ -111,19 +112,6 @@ pub fn build(
         &mut o,
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
         vec![],
-    );
-    put_str(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, MODEL_NAME);
-    put_str(
-        &mut o,
-        tags::DEVICE_SERIAL_NUMBER,
-        VR::LO,
-        &creator.device_serial,
-    );
-    put_str(
-        &mut o,
-        tags::SOFTWARE_VERSIONS,
-        VR::LO,
-        &creator.software_version,
     );
     // SR Document General (C.17.2).
     put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
