@@ -81,6 +81,7 @@ pub struct OrtBackend {
     input: String,
     output: String,
     provider: &'static str,
+    intra_threads: usize,
 }
 
 static ORT_ENVIRONMENT: std::sync::OnceLock<Result<ort::environment::Environment, String>> =
@@ -145,7 +146,13 @@ impl OrtBackend {
             input: input.to_string(),
             output: output.to_string(),
             provider,
+            intra_threads: threads,
         })
+    }
+
+    /// The intra-op thread count the session was built with (one per available CPU).
+    pub fn intra_threads(&self) -> usize {
+        self.intra_threads
     }
 }
 

@@ -141,7 +141,8 @@ fn run() -> Result<()> {
     )?;
     let ort_load = t.elapsed();
     let ort_threads_started = task_count().saturating_sub(tasks);
-    let ort_intra = ort_intra_threads();
+    let ort_intra = ort.intra_threads();
+    let tasks = task_count();
     let cuda = OrtBackend::load(
         &package.backbone_path(),
         &library,
@@ -149,6 +150,7 @@ fn run() -> Result<()> {
         &b.output,
         OrtDevice::CudaOrCpu,
     )?;
+    let cuda_threads_started = task_count().saturating_sub(tasks);
     let cuda = (cuda.name() == "ort-cuda").then_some(cuda);
 
     let mut engines = vec![
@@ -184,7 +186,8 @@ fn run() -> Result<()> {
     );
     println!(
         "  ort-cpu:             intra_op_num_threads = {ort_intra} (OrtBackend: available_parallelism), \
-         {ort_threads_started} thread(s) started by loading; loaded in {:.1} ms",
+         {ort_threads_started} thread(s) started by loading (ONNX Runtime environment + session), \
+         {cuda_threads_started} by the next session; loaded in {:.1} ms",
         ms(ort_load)
     );
     if engines.len() == 2 {
@@ -650,6 +653,9 @@ impl Summary {
     }
 }
 
+/// A table row: its label and the statistic it shows.
+type Row = (&'static str, fn(&Summary) -> Stat);
+
 fn print_table(names: &[String], summaries: &[Summary], rounds: usize) {
     println!("Per-study latency, ms: median (min) over {rounds} rounds");
     let width = 19;
@@ -658,7 +664,7 @@ fn print_table(names: &[String], summaries: &[Summary], rounds: usize) {
         print!("{n:>width$}");
     }
     println!();
-    let rows: [(&str, fn(&Summary) -> Stat); 7] = [
+    let rows: [Row; 7] = [
         ("decode (volume::build)", |s| s.decode),
         ("preprocess", |s| s.preprocess),
         ("inference: backbone", |s| s.backbone),
@@ -870,13 +876,6 @@ fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     ensure!(!files.is_empty(), "no .dcm files in {}", dir.display());
     Ok(files)
-}
-
-/// The intra-op thread count `OrtBackend` sets (it uses `available_parallelism`).
-fn ort_intra_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 fn task_count() -> usize {
