@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# Ingest benchmark: C-STORE throughput of the appliance against DCMTK storescp, Orthanc and a
-# plain pynetdicom SCP, with DCMTK storescu as the sender (see hil-tests/src/bin/ingest_bench.rs).
+# Benchmarks (not tests); see README's Benchmark section.
+#   ingest: C-STORE throughput of the appliance against DCMTK storescp, Orthanc and a plain
+#           pynetdicom SCP, with DCMTK storescu as the sender (hil-tests/src/bin/ingest_bench.rs).
+#   infer:  per-study inference latency by stage for tract and ONNX Runtime on the CPU, with
+#           Python onnxruntime on the same tensors as the reference (hil-tests/src/bin/infer_bench.rs).
 #
-# Builds the release binaries, makes sure the fixtures exist, then runs the benchmark.
-# Arguments go to ingest_bench (e.g. --rounds 5). Runnable from any directory.
+# Usage: scripts/bench.sh [ingest|infer] [ARGS...]
+#   With no selector both run, in that order, and ARGS (e.g. --rounds 5) go to both; with a
+#   selector only that benchmark runs and ARGS go to it (e.g. `scripts/bench.sh ingest
+#   --tcp-nodelay`, `scripts/bench.sh infer --rounds 9`). Builds the release binaries and makes
+#   sure the fixtures exist first. Runnable from any directory.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
+benches=(ingest infer)
+case "${1:-}" in
+    ingest | infer)
+        benches=("$1")
+        shift
+        ;;
+esac
+
 cargo build --release -p appliance -p hil-tests
 bash scripts/fixtures.sh
-exec target/release/ingest_bench "$@"
+for bench in "${benches[@]}"; do
+    [[ ${#benches[@]} -eq 1 ]] || echo "== ${bench}_bench $*"
+    "target/release/${bench}_bench" "$@"
+    [[ ${#benches[@]} -eq 1 ]] || echo
+done
