@@ -143,6 +143,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                         Ok(jobs) => tracing::info!(study = %log_tag(&study.study_uid), jobs, "inference queued"),
                         Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot queue inference"),
                     }
+                    // A SEG in the study is a radiologist's label for a series we hold.
+                    if let Err(e) = p.intake_labels(&study.study_uid, &study.calling_ae) {
+                        tracing::error!(error = %format!("{e:#}"), "cannot take in labelled cases");
+                    }
                 }
             }
         })?;

@@ -147,7 +147,7 @@ pub fn export(
 }
 
 /// Write to a temporary name, fdatasync, then rename over `path`.
-fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("part");
     let mut file =
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -157,7 +157,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
 }
 
-fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot fsync {}", dir.display()))

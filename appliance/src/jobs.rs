@@ -58,6 +58,7 @@ pub fn open(data_dir: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::outbox::SCHEMA)?;
+    conn.execute_batch(crate::cases::SCHEMA)?;
     Ok(conn)
 }
 
@@ -201,6 +202,33 @@ impl Pipeline {
         Ok(created)
     }
 
+    /// Take every SEG of a completed study that is new to us in as a labelled case for the
+    /// model (accepted or refused, with the reason); returns how many were taken in.
+    pub fn intake_labels(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
+        let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
+        let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
+        let conn = open(&self.data_dir)?;
+        let mut taken = 0;
+        for s in series
+            .iter()
+            .filter(|s| s.modality.eq_ignore_ascii_case("SEG"))
+        {
+            for file in &s.files {
+                let sop = file
+                    .file_stem()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                if crate::cases::known(&conn, &sop)? {
+                    continue;
+                }
+                crate::cases::ingest(&conn, &self.data_dir, &self.package.manifest, file, "dicom")?
+                    .ok();
+                taken += 1;
+            }
+        }
+        Ok(taken)
+    }
+
     /// Queue jobs for completed studies that have none (an announcement a crash interrupted),
     /// and put jobs a crash left `running` back in the queue.
     pub fn recover(&self) -> anyhow::Result<()> {
@@ -218,6 +246,7 @@ impl Pipeline {
                 continue;
             }
             self.enqueue(&study.study_uid, &study.calling_ae)?;
+            self.intake_labels(&study.study_uid, &study.calling_ae)?;
         }
         Ok(())
     }

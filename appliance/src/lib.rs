@@ -1,6 +1,7 @@
 //! The Radiant Edge daemon and its CLI, as a library so that tests can drive the same code.
 //!
 //! # Layout
+//! - [`cases`]: labelled cases: a SEG about a held series becomes a label for fine-tuning.
 //! - [`config`]: the TOML configuration, its defaults and validation by key.
 //! - [`daemon`]: `appliance serve`: starts the spool, the DICOM SCP, study assembly and the
 //!   HTTP endpoints, and stops them in order on SIGTERM/SIGINT.
@@ -10,6 +11,7 @@
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
+pub mod cases;
 pub mod config;
 pub mod daemon;
 pub mod export;

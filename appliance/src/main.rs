@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Labelled cases (radiologists' SEGs) for fine-tuning.
+    Cases {
+        #[command(subcommand)]
+        command: CasesCommand,
+    },
     /// Installed model packages.
     Models {
         #[command(subcommand)]
@@ -99,6 +104,24 @@ enum ResultsCommand {
     /// Jobs and results of one study (one JSON object per job and line with --json).
     Show {
         study_uid: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CasesCommand {
+    /// Take SEG files (a file or a folder of them) in as labelled cases of the configured
+    /// model; each one is accepted or refused with the reason.
+    Import {
+        path: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Every case, accepted or refused (one JSON object per line with --json).
+    List {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -206,6 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Models { command } => models_command(command),
         Command::Outbox { command } => outbox_command(command),
+        Command::Cases { command } => cases_command(command),
         Command::Results {
             command:
                 ResultsCommand::Show {
@@ -275,6 +299,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
+    match command {
+        CasesCommand::Import { path, config } => {
+            let config = config.load()?;
+            let package = models::registry::Registry::new(&config.data_dir)
+                .open_active(&config.inference.model)?;
+            let conn = appliance::jobs::open(&config.data_dir)?;
+            let files: Vec<PathBuf> = if path.is_dir() {
+                let mut f: Vec<PathBuf> = std::fs::read_dir(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file())
+                    .collect();
+                f.sort();
+                f
+            } else {
+                vec![path]
+            };
+            let mut refused = 0;
+            for file in files {
+                match appliance::cases::ingest(
+                    &conn,
+                    &config.data_dir,
+                    &package.manifest,
+                    &file,
+                    "import",
+                )? {
+                    Ok(case) => println!(
+                        "accepted {}: case {} of series {}",
+                        file.display(),
+                        case.id,
+                        case.series_uid.as_deref().unwrap_or("?")
+                    ),
+                    Err(e) => {
+                        refused += 1;
+                        println!("refused  {}: {e}", file.display());
+                    }
+                }
+            }
+            if refused > 0 {
+                anyhow::bail!("{refused} file(s) refused");
+            }
+            Ok(())
+        }
+        CasesCommand::List { json, config } => {
+            let conn = appliance::jobs::open(&config.load()?.data_dir)?;
+            for c in appliance::cases::list(&conn)? {
+                if json {
+                    println!("{}", serde_json::to_string(&c)?);
+                } else {
+                    println!(
+                        "{:>5} {:<9} {:<7} {}",
+                        c.id,
+                        c.state,
+                        c.origin,
+                        c.reason
+                            .or_else(|| c.label_voxels.map(|v| format!("voxels per label {v:?}")))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
     }
 }
 

@@ -171,7 +171,7 @@ fn orthanc_holds_the_seg_and_sr_under_the_study_it_sent_and_they_validate() {
         );
         if modality == "SEG" {
             let seg = pacs_bridge::objects::seg::decode(&stored).unwrap();
-            assert_eq!(seg.segments, [1, 2]);
+            assert_eq!(seg.segment_numbers(), [1, 2]);
             let lesion_frames = seg.frames.iter().filter(|f| f.segment == 2).count();
             assert!(lesion_frames > 0, "the implanted lesion is in the SEG");
         }

@@ -533,9 +533,21 @@ pub struct DecodedFrame {
     pub mask: Vec<bool>,
 }
 
+/// One segment as the SEG describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedSegment {
+    pub number: u8,
+    pub label: String,
+    pub property_type: Option<Code>,
+}
+
 /// A SEG as read back from its bytes: what a viewer would see.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedSeg {
+    pub sop_instance_uid: Option<String>,
+    pub study_uid: Option<String>,
+    /// Series the SEG says it derives from (Referenced Series Sequence).
+    pub referenced_series: Vec<String>,
     pub rows: usize,
     pub columns: usize,
     /// Row direction then column direction.
@@ -543,11 +555,18 @@ pub struct DecodedSeg {
     /// Row spacing, column spacing (as Pixel Spacing).
     pub pixel_spacing: [f64; 2],
     pub frame_of_reference_uid: Option<String>,
-    pub segments: Vec<u8>,
+    pub segments: Vec<DecodedSegment>,
     pub frames: Vec<DecodedFrame>,
 }
 
-/// Read a binary SEG written by [`build`] (Part 10 bytes) back.
+impl DecodedSeg {
+    pub fn segment_numbers(&self) -> Vec<u8> {
+        self.segments.iter().map(|s| s.number).collect()
+    }
+}
+
+/// Read a binary SEG (Part 10 bytes) back: ours, or one from another tool that puts its
+/// geometry in the functional groups as PS3.3 C.8.20 requires.
 pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
     let fail = |what: &str| ObjectError::Decode(what.to_string());
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
@@ -565,25 +584,43 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
     if uint(o, tags::BITS_ALLOCATED) != Some(1) {
         return Err(fail("Bits Allocated is not 1 (not a binary SEG)"));
     }
-    let shared = items(o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
-        .first()
-        .ok_or_else(|| fail("Shared Functional Groups"))?;
-    let orientation = nested_floats(
-        shared,
+    let per_frame = items(o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    // Geometry shared by all frames, or else (as some tools write it) in the first frame's
+    // groups; a SEG whose frames differ in orientation or spacing is not on one source grid.
+    let shared = items(o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).first();
+    let group = |sequence: Tag, tag: Tag| {
+        shared
+            .and_then(|g| nested_floats(g, sequence, tag))
+            .or_else(|| nested_floats(per_frame.first()?, sequence, tag))
+    };
+    let orientation = group(
         tags::PLANE_ORIENTATION_SEQUENCE,
         tags::IMAGE_ORIENTATION_PATIENT,
     )
     .and_then(|v| <[f64; 6]>::try_from(v).ok())
-    .ok_or_else(|| fail("shared Image Orientation (Patient)"))?;
-    let pixel_spacing = nested_floats(shared, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
+    .ok_or_else(|| fail("Image Orientation (Patient) in the functional groups"))?;
+    let pixel_spacing = group(tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
         .and_then(|v| <[f64; 2]>::try_from(v).ok())
-        .ok_or_else(|| fail("shared Pixel Spacing"))?;
-    let segments = items(o, tags::SEGMENT_SEQUENCE)
-        .iter()
-        .filter_map(|s| uint(s, tags::SEGMENT_NUMBER))
-        .map(|n| n as u8)
-        .collect();
-    let per_frame = items(o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+        .ok_or_else(|| fail("Pixel Spacing in the functional groups"))?;
+    let mut segments = Vec::new();
+    for s in items(o, tags::SEGMENT_SEQUENCE) {
+        let number = uint(s, tags::SEGMENT_NUMBER).ok_or_else(|| fail("Segment Number"))?;
+        let number = u8::try_from(number)
+            .map_err(|_| ObjectError::Decode(format!("segment number {number} above 255")))?;
+        segments.push(DecodedSegment {
+            number,
+            label: string(s, tags::SEGMENT_LABEL).unwrap_or_default(),
+            property_type: items(s, tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE)
+                .first()
+                .and_then(|c| {
+                    Some(Code {
+                        scheme: string(c, tags::CODING_SCHEME_DESIGNATOR)?,
+                        value: string(c, tags::CODE_VALUE)?,
+                        meaning: string(c, tags::CODE_MEANING).unwrap_or_default(),
+                    })
+                }),
+        });
+    }
     if per_frame.len() != count {
         return Err(ObjectError::Decode(format!(
             "{} per-frame items for {count} frames",
@@ -640,21 +677,27 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
             mask,
         });
     }
-    let frame_of_reference_uid = o
-        .element_opt(tags::FRAME_OF_REFERENCE_UID)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string());
     Ok(DecodedSeg {
+        sop_instance_uid: string(o, tags::SOP_INSTANCE_UID),
+        study_uid: string(o, tags::STUDY_INSTANCE_UID),
+        referenced_series: items(o, tags::REFERENCED_SERIES_SEQUENCE)
+            .iter()
+            .filter_map(|s| string(s, tags::SERIES_INSTANCE_UID))
+            .collect(),
         rows,
         columns,
         orientation,
         pixel_spacing,
-        frame_of_reference_uid,
+        frame_of_reference_uid: string(o, tags::FRAME_OF_REFERENCE_UID),
         segments,
         frames,
     })
+}
+
+fn string(object: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = object.element_opt(tag).ok().flatten()?.to_str().ok()?;
+    let s = s.trim_end_matches(['\0', ' ']).trim();
+    (!s.is_empty()).then(|| s.to_string())
 }
 
 fn items(object: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
@@ -685,6 +728,42 @@ pub fn check_geometry(
     series: &crate::volume::SeriesVolume,
     labels: &[u8],
 ) -> Result<(), ObjectError> {
+    let v = &series.volume;
+    let reprojected = reproject(seg, series)?;
+    if labels.len() != reprojected.len() {
+        return Err(ObjectError::Geometry(format!(
+            "label map has {} voxels, the source {}",
+            labels.len(),
+            reprojected.len()
+        )));
+    }
+    let plane = v.rows * v.columns;
+    let differing: Vec<usize> = reprojected
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(first) = differing.first() {
+        return Err(ObjectError::Geometry(format!(
+            "{} voxels differ from the inference result, the first on slice {}",
+            differing.len(),
+            first / plane + 1
+        )));
+    }
+    Ok(())
+}
+
+/// The label map of `seg` on the grid of `series` (segment number per source voxel, 0 for
+/// none): every frame goes through its own position and the SEG's orientation and spacing,
+/// which must put it exactly on a source slice that it also references. A SEG that is not on
+/// the source grid (other frame of reference, orientation, spacing, off-grid or mis-referenced
+/// frames, overlapping segments) is refused with the reason.
+pub fn reproject(
+    seg: &DecodedSeg,
+    series: &crate::volume::SeriesVolume,
+) -> Result<Vec<u8>, ObjectError> {
     let v = &series.volume;
     let bad = |reason: String| Err(ObjectError::Geometry(reason));
     if seg.frame_of_reference_uid != v.frame_of_reference_uid {
@@ -725,7 +804,7 @@ pub fn check_geometry(
     let plane = v.rows * v.columns;
     let mut reprojected = vec![0u8; v.voxels.len()];
     for (f, frame) in seg.frames.iter().enumerate() {
-        if !seg.segments.contains(&frame.segment) {
+        if !seg.segments.iter().any(|s| s.number == frame.segment) {
             return bad(format!(
                 "frame {} names segment {} which the SEG does not describe",
                 f + 1,
@@ -784,28 +863,7 @@ pub fn check_geometry(
             reprojected[voxel] = frame.segment;
         }
     }
-    if labels.len() != reprojected.len() {
-        return bad(format!(
-            "label map has {} voxels, the source {}",
-            labels.len(),
-            reprojected.len()
-        ));
-    }
-    let differing: Vec<usize> = reprojected
-        .iter()
-        .zip(labels)
-        .enumerate()
-        .filter(|(_, (a, b))| a != b)
-        .map(|(i, _)| i)
-        .collect();
-    if let Some(first) = differing.first() {
-        return bad(format!(
-            "{} voxels differ from the inference result, the first on slice {}",
-            differing.len(),
-            first / plane + 1
-        ));
-    }
-    Ok(())
+    Ok(reprojected)
 }
 
 /// Fractional voxel index of a patient-space point on the volume's grid.

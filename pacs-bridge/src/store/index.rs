@@ -132,6 +132,31 @@ pub struct SeriesFiles {
     pub files: Vec<std::path::PathBuf>,
 }
 
+/// One series with the spool files of its instances, whoever sent them.
+pub fn series_files(
+    conn: &Connection,
+    data_dir: &Path,
+    series_uid: &str,
+) -> rusqlite::Result<Option<SeriesFiles>> {
+    let mut stmt =
+        conn.prepare("SELECT modality, path FROM instances WHERE series_uid = ?1 ORDER BY path")?;
+    let rows = stmt.query_map([series_uid], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out: Option<SeriesFiles> = None;
+    for row in rows {
+        let (modality, path) = row?;
+        out.get_or_insert_with(|| SeriesFiles {
+            series_uid: series_uid.to_string(),
+            modality,
+            files: Vec::new(),
+        })
+        .files
+        .push(data_dir.join(path));
+    }
+    Ok(out)
+}
+
 /// The series of (study, calling AE) with the spool files of their instances.
 pub fn series_of_study(
     conn: &Connection,

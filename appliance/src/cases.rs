@@ -1,0 +1,260 @@
+//! Labelled cases: a DICOM SEG about a series the appliance holds (a radiologist's corrected
+//! copy of our SEG, or a segmentation of their own) becomes a segmentation label for that
+//! series, for fine-tuning later. A SEG arrives over DICOM (intake when its study completes)
+//! or from a file (`appliance cases import`).
+//!
+//! A label is accepted only when the SEG references a series in the spool, lies exactly on
+//! that series' grid (the same re-projection that checks our own SEGs before export), and
+//! every segment maps to a label of the model (by its Segmented Property Type code, else by
+//! its name). Otherwise the case is recorded as refused, with the reason. An accepted label is
+//! written as one label value per source voxel to `<data_dir>/cases/<id>/labels.u8`,
+//! fsync'd before its row commits.
+
+use crate::export::{fsync_dir, write_durably};
+use models::package::Manifest;
+use pacs_bridge::objects::seg;
+use pacs_bridge::store::index;
+use pacs_bridge::volume::{self, Limits};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cases (
+    id                 INTEGER PRIMARY KEY,
+    label_sop_uid      TEXT NOT NULL UNIQUE,
+    origin             TEXT NOT NULL CHECK (origin IN ('dicom', 'import')),
+    state              TEXT NOT NULL CHECK (state IN ('accepted', 'refused')),
+    reason             TEXT,
+    study_uid          TEXT,
+    series_uid         TEXT,
+    model_id           TEXT NOT NULL,
+    labels_path        TEXT,
+    label_voxels_json  TEXT,
+    created_at_ms      INTEGER NOT NULL
+);
+";
+
+/// Why a SEG cannot become a label.
+#[derive(Debug, Error)]
+pub enum CaseError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("not a usable binary SEG: {0}")]
+    NotASeg(String),
+    #[error("the SEG references no series")]
+    NoReference,
+    #[error("the SEG references series the appliance does not hold ({0})")]
+    UnknownSeries(String),
+    #[error("the referenced series cannot form a volume: {0}")]
+    Volume(String),
+    #[error("the SEG is not on the geometry of the series it references: {0}")]
+    Geometry(String),
+    #[error("segment {number} ({label:?}, {code}) is not a label of model {model}")]
+    UnknownSegment {
+        number: u8,
+        label: String,
+        code: String,
+        model: String,
+    },
+}
+
+/// A case as `appliance cases list` prints it.
+#[derive(Debug, Serialize)]
+pub struct CaseView {
+    pub id: i64,
+    pub label_sop_uid: String,
+    pub origin: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub study_uid: Option<String>,
+    pub series_uid: Option<String>,
+    pub model_id: String,
+    /// Voxels per model label value.
+    pub label_voxels: Option<BTreeMap<String, u64>>,
+}
+
+/// An accepted label before it is stored.
+struct Label {
+    study_uid: Option<String>,
+    series_uid: String,
+    /// Model label value per source voxel.
+    labels: Vec<u8>,
+}
+
+/// Read and decode the SEG at `path`.
+fn read_seg(path: &Path) -> Result<seg::DecodedSeg, CaseError> {
+    let bytes = std::fs::read(path).map_err(|e| CaseError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    seg::decode(&bytes).map_err(|e| CaseError::NotASeg(e.to_string()))
+}
+
+/// Turn a decoded SEG into a label for `manifest`'s model, or say why not.
+fn label_of(
+    data_dir: &Path,
+    manifest: &Manifest,
+    decoded: seg::DecodedSeg,
+) -> Result<Label, CaseError> {
+    // Segment number -> model label value.
+    let mut map = [0u8; 256];
+    for s in &decoded.segments {
+        let by_code = s.property_type.as_ref().and_then(|code| {
+            manifest.labels.iter().find(|l| {
+                l.property_type
+                    .as_ref()
+                    .is_some_and(|t| t.scheme == code.scheme && t.value == code.value)
+            })
+        });
+        let label = by_code
+            .or_else(|| {
+                manifest
+                    .labels
+                    .iter()
+                    .find(|l| l.name.eq_ignore_ascii_case(s.label.trim()))
+            })
+            .ok_or_else(|| CaseError::UnknownSegment {
+                number: s.number,
+                label: s.label.clone(),
+                code: s
+                    .property_type
+                    .as_ref()
+                    .map(|c| format!("{} {} {:?}", c.scheme, c.value, c.meaning))
+                    .unwrap_or_else(|| "no type code".into()),
+                model: manifest.id.clone(),
+            })?;
+        map[usize::from(s.number)] = label.value;
+    }
+    let series_uid = decoded
+        .referenced_series
+        .first()
+        .ok_or(CaseError::NoReference)?
+        .clone();
+    let spool = index::open_read_only(&pacs_bridge::store::index_path(data_dir))
+        .map_err(|e| CaseError::UnknownSeries(format!("{series_uid}: {e}")))?;
+    let files = index::series_files(&spool, data_dir, &series_uid)
+        .map_err(|e| CaseError::UnknownSeries(format!("{series_uid}: {e}")))?
+        .ok_or_else(|| CaseError::UnknownSeries(series_uid.clone()))?
+        .files;
+    let series =
+        volume::build(&files, &Limits::default()).map_err(|e| CaseError::Volume(e.to_string()))?;
+    let segments =
+        seg::reproject(&decoded, &series).map_err(|e| CaseError::Geometry(e.to_string()))?;
+    Ok(Label {
+        study_uid: decoded.study_uid.clone().or(Some(series.study_uid.clone())),
+        series_uid,
+        labels: segments.iter().map(|s| map[usize::from(*s)]).collect(),
+    })
+}
+
+/// Take the SEG at `path` in as a case of `manifest`'s model: accepted with its label stored,
+/// or refused with the reason. Both are recorded (a re-sent SEG replaces its earlier record);
+/// the result says which.
+pub fn ingest(
+    conn: &Connection,
+    data_dir: &Path,
+    manifest: &Manifest,
+    path: &Path,
+    origin: &str,
+) -> anyhow::Result<Result<CaseView, CaseError>> {
+    let decoded = read_seg(path);
+    let sop_uid = decoded
+        .as_ref()
+        .ok()
+        .and_then(|d| d.sop_instance_uid.clone())
+        .unwrap_or_else(|| path.display().to_string());
+    let now = crate::jobs::now_ms();
+    let outcome = decoded.and_then(|d| label_of(data_dir, manifest, d));
+    let id: i64 = conn.query_row(
+        "INSERT INTO cases (label_sop_uid, origin, state, model_id, created_at_ms)
+         VALUES (?1, ?2, 'refused', ?3, ?4)
+         ON CONFLICT (label_sop_uid) DO UPDATE SET origin = excluded.origin,
+             model_id = excluded.model_id, created_at_ms = excluded.created_at_ms
+         RETURNING id",
+        params![sop_uid, origin, manifest.id, now],
+        |r| r.get(0),
+    )?;
+    match outcome {
+        Ok(label) => {
+            let mut counts = BTreeMap::new();
+            for l in &manifest.labels {
+                let n = label.labels.iter().filter(|v| **v == l.value).count() as u64;
+                counts.insert(l.value.to_string(), n);
+            }
+            let dir = PathBuf::from("cases").join(id.to_string());
+            let absolute = data_dir.join(&dir);
+            std::fs::create_dir_all(&absolute)?;
+            write_durably(&absolute.join("labels.u8"), &label.labels)?;
+            fsync_dir(&absolute)?;
+            if let Some(parent) = absolute.parent() {
+                fsync_dir(parent)?;
+            }
+            conn.execute(
+                "UPDATE cases SET state = 'accepted', reason = NULL, study_uid = ?2,
+                     series_uid = ?3, labels_path = ?4, label_voxels_json = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    label.study_uid,
+                    label.series_uid,
+                    dir.join("labels.u8").to_string_lossy(),
+                    serde_json::to_string(&counts)?
+                ],
+            )?;
+            tracing::info!(case = id, study = %label.study_uid.as_deref().map(pacs_bridge::log_tag).unwrap_or_default(), "labelled case accepted");
+            Ok(Ok(
+                get(conn, id)?.ok_or_else(|| anyhow::anyhow!("case {id} vanished"))?
+            ))
+        }
+        Err(e) => {
+            conn.execute(
+                "UPDATE cases SET state = 'refused', reason = ?2, labels_path = NULL,
+                     label_voxels_json = NULL WHERE id = ?1",
+                params![id, e.to_string()],
+            )?;
+            tracing::warn!(case = id, reason = %e, "labelled case refused");
+            Ok(Err(e))
+        }
+    }
+}
+
+fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<CaseView>> {
+    Ok(list(conn)?.into_iter().find(|c| c.id == id))
+}
+
+/// Every case, oldest first.
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<CaseView>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, label_sop_uid, origin, state, reason, study_uid, series_uid, model_id,
+                label_voxels_json FROM cases ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let counts: Option<String> = r.get(8)?;
+        Ok(CaseView {
+            id: r.get(0)?,
+            label_sop_uid: r.get(1)?,
+            origin: r.get(2)?,
+            state: r.get(3)?,
+            reason: r.get(4)?,
+            study_uid: r.get(5)?,
+            series_uid: r.get(6)?,
+            model_id: r.get(7)?,
+            label_voxels: counts.and_then(|c| serde_json::from_str(&c).ok()),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Whether the SEG with this SOP Instance UID was already taken in (accepted or refused).
+pub fn known(conn: &Connection, sop_uid: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM cases WHERE label_sop_uid = ?1",
+            [sop_uid],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}

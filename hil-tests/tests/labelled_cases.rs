@@ -1,0 +1,158 @@
+//! Labelled cases in: a radiologist's corrected copy of the appliance's SEG, sent back by DCMTK,
+//! becomes a segmentation label of the series it references, voxel for voxel; SEGs that do not
+//! fit the series they name (rotated, unknown segment, unknown series, not a SEG) are refused
+//! with the reason, over DICOM and through `appliance cases import` alike.
+
+use hil_tests::appliance::Appliance;
+use hil_tests::peers::storescu;
+use hil_tests::{repo_root, wait_until};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn lesion_series() -> (Vec<PathBuf>, String) {
+    let dir = hil_tests::fixtures::dir().join("ct-series-lesion");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let files = (0..108)
+        .map(|i| dir.join(format!("slice_{i:03}.dcm")))
+        .collect();
+    (
+        files,
+        manifest["study_instance_uid"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Run `peers/edit_seg.py MODE IN OUT [SUFFIX]`; returns what it printed.
+fn edit_seg(mode: &str, input: &Path, output: &Path, suffix: Option<&str>) -> String {
+    let out = Command::new("python3")
+        .arg(repo_root().join("hil-tests/peers/edit_seg.py"))
+        .args([mode])
+        .arg(input)
+        .arg(output)
+        .args(suffix)
+        .output()
+        .expect("python3 with pydicom");
+    assert!(
+        out.status.success(),
+        "edit_seg {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn cases(app: &Appliance) -> Vec<serde_json::Value> {
+    let out = app.cli(&["cases", "list", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The appliance after it answered the lesion CT: (appliance, study UID, its SEG file, job).
+fn answered() -> (Appliance, String, PathBuf, serde_json::Value) {
+    let app = Appliance::start_with_model(&|_| {});
+    let (files, study) = lesion_series();
+    let out = storescu("STORESCU", &app.ae_title, app.port, &[], &files);
+    assert!(out.status.success());
+    assert!(
+        wait_until(Duration::from_secs(90), || app
+            .jobs(&study)
+            .first()
+            .is_some_and(|j| j["state"] == "done")),
+        "{:?}\n{}",
+        app.jobs(&study),
+        app.log()
+    );
+    let job = app.jobs(&study)[0].clone();
+    let seg = app
+        .data_dir
+        .join(job["result"]["objects"][0]["path"].as_str().unwrap());
+    (app, study, seg, job)
+}
+
+#[test]
+fn a_corrected_seg_sent_by_dcmtk_becomes_the_label_of_the_series_it_references() {
+    let (app, study, seg, job) = answered();
+    let dir = tempfile::tempdir().unwrap();
+    let corrected = dir.path().join("corrected.dcm");
+    let removed: u64 = edit_seg("correct", &seg, &corrected, None).parse().unwrap();
+    assert!(removed > 0);
+    // -R: propose only the SOP classes of the files sent (SEG is not in storescu's default set).
+    let out = storescu("STORESCU", &app.ae_title, app.port, &["-R"], &[corrected]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !cases(&app).is_empty()),
+        "{}",
+        app.log()
+    );
+    let all = cases(&app);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let case = &all[0];
+    assert_eq!(case["state"], "accepted", "{case}");
+    assert_eq!(case["origin"], "dicom");
+    assert_eq!(case["study_uid"], study.as_str());
+    assert_eq!(case["series_uid"], job["series_uid"]);
+    // The label is the appliance's own result less what the radiologist removed.
+    let voxels = |value: &str| case["label_voxels"][value].as_u64().unwrap();
+    let ours = |i: usize| job["result"]["labels"][i]["voxels"].as_u64().unwrap();
+    assert_eq!(voxels("1"), ours(0));
+    assert_eq!(voxels("2"), ours(1) - removed);
+    let labels = app.data_dir.join("cases/1/labels.u8");
+    assert_eq!(std::fs::metadata(labels).unwrap().len(), 108 * 256 * 256);
+    // The returned SEG started no inference job of its own.
+    assert_eq!(app.jobs(&study).len(), 1);
+}
+
+#[test]
+fn segs_that_do_not_fit_their_series_are_refused_with_the_reason() {
+    let (app, _, seg, _) = answered();
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, reason) in [
+        ("rotate", "orientation"),
+        ("unknown", "is not a label of model head-ct-ich"),
+        ("orphan", "does not hold"),
+    ] {
+        let edited = dir.path().join(format!("{mode}.dcm"));
+        edit_seg(mode, &seg, &edited, None);
+        let out = app.cli(&["cases", "import", edited.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{mode}: {stdout}");
+        assert!(
+            stdout.contains("refused") && stdout.contains(reason),
+            "{mode}: {stdout}"
+        );
+    }
+    // Not a SEG at all.
+    let (files, _) = lesion_series();
+    let out = app.cli(&["cases", "import", files[0].to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not a usable binary SEG"));
+    // Each refusal is on record with its reason; nothing was accepted.
+    let all = cases(&app);
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all
+        .iter()
+        .all(|c| c["state"] == "refused" && c["reason"].is_string()));
+    // A rotated SEG sent over DICOM is refused the same way (it was acknowledged, and kept).
+    let rotated = dir.path().join("rotated-dicom.dcm");
+    edit_seg("rotate", &seg, &rotated, Some("9"));
+    let out = storescu("STORESCU", &app.ae_title, app.port, &["-R"], &[rotated]);
+    assert!(out.status.success());
+    assert!(
+        wait_until(Duration::from_secs(30), || cases(&app).len() == 5),
+        "{:?}",
+        cases(&app)
+    );
+    let last = &cases(&app)[4];
+    assert_eq!(last["origin"], "dicom");
+    assert_eq!(last["state"], "refused");
+    assert!(
+        last["reason"].as_str().unwrap().contains("orientation"),
+        "{last}"
+    );
+}
