@@ -268,7 +268,11 @@ mod tests {
     fn auroc_matches_hand_computed_pairs_with_ties_counted_half() {
         // Positives 0.8, 0.4; negatives 0.4, 0.1, 0.6.
         // Pairs: 0.8 beats all 3; 0.4 ties 0.4 (1/2), beats 0.1, loses to 0.6: (3 + 1.5) / 6.
-        let a = auroc(&[0.8, 0.4, 0.4, 0.1, 0.6], &[true, true, false, false, false]).unwrap();
+        let a = auroc(
+            &[0.8, 0.4, 0.4, 0.1, 0.6],
+            &[true, true, false, false, false],
+        )
+        .unwrap();
         assert!((a - 0.75).abs() < 1e-12, "{a}");
         assert_eq!(auroc(&[0.9, 0.1], &[true, false]).unwrap(), 1.0);
         assert_eq!(auroc(&[0.1, 0.9], &[true, false]).unwrap(), 0.0);

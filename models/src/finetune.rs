@@ -185,9 +185,16 @@ pub enum FineTuneError {
     #[error("the training set has no pixel of class {class}; cannot fine-tune on nothing")]
     NoPixels { class: usize },
     #[error("the loss is not finite ({loss}) at epoch {epoch}, step {step}")]
-    NonFiniteLoss { epoch: usize, step: usize, loss: f32 },
+    NonFiniteLoss {
+        epoch: usize,
+        step: usize,
+        loss: f32,
+    },
+    #[error("the fine-tuned weights are not finite")]
+    NonFiniteWeights,
     /// The cancellation flag was raised; nothing was produced (a partly trained head is no
-    /// candidate).
+    /// candidate). During the study classifier's fit (after the last epoch), `epoch` is the
+    /// configured epoch count and `step` the classifier's step.
     #[error("cancelled at epoch {epoch}, step {step}")]
     Cancelled { epoch: usize, step: usize },
     #[error("device: {0}")]
@@ -252,7 +259,8 @@ pub fn fine_tune_with(
         Tensor::from_vec(global.b2.clone(), c, &device)?,
     ];
     let mut optimizer = OptimizerState::new(config.optimizer, &params)?;
-    let mut rng = SplitMix64::new(config.seed ^ 0x5eed_0f_5e9_u64);
+    // Batch order: a second stream, independent of the pixel sampling one.
+    let mut rng = SplitMix64::new(config.seed ^ 0x6f72_6465_725f_7273);
     let mut order: Vec<usize> = (0..n).collect();
     let mut epoch_losses = Vec::with_capacity(config.epochs);
     let mut steps = 0;
@@ -315,6 +323,9 @@ pub fn fine_tune_with(
         cls_b: start.cls_b,
     };
     let classifier = train_classifier(&mut head, global, data, config, &device, cancel)?;
+    if head.parameters().iter().any(|w| !w.is_finite()) {
+        return Err(FineTuneError::NonFiniteWeights);
+    }
     let report = FineTuneReport {
         epoch_losses,
         steps,
@@ -366,7 +377,10 @@ pub fn candle_probabilities(
         .relu()?
         .matmul(&params[2].t()?)?
         .broadcast_add(&params[3])?;
-    Ok(log_softmax(&logits)?.exp()?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(log_softmax(&logits)?
+        .exp()?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 fn forward(x: &Tensor, p: &[Var; 4]) -> candle_core::Result<Tensor> {
@@ -386,11 +400,7 @@ fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `mu / 2 * sum ||p - anchor||^2`.
 fn proximal(params: &[Var], anchors: &[Tensor], mu: f64) -> candle_core::Result<Tensor> {
-    let mut sum = params[0]
-        .as_tensor()
-        .sub(&anchors[0])?
-        .sqr()?
-        .sum_all()?;
+    let mut sum = params[0].as_tensor().sub(&anchors[0])?.sqr()?.sum_all()?;
     for (p, a) in params.iter().zip(anchors).skip(1) {
         sum = (sum + p.as_tensor().sub(a)?.sqr()?.sum_all()?)?;
     }
@@ -494,10 +504,7 @@ fn sample_pixels(
     config: &FineTuneConfig,
 ) -> Result<Samples, FineTuneError> {
     let (f, c) = (head.features, head.classes);
-    let class_weights = config
-        .class_weights
-        .clone()
-        .unwrap_or_else(|| vec![1.0; c]);
+    let class_weights = config.class_weights.clone().unwrap_or_else(|| vec![1.0; c]);
     let mut rng = SplitMix64::new(config.seed);
     let mut out = Samples {
         features: Vec::new(),
@@ -566,7 +573,11 @@ fn train_classifier(
     for case in &labelled {
         let inputs = evaluate::study_inputs(head, case);
         x.extend_from_slice(&[inputs.max_probability, (1.0 + inputs.ml).ln() as f32]);
-        y.push(if case.finding == Some(true) { 1f32 } else { 0f32 });
+        y.push(if case.finding == Some(true) {
+            1f32
+        } else {
+            0f32
+        });
     }
     let m = labelled.len();
     let xs = Tensor::from_vec(x, (m, 2), device)?;

@@ -90,12 +90,9 @@ impl Head {
             ("seg.w2", vec![self.classes, self.hidden], le(&self.w2)),
         ];
         let views = tensors.iter().map(|(name, shape, data)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                shape.clone(),
-                data,
-            )
-            .map_err(|e| InferError::Head(format!("tensor {name}: {e}")))?;
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .map_err(|e| InferError::Head(format!("tensor {name}: {e}")))?;
             Ok((*name, view))
         });
         let views = views.collect::<Result<Vec<_>, InferError>>()?;
