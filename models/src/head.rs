@@ -1,6 +1,7 @@
 //! The trainable head, applied in Rust on the backbone's features: a per-pixel two-layer MLP
 //! for segmentation (softmax over background and the labels) and a logistic study-level
 //! classifier. Weights come from `head.safetensors`; shapes are checked against the manifest.
+//! A fine-tuned head is written back in the same format ([`Head::to_safetensors`]).
 
 use crate::package::Manifest;
 use crate::InferError;
@@ -24,11 +25,24 @@ pub struct Head {
 impl Head {
     /// Read the head of a package, checking every tensor's dtype and shape.
     pub fn load(bytes: &[u8], manifest: &Manifest) -> Result<Head, InferError> {
+        Head::from_safetensors(
+            bytes,
+            manifest.backbone.features,
+            manifest.head.hidden,
+            manifest.labels.len() + 1,
+        )
+    }
+
+    /// Read a head from `head.safetensors` bytes, checking every tensor's dtype and shape
+    /// against the given sizes.
+    pub fn from_safetensors(
+        bytes: &[u8],
+        features: usize,
+        hidden: usize,
+        classes: usize,
+    ) -> Result<Head, InferError> {
         let tensors = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| InferError::Head(format!("not a safetensors file: {e}")))?;
-        let features = manifest.backbone.features;
-        let hidden = manifest.head.hidden;
-        let classes = manifest.labels.len() + 1;
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, InferError> {
             let t = tensors
                 .tensor(name)
@@ -57,6 +71,86 @@ impl Head {
             cls_w: [cls_w[0], cls_w[1]],
             cls_b: get("cls.b", &[1])?[0],
         })
+    }
+
+    /// The head as `head.safetensors` bytes, in the package format: F32 little-endian tensors
+    /// `seg.w1`, `seg.b1`, `seg.w2`, `seg.b2`, `cls.w`, `cls.b`, sorted by name, header padded
+    /// to 8 bytes (what `train_head_ct.py` writes; [`Head::from_safetensors`] reads it back).
+    ///
+    /// Fails only for a head whose vectors do not match its sizes ([`Head::check`]).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, InferError> {
+        self.check()?;
+        let le = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
+            ("cls.b", vec![1], le(&[self.cls_b])),
+            ("cls.w", vec![2], le(&self.cls_w)),
+            ("seg.b1", vec![self.hidden], le(&self.b1)),
+            ("seg.b2", vec![self.classes], le(&self.b2)),
+            ("seg.w1", vec![self.hidden, self.features], le(&self.w1)),
+            ("seg.w2", vec![self.classes, self.hidden], le(&self.w2)),
+        ];
+        let views = tensors.iter().map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .map_err(|e| InferError::Head(format!("tensor {name}: {e}")))?;
+            Ok((*name, view))
+        });
+        let views = views.collect::<Result<Vec<_>, InferError>>()?;
+        safetensors::serialize(views, None)
+            .map_err(|e| InferError::Head(format!("cannot serialize the head: {e}")))
+    }
+
+    /// Check that every weight vector has the length its sizes say (the fields are public,
+    /// so a hand-built head can be inconsistent).
+    pub fn check(&self) -> Result<(), InferError> {
+        let (f, h, c) = (self.features, self.hidden, self.classes);
+        for (name, len, expected) in [
+            ("seg.w1", self.w1.len(), h * f),
+            ("seg.b1", self.b1.len(), h),
+            ("seg.w2", self.w2.len(), c * h),
+            ("seg.b2", self.b2.len(), c),
+        ] {
+            if len != expected {
+                return Err(InferError::Head(format!(
+                    "{name} has {len} values, a head of {f} features, {h} hidden and {c} classes needs {expected}"
+                )));
+            }
+        }
+        if f == 0 || h == 0 || c < 2 {
+            return Err(InferError::Head(format!(
+                "a head needs features, hidden units and at least 2 classes, not {f}/{h}/{c}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every weight, in a fixed order (seg.w1, seg.b1, seg.w2, seg.b2, cls.w, cls.b).
+    pub fn parameters(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.w1.len() + self.b1.len() + self.w2.len() + 16);
+        out.extend_from_slice(&self.w1);
+        out.extend_from_slice(&self.b1);
+        out.extend_from_slice(&self.w2);
+        out.extend_from_slice(&self.b2);
+        out.extend_from_slice(&self.cls_w);
+        out.push(self.cls_b);
+        out
+    }
+
+    /// Euclidean distance between the weights of two heads of the same shape (the FedProx
+    /// proximal term is `mu / 2` times its square); `None` when the shapes differ.
+    pub fn distance(&self, other: &Head) -> Option<f64> {
+        if (self.features, self.hidden, self.classes)
+            != (other.features, other.hidden, other.classes)
+        {
+            return None;
+        }
+        let sum: f64 = self
+            .parameters()
+            .iter()
+            .zip(other.parameters())
+            .map(|(a, b)| (f64::from(*a) - f64::from(b)).powi(2))
+            .sum();
+        Some(sum.sqrt())
     }
 
     /// Class probabilities of every pixel of a batch of feature maps `[n, features, plane]`;

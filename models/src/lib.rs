@@ -10,8 +10,14 @@
 //! - [`backend`]: the `Backend` trait and the tract backend (the embedded default).
 //! - [`head`]: the trainable head, applied in Rust.
 //! - [`infer`]: one study through one model, with label volumes and timings.
+//! - [`finetune`]: fine-tuning of the head with candle on cached backbone features (FedProx
+//!   toward the global head, deterministic for a seed, cancellable).
+//! - [`evaluate`]: Dice per label, AUROC, and a head scored on labelled cases as inference
+//!   would run it.
 
 pub mod backend;
+pub mod evaluate;
+pub mod finetune;
 pub mod head;
 pub mod infer;
 pub mod package;
