@@ -15,7 +15,7 @@ use models::package::Manifest;
 use pacs_bridge::objects::seg;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -168,13 +168,21 @@ pub fn ingest(
         .unwrap_or_else(|| path.display().to_string());
     let now = crate::jobs::now_ms();
     let outcome = decoded.and_then(|d| label_of(data_dir, manifest, d));
-    let id: i64 = conn.query_row(
-        "INSERT INTO cases (label_sop_uid, origin, state, model_id, created_at_ms)
-         VALUES (?1, ?2, 'refused', ?3, ?4)
+    // One transaction: a reader sees no case, or the case in its final state with its label.
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let (state, reason) = match &outcome {
+        Ok(_) => ("accepted", None),
+        Err(e) => ("refused", Some(e.to_string())),
+    };
+    let id: i64 = tx.query_row(
+        "INSERT INTO cases (label_sop_uid, origin, state, reason, model_id, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (label_sop_uid) DO UPDATE SET origin = excluded.origin,
-             model_id = excluded.model_id, created_at_ms = excluded.created_at_ms
+             state = excluded.state, reason = excluded.reason, model_id = excluded.model_id,
+             study_uid = NULL, series_uid = NULL, labels_path = NULL, label_voxels_json = NULL,
+             created_at_ms = excluded.created_at_ms
          RETURNING id",
-        params![sop_uid, origin, manifest.id, now],
+        params![sop_uid, origin, state, reason, manifest.id, now],
         |r| r.get(0),
     )?;
     match outcome {
@@ -192,9 +200,9 @@ pub fn ingest(
             if let Some(parent) = absolute.parent() {
                 fsync_dir(parent)?;
             }
-            conn.execute(
-                "UPDATE cases SET state = 'accepted', reason = NULL, study_uid = ?2,
-                     series_uid = ?3, labels_path = ?4, label_voxels_json = ?5 WHERE id = ?1",
+            tx.execute(
+                "UPDATE cases SET study_uid = ?2, series_uid = ?3, labels_path = ?4,
+                     label_voxels_json = ?5 WHERE id = ?1",
                 params![
                     id,
                     label.study_uid,
@@ -203,17 +211,14 @@ pub fn ingest(
                     serde_json::to_string(&counts)?
                 ],
             )?;
+            tx.commit()?;
             tracing::info!(case = id, study = %label.study_uid.as_deref().map(pacs_bridge::log_tag).unwrap_or_default(), "labelled case accepted");
             Ok(Ok(
                 get(conn, id)?.ok_or_else(|| anyhow::anyhow!("case {id} vanished"))?
             ))
         }
         Err(e) => {
-            conn.execute(
-                "UPDATE cases SET state = 'refused', reason = ?2, labels_path = NULL,
-                     label_voxels_json = NULL WHERE id = ?1",
-                params![id, e.to_string()],
-            )?;
+            tx.commit()?;
             tracing::warn!(case = id, reason = %e, "labelled case refused");
             Ok(Err(e))
         }
