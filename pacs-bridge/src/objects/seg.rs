@@ -23,6 +23,8 @@ pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
 /// Millimetres a re-projected pixel may sit off a source voxel centre (DS rounding).
 const POSITION_TOLERANCE_MM: f64 = 1e-3;
+/// Most pixels (all frames together) a SEG we decode may have.
+const MAX_DECODED_PIXELS: usize = 1 << 30;
 /// Direction cosines of the SEG must match the source's to this.
 const COSINE_TOLERANCE: f64 = 1e-5;
 
@@ -633,7 +635,15 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
         .flatten()
         .and_then(|e| e.to_bytes().ok())
         .ok_or_else(|| fail("Pixel Data"))?;
+    // A SEG may come from outside (a radiologist's label): bound what decoding allocates
+    // (one flag per pixel of every frame) before trusting its dimensions.
     let plane = rows * columns;
+    if plane == 0 || count == 0 || count.saturating_mul(plane) > MAX_DECODED_PIXELS {
+        return Err(ObjectError::Decode(format!(
+            "{count} frames of {rows}x{columns} pixels: empty, or more than {MAX_DECODED_PIXELS} \
+             pixels in all"
+        )));
+    }
     if pixels.len() < (count * plane).div_ceil(8) {
         return Err(ObjectError::Decode(format!(
             "Pixel Data has {} bytes for {count} frames of {rows}x{columns}",
@@ -902,6 +912,15 @@ mod tests {
         assert!((f64::from(l) / 65535.0 * 100.0 - 53.24).abs() < 0.1);
         assert!((f64::from(a) / 65535.0 * 255.0 - 128.0 - 80.09).abs() < 0.2);
         assert!((f64::from(b) / 65535.0 * 255.0 - 128.0 - 67.20).abs() < 0.2);
+    }
+
+    #[test]
+    fn a_seg_that_is_not_part10_or_declares_no_pixels_is_a_decode_error_not_a_panic() {
+        assert!(matches!(decode(b"garbage"), Err(ObjectError::Decode(_))));
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&[0xFF; 64]);
+        assert!(matches!(decode(&bytes), Err(ObjectError::Decode(_))));
     }
 
     #[test]
