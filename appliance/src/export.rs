@@ -10,7 +10,7 @@ use models::infer::Inference;
 use models::package::Manifest;
 use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
-use pacs_bridge::objects::{Creator, Source};
+use pacs_bridge::objects::Creator;
 use pacs_bridge::volume::SeriesVolume;
 use serde::Serialize;
 use std::io::Write;
@@ -33,18 +33,15 @@ pub fn job_dir(job_id: i64) -> PathBuf {
 
 /// Write, check and fsync the SEG and SR of `result`. `uid_seed` names the job: the same job
 /// gives the same UIDs.
-#[allow(clippy::too_many_arguments)]
 pub fn export(
     data_dir: &Path,
     job_id: i64,
     series: &SeriesVolume,
-    header: &Path,
     result: &Inference,
     manifest: &Manifest,
     config: &ResultsConfig,
     uid_seed: &str,
 ) -> anyhow::Result<Vec<ExportedObject>> {
-    let source = Source::read(series, header)?;
     let creator = Creator {
         model_name: manifest.id.clone(),
         model_version: manifest.version.clone(),
@@ -70,7 +67,7 @@ pub fn export(
             colour: label.colour,
         });
     }
-    let written = seg::build(&source, &result.label_map, &segments, &creator, uid_seed)?;
+    let written = seg::build(series, &result.label_map, &segments, &creator, uid_seed)?;
     // What a viewer will see must be what inference produced (the rotated-mask failure).
     let decoded = seg::decode(&written.bytes)?;
     seg::check_geometry(&decoded, series, &result.label_map)
@@ -120,7 +117,7 @@ pub fn export(
             .collect(),
         finding,
     };
-    let sr = sr::build(&source, &report, &creator, uid_seed)?;
+    let sr = sr::build(series, &report, &creator, uid_seed)?;
 
     let dir = job_dir(job_id);
     let absolute = data_dir.join(&dir);

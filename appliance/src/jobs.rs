@@ -358,7 +358,6 @@ impl Pipeline {
         let mut objects = Vec::new();
         if self.config.results.export {
             let t = Instant::now();
-            let header = files.first().context("the series has no files")?;
             // The job's identity names its objects: a re-run makes the same UIDs.
             let seed = format!(
                 "{study}|{ae}|{series}|{}|{}|{}",
@@ -370,7 +369,6 @@ impl Pipeline {
                 &self.data_dir,
                 job_id,
                 &volume,
-                header,
                 &result,
                 &self.package.manifest,
                 &self.config.results,

@@ -51,7 +51,8 @@ const BATCH: usize = 64;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Queue `objects` of job `job_id` for every destination of a study from `calling_ae`, inside
-/// the transaction that stores the job's result.
+/// the transaction that stores the job's result. An object already queued for a destination
+/// (the same SOP Instance UID: UIDs derive from the job) is left as it is.
 pub fn enqueue(
     tx: &Transaction<'_>,
     config: &Config,
@@ -68,11 +69,7 @@ pub fn enqueue(
                 "INSERT INTO outbox (job_id, study_uid, destination, kind, sop_instance_uid,
                      path, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)
-                 ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET
-                     path = excluded.path, job_id = excluded.job_id,
-                     state = CASE WHEN state = 'sent' THEN 'sent' ELSE 'pending' END,
-                     next_attempt_at_ms = excluded.next_attempt_at_ms,
-                     updated_at_ms = excluded.updated_at_ms",
+                 ON CONFLICT (destination, sop_instance_uid) DO NOTHING",
                 params![
                     job_id,
                     study_uid,

@@ -103,6 +103,9 @@ pub struct SliceSource {
 #[derive(Debug, Clone)]
 pub struct SeriesVolume {
     pub volume: Volume,
+    /// The dataset of the first instance without its Pixel Data: the patient and study
+    /// attributes that result objects copy.
+    pub header: InMemDicomObject,
     pub study_uid: String,
     pub series_uid: String,
     pub sources: Vec<SliceSource>,
@@ -143,6 +146,7 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
     let mut frames = Vec::new();
     let (mut series_uid, mut study_uid, mut modality, mut frame_of_reference) =
         (String::new(), String::new(), String::new(), None);
+    let mut header = InMemDicomObject::new_empty();
     for (i, path) in paths.iter().enumerate() {
         let object = read(path, limits)?;
         let series = text(&object, tags::SERIES_INSTANCE_UID)
@@ -153,6 +157,12 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
                 .ok_or_else(|| missing(path, "Study Instance UID"))?;
             modality = text(&object, tags::MODALITY).unwrap_or_default();
             frame_of_reference = text(&object, tags::FRAME_OF_REFERENCE_UID);
+            header = InMemDicomObject::from_element_iter(
+                object
+                    .iter()
+                    .filter(|e| e.header().tag != tags::PIXEL_DATA)
+                    .cloned(),
+            );
         } else if series != series_uid {
             return Err(VolumeError::MixedSeries {
                 first: series_uid,
@@ -276,6 +286,7 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
         .collect();
     let origin = sources[0].position;
     Ok(SeriesVolume {
+        header,
         volume: Volume {
             columns,
             rows,
@@ -388,7 +399,7 @@ fn missing(path: &Path, attribute: &'static str) -> VolumeError {
 
 /// Read a Part 10 file: bounded size, a transfer syntax we accept, and a dataset whose every
 /// declared length the bounded walker has checked before `dicom-object` parses it.
-pub(crate) fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError> {
+fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError> {
     let fail = |reason: String| VolumeError::Read {
         path: path.to_path_buf(),
         reason,

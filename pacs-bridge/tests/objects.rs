@@ -2,29 +2,17 @@
 //! without errors, highdicom (an independent reader) gets exactly our mask back on the source
 //! instances, and the read-back geometry check refuses every deliberately wrong geometry.
 
+mod common;
+
+use common::{ct_series, fixtures};
 use models::package::Code;
 use models::volume::Volume;
 use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
-use pacs_bridge::objects::{Creator, ObjectError, Source};
+use pacs_bridge::objects::{Creator, ObjectError};
 use pacs_bridge::volume::{build, Limits, SeriesVolume};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    assert!(
-        dir.join("ct-series").is_dir(),
-        "run scripts/fixtures.sh first"
-    );
-    dir
-}
-
-fn ct_series() -> Vec<PathBuf> {
-    (0..108)
-        .map(|i| fixtures().join(format!("ct-series/slice_{i:03}.dcm")))
-        .collect()
-}
 
 fn code(scheme: &str, value: &str, meaning: &str) -> Code {
     Code {
@@ -118,9 +106,8 @@ fn dciodvfy_errors(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn seg_of(series: &SeriesVolume, header: &Path, labels: &[u8]) -> seg::WrittenSeg {
-    let source = Source::read(series, header).unwrap();
-    seg::build(&source, labels, &segments(), &creator(), "test-job-1").unwrap()
+fn seg_of(series: &SeriesVolume, labels: &[u8]) -> seg::WrittenSeg {
+    seg::build(series, labels, &segments(), &creator(), "test-job-1").unwrap()
 }
 
 #[test]
@@ -128,13 +115,13 @@ fn a_seg_of_the_ct_series_reads_back_onto_the_source_grid_voxel_for_voxel() {
     let paths = ct_series();
     let series = build(&paths, &Limits::default()).unwrap();
     let labels = labels_of(&series.volume);
-    let written = seg_of(&series, &paths[0], &labels);
+    let written = seg_of(&series, &labels);
     let decoded = seg::decode(&written.bytes).unwrap();
     assert_eq!(decoded.frames.len(), written.frames);
     assert!(written.frames > 108, "both segments span many slices");
     seg::check_geometry(&decoded, &series, &labels).unwrap();
     // The same job gives the same UIDs: a re-run is a repeat at the PACS, not a new object.
-    let again = seg_of(&series, &paths[0], &labels);
+    let again = seg_of(&series, &labels);
     assert_eq!(again.sop_instance_uid, written.sop_instance_uid);
     assert_eq!(again.series_instance_uid, written.series_instance_uid);
 }
@@ -144,7 +131,7 @@ fn the_geometry_check_refuses_a_transposed_mask() {
     let paths = ct_series();
     let series = build(&paths, &Limits::default()).unwrap();
     let labels = labels_of(&series.volume);
-    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    let mut decoded = seg::decode(&seg_of(&series, &labels).bytes).unwrap();
     let n = decoded.columns;
     for frame in &mut decoded.frames {
         let m = frame.mask.clone();
@@ -166,7 +153,7 @@ fn the_geometry_check_refuses_a_frame_moved_to_another_slice() {
     let paths = ct_series();
     let series = build(&paths, &Limits::default()).unwrap();
     let labels = labels_of(&series.volume);
-    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    let mut decoded = seg::decode(&seg_of(&series, &labels).bytes).unwrap();
     decoded.frames[5].position[2] += series.volume.spacing[2];
     let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
     assert!(
@@ -174,7 +161,7 @@ fn the_geometry_check_refuses_a_frame_moved_to_another_slice() {
         "{err}"
     );
     // Off the grid altogether (half a pixel).
-    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    let mut decoded = seg::decode(&seg_of(&series, &labels).bytes).unwrap();
     decoded.frames[0].position[0] += series.volume.spacing[0] / 2.0;
     let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
     assert!(err.to_string().contains("not on a source slice"), "{err}");
@@ -192,12 +179,12 @@ fn the_geometry_check_refuses_a_seg_written_on_a_rotated_geometry() {
         &mut lying.volume.row_direction,
         &mut lying.volume.column_direction,
     );
-    let written = seg_of(&lying, &paths[0], &labels);
+    let written = seg_of(&lying, &labels);
     let decoded = seg::decode(&written.bytes).unwrap();
     let err = seg::check_geometry(&decoded, &series, &labels).unwrap_err();
     assert!(err.to_string().contains("orientation"), "{err}");
     // And a flipped column direction with a mask flipped to match still lands elsewhere.
-    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    let mut decoded = seg::decode(&seg_of(&series, &labels).bytes).unwrap();
     for v in &mut decoded.orientation[3..] {
         *v = -*v;
     }
@@ -209,7 +196,7 @@ fn the_geometry_check_refuses_a_mask_that_differs_by_one_voxel() {
     let paths = ct_series();
     let series = build(&paths, &Limits::default()).unwrap();
     let labels = labels_of(&series.volume);
-    let mut decoded = seg::decode(&seg_of(&series, &paths[0], &labels).bytes).unwrap();
+    let mut decoded = seg::decode(&seg_of(&series, &labels).bytes).unwrap();
     let frame = &mut decoded.frames[3];
     let p = frame.mask.iter().position(|b| *b).unwrap();
     frame.mask[p] = false;
@@ -223,11 +210,10 @@ fn seg_and_sr_of_the_ct_series_pass_dciodvfy_and_highdicom_reads_our_mask() {
     let paths = ct_series();
     let series = build(&paths, &Limits::default()).unwrap();
     let labels = labels_of(&series.volume);
-    let written = seg_of(&series, &paths[0], &labels);
+    let written = seg_of(&series, &labels);
     let seg_path = write_temp(dir.path(), "seg.dcm", &written.bytes);
     assert_eq!(dciodvfy_errors(&seg_path), Vec::<String>::new());
 
-    let source = Source::read(&series, &paths[0]).unwrap();
     let voxel_ml = series.volume.voxel_ml();
     let report = Report {
         procedure: code("LN", "24725-4", "CT Head"),
@@ -248,7 +234,7 @@ fn seg_and_sr_of_the_ct_series_pass_dciodvfy_and_highdicom_reads_our_mask() {
             threshold: 0.5,
         }),
     };
-    let sr = sr::build(&source, &report, &creator(), "test-job-1").unwrap();
+    let sr = sr::build(&series, &report, &creator(), "test-job-1").unwrap();
     let sr_path = write_temp(dir.path(), "sr.dcm", &sr.bytes);
     assert_eq!(dciodvfy_errors(&sr_path), Vec::<String>::new());
 
@@ -325,7 +311,7 @@ fn a_seg_of_an_enhanced_multi_frame_ct_checks_and_validates() {
     let mut labels = vec![0u8; series.volume.voxels.len()];
     let plane = series.volume.rows * series.volume.columns;
     labels[plane + 5] = 1; // one voxel on the second frame
-    let written = seg_of(&series, &path, &labels);
+    let written = seg_of(&series, &labels);
     let decoded = seg::decode(&written.bytes).unwrap();
     assert_eq!(decoded.frames.len(), 1);
     seg::check_geometry(&decoded, &series, &labels).unwrap();
@@ -338,7 +324,7 @@ fn an_empty_result_is_one_empty_frame_and_still_checks() {
     let paths = ct_series();
     let series = build(&paths[..10], &Limits::default()).unwrap();
     let labels = vec![0u8; series.volume.voxels.len()];
-    let written = seg_of(&series, &paths[0], &labels);
+    let written = seg_of(&series, &labels);
     let decoded = seg::decode(&written.bytes).unwrap();
     assert_eq!(decoded.frames.len(), 1);
     assert!(decoded.frames[0].mask.iter().all(|b| !b));
@@ -349,7 +335,6 @@ fn an_empty_result_is_one_empty_frame_and_still_checks() {
 fn a_label_map_of_the_wrong_size_is_refused_before_anything_is_written() {
     let paths = ct_series();
     let series = build(&paths[..10], &Limits::default()).unwrap();
-    let source = Source::read(&series, &paths[0]).unwrap();
-    let err = seg::build(&source, &[0u8; 7], &segments(), &creator(), "x").unwrap_err();
+    let err = seg::build(&series, &[0u8; 7], &segments(), &creator(), "x").unwrap_err();
     assert!(matches!(err, ObjectError::Mismatch(_)), "{err}");
 }

@@ -1,23 +1,11 @@
 //! Series to volume on real data: the 108-slice head CT and the pydicom test files built by
 //! `scripts/fixtures.sh`.
 
+mod common;
+
+use common::{ct_series, fixtures};
 use pacs_bridge::volume::{build, decode_frames, Limits, VolumeError};
 use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    assert!(
-        dir.join("ct-series").is_dir(),
-        "run scripts/fixtures.sh first"
-    );
-    dir
-}
-
-fn ct_series() -> Vec<PathBuf> {
-    (0..108)
-        .map(|i| fixtures().join(format!("ct-series/slice_{i:03}.dcm")))
-        .collect()
-}
 
 fn test_file(name: &str) -> PathBuf {
     fixtures().join("pydicom").join(name)

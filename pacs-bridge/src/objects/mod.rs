@@ -13,7 +13,6 @@
 pub mod seg;
 pub mod sr;
 
-use crate::volume::{Limits, SeriesVolume};
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -21,7 +20,6 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use models::package::Code;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Explicit VR Little Endian: what we write.
@@ -34,8 +32,6 @@ pub const MODEL_NAME: &str = "Radiant Edge appliance";
 
 #[derive(Debug, Error)]
 pub enum ObjectError {
-    #[error("cannot read the source header {path}: {reason}")]
-    Source { path: PathBuf, reason: String },
     #[error("the model manifest lacks {what}, needed to export this result")]
     Manifest { what: String },
     #[error("the result does not fit the source series: {0}")]
@@ -62,28 +58,6 @@ pub struct Creator {
     pub device_serial: String,
     /// The appliance software version.
     pub software_version: String,
-}
-
-/// The source series a result describes: its volume with the slice sources, and the header of
-/// one of its instances for the patient and study attributes.
-pub struct Source<'a> {
-    pub series: &'a SeriesVolume,
-    pub header: InMemDicomObject,
-}
-
-impl<'a> Source<'a> {
-    /// Read the header of `path` (one instance of `series`), bounded as every input is.
-    pub fn read(series: &'a SeriesVolume, path: &Path) -> Result<Source<'a>, ObjectError> {
-        let object =
-            crate::volume::read(path, &Limits::default()).map_err(|e| ObjectError::Source {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        Ok(Source {
-            series,
-            header: object.into_inner(),
-        })
-    }
 }
 
 /// A UID under 2.25 (PS3.5 B.2) derived from `parts`: the same parts give the same UID.

@@ -10,8 +10,9 @@
 
 use super::{
     code, code_item, copy_patient_and_study, now_da_tm, part10, put_ds, put_empty, put_seq,
-    put_sop_common, put_str, put_u16, Creator, ObjectError, Source,
+    put_sop_common, put_str, put_u16, Creator, ObjectError,
 };
+use crate::volume::SeriesVolume;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -52,13 +53,12 @@ pub struct WrittenSeg {
 /// Encode the SEG of `labels` (one label value per source voxel, in volume order).
 /// `uid_seed` names the result (job key): the same seed gives the same UIDs.
 pub fn build(
-    source: &Source<'_>,
+    series: &SeriesVolume,
     labels: &[u8],
     segments: &[Segment],
     creator: &Creator,
     uid_seed: &str,
 ) -> Result<WrittenSeg, ObjectError> {
-    let series = source.series;
     let volume = &series.volume;
     let plane = volume.rows * volume.columns;
     if labels.len() != volume.voxels.len() {
@@ -104,7 +104,7 @@ pub fn build(
     }
 
     let mut o = InMemDicomObject::new_empty();
-    copy_patient_and_study(&source.header, &mut o);
+    copy_patient_and_study(&series.header, &mut o);
     put_sop_common(
         &mut o,
         SEGMENTATION_STORAGE,
@@ -233,14 +233,14 @@ pub fn build(
         tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
         frames
             .iter()
-            .map(|(segment, z)| per_frame_groups(source, *segment, *z))
+            .map(|(segment, z)| per_frame_groups(series, *segment, *z))
             .collect(),
     );
     // Common Instance Reference (C.12.2): every source instance a frame derives from.
     put_seq(
         &mut o,
         tags::REFERENCED_SERIES_SEQUENCE,
-        vec![referenced_series(source, &frames)],
+        vec![referenced_series(series, &frames)],
     );
     o.put(DataElement::new(
         tags::PIXEL_DATA,
@@ -338,8 +338,8 @@ fn shared_groups(volume: &Volume) -> InMemDicomObject {
     shared
 }
 
-fn per_frame_groups(source: &Source<'_>, segment: u8, z: usize) -> InMemDicomObject {
-    let slice = &source.series.sources[z];
+fn per_frame_groups(series: &SeriesVolume, segment: u8, z: usize) -> InMemDicomObject {
+    let slice = &series.sources[z];
     let mut content = InMemDicomObject::new_empty();
     content.put(DataElement::new(
         tags::DIMENSION_INDEX_VALUES,
@@ -350,7 +350,7 @@ fn per_frame_groups(source: &Source<'_>, segment: u8, z: usize) -> InMemDicomObj
     put_ds(
         &mut position,
         tags::IMAGE_POSITION_PATIENT,
-        &source.series.volume.position(0.0, 0.0, z as f64),
+        &series.volume.position(0.0, 0.0, z as f64),
     );
     let mut identification = InMemDicomObject::new_empty();
     put_u16(
@@ -380,7 +380,7 @@ fn per_frame_groups(source: &Source<'_>, segment: u8, z: usize) -> InMemDicomObj
         VR::CS,
         "YES",
     );
-    if is_multi_frame(source, &slice.sop_instance_uid) {
+    if is_multi_frame(series, &slice.sop_instance_uid) {
         source_image.put(DataElement::new(
             tags::REFERENCED_FRAME_NUMBER,
             VR::IS,
@@ -419,9 +419,8 @@ fn per_frame_groups(source: &Source<'_>, segment: u8, z: usize) -> InMemDicomObj
     item
 }
 
-fn is_multi_frame(source: &Source<'_>, sop_instance_uid: &str) -> bool {
-    source
-        .series
+fn is_multi_frame(series: &SeriesVolume, sop_instance_uid: &str) -> bool {
+    series
         .sources
         .iter()
         .filter(|s| s.sop_instance_uid == sop_instance_uid)
@@ -430,14 +429,14 @@ fn is_multi_frame(source: &Source<'_>, sop_instance_uid: &str) -> bool {
         > 1
 }
 
-fn referenced_series(source: &Source<'_>, frames: &[(u8, usize)]) -> InMemDicomObject {
+fn referenced_series(series: &SeriesVolume, frames: &[(u8, usize)]) -> InMemDicomObject {
     let mut seen: Vec<&str> = Vec::new();
     let mut instances = Vec::new();
     let mut slices: Vec<usize> = frames.iter().map(|(_, z)| *z).collect();
     slices.sort_unstable();
     slices.dedup();
     for z in slices {
-        let s = &source.series.sources[z];
+        let s = &series.sources[z];
         if seen.contains(&s.sop_instance_uid.as_str()) {
             continue;
         }
@@ -457,15 +456,15 @@ fn referenced_series(source: &Source<'_>, frames: &[(u8, usize)]) -> InMemDicomO
         );
         instances.push(item);
     }
-    let mut series = InMemDicomObject::new_empty();
+    let mut item = InMemDicomObject::new_empty();
     put_str(
-        &mut series,
+        &mut item,
         tags::SERIES_INSTANCE_UID,
         VR::UI,
-        &source.series.series_uid,
+        &series.series_uid,
     );
-    put_seq(&mut series, tags::REFERENCED_INSTANCE_SEQUENCE, instances);
-    series
+    put_seq(&mut item, tags::REFERENCED_INSTANCE_SEQUENCE, instances);
+    item
 }
 
 /// Binary frames packed one bit per pixel, first pixel in the least significant bit, frames

@@ -7,9 +7,9 @@
 
 use super::{
     code, code_item, copy_patient_and_study, derived_uid, now_da_tm, part10, put_ds, put_seq,
-    put_sop_common, put_str, put_u16, seg::SEGMENTATION_STORAGE, Creator, ObjectError, Source,
-    MODEL_NAME,
+    put_sop_common, put_str, put_u16, seg::SEGMENTATION_STORAGE, Creator, ObjectError, MODEL_NAME,
 };
+use crate::volume::SeriesVolume;
 use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
@@ -56,7 +56,7 @@ pub struct WrittenSr {
 
 /// Encode the report about `source`. `uid_seed` names the result, as for the SEG.
 pub fn build(
-    source: &Source<'_>,
+    series: &SeriesVolume,
     report: &Report,
     creator: &Creator,
     uid_seed: &str,
@@ -66,7 +66,7 @@ pub fn build(
     let (date, time) = now_da_tm();
 
     let mut o = InMemDicomObject::new_empty();
-    copy_patient_and_study(&source.header, &mut o);
+    copy_patient_and_study(&series.header, &mut o);
     put_sop_common(
         &mut o,
         COMPREHENSIVE_SR_STORAGE,
@@ -123,7 +123,7 @@ pub fn build(
     put_seq(
         &mut o,
         tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
-        vec![evidence(source, report)],
+        vec![evidence(series, report)],
     );
     // SR Document Content (C.17.3): the root container and its tree.
     put_str(&mut o, tags::VALUE_TYPE, VR::CS, "CONTAINER");
@@ -182,8 +182,8 @@ pub fn build(
         &dcm("121058", "Procedure reported"),
         &report.procedure,
     ));
-    content.push(image_library(source));
-    content.push(measurements(source, report, creator, uid_seed));
+    content.push(image_library(series));
+    content.push(measurements(series, report, creator, uid_seed));
     if let Some(finding) = &report.finding {
         let present = finding.probability >= finding.threshold;
         content.push(container(
@@ -214,13 +214,13 @@ fn dcm(value: &str, meaning: &str) -> Code {
 }
 
 /// Hierarchical SOP Instance Reference (C.17.2.1): the source instances and the SEG.
-fn evidence(source: &Source<'_>, report: &Report) -> InMemDicomObject {
+fn evidence(series: &SeriesVolume, report: &Report) -> InMemDicomObject {
     let mut study = InMemDicomObject::new_empty();
     put_str(
         &mut study,
         tags::STUDY_INSTANCE_UID,
         VR::UI,
-        &source.series.study_uid,
+        &series.study_uid,
     );
     let mut seg_ref = InMemDicomObject::new_empty();
     put_str(
@@ -252,12 +252,12 @@ fn evidence(source: &Source<'_>, report: &Report) -> InMemDicomObject {
         &mut source_series,
         tags::SERIES_INSTANCE_UID,
         VR::UI,
-        &source.series.series_uid,
+        &series.series_uid,
     );
     put_seq(
         &mut source_series,
         tags::REFERENCED_SOP_SEQUENCE,
-        source_instances(source)
+        source_instances(series)
             .into_iter()
             .map(|(class, instance)| sop_ref(class, instance, None))
             .collect(),
@@ -271,9 +271,9 @@ fn evidence(source: &Source<'_>, report: &Report) -> InMemDicomObject {
 }
 
 /// Distinct source instances, in slice order.
-fn source_instances<'s>(source: &'s Source<'_>) -> Vec<(&'s str, &'s str)> {
+fn source_instances(series: &SeriesVolume) -> Vec<(&str, &str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for s in &source.series.sources {
+    for s in &series.sources {
         if !out.iter().any(|(_, i)| *i == s.sop_instance_uid) {
             out.push((&s.sop_class_uid, &s.sop_instance_uid));
         }
@@ -297,8 +297,8 @@ fn sop_ref(class: &str, instance: &str, segment: Option<u8>) -> InMemDicomObject
 }
 
 /// TID 1600 Image Library: one entry per source instance.
-fn image_library(source: &Source<'_>) -> InMemDicomObject {
-    let images = source_instances(source)
+fn image_library(series: &SeriesVolume) -> InMemDicomObject {
+    let images = source_instances(series)
         .into_iter()
         .map(|(class, instance)| {
             let mut item = content_item("CONTAINS", "IMAGE", None);
@@ -324,7 +324,7 @@ fn image_library(source: &Source<'_>) -> InMemDicomObject {
 /// TID 1500 row 6: Imaging Measurements, one TID 1411 group per segment and a TID 1501 group
 /// for the study-level finding.
 fn measurements(
-    source: &Source<'_>,
+    series: &SeriesVolume,
     report: &Report,
     creator: &Creator,
     uid_seed: &str,
@@ -367,7 +367,7 @@ fn measurements(
         children.push(uidref(
             "CONTAINS",
             &dcm("121232", "Source series for segmentation"),
-            &source.series.series_uid,
+            &series.series_uid,
         ));
         children.push(num(
             "CONTAINS",
