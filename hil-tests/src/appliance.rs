@@ -152,6 +152,11 @@ impl Appliance {
         self.json_lines(&["outbox", "list", "--json"])
     }
 
+    /// `cases list --json`: one object per labelled case.
+    pub fn cases(&self) -> Vec<serde_json::Value> {
+        self.json_lines(&["cases", "list", "--json"])
+    }
+
     fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let out = self.cli(args);
         String::from_utf8_lossy(&out.stdout)

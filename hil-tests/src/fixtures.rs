@@ -104,3 +104,21 @@ pub fn inflate(bytes: &[u8]) -> Vec<u8> {
         .expect("inflate a deflated dataset");
     out
 }
+
+/// The 108-slice CT with an implanted lesion: its files in slice order and its Study Instance
+/// UID.
+pub fn lesion_series() -> (Vec<PathBuf>, String) {
+    let dir = dir().join("ct-series-lesion");
+    let text = std::fs::read_to_string(dir.join("manifest.json"))
+        .expect("read fixtures/ct-series-lesion/manifest.json");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).expect("parse fixtures/ct-series-lesion/manifest.json");
+    let files = (0..108)
+        .map(|i| dir.join(format!("slice_{i:03}.dcm")))
+        .collect();
+    let study = manifest["study_instance_uid"]
+        .as_str()
+        .expect("study_instance_uid in the lesion manifest")
+        .to_string();
+    (files, study)
+}

@@ -270,6 +270,18 @@ pub fn orthanc_upload(orthanc: &PeerProcess, files: &[PathBuf]) -> Vec<String> {
     studies
 }
 
+/// Have Orthanc send one of its studies to the modality `appliance` (synchronously).
+pub fn orthanc_push(orthanc: &PeerProcess, study: &str) {
+    let body = serde_json::json!({ "Resources": [study], "Synchronous": true }).to_string();
+    let (status, reply) = http_post(
+        orthanc.http_port,
+        "/modalities/appliance/store",
+        body.as_bytes(),
+    )
+    .expect("store request");
+    assert_eq!(status, 200, "Orthanc could not push the study: {reply}");
+}
+
 /// Files below `dir`, recursively.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -4,24 +4,12 @@
 //! with the reason, over DICOM and through `appliance cases import` alike.
 
 use hil_tests::appliance::Appliance;
+use hil_tests::fixtures::lesion_series;
 use hil_tests::peers::storescu;
 use hil_tests::{repo_root, wait_until};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-fn lesion_series() -> (Vec<PathBuf>, String) {
-    let dir = hil_tests::fixtures::dir().join("ct-series-lesion");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let files = (0..108)
-        .map(|i| dir.join(format!("slice_{i:03}.dcm")))
-        .collect();
-    (
-        files,
-        manifest["study_instance_uid"].as_str().unwrap().to_string(),
-    )
-}
 
 /// Run `peers/edit_seg.py MODE IN OUT [SUFFIX]`; returns what it printed.
 fn edit_seg(mode: &str, input: &Path, output: &Path, suffix: Option<&str>) -> String {
@@ -39,14 +27,6 @@ fn edit_seg(mode: &str, input: &Path, output: &Path, suffix: Option<&str>) -> St
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn cases(app: &Appliance) -> Vec<serde_json::Value> {
-    let out = app.cli(&["cases", "list", "--json"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// The appliance after it answered the lesion CT: (appliance, study UID, its SEG file, job).
@@ -86,11 +66,11 @@ fn a_corrected_seg_sent_by_dcmtk_becomes_the_label_of_the_series_it_references()
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        wait_until(Duration::from_secs(30), || !cases(&app).is_empty()),
+        wait_until(Duration::from_secs(30), || !app.cases().is_empty()),
         "{}",
         app.log()
     );
-    let all = cases(&app);
+    let all = app.cases();
     assert_eq!(all.len(), 1, "{all:?}");
     let case = &all[0];
     assert_eq!(case["state"], "accepted", "{case}");
@@ -133,7 +113,7 @@ fn segs_that_do_not_fit_their_series_are_refused_with_the_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("not a usable binary SEG"));
     // Each refusal is on record with its reason; nothing was accepted.
-    let all = cases(&app);
+    let all = app.cases();
     assert_eq!(all.len(), 4, "{all:?}");
     assert!(all
         .iter()
@@ -144,11 +124,11 @@ fn segs_that_do_not_fit_their_series_are_refused_with_the_reason() {
     let out = storescu("STORESCU", &app.ae_title, app.port, &["-R"], &[rotated]);
     assert!(out.status.success());
     assert!(
-        wait_until(Duration::from_secs(30), || cases(&app).len() == 5),
+        wait_until(Duration::from_secs(30), || app.cases().len() == 5),
         "{:?}",
-        cases(&app)
+        app.cases()
     );
-    let last = &cases(&app)[4];
+    let last = &app.cases()[4];
     assert_eq!(last["origin"], "dicom");
     assert_eq!(last["state"], "refused");
     assert!(

@@ -3,7 +3,7 @@
 
 use hil_tests::appliance::Appliance;
 use hil_tests::fixtures::{self, CtSeries};
-use hil_tests::peers::{http_post, orthanc_upload, start_orthanc};
+use hil_tests::peers::{orthanc_push, orthanc_upload, start_orthanc};
 use hil_tests::wait_until;
 use std::time::Duration;
 
@@ -14,14 +14,7 @@ fn a_study_pushed_by_orthanc_arrives_complete_and_intact() {
     let series = CtSeries::load();
     let studies = orthanc_upload(&orthanc, &series.paths());
     assert_eq!(studies.len(), 1);
-    let body = serde_json::json!({ "Resources": [studies[0]], "Synchronous": true }).to_string();
-    let (status, reply) = http_post(
-        orthanc.http_port,
-        "/modalities/appliance/store",
-        body.as_bytes(),
-    )
-    .expect("store request");
-    assert_eq!(status, 200, "Orthanc could not push the study: {reply}");
+    orthanc_push(&orthanc, &studies[0]);
     for (slice, path) in series.slices.iter().zip(series.paths()) {
         let stored = app
             .stored_path(&slice.sop_instance_uid)

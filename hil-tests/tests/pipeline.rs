@@ -11,19 +11,14 @@ fn with_model() -> Appliance {
 }
 
 fn send_lesion_series(app: &Appliance) -> String {
-    let dir = hil_tests::fixtures::dir().join("ct-series-lesion");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let files: Vec<_> = (0..108)
-        .map(|i| dir.join(format!("slice_{i:03}.dcm")))
-        .collect();
+    let (files, study) = hil_tests::fixtures::lesion_series();
     let out = storescu("STORESCU", &app.ae_title, app.port, &[], &files);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    manifest["study_instance_uid"].as_str().unwrap().to_string()
+    study
 }
 
 fn jobs(app: &Appliance, study: &str) -> Vec<serde_json::Value> {

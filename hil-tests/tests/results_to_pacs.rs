@@ -5,23 +5,11 @@
 //! and stops at once on a permanent refusal.
 
 use hil_tests::appliance::{set, set_destination, set_peers, Appliance};
-use hil_tests::peers::{http_post, orthanc_upload, start_orthanc_at, storescu, PeerProcess};
+use hil_tests::fixtures::lesion_series;
+use hil_tests::peers::{orthanc_push, orthanc_upload, start_orthanc_at, storescu, PeerProcess};
 use hil_tests::{free_port, http_get, http_get_bytes, wait_until};
 use std::path::PathBuf;
 use std::time::Duration;
-
-fn lesion_series() -> (Vec<PathBuf>, String) {
-    let dir = hil_tests::fixtures::dir().join("ct-series-lesion");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let files = (0..108)
-        .map(|i| dir.join(format!("slice_{i:03}.dcm")))
-        .collect();
-    (
-        files,
-        manifest["study_instance_uid"].as_str().unwrap().to_string(),
-    )
-}
 
 fn orthanc_json(orthanc: &PeerProcess, path: &str) -> serde_json::Value {
     let (status, body) = http_get(orthanc.http_port, path).expect("Orthanc REST");
@@ -106,14 +94,7 @@ fn orthanc_holds_the_seg_and_sr_under_the_study_it_sent_and_they_validate() {
     let (files, study_uid) = lesion_series();
     let studies = orthanc_upload(&orthanc, &files);
     assert_eq!(studies.len(), 1);
-    let body = serde_json::json!({ "Resources": [studies[0]], "Synchronous": true }).to_string();
-    let (status, reply) = http_post(
-        orthanc.http_port,
-        "/modalities/appliance/store",
-        body.as_bytes(),
-    )
-    .expect("store request");
-    assert_eq!(status, 200, "Orthanc could not push the study: {reply}");
+    orthanc_push(&orthanc, &studies[0]);
 
     let arrived = wait_until(Duration::from_secs(120), || {
         modalities(&orthanc) == ["CT", "SEG", "SR"]
@@ -194,14 +175,7 @@ fn the_outbox_delivers_after_the_pacs_returns_even_across_an_appliance_kill() {
     // The PACS goes away after sending the study, while the appliance works on it.
     let (files, study_uid) = lesion_series();
     let studies = orthanc_upload(&orthanc, &files);
-    let body = serde_json::json!({ "Resources": [studies[0]], "Synchronous": true }).to_string();
-    let (status, _) = http_post(
-        orthanc.http_port,
-        "/modalities/appliance/store",
-        body.as_bytes(),
-    )
-    .expect("store request");
-    assert_eq!(status, 200);
+    orthanc_push(&orthanc, &studies[0]);
     orthanc.kill();
 
     let retrying = wait_until(Duration::from_secs(120), || {
