@@ -14,10 +14,12 @@
 //!   toward the global head, deterministic for a seed, cancellable).
 //! - [`evaluate`]: Dice per label, AUROC, and a head scored on labelled cases as inference
 //!   would run it.
+//! - [`gate`]: the champion/challenger decision on a fine-tuned head.
 
 pub mod backend;
 pub mod evaluate;
 pub mod finetune;
+pub mod gate;
 pub mod head;
 pub mod infer;
 pub mod package;

@@ -100,3 +100,101 @@ fn bilinear(slice: &[f32], volume: &Volume, x: f64, y: f64, outside: f32) -> f32
     let bottom = at(x0, y0 + 1.0) * (1.0 - fx) + at(x0 + 1.0, y0 + 1.0) * fx;
     top * (1.0 - fy) + bottom * fy
 }
+
+/// A label map on the source grid (one value per voxel, in the volume's voxel order) sampled
+/// onto the model grid `[slices, rows, columns]`: each model pixel takes the label of the
+/// source voxel nearest to where [`tensor`] samples it, 0 outside the image. This is how a
+/// radiologist's segmentation becomes a training target for the head.
+pub fn labels_to_model_grid(volume: &Volume, spec: &InputSpec, labels: &[u8]) -> Vec<u8> {
+    let [rows, columns] = spec.size;
+    let plane = rows * columns;
+    let source_plane = volume.rows * volume.columns;
+    let mut lookup = vec![None; plane];
+    for i in 0..rows {
+        for j in 0..columns {
+            let (x, y) = source_index(volume, spec, i, j);
+            let (x, y) = (x.round(), y.round());
+            if x >= 0.0 && y >= 0.0 && x < volume.columns as f64 && y < volume.rows as f64 {
+                lookup[i * columns + j] = Some(y as usize * volume.columns + x as usize);
+            }
+        }
+    }
+    let mut out = vec![0u8; volume.slices * plane];
+    for z in 0..volume.slices {
+        let source = &labels[z * source_plane..((z + 1) * source_plane).min(labels.len())];
+        for (p, at) in lookup.iter().enumerate() {
+            if let Some(value) = at.and_then(|s| source.get(s)) {
+                out[z * plane + p] = *value;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::WindowSpec;
+
+    fn volume(columns: usize, rows: usize, slices: usize, spacing: f64) -> Volume {
+        Volume {
+            columns,
+            rows,
+            slices,
+            spacing: [spacing, spacing, 2.0],
+            origin: [0.0; 3],
+            row_direction: [1.0, 0.0, 0.0],
+            column_direction: [0.0, 1.0, 0.0],
+            normal: [0.0, 0.0, 1.0],
+            voxels: vec![0.0; columns * rows * slices],
+            modality: "CT".into(),
+            frame_of_reference_uid: None,
+        }
+    }
+
+    fn spec(size: usize, spacing_mm: f64) -> InputSpec {
+        InputSpec {
+            modality: "CT".into(),
+            min_slices: 1,
+            size: [size, size],
+            spacing_mm,
+            channels: vec![WindowSpec {
+                name: "w".into(),
+                center: 0.0,
+                width: 1.0,
+            }],
+            outside_value: 0.0,
+        }
+    }
+
+    #[test]
+    fn labels_on_the_model_grid_follow_the_sample_points_and_are_zero_outside_the_image() {
+        // 8x8 source of 1 mm, model 8x8 of 2 mm: the model covers 16 mm, the image 8 mm.
+        let v = volume(8, 8, 2, 1.0);
+        let s = spec(8, 2.0);
+        // Slice 0: label 1 in the right half of the image (x >= 4); slice 1: label 2 at x = 7.
+        let mut labels = vec![0u8; 8 * 8 * 2];
+        for y in 0..8 {
+            for x in 4..8 {
+                labels[y * 8 + x] = 1;
+            }
+            labels[64 + y * 8 + 7] = 2;
+        }
+        let model = labels_to_model_grid(&v, &s, &labels);
+        assert_eq!(model.len(), 2 * 64);
+        for i in 0..8 {
+            for j in 0..8 {
+                let (x, y) = source_index(&v, &s, i, j);
+                let (x, y) = (x.round(), y.round());
+                let inside = (0.0..8.0).contains(&x) && (0.0..8.0).contains(&y);
+                let expect0 = u8::from(inside && x >= 4.0);
+                let expect1 = if inside && x == 7.0 { 2 } else { 0 };
+                assert_eq!(model[i * 8 + j], expect0, "slice 0 at ({i}, {j}) from ({x}, {y})");
+                assert_eq!(model[64 + i * 8 + j], expect1, "slice 1 at ({i}, {j})");
+            }
+        }
+        // Something is inside and something is outside on this grid.
+        assert!(model[..64].contains(&1) && model[..64].contains(&0));
+        assert!(model[64..].contains(&2));
+    }
+}

@@ -1,0 +1,206 @@
+//! The validation gate (champion/challenger): whether a fine-tuned candidate head may replace
+//! the champion. Learning must never make the model worse, so a candidate is accepted only if
+//! - on the site's held-out cases its mean Dice over the labels beats the champion's by more
+//!   than `min_local_gain` (strictly better: a tie keeps the champion), and its AUROC, where
+//!   both heads have one, is not lower than the champion's by more than `reference_margin`;
+//! - on the reference validation set every label's Dice, and the AUROC where defined, is
+//!   within `reference_margin` of the baseline's. The caller chooses the baseline; the
+//!   appliance passes the global head the federation shipped, so that a chain of accepted
+//!   candidates cannot drift away from it margin by margin.
+//!
+//! The decision lists every condition that failed, so a refusal says why.
+
+use crate::evaluate::Scores;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateConfig {
+    /// The candidate's mean local Dice must exceed the champion's by more than this.
+    pub min_local_gain: f64,
+    /// Largest drop allowed on the reference set (Dice per label, AUROC).
+    pub reference_margin: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            min_local_gain: 0.0,
+            reference_margin: 0.02,
+        }
+    }
+}
+
+/// What the gate measured and decided.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub accepted: bool,
+    /// Every failed condition, in words; empty when accepted.
+    pub reasons: Vec<String>,
+    /// Mean Dice over the labels on the local held-out cases.
+    pub local_champion: f64,
+    pub local_candidate: f64,
+    pub local_auroc_champion: Option<f64>,
+    pub local_auroc_candidate: Option<f64>,
+    /// Dice per label on the reference set.
+    pub reference_baseline: Vec<f64>,
+    pub reference_candidate: Vec<f64>,
+    pub reference_auroc_baseline: Option<f64>,
+    pub reference_auroc_candidate: Option<f64>,
+}
+
+/// Mean Dice over the labels: what "better on local data" compares.
+pub fn mean_dice(scores: &Scores) -> f64 {
+    if scores.dice.is_empty() {
+        return 0.0;
+    }
+    scores.dice.iter().sum::<f64>() / scores.dice.len() as f64
+}
+
+/// Decide on a candidate from its scores and the champion's on the local held-out cases, and
+/// its scores and the baseline's on the reference set.
+pub fn decide(
+    champion_local: &Scores,
+    candidate_local: &Scores,
+    baseline_reference: &Scores,
+    candidate_reference: &Scores,
+    config: &GateConfig,
+) -> Decision {
+    let mut reasons = Vec::new();
+    let (champion, candidate) = (mean_dice(champion_local), mean_dice(candidate_local));
+    if !(candidate > champion + config.min_local_gain) {
+        reasons.push(format!(
+            "local held-out mean Dice {candidate:.4} does not beat the champion's {champion:.4} \
+             by more than {}",
+            config.min_local_gain
+        ));
+    }
+    if let (Some(before), Some(after)) = (champion_local.auroc, candidate_local.auroc) {
+        if !(after >= before - config.reference_margin) {
+            reasons.push(format!(
+                "local held-out AUROC {after:.4} is below the champion's {before:.4} by more \
+                 than {}",
+                config.reference_margin
+            ));
+        }
+    }
+    if baseline_reference.dice.len() != candidate_reference.dice.len() {
+        reasons.push(format!(
+            "reference scores for {} labels, the baseline has {}",
+            candidate_reference.dice.len(),
+            baseline_reference.dice.len()
+        ));
+    }
+    for (label, (before, after)) in baseline_reference
+        .dice
+        .iter()
+        .zip(&candidate_reference.dice)
+        .enumerate()
+    {
+        if !(*after >= before - config.reference_margin) {
+            reasons.push(format!(
+                "reference Dice of label {} fell from {before:.4} to {after:.4}, more than the \
+                 margin {}",
+                label + 1,
+                config.reference_margin
+            ));
+        }
+    }
+    if let (Some(before), Some(after)) = (baseline_reference.auroc, candidate_reference.auroc) {
+        if !(after >= before - config.reference_margin) {
+            reasons.push(format!(
+                "reference AUROC fell from {before:.4} to {after:.4}, more than the margin {}",
+                config.reference_margin
+            ));
+        }
+    }
+    Decision {
+        accepted: reasons.is_empty(),
+        reasons,
+        local_champion: champion,
+        local_candidate: candidate,
+        local_auroc_champion: champion_local.auroc,
+        local_auroc_candidate: candidate_local.auroc,
+        reference_baseline: baseline_reference.dice.clone(),
+        reference_candidate: candidate_reference.dice.clone(),
+        reference_auroc_baseline: baseline_reference.auroc,
+        reference_auroc_candidate: candidate_reference.auroc,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(dice: &[f64], auroc: Option<f64>) -> Scores {
+        Scores {
+            overlaps: Vec::new(),
+            dice: dice.to_vec(),
+            study_probabilities: Vec::new(),
+            auroc,
+        }
+    }
+
+    #[test]
+    fn a_candidate_better_locally_and_within_the_margin_on_the_reference_set_is_accepted() {
+        let d = decide(
+            &scores(&[0.9, 0.3], None),
+            &scores(&[0.9, 0.6], None),
+            &scores(&[0.98, 0.88], Some(0.95)),
+            &scores(&[0.975, 0.87], Some(0.94)),
+            &GateConfig::default(),
+        );
+        assert!(d.accepted, "{:?}", d.reasons);
+        assert!((d.local_candidate - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_tie_a_local_loss_or_forgetting_the_reference_set_is_refused_with_each_reason() {
+        let c = GateConfig::default();
+        let tie = decide(
+            &scores(&[0.9, 0.5], None),
+            &scores(&[0.9, 0.5], None),
+            &scores(&[0.9, 0.8], None),
+            &scores(&[0.9, 0.8], None),
+            &c,
+        );
+        assert!(!tie.accepted);
+        assert_eq!(tie.reasons.len(), 1, "{:?}", tie.reasons);
+        assert!(tie.reasons[0].contains("does not beat"), "{:?}", tie.reasons);
+
+        // Better locally, but label 2 and the AUROC fell on the reference set.
+        let forgot = decide(
+            &scores(&[0.9, 0.3], None),
+            &scores(&[0.9, 0.7], None),
+            &scores(&[0.98, 0.88], Some(0.95)),
+            &scores(&[0.97, 0.80], Some(0.90)),
+            &c,
+        );
+        assert!(!forgot.accepted);
+        assert_eq!(forgot.reasons.len(), 2, "{:?}", forgot.reasons);
+        assert!(forgot.reasons[0].contains("label 2"), "{:?}", forgot.reasons);
+        assert!(forgot.reasons[1].contains("AUROC"), "{:?}", forgot.reasons);
+
+        // A gain that is not larger than the configured minimum.
+        let small = decide(
+            &scores(&[0.5], None),
+            &scores(&[0.505], None),
+            &scores(&[0.5], None),
+            &scores(&[0.5], None),
+            &GateConfig {
+                min_local_gain: 0.01,
+                ..c.clone()
+            },
+        );
+        assert!(!small.accepted);
+
+        // NaN scores never pass.
+        let nan = decide(
+            &scores(&[0.5], None),
+            &scores(&[f64::NAN], None),
+            &scores(&[0.5], None),
+            &scores(&[0.5], None),
+            &c,
+        );
+        assert!(!nan.accepted);
+    }
+}
