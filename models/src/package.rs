@@ -1,6 +1,7 @@
 //! Model packages (design.md section 3): a folder with `manifest.toml`, the frozen
-//! `backbone.onnx`, the trainable `head.safetensors` and `card.md`. Loading checks the manifest
-//! field by field and both files against their SHA-256 before anything runs.
+//! `backbone.onnx`, the trainable `head.safetensors`, `card.md`, and optionally the shipped
+//! reference validation set (read by [`crate::validation`]). Loading checks the manifest field
+//! by field and every model file against its SHA-256 before anything runs.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -9,6 +10,8 @@ use thiserror::Error;
 
 /// Largest manifest we read.
 const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+/// Most cases a reference validation set may declare.
+pub const MAX_VALIDATION_CASES: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum PackageError {
@@ -45,6 +48,8 @@ pub struct Manifest {
     pub classification: Option<ClassificationSpec>,
     /// What result reports say the examination was; needed to export a report.
     pub report: Option<ReportSpec>,
+    /// The reference validation set the gate scores candidates on; older packages have none.
+    pub validation: Option<ValidationSpec>,
     #[serde(default)]
     pub metrics: toml::Table,
 }
@@ -132,6 +137,17 @@ pub struct ReportSpec {
     pub procedure: Code,
 }
 
+/// The shipped reference validation set: a safetensors file in the package
+/// ([`crate::validation`] documents its tensors).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSpec {
+    pub file: String,
+    pub sha256: String,
+    /// Number of cases in the file; the reader checks it.
+    pub cases: usize,
+}
+
 /// A package whose manifest parsed, whose files exist and match their hashes.
 #[derive(Debug, Clone)]
 pub struct Package {
@@ -160,12 +176,25 @@ impl Package {
         self.dir.join(&self.manifest.head.file)
     }
 
-    /// Check both model files against the manifest's SHA-256.
+    /// The reference validation set's file, when the manifest names one.
+    pub fn validation_path(&self) -> Option<PathBuf> {
+        self.manifest
+            .validation
+            .as_ref()
+            .map(|v| self.dir.join(&v.file))
+    }
+
+    /// Check the backbone, the head and the validation set (when there is one) against the
+    /// manifest's SHA-256.
     pub fn verify(&self) -> Result<(), PackageError> {
-        for (path, expected) in [
+        let mut files = vec![
             (self.backbone_path(), &self.manifest.backbone.sha256),
             (self.head_path(), &self.manifest.head.sha256),
-        ] {
+        ];
+        if let (Some(path), Some(spec)) = (self.validation_path(), &self.manifest.validation) {
+            files.push((path, &spec.sha256));
+        }
+        for (path, expected) in files {
             let actual = sha256_file(&path)?;
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(PackageError::HashMismatch {
@@ -231,7 +260,21 @@ fn read_manifest(path: &Path) -> Result<Manifest, PackageError> {
     if let Some((_, reason)) = checks.iter().find(|(ok, _)| !ok) {
         return Err(invalid((*reason).to_string()));
     }
-    for file in [&m.backbone.file, &m.head.file] {
+    if let Some(v) = &m.validation {
+        if !is_hex64(&v.sha256) {
+            return Err(invalid("validation.sha256 must be 64 hex digits".into()));
+        }
+        if !(1..=MAX_VALIDATION_CASES).contains(&v.cases) {
+            return Err(invalid(format!(
+                "validation.cases must be between 1 and {MAX_VALIDATION_CASES}"
+            )));
+        }
+    }
+    let validation_file = m.validation.as_ref().map(|v| &v.file);
+    for file in [&m.backbone.file, &m.head.file]
+        .into_iter()
+        .chain(validation_file)
+    {
         if file.contains('/') || file.contains("..") || file.is_empty() {
             return Err(invalid(format!(
                 "{file:?} must be a plain file name in the package"

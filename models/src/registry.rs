@@ -72,7 +72,9 @@ impl Registry {
                 fs::remove_dir_all(&staging).map_err(io(&staging))?;
             }
             fs::create_dir(&staging).map_err(io(&staging))?;
-            for name in ["manifest.toml", "card.md", &m.backbone.file, &m.head.file] {
+            let validation = m.validation.as_ref().map(|v| v.file.as_str());
+            let files = ["manifest.toml", "card.md", &m.backbone.file, &m.head.file];
+            for name in files.into_iter().chain(validation) {
                 let from = source.join(name);
                 if !from.exists() && name == "card.md" {
                     continue;

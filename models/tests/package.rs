@@ -153,3 +153,61 @@ fn installing_keeps_one_active_version_and_refuses_conflicting_reinstalls() {
         Err(RegistryError::UnknownModel(_))
     ));
 }
+
+/// Add a `[validation]` section naming `file` (placeholder bytes: only the hash is checked).
+fn add_validation_set(dir: &Path, file: &str) {
+    std::fs::write(dir.join("validation.safetensors"), b"validation-bytes").unwrap();
+    let sha = sha256_file(&dir.join("validation.safetensors")).unwrap();
+    let mut manifest = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
+    manifest.push_str(&format!(
+        "[validation]\nfile = \"{file}\"\nsha256 = \"{sha}\"\ncases = 8\n"
+    ));
+    std::fs::write(dir.join("manifest.toml"), manifest).unwrap();
+}
+
+#[test]
+fn a_tampered_or_missing_validation_set_is_refused_like_a_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_package(dir.path(), "1.0.0", b"backbone");
+    add_validation_set(dir.path(), "validation.safetensors");
+    let package = Package::open(dir.path()).unwrap();
+    assert_eq!(
+        package.validation_path(),
+        Some(dir.path().join("validation.safetensors"))
+    );
+
+    std::fs::write(dir.path().join("validation.safetensors"), b"tampered").unwrap();
+    let err = Package::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, PackageError::HashMismatch { path, .. } if path.ends_with("validation.safetensors")),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("validation.safetensors")).unwrap();
+    assert!(matches!(
+        Package::open(dir.path()),
+        Err(PackageError::MissingFile { .. })
+    ));
+}
+
+#[test]
+fn a_validation_set_outside_the_package_folder_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write_package(dir.path(), "1.0.0", b"backbone");
+    add_validation_set(dir.path(), "../validation.safetensors");
+    let err = Package::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("plain file name"), "{err}");
+}
+
+#[test]
+fn installing_a_package_copies_its_validation_set_and_the_copy_verifies() {
+    let data = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write_package(src.path(), "1.0.0", b"backbone");
+    add_validation_set(src.path(), "validation.safetensors");
+    let registry = Registry::new(data.path());
+    registry.install(src.path(), true).unwrap();
+    let installed = registry.open_active("test-model").unwrap();
+    let copy = installed.validation_path().unwrap();
+    assert!(copy.starts_with(data.path()), "{}", copy.display());
+    assert_eq!(std::fs::read(copy).unwrap(), b"validation-bytes");
+}
