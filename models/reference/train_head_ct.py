@@ -31,6 +31,10 @@ loader of ``scripts/make_fixtures.py``:
    expected.json``: the full pipeline's outputs on ``fixtures/ct-series`` and
    ``fixtures/ct-series-lesion`` (build them first: ``bash scripts/fixtures.sh``).
 
+The reference validation set (``head-ct/validation.safetensors`` and the manifest's
+``[validation]`` section) is written by ``make_validation_set.py`` from split 2 of the
+same study generator; this script keeps that section when it rewrites the manifest.
+
 Usage: ``python3 models/reference/train_head_ct.py`` (about 3 minutes on 2 CPU
 cores). Seeds are fixed; a re-run on the same machine rewrites every output
 byte for byte (float summation order in BLAS or onnxruntime may differ on
@@ -45,6 +49,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import struct
 import sys
 import time
@@ -732,6 +737,20 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def validation_section() -> str:
+    """The ``[validation]`` section of the current manifest (with its trailing blank line), or "".
+
+    ``make_validation_set.py`` writes that section and ``validation.safetensors``; the set
+    depends on the anatomy and ``make_study`` only, not on the backbone or head, so retraining
+    keeps it. Re-run ``make_validation_set.py`` after changing the study generator.
+    """
+    path = PACKAGE_DIR / "manifest.toml"
+    if not path.exists():
+        return ""
+    found = re.search(r"\[validation\]\n(?:[^\[\n].*\n)*", path.read_text())
+    return found.group(0) + "\n" if found else ""
+
+
 def manifest_toml(backbone_sha: str, head_sha: str, metrics: dict) -> str:
     channels = ",\n  ".join(f'{{ name = "{n}", center = {c:.1f}, width = {w:.1f} }}' for n, c, w in WINDOWS)
     labels = "".join(f'\n[[labels]]\nvalue = {v}\nname = "{n}"\ncolour = [{c[0]}, {c[1]}, {c[2]}]\n'
@@ -774,7 +793,7 @@ hidden = {HIDDEN}
 [classification]
 name = "lesion present"
 
-[metrics]
+{validation_section()}[metrics]
 dice_intracranial = {metrics["dice_intracranial"]:.4f}
 dice_lesion = {metrics["dice_lesion"]:.4f}
 auroc_lesion_present = {metrics["auroc_lesion_present"]:.4f}
