@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`volume`]: a scalar volume with its patient-space geometry (built by `pacs-bridge`).
-//! - [`package`]: the model package format (manifest, backbone, head, card) and its checks.
+//! - [`package`]: the model package format (manifest, backbone, head, card, reference
+//!   validation set) and its checks.
 //! - [`registry`]: installed packages under `<data_dir>/models`, with an active version each.
 //! - [`preprocess`]: volume to model input tensor, as the manifest says.
 //! - [`backend`]: the `Backend` trait and the tract backend (the embedded default).
@@ -15,6 +16,8 @@
 //! - [`evaluate`]: Dice per label, AUROC, and a head scored on labelled cases as inference
 //!   would run it.
 //! - [`gate`]: the champion/challenger decision on a fine-tuned head.
+//! - [`validation`]: the reference validation set a package ships, read with bounds checks
+//!   and run through the backbone into cases the gate scores.
 
 pub mod backend;
 pub mod evaluate;
@@ -25,6 +28,7 @@ pub mod infer;
 pub mod package;
 pub mod preprocess;
 pub mod registry;
+pub mod validation;
 pub mod volume;
 
 use thiserror::Error;
