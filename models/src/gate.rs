@@ -165,7 +165,11 @@ mod tests {
         );
         assert!(!tie.accepted);
         assert_eq!(tie.reasons.len(), 1, "{:?}", tie.reasons);
-        assert!(tie.reasons[0].contains("does not beat"), "{:?}", tie.reasons);
+        assert!(
+            tie.reasons[0].contains("does not beat"),
+            "{:?}",
+            tie.reasons
+        );
 
         // Better locally, but label 2 and the AUROC fell on the reference set.
         let forgot = decide(
@@ -177,7 +181,11 @@ mod tests {
         );
         assert!(!forgot.accepted);
         assert_eq!(forgot.reasons.len(), 2, "{:?}", forgot.reasons);
-        assert!(forgot.reasons[0].contains("label 2"), "{:?}", forgot.reasons);
+        assert!(
+            forgot.reasons[0].contains("label 2"),
+            "{:?}",
+            forgot.reasons
+        );
         assert!(forgot.reasons[1].contains("AUROC"), "{:?}", forgot.reasons);
 
         // A gain that is not larger than the configured minimum.

@@ -189,7 +189,11 @@ mod tests {
                 let inside = (0.0..8.0).contains(&x) && (0.0..8.0).contains(&y);
                 let expect0 = u8::from(inside && x >= 4.0);
                 let expect1 = if inside && x == 7.0 { 2 } else { 0 };
-                assert_eq!(model[i * 8 + j], expect0, "slice 0 at ({i}, {j}) from ({x}, {y})");
+                assert_eq!(
+                    model[i * 8 + j],
+                    expect0,
+                    "slice 0 at ({i}, {j}) from ({x}, {y})"
+                );
                 assert_eq!(model[64 + i * 8 + j], expect1, "slice 1 at ({i}, {j})");
             }
         }
