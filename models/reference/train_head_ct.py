@@ -801,6 +801,21 @@ heldout_volumes = {metrics["heldout_volumes"]}
 '''
 
 
+def carried_card_sections() -> str:
+    """The card's sections from "## Reference validation set" up to "## Limitations", or "".
+
+    They report ``make_validation_set.py`` and the Rust site experiment
+    (``models/tests/site_experiment.rs``), not this script, so a re-run keeps them as they
+    are; re-run those and update the figures when the head changes.
+    """
+    path = PACKAGE_DIR / "card.md"
+    if not path.exists():
+        return ""
+    found = re.search(r"^## Reference validation set\n.*?(?=^## Limitations\n)", path.read_text(),
+                      re.MULTILINE | re.DOTALL)
+    return found.group(0) if found else ""
+
+
 def card_md(metrics: dict, sizes: dict, fixtures: dict) -> str:
     feature_rows = "\n".join(f"| {i} | {n} |" for i, n in enumerate(FEATURE_NAMES))
     plain, lesion = fixtures["ct-series"], fixtures["ct-series-lesion"]
@@ -945,7 +960,7 @@ Code and weights: Apache-2.0, as the repository. The training image
 carry its terms is not settled here: check before redistributing the package
 outside this repository.
 
-## Limitations
+{carried_card_sections()}## Limitations
 
 - One patient. Nothing here says how the model behaves on any other head,
   scanner, reconstruction kernel or slice thickness; expect it to fail there.
