@@ -68,6 +68,105 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub learning: LearningConfig,
+}
+
+/// When and how the appliance fine-tunes the model's head on labelled cases, and the gate a
+/// fine-tuned head must pass before inference uses it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearningConfig {
+    /// Fine-tune on site at all (labelled cases are taken in either way).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Start a fine-tune once this many new training cases arrived since the last one...
+    #[serde(default = "default_min_new_cases")]
+    pub min_new_cases: usize,
+    /// ...or this many hours after the last one when there is at least one new case (0: no
+    /// schedule).
+    #[serde(default = "default_interval_hours")]
+    pub interval_hours: u64,
+    /// Every n-th accepted case, from the first, is held out for validation and never trained
+    /// on.
+    #[serde(default = "default_holdout_every")]
+    pub holdout_every: usize,
+    /// Train on at most this many cases (the most recent ones).
+    #[serde(default = "default_max_training_cases")]
+    pub max_training_cases: usize,
+    /// A candidate must beat the champion's mean Dice on the held-out cases by more than this.
+    #[serde(default)]
+    pub min_local_gain: f64,
+    /// A candidate may lose at most this on the reference validation set (Dice per label,
+    /// AUROC) against the global head.
+    #[serde(default = "default_reference_margin")]
+    pub reference_margin: f64,
+    #[serde(default = "default_learning_seed")]
+    pub seed: u64,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Weight of the proximal term toward the global head (FedProx).
+    #[serde(default = "default_fedprox_mu")]
+    pub fedprox_mu: f64,
+    /// Pixels of each class sampled from each case.
+    #[serde(default = "default_pixels_per_class")]
+    pub pixels_per_class: usize,
+    /// Loss weight per class, background first; empty: all 1.
+    #[serde(default)]
+    pub class_weights: Vec<f32>,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_new_cases: default_min_new_cases(),
+            interval_hours: default_interval_hours(),
+            holdout_every: default_holdout_every(),
+            max_training_cases: default_max_training_cases(),
+            min_local_gain: 0.0,
+            reference_margin: default_reference_margin(),
+            seed: default_learning_seed(),
+            epochs: default_epochs(),
+            learning_rate: default_learning_rate(),
+            fedprox_mu: default_fedprox_mu(),
+            pixels_per_class: default_pixels_per_class(),
+            class_weights: Vec::new(),
+        }
+    }
+}
+
+fn default_min_new_cases() -> usize {
+    8
+}
+fn default_interval_hours() -> u64 {
+    24
+}
+fn default_holdout_every() -> usize {
+    4
+}
+fn default_max_training_cases() -> usize {
+    64
+}
+fn default_reference_margin() -> f64 {
+    0.02
+}
+fn default_learning_seed() -> u64 {
+    1
+}
+fn default_epochs() -> usize {
+    8
+}
+fn default_learning_rate() -> f64 {
+    3e-3
+}
+fn default_fedprox_mu() -> f64 {
+    1.0
+}
+fn default_pixels_per_class() -> usize {
+    512
 }
 
 /// What the appliance writes about a result.
@@ -583,6 +682,51 @@ impl Config {
             if !(1..=3600).contains(&value) {
                 problem(key, "must be between 1 and 3600".into());
             }
+        }
+        let l = &self.learning;
+        for (key, value, range) in [
+            ("learning.min_new_cases", l.min_new_cases, 1..=100_000),
+            ("learning.holdout_every", l.holdout_every, 2..=100),
+            (
+                "learning.max_training_cases",
+                l.max_training_cases,
+                1..=10_000,
+            ),
+            ("learning.epochs", l.epochs, 1..=1000),
+            (
+                "learning.pixels_per_class",
+                l.pixels_per_class,
+                1..=1_000_000,
+            ),
+        ] {
+            if !range.contains(&value) {
+                problem(
+                    key,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                );
+            }
+        }
+        if l.interval_hours > 24 * 365 {
+            problem("learning.interval_hours", "must be at most 8760".into());
+        }
+        for (key, value, max) in [
+            ("learning.min_local_gain", l.min_local_gain, 1.0),
+            ("learning.reference_margin", l.reference_margin, 1.0),
+            ("learning.learning_rate", l.learning_rate, 10.0),
+            ("learning.fedprox_mu", l.fedprox_mu, 1e6),
+        ] {
+            if !(value.is_finite() && (0.0..=max).contains(&value)) {
+                problem(key, format!("must be a number between 0 and {max}"));
+            }
+        }
+        if l.learning_rate == 0.0 {
+            problem("learning.learning_rate", "must be above 0".into());
+        }
+        if l.class_weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            problem(
+                "learning.class_weights",
+                "must be finite and not negative".into(),
+            );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problem(

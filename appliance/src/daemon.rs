@@ -1,5 +1,5 @@
 //! `appliance serve`: bring the parts up in dependency order (spool, SCP, study assembly, HTTP,
-//! inference worker, outbox sender)
+//! inference worker, learner, outbox sender)
 //! and take them down in reverse on SIGTERM/SIGINT, so that every association in progress ends,
 //! every queued commit is written and the index is closed cleanly.
 
@@ -93,7 +93,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 std::thread::sleep(ASSEMBLY_TICK);
             }
         })?;
-    let pipeline = crate::jobs::Pipeline::new(&config)?;
+    let pipeline = crate::jobs::Pipeline::new(&config)?.map(|p| p.with_metrics(metrics.clone()));
     let stop_worker = Arc::new(AtomicBool::new(false));
     let worker =
         match &pipeline {
@@ -109,6 +109,25 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+    // The learner fine-tunes the head while inference is idle (it needs the model inference
+    // runs; without it there is nothing to fine-tune).
+    let stop_learner = Arc::new(AtomicBool::new(false));
+    let learner = if pipeline.is_some() && config.learning.enabled {
+        let learner = crate::learn::Learner::new(&config)?;
+        let stop = stop_learner.clone();
+        let learner_metrics = metrics.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("learner".into())
+                .spawn(move || {
+                    if let Err(e) = learner.serve(stop, learner_metrics) {
+                        tracing::error!(error = %format!("{e:#}"), "learner stopped");
+                    }
+                })?,
+        )
+    } else {
+        None
+    };
     // Result objects go out through the outbox, whatever made them (a job of this run or an
     // entry left pending by an earlier one).
     let stop_outbox = Arc::new(AtomicBool::new(false));
@@ -158,6 +177,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     stop_assembly.store(true, Ordering::SeqCst);
     let _ = assembly.join();
     let _ = consumer.join();
+    stop_learner.store(true, Ordering::SeqCst);
+    if let Some(l) = learner {
+        let _ = l.join();
+    }
     stop_worker.store(true, Ordering::SeqCst);
     if let Some(w) = worker {
         let _ = w.join();

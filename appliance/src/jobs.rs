@@ -59,6 +59,8 @@ pub fn open(data_dir: &Path) -> anyhow::Result<Connection> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::outbox::SCHEMA)?;
     conn.execute_batch(crate::cases::SCHEMA)?;
+    conn.execute_batch(crate::heads::SCHEMA)?;
+    conn.execute_batch(crate::learn::SCHEMA)?;
     Ok(conn)
 }
 
@@ -115,12 +117,36 @@ pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The backbone backend the configuration asks for, on `package`'s backbone.
+pub fn load_backend(config: &Config, package: &Package) -> anyhow::Result<Box<dyn Backend>> {
+    let b = &package.manifest.backbone;
+    let device = match config.inference.backend {
+        BackendKind::Tract => return Ok(Box::new(TractBackend::load(&package.backbone_path())?)),
+        BackendKind::Ort => OrtDevice::CudaOrCpu,
+        BackendKind::OrtCpu => OrtDevice::Cpu,
+    };
+    let library = config
+        .inference
+        .onnxruntime_library
+        .clone()
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+        .context("inference.backend is ort but no onnxruntime_library or ORT_DYLIB_PATH")?;
+    Ok(Box::new(OrtBackend::load(
+        &package.backbone_path(),
+        &library,
+        &b.input,
+        &b.output,
+        device,
+    )?))
+}
+
 /// Creates jobs for completed studies and runs them.
 #[derive(Clone)]
 pub struct Pipeline {
     data_dir: PathBuf,
     config: Config,
     package: Package,
+    metrics: Option<Arc<pacs_bridge::metrics::Metrics>>,
 }
 
 /// Whether one more job may wait: `queued` while fewer than `max_queued` jobs are queued or
@@ -161,7 +187,14 @@ impl Pipeline {
             data_dir: data_dir.to_path_buf(),
             config: config.clone(),
             package,
+            metrics: None,
         }))
+    }
+
+    /// Report the head in use to these metrics.
+    pub fn with_metrics(mut self, metrics: Arc<pacs_bridge::metrics::Metrics>) -> Pipeline {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Queue one job per series of a completed study that the model takes.
@@ -251,36 +284,18 @@ impl Pipeline {
         Ok(())
     }
 
-    fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
-        let b = &self.package.manifest.backbone;
-        let device = match self.config.inference.backend {
-            BackendKind::Tract => {
-                return Ok(Box::new(TractBackend::load(&self.package.backbone_path())?))
-            }
-            BackendKind::Ort => OrtDevice::CudaOrCpu,
-            BackendKind::OrtCpu => OrtDevice::Cpu,
-        };
-        let library = self
-            .config
-            .inference
-            .onnxruntime_library
-            .clone()
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-            .context("inference.backend is ort but no onnxruntime_library or ORT_DYLIB_PATH")?;
-        Ok(Box::new(OrtBackend::load(
-            &self.package.backbone_path(),
-            &library,
-            &b.input,
-            &b.output,
-            device,
-        )?))
-    }
-
     /// Run queued jobs one at a time until `stop` is set. The model is loaded once.
     pub fn work(self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let mut model = Model::new(self.package.clone(), self.backend()?)?;
+        let mut model = Model::new(
+            self.package.clone(),
+            load_backend(&self.config, &self.package)?,
+        )?;
+        let global = model.head.clone();
         tracing::info!(model = %self.package.manifest.id, version = %self.package.manifest.version, backend = model.backend.name(), "inference worker ready");
         let mut conn = open(&self.data_dir)?;
+        // The head in use: `None` is the global head. Checked before every job, so a promotion
+        // or a rollback (by the learner or the CLI) takes effect with the next study.
+        let mut in_use: Option<i64> = None;
         while !stop.load(Ordering::SeqCst) {
             let next: Option<(i64, String, String, String)> = conn
                 .query_row(
@@ -298,8 +313,28 @@ impl Pipeline {
                 "UPDATE jobs SET state = 'running', updated_at_ms = ?2 WHERE id = ?1",
                 params![id, now_ms()],
             )?;
+            let m = &self.package.manifest;
+            let champion = crate::heads::champion(&conn, &m.id, &m.version)?;
+            if champion != in_use {
+                let head = match champion {
+                    None => Ok(global.clone()),
+                    Some(h) => crate::heads::load(&conn, &self.data_dir, m, h),
+                };
+                match head {
+                    Ok(head) => {
+                        model.head = head;
+                        in_use = champion;
+                        self.metrics_champion(in_use);
+                        tracing::info!(head = %crate::heads::describe(in_use), "inference uses a new head");
+                    }
+                    // A champion that cannot be read is not used; the head in use stays.
+                    Err(e) => {
+                        tracing::error!(head = %crate::heads::describe(champion), error = %format!("{e:#}"), "cannot load the champion head; keeping the head in use")
+                    }
+                }
+            }
             let started = Instant::now();
-            match self.run_one(&mut model, id, &study, &ae, &series) {
+            match self.run_one(&mut model, in_use, id, &study, &ae, &series) {
                 Ok((json, objects)) => {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     tx.execute(
@@ -334,9 +369,17 @@ impl Pipeline {
         Ok(())
     }
 
+    fn metrics_champion(&self, head: Option<i64>) {
+        if let Some(m) = &self.metrics {
+            m.learning_champion_head
+                .store(head.unwrap_or(0) as u64, Ordering::Relaxed);
+        }
+    }
+
     fn run_one(
         &self,
         model: &mut Model,
+        head: Option<i64>,
         job_id: i64,
         study: &str,
         ae: &str,
@@ -351,8 +394,13 @@ impl Pipeline {
         let t = Instant::now();
         let volume = volume::build(&files, &Limits::default())?;
         let decode_ms = t.elapsed().as_secs_f64() * 1e3;
-        let result = models::infer::run(model, &volume.volume)?;
+        let mut result = models::infer::run(model, &volume.volume)?;
+        // A head fine-tuned here is part of what made the result: "0.1.0+head.3".
+        if let Some(h) = head {
+            result.model_version = format!("{}+head.{h}", result.model_version);
+        }
         let mut json = serde_json::to_value(&result)?;
+        json["head"] = crate::heads::describe(head).into();
         json["timings"]["decode_ms"] = decode_ms.into();
         json["slices"] = volume.volume.slices.into();
         let mut objects = Vec::new();

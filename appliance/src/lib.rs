@@ -8,6 +8,9 @@
 //! - [`http`]: `/health/live`, `/health/ready`, `/metrics`.
 //! - [`jobs`]: durable inference jobs for completed studies, and their results.
 //! - [`export`]: a result as SEG and SR files, geometry-checked and fsync'd.
+//! - [`heads`]: head versions with their lineage, and the champion inference uses.
+//! - [`learn`]: on-site fine-tuning of the head: features of labelled cases, when a run is
+//!   due, yielding to inference, and the validation gate.
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
@@ -15,7 +18,9 @@ pub mod cases;
 pub mod config;
 pub mod daemon;
 pub mod export;
+pub mod heads;
 pub mod http;
 pub mod jobs;
+pub mod learn;
 pub mod outbox;
 pub mod studies;

@@ -66,6 +66,16 @@ enum Command {
         #[command(subcommand)]
         command: CasesCommand,
     },
+    /// Fine-tuning of the model's head on the labelled cases.
+    Learn {
+        #[command(subcommand)]
+        command: LearnCommand,
+    },
+    /// Head versions of a model (fine-tuned here) and the champion inference uses.
+    Heads {
+        #[command(subcommand)]
+        command: HeadsCommand,
+    },
     /// Installed model packages.
     Models {
         #[command(subcommand)]
@@ -124,6 +134,43 @@ enum CasesCommand {
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum LearnCommand {
+    /// Fine-tune now (features of new cases, fine-tune, validation gate), with a progress bar;
+    /// waits while inference is busy. Prints the gate's decision (as JSON with --json).
+    Now {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum HeadsCommand {
+    /// Every head version of the configured model (or --model), the global head first, with
+    /// lineage, cases, metrics and which one is the champion (one JSON object per line with
+    /// --json).
+    List {
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Make the champion's parent the champion again (or --to HEAD, "global" for the head the
+    /// package shipped). Takes effect with the next study; survives restarts.
+    Rollback {
+        /// Installed model id.
+        model: String,
+        #[arg(long)]
+        to: Option<appliance::heads::Target>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -230,6 +277,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models { command } => models_command(command),
         Command::Outbox { command } => outbox_command(command),
         Command::Cases { command } => cases_command(command),
+        Command::Learn {
+            command: LearnCommand::Now { json, config },
+        } => learn_now(config.load()?, json),
+        Command::Heads { command } => heads_command(command),
         Command::Results {
             command:
                 ResultsCommand::Show {
@@ -363,6 +414,177 @@ fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+    }
+}
+
+fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
+    use appliance::learn::{inference_busy, Learner, NotRun, Progress};
+    use std::io::{IsTerminal, Write};
+    anyhow::ensure!(
+        config.learning.enabled,
+        "learning is disabled in the configuration (learning.enabled = false)"
+    );
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut learner = Learner::new(&config)?;
+    let metrics = pacs_bridge::metrics::Metrics::default();
+    let conn = appliance::jobs::open(&config.data_dir)?;
+    let terminal = std::io::stderr().is_terminal();
+    // A bar redrawn in place on a terminal; one line per step otherwise (logs, CI).
+    let mut draw = |p: Progress| {
+        let line = match &p {
+            Progress::Features { done, total } => {
+                format!("features {} {done}/{total} cases", bar(*done, *total))
+            }
+            Progress::Started {
+                train,
+                holdout,
+                epochs,
+            } => format!(
+                "fine-tune {} 0/{epochs} epochs ({train} training, {holdout} held-out cases)",
+                bar(0, *epochs)
+            ),
+            Progress::Epoch {
+                epoch,
+                epochs,
+                loss,
+            } => format!(
+                "fine-tune {} {epoch}/{epochs} epochs, loss {loss:.4}",
+                bar(*epoch, *epochs)
+            ),
+            Progress::Validating => "validating on held-out cases and the reference set".into(),
+            Progress::Yielded => {
+                "yielded to inference; starting over when its queue is idle".into()
+            }
+        };
+        let mut err = std::io::stderr();
+        if terminal {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            if !matches!(p, Progress::Epoch { .. } | Progress::Features { .. }) {
+                let _ = writeln!(err);
+            }
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+    };
+    let report = loop {
+        while inference_busy(&conn)? {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        match learner.run("learn now", &metrics, &mut draw)? {
+            Ok(report) => break report,
+            Err(NotRun::Yielded) => continue,
+            Err(other) => anyhow::bail!("{other}"),
+        }
+    };
+    if terminal {
+        eprintln!();
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} head {} (from {}): {} training, {} held-out, {} reference cases; fine-tune {:.1} s",
+            report.outcome,
+            report
+                .head_id
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "-".into()),
+            appliance::heads::describe(report.parent),
+            report.train_cases,
+            report.holdout_cases,
+            report.reference_cases,
+            report.fine_tune_seconds
+        );
+        if let Some(d) = &report.decision {
+            println!(
+                "  held-out mean Dice: champion {:.4}, candidate {:.4}",
+                d.local_champion, d.local_candidate
+            );
+            println!(
+                "  reference Dice per label: global {:?}, candidate {:?}",
+                d.reference_baseline, d.reference_candidate
+            );
+        }
+        for reason in &report.reasons {
+            println!("  refused: {reason}");
+        }
+    }
+    Ok(())
+}
+
+/// `[#####.....]` for `done` of `total`.
+fn bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 20;
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(WIDTH - filled))
+}
+
+fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
+    match command {
+        HeadsCommand::List {
+            model,
+            json,
+            config,
+        } => {
+            let config = config.load()?;
+            let model = model.unwrap_or_else(|| config.inference.model.clone());
+            let package = models::registry::Registry::new(&config.data_dir).open_active(&model)?;
+            let conn = appliance::jobs::open(&config.data_dir)?;
+            for h in appliance::heads::list(&conn, &package.manifest)? {
+                if json {
+                    println!("{}", serde_json::to_string(&h)?);
+                } else {
+                    let gate = &h.metrics["gate"];
+                    println!(
+                        "{:<7} {:<8} parent {:<7} {:<9} {:<3} cases {:<3} held-out Dice {} {}",
+                        appliance::heads::describe(h.id),
+                        h.state,
+                        if h.id.is_some() {
+                            appliance::heads::describe(h.parent)
+                        } else {
+                            "-".into()
+                        },
+                        if h.champion { "champion" } else { "" },
+                        h.trained_on.len(),
+                        h.held_out.len(),
+                        match (
+                            gate["local_champion"].as_f64(),
+                            gate["local_candidate"].as_f64()
+                        ) {
+                            (Some(a), Some(b)) => format!("{a:.4} -> {b:.4}"),
+                            _ => "-".into(),
+                        },
+                        h.reasons.join("; ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        HeadsCommand::Rollback { model, to, config } => {
+            let config = config.load()?;
+            let package = models::registry::Registry::new(&config.data_dir).open_active(&model)?;
+            let conn = appliance::jobs::open(&config.data_dir)?;
+            let before =
+                appliance::heads::champion(&conn, &package.manifest.id, &package.manifest.version)?;
+            let after = appliance::heads::rollback(&conn, &package.manifest, to)?;
+            println!(
+                "{} {}: champion head {} (was {}); the next study uses it",
+                package.manifest.id,
+                package.manifest.version,
+                appliance::heads::describe(after),
+                appliance::heads::describe(before)
+            );
             Ok(())
         }
     }

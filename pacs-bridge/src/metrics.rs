@@ -62,6 +62,14 @@ pub struct Metrics {
     pub outbox_sent_total: AtomicU64,
     pub outbox_retries_total: AtomicU64,
     pub outbox_failed_total: AtomicU64,
+    /// On-site learning (set by the appliance's learner).
+    pub learning_progress_percent: AtomicU64,
+    pub learning_runs_total: AtomicU64,
+    pub learning_yields_total: AtomicU64,
+    pub learning_heads_accepted_total: AtomicU64,
+    pub learning_heads_refused_total: AtomicU64,
+    /// Head version inference uses; 0 is the model's global head.
+    pub learning_champion_head: AtomicU64,
     rejects: Mutex<BTreeMap<RejectReason, u64>>,
 }
 
@@ -82,7 +90,7 @@ impl Metrics {
     /// Render every counter in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-        let series: [(&str, &str, &str, String); 13] = [
+        let series: [(&str, &str, &str, String); 19] = [
             (
                 "radiant_associations_total",
                 "DICOM associations accepted.",
@@ -160,6 +168,42 @@ impl Metrics {
                 "Deliveries refused permanently or given up (not retried).",
                 "counter",
                 get(&self.outbox_failed_total),
+            ),
+            (
+                "radiant_learning_progress_percent",
+                "Epochs done of the fine-tune in progress (or of the last one), in percent.",
+                "gauge",
+                get(&self.learning_progress_percent),
+            ),
+            (
+                "radiant_learning_runs_total",
+                "Fine-tunes finished (accepted, refused by the gate, or failed).",
+                "counter",
+                get(&self.learning_runs_total),
+            ),
+            (
+                "radiant_learning_yields_total",
+                "Fine-tunes stopped because a study needed inference (started over later).",
+                "counter",
+                get(&self.learning_yields_total),
+            ),
+            (
+                "radiant_learning_heads_accepted_total",
+                "Fine-tuned heads the validation gate accepted.",
+                "counter",
+                get(&self.learning_heads_accepted_total),
+            ),
+            (
+                "radiant_learning_heads_refused_total",
+                "Fine-tuned heads the validation gate refused.",
+                "counter",
+                get(&self.learning_heads_refused_total),
+            ),
+            (
+                "radiant_learning_champion_head",
+                "Head version inference uses (0: the model's global head).",
+                "gauge",
+                get(&self.learning_champion_head),
             ),
         ];
         let mut out = String::new();

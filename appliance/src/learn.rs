@@ -1,0 +1,799 @@
+//! On-site learning: accepted labelled cases become training or validation data, a fine-tune
+//! of the head runs when it is due, and the gate decides whether its result replaces the
+//! champion that inference uses.
+//!
+//! - Split: every case gets a split the first time the learner sees it, and keeps it: a case
+//!   whose id is 1 modulo `holdout_every` is held out (never trained on), the others train.
+//! - Features: for each accepted case, the backbone runs once on its series (from the spool)
+//!   and its features `[slices, features, plane]` (f32, little endian) and its labels on the
+//!   model grid are written to `<data_dir>/cases/<id>/`, fsync'd before their row commits.
+//!   They are recomputed when the model's backbone changes.
+//! - Due: `min_new_cases` new training cases since the last finished fine-tune, or
+//!   `interval_hours` since it with at least one; `appliance learn now` runs one at once.
+//! - Yielding: a fine-tune (and feature extraction) runs only while no inference job waits;
+//!   a watcher raises the cancel flag as soon as one does, the run stops at its next step and
+//!   starts over once the queue is idle. A cancelled run leaves no head and no record.
+//! - Gate: the candidate and the champion are scored on the held-out cases; the candidate and
+//!   the global head on the package's reference validation set ([`models::gate`]). Every
+//!   candidate is recorded with its lineage ([`crate::heads`]); an accepted one becomes the
+//!   champion in the same transaction.
+//!
+//! One fine-tune at a time per data folder: the daemon and `appliance learn now` share the
+//! lock file `<data_dir>/learn.lock`.
+
+use crate::config::Config;
+use crate::export::{fsync_dir, write_durably};
+use crate::heads::{self, CaseRef};
+use anyhow::Context;
+use models::backend::Backend;
+use models::evaluate;
+use models::finetune::{self, Case, FineTuneConfig, FineTuneError, TrainingSet};
+use models::gate::{self, GateConfig};
+use models::head::Head;
+use models::package::Package;
+use models::preprocess;
+use pacs_bridge::metrics::Metrics;
+use pacs_bridge::store::index;
+use pacs_bridge::volume::{self, Limits};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS case_splits (
+    case_id        INTEGER PRIMARY KEY REFERENCES cases(id),
+    split          TEXT NOT NULL CHECK (split IN ('train', 'holdout'))
+);
+CREATE TABLE IF NOT EXISTS case_features (
+    case_id         INTEGER PRIMARY KEY REFERENCES cases(id),
+    backbone_sha256 TEXT NOT NULL,
+    slices          INTEGER NOT NULL,
+    plane           INTEGER NOT NULL,
+    pixel_ml        REAL NOT NULL,
+    finding         INTEGER,
+    features_path   TEXT NOT NULL,
+    labels_path     TEXT NOT NULL,
+    labels_sha256   TEXT NOT NULL,
+    created_at_ms   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS learn_runs (
+    id              INTEGER PRIMARY KEY,
+    model_id        TEXT NOT NULL,
+    global_version  TEXT NOT NULL,
+    trigger         TEXT NOT NULL,
+    last_case_id    INTEGER NOT NULL,
+    outcome         TEXT NOT NULL CHECK (outcome IN ('accepted', 'refused', 'failed')),
+    head_id         INTEGER REFERENCES heads(id),
+    detail          TEXT,
+    started_at_ms   INTEGER NOT NULL,
+    finished_at_ms  INTEGER NOT NULL
+);
+";
+
+/// How often a running fine-tune looks at the inference queue.
+const YIELD_POLL: Duration = Duration::from_millis(50);
+
+/// What a learning run is doing, for logs, metrics and the CLI's progress bar.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Backbone features of new cases: `done` of `total` cases.
+    Features {
+        done: usize,
+        total: usize,
+    },
+    /// A fine-tune started on `train` cases, `holdout` held out.
+    Started {
+        train: usize,
+        holdout: usize,
+        epochs: usize,
+    },
+    Epoch {
+        epoch: usize,
+        epochs: usize,
+        loss: f32,
+    },
+    Validating,
+    /// Inference wanted the machine; the run stopped and will start over.
+    Yielded,
+}
+
+/// How a learning run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub outcome: String,
+    pub head_id: Option<i64>,
+    pub parent: Option<i64>,
+    pub trigger: String,
+    pub reasons: Vec<String>,
+    pub train_cases: usize,
+    pub holdout_cases: usize,
+    pub reference_cases: usize,
+    pub decision: Option<gate::Decision>,
+    pub fine_tune_seconds: f64,
+    pub seconds: f64,
+}
+
+/// Why a run did not produce a recorded outcome.
+#[derive(Debug)]
+pub enum NotRun {
+    /// Another process holds the learning lock.
+    Busy,
+    /// Inference wanted the machine.
+    Yielded,
+    /// Nothing to learn from yet, and why.
+    NotEnough(String),
+}
+
+impl std::fmt::Display for NotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRun::Busy => write!(f, "another fine-tune holds the learning lock"),
+            NotRun::Yielded => write!(f, "yielded to inference"),
+            NotRun::NotEnough(why) => write!(f, "not enough cases: {why}"),
+        }
+    }
+}
+
+/// The learner of the configured model.
+pub struct Learner {
+    data_dir: PathBuf,
+    config: Config,
+    package: Package,
+    global: Head,
+    backend: Box<dyn Backend>,
+    /// The reference validation set's cases (features computed once).
+    reference: Option<Vec<Case>>,
+}
+
+/// Whether an inference job waits or runs.
+pub fn inference_busy(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running'))",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// The learning lock, held while it lives (the flock goes with the descriptor).
+pub struct LearnLock {
+    _file: std::fs::File,
+}
+
+impl LearnLock {
+    /// Take the lock, or `None` when another process holds it.
+    pub fn try_take(data_dir: &Path) -> anyhow::Result<Option<LearnLock>> {
+        let path = data_dir.join("learn.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            Ok(Some(LearnLock { _file: file }))
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(None)
+            } else {
+                Err(e).with_context(|| format!("lock {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Raise `cancel` while inference is busy, until `done`; polls the job table.
+fn watch_inference(data_dir: &Path, cancel: &AtomicBool, done: &AtomicBool) -> anyhow::Result<()> {
+    let conn = crate::jobs::open(data_dir)?;
+    while !done.load(Ordering::SeqCst) {
+        if inference_busy(&conn)? {
+            cancel.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        std::thread::sleep(YIELD_POLL);
+    }
+    Ok(())
+}
+
+impl Learner {
+    /// The learner for the configured model's active version, with its own backend.
+    pub fn new(config: &Config) -> anyhow::Result<Learner> {
+        let registry = models::registry::Registry::new(&config.data_dir);
+        let package = registry
+            .open_active(&config.inference.model)
+            .with_context(|| format!("model {}", config.inference.model))?;
+        let backend = crate::jobs::load_backend(config, &package)?;
+        let bytes = std::fs::read(package.head_path())
+            .with_context(|| format!("read {}", package.head_path().display()))?;
+        let global = Head::load(&bytes, &package.manifest)?;
+        crate::jobs::open(&config.data_dir)?;
+        Ok(Learner {
+            data_dir: config.data_dir.clone(),
+            config: config.clone(),
+            package,
+            global,
+            backend,
+            reference: None,
+        })
+    }
+
+    fn manifest(&self) -> &models::package::Manifest {
+        &self.package.manifest
+    }
+
+    /// Give every accepted case of the model without a split its split.
+    fn assign_splits(&self, conn: &Connection) -> rusqlite::Result<()> {
+        conn.execute(
+            "INSERT INTO case_splits (case_id, split)
+             SELECT id, CASE WHEN id % ?2 = 1 % ?2 THEN 'holdout' ELSE 'train' END
+             FROM cases WHERE state = 'accepted' AND model_id = ?1
+               AND id NOT IN (SELECT case_id FROM case_splits)",
+            params![
+                self.manifest().id,
+                self.config.learning.holdout_every as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Accepted cases of the model whose features are missing or from another backbone.
+    fn cases_without_features(&self, conn: &Connection) -> rusqlite::Result<Vec<i64>> {
+        let mut stmt = conn.prepare(
+            "SELECT c.id FROM cases c LEFT JOIN case_features f ON f.case_id = c.id
+             WHERE c.state = 'accepted' AND c.model_id = ?1
+               AND (f.case_id IS NULL OR f.backbone_sha256 != ?2)
+             ORDER BY c.id",
+        )?;
+        let rows = stmt.query_map(
+            params![self.manifest().id, self.manifest().backbone.sha256],
+            |r| r.get(0),
+        )?;
+        rows.collect()
+    }
+
+    /// Compute and store the features of every case that lacks them; stops early (returning
+    /// `Err(NotRun::Yielded)`) when `cancel` rises.
+    pub fn prepare_features(
+        &mut self,
+        conn: &Connection,
+        cancel: &AtomicBool,
+        progress: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<Result<usize, NotRun>> {
+        self.assign_splits(conn)?;
+        let pending = self.cases_without_features(conn)?;
+        for (done, id) in pending.iter().enumerate() {
+            progress(Progress::Features {
+                done,
+                total: pending.len(),
+            });
+            match self.case_features(conn, *id, cancel) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Err(NotRun::Yielded)),
+                // One unreadable case must not stop learning from the others: it is refused
+                // with the reason, as at intake.
+                Err(e) => {
+                    let reason = format!("cannot compute its features: {e:#}");
+                    tracing::warn!(case = id, reason = %reason, "labelled case refused");
+                    conn.execute(
+                        "UPDATE cases SET state = 'refused', reason = ?2 WHERE id = ?1",
+                        params![id, reason],
+                    )?;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            progress(Progress::Features {
+                done: pending.len(),
+                total: pending.len(),
+            });
+        }
+        Ok(Ok(pending.len()))
+    }
+
+    /// Features and model-grid labels of case `id`; `false` when cancelled.
+    fn case_features(
+        &mut self,
+        conn: &Connection,
+        id: i64,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<bool> {
+        let (series_uid, labels_path): (String, String) = conn.query_row(
+            "SELECT series_uid, labels_path FROM cases WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
+        let files = index::series_files(&spool, &self.data_dir, &series_uid)?
+            .context("its series is no longer in the spool")?
+            .files;
+        let series = volume::build(&files, &Limits::default())?;
+        let volume = &series.volume;
+        let manifest = self.package.manifest.clone();
+        let spec = &manifest.input;
+        preprocess::check(volume, spec)?;
+        let source_labels = std::fs::read(self.data_dir.join(&labels_path))
+            .with_context(|| format!("read {labels_path}"))?;
+        anyhow::ensure!(
+            source_labels.len() == volume.voxels.len(),
+            "its label map has {} voxels, the series {}",
+            source_labels.len(),
+            volume.voxels.len()
+        );
+        // Label values of the manifest -> head classes (1-based, in manifest order).
+        let mut class_of = [0u8; 256];
+        for (index, label) in manifest.labels.iter().enumerate() {
+            class_of[usize::from(label.value)] = (index + 1) as u8;
+        }
+        let labels: Vec<u8> = preprocess::labels_to_model_grid(volume, spec, &source_labels)
+            .into_iter()
+            .map(|v| class_of[usize::from(v)])
+            .collect();
+        let [rows, columns] = spec.size;
+        let plane = rows * columns;
+        let mut features =
+            Vec::with_capacity(volume.slices * manifest.backbone.features * plane * 4);
+        let mut start = 0;
+        while start < volume.slices {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            let end = (start + models::infer::BATCH).min(volume.slices);
+            let input = preprocess::tensor(volume, spec, start..end);
+            let out = self
+                .backend
+                .run(&input, [end - start, spec.channels.len(), rows, columns])?;
+            anyhow::ensure!(
+                out.len() == (end - start) * manifest.backbone.features * plane,
+                "the backbone gave {} values",
+                out.len()
+            );
+            for v in out {
+                features.extend_from_slice(&v.to_le_bytes());
+            }
+            start = end;
+        }
+        let last_class = manifest.labels.len() as u8;
+        let finding = labels.contains(&last_class);
+        let pixel_ml = spec.spacing_mm * spec.spacing_mm * volume.spacing[2] / 1000.0;
+        let dir = PathBuf::from("cases").join(id.to_string());
+        let absolute = self.data_dir.join(&dir);
+        std::fs::create_dir_all(&absolute)?;
+        write_durably(&absolute.join("features.f32"), &features)?;
+        write_durably(&absolute.join("model_labels.u8"), &labels)?;
+        fsync_dir(&absolute)?;
+        let mut hasher = Sha256::new();
+        hasher.update(series_uid.as_bytes());
+        hasher.update(&labels);
+        let labels_sha: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        conn.execute(
+            "INSERT OR REPLACE INTO case_features (case_id, backbone_sha256, slices, plane,
+                 pixel_ml, finding, features_path, labels_path, labels_sha256, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                id,
+                manifest.backbone.sha256,
+                volume.slices as i64,
+                plane as i64,
+                pixel_ml,
+                finding,
+                dir.join("features.f32").to_string_lossy(),
+                dir.join("model_labels.u8").to_string_lossy(),
+                labels_sha,
+                crate::jobs::now_ms()
+            ],
+        )?;
+        tracing::info!(
+            case = id,
+            slices = volume.slices,
+            "labelled case features stored"
+        );
+        Ok(true)
+    }
+
+    /// The highest accepted case id the last finished run saw, and when it finished.
+    fn last_run(&self, conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
+        conn.query_row(
+            "SELECT last_case_id, finished_at_ms FROM learn_runs
+             WHERE model_id = ?1 AND global_version = ?2 ORDER BY id DESC LIMIT 1",
+            params![self.manifest().id, self.manifest().version],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+    }
+
+    /// Whether a fine-tune is due, and by which trigger.
+    pub fn due(&self, conn: &Connection) -> anyhow::Result<Option<String>> {
+        self.assign_splits(conn)?;
+        let last = self.last_run(conn)?;
+        let since = last.map(|(id, _)| id).unwrap_or(0);
+        let (new, oldest): (i64, Option<i64>) = conn.query_row(
+            "SELECT COUNT(*), MIN(c.created_at_ms) FROM cases c
+             JOIN case_splits s ON s.case_id = c.id
+             WHERE c.state = 'accepted' AND c.model_id = ?1 AND s.split = 'train' AND c.id > ?2",
+            params![self.manifest().id, since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let l = &self.config.learning;
+        if new as usize >= l.min_new_cases {
+            return Ok(Some(format!("{new} new cases")));
+        }
+        if new > 0 && l.interval_hours > 0 {
+            let from = last.map(|(_, at)| at).or(oldest).unwrap_or(0);
+            if crate::jobs::now_ms() - from >= (l.interval_hours * 3_600_000) as i64 {
+                return Ok(Some(format!("schedule ({} h)", l.interval_hours)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Load the stored cases of one split (the most recent `limit`), with their hashes.
+    fn load_cases(
+        &self,
+        conn: &Connection,
+        split: &str,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<Case>, Vec<CaseRef>)> {
+        let mut stmt = conn.prepare(
+            "SELECT f.case_id, f.slices, f.plane, f.pixel_ml, f.finding, f.features_path,
+                    f.labels_path, f.labels_sha256
+             FROM case_features f JOIN case_splits s ON s.case_id = f.case_id
+             JOIN cases c ON c.id = f.case_id
+             WHERE s.split = ?1 AND c.state = 'accepted' AND c.model_id = ?2
+               AND f.backbone_sha256 = ?3
+             ORDER BY f.case_id DESC LIMIT ?4",
+        )?;
+        let rows: Vec<(i64, i64, i64, f64, Option<bool>, String, String, String)> = stmt
+            .query_map(
+                params![
+                    split,
+                    self.manifest().id,
+                    self.manifest().backbone.sha256,
+                    limit as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )?
+            .collect::<Result<_, _>>()?;
+        let features_per_pixel = self.manifest().backbone.features;
+        let mut cases = Vec::new();
+        let mut refs = Vec::new();
+        for (id, slices, plane, pixel_ml, finding, features_path, labels_path, sha) in
+            rows.into_iter().rev()
+        {
+            let (slices, plane) = (slices as usize, plane as usize);
+            let bytes = std::fs::read(self.data_dir.join(&features_path))
+                .with_context(|| format!("case {id}: read {features_path}"))?;
+            anyhow::ensure!(
+                bytes.len() == slices * plane * features_per_pixel * 4,
+                "case {id}: {features_path} has {} bytes, expected {}",
+                bytes.len(),
+                slices * plane * features_per_pixel * 4
+            );
+            let labels = std::fs::read(self.data_dir.join(&labels_path))
+                .with_context(|| format!("case {id}: read {labels_path}"))?;
+            cases.push(Case {
+                id: format!("case-{id}"),
+                slices,
+                plane,
+                features: bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                labels,
+                finding,
+                pixel_ml,
+            });
+            refs.push(CaseRef {
+                case: id,
+                labels_sha256: sha,
+            });
+        }
+        Ok((cases, refs))
+    }
+
+    /// The reference validation set's cases, computed once per learner.
+    fn reference_cases(&mut self) -> anyhow::Result<Vec<Case>> {
+        if let Some(cases) = &self.reference {
+            return Ok(cases.clone());
+        }
+        let set = models::validation::ReferenceSet::load(&self.package)?.with_context(|| {
+            format!(
+                "model {} {} ships no reference validation set; no candidate can pass the gate",
+                self.manifest().id,
+                self.manifest().version
+            )
+        })?;
+        let features = self.manifest().backbone.features;
+        let cases = set.cases(self.backend.as_mut(), features)?;
+        self.reference = Some(cases.clone());
+        Ok(cases)
+    }
+
+    fn fine_tune_config(&self) -> FineTuneConfig {
+        let l = &self.config.learning;
+        FineTuneConfig {
+            seed: l.seed,
+            epochs: l.epochs,
+            learning_rate: l.learning_rate,
+            mu: l.fedprox_mu,
+            pixels_per_class: l.pixels_per_class,
+            class_weights: (!l.class_weights.is_empty()).then(|| l.class_weights.clone()),
+            ..FineTuneConfig::default()
+        }
+    }
+
+    /// One learning run: features, fine-tune, gate, record. Inference preempts it.
+    pub fn run(
+        &mut self,
+        trigger: &str,
+        metrics: &Metrics,
+        progress: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<Result<RunReport, NotRun>> {
+        let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
+            return Ok(Err(NotRun::Busy));
+        };
+        let began = Instant::now();
+        let started_at = crate::jobs::now_ms();
+        let conn = crate::jobs::open(&self.data_dir)?;
+        // Cases accepted from here on are new to the next run.
+        let last_case_id: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM cases WHERE state = 'accepted' AND model_id = ?1",
+            [&self.manifest().id],
+            |r| r.get(0),
+        )?;
+        let cancel = AtomicBool::new(false);
+        let done = AtomicBool::new(false);
+        let data_dir = self.data_dir.clone();
+        let outcome = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
+            let result = self.run_watched(&conn, trigger, &cancel, metrics, progress);
+            done.store(true, Ordering::SeqCst);
+            match watcher.join() {
+                Ok(Ok(())) => result,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(anyhow::anyhow!("the inference watcher panicked")),
+            }
+        });
+        let mut report = match outcome? {
+            Ok(report) => report,
+            Err(NotRun::Yielded) => {
+                metrics
+                    .learning_yields_total
+                    .fetch_add(1, Ordering::Relaxed);
+                progress(Progress::Yielded);
+                return Ok(Err(NotRun::Yielded));
+            }
+            Err(other) => return Ok(Err(other)),
+        };
+        report.seconds = began.elapsed().as_secs_f64();
+        conn.execute(
+            "INSERT INTO learn_runs (model_id, global_version, trigger, last_case_id, outcome,
+                 head_id, detail, started_at_ms, finished_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                self.manifest().id,
+                self.manifest().version,
+                trigger,
+                last_case_id,
+                report.outcome,
+                report.head_id,
+                serde_json::to_string(&report)?,
+                started_at,
+                crate::jobs::now_ms()
+            ],
+        )?;
+        metrics.learning_runs_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Ok(report))
+    }
+
+    fn run_watched(
+        &mut self,
+        conn: &Connection,
+        trigger: &str,
+        cancel: &AtomicBool,
+        metrics: &Metrics,
+        progress: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<Result<RunReport, NotRun>> {
+        if let Err(not_run) = self.prepare_features(conn, cancel, progress)? {
+            return Ok(Err(not_run));
+        }
+        let l = self.config.learning.clone();
+        let (train, trained_on) = self.load_cases(conn, "train", l.max_training_cases)?;
+        let (holdout, held_out) = self.load_cases(conn, "holdout", usize::MAX >> 1)?;
+        if train.is_empty() || holdout.is_empty() {
+            return Ok(Err(NotRun::NotEnough(format!(
+                "{} training and {} held-out cases; a fine-tune needs at least one of each",
+                train.len(),
+                holdout.len()
+            ))));
+        }
+        let reference = self.reference_cases()?;
+        let parent = heads::champion(conn, &self.manifest().id, &self.manifest().version)?;
+        let champion = match parent {
+            Some(id) => heads::load(conn, &self.data_dir, self.manifest(), id)?,
+            None => self.global.clone(),
+        };
+        progress(Progress::Started {
+            train: train.len(),
+            holdout: holdout.len(),
+            epochs: l.epochs,
+        });
+        let epochs = l.epochs;
+        let fine_tune_began = Instant::now();
+        let tuned = finetune::fine_tune_with(
+            &champion,
+            &self.global,
+            &TrainingSet { cases: train },
+            &self.fine_tune_config(),
+            |epoch, loss| {
+                metrics
+                    .learning_progress_percent
+                    .store((epoch * 100 / epochs.max(1)) as u64, Ordering::Relaxed);
+                tracing::info!(epoch, epochs, loss, "fine-tune epoch");
+                progress(Progress::Epoch {
+                    epoch,
+                    epochs,
+                    loss,
+                })
+            },
+            cancel,
+        );
+        let fine_tune_seconds = fine_tune_began.elapsed().as_secs_f64();
+        let mut report = RunReport {
+            outcome: String::new(),
+            head_id: None,
+            parent,
+            trigger: trigger.to_string(),
+            reasons: Vec::new(),
+            train_cases: trained_on.len(),
+            holdout_cases: held_out.len(),
+            reference_cases: reference.len(),
+            decision: None,
+            fine_tune_seconds,
+            seconds: 0.0,
+        };
+        let (candidate, fine_tune_report) = match tuned {
+            Ok(t) => t,
+            Err(FineTuneError::Cancelled { .. }) => return Ok(Err(NotRun::Yielded)),
+            Err(e) => {
+                // Bad training data (no lesion pixel anywhere, a diverging loss) is an outcome
+                // to record, not a crash: the champion stays.
+                report.outcome = "failed".into();
+                report.reasons = vec![e.to_string()];
+                tracing::warn!(reason = %e, "fine-tune failed; the champion stays");
+                return Ok(Ok(report));
+            }
+        };
+        progress(Progress::Validating);
+        let decision = gate::decide(
+            &evaluate::score(&champion, &holdout)?,
+            &evaluate::score(&candidate, &holdout)?,
+            &evaluate::score(&self.global, &reference)?,
+            &evaluate::score(&candidate, &reference)?,
+            &GateConfig {
+                min_local_gain: l.min_local_gain,
+                reference_margin: l.reference_margin,
+            },
+        );
+        let metrics_json = serde_json::json!({
+            "gate": decision,
+            "fine_tune": {
+                "epoch_losses": fine_tune_report.epoch_losses,
+                "steps": fine_tune_report.steps,
+                "samples_per_class": fine_tune_report.samples_per_class,
+                "classifier": format!("{:?}", fine_tune_report.classifier),
+                "distance_to_start": fine_tune_report.distance_to_start,
+                "distance_to_global": fine_tune_report.distance_to_global,
+                "seconds": fine_tune_seconds,
+                "device": fine_tune_report.device,
+                "seed": l.seed,
+            },
+        });
+        let id = heads::record(
+            conn,
+            &self.data_dir,
+            &heads::NewHead {
+                manifest: self.manifest(),
+                parent,
+                head: &candidate,
+                accepted: decision.accepted,
+                reasons: &decision.reasons,
+                trigger,
+                trained_on: &trained_on,
+                held_out: &held_out,
+                metrics: metrics_json,
+                seconds: fine_tune_seconds,
+            },
+        )?;
+        if decision.accepted {
+            metrics
+                .learning_heads_accepted_total
+                .fetch_add(1, Ordering::Relaxed);
+            metrics
+                .learning_champion_head
+                .store(id as u64, Ordering::Relaxed);
+            tracing::info!(head = id, parent = %heads::describe(parent), local_before = decision.local_champion, local_after = decision.local_candidate, "fine-tuned head accepted; it is the champion now");
+        } else {
+            metrics
+                .learning_heads_refused_total
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(head = id, reasons = ?decision.reasons, "fine-tuned head refused by the gate; the champion stays");
+        }
+        report.outcome = if decision.accepted {
+            "accepted"
+        } else {
+            "refused"
+        }
+        .into();
+        report.head_id = Some(id);
+        report.reasons = decision.reasons.clone();
+        report.decision = Some(decision);
+        Ok(Ok(report))
+    }
+
+    /// The daemon's learning loop: while inference is idle, store features of new cases and
+    /// run a fine-tune when one is due; until `stop`.
+    pub fn serve(mut self, stop: Arc<AtomicBool>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+        let conn = crate::jobs::open(&self.data_dir)?;
+        let mut quiet_until = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(500));
+            if Instant::now() < quiet_until || inference_busy(&conn)? {
+                continue;
+            }
+            let Some(trigger) = self.due(&conn)? else {
+                // Store the features of new cases ahead of the fine-tune.
+                let cancel = AtomicBool::new(false);
+                let done = AtomicBool::new(false);
+                let data_dir = self.data_dir.clone();
+                std::thread::scope(|scope| {
+                    scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
+                    let r = self.prepare_features(&conn, &cancel, &mut |_| {});
+                    done.store(true, Ordering::SeqCst);
+                    r
+                })?
+                .ok();
+                continue;
+            };
+            tracing::info!(trigger = %trigger, "fine-tune due");
+            match self.run(&trigger, &metrics, &mut |p| {
+                if p == Progress::Yielded {
+                    tracing::info!(
+                        "fine-tune yielded to inference; it starts over when the queue is idle"
+                    );
+                }
+            })? {
+                Ok(report) => {
+                    tracing::info!(outcome = %report.outcome, head = ?report.head_id, seconds = report.seconds, "fine-tune finished")
+                }
+                Err(NotRun::Yielded) => {}
+                Err(why) => {
+                    tracing::info!(reason = %why, "fine-tune not run");
+                    quiet_until = Instant::now() + Duration::from_secs(60);
+                }
+            }
+        }
+        Ok(())
+    }
+}

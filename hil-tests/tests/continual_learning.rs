@@ -1,0 +1,347 @@
+//! Continual learning on the appliance, end to end: studies of a simulated site (lesions
+//! fainter than the training data's) come in over DICOM, the radiologist's SEGs come back by
+//! DCMTK `storescu`, the learner fine-tunes the head once enough cases arrived, the validation
+//! gate accepts it, the next study runs on it, and a rollback returns to the global head and
+//! survives a restart. A poisoned label is refused by the gate, and a fine-tune started with
+//! `appliance learn now` yields to a study that arrives while it runs.
+
+use hil_tests::appliance::{set, Appliance};
+use hil_tests::peers::storescu;
+use hil_tests::{repo_root, wait_until};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MODEL: &str = "head-ct-ich";
+
+/// A site study: `peers/site_case.py study`. Returns its files and Study Instance UID.
+fn site_study(dir: &Path, tag: &str, offset_mm: [f64; 3]) -> (Vec<PathBuf>, String) {
+    let out_dir = dir.join(tag);
+    let out = Command::new("python3")
+        .arg(repo_root().join("hil-tests/peers/site_case.py"))
+        .args(["study", out_dir.to_str().unwrap(), tag])
+        .args(offset_mm.map(|v| v.to_string()))
+        .output()
+        .expect("python3 with pydicom and numpy");
+    assert!(
+        out.status.success(),
+        "site_case.py study: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    files.sort();
+    (
+        files,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// The radiologist's SEG for site study `tag`: `peers/site_case.py label`. Returns the
+/// number of lesion voxels it labels.
+fn radiologist_seg(dir: &Path, tag: &str, ours: &Path, out: &Path, poison: bool) -> u64 {
+    let result = Command::new("python3")
+        .arg(repo_root().join("hil-tests/peers/site_case.py"))
+        .arg("label")
+        .arg(ours)
+        .arg(dir.join(tag))
+        .arg(out)
+        .args(poison.then_some("poison"))
+        .output()
+        .expect("python3 with highdicom");
+    assert!(
+        result.status.success(),
+        "site_case.py label: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    String::from_utf8_lossy(&result.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Send a study with DCMTK and wait for its inference job; returns the job.
+fn infer(app: &Appliance, files: &[PathBuf], study: &str) -> serde_json::Value {
+    let out = storescu("STORESCU", &app.ae_title, app.port, &[], files);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(120), || app
+            .jobs(study)
+            .first()
+            .is_some_and(|j| j["state"] == "done")),
+        "{:?}\n{}",
+        app.jobs(study),
+        app.log()
+    );
+    app.jobs(study)[0].clone()
+}
+
+/// The appliance's SEG file of a done job.
+fn seg_of(app: &Appliance, job: &serde_json::Value) -> PathBuf {
+    app.data_dir
+        .join(job["result"]["objects"][0]["path"].as_str().unwrap())
+}
+
+/// Send a radiologist's SEG with DCMTK and wait until it is an accepted case.
+fn send_label(app: &Appliance, seg: &Path, cases_before: usize) -> serde_json::Value {
+    let out = storescu(
+        "STORESCU",
+        &app.ae_title,
+        app.port,
+        &["-R"],
+        &[seg.to_path_buf()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || app.cases().len() > cases_before),
+        "{}",
+        app.log()
+    );
+    let case = app.cases()[cases_before].clone();
+    assert_eq!(case["state"], "accepted", "{case}");
+    case
+}
+
+fn heads(app: &Appliance) -> Vec<serde_json::Value> {
+    let out = app.cli(&["heads", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn lesion_ml(job: &serde_json::Value) -> f64 {
+    job["result"]["labels"][1]["ml"].as_f64().unwrap()
+}
+
+fn truth_ml(dir: &Path, tag: &str) -> f64 {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(tag).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    manifest["lesion"]["label_ml"].as_f64().unwrap()
+}
+
+#[test]
+fn a_corrected_seg_from_dcmtk_leads_to_a_validated_head_the_next_study_uses_and_rollback_survives_a_restart(
+) {
+    let mut app = Appliance::start_with_model(&|c| {
+        set(c, "learning", "min_new_cases", 1);
+        set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "interval_hours", 0);
+    });
+    let site = tempfile::tempdir().unwrap();
+    let (a_files, a_study) = site_study(site.path(), "A", [0.0, -10.0, 6.0]);
+    let (b_files, b_study) = site_study(site.path(), "B", [6.0, 8.0, -6.0]);
+    let a = infer(&app, &a_files, &a_study);
+    let b = infer(&app, &b_files, &b_study);
+    assert_eq!(a["result"]["head"], "global");
+
+    // The radiologist corrects both; the first case is held out, the second trains.
+    let a_seg = site.path().join("A-radiologist.dcm");
+    let b_seg = site.path().join("B-radiologist.dcm");
+    assert!(radiologist_seg(site.path(), "A", &seg_of(&app, &a), &a_seg, false) > 0);
+    assert!(radiologist_seg(site.path(), "B", &seg_of(&app, &b), &b_seg, false) > 0);
+    send_label(&app, &a_seg, 0);
+    // Nothing to learn from yet: the only case is held out.
+    assert_eq!(heads(&app).len(), 1);
+    send_label(&app, &b_seg, 1);
+
+    // One new training case is due (min_new_cases = 1): features, fine-tune, gate.
+    assert!(
+        wait_until(Duration::from_secs(180), || heads(&app).len() > 1),
+        "{}",
+        app.log()
+    );
+    let all = heads(&app);
+    let (global, tuned) = (&all[0], &all[1]);
+    eprintln!("gate: {}", tuned["metrics"]["gate"]);
+    eprintln!("fine-tune: {}", tuned["metrics"]["fine_tune"]);
+    assert_eq!(global["state"], "global");
+    assert_eq!(tuned["state"], "accepted", "{tuned}");
+    assert_eq!(tuned["champion"], true);
+    assert_eq!(global["champion"], false);
+    assert_eq!(tuned["parent"], serde_json::Value::Null);
+    assert_eq!(tuned["global_version"], "0.1.0");
+    assert_eq!(tuned["trigger"], "1 new cases");
+    assert_eq!(tuned["trained_on"].as_array().unwrap().len(), 1);
+    assert_eq!(tuned["trained_on"][0]["case"], 2);
+    assert_eq!(tuned["held_out"][0]["case"], 1);
+    assert_eq!(
+        tuned["trained_on"][0]["labels_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    let gate = &tuned["metrics"]["gate"];
+    assert!(gate["local_candidate"].as_f64() > gate["local_champion"].as_f64());
+    assert!(app.log().contains("fine-tuned head accepted"));
+    assert_eq!(
+        app.metric("radiant_learning_heads_accepted_total"),
+        Some(1.0)
+    );
+    // The run is counted once its record commits, just after the head's.
+    assert!(wait_until(Duration::from_secs(10), || app
+        .metric("radiant_learning_runs_total")
+        == Some(1.0)));
+    let head_id = tuned["id"].as_i64().unwrap();
+
+    // The next study runs on the new head, and finds more of its faint lesion.
+    let (c_files, c_study) = site_study(site.path(), "C", [-4.0, 0.0, 12.0]);
+    let c = infer(&app, &c_files, &c_study);
+    assert_eq!(c["result"]["head"], head_id.to_string());
+    assert_eq!(
+        c["result"]["model_version"],
+        format!("0.1.0+head.{head_id}")
+    );
+    let out = Command::new(hil_tests::appliance::binary())
+        .args(["infer", site.path().join("C").to_str().unwrap(), "--model"])
+        .arg(repo_root().join("models/reference/head-ct"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let global_c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let global_ml = global_c["labels"][1]["ml"].as_f64().unwrap();
+    let truth = truth_ml(site.path(), "C");
+    eprintln!(
+        "study C lesion: truth {truth:.2} ml, global head {global_ml:.2} ml, head {head_id} {:.2} ml",
+        lesion_ml(&c)
+    );
+    assert!(
+        (lesion_ml(&c) - truth).abs() < (global_ml - truth).abs(),
+        "the fine-tuned head is no closer to the truth"
+    );
+
+    // Rollback: instant (the next study), recorded, and it survives a restart.
+    let out = app.cli(&["heads", "rollback", MODEL]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("champion head global"));
+    app.terminate(Duration::from_secs(30));
+    app.launch();
+    let after = heads(&app);
+    assert_eq!(after[0]["champion"], true);
+    assert_eq!(after[1]["champion"], false);
+    assert!(after[1]["rolled_back_at_ms"].is_i64());
+    let (d_files, d_study) = site_study(site.path(), "D", [2.0, -6.0, -10.0]);
+    let d = infer(&app, &d_files, &d_study);
+    assert_eq!(d["result"]["head"], "global");
+    assert_eq!(d["result"]["model_version"], "0.1.0");
+    // Nothing older than the global head to go back to; and forward again by id.
+    let out = app.cli(&["heads", "rollback", MODEL]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("global head already"));
+    let out = app.cli(&["heads", "rollback", MODEL, "--to", &head_id.to_string()]);
+    assert!(out.status.success());
+    assert_eq!(heads(&app)[1]["champion"], true);
+}
+
+#[test]
+fn learn_now_shows_progress_yields_to_a_new_study_and_the_gate_refuses_a_poisoned_label() {
+    // No automatic trigger; a long fine-tune, so that a study arrives while it runs.
+    let app = Appliance::start_with_model(&|c| {
+        set(c, "learning", "min_new_cases", 100);
+        set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "interval_hours", 0);
+        set(c, "learning", "epochs", 60);
+        set(c, "learning", "pixels_per_class", 100_000);
+    });
+    let site = tempfile::tempdir().unwrap();
+    let (a_files, a_study) = site_study(site.path(), "A", [0.0, -10.0, 6.0]);
+    let (b_files, b_study) = site_study(site.path(), "B", [6.0, 8.0, -6.0]);
+    let a = infer(&app, &a_files, &a_study);
+    let b = infer(&app, &b_files, &b_study);
+    let a_seg = site.path().join("A-radiologist.dcm");
+    let b_seg = site.path().join("B-poisoned.dcm");
+    radiologist_seg(site.path(), "A", &seg_of(&app, &a), &a_seg, false);
+    // A broken tool: the lesion drawn in the healthy hemisphere.
+    radiologist_seg(site.path(), "B", &seg_of(&app, &b), &b_seg, true);
+    send_label(&app, &a_seg, 0);
+    send_label(&app, &b_seg, 1);
+
+    let mut learn = Command::new(hil_tests::appliance::binary())
+        .args(["learn", "now", "--json", "--config"])
+        .arg(&app.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it trains, a study arrives.
+    let stderr_path = site.path().join("learn.stderr");
+    let mut stderr = learn.stderr.take().unwrap();
+    let copier = std::thread::spawn(move || {
+        let mut file = std::fs::File::create(&stderr_path).unwrap();
+        std::io::copy(&mut stderr, &mut file).unwrap();
+        stderr_path
+    });
+    let progress = site.path().join("learn.stderr");
+    assert!(
+        wait_until(Duration::from_secs(120), || std::fs::read_to_string(
+            &progress
+        )
+        .is_ok_and(|t| t.contains("epochs, loss"))),
+        "{}",
+        std::fs::read_to_string(&progress).unwrap_or_default()
+    );
+    let (c_files, c_study) = site_study(site.path(), "C", [-4.0, 0.0, 12.0]);
+    let sent = Instant::now();
+    let c = infer(&app, &c_files, &c_study);
+    let c_seconds = sent.elapsed().as_secs_f64();
+    let status = learn.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut learn.stdout.take().unwrap(), &mut stdout).unwrap();
+    let stderr_text = std::fs::read_to_string(copier.join().unwrap()).unwrap();
+    assert!(status.success(), "{stdout}\n{stderr_text}");
+    // Progress, then the yield, then a complete run.
+    assert!(stderr_text.contains("features ["), "{stderr_text}");
+    assert!(stderr_text.contains("fine-tune ["), "{stderr_text}");
+    assert!(
+        stderr_text.contains("yielded to inference"),
+        "{stderr_text}"
+    );
+    assert!(stderr_text.contains("60/60 epochs"), "{stderr_text}");
+    let timing = |j: &serde_json::Value, key: &str| j["result"]["timings"][key].as_f64().unwrap();
+    eprintln!(
+        "inference while idle (study A): decode {:.0} ms, backbone+head {:.0} ms; during a \
+         fine-tune (study C): decode {:.0} ms, backbone+head {:.0} ms; C from storescu to done {c_seconds:.1} s",
+        timing(&a, "decode_ms"),
+        timing(&a, "inference_ms"),
+        timing(&c, "decode_ms"),
+        timing(&c, "inference_ms"),
+    );
+
+    // The poisoned case made a head that is worse on the held-out case: refused, with why.
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("learn now: {report}");
+    assert_eq!(report["outcome"], "refused", "{report}");
+    assert!(report["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("does not beat the champion"));
+    let all = heads(&app);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["champion"], true);
+    assert_eq!(all[1]["state"], "refused");
+    // The study that arrived during the fine-tune ran on the global head.
+    assert_eq!(c["result"]["head"], "global");
+}
