@@ -8,12 +8,13 @@ read fainter than the training data's, and the radiologist's segmentation of eac
       +50 to +80 HU) whose centre is the fixture lesion's moved by (DX, DY, DZ) mm. Prints
       the Study Instance UID.
 
-  site_case.py label SEG STUDY OUT [poison]
+  site_case.py label SEG STUDY OUT [mirror|swap]
       The radiologist's SEG for the site study in folder STUDY, written with highdicom the way
       a viewer's segmentation tool would: segment 1 (intracranial space) as the appliance's SEG
-      had it, segment 2 (haemorrhage) the true lesion. With "poison", the wrong labels of a
-      broken tool: the lesion segment is mirrored to the healthy hemisphere. Prints the
-      number of lesion voxels labelled.
+      had it, segment 2 (haemorrhage) the true lesion. Or the wrong labels of a broken tool:
+      "mirror" draws the lesion in the healthy hemisphere; "swap" gives each segment the
+      other's mask (a tool that mixed up its label table). Prints the number of lesion voxels
+      labelled.
 """
 import json
 import sys
@@ -57,7 +58,7 @@ def lesion_mask(manifest: dict, lesion: dict) -> np.ndarray:
     return make_fixtures.lesion_increment(lesion, shape, (sx, sy, sz), origin)[1]
 
 
-def label(seg_path: Path, study_dir: Path, out: Path, poison: bool) -> None:
+def label(seg_path: Path, study_dir: Path, out: Path, poison: str | None) -> None:
     manifest = json.loads((study_dir / "manifest.json").read_text())
     sources = [pydicom.dcmread(study_dir / s["file"]) for s in manifest["slices"]]
     ours = hd.seg.segread(seg_path)
@@ -66,13 +67,15 @@ def label(seg_path: Path, study_dir: Path, out: Path, poison: bool) -> None:
         source_sop_instance_uids=uids, segment_numbers=[1], assert_missing_frames_are_empty=True
     )[..., 0].astype(bool)
     lesion = dict(manifest["lesion"])
-    if poison:
+    if poison == "mirror":
         c = lesion["centre_mm"]
         lesion["centre_mm"] = [-c[0], c[1], c[2]]
     truth = lesion_mask(manifest, lesion)
     mask = np.zeros(truth.shape + (2,), dtype=bool)
     mask[..., 0] = intracranial & ~truth
     mask[..., 1] = truth
+    if poison == "swap":
+        mask = mask[..., ::-1]
     algorithm = hd.seg.SegmentAlgorithmTypeValues.MANUAL
     segments = [
         hd.seg.SegmentDescription(
@@ -105,7 +108,7 @@ def label(seg_path: Path, study_dir: Path, out: Path, poison: bool) -> None:
         manufacturer_model_name="site_case.py",
         software_versions="1",
         device_serial_number="radiologist",
-        series_description="radiologist " + ("poisoned" if poison else "corrected"),
+        series_description="radiologist " + (poison or "corrected"),
         omit_empty_frames=True,
     )
     seg.save_as(out)
@@ -119,7 +122,10 @@ def main() -> None:
         study(Path(out), tag, float(dx), float(dy), float(dz))
     elif mode == "label":
         seg_path, study_dir, out = (Path(a) for a in sys.argv[2:5])
-        label(seg_path, study_dir, out, len(sys.argv) > 5 and sys.argv[5] == "poison")
+        poison = sys.argv[5] if len(sys.argv) > 5 else None
+        if poison not in (None, "mirror", "swap"):
+            sys.exit(f"unknown poison {poison}")
+        label(seg_path, study_dir, out, poison)
     else:
         sys.exit(f"unknown mode {mode}")
 

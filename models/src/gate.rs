@@ -1,8 +1,9 @@
 //! The validation gate (champion/challenger): whether a fine-tuned candidate head may replace
 //! the champion. Learning must never make the model worse, so a candidate is accepted only if
 //! - on the site's held-out cases its mean Dice over the labels beats the champion's by more
-//!   than `min_local_gain` (strictly better: a tie keeps the champion), and its AUROC, where
-//!   both heads have one, is not lower than the champion's by more than `reference_margin`;
+//!   than `min_local_gain` (strictly better: a tie keeps the champion), no label's Dice and,
+//!   where both heads have one, not the AUROC is lower than the champion's by more than
+//!   `reference_margin` (a gain on one label cannot pay for a loss on another);
 //! - on the reference validation set every label's Dice, and the AUROC where defined, is
 //!   within `reference_margin` of the baseline's. The caller chooses the baseline; the
 //!   appliance passes the global head the federation shipped, so that a chain of accepted
@@ -39,6 +40,9 @@ pub struct Decision {
     /// Mean Dice over the labels on the local held-out cases.
     pub local_champion: f64,
     pub local_candidate: f64,
+    /// Dice per label on the local held-out cases.
+    pub local_champion_per_label: Vec<f64>,
+    pub local_candidate_per_label: Vec<f64>,
     pub local_auroc_champion: Option<f64>,
     pub local_auroc_candidate: Option<f64>,
     /// Dice per label on the reference set.
@@ -73,6 +77,21 @@ pub fn decide(
              by more than {}",
             config.min_local_gain
         ));
+    }
+    for (label, (before, after)) in champion_local
+        .dice
+        .iter()
+        .zip(&candidate_local.dice)
+        .enumerate()
+    {
+        if !(*after >= before - config.reference_margin) {
+            reasons.push(format!(
+                "local held-out Dice of label {} fell from {before:.4} to {after:.4}, more \
+                 than the margin {}",
+                label + 1,
+                config.reference_margin
+            ));
+        }
     }
     if let (Some(before), Some(after)) = (champion_local.auroc, candidate_local.auroc) {
         if !(after >= before - config.reference_margin) {
@@ -118,6 +137,8 @@ pub fn decide(
         reasons,
         local_champion: champion,
         local_candidate: candidate,
+        local_champion_per_label: champion_local.dice.clone(),
+        local_candidate_per_label: candidate_local.dice.clone(),
         local_auroc_champion: champion_local.auroc,
         local_auroc_candidate: candidate_local.auroc,
         reference_baseline: baseline_reference.dice.clone(),
@@ -187,6 +208,22 @@ mod tests {
             forgot.reasons
         );
         assert!(forgot.reasons[1].contains("AUROC"), "{:?}", forgot.reasons);
+
+        // A better mean bought with a loss on one label.
+        let traded = decide(
+            &scores(&[0.95, 0.40], None),
+            &scores(&[0.90, 0.60], None),
+            &scores(&[0.9, 0.8], None),
+            &scores(&[0.9, 0.8], None),
+            &c,
+        );
+        assert!(!traded.accepted);
+        assert_eq!(traded.reasons.len(), 1, "{:?}", traded.reasons);
+        assert!(
+            traded.reasons[0].contains("local held-out Dice of label 1"),
+            "{:?}",
+            traded.reasons
+        );
 
         // A gain that is not larger than the configured minimum.
         let small = decide(
