@@ -52,6 +52,8 @@ pub enum CaseError {
     Volume(String),
     #[error("the SEG is not on the geometry of the series it references: {0}")]
     Geometry(String),
+    #[error("the SEG is this appliance's own result (job {0}), not a radiologist's label; a corrected copy needs its own SOP Instance UID")]
+    OwnResult(i64),
     #[error("segment {number} ({label:?}, {code}) is not a label of model {model}")]
     UnknownSegment {
         number: u8,
@@ -167,7 +169,13 @@ pub fn ingest(
         .and_then(|d| d.sop_instance_uid.clone())
         .unwrap_or_else(|| path.display().to_string());
     let now = crate::jobs::now_ms();
-    let outcome = decoded.and_then(|d| label_of(data_dir, manifest, d));
+    // A PACS that routes everything back returns our own SEGs too: learning from them would
+    // teach the model its own mistakes.
+    let own_job = own_result(conn, &sop_uid)?;
+    let outcome = decoded.and_then(|d| match own_job {
+        Some(job) => Err(CaseError::OwnResult(job)),
+        None => label_of(data_dir, manifest, d),
+    });
     // One transaction: a reader sees no case, or the case in its final state with its label.
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let (state, reason) = match &outcome {
@@ -223,6 +231,17 @@ pub fn ingest(
             Ok(Err(e))
         }
     }
+}
+
+/// The job whose result objects include this SOP Instance UID, if any.
+fn own_result(conn: &Connection, sop_uid: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT r.job_id FROM results r, json_each(r.result_json, '$.objects') o
+         WHERE json_extract(o.value, '$.sop_instance_uid') = ?1 LIMIT 1",
+        [sop_uid],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<CaseView>> {

@@ -1,7 +1,8 @@
 //! Labelled cases in: a radiologist's corrected copy of the appliance's SEG, sent back by DCMTK,
 //! becomes a segmentation label of the series it references, voxel for voxel; SEGs that do not
-//! fit the series they name (rotated, unknown segment, unknown series, not a SEG) are refused
-//! with the reason, over DICOM and through `appliance cases import` alike.
+//! fit the series they name (rotated, unknown segment, unknown series, not a SEG, the
+//! appliance's own SEG come back) are refused with the reason, over DICOM and through
+//! `appliance cases import` alike.
 
 use hil_tests::appliance::Appliance;
 use hil_tests::fixtures::lesion_series;
@@ -112,9 +113,17 @@ fn segs_that_do_not_fit_their_series_are_refused_with_the_reason() {
     let out = app.cli(&["cases", "import", files[0].to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("not a usable binary SEG"));
+    // Our own SEG, as a PACS that routes everything back would return it: not a label.
+    let out = app.cli(&["cases", "import", seg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("own result (job 1)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Each refusal is on record with its reason; nothing was accepted.
     let all = app.cases();
-    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all.len(), 5, "{all:?}");
     assert!(all
         .iter()
         .all(|c| c["state"] == "refused" && c["reason"].is_string()));
@@ -124,11 +133,11 @@ fn segs_that_do_not_fit_their_series_are_refused_with_the_reason() {
     let out = storescu("STORESCU", &app.ae_title, app.port, &["-R"], &[rotated]);
     assert!(out.status.success());
     assert!(
-        wait_until(Duration::from_secs(30), || app.cases().len() == 5),
+        wait_until(Duration::from_secs(30), || app.cases().len() == 6),
         "{:?}",
         app.cases()
     );
-    let last = &app.cases()[4];
+    let last = &app.cases()[5];
     assert_eq!(last["origin"], "dicom");
     assert_eq!(last["state"], "refused");
     assert!(
