@@ -116,6 +116,9 @@ pub struct LearningConfig {
     /// Loss weight per class, background first; empty: all 1.
     #[serde(default)]
     pub class_weights: Vec<f32>,
+    /// Fine-tune on CUDA device 0 (a build with the `cuda` feature); the CPU otherwise.
+    #[serde(default)]
+    pub cuda: bool,
 }
 
 impl Default for LearningConfig {
@@ -134,6 +137,7 @@ impl Default for LearningConfig {
             fedprox_mu: default_fedprox_mu(),
             pixels_per_class: default_pixels_per_class(),
             class_weights: Vec::new(),
+            cuda: false,
         }
     }
 }
@@ -722,6 +726,12 @@ impl Config {
         if l.learning_rate == 0.0 {
             problem("learning.learning_rate", "must be above 0".into());
         }
+        if l.cuda && !cfg!(feature = "cuda") {
+            problem(
+                "learning.cuda",
+                "this build has no CUDA support (cargo build --features cuda)".into(),
+            );
+        }
         if l.class_weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
             problem(
                 "learning.class_weights",
@@ -910,6 +920,52 @@ mod tests {
         };
         assert_eq!(names("CT1"), ["research"]);
         assert_eq!(names("MR7"), ["main"]);
+    }
+
+    #[test]
+    fn bad_learning_settings_are_named() {
+        let text = r#"
+            data_dir = "d"
+            [dicom]
+            ae_title = "A"
+            port = 104
+            [[dicom.peers]]
+            ae_title = "B"
+            [learning]
+            min_new_cases = 0
+            holdout_every = 1
+            epochs = 0
+            reference_margin = -0.1
+            learning_rate = 0.0
+            fedprox_mu = nan
+            class_weights = [1.0, -1.0]
+            cuda = true
+        "#;
+        let err = Config::from_toml(text, "test", Path::new(".")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let mut keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        keys.dedup();
+        let mut expected = vec![
+            "learning.min_new_cases",
+            "learning.holdout_every",
+            "learning.epochs",
+            "learning.reference_margin",
+            "learning.fedprox_mu",
+            "learning.learning_rate",
+        ];
+        // A build with the feature may fine-tune on CUDA; one without names the key.
+        if !cfg!(feature = "cuda") {
+            expected.push("learning.cuda");
+        }
+        expected.push("learning.class_weights");
+        assert_eq!(keys, expected, "{problems:?}");
+        // The defaults are valid.
+        let ok = "data_dir = \"d\"\n[dicom]\nae_title = \"A\"\nport = 104\n[[dicom.peers]]\nae_title = \"B\"\n[learning]\n";
+        let config = Config::from_toml(ok, "test", Path::new(".")).unwrap();
+        assert_eq!(config.learning.min_new_cases, 8);
+        assert_eq!(config.learning.fedprox_mu, 1.0);
     }
 
     #[test]

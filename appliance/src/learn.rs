@@ -539,6 +539,7 @@ impl Learner {
             mu: l.fedprox_mu,
             pixels_per_class: l.pixels_per_class,
             class_weights: (!l.class_weights.is_empty()).then(|| l.class_weights.clone()),
+            cuda: l.cuda,
             ..FineTuneConfig::default()
         }
     }
