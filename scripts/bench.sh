@@ -4,8 +4,10 @@
 #           pynetdicom SCP, with DCMTK storescu as the sender (hil-tests/src/bin/ingest_bench.rs).
 #   infer:  per-study inference latency by stage for tract and ONNX Runtime on the CPU, with
 #           Python onnxruntime on the same tensors as the reference (hil-tests/src/bin/infer_bench.rs).
+#   learn:  inference latency of studies arriving while idle and while `appliance learn now`
+#           fine-tunes, which must yield (hil-tests/src/bin/learn_bench.rs). Not in the default set.
 #
-# Usage: scripts/bench.sh [ingest|infer] [ARGS...]
+# Usage: scripts/bench.sh [ingest|infer|learn] [ARGS...]
 #   With no selector both run, in that order, and ARGS (e.g. --rounds 5) go to both; with a
 #   selector only that benchmark runs and ARGS go to it (e.g. `scripts/bench.sh ingest
 #   --tcp-nodelay`, `scripts/bench.sh infer --rounds 9`). Builds the release binaries and makes
@@ -17,7 +19,7 @@ cd "$REPO_ROOT"
 
 benches=(ingest infer)
 case "${1:-}" in
-    ingest | infer)
+    ingest | infer | learn)
         benches=("$1")
         shift
         ;;

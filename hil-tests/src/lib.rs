@@ -7,11 +7,13 @@
 //! - [`peers`]: DCMTK tools, Orthanc, DCMTK `storescp`, the pynetdicom SCP.
 //! - [`raw`]: hand-built PDUs and DIMSE messages over a plain TCP socket.
 //! - [`fixtures`]: the DICOM files `scripts/fixtures.sh` prepares.
+//! - [`site`]: a simulated site's studies and radiologist's SEGs (continual learning).
 
 pub mod appliance;
 pub mod fixtures;
 pub mod peers;
 pub mod raw;
+pub mod site;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

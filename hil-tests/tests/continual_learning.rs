@@ -6,137 +6,14 @@
 //! `appliance learn now` yields to a study that arrives while it runs.
 
 use hil_tests::appliance::{set, Appliance};
-use hil_tests::peers::storescu;
+use hil_tests::site::{
+    heads, infer, lesion_ml, radiologist_seg, seg_of, send_label, site_study, truth_ml,
+};
 use hil_tests::{repo_root, wait_until};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MODEL: &str = "head-ct-ich";
-
-/// A site study: `peers/site_case.py study`. Returns its files and Study Instance UID.
-fn site_study(dir: &Path, tag: &str, offset_mm: [f64; 3]) -> (Vec<PathBuf>, String) {
-    let out_dir = dir.join(tag);
-    let out = Command::new("python3")
-        .arg(repo_root().join("hil-tests/peers/site_case.py"))
-        .args(["study", out_dir.to_str().unwrap(), tag])
-        .args(offset_mm.map(|v| v.to_string()))
-        .output()
-        .expect("python3 with pydicom and numpy");
-    assert!(
-        out.status.success(),
-        "site_case.py study: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .collect();
-    files.sort();
-    (
-        files,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
-}
-
-/// The radiologist's SEG for site study `tag`: `peers/site_case.py label`. Returns the
-/// number of lesion voxels it labels.
-fn radiologist_seg(dir: &Path, tag: &str, ours: &Path, out: &Path, poison: Option<&str>) -> u64 {
-    let result = Command::new("python3")
-        .arg(repo_root().join("hil-tests/peers/site_case.py"))
-        .arg("label")
-        .arg(ours)
-        .arg(dir.join(tag))
-        .arg(out)
-        .args(poison)
-        .output()
-        .expect("python3 with highdicom");
-    assert!(
-        result.status.success(),
-        "site_case.py label: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    String::from_utf8_lossy(&result.stdout)
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Send a study with DCMTK and wait for its inference job; returns the job.
-fn infer(app: &Appliance, files: &[PathBuf], study: &str) -> serde_json::Value {
-    let out = storescu("STORESCU", &app.ae_title, app.port, &[], files);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        wait_until(Duration::from_secs(120), || app
-            .jobs(study)
-            .first()
-            .is_some_and(|j| j["state"] == "done")),
-        "{:?}\n{}",
-        app.jobs(study),
-        app.log()
-    );
-    app.jobs(study)[0].clone()
-}
-
-/// The appliance's SEG file of a done job.
-fn seg_of(app: &Appliance, job: &serde_json::Value) -> PathBuf {
-    app.data_dir
-        .join(job["result"]["objects"][0]["path"].as_str().unwrap())
-}
-
-/// Send a radiologist's SEG with DCMTK and wait until it is an accepted case.
-fn send_label(app: &Appliance, seg: &Path, cases_before: usize) -> serde_json::Value {
-    let out = storescu(
-        "STORESCU",
-        &app.ae_title,
-        app.port,
-        &["-R"],
-        &[seg.to_path_buf()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || app.cases().len() > cases_before),
-        "{}",
-        app.log()
-    );
-    let case = app.cases()[cases_before].clone();
-    assert_eq!(case["state"], "accepted", "{case}");
-    case
-}
-
-fn heads(app: &Appliance) -> Vec<serde_json::Value> {
-    let out = app.cli(&["heads", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn lesion_ml(job: &serde_json::Value) -> f64 {
-    job["result"]["labels"][1]["ml"].as_f64().unwrap()
-}
-
-fn truth_ml(dir: &Path, tag: &str) -> f64 {
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join(tag).join("manifest.json")).unwrap(),
-    )
-    .unwrap();
-    manifest["lesion"]["label_ml"].as_f64().unwrap()
-}
 
 #[test]
 fn a_corrected_seg_from_dcmtk_leads_to_a_validated_head_the_next_study_uses_and_rollback_survives_a_restart(
