@@ -44,7 +44,8 @@ pub fn export(
 ) -> anyhow::Result<Vec<ExportedObject>> {
     let creator = Creator {
         model_name: manifest.id.clone(),
-        model_version: manifest.version.clone(),
+        // The version of what ran: "0.1.0", or "0.1.0+head.3" with a head fine-tuned here.
+        model_version: result.model_version.clone(),
         backend: result.backend.clone(),
         device_serial: config.device_serial.clone(),
         software_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -88,6 +88,17 @@ fn a_corrected_seg_from_dcmtk_leads_to_a_validated_head_the_next_study_uses_and_
         c["result"]["model_version"],
         format!("0.1.0+head.{head_id}")
     );
+    // The SEG and the SR that go to the PACS name the head too.
+    for object in c["result"]["objects"].as_array().unwrap() {
+        let bytes = std::fs::read(app.data_dir.join(object["path"].as_str().unwrap())).unwrap();
+        let version = format!("0.1.0+head.{head_id}");
+        assert!(
+            bytes
+                .windows(version.len())
+                .any(|w| w == version.as_bytes()),
+            "{object}"
+        );
+    }
     let out = Command::new(hil_tests::appliance::binary())
         .args(["infer", site.path().join("C").to_str().unwrap(), "--model"])
         .arg(repo_root().join("models/reference/head-ct"))
