@@ -139,6 +139,26 @@ impl std::fmt::Display for NotRun {
     }
 }
 
+/// Which trigger makes a fine-tune due, if any: `new` training cases arrived since the last
+/// run, `from_ms` is when the schedule's interval started.
+fn trigger(
+    new: usize,
+    from_ms: Option<i64>,
+    now_ms: i64,
+    config: &crate::config::LearningConfig,
+) -> Option<String> {
+    if new >= config.min_new_cases {
+        return Some(format!("{new} new cases"));
+    }
+    let interval_ms = (config.interval_hours as i64).saturating_mul(3_600_000);
+    match from_ms {
+        Some(from) if new > 0 && interval_ms > 0 && now_ms - from >= interval_ms => {
+            Some(format!("schedule ({} h)", config.interval_hours))
+        }
+        _ => None,
+    }
+}
+
 /// The learner of the configured model.
 pub struct Learner {
     data_dir: PathBuf,
@@ -424,17 +444,14 @@ impl Learner {
             params![self.manifest().id, since],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let l = &self.config.learning;
-        if new as usize >= l.min_new_cases {
-            return Ok(Some(format!("{new} new cases")));
-        }
-        if new > 0 && l.interval_hours > 0 {
-            let from = last.map(|(_, at)| at).or(oldest).unwrap_or(0);
-            if crate::jobs::now_ms() - from >= (l.interval_hours * 3_600_000) as i64 {
-                return Ok(Some(format!("schedule ({} h)", l.interval_hours)));
-            }
-        }
-        Ok(None)
+        // The schedule counts from the last finished run, or from the oldest new case.
+        let from = last.map(|(_, at)| at).or(oldest);
+        Ok(trigger(
+            new as usize,
+            from,
+            crate::jobs::now_ms(),
+            &self.config.learning,
+        ))
     }
 
     /// Load the stored cases of one split (the most recent `limit`), with their hashes.
@@ -796,5 +813,35 @@ impl Learner {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LearningConfig;
+
+    #[test]
+    fn a_fine_tune_is_due_after_enough_new_cases_or_when_the_schedule_has_new_ones() {
+        let hour = 3_600_000;
+        let c = LearningConfig {
+            min_new_cases: 8,
+            interval_hours: 24,
+            ..LearningConfig::default()
+        };
+        assert_eq!(trigger(8, None, 0, &c).as_deref(), Some("8 new cases"));
+        assert_eq!(trigger(7, Some(0), 23 * hour, &c), None);
+        assert_eq!(
+            trigger(1, Some(0), 24 * hour, &c).as_deref(),
+            Some("schedule (24 h)")
+        );
+        // The schedule alone does not re-train on what was already learnt.
+        assert_eq!(trigger(0, Some(0), 100 * hour, &c), None);
+        // interval_hours = 0: no schedule.
+        let no_schedule = LearningConfig {
+            interval_hours: 0,
+            ..c.clone()
+        };
+        assert_eq!(trigger(7, Some(0), 1000 * hour, &no_schedule), None);
     }
 }
