@@ -33,9 +33,29 @@ CREATE TABLE IF NOT EXISTS cases (
     model_id           TEXT NOT NULL,
     labels_path        TEXT,
     label_voxels_json  TEXT,
-    created_at_ms      INTEGER NOT NULL
+    created_at_ms      INTEGER NOT NULL,
+    kind               TEXT NOT NULL DEFAULT 'segmentation'
+                       CHECK (kind IN ('segmentation', 'classification')),
+    finding            INTEGER
 );
 ";
+
+/// Bring a `cases` table of an earlier version up to [`SCHEMA`]: the columns a verified SR's
+/// classification label needs.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('cases')")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !columns.iter().any(|c| c == "kind") {
+        conn.execute_batch(
+            "ALTER TABLE cases ADD COLUMN kind TEXT NOT NULL DEFAULT 'segmentation'
+                 CHECK (kind IN ('segmentation', 'classification'));
+             ALTER TABLE cases ADD COLUMN finding INTEGER;",
+        )?;
+    }
+    Ok(())
+}
 
 /// Why a SEG cannot become a label.
 #[derive(Debug, Error)]

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS champions (
 );
 ";
 
-/// A case a head was trained or validated on: its id and the SHA-256 of its label map.
+/// A case a head was trained or validated on: its id and the SHA-256 of what it taught (its
+/// series, its labels on the model grid, its study-level finding).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct CaseRef {
     pub case: i64,

@@ -59,6 +59,7 @@ pub fn open(data_dir: &Path) -> anyhow::Result<Connection> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::outbox::SCHEMA)?;
     conn.execute_batch(crate::cases::SCHEMA)?;
+    crate::cases::migrate(&conn)?;
     conn.execute_batch(crate::heads::SCHEMA)?;
     conn.execute_batch(crate::learn::SCHEMA)?;
     Ok(conn)

@@ -75,6 +75,18 @@ CREATE TABLE IF NOT EXISTS learn_runs (
 );
 ";
 
+/// SQL condition on case `c`: it is a training or validation case of its own (a segmentation
+/// case, or a classification label about a series without one).
+const STANDS_ALONE: &str = "(c.kind = 'segmentation' OR NOT EXISTS (
+    SELECT 1 FROM cases g WHERE g.kind = 'segmentation' AND g.state = 'accepted'
+      AND g.model_id = c.model_id AND g.series_uid = c.series_uid))";
+
+/// SQL expression: the study-level finding of case `c` with features `f`. A verified SR about
+/// the series (the latest) outranks what a segmentation implies.
+const FINDING: &str = "COALESCE((SELECT r.finding FROM cases r WHERE r.kind = 'classification'
+    AND r.state = 'accepted' AND r.model_id = c.model_id AND r.series_uid = c.series_uid
+    ORDER BY r.id DESC LIMIT 1), f.finding)";
+
 /// How often a running fine-tune looks at the inference queue.
 const YIELD_POLL: Duration = Duration::from_millis(50);
 
@@ -263,14 +275,16 @@ impl Learner {
         Ok(())
     }
 
-    /// Accepted cases of the model whose features are missing or from another backbone.
+    /// Accepted cases of the model whose features are missing or from another backbone. A
+    /// classification label (a verified SR) about a series that also has a segmentation case
+    /// needs no features of its own: it only tells that case its finding.
     fn cases_without_features(&self, conn: &Connection) -> rusqlite::Result<Vec<i64>> {
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT c.id FROM cases c LEFT JOIN case_features f ON f.case_id = c.id
              WHERE c.state = 'accepted' AND c.model_id = ?1
-               AND (f.case_id IS NULL OR f.backbone_sha256 != ?2)
-             ORDER BY c.id",
-        )?;
+               AND (f.case_id IS NULL OR f.backbone_sha256 != ?2) AND {STANDS_ALONE}
+             ORDER BY c.id"
+        ))?;
         let rows = stmt.query_map(
             params![self.manifest().id, self.manifest().backbone.sha256],
             |r| r.get(0),
@@ -324,11 +338,12 @@ impl Learner {
         id: i64,
         cancel: &AtomicBool,
     ) -> anyhow::Result<bool> {
-        let (series_uid, labels_path): (String, String) = conn.query_row(
-            "SELECT series_uid, labels_path FROM cases WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (series_uid, labels_path, finding): (String, Option<String>, Option<bool>) = conn
+            .query_row(
+                "SELECT series_uid, labels_path, finding FROM cases WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
         let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let files = index::series_files(&spool, &self.data_dir, &series_uid)?
             .context("its series is no longer in the spool")?
@@ -338,23 +353,29 @@ impl Learner {
         let manifest = self.package.manifest.clone();
         let spec = &manifest.input;
         preprocess::check(volume, spec)?;
-        let source_labels = std::fs::read(self.data_dir.join(&labels_path))
-            .with_context(|| format!("read {labels_path}"))?;
-        anyhow::ensure!(
-            source_labels.len() == volume.voxels.len(),
-            "its label map has {} voxels, the series {}",
-            source_labels.len(),
-            volume.voxels.len()
-        );
         // Label values of the manifest -> head classes (1-based, in manifest order).
         let mut class_of = [0u8; 256];
         for (index, label) in manifest.labels.iter().enumerate() {
             class_of[usize::from(label.value)] = (index + 1) as u8;
         }
-        let labels: Vec<u8> = preprocess::labels_to_model_grid(volume, spec, &source_labels)
-            .into_iter()
-            .map(|v| class_of[usize::from(v)])
-            .collect();
+        // A classification label has no pixels: its case trains the study classifier only.
+        let labels: Vec<u8> = match &labels_path {
+            Some(path) => {
+                let source = std::fs::read(self.data_dir.join(path))
+                    .with_context(|| format!("read {path}"))?;
+                anyhow::ensure!(
+                    source.len() == volume.voxels.len(),
+                    "its label map has {} voxels, the series {}",
+                    source.len(),
+                    volume.voxels.len()
+                );
+                preprocess::labels_to_model_grid(volume, spec, &source)
+                    .into_iter()
+                    .map(|v| class_of[usize::from(v)])
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let [rows, columns] = spec.size;
         let plane = rows * columns;
         let mut features =
@@ -380,7 +401,11 @@ impl Learner {
             start = end;
         }
         let last_class = manifest.labels.len() as u8;
-        let finding = labels.contains(&last_class);
+        // A segmentation tells whether the finding (the last label) is there.
+        let finding = match labels_path {
+            Some(_) => Some(labels.contains(&last_class)),
+            None => finding,
+        };
         let pixel_ml = spec.spacing_mm * spec.spacing_mm * volume.spacing[2] / 1000.0;
         let dir = PathBuf::from("cases").join(id.to_string());
         let absolute = self.data_dir.join(&dir);
@@ -461,15 +486,15 @@ impl Learner {
         split: &str,
         limit: usize,
     ) -> anyhow::Result<(Vec<Case>, Vec<CaseRef>)> {
-        let mut stmt = conn.prepare(
-            "SELECT f.case_id, f.slices, f.plane, f.pixel_ml, f.finding, f.features_path,
+        let mut stmt = conn.prepare(&format!(
+            "SELECT f.case_id, f.slices, f.plane, f.pixel_ml, {FINDING}, f.features_path,
                     f.labels_path, f.labels_sha256
              FROM case_features f JOIN case_splits s ON s.case_id = f.case_id
              JOIN cases c ON c.id = f.case_id
              WHERE s.split = ?1 AND c.state = 'accepted' AND c.model_id = ?2
-               AND f.backbone_sha256 = ?3
-             ORDER BY f.case_id DESC LIMIT ?4",
-        )?;
+               AND f.backbone_sha256 = ?3 AND {STANDS_ALONE}
+             ORDER BY f.case_id DESC LIMIT ?4"
+        ))?;
         let rows: Vec<(i64, i64, i64, f64, Option<bool>, String, String, String)> = stmt
             .query_map(
                 params![
@@ -521,9 +546,18 @@ impl Learner {
                 finding,
                 pixel_ml,
             });
+            // What the case taught: its series and pixel labels (hashed when stored) and the
+            // finding it carries now (a later verified SR may have set it).
+            let mut hasher = Sha256::new();
+            hasher.update(sha.as_bytes());
+            hasher.update([finding.map_or(2, u8::from)]);
             refs.push(CaseRef {
                 case: id,
-                labels_sha256: sha,
+                labels_sha256: hasher
+                    .finalize()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
             });
         }
         Ok((cases, refs))
