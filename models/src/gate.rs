@@ -91,13 +91,13 @@ pub fn decide(
         );
     } else {
         match (champion_local.auroc, candidate_local.auroc) {
-            (Some(before), Some(after)) if !(after > before + config.min_local_gain) => reasons
-                .push(format!(
-                    "local held-out AUROC {after:.4} does not beat the champion's {before:.4} \
-                     by more than {} (AUROC only: no local held-out case has pixel labels)",
-                    config.min_local_gain
-                )),
-            (Some(_), Some(_)) => {}
+            // NaN never beats anything: it takes the refusing arm.
+            (Some(before), Some(after)) if after > before + config.min_local_gain => {}
+            (Some(before), Some(after)) => reasons.push(format!(
+                "local held-out AUROC {after:.4} does not beat the champion's {before:.4} by \
+                 more than {} (AUROC only: no local held-out case has pixel labels)",
+                config.min_local_gain
+            )),
             _ => reasons.push(
                 "no local held-out case has pixel labels and the AUROC is undefined (both \
                  study outcomes are needed): nothing shows the candidate is better"
