@@ -1,6 +1,8 @@
 //! Metrics for heads on labelled cases: Dice per label on model-grid label maps, AUROC of
 //! study-level probabilities, and [`score`], which runs a head over cases exactly as inference
 //! does (argmax labels, maximum last-label probability, last-label volume, study probability).
+//! Dice counts only the cases with pixel labels, AUROC every case with a study label; a set
+//! without any pixel label has no Dice (NaN, never a perfect 1).
 
 use crate::finetune::Case;
 use crate::head::Head;
@@ -176,8 +178,12 @@ pub fn study_inputs(head: &Head, case: &Case) -> StudyInputs {
 /// A head's scores on a set of cases.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scores {
-    /// Pooled over all cases, per label `1..classes` (index 0 is label 1).
+    /// Cases with pixel labels: those the overlaps and Dice are pooled over.
+    pub segmentation_cases: usize,
+    /// Pooled over the cases with pixel labels, per label `1..classes` (index 0 is label 1).
     pub overlaps: Vec<Overlap>,
+    /// Dice of each pooled overlap; NaN for every label when `segmentation_cases` is 0 (no
+    /// Dice was measured, and an empty overlap's 1 would pretend a perfect score).
     pub dice: Vec<f64>,
     /// Study-level probability of every case, in case order.
     pub study_probabilities: Vec<f64>,
@@ -185,9 +191,11 @@ pub struct Scores {
     pub auroc: Option<f64>,
 }
 
-/// Score `head` on `cases`: pooled Dice per label and AUROC of the study probability.
+/// Score `head` on `cases`: Dice per label pooled over the cases with pixel labels, and AUROC
+/// of the study probability over the cases with a study label.
 pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
     let mut pooled = vec![Overlap::default(); head.classes.saturating_sub(1)];
+    let mut segmentation_cases = 0;
     let mut study_probabilities = Vec::with_capacity(cases.len());
     let (mut scores, mut positive) = (Vec::new(), Vec::new());
     for (index, case) in cases.iter().enumerate() {
@@ -198,11 +206,15 @@ pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
                 reason,
             })?;
         let inputs = study_inputs(head, case);
-        for (sum, o) in pooled
-            .iter_mut()
-            .zip(overlaps(&inputs.labels, &case.labels, head.classes)?)
-        {
-            sum.add(&o);
+        if case.has_pixel_labels() {
+            segmentation_cases += 1;
+            for (sum, o) in
+                pooled
+                    .iter_mut()
+                    .zip(overlaps(&inputs.labels, &case.labels, head.classes)?)
+            {
+                sum.add(&o);
+            }
         }
         let p = head.classify(inputs.max_probability, inputs.ml);
         study_probabilities.push(p);
@@ -216,8 +228,14 @@ pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
         Err(EvalError::OneClass { .. }) => None,
         Err(e) => return Err(e),
     };
+    let dice = if segmentation_cases == 0 {
+        vec![f64::NAN; pooled.len()]
+    } else {
+        pooled.iter().map(Overlap::dice).collect()
+    };
     Ok(Scores {
-        dice: pooled.iter().map(Overlap::dice).collect(),
+        segmentation_cases,
+        dice,
         overlaps: pooled,
         study_probabilities,
         auroc,

@@ -3,14 +3,17 @@
 //! on the model grid, never the images.
 //!
 //! What is trained, and how:
-//! - the per-pixel segmentation MLP of [`Head`], on class-weighted softmax cross-entropy over
-//!   a deterministic, class-balanced subsample of pixels. Each sampled pixel carries the
-//!   importance weight `class_weight[c] * n_c / k_c` (`n_c` pixels of class `c` in the case,
-//!   `k_c` sampled), so the loss estimates the full-image loss the head was trained on and
-//!   the class prior does not drift towards the rare classes;
+//! - the per-pixel segmentation MLP of [`Head`], on the cases with pixel labels, with
+//!   class-weighted softmax cross-entropy over a deterministic, class-balanced subsample of
+//!   pixels. Each sampled pixel carries the importance weight `class_weight[c] * n_c / k_c`
+//!   (`n_c` pixels of class `c` in the case, `k_c` sampled), so the loss estimates the
+//!   full-image loss the head was trained on and the class prior does not drift towards the
+//!   rare classes. When no case has pixel labels (study labels only), the MLP is kept as in
+//!   the start head ([`SegmentationOutcome::Kept`]);
 //! - then the study classifier (logistic on the maximum last-label probability and
-//!   ln(1 + last-label ml)), on the cases with a study label, with its inputs computed by the
-//!   freshly trained segmentation head exactly as inference computes them;
+//!   ln(1 + last-label ml)), on every case with a study label, pixel-labelled or not, with its
+//!   inputs computed by the (freshly trained or kept) segmentation head exactly as inference
+//!   computes them;
 //! - both with a FedProx proximal term `mu / 2 * ||w - w_global||^2` toward the global head,
 //!   so that what is learnt locally stays close to what the federation shares.
 //!
@@ -31,7 +34,7 @@ use std::time::Instant;
 use thiserror::Error;
 
 /// One labelled case: the backbone features of its slices and the reference labels, both on
-/// the model grid. No image, no DICOM.
+/// the model grid. No image, no DICOM. A case carries pixel labels, a study label, or both.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     /// Caller's name for the case (a hash of the study, for lineage); used in errors.
@@ -41,7 +44,9 @@ pub struct Case {
     pub plane: usize,
     /// Backbone output `[slices, features, plane]`, as [`crate::backend::Backend::run`] gives it.
     pub features: Vec<f32>,
-    /// Class of every model-grid pixel `[slices, plane]`; 0 is background.
+    /// Class of every model-grid pixel `[slices, plane]`; 0 is background. Empty: the case
+    /// has no segmentation label (a study-level label alone, e.g. from an SR), and then
+    /// `finding` must be `Some`; such a case teaches and scores the study classifier only.
     pub labels: Vec<u8>,
     /// Study-level label: is the finding (the last label) present? `None`: not labelled.
     pub finding: Option<bool>,
@@ -51,6 +56,11 @@ pub struct Case {
 }
 
 impl Case {
+    /// Does the case carry a segmentation label (a class for every pixel)?
+    pub fn has_pixel_labels(&self) -> bool {
+        !self.labels.is_empty()
+    }
+
     /// Check the case against a head of `features` inputs and `classes` outputs.
     pub fn check(&self, features: usize, classes: usize) -> Result<(), String> {
         let pixels = self.slices * self.plane;
@@ -66,7 +76,10 @@ impl Case {
                 pixels * features
             ));
         }
-        if self.labels.len() != pixels {
+        if !self.has_pixel_labels() && self.finding.is_none() {
+            return Err("no label at all: no pixel labels and no study label".into());
+        }
+        if self.has_pixel_labels() && self.labels.len() != pixels {
             return Err(format!(
                 "{} labels for {} slices of {} pixels",
                 self.labels.len(),
@@ -139,6 +152,15 @@ impl Default for FineTuneConfig {
     }
 }
 
+/// What became of the segmentation MLP.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SegmentationOutcome {
+    /// Trained on the sampled pixels of the `cases` cases with pixel labels.
+    Trained { cases: usize },
+    /// Kept as in the start head (bit for bit), and why.
+    Kept(String),
+}
+
 /// What became of the study classifier.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClassifierOutcome {
@@ -155,10 +177,13 @@ pub enum ClassifierOutcome {
 /// How a fine-tune went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FineTuneReport {
-    /// Mean objective (weighted cross-entropy + proximal term) over each epoch's steps.
+    pub segmentation: SegmentationOutcome,
+    /// Mean objective (weighted cross-entropy + proximal term) over each epoch's steps of the
+    /// segmentation MLP; empty when it was kept.
     pub epoch_losses: Vec<f32>,
+    /// Optimizer steps of the segmentation MLP; 0 when it was kept.
     pub steps: usize,
-    /// Pixels sampled per class (background first).
+    /// Pixels sampled per class (background first); all 0 when the segmentation was kept.
     pub samples_per_class: Vec<usize>,
     pub classifier: ClassifierOutcome,
     /// Euclidean distance of all weights to the start and to the global head.
@@ -184,6 +209,14 @@ pub enum FineTuneError {
     Config(String),
     #[error("the training set has no pixel of class {class}; cannot fine-tune on nothing")]
     NoPixels { class: usize },
+    /// Neither part of the head could learn from the set; the start head is no candidate.
+    #[error(
+        "nothing to train: segmentation kept ({segmentation}); classifier kept ({classifier})"
+    )]
+    NothingToTrain {
+        segmentation: String,
+        classifier: String,
+    },
     #[error("the loss is not finite ({loss}) at epoch {epoch}, step {step}")]
     NonFiniteLoss {
         epoch: usize,
@@ -221,8 +254,10 @@ pub fn fine_tune(
 }
 
 /// Fine-tune `start` on `data`, pulled toward `global` by the proximal term. `progress` gets
-/// (epoch number from 1, mean loss of that epoch) after every epoch; `cancel` is read before
-/// every optimizer step and, once true, ends the fine-tune with [`FineTuneError::Cancelled`].
+/// (epoch number from 1, mean loss of that epoch) after every epoch of the segmentation MLP
+/// (never when it is kept); `cancel` is read before every optimizer step and, once true, ends
+/// the fine-tune with [`FineTuneError::Cancelled`]. A set from which neither the MLP nor the
+/// classifier can learn is [`FineTuneError::NothingToTrain`].
 pub fn fine_tune_with(
     start: &Head,
     global: &Head,
@@ -234,16 +269,80 @@ pub fn fine_tune_with(
     let began = Instant::now();
     check_inputs(start, global, data, config)?;
     let device = device(config)?;
-    let (f, h, c) = (start.features, start.hidden, start.classes);
+    let segmented: Vec<&Case> = data.cases.iter().filter(|c| c.has_pixel_labels()).collect();
+    let (mut head, segmentation) = if segmented.is_empty() {
+        let kept = SegmentationRun {
+            outcome: SegmentationOutcome::Kept("no case has pixel labels".into()),
+            epoch_losses: Vec::new(),
+            steps: 0,
+            samples_per_class: vec![0; start.classes],
+        };
+        (start.clone(), kept)
+    } else {
+        train_segmentation(
+            start,
+            global,
+            &segmented,
+            config,
+            &device,
+            &mut progress,
+            cancel,
+        )?
+    };
+    let classifier = train_classifier(&mut head, global, data, config, &device, cancel)?;
+    if let (SegmentationOutcome::Kept(segmentation), ClassifierOutcome::Kept(classifier)) =
+        (&segmentation.outcome, &classifier)
+    {
+        return Err(FineTuneError::NothingToTrain {
+            segmentation: segmentation.clone(),
+            classifier: classifier.clone(),
+        });
+    }
+    if head.parameters().iter().any(|w| !w.is_finite()) {
+        return Err(FineTuneError::NonFiniteWeights);
+    }
+    let report = FineTuneReport {
+        segmentation: segmentation.outcome,
+        epoch_losses: segmentation.epoch_losses,
+        steps: segmentation.steps,
+        samples_per_class: segmentation.samples_per_class,
+        classifier,
+        distance_to_start: head.distance(start).unwrap_or(f64::NAN),
+        distance_to_global: head.distance(global).unwrap_or(f64::NAN),
+        seconds: began.elapsed().as_secs_f64(),
+        device: format!("{device:?}"),
+    };
+    Ok((head, report))
+}
 
-    let samples = sample_pixels(data, start, config)?;
+/// The segmentation MLP's part of a fine-tune.
+struct SegmentationRun {
+    outcome: SegmentationOutcome,
+    epoch_losses: Vec<f32>,
+    steps: usize,
+    samples_per_class: Vec<usize>,
+}
+
+/// Train the segmentation MLP of `start` on the pixels of `cases` (all with pixel labels);
+/// the study classifier's weights are copied from `start`.
+fn train_segmentation(
+    start: &Head,
+    global: &Head,
+    cases: &[&Case],
+    config: &FineTuneConfig,
+    device: &Device,
+    progress: &mut impl FnMut(usize, f32),
+    cancel: &AtomicBool,
+) -> Result<(Head, SegmentationRun), FineTuneError> {
+    let (f, h, c) = (start.features, start.hidden, start.classes);
+    let samples = sample_pixels(cases, start, config)?;
     let n = samples.targets.len();
 
     let var = |v: &[f32], shape: &[usize]| -> Result<Var, FineTuneError> {
         Ok(Var::from_tensor(&Tensor::from_vec(
             v.to_vec(),
             shape,
-            &device,
+            device,
         )?)?)
     };
     let params = [
@@ -253,10 +352,10 @@ pub fn fine_tune_with(
         var(&start.b2, &[c])?,
     ];
     let anchors = [
-        Tensor::from_vec(global.w1.clone(), (h, f), &device)?,
-        Tensor::from_vec(global.b1.clone(), h, &device)?,
-        Tensor::from_vec(global.w2.clone(), (c, h), &device)?,
-        Tensor::from_vec(global.b2.clone(), c, &device)?,
+        Tensor::from_vec(global.w1.clone(), (h, f), device)?,
+        Tensor::from_vec(global.b1.clone(), h, device)?,
+        Tensor::from_vec(global.w2.clone(), (c, h), device)?,
+        Tensor::from_vec(global.b2.clone(), c, device)?,
     ];
     let mut optimizer = OptimizerState::new(config.optimizer, &params)?;
     // Batch order: a second stream, independent of the pixel sampling one.
@@ -286,8 +385,8 @@ pub fn fine_tune_with(
                 row[usize::from(samples.targets[i])] = samples.weights[i] / weight;
                 t.extend_from_slice(&row);
             }
-            let xs = Tensor::from_slice(&x, (batch.len(), f), &device)?;
-            let ts = Tensor::from_slice(&t, (batch.len(), c), &device)?;
+            let xs = Tensor::from_slice(&x, (batch.len(), f), device)?;
+            let ts = Tensor::from_slice(&t, (batch.len(), c), device)?;
             let logits = forward(&xs, &params)?;
             let cross_entropy = ts.mul(&log_softmax(&logits)?)?.sum_all()?.neg()?;
             let loss = (cross_entropy + proximal(&params, &anchors, config.mu)?)?;
@@ -311,7 +410,7 @@ pub fn fine_tune_with(
     }
 
     let to_vec = |v: &Var| v.as_tensor().flatten_all()?.to_vec1::<f32>();
-    let mut head = Head {
+    let head = Head {
         features: f,
         hidden: h,
         classes: c,
@@ -322,21 +421,13 @@ pub fn fine_tune_with(
         cls_w: start.cls_w,
         cls_b: start.cls_b,
     };
-    let classifier = train_classifier(&mut head, global, data, config, &device, cancel)?;
-    if head.parameters().iter().any(|w| !w.is_finite()) {
-        return Err(FineTuneError::NonFiniteWeights);
-    }
-    let report = FineTuneReport {
+    let run = SegmentationRun {
+        outcome: SegmentationOutcome::Trained { cases: cases.len() },
         epoch_losses,
         steps,
         samples_per_class: samples.per_class,
-        classifier,
-        distance_to_start: head.distance(start).unwrap_or(f64::NAN),
-        distance_to_global: head.distance(global).unwrap_or(f64::NAN),
-        seconds: began.elapsed().as_secs_f64(),
-        device: format!("{device:?}"),
     };
-    Ok((head, report))
+    Ok((head, run))
 }
 
 /// Class probabilities of `features` `[n, features, plane]` computed by candle (the forward
@@ -496,10 +587,10 @@ struct Samples {
     per_class: Vec<usize>,
 }
 
-/// Up to `pixels_per_class` pixels of each class from each case, uniformly without
-/// replacement, each weighted `class_weight * n_c / k_c`.
+/// Up to `pixels_per_class` pixels of each class from each case (all with pixel labels),
+/// uniformly without replacement, each weighted `class_weight * n_c / k_c`.
 fn sample_pixels(
-    data: &TrainingSet,
+    cases: &[&Case],
     head: &Head,
     config: &FineTuneConfig,
 ) -> Result<Samples, FineTuneError> {
@@ -513,7 +604,7 @@ fn sample_pixels(
         per_class: vec![0; c],
     };
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); c];
-    for case in &data.cases {
+    for case in cases {
         by_class.iter_mut().for_each(Vec::clear);
         for (i, label) in case.labels.iter().enumerate() {
             by_class[usize::from(*label)].push(i);
@@ -547,8 +638,9 @@ fn sample_pixels(
     Ok(out)
 }
 
-/// Logistic fit of the study classifier on the labelled cases, inputs computed with the new
-/// segmentation weights in `head` (as inference computes them), proximal toward `global`.
+/// Logistic fit of the study classifier on every case with a study label, inputs computed
+/// with the segmentation weights in `head` (as inference computes them), proximal toward
+/// `global`.
 fn train_classifier(
     head: &mut Head,
     global: &Head,

@@ -1,6 +1,7 @@
 //! Fine-tuning the head: the fine-tuned head computes through the inference path what candle
 //! computed; one seed gives one set of weights; it learns a simulated site; FedProx holds it
-//! near the global head; it can be cancelled; bad input is a typed error.
+//! near the global head; it can be cancelled; bad input is a typed error. Cases with a study
+//! label alone (no pixel labels) teach and score the study classifier only.
 //!
 //! Data: the simulated site of `common` (the real head CT with implanted lesions, backbone on
 //! tract). Its lesions are fainter (+25 HU) than the training data's (+50 to +80 HU).
@@ -10,7 +11,8 @@ mod common;
 use common::{build_site, fine_tune_config as config, repo, SiteSpec};
 use models::evaluate;
 use models::finetune::{
-    candle_probabilities, fine_tune, fine_tune_with, Case, FineTuneError, TrainingSet,
+    candle_probabilities, fine_tune, fine_tune_with, Case, ClassifierOutcome, FineTuneError,
+    SegmentationOutcome, TrainingSet,
 };
 use models::head::Head;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +42,43 @@ fn fixture() -> &'static Fixture {
             test: site.test,
         }
     })
+}
+
+/// The bits of every weight.
+fn bits(h: &Head) -> Vec<u32> {
+    h.parameters().iter().map(|x| x.to_bits()).collect()
+}
+
+/// The bits of the segmentation MLP's weights (all but the study classifier's).
+fn segmentation_bits(h: &Head) -> Vec<u32> {
+    [&h.w1, &h.b1, &h.w2, &h.b2]
+        .iter()
+        .flat_map(|w| w.iter().map(|x| x.to_bits()))
+        .collect()
+}
+
+/// The case with its pixel labels dropped: a study label alone, as an SR gives it.
+fn study_label_only(case: &Case) -> Case {
+    Case {
+        id: format!("{}-study-only", case.id),
+        labels: Vec::new(),
+        ..case.clone()
+    }
+}
+
+/// `cases` with the pixel labels of every odd-numbered one dropped.
+fn every_other_study_only(cases: &[Case]) -> Vec<Case> {
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 1 {
+                study_label_only(c)
+            } else {
+                c.clone()
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -85,12 +124,6 @@ fn the_same_seed_gives_bit_identical_weights_and_another_seed_does_not() {
     c.epochs = 3;
     let (a, _) = fine_tune(&fx.head, &fx.head, &fx.train, &c).unwrap();
     let (b, _) = fine_tune(&fx.head, &fx.head, &fx.train, &c).unwrap();
-    let bits = |h: &Head| {
-        h.parameters()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect::<Vec<_>>()
-    };
     assert_eq!(bits(&a), bits(&b));
     let bytes = a.to_safetensors().unwrap();
     assert_eq!(bytes, b.to_safetensors().unwrap());
@@ -303,5 +336,179 @@ fn an_empty_set_wrong_shapes_and_bad_labels_are_typed_errors() {
     assert!(matches!(
         evaluate::score(&fx.head, &[case, short]),
         Err(evaluate::EvalError::Case { index: 1, .. })
+    ));
+}
+
+#[test]
+fn a_mixed_set_trains_the_segmentation_on_its_pixel_labelled_cases_alone_and_the_classifier_on_all()
+{
+    let fx = fixture();
+    let mut c = config();
+    c.epochs = 3;
+    let mixed = TrainingSet {
+        cases: every_other_study_only(&fx.train.cases),
+    };
+    let (a, report) = fine_tune(&fx.head, &fx.head, &mixed, &c).unwrap();
+    let segmented = fx.train.cases.len().div_ceil(2);
+    assert_eq!(
+        report.segmentation,
+        SegmentationOutcome::Trained { cases: segmented }
+    );
+    assert_eq!(report.epoch_losses.len(), c.epochs);
+    assert!(
+        matches!(report.classifier, ClassifierOutcome::Trained { cases, .. } if cases == fx.train.cases.len()),
+        "{:?}",
+        report.classifier
+    );
+    // Deterministic for a seed, as a fully labelled set is.
+    let (b, _) = fine_tune(&fx.head, &fx.head, &mixed, &c).unwrap();
+    assert_eq!(bits(&a), bits(&b));
+
+    // The study-only cases add nothing to the segmentation MLP: the same bits as fine-tuning
+    // on the pixel-labelled cases alone. The classifier saw twice the cases, so it differs.
+    let labelled = TrainingSet {
+        cases: mixed
+            .cases
+            .iter()
+            .filter(|c| c.has_pixel_labels())
+            .cloned()
+            .collect(),
+    };
+    assert_eq!(labelled.cases.len(), segmented);
+    let (alone, alone_report) = fine_tune(&fx.head, &fx.head, &labelled, &c).unwrap();
+    assert_eq!(segmentation_bits(&a), segmentation_bits(&alone));
+    assert_eq!(report.samples_per_class, alone_report.samples_per_class);
+    assert_ne!(bits(&a), bits(&alone));
+}
+
+#[test]
+fn a_study_label_only_set_trains_the_classifier_and_keeps_the_segmentation_bit_identical() {
+    let fx = fixture();
+    let study_only = TrainingSet {
+        cases: fx.train.cases.iter().map(study_label_only).collect(),
+    };
+    let mut epochs_reported = 0;
+    let (tuned, report) = fine_tune_with(
+        &fx.head,
+        &fx.head,
+        &study_only,
+        &config(),
+        |_, _| epochs_reported += 1,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(
+        matches!(&report.segmentation, SegmentationOutcome::Kept(why) if why.contains("pixel labels")),
+        "{:?}",
+        report.segmentation
+    );
+    assert_eq!(epochs_reported, 0);
+    assert!(report.epoch_losses.is_empty());
+    assert_eq!(report.steps, 0);
+    assert_eq!(report.samples_per_class, vec![0; fx.head.classes]);
+    assert_eq!(segmentation_bits(&tuned), segmentation_bits(&fx.head));
+
+    let ClassifierOutcome::Trained {
+        cases,
+        loss_before,
+        loss_after,
+    } = report.classifier
+    else {
+        panic!("classifier kept: {:?}", report.classifier);
+    };
+    assert_eq!(cases, study_only.cases.len());
+    assert!(loss_after < loss_before, "{loss_before} -> {loss_after}");
+    assert_ne!((tuned.cls_w, tuned.cls_b), (fx.head.cls_w, fx.head.cls_b));
+    // The reported losses are the mean logistic losses of the heads as inference runs them.
+    let loss = |head: &Head| {
+        let sum: f64 = study_only
+            .cases
+            .iter()
+            .map(|case| {
+                let inputs = evaluate::study_inputs(head, case);
+                let p = head.classify(inputs.max_probability, inputs.ml);
+                if case.finding == Some(true) {
+                    -p.ln()
+                } else {
+                    -(1.0 - p).ln()
+                }
+            })
+            .sum();
+        sum / study_only.cases.len() as f64
+    };
+    for (reported, head) in [(loss_before, &fx.head), (loss_after, &tuned)] {
+        let measured = loss(head);
+        assert!(
+            (f64::from(reported) - measured).abs() < 1e-4,
+            "reported {reported}, measured {measured}"
+        );
+    }
+}
+
+#[test]
+fn scoring_pools_dice_over_pixel_labelled_cases_only_and_auroc_over_every_study_label() {
+    let fx = fixture();
+    let mixed = every_other_study_only(&fx.test);
+    let labelled: Vec<Case> = mixed
+        .iter()
+        .filter(|c| c.has_pixel_labels())
+        .cloned()
+        .collect();
+    let on_mixed = evaluate::score(&fx.head, &mixed).unwrap();
+    let on_labelled = evaluate::score(&fx.head, &labelled).unwrap();
+    let on_full = evaluate::score(&fx.head, &fx.test).unwrap();
+    assert_eq!(on_mixed.segmentation_cases, labelled.len());
+    assert_eq!(on_full.segmentation_cases, fx.test.len());
+    assert_eq!(on_mixed.overlaps, on_labelled.overlaps);
+    assert_eq!(on_mixed.dice, on_labelled.dice);
+    assert_ne!(on_mixed.overlaps, on_full.overlaps);
+    // Dropping pixel labels changes nothing the study classifier sees.
+    assert_eq!(on_mixed.study_probabilities, on_full.study_probabilities);
+    assert_eq!(on_mixed.auroc, on_full.auroc);
+    assert!(on_mixed.auroc.is_some());
+
+    // No pixel label at all: no Dice, and certainly not a perfect one.
+    let study_only: Vec<Case> = fx.test.iter().map(study_label_only).collect();
+    let none = evaluate::score(&fx.head, &study_only).unwrap();
+    assert_eq!(none.segmentation_cases, 0);
+    assert_eq!(none.dice.len(), fx.head.classes - 1);
+    assert!(none.dice.iter().all(|d| d.is_nan()), "{:?}", none.dice);
+    assert_eq!(none.auroc, on_full.auroc);
+}
+
+#[test]
+fn a_case_without_any_label_and_a_set_with_nothing_to_learn_are_typed_errors() {
+    let fx = fixture();
+    let c = config();
+    let mut unlabelled = study_label_only(&fx.train.cases[1]);
+    unlabelled.finding = None;
+    let set = TrainingSet {
+        cases: vec![fx.train.cases[0].clone(), unlabelled.clone()],
+    };
+    let err = fine_tune(&fx.head, &fx.head, &set, &c).unwrap_err();
+    assert!(
+        matches!(&err, FineTuneError::Case { index: 1, reason, .. } if reason.contains("no label at all")),
+        "{err}"
+    );
+    assert!(matches!(
+        evaluate::score(&fx.head, &set.cases),
+        Err(evaluate::EvalError::Case { index: 1, .. })
+    ));
+
+    // Study labels only, all positive: the segmentation has no pixels, the classifier no
+    // negative case, and the start head is no candidate.
+    let positives = TrainingSet {
+        cases: fx
+            .train
+            .cases
+            .iter()
+            .filter(|c| c.finding == Some(true))
+            .map(study_label_only)
+            .collect(),
+    };
+    assert!(!positives.cases.is_empty());
+    assert!(matches!(
+        fine_tune(&fx.head, &fx.head, &positives, &c),
+        Err(FineTuneError::NothingToTrain { .. })
     ));
 }
