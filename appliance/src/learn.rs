@@ -754,6 +754,7 @@ impl Learner {
                 "epoch_losses": fine_tune_report.epoch_losses,
                 "steps": fine_tune_report.steps,
                 "samples_per_class": fine_tune_report.samples_per_class,
+                "segmentation": format!("{:?}", fine_tune_report.segmentation),
                 "classifier": format!("{:?}", fine_tune_report.classifier),
                 "distance_to_start": fine_tune_report.distance_to_start,
                 "distance_to_global": fine_tune_report.distance_to_global,
