@@ -9,9 +9,12 @@
 //! - [`seg`]: the Segmentation IOD (PS3.3 A.51), and [`seg::decode`] + [`seg::check_geometry`],
 //!   which read a written SEG back onto the source grid before it may leave.
 //! - [`sr`]: the Comprehensive SR IOD (PS3.3 A.35.3) with TID 1500 content (PS3.16).
+//! - [`sr_read`]: the other direction: the Yes/No, Present/Absent findings of an SR a
+//!   radiologist sends back (usually an edited copy of ours), read with bounded work.
 
 pub mod seg;
 pub mod sr;
+pub mod sr_read;
 
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
