@@ -1,18 +1,22 @@
 //! Labelled cases: a DICOM SEG about a series the appliance holds (a radiologist's corrected
 //! copy of our SEG, or a segmentation of their own) becomes a segmentation label for that
-//! series, for fine-tuning later. A SEG arrives over DICOM (intake when its study completes)
-//! or from a file (`appliance cases import`).
+//! series; a verified SR that states the model's finding present or absent (a radiologist's
+//! answer to ours) becomes a classification label for the study's series. Both arrive over
+//! DICOM (intake when their study completes) or from a file (`appliance cases import`).
 //!
-//! A label is accepted only when the SEG references a series in the spool, lies exactly on
-//! that series' grid (the same re-projection that checks our own SEGs before export), and
-//! every segment maps to a label of the model (by its Segmented Property Type code, else by
-//! its name). Otherwise the case is recorded as refused, with the reason. An accepted label is
-//! written as one label value per source voxel to `<data_dir>/cases/<id>/labels.u8`,
-//! fsync'd before its row commits.
+//! A SEG is accepted only when it references a series in the spool, lies exactly on that
+//! series' grid (the same re-projection that checks our own SEGs before export), and every
+//! segment maps to a label of the model (by its Segmented Property Type code, else by its
+//! name). An SR is accepted only when a person verified it (Verification Flag VERIFIED), it
+//! states the model's classification finding one way (Yes/No, Present/Absent), and its study
+//! holds a series of the model's modality (the one its evidence names, else the only one).
+//! Our own SEGs and SRs coming back are refused. Otherwise the case is recorded as refused,
+//! with the reason. An accepted segmentation is written as one label value per source voxel
+//! to `<data_dir>/cases/<id>/labels.u8`, fsync'd before its row commits.
 
 use crate::export::{fsync_dir, write_durably};
 use models::package::Manifest;
-use pacs_bridge::objects::seg;
+use pacs_bridge::objects::{seg, sr_read};
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -57,13 +61,25 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Why a SEG cannot become a label.
+/// Why a SEG or an SR cannot become a label.
 #[derive(Debug, Error)]
 pub enum CaseError {
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("not a usable binary SEG: {0}")]
-    NotASeg(String),
+    #[error("not a usable binary SEG ({seg}) nor a readable SR ({sr})")]
+    NotALabel { seg: String, sr: String },
+    #[error("the SR is not verified by a person (Verification Flag {0}); only a verified report is a label")]
+    Unverified(String),
+    #[error("model {0} has no classification finding for an SR to state")]
+    NoClassification(String),
+    #[error("the SR states nothing about {0}")]
+    NoStatement(String),
+    #[error("{0}")]
+    Contradiction(String),
+    #[error("the SR's study holds no {modality} series ({study})")]
+    UnknownStudy { study: String, modality: String },
+    #[error("the SR's study holds {count} {modality} series and its evidence names none of them")]
+    AmbiguousSeries { count: usize, modality: String },
     #[error("the SEG references no series")]
     NoReference,
     #[error("the SEG references series the appliance does not hold ({0})")]
@@ -72,7 +88,7 @@ pub enum CaseError {
     Volume(String),
     #[error("the SEG is not on the geometry of the series it references: {0}")]
     Geometry(String),
-    #[error("the SEG is this appliance's own result (job {0}), not a radiologist's label; a corrected copy needs its own SOP Instance UID")]
+    #[error("the object is this appliance's own result (job {0}), not a radiologist's label; a corrected copy needs its own SOP Instance UID")]
     OwnResult(i64),
     #[error("segment {number} ({label:?}, {code}) is not a label of model {model}")]
     UnknownSegment {
@@ -94,25 +110,135 @@ pub struct CaseView {
     pub study_uid: Option<String>,
     pub series_uid: Option<String>,
     pub model_id: String,
+    /// "segmentation" (a SEG) or "classification" (a verified SR).
+    pub kind: String,
     /// Voxels per model label value.
     pub label_voxels: Option<BTreeMap<String, u64>>,
+    /// What a classification label says of the model's finding.
+    pub finding: Option<bool>,
 }
 
 /// An accepted label before it is stored.
 struct Label {
     study_uid: Option<String>,
     series_uid: String,
-    /// Model label value per source voxel.
-    labels: Vec<u8>,
+    content: Content,
 }
 
-/// Read and decode the SEG at `path`.
-fn read_seg(path: &Path) -> Result<seg::DecodedSeg, CaseError> {
+enum Content {
+    /// Model label value per source voxel.
+    Segmentation(Vec<u8>),
+    /// The finding is present (or absent).
+    Finding(bool),
+}
+
+/// A decoded label object.
+enum LabelObject {
+    Seg(seg::DecodedSeg),
+    Report(sr_read::DecodedReport),
+}
+
+impl LabelObject {
+    fn sop_instance_uid(&self) -> Option<String> {
+        match self {
+            LabelObject::Seg(d) => d.sop_instance_uid.clone(),
+            LabelObject::Report(r) => Some(r.sop_instance_uid.clone()),
+        }
+    }
+}
+
+/// Read and decode the SEG or SR at `path`.
+fn read_label_object(path: &Path) -> Result<LabelObject, CaseError> {
     let bytes = std::fs::read(path).map_err(|e| CaseError::Read {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    seg::decode(&bytes).map_err(|e| CaseError::NotASeg(e.to_string()))
+    let seg_error = match seg::decode(&bytes) {
+        Ok(d) => return Ok(LabelObject::Seg(d)),
+        Err(e) => e.to_string(),
+    };
+    sr_read::decode_findings(&bytes)
+        .map(LabelObject::Report)
+        .map_err(|e| CaseError::NotALabel {
+            seg: seg_error,
+            sr: e.to_string(),
+        })
+}
+
+/// Whether an SR that arrived over DICOM speaks about the model's finding at all (stated either
+/// way, or both): only those become cases. Other SRs (a scanner's dose report, a report on
+/// something else) are not labels and are left alone, not recorded as refused.
+pub fn sr_mentions_finding(path: &Path, manifest: &Manifest) -> bool {
+    let Some(code) = manifest
+        .classification
+        .as_ref()
+        .and_then(|c| c.finding.as_ref())
+    else {
+        return false;
+    };
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| sr_read::decode_findings(&bytes).ok())
+        .is_some_and(|report| !matches!(report.finding(code), Ok(None)))
+}
+
+/// Turn a decoded SR into a classification label for `manifest`'s model, or say why not.
+fn finding_of(
+    data_dir: &Path,
+    manifest: &Manifest,
+    report: sr_read::DecodedReport,
+) -> Result<Label, CaseError> {
+    if !report.verified {
+        return Err(CaseError::Unverified(
+            report
+                .verification_flag
+                .clone()
+                .unwrap_or_else(|| "absent".into()),
+        ));
+    }
+    let code = manifest
+        .classification
+        .as_ref()
+        .and_then(|c| c.finding.as_ref())
+        .ok_or_else(|| CaseError::NoClassification(manifest.id.clone()))?;
+    let present = report
+        .finding(code)
+        .map_err(|e| CaseError::Contradiction(e.to_string()))?
+        .ok_or_else(|| {
+            CaseError::NoStatement(format!("{} ({} {})", code.meaning, code.scheme, code.value))
+        })?;
+    let modality = &manifest.input.modality;
+    let unknown = |e: &dyn std::fmt::Display| CaseError::UnknownStudy {
+        study: format!("{}: {e}", report.study_uid),
+        modality: modality.clone(),
+    };
+    let spool = index::open_read_only(&pacs_bridge::store::index_path(data_dir))
+        .map_err(|e| unknown(&e))?;
+    let candidates =
+        index::series_of_modality(&spool, &report.study_uid, modality).map_err(|e| unknown(&e))?;
+    let series_uid = match candidates.as_slice() {
+        [] => {
+            return Err(CaseError::UnknownStudy {
+                study: report.study_uid.clone(),
+                modality: modality.clone(),
+            })
+        }
+        [only] => only.clone(),
+        many => report
+            .evidence_series
+            .iter()
+            .find(|s| many.contains(s))
+            .cloned()
+            .ok_or(CaseError::AmbiguousSeries {
+                count: many.len(),
+                modality: modality.clone(),
+            })?,
+    };
+    Ok(Label {
+        study_uid: Some(report.study_uid),
+        series_uid,
+        content: Content::Finding(present),
+    })
 }
 
 /// Turn a decoded SEG into a label for `manifest`'s model, or say why not.
@@ -168,13 +294,13 @@ fn label_of(
     Ok(Label {
         study_uid: decoded.study_uid.clone().or(Some(series.study_uid.clone())),
         series_uid,
-        labels: segments.iter().map(|s| map[usize::from(*s)]).collect(),
+        content: Content::Segmentation(segments.iter().map(|s| map[usize::from(*s)]).collect()),
     })
 }
 
-/// Take the SEG at `path` in as a case of `manifest`'s model: accepted with its label stored,
-/// or refused with the reason. Both are recorded (a re-sent SEG replaces its earlier record);
-/// the result says which.
+/// Take the SEG or SR at `path` in as a case of `manifest`'s model: accepted with its label
+/// stored, or refused with the reason. Both are recorded (a re-sent object replaces its
+/// earlier record); the result says which.
 pub fn ingest(
     conn: &Connection,
     data_dir: &Path,
@@ -182,19 +308,20 @@ pub fn ingest(
     path: &Path,
     origin: &str,
 ) -> anyhow::Result<Result<CaseView, CaseError>> {
-    let decoded = read_seg(path);
+    let decoded = read_label_object(path);
     let sop_uid = decoded
         .as_ref()
         .ok()
-        .and_then(|d| d.sop_instance_uid.clone())
+        .and_then(LabelObject::sop_instance_uid)
         .unwrap_or_else(|| path.display().to_string());
     let now = crate::jobs::now_ms();
-    // A PACS that routes everything back returns our own SEGs too: learning from them would
-    // teach the model its own mistakes.
+    // A PACS that routes everything back returns our own SEGs and SRs too: learning from them
+    // would teach the model its own mistakes.
     let own_job = own_result(conn, &sop_uid)?;
-    let outcome = decoded.and_then(|d| match own_job {
-        Some(job) => Err(CaseError::OwnResult(job)),
-        None => label_of(data_dir, manifest, d),
+    let outcome = decoded.and_then(|d| match (own_job, d) {
+        (Some(job), _) => Err(CaseError::OwnResult(job)),
+        (None, LabelObject::Seg(seg)) => label_of(data_dir, manifest, seg),
+        (None, LabelObject::Report(report)) => finding_of(data_dir, manifest, report),
     });
     // One transaction: a reader sees no case, or the case in its final state with its label.
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
@@ -208,22 +335,42 @@ pub fn ingest(
          ON CONFLICT (label_sop_uid) DO UPDATE SET origin = excluded.origin,
              state = excluded.state, reason = excluded.reason, model_id = excluded.model_id,
              study_uid = NULL, series_uid = NULL, labels_path = NULL, label_voxels_json = NULL,
-             created_at_ms = excluded.created_at_ms
+             kind = 'segmentation', finding = NULL, created_at_ms = excluded.created_at_ms
          RETURNING id",
         params![sop_uid, origin, state, reason, manifest.id, now],
         |r| r.get(0),
     )?;
     match outcome {
-        Ok(label) => {
+        Ok(Label {
+            study_uid,
+            series_uid,
+            content: Content::Finding(present),
+        }) => {
+            tx.execute(
+                "UPDATE cases SET study_uid = ?2, series_uid = ?3, kind = 'classification',
+                     finding = ?4 WHERE id = ?1",
+                params![id, study_uid, series_uid, present],
+            )?;
+            tx.commit()?;
+            tracing::info!(case = id, study = %study_uid.as_deref().map(pacs_bridge::log_tag).unwrap_or_default(), present, "classification label accepted");
+            Ok(Ok(
+                get(conn, id)?.ok_or_else(|| anyhow::anyhow!("case {id} vanished"))?
+            ))
+        }
+        Ok(Label {
+            study_uid,
+            series_uid,
+            content: Content::Segmentation(labels),
+        }) => {
             let mut counts = BTreeMap::new();
             for l in &manifest.labels {
-                let n = label.labels.iter().filter(|v| **v == l.value).count() as u64;
+                let n = labels.iter().filter(|v| **v == l.value).count() as u64;
                 counts.insert(l.value.to_string(), n);
             }
             let dir = PathBuf::from("cases").join(id.to_string());
             let absolute = data_dir.join(&dir);
             std::fs::create_dir_all(&absolute)?;
-            write_durably(&absolute.join("labels.u8"), &label.labels)?;
+            write_durably(&absolute.join("labels.u8"), &labels)?;
             fsync_dir(&absolute)?;
             if let Some(parent) = absolute.parent() {
                 fsync_dir(parent)?;
@@ -233,14 +380,14 @@ pub fn ingest(
                      label_voxels_json = ?5 WHERE id = ?1",
                 params![
                     id,
-                    label.study_uid,
-                    label.series_uid,
+                    study_uid,
+                    series_uid,
                     dir.join("labels.u8").to_string_lossy(),
                     serde_json::to_string(&counts)?
                 ],
             )?;
             tx.commit()?;
-            tracing::info!(case = id, study = %label.study_uid.as_deref().map(pacs_bridge::log_tag).unwrap_or_default(), "labelled case accepted");
+            tracing::info!(case = id, study = %study_uid.as_deref().map(pacs_bridge::log_tag).unwrap_or_default(), "segmentation label accepted");
             Ok(Ok(
                 get(conn, id)?.ok_or_else(|| anyhow::anyhow!("case {id} vanished"))?
             ))
@@ -272,7 +419,7 @@ fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<CaseView>> {
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<CaseView>> {
     let mut stmt = conn.prepare(
         "SELECT id, label_sop_uid, origin, state, reason, study_uid, series_uid, model_id,
-                label_voxels_json FROM cases ORDER BY id",
+                label_voxels_json, kind, finding FROM cases ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
         let counts: Option<String> = r.get(8)?;
@@ -286,12 +433,14 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<CaseView>> {
             series_uid: r.get(6)?,
             model_id: r.get(7)?,
             label_voxels: counts.and_then(|c| serde_json::from_str(&c).ok()),
+            kind: r.get(9)?,
+            finding: r.get(10)?,
         })
     })?;
     rows.collect()
 }
 
-/// Whether the SEG with this SOP Instance UID was already taken in (accepted or refused).
+/// Whether the SEG or SR with this SOP Instance UID was already taken in (accepted or refused).
 pub fn known(conn: &Connection, sop_uid: &str) -> rusqlite::Result<bool> {
     Ok(conn
         .query_row(

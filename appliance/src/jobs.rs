@@ -236,23 +236,28 @@ impl Pipeline {
         Ok(created)
     }
 
-    /// Take every SEG of a completed study that is new to us in as a labelled case for the
-    /// model (accepted or refused, with the reason); returns how many were taken in.
+    /// Take every SEG and SR of a completed study that is new to us in as a labelled case for
+    /// the model (accepted or refused, with the reason); returns how many were taken in.
     pub fn intake_labels(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
         let conn = open(&self.data_dir)?;
         let mut taken = 0;
-        for s in series
-            .iter()
-            .filter(|s| s.modality.eq_ignore_ascii_case("SEG"))
-        {
+        // A SEG is a segmentation label; an SR may be a verified answer about the finding.
+        for s in series.iter().filter(|s| {
+            s.modality.eq_ignore_ascii_case("SEG") || s.modality.eq_ignore_ascii_case("SR")
+        }) {
             for file in &s.files {
                 let sop = file
                     .file_stem()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
                 if crate::cases::known(&conn, &sop)? {
+                    continue;
+                }
+                if s.modality.eq_ignore_ascii_case("SR")
+                    && !crate::cases::sr_mentions_finding(file, &self.package.manifest)
+                {
                     continue;
                 }
                 crate::cases::ingest(&conn, &self.data_dir, &self.package.manifest, file, "dicom")?

@@ -171,6 +171,63 @@ fn trigger(
     }
 }
 
+/// A case with stored features, as training and validation read it.
+#[derive(Debug, Clone, PartialEq)]
+struct StoredCase {
+    id: i64,
+    slices: i64,
+    plane: i64,
+    pixel_ml: f64,
+    finding: Option<bool>,
+    features_path: String,
+    labels_path: String,
+    labels_sha256: String,
+}
+
+/// The most recent `limit` cases of `split` with features of this backbone, oldest first: each
+/// segmentation case (with the finding of the latest verified SR about its series, if any),
+/// and each classification label about a series without one.
+fn stored_cases(
+    conn: &Connection,
+    model_id: &str,
+    backbone_sha256: &str,
+    split: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredCase>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT f.case_id, f.slices, f.plane, f.pixel_ml, {FINDING}, f.features_path,
+                f.labels_path, f.labels_sha256
+         FROM case_features f JOIN case_splits s ON s.case_id = f.case_id
+         JOIN cases c ON c.id = f.case_id
+         WHERE s.split = ?1 AND c.state = 'accepted' AND c.model_id = ?2
+           AND f.backbone_sha256 = ?3 AND {STANDS_ALONE}
+         ORDER BY f.case_id DESC LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            split,
+            model_id,
+            backbone_sha256,
+            limit.min(i64::MAX as usize) as i64
+        ],
+        |r| {
+            Ok(StoredCase {
+                id: r.get(0)?,
+                slices: r.get(1)?,
+                plane: r.get(2)?,
+                pixel_ml: r.get(3)?,
+                finding: r.get(4)?,
+                features_path: r.get(5)?,
+                labels_path: r.get(6)?,
+                labels_sha256: r.get(7)?,
+            })
+        },
+    )?;
+    let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
 /// The learner of the configured model.
 pub struct Learner {
     data_dir: PathBuf,
@@ -486,42 +543,26 @@ impl Learner {
         split: &str,
         limit: usize,
     ) -> anyhow::Result<(Vec<Case>, Vec<CaseRef>)> {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT f.case_id, f.slices, f.plane, f.pixel_ml, {FINDING}, f.features_path,
-                    f.labels_path, f.labels_sha256
-             FROM case_features f JOIN case_splits s ON s.case_id = f.case_id
-             JOIN cases c ON c.id = f.case_id
-             WHERE s.split = ?1 AND c.state = 'accepted' AND c.model_id = ?2
-               AND f.backbone_sha256 = ?3 AND {STANDS_ALONE}
-             ORDER BY f.case_id DESC LIMIT ?4"
-        ))?;
-        let rows: Vec<(i64, i64, i64, f64, Option<bool>, String, String, String)> = stmt
-            .query_map(
-                params![
-                    split,
-                    self.manifest().id,
-                    self.manifest().backbone.sha256,
-                    limit as i64
-                ],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
-                },
-            )?
-            .collect::<Result<_, _>>()?;
+        let rows = stored_cases(
+            conn,
+            &self.manifest().id,
+            &self.manifest().backbone.sha256,
+            split,
+            limit,
+        )?;
         let features_per_pixel = self.manifest().backbone.features;
         let mut cases = Vec::new();
         let mut refs = Vec::new();
-        for (id, slices, plane, pixel_ml, finding, features_path, labels_path, sha) in
-            rows.into_iter().rev()
+        for StoredCase {
+            id,
+            slices,
+            plane,
+            pixel_ml,
+            finding,
+            features_path,
+            labels_path,
+            labels_sha256: sha,
+        } in rows
         {
             let (slices, plane) = (slices as usize, plane as usize);
             let bytes = std::fs::read(self.data_dir.join(&features_path))
@@ -855,6 +896,64 @@ impl Learner {
 mod tests {
     use super::*;
     use crate::config::LearningConfig;
+
+    fn case(conn: &Connection, id: i64, kind: &str, series: &str, finding: Option<bool>) {
+        conn.execute(
+            "INSERT INTO cases (id, label_sop_uid, origin, state, series_uid, model_id,
+                 created_at_ms, kind, finding)
+             VALUES (?1, ?2, 'dicom', 'accepted', ?3, 'm', ?1, ?4, ?5)",
+            params![id, format!("sop{id}"), series, kind, finding],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO case_splits (case_id, split) VALUES (?1, 'train')",
+            [id],
+        )
+        .unwrap();
+    }
+
+    fn features(conn: &Connection, id: i64, finding: Option<bool>) {
+        conn.execute(
+            "INSERT INTO case_features (case_id, backbone_sha256, slices, plane, pixel_ml,
+                 finding, features_path, labels_path, labels_sha256, created_at_ms)
+             VALUES (?1, 'b', 1, 1, 1.0, ?2, 'f', 'l', 'h', 0)",
+            params![id, finding],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_verified_sr_sets_the_finding_of_its_series_segmentation_or_stands_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::jobs::open(dir.path()).unwrap();
+        // Series S1: a SEG with a lesion, then an SR saying there is none (the SR wins).
+        case(&conn, 1, "segmentation", "S1", None);
+        features(&conn, 1, Some(true));
+        case(&conn, 2, "classification", "S1", Some(false));
+        // Series S2: an SR alone, with features of its own.
+        case(&conn, 3, "classification", "S2", Some(true));
+        features(&conn, 3, Some(true));
+        // Series S3: a SEG without an SR keeps what its pixels say.
+        case(&conn, 4, "segmentation", "S3", None);
+        features(&conn, 4, Some(true));
+        let got: Vec<(i64, Option<bool>)> = stored_cases(&conn, "m", "b", "train", 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id, c.finding))
+            .collect();
+        assert_eq!(got, [(1, Some(false)), (3, Some(true)), (4, Some(true))]);
+        // The most recent ones within the limit, oldest first.
+        let got: Vec<i64> = stored_cases(&conn, "m", "b", "train", 2)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(got, [3, 4]);
+        // Another backbone's features are not used.
+        assert!(stored_cases(&conn, "m", "other", "train", 10)
+            .unwrap()
+            .is_empty());
+    }
 
     #[test]
     fn a_fine_tune_is_due_after_enough_new_cases_or_when_the_schedule_has_new_ones() {

@@ -7,7 +7,7 @@ radiologist confirms or rejects its finding, for the labelled-case tests.
 Sets the value of every qualitative evaluation (a CODE content item whose value is SCT
 373066001 "Yes" or 373067005 "No") to the given answer, marks the document COMPLETE and
 VERIFIED by a named observer (unless "unverified"), and gives the copy new SOP Instance and
-Series UIDs (the originals with ".7" appended).
+Series UIDs (the originals with a suffix per answer and flag appended).
 """
 import sys
 
@@ -36,9 +36,10 @@ def main():
     src, dst, answer = sys.argv[1:4]
     verified = not (len(sys.argv) > 4 and sys.argv[4] == "unverified")
     ds = pydicom.dcmread(src)
-    ds.SOPInstanceUID = ds.SOPInstanceUID + ".7"
+    suffix = (".7" if answer == "yes" else ".8") + ("" if verified else "9")
+    ds.SOPInstanceUID = ds.SOPInstanceUID + suffix
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".7"
+    ds.SeriesInstanceUID = ds.SeriesInstanceUID + suffix
     ds.SeriesDescription = "radiologist's answer"
     if answer_all(ds.ContentSequence, YES if answer == "yes" else NO) == 0:
         sys.exit("no qualitative evaluation in the SR")

@@ -2,7 +2,8 @@
 //! becomes a segmentation label of the series it references, voxel for voxel; SEGs that do not
 //! fit the series they name (rotated, unknown segment, unknown series, not a SEG, the
 //! appliance's own SEG come back) are refused with the reason, over DICOM and through
-//! `appliance cases import` alike.
+//! `appliance cases import` alike. A verified SR answering the appliance's finding becomes the
+//! study's classification label; an unverified one, or our own, is refused.
 
 use hil_tests::appliance::Appliance;
 use hil_tests::fixtures::lesion_series;
@@ -87,6 +88,79 @@ fn a_corrected_seg_sent_by_dcmtk_becomes_the_label_of_the_series_it_references()
     assert_eq!(std::fs::metadata(labels).unwrap().len(), 108 * 256 * 256);
     // The returned SEG started no inference job of its own.
     assert_eq!(app.jobs(&study).len(), 1);
+}
+
+/// Run `peers/edit_sr.py IN OUT ANSWER [unverified]`.
+fn edit_sr(input: &Path, output: &Path, answer: &str, verified: bool) {
+    let out = Command::new("python3")
+        .arg(repo_root().join("hil-tests/peers/edit_sr.py"))
+        .arg(input)
+        .arg(output)
+        .arg(answer)
+        .args((!verified).then_some("unverified"))
+        .output()
+        .expect("python3 with pydicom");
+    assert!(
+        out.status.success(),
+        "edit_sr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_verified_sr_sent_by_dcmtk_becomes_the_studys_classification_label() {
+    let (app, study, _, job) = answered();
+    let ours = app
+        .data_dir
+        .join(job["result"]["objects"][1]["path"].as_str().unwrap());
+    assert_eq!(job["result"]["objects"][1]["kind"], "SR");
+    let dir = tempfile::tempdir().unwrap();
+    // The radiologist says: no haemorrhage, and signs the report.
+    let answer = dir.path().join("no.dcm");
+    edit_sr(&ours, &answer, "no", true);
+    let out = storescu("STORESCU", &app.ae_title, app.port, &["-R"], &[answer]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !app.cases().is_empty()),
+        "{}",
+        app.log()
+    );
+    let case = &app.cases()[0];
+    assert_eq!(case["state"], "accepted", "{case}");
+    assert_eq!(case["kind"], "classification");
+    assert_eq!(case["finding"], false);
+    assert_eq!(case["study_uid"], study.as_str());
+    assert_eq!(case["series_uid"], job["series_uid"]);
+
+    // Not signed by anyone: not a label.
+    let unsigned = dir.path().join("unsigned.dcm");
+    edit_sr(&ours, &unsigned, "yes", false);
+    let out = app.cli(&["cases", "import", unsigned.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not verified"), "{stdout}");
+    // Our own SR come back: not a label either.
+    let out = app.cli(&["cases", "import", ours.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("own result (job 1)"), "{stdout}");
+    // The signed "yes" by file import replaces nothing and is a second label.
+    let yes = dir.path().join("yes.dcm");
+    edit_sr(&ours, &yes, "yes", true);
+    let out = app.cli(&["cases", "import", yes.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let all = app.cases();
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all[3]["finding"], true);
+    assert_eq!(all[3]["origin"], "import");
 }
 
 #[test]

@@ -157,6 +157,20 @@ pub fn series_files(
     Ok(out)
 }
 
+/// The series of a study with this modality, whoever sent them (Series Instance UIDs, sorted).
+pub fn series_of_modality(
+    conn: &Connection,
+    study_uid: &str,
+    modality: &str,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT series_uid FROM instances
+         WHERE study_uid = ?1 AND modality = ?2 COLLATE NOCASE ORDER BY series_uid",
+    )?;
+    let rows = stmt.query_map([study_uid, modality], |r| r.get(0))?;
+    rows.collect()
+}
+
 /// The series of (study, calling AE) with the spool files of their instances.
 pub fn series_of_study(
     conn: &Connection,
