@@ -1,8 +1,8 @@
 //! The findings radiologists send back as SR, read for on-site learning: our own TID 1500
 //! report reads back as written, a verified report written by highdicom (not us) reads as
 //! verified with its "No", a report that says Yes and No to one finding is refused per finding,
-//! and whatever else arrives (a CT, a SEG, a truncated or mutated file, a content tree too deep
-//! or too large) is a typed error, never a panic.
+//! and whatever else arrives (a CT, a SEG, a truncated or mutated file, a deflate bomb, a content
+//! tree too deep or too large) is a typed error, never a panic.
 
 mod common;
 
@@ -223,6 +223,7 @@ fn a_verified_report_from_highdicom_saying_no_hemorrhage_reads_as_verified_and_a
     for (flavour, syntax, class) in [
         ("comprehensive", "explicit", sr::COMPREHENSIVE_SR_STORAGE),
         ("comprehensive", "implicit", sr::COMPREHENSIVE_SR_STORAGE),
+        ("comprehensive", "deflated", sr::COMPREHENSIVE_SR_STORAGE),
         ("enhanced", "explicit", ENHANCED_SR_STORAGE),
     ] {
         let bytes = write_with_highdicom(dir.path(), flavour, syntax);
@@ -356,6 +357,46 @@ fn garbage_oversized_and_truncated_files_are_typed_errors() {
             );
         }
     }
+}
+
+/// Our report, deflated (PS3.5 A.5), with `padding` zero bytes of Data Set Trailing Padding
+/// (FFFC,FFFC) OB (PS3.10 7.2), which deflate to almost nothing.
+fn deflated_with_padding(padding: u32) -> Vec<u8> {
+    use std::io::Write;
+    let written = our_sr(&lesion_series(), Some(0.93));
+    let group_length = u32::from_le_bytes(written.bytes[140..144].try_into().unwrap());
+    let mut dataset = written.bytes[144 + group_length as usize..].to_vec();
+    dataset.extend([0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0]);
+    dataset.extend(padding.to_le_bytes());
+    dataset.resize(dataset.len() + padding as usize, 0);
+    let mut deflater = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    deflater.write_all(&dataset).unwrap();
+    let meta = dicom_object::meta::FileMetaTableBuilder::new()
+        .transfer_syntax("1.2.840.10008.1.2.1.99")
+        .media_storage_sop_class_uid(sr::COMPREHENSIVE_SR_STORAGE)
+        .media_storage_sop_instance_uid(&written.sop_instance_uid)
+        .implementation_class_uid("2.25.1")
+        .build()
+        .unwrap();
+    let mut bytes = vec![0u8; 128];
+    bytes.extend(b"DICM");
+    meta.write(&mut bytes).unwrap();
+    bytes.extend(deflater.finish().unwrap());
+    bytes
+}
+
+#[test]
+fn a_deflated_report_that_inflates_past_the_size_bound_is_refused() {
+    let small = decode_findings(&deflated_with_padding(1024)).unwrap();
+    assert_eq!(small.finding(&hemorrhage()), Ok(Some(true)));
+    let bomb = deflated_with_padding(MAX_SR_BYTES as u32);
+    assert!(bomb.len() < MAX_SR_BYTES / 100, "{} bytes", bomb.len());
+    assert!(matches!(
+        decode_findings(&bomb),
+        Err(SrReadError::Malformed(
+            DatasetError::InflatedTooLarge { .. }
+        ))
+    ));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the SR a radiologist's viewer sends back, with highdicom (a tool that is not ours).
 
-usage: write_label_sr.py OUT {comprehensive|enhanced} {explicit|implicit} CT_SLICE...
+usage: write_label_sr.py OUT {comprehensive|enhanced} {explicit|implicit|deflated} CT_SLICE...
 
 A TID 1500 Measurement Report on the given CT slices, VERIFIED by a named Verifying Observer
 (PS3.3 C.17.2), whose one measurement group holds the qualitative evaluation
@@ -57,8 +57,12 @@ def main():
         transfer_syntax_uid={
             "explicit": pydicom.uid.ExplicitVRLittleEndian,
             "implicit": pydicom.uid.ImplicitVRLittleEndian,
+            "deflated": pydicom.uid.ExplicitVRLittleEndian,
         }[syntax],
     )
+    if syntax == "deflated":
+        # highdicom writes no deflated SR; pydicom deflates on save (PS3.5 A.5).
+        sr.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
     sr.save_as(out)
     print(sr.SOPInstanceUID)
 
