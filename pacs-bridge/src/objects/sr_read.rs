@@ -427,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn short_or_unprefixed_bytes_are_not_part10() {
+    fn short_unprefixed_or_meta_less_bytes_are_refused() {
         assert!(matches!(
             decode_findings(b"garbage"),
             Err(SrReadError::NotPart10)
