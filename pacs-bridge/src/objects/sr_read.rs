@@ -36,13 +36,13 @@ pub const MAX_CONTENT_DEPTH: usize = 32;
 /// Most content items in one tree.
 pub const MAX_CONTENT_ITEMS: usize = 10_000;
 
-/// Concept values that state a finding (PS3.16 CID 230 Yes-No, CID 240 Normal-Abnormal's
-/// Present/Absent): (SCT code value, meaning, presence).
-const PRESENCE_VALUES: &[(&str, &str, bool)] = &[
-    ("373066001", "Yes", true),
-    ("373067005", "No", false),
-    ("52101004", "Present", true),
-    ("2667000", "Absent", false),
+/// Concept values (SCT) that state a finding, with the presence each states: Yes/No (PS3.16
+/// CID 230) and Present/Absent.
+const PRESENCE_VALUES: &[(&str, bool)] = &[
+    ("373066001", true),  // Yes
+    ("373067005", false), // No
+    ("52101004", true),   // Present
+    ("2667000", false),   // Absent
 ];
 
 /// Why an SR could not be read. Content item positions are written as in Referenced Content
@@ -144,8 +144,8 @@ fn presence_of(value: &Code) -> Option<bool> {
     }
     PRESENCE_VALUES
         .iter()
-        .find(|(v, _, _)| *v == value.value)
-        .map(|(_, _, present)| *present)
+        .find(|(v, _)| *v == value.value)
+        .map(|(_, present)| *present)
 }
 
 /// Read an SR (Part 10 bytes) and the findings it states. Anything that is not one of the
@@ -213,7 +213,7 @@ pub fn decode_findings(bytes: &[u8]) -> Result<DecodedReport, SrReadError> {
     walk.children(o, "1", 1)?;
     Ok(DecodedReport {
         sop_instance_uid: uid(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
-        sop_class_uid: checked_uid(sop_class_uid, "SOP Class UID")?,
+        sop_class_uid,
         study_uid: uid(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
         series_uid: uid(tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
         completion_flag: string(o, tags::COMPLETION_FLAG),
@@ -427,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn short_or_unprefixed_bytes_are_not_part10() {
+    fn short_unprefixed_or_meta_less_bytes_are_refused() {
         assert!(matches!(
             decode_findings(b"garbage"),
             Err(SrReadError::NotPart10)

@@ -1,4 +1,6 @@
 //! The fixture files `scripts/fixtures.sh` builds, for the integration tests of this crate.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
