@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fixtures;
+use common::{fixtures, mutated, Rng};
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -441,20 +441,6 @@ fn a_content_tree_with_more_items_than_the_bound_is_refused() {
     ));
 }
 
-/// xorshift64*: deterministic pseudo-random numbers for the mutation test.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Property: whatever a viewer sends, `decode_findings` returns; 3000 mutations of our report
 /// (bytes overwritten, inserted, lengths replaced) never panic.
 #[test]
@@ -462,20 +448,7 @@ fn mutated_reports_never_panic() {
     let base = our_sr(&lesion_series(), Some(0.93)).bytes;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for _ in 0..3000 {
-        let mut bytes = base.clone();
-        for _ in 0..1 + rng.below(4) {
-            // Leave the preamble alone: a mutation there changes nothing we read.
-            let at = 128 + rng.below(bytes.len() - 128);
-            match rng.below(3) {
-                0 => bytes[at] = rng.next() as u8,
-                1 => bytes.insert(at, rng.next() as u8),
-                _ => {
-                    let len = (rng.next() as u32).to_le_bytes();
-                    let end = (at + 4).min(bytes.len());
-                    bytes[at..end].copy_from_slice(&len[..end - at]);
-                }
-            }
-        }
+        let bytes = mutated(&base, &mut rng);
         let _ = decode_findings(&bytes);
     }
 }

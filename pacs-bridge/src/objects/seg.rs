@@ -26,6 +26,8 @@ pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 const POSITION_TOLERANCE_MM: f64 = 1e-3;
 /// Most pixels (all frames together) a SEG we decode may have.
 const MAX_DECODED_PIXELS: usize = 1 << 30;
+/// Largest SEG file (and inflated dataset) we decode.
+const MAX_SEG_BYTES: usize = 256 << 20;
 /// Direction cosines of the SEG must match the source's to this.
 const COSINE_TOLERANCE: f64 = 1e-5;
 
@@ -573,6 +575,22 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(fail("not a Part 10 file"));
     }
+    if bytes.len() > MAX_SEG_BYTES {
+        return Err(ObjectError::Decode(format!(
+            "{} bytes; SEGs above {MAX_SEG_BYTES} bytes are refused",
+            bytes.len()
+        )));
+    }
+    // A SEG may come from anyone (a radiologist's tool, a file to import): the bounded walker
+    // checks every length and the nesting before dicom-object builds anything.
+    let (meta_end, encoding) = super::check_meta(bytes, MAX_SEG_BYTES).map_err(|e| match e {
+        super::MetaError::Malformed(m) => ObjectError::Decode(format!("file meta group: {m}")),
+        super::MetaError::TransferSyntax(t) => {
+            ObjectError::Decode(format!("transfer syntax {t} is not one we read"))
+        }
+    })?;
+    crate::dataset::inspect(&bytes[meta_end..], encoding, MAX_SEG_BYTES)
+        .map_err(|e| ObjectError::Decode(format!("malformed dataset: {e}")))?;
     let file =
         dicom_object::from_reader(&bytes[128..]).map_err(|e| ObjectError::Decode(e.to_string()))?;
     let o: &InMemDicomObject = &file;

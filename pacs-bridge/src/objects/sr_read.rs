@@ -161,7 +161,10 @@ pub fn decode_findings(bytes: &[u8]) -> Result<DecodedReport, SrReadError> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(SrReadError::NotPart10);
     }
-    let (meta_end, encoding) = check_meta(bytes)?;
+    let (meta_end, encoding) = super::check_meta(bytes, MAX_SR_BYTES).map_err(|e| match e {
+        super::MetaError::Malformed(m) => SrReadError::Meta(m),
+        super::MetaError::TransferSyntax(t) => SrReadError::TransferSyntax(t),
+    })?;
     let identity = dataset::inspect(&bytes[meta_end..], encoding, MAX_SR_BYTES)?;
     let sop_class_uid = identity
         .sop_class_uid
@@ -222,41 +225,6 @@ pub fn decode_findings(bytes: &[u8]) -> Result<DecodedReport, SrReadError> {
         evidence_series,
         findings: walk.findings,
     })
-}
-
-/// Check the file meta group (PS3.10 7.1) with the bounded walker, and return where the
-/// dataset starts and how it is encoded.
-fn check_meta(bytes: &[u8]) -> Result<(usize, uids::Encoding), SrReadError> {
-    // (0002,0000) UL, length 4: File Meta Information Group Length, first and Type 1.
-    let header = bytes.get(132..144).ok_or(SrReadError::Meta(
-        "the file ends inside the group length".into(),
-    ))?;
-    if header[..8] != [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00] {
-        return Err(SrReadError::Meta(
-            "it does not start with File Meta Information Group Length".into(),
-        ));
-    }
-    let group_length = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    let meta_end = 144usize
-        .checked_add(group_length as usize)
-        .filter(|end| *end <= bytes.len())
-        .ok_or_else(|| {
-            SrReadError::Meta(format!(
-                "group length {group_length} runs past the end of the file"
-            ))
-        })?;
-    dataset::inspect(
-        &bytes[132..meta_end],
-        uids::Encoding::ExplicitLittle,
-        MAX_SR_BYTES,
-    )
-    .map_err(|e| SrReadError::Meta(e.to_string()))?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..meta_end])
-        .map_err(|e| SrReadError::Meta(e.to_string()))?;
-    let syntax = meta.transfer_syntax();
-    let encoding =
-        uids::encoding_of(syntax).ok_or_else(|| SrReadError::TransferSyntax(syntax.into()))?;
-    Ok((meta_end, encoding))
 }
 
 fn checked_uid(value: String, attribute: &'static str) -> Result<String, SrReadError> {
