@@ -4,23 +4,14 @@
 
 mod common;
 
-use common::{ct_series, fixtures, mutated, Rng};
-use models::package::Code;
+use common::{code, creator, ct_series, fixtures, mutated, Rng};
 use models::volume::Volume;
 use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
-use pacs_bridge::objects::{Creator, ObjectError};
+use pacs_bridge::objects::ObjectError;
 use pacs_bridge::volume::{build, Limits, SeriesVolume};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn code(scheme: &str, value: &str, meaning: &str) -> Code {
-    Code {
-        scheme: scheme.into(),
-        value: value.into(),
-        meaning: meaning.into(),
-    }
-}
 
 fn segments() -> Vec<Segment> {
     vec![
@@ -39,16 +30,6 @@ fn segments() -> Vec<Segment> {
             colour: [255, 64, 32],
         },
     ]
-}
-
-fn creator() -> Creator {
-    Creator {
-        model_name: "head-ct-ich".into(),
-        model_version: "0.1.0".into(),
-        backend: "tract".into(),
-        device_serial: "TEST-0001".into(),
-        software_version: "0.1.0".into(),
-    }
 }
 
 /// Soft tissue as label 1 and a ball as label 2: an asymmetric label map, so that any

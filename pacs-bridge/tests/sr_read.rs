@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fixtures, mutated, Rng};
+use common::{code, creator, fixtures, mutated, Rng};
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -19,31 +19,12 @@ use pacs_bridge::objects::sr_read::{
     decode_findings, Contradiction, SrReadError, COMPREHENSIVE_3D_SR_STORAGE, ENHANCED_SR_STORAGE,
     MAX_CONTENT_DEPTH, MAX_CONTENT_ITEMS, MAX_SR_BYTES,
 };
-use pacs_bridge::objects::Creator;
 use pacs_bridge::volume::{build, Limits, SeriesVolume};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn code(scheme: &str, value: &str, meaning: &str) -> Code {
-    Code {
-        scheme: scheme.into(),
-        value: value.into(),
-        meaning: meaning.into(),
-    }
-}
-
 fn hemorrhage() -> Code {
     code("SCT", "50960005", "Hemorrhage")
-}
-
-fn creator() -> Creator {
-    Creator {
-        model_name: "head-ct-ich".into(),
-        model_version: "0.1.0".into(),
-        backend: "tract".into(),
-        device_serial: "TEST-0001".into(),
-        software_version: "0.1.0".into(),
-    }
 }
 
 fn lesion_dir() -> PathBuf {

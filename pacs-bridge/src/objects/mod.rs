@@ -254,6 +254,23 @@ pub(crate) fn part10(
     Ok(bytes)
 }
 
+/// A string attribute, without padding; `None` when absent or empty.
+pub(crate) fn string(object: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = object.element_opt(tag).ok().flatten()?.to_str().ok()?;
+    let s = s.trim_end_matches(['\0', ' ']).trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// The items of a sequence attribute; none when absent.
+pub(crate) fn items(object: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
+    object
+        .element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+        .unwrap_or(&[])
+}
+
 /// Why the file meta group of a Part 10 file cannot be read.
 #[derive(Debug)]
 pub(crate) enum MetaError {

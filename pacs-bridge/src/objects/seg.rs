@@ -9,8 +9,8 @@
 //! transposed, flipped or shifted against its headers (the rotated-mask failure) cannot pass.
 
 use super::{
-    code, code_item, copy_patient_and_study, now_da_tm, part10, put_ds, put_empty, put_seq,
-    put_sop_common, put_str, put_u16, Creator, ObjectError,
+    code, code_item, copy_patient_and_study, items, now_da_tm, part10, put_ds, put_empty, put_seq,
+    put_sop_common, put_str, put_u16, string, Creator, ObjectError,
 };
 use crate::volume::SeriesVolume;
 use dicom_core::value::PrimitiveValue;
@@ -719,21 +719,6 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
         segments,
         frames,
     })
-}
-
-fn string(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let s = object.element_opt(tag).ok().flatten()?.to_str().ok()?;
-    let s = s.trim_end_matches(['\0', ' ']).trim();
-    (!s.is_empty()).then(|| s.to_string())
-}
-
-fn items(object: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
-    object
-        .element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.items())
-        .unwrap_or(&[])
 }
 
 fn nested_floats(object: &InMemDicomObject, sequence: Tag, tag: Tag) -> Option<Vec<f64>> {

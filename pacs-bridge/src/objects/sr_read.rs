@@ -9,6 +9,7 @@
 //! is walked with its own bounds ([`MAX_CONTENT_DEPTH`], [`MAX_CONTENT_ITEMS`]).
 
 use super::sr::COMPREHENSIVE_SR_STORAGE;
+use super::{items, string};
 use crate::dataset::{self, DatasetError};
 use crate::uids;
 use dicom_core::Tag;
@@ -304,21 +305,6 @@ fn first_code(object: &InMemDicomObject, sequence: Tag) -> Option<Code> {
         value,
         meaning: string(item, tags::CODE_MEANING).unwrap_or_default(),
     })
-}
-
-fn string(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let s = object.element_opt(tag).ok().flatten()?.to_str().ok()?;
-    let s = s.trim_end_matches(['\0', ' ']).trim();
-    (!s.is_empty()).then(|| s.to_string())
-}
-
-fn items(object: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
-    object
-        .element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.items())
-        .unwrap_or(&[])
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use models::package::Code;
+use pacs_bridge::objects::Creator;
 use std::path::{Path, PathBuf};
 
 pub fn fixtures() -> PathBuf {
@@ -53,4 +55,24 @@ pub fn mutated(base: &[u8], rng: &mut Rng) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// A coded concept.
+pub fn code(scheme: &str, value: &str, meaning: &str) -> Code {
+    Code {
+        scheme: scheme.into(),
+        value: value.into(),
+        meaning: meaning.into(),
+    }
+}
+
+/// The model and device our test objects name as their creator.
+pub fn creator() -> Creator {
+    Creator {
+        model_name: "head-ct-ich".into(),
+        model_version: "0.1.0".into(),
+        backend: "tract".into(),
+        device_serial: "TEST-0001".into(),
+        software_version: "0.1.0".into(),
+    }
 }
