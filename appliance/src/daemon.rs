@@ -112,21 +112,24 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // The learner fine-tunes the head while inference is idle (it needs the model inference
     // runs; without it there is nothing to fine-tune).
     let stop_learner = Arc::new(AtomicBool::new(false));
-    let learner = if pipeline.is_some() && config.learning.enabled {
-        let learner = crate::learn::Learner::new(&config)?;
-        let stop = stop_learner.clone();
-        let learner_metrics = metrics.clone();
-        Some(
-            std::thread::Builder::new()
-                .name("learner".into())
-                .spawn(move || {
-                    if let Err(e) = learner.serve(stop, learner_metrics) {
-                        tracing::error!(error = %format!("{e:#}"), "learner stopped");
-                    }
-                })?,
-        )
-    } else {
-        None
+    let learner = match (&pipeline, config.learning.enabled) {
+        (Some(_), true) => match crate::learn::Learner::new(&config) {
+            Ok(learner) => {
+                let stop = stop_learner.clone();
+                let learner_metrics = metrics.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("learner".into())
+                        .spawn(move || learner.serve(stop, learner_metrics))?,
+                )
+            }
+            // Inference goes on without learning.
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "learning off: the learner cannot start");
+                None
+            }
+        },
+        _ => None,
     };
     // Result objects go out through the outbox, whatever made them (a job of this run or an
     // entry left pending by an earlier one).

@@ -668,16 +668,35 @@ impl Learner {
                 Err(_) => Err(anyhow::anyhow!("the inference watcher panicked")),
             }
         });
-        let mut report = match outcome? {
-            Ok(report) => report,
-            Err(NotRun::Yielded) => {
+        let mut report = match outcome {
+            Ok(Ok(report)) => report,
+            // What stops a run (no reference set, a case file gone, the database) is recorded
+            // as a failed run with its reason: the next one waits for new cases instead of
+            // failing again every few seconds.
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "fine-tune failed; the champion stays");
+                RunReport {
+                    outcome: "failed".into(),
+                    head_id: None,
+                    parent: None,
+                    trigger: trigger.to_string(),
+                    reasons: vec![format!("{e:#}")],
+                    train_cases: 0,
+                    holdout_cases: 0,
+                    reference_cases: 0,
+                    decision: None,
+                    fine_tune_seconds: 0.0,
+                    seconds: 0.0,
+                }
+            }
+            Ok(Err(NotRun::Yielded)) => {
                 metrics
                     .learning_yields_total
                     .fetch_add(1, Ordering::Relaxed);
                 progress(Progress::Yielded);
                 return Ok(Err(NotRun::Yielded));
             }
-            Err(other) => return Ok(Err(other)),
+            Ok(Err(other)) => return Ok(Err(other)),
         };
         report.seconds = began.elapsed().as_secs_f64();
         conn.execute(
@@ -847,48 +866,70 @@ impl Learner {
     }
 
     /// The daemon's learning loop: while inference is idle, store features of new cases and
-    /// run a fine-tune when one is due; until `stop`.
-    pub fn serve(mut self, stop: Arc<AtomicBool>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-        let conn = crate::jobs::open(&self.data_dir)?;
+    /// run a fine-tune when one is due; until `stop`. An error is logged and the loop waits a
+    /// minute before it tries again: learning must not take the daemon down.
+    pub fn serve(mut self, stop: Arc<AtomicBool>, metrics: Arc<Metrics>) {
         let mut quiet_until = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(500));
-            if Instant::now() < quiet_until || inference_busy(&conn)? {
+            if Instant::now() < quiet_until {
                 continue;
             }
-            let Some(trigger) = self.due(&conn)? else {
-                // Store the features of new cases ahead of the fine-tune.
-                let cancel = AtomicBool::new(false);
-                let done = AtomicBool::new(false);
-                let data_dir = self.data_dir.clone();
-                std::thread::scope(|scope| {
-                    scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
-                    let r = self.prepare_features(&conn, &cancel, &mut |_| {});
-                    done.store(true, Ordering::SeqCst);
-                    r
-                })?
-                .ok();
-                continue;
-            };
-            tracing::info!(trigger = %trigger, "fine-tune due");
-            match self.run(&trigger, &metrics, &mut |p| {
-                if p == Progress::Yielded {
-                    tracing::info!(
-                        "fine-tune yielded to inference; it starts over when the queue is idle"
-                    );
-                }
-            })? {
-                Ok(report) => {
-                    tracing::info!(outcome = %report.outcome, head = ?report.head_id, seconds = report.seconds, "fine-tune finished")
-                }
-                Err(NotRun::Yielded) => {}
-                Err(why) => {
-                    tracing::info!(reason = %why, "fine-tune not run");
+            match self.step(&metrics) {
+                Ok(true) => {}
+                Ok(false) => quiet_until = Instant::now() + Duration::from_secs(60),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "learner error; trying again in a minute");
                     quiet_until = Instant::now() + Duration::from_secs(60);
                 }
             }
         }
-        Ok(())
+    }
+
+    /// One turn of the daemon's loop; `false` when it should wait a while.
+    fn step(&mut self, metrics: &Metrics) -> anyhow::Result<bool> {
+        let conn = crate::jobs::open(&self.data_dir)?;
+        if inference_busy(&conn)? {
+            return Ok(true);
+        }
+        let Some(trigger) = self.due(&conn)? else {
+            // Store the features of new cases ahead of the fine-tune.
+            if !self.cases_without_features(&conn)?.is_empty() {
+                let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
+                    return Ok(false);
+                };
+                let cancel = AtomicBool::new(false);
+                let done = AtomicBool::new(false);
+                let data_dir = self.data_dir.clone();
+                std::thread::scope(|scope| {
+                    let watcher = scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
+                    let r = self.prepare_features(&conn, &cancel, &mut |_| {});
+                    done.store(true, Ordering::SeqCst);
+                    let _ = watcher.join();
+                    r
+                })?
+                .ok();
+            }
+            return Ok(true);
+        };
+        tracing::info!(trigger = %trigger, "fine-tune due");
+        match self.run(&trigger, metrics, &mut |p| {
+            if p == Progress::Yielded {
+                tracing::info!(
+                    "fine-tune yielded to inference; it starts over when the queue is idle"
+                );
+            }
+        })? {
+            Ok(report) => {
+                tracing::info!(outcome = %report.outcome, head = ?report.head_id, seconds = report.seconds, "fine-tune finished");
+                Ok(true)
+            }
+            Err(NotRun::Yielded) => Ok(true),
+            Err(why) => {
+                tracing::info!(reason = %why, "fine-tune not run");
+                Ok(false)
+            }
+        }
     }
 }
 

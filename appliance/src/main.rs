@@ -514,9 +514,14 @@ fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
             );
         }
         for reason in &report.reasons {
-            println!("  refused: {reason}");
+            println!("  {}: {reason}", report.outcome);
         }
     }
+    anyhow::ensure!(
+        report.outcome != "failed",
+        "the fine-tune failed: {}",
+        report.reasons.join("; ")
+    );
     Ok(())
 }
 

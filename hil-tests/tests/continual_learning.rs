@@ -233,3 +233,62 @@ fn learn_now_shows_progress_yields_to_a_new_study_and_the_gate_refuses_a_poisone
     // The study that arrived during the fine-tune ran on the global head.
     assert_eq!(c["result"]["head"], "global");
 }
+
+#[test]
+fn without_a_reference_validation_set_no_head_can_pass_and_the_run_says_why() {
+    // The reference package less its validation set: same files, no [validation] section.
+    let package = tempfile::tempdir().unwrap();
+    let source = repo_root().join("models/reference/head-ct");
+    for name in ["backbone.onnx", "head.safetensors", "card.md"] {
+        std::fs::copy(source.join(name), package.path().join(name)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(source.join("manifest.toml")).unwrap();
+    let mut table: toml::Table = manifest.parse().unwrap();
+    assert!(table.remove("validation").is_some());
+    std::fs::write(
+        package.path().join("manifest.toml"),
+        toml::to_string(&table).unwrap(),
+    )
+    .unwrap();
+    let mut app = Appliance::start(&|c| {
+        set(c, "inference", "enabled", true);
+        set(c, "learning", "min_new_cases", 100);
+        set(c, "learning", "holdout_every", 2);
+    });
+    let out = app.cli(&["models", "install", package.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.terminate(Duration::from_secs(15));
+    app.launch();
+    assert!(wait_until(Duration::from_secs(30), || app
+        .log()
+        .contains("inference worker ready")));
+    let site = tempfile::tempdir().unwrap();
+    for (n, (tag, offset)) in [("A", [0.0, -10.0, 6.0]), ("B", [6.0, 8.0, -6.0])]
+        .into_iter()
+        .enumerate()
+    {
+        let (files, study) = site_study(site.path(), tag, offset);
+        let job = infer(&app, &files, &study);
+        let seg = site.path().join(format!("{tag}.dcm"));
+        radiologist_seg(site.path(), tag, &seg_of(&app, &job), &seg, None);
+        send_label(&app, &seg, n);
+    }
+    let out = app.cli(&["learn", "now"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("failed"), "{stdout}");
+    assert!(
+        stderr.contains("ships no reference validation set"),
+        "{stderr}"
+    );
+    // Nothing was promoted; the daemon runs on and still answers studies.
+    assert_eq!(heads(&app).len(), 1);
+    assert_eq!(heads(&app)[0]["champion"], true);
+    let (files, study) = site_study(site.path(), "C", [-4.0, 0.0, 12.0]);
+    assert_eq!(infer(&app, &files, &study)["result"]["head"], "global");
+}
