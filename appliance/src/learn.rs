@@ -870,31 +870,39 @@ impl Learner {
     /// minute before it tries again: learning must not take the daemon down.
     pub fn serve(mut self, stop: Arc<AtomicBool>, metrics: Arc<Metrics>) {
         let mut quiet_until = Instant::now();
+        let mut conn = None;
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(500));
             if Instant::now() < quiet_until {
                 continue;
             }
-            match self.step(&metrics) {
+            let turn = match &conn {
+                Some(c) => self.step(c, &metrics),
+                None => crate::jobs::open(&self.data_dir).map(|c| {
+                    conn = Some(c);
+                    true
+                }),
+            };
+            match turn {
                 Ok(true) => {}
                 Ok(false) => quiet_until = Instant::now() + Duration::from_secs(60),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "learner error; trying again in a minute");
                     quiet_until = Instant::now() + Duration::from_secs(60);
+                    conn = None;
                 }
             }
         }
     }
 
     /// One turn of the daemon's loop; `false` when it should wait a while.
-    fn step(&mut self, metrics: &Metrics) -> anyhow::Result<bool> {
-        let conn = crate::jobs::open(&self.data_dir)?;
-        if inference_busy(&conn)? {
+    fn step(&mut self, conn: &Connection, metrics: &Metrics) -> anyhow::Result<bool> {
+        if inference_busy(conn)? {
             return Ok(true);
         }
-        let Some(trigger) = self.due(&conn)? else {
+        let Some(trigger) = self.due(conn)? else {
             // Store the features of new cases ahead of the fine-tune.
-            if !self.cases_without_features(&conn)?.is_empty() {
+            if !self.cases_without_features(conn)?.is_empty() {
                 let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
                     return Ok(false);
                 };
@@ -903,7 +911,7 @@ impl Learner {
                 let data_dir = self.data_dir.clone();
                 std::thread::scope(|scope| {
                     let watcher = scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
-                    let r = self.prepare_features(&conn, &cancel, &mut |_| {});
+                    let r = self.prepare_features(conn, &cancel, &mut |_| {});
                     done.store(true, Ordering::SeqCst);
                     let _ = watcher.join();
                     r
