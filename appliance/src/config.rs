@@ -91,9 +91,13 @@ pub struct LearningConfig {
     /// on.
     #[serde(default = "default_holdout_every")]
     pub holdout_every: usize,
-    /// Train on at most this many cases (the most recent ones).
+    /// Train on at most this many cases (the most recent ones); only these and the held-out
+    /// cases below keep their backbone features on disk.
     #[serde(default = "default_max_training_cases")]
     pub max_training_cases: usize,
+    /// Judge candidates on at most this many held-out cases (the most recent ones).
+    #[serde(default = "default_max_holdout_cases")]
+    pub max_holdout_cases: usize,
     /// A candidate must beat the champion's mean Dice on the held-out cases by more than this.
     #[serde(default)]
     pub min_local_gain: f64,
@@ -129,6 +133,7 @@ impl Default for LearningConfig {
             interval_hours: default_interval_hours(),
             holdout_every: default_holdout_every(),
             max_training_cases: default_max_training_cases(),
+            max_holdout_cases: default_max_holdout_cases(),
             min_local_gain: 0.0,
             reference_margin: default_reference_margin(),
             seed: default_learning_seed(),
@@ -152,7 +157,10 @@ fn default_holdout_every() -> usize {
     4
 }
 fn default_max_training_cases() -> usize {
-    64
+    32
+}
+fn default_max_holdout_cases() -> usize {
+    16
 }
 fn default_reference_margin() -> f64 {
     0.02
@@ -694,6 +702,11 @@ impl Config {
             (
                 "learning.max_training_cases",
                 l.max_training_cases,
+                1..=10_000,
+            ),
+            (
+                "learning.max_holdout_cases",
+                l.max_holdout_cases,
                 1..=10_000,
             ),
             ("learning.epochs", l.epochs, 1..=1000),

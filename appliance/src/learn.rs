@@ -7,7 +7,9 @@
 //! - Features: for each accepted case, the backbone runs once on its series (from the spool)
 //!   and its features `[slices, features, plane]` (f32, little endian) and its labels on the
 //!   model grid are written to `<data_dir>/cases/<id>/`, fsync'd before their row commits.
-//!   They are recomputed when the model's backbone changes.
+//!   They are recomputed when the model's backbone changes, and kept only for the most recent
+//!   `max_training_cases` training and `max_holdout_cases` held-out cases (disk and memory
+//!   stay bounded; older cases keep their labels).
 //! - Due: `min_new_cases` new training cases since the last finished fine-tune, or
 //!   `interval_hours` since it with at least one; `appliance learn now` runs one at once.
 //! - Yielding: a fine-tune (and feature extraction) runs only while no inference job waits;
@@ -38,6 +40,7 @@ use pacs_bridge::volume::{self, Limits};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +172,51 @@ fn trigger(
         }
         _ => None,
     }
+}
+
+/// The most recent `limit` accepted cases of `split` that stand alone (see [`STANDS_ALONE`]).
+fn window(
+    conn: &Connection,
+    model_id: &str,
+    split: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT c.id FROM cases c JOIN case_splits s ON s.case_id = c.id
+         WHERE c.state = 'accepted' AND c.model_id = ?1 AND s.split = ?2 AND {STANDS_ALONE}
+         ORDER BY c.id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(
+        params![model_id, split, limit.min(i64::MAX as usize) as i64],
+        |r| r.get(0),
+    )?;
+    rows.collect()
+}
+
+/// Remove the stored features of every case not in `keep` (its row first, then its files: a
+/// crash in between leaves a file nobody names, never a row naming a missing file). The
+/// radiologist's label itself stays. Returns how many cases lost their features.
+fn prune(conn: &Connection, data_dir: &Path, keep: &HashSet<i64>) -> anyhow::Result<usize> {
+    let stored: Vec<(i64, String, String)> = conn
+        .prepare("SELECT case_id, features_path, labels_path FROM case_features")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut pruned = 0;
+    for (id, features, labels) in stored {
+        if keep.contains(&id) {
+            continue;
+        }
+        conn.execute("DELETE FROM case_features WHERE case_id = ?1", [id])?;
+        for file in [features, labels] {
+            match std::fs::remove_file(data_dir.join(&file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("remove {file}")),
+            }
+        }
+        pruned += 1;
+    }
+    Ok(pruned)
 }
 
 /// A case with stored features, as training and validation read it.
@@ -332,21 +380,41 @@ impl Learner {
         Ok(())
     }
 
-    /// Accepted cases of the model whose features are missing or from another backbone. A
-    /// classification label (a verified SR) about a series that also has a segmentation case
-    /// needs no features of its own: it only tells that case its finding.
+    /// The cases whose features the learner keeps: the most recent `max_training_cases`
+    /// training and `max_holdout_cases` held-out cases that stand alone.
+    fn kept(&self, conn: &Connection) -> rusqlite::Result<HashSet<i64>> {
+        let l = &self.config.learning;
+        let mut out = HashSet::new();
+        for (split, limit) in [
+            ("train", l.max_training_cases),
+            ("holdout", l.max_holdout_cases),
+        ] {
+            out.extend(window(conn, &self.manifest().id, split, limit)?);
+        }
+        Ok(out)
+    }
+
+    /// Kept cases whose features are missing or from another backbone, oldest first.
     fn cases_without_features(&self, conn: &Connection) -> rusqlite::Result<Vec<i64>> {
-        let mut stmt = conn.prepare(&format!(
+        let kept = self.kept(conn)?;
+        let mut stmt = conn.prepare(
             "SELECT c.id FROM cases c LEFT JOIN case_features f ON f.case_id = c.id
              WHERE c.state = 'accepted' AND c.model_id = ?1
-               AND (f.case_id IS NULL OR f.backbone_sha256 != ?2) AND {STANDS_ALONE}
-             ORDER BY c.id"
-        ))?;
+               AND (f.case_id IS NULL OR f.backbone_sha256 != ?2)
+             ORDER BY c.id",
+        )?;
         let rows = stmt.query_map(
             params![self.manifest().id, self.manifest().backbone.sha256],
-            |r| r.get(0),
+            |r| r.get::<_, i64>(0),
         )?;
-        rows.collect()
+        let mut out = Vec::new();
+        for id in rows {
+            let id = id?;
+            if kept.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// Compute and store the features of every case that lacks them; stops early (returning
@@ -358,6 +426,13 @@ impl Learner {
         progress: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<Result<usize, NotRun>> {
         self.assign_splits(conn)?;
+        let pruned = prune(conn, &self.data_dir, &self.kept(conn)?)?;
+        if pruned > 0 {
+            tracing::info!(
+                cases = pruned,
+                "features of cases beyond max_training_cases and max_holdout_cases removed"
+            );
+        }
         let pending = self.cases_without_features(conn)?;
         for (done, id) in pending.iter().enumerate() {
             progress(Progress::Features {
@@ -732,7 +807,7 @@ impl Learner {
         }
         let l = self.config.learning.clone();
         let (train, trained_on) = self.load_cases(conn, "train", l.max_training_cases)?;
-        let (holdout, held_out) = self.load_cases(conn, "holdout", usize::MAX >> 1)?;
+        let (holdout, held_out) = self.load_cases(conn, "holdout", l.max_holdout_cases)?;
         if train.is_empty() || holdout.is_empty() {
             return Ok(Err(NotRun::NotEnough(format!(
                 "{} training and {} held-out cases; a fine-tune needs at least one of each",
@@ -1002,6 +1077,58 @@ mod tests {
         assert!(stored_cases(&conn, "m", "other", "train", 10)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn features_are_kept_for_the_most_recent_cases_of_each_split_and_removed_for_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::jobs::open(dir.path()).unwrap();
+        for id in 1..=5 {
+            case(&conn, id, "segmentation", &format!("S{id}"), None);
+        }
+        conn.execute(
+            "UPDATE case_splits SET split = 'holdout' WHERE case_id IN (1, 4)",
+            [],
+        )
+        .unwrap();
+        for id in 1..=5 {
+            let (f, l) = (
+                format!("cases/{id}/features.f32"),
+                format!("cases/{id}/m.u8"),
+            );
+            std::fs::create_dir_all(dir.path().join(format!("cases/{id}"))).unwrap();
+            std::fs::write(dir.path().join(&f), b"f").unwrap();
+            std::fs::write(dir.path().join(&l), b"l").unwrap();
+            conn.execute(
+                "INSERT INTO case_features (case_id, backbone_sha256, slices, plane, pixel_ml,
+                     finding, features_path, labels_path, labels_sha256, created_at_ms)
+                 VALUES (?1, 'b', 1, 1, 1.0, 1, ?2, ?3, 'h', 0)",
+                params![id, f, l],
+            )
+            .unwrap();
+        }
+        // Training 2, 3, 5: keep the last 2; held out 1, 4: keep the last 1.
+        let mut keep: HashSet<i64> = window(&conn, "m", "train", 2)
+            .unwrap()
+            .into_iter()
+            .collect();
+        keep.extend(window(&conn, "m", "holdout", 1).unwrap());
+        assert_eq!(keep, HashSet::from([3, 5, 4]));
+        assert_eq!(prune(&conn, dir.path(), &keep).unwrap(), 2);
+        for id in 1..=5 {
+            let kept = keep.contains(&id);
+            assert_eq!(
+                dir.path().join(format!("cases/{id}/features.f32")).exists(),
+                kept,
+                "case {id}"
+            );
+        }
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM case_features", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 3);
+        // A file already gone is no error; nothing more to prune.
+        assert_eq!(prune(&conn, dir.path(), &keep).unwrap(), 0);
     }
 
     #[test]
