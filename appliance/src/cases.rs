@@ -451,3 +451,39 @@ pub fn known(conn: &Connection, sop_uid: &str) -> rusqlite::Result<bool> {
         .optional()?
         .is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cases_table_of_the_earlier_version_gains_kind_and_finding() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("results.sqlite")).unwrap();
+        // The table as the previous version created it, with one case in it.
+        conn.execute_batch(
+            "CREATE TABLE cases (
+                 id INTEGER PRIMARY KEY, label_sop_uid TEXT NOT NULL UNIQUE,
+                 origin TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, study_uid TEXT,
+                 series_uid TEXT, model_id TEXT NOT NULL, labels_path TEXT,
+                 label_voxels_json TEXT, created_at_ms INTEGER NOT NULL);
+             INSERT INTO cases (label_sop_uid, origin, state, model_id, created_at_ms)
+             VALUES ('1.2.3', 'dicom', 'accepted', 'm', 0);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        // Twice is harmless.
+        migrate(&conn).unwrap();
+        let all = list(&conn).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].kind, "segmentation");
+        assert_eq!(all[0].finding, None);
+        assert!(conn
+            .execute(
+                "INSERT INTO cases (label_sop_uid, origin, state, model_id, created_at_ms, kind)
+                 VALUES ('1.2.4', 'dicom', 'accepted', 'm', 0, 'other')",
+                [],
+            )
+            .is_err());
+    }
+}
