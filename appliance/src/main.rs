@@ -142,7 +142,7 @@ enum CasesCommand {
 #[derive(Subcommand)]
 enum LearnCommand {
     /// Fine-tune now (features of new cases, fine-tune, validation gate), with a progress bar;
-    /// waits while inference is busy. Prints the gate's decision (as JSON with --json).
+    /// waits while inference is busy or another learning run (the daemon's) is in progress. Prints the gate's decision (as JSON with --json).
     Now {
         #[arg(long)]
         json: bool,
@@ -474,6 +474,7 @@ fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
             let _ = writeln!(err, "{line}");
         }
     };
+    let mut said_busy = false;
     let report = loop {
         while inference_busy(&conn)? {
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -481,6 +482,14 @@ fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
         match learner.run("learn now", &metrics, &mut draw)? {
             Ok(report) => break report,
             Err(NotRun::Yielded) => continue,
+            // The daemon's learner is storing features or fine-tuning: wait for it.
+            Err(NotRun::Busy) => {
+                if !said_busy {
+                    eprintln!("waiting: another learning run holds the learning lock");
+                    said_busy = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
             Err(other) => anyhow::bail!("{other}"),
         }
     };
