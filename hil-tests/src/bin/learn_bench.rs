@@ -20,7 +20,7 @@ use anyhow::{ensure, Context, Result};
 use hil_tests::appliance::{set, Appliance};
 use hil_tests::peers::storescu;
 use hil_tests::site::{radiologist_seg, seg_of, send_label, site_study};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,14 +31,22 @@ struct Sample {
     yield_s: Option<f64>,
 }
 
-/// Send a new site study and time it to `done`.
-fn timed_study(app: &Appliance, dir: &Path, tag: &str, index: usize) -> Result<(Sample, Instant)> {
+/// A new site study (its files and Study Instance UID).
+fn new_study(dir: &Path, tag: &str, index: usize) -> (Vec<PathBuf>, String) {
     let offset = [
         (index % 3) as f64 * 3.0 - 3.0,
         (index % 5) as f64 * 2.0 - 4.0,
         0.0,
     ];
-    let (files, study) = site_study(dir, tag, offset);
+    site_study(dir, tag, offset)
+}
+
+/// Send a study and time it to `done`.
+fn timed_study(
+    app: &Appliance,
+    (files, study): (Vec<PathBuf>, String),
+    tag: &str,
+) -> Result<(Sample, Instant)> {
     let sent = Instant::now();
     let out = storescu("STORESCU", &app.ae_title, app.port, &[], &files);
     ensure!(out.status.success(), "storescu failed for {tag}");
@@ -108,9 +116,13 @@ fn main() -> Result<()> {
     let mut idle = Vec::new();
     let mut learning = Vec::new();
     for round in 0..rounds {
-        let (sample, _) = timed_study(&app, dir, &format!("idle{round}"), round)?;
+        let tag = format!("idle{round}");
+        let (sample, _) = timed_study(&app, new_study(dir, &tag, round), &tag)?;
         idle.push(sample);
 
+        // Written before the fine-tune starts, so that it arrives while the fine-tune runs.
+        let busy_tag = format!("busy{round}");
+        let busy_study = new_study(dir, &busy_tag, round + 7);
         let stderr_path = dir.join(format!("learn{round}.stderr"));
         let mut learn = Command::new(hil_tests::appliance::binary())
             .args(["learn", "now", "--json", "--config"])
@@ -143,7 +155,7 @@ fn main() -> Result<()> {
             }
             None
         });
-        let (mut sample, sent) = timed_study(&app, dir, &format!("busy{round}"), round + 7)?;
+        let (mut sample, sent) = timed_study(&app, busy_study, &busy_tag)?;
         sample.yield_s = watcher
             .join()
             .ok()
