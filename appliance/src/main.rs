@@ -255,6 +255,18 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Logging for a command that prints its result: warnings (such as a CUDA fallback) to
+/// stderr, at `RUST_LOG` or warn; the result alone goes to stdout.
+fn init_tool_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
@@ -307,14 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ort_library,
             config,
         } => {
-            // Warnings (such as a CUDA fallback) go to stderr; the result alone to stdout.
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-                )
-                .with_writer(std::io::stderr)
-                .try_init();
+            init_tool_logging();
             infer_command(path, model, backend, ort_library, config)
         }
         Command::Studies { command } => match command {
@@ -426,13 +431,7 @@ fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
         config.learning.enabled,
         "learning is disabled in the configuration (learning.enabled = false)"
     );
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_tool_logging();
     let mut learner = Learner::new(&config)?;
     let metrics = pacs_bridge::metrics::Metrics::default();
     let conn = appliance::jobs::open(&config.data_dir)?;

@@ -118,11 +118,16 @@ impl Appliance {
     /// Start with inference on and the reference model installed; returns once the inference
     /// worker has loaded it.
     pub fn start_with_model(tweak: Tweak<'_>) -> Appliance {
+        Appliance::start_with_package(&repo_root().join("models/reference/head-ct"), tweak)
+    }
+
+    /// Start with inference on and the model package in `package` installed; returns once the
+    /// inference worker has loaded it.
+    pub fn start_with_package(package: &std::path::Path, tweak: Tweak<'_>) -> Appliance {
         let mut app = Appliance::start(&|c| {
             set(c, "inference", "enabled", true);
             tweak(c);
         });
-        let package = repo_root().join("models/reference/head-ct");
         let out = app.cli(&["models", "install", &package.to_string_lossy()]);
         assert!(
             out.status.success(),

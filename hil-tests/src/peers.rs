@@ -307,3 +307,23 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
 pub fn start_storescp_with(extra: &[&str]) -> PeerProcess {
     spawn_storescp(extra)
 }
+
+/// Run `python3 hil-tests/peers/SCRIPT ARGS...` (pydicom, highdicom, numpy); panics with its
+/// stderr if it fails. Returns what it printed, trimmed.
+pub fn python_peer<I, S>(script: &str, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new("python3")
+        .arg(crate::repo_root().join("hil-tests/peers").join(script))
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -3,36 +3,29 @@
 //! (`peers/site_case.py label`), and the traffic between them and the appliance.
 
 use crate::appliance::Appliance;
-use crate::peers::storescu;
-use crate::{repo_root, wait_until};
+use crate::peers::{python_peer, storescu};
+use crate::wait_until;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 /// A site study: `peers/site_case.py study`. Returns its files and Study Instance UID.
 pub fn site_study(dir: &Path, tag: &str, offset_mm: [f64; 3]) -> (Vec<PathBuf>, String) {
     let out_dir = dir.join(tag);
-    let out = Command::new("python3")
-        .arg(repo_root().join("hil-tests/peers/site_case.py"))
-        .args(["study", out_dir.to_str().unwrap(), tag])
-        .args(offset_mm.map(|v| v.to_string()))
-        .output()
-        .expect("python3 with pydicom and numpy");
-    assert!(
-        out.status.success(),
-        "site_case.py study: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec![
+        "study".to_string(),
+        out_dir.display().to_string(),
+        tag.to_string(),
+    ];
+    args.extend(offset_mm.map(|v| v.to_string()));
+    let study = python_peer("site_case.py", args);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
         .collect();
     files.sort();
-    (
-        files,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
+    (files, study)
 }
 
 /// The radiologist's SEG for site study `tag`: `peers/site_case.py label`. Returns the
@@ -44,24 +37,17 @@ pub fn radiologist_seg(
     out: &Path,
     poison: Option<&str>,
 ) -> u64 {
-    let result = Command::new("python3")
-        .arg(repo_root().join("hil-tests/peers/site_case.py"))
-        .arg("label")
-        .arg(ours)
-        .arg(dir.join(tag))
-        .arg(out)
-        .args(poison)
-        .output()
-        .expect("python3 with highdicom");
-    assert!(
-        result.status.success(),
-        "site_case.py label: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    String::from_utf8_lossy(&result.stdout)
-        .trim()
+    let study = dir.join(tag);
+    let mut args = vec![
+        OsStr::new("label"),
+        ours.as_os_str(),
+        study.as_os_str(),
+        out.as_os_str(),
+    ];
+    args.extend(poison.map(OsStr::new));
+    python_peer("site_case.py", args)
         .parse()
-        .unwrap()
+        .expect("site_case.py label prints a voxel count")
 }
 
 /// Send a study with DCMTK and wait for its inference job; returns the job.
@@ -90,7 +76,8 @@ pub fn seg_of(app: &Appliance, job: &serde_json::Value) -> PathBuf {
         .join(job["result"]["objects"][0]["path"].as_str().unwrap())
 }
 
-/// Send a radiologist's SEG with DCMTK and wait until it is an accepted case.
+/// Send a radiologist's SEG or SR with DCMTK (`-R`: propose only the SOP classes of the file
+/// sent; SEG is not in storescu's default set) and wait until it is an accepted case.
 pub fn send_label(app: &Appliance, seg: &Path, cases_before: usize) -> serde_json::Value {
     let out = storescu(
         "STORESCU",

@@ -251,22 +251,10 @@ fn without_a_reference_validation_set_no_head_can_pass_and_the_run_says_why() {
         toml::to_string(&table).unwrap(),
     )
     .unwrap();
-    let mut app = Appliance::start(&|c| {
-        set(c, "inference", "enabled", true);
+    let app = Appliance::start_with_package(package.path(), &|c| {
         set(c, "learning", "min_new_cases", 100);
         set(c, "learning", "holdout_every", 2);
     });
-    let out = app.cli(&["models", "install", package.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    app.terminate(Duration::from_secs(15));
-    app.launch();
-    assert!(wait_until(Duration::from_secs(30), || app
-        .log()
-        .contains("inference worker ready")));
     let site = tempfile::tempdir().unwrap();
     for (n, (tag, offset)) in [("A", [0.0, -10.0, 6.0]), ("B", [6.0, 8.0, -6.0])]
         .into_iter()

@@ -7,28 +7,18 @@
 
 use hil_tests::appliance::Appliance;
 use hil_tests::fixtures::lesion_series;
-use hil_tests::peers::storescu;
-use hil_tests::{repo_root, wait_until};
+use hil_tests::peers::{python_peer, storescu};
+use hil_tests::site::send_label;
+use hil_tests::wait_until;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 /// Run `peers/edit_seg.py MODE IN OUT [SUFFIX]`; returns what it printed.
 fn edit_seg(mode: &str, input: &Path, output: &Path, suffix: Option<&str>) -> String {
-    let out = Command::new("python3")
-        .arg(repo_root().join("hil-tests/peers/edit_seg.py"))
-        .args([mode])
-        .arg(input)
-        .arg(output)
-        .args(suffix)
-        .output()
-        .expect("python3 with pydicom");
-    assert!(
-        out.status.success(),
-        "edit_seg {mode}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let mut args = vec![OsStr::new(mode), input.as_os_str(), output.as_os_str()];
+    args.extend(suffix.map(OsStr::new));
+    python_peer("edit_seg.py", args)
 }
 
 /// The appliance after it answered the lesion CT: (appliance, study UID, its SEG file, job).
@@ -60,18 +50,7 @@ fn a_corrected_seg_sent_by_dcmtk_becomes_the_label_of_the_series_it_references()
     let corrected = dir.path().join("corrected.dcm");
     let removed: u64 = edit_seg("correct", &seg, &corrected, None).parse().unwrap();
     assert!(removed > 0);
-    // -R: propose only the SOP classes of the files sent (SEG is not in storescu's default set).
-    let out = storescu("STORESCU", &app.ae_title, app.port, &["-R"], &[corrected]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || !app.cases().is_empty()),
-        "{}",
-        app.log()
-    );
+    send_label(&app, &corrected, 0);
     let all = app.cases();
     assert_eq!(all.len(), 1, "{all:?}");
     let case = &all[0];
@@ -92,19 +71,9 @@ fn a_corrected_seg_sent_by_dcmtk_becomes_the_label_of_the_series_it_references()
 
 /// Run `peers/edit_sr.py IN OUT ANSWER [unverified]`.
 fn edit_sr(input: &Path, output: &Path, answer: &str, verified: bool) {
-    let out = Command::new("python3")
-        .arg(repo_root().join("hil-tests/peers/edit_sr.py"))
-        .arg(input)
-        .arg(output)
-        .arg(answer)
-        .args((!verified).then_some("unverified"))
-        .output()
-        .expect("python3 with pydicom");
-    assert!(
-        out.status.success(),
-        "edit_sr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec![input.as_os_str(), output.as_os_str(), OsStr::new(answer)];
+    args.extend((!verified).then_some(OsStr::new("unverified")));
+    python_peer("edit_sr.py", args);
 }
 
 #[test]
@@ -118,18 +87,7 @@ fn a_verified_sr_sent_by_dcmtk_becomes_the_studys_classification_label() {
     // The radiologist says: no haemorrhage, and signs the report.
     let answer = dir.path().join("no.dcm");
     edit_sr(&ours, &answer, "no", true);
-    let out = storescu("STORESCU", &app.ae_title, app.port, &["-R"], &[answer]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || !app.cases().is_empty()),
-        "{}",
-        app.log()
-    );
-    let case = &app.cases()[0];
+    let case = &send_label(&app, &answer, 0);
     assert_eq!(case["state"], "accepted", "{case}");
     assert_eq!(case["kind"], "classification");
     assert_eq!(case["finding"], false);
