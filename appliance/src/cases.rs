@@ -14,7 +14,7 @@
 //! with the reason. An accepted segmentation is written as one label value per source voxel
 //! to `<data_dir>/cases/<id>/labels.u8`, fsync'd before its row commits.
 
-use crate::export::{fsync_dir, write_durably};
+use radiant_core::durable::{fsync_dir, write_synced};
 use models::package::Manifest;
 use pacs_bridge::objects::{seg, sr_read};
 use pacs_bridge::store::index;
@@ -352,7 +352,7 @@ pub fn ingest(
                 params![id, study_uid, series_uid, present],
             )?;
             tx.commit()?;
-            tracing::info!(case = id, study = %study_uid.as_deref().map(pacs_bridge::log_tag).unwrap_or_default(), present, "classification label accepted");
+            tracing::info!(case = id, study = %study_uid.as_deref().map(radiant_core::log_tag).unwrap_or_default(), present, "classification label accepted");
             Ok(Ok(
                 get(conn, id)?.ok_or_else(|| anyhow::anyhow!("case {id} vanished"))?
             ))
@@ -370,7 +370,7 @@ pub fn ingest(
             let dir = PathBuf::from("cases").join(id.to_string());
             let absolute = data_dir.join(&dir);
             std::fs::create_dir_all(&absolute)?;
-            write_durably(&absolute.join("labels.u8"), &labels)?;
+            write_synced(&absolute.join("labels.u8"), &labels)?;
             fsync_dir(&absolute)?;
             if let Some(parent) = absolute.parent() {
                 fsync_dir(parent)?;
@@ -387,7 +387,7 @@ pub fn ingest(
                 ],
             )?;
             tx.commit()?;
-            tracing::info!(case = id, study = %study_uid.as_deref().map(pacs_bridge::log_tag).unwrap_or_default(), "segmentation label accepted");
+            tracing::info!(case = id, study = %study_uid.as_deref().map(radiant_core::log_tag).unwrap_or_default(), "segmentation label accepted");
             Ok(Ok(
                 get(conn, id)?.ok_or_else(|| anyhow::anyhow!("case {id} vanished"))?
             ))

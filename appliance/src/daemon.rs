@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::http::{HttpEndpoint, Readiness};
 use anyhow::Context;
-use pacs_bridge::log_tag;
+use radiant_core::log_tag;
 use pacs_bridge::metrics::Metrics;
 use pacs_bridge::scp::Server;
 use pacs_bridge::store::studies::{Assembler, StudyCompleted};

@@ -12,8 +12,8 @@ use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
 use pacs_bridge::objects::Creator;
 use pacs_bridge::volume::SeriesVolume;
+use radiant_core::durable::{fsync_dir, write_synced};
 use serde::Serialize;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One object written for a result.
@@ -124,8 +124,8 @@ pub fn export(
     let absolute = data_dir.join(&dir);
     std::fs::create_dir_all(&absolute)
         .with_context(|| format!("cannot create {}", absolute.display()))?;
-    write_durably(&absolute.join("seg.dcm"), &written.bytes)?;
-    write_durably(&absolute.join("sr.dcm"), &sr.bytes)?;
+    write_synced(&absolute.join("seg.dcm"), &written.bytes)?;
+    write_synced(&absolute.join("sr.dcm"), &sr.bytes)?;
     fsync_dir(&absolute)?;
     if let Some(parent) = absolute.parent() {
         fsync_dir(parent)?;
@@ -142,21 +142,4 @@ pub fn export(
             path: dir.join("sr.dcm"),
         },
     ])
-}
-
-/// Write to a temporary name, fdatasync, then rename over `path`.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("part");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_data())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
-}
-
-pub(crate) fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot fsync {}", dir.display()))
 }

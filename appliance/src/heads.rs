@@ -8,7 +8,7 @@
 //! update: instant, and it survives a restart. A new global version starts from its own
 //! shipped head; the heads of an older version stay listed.
 
-use crate::export::{fsync_dir, write_durably};
+use radiant_core::durable::{fsync_dir, write_synced};
 use anyhow::Context;
 use models::head::Head;
 use models::package::Manifest;
@@ -157,7 +157,7 @@ pub fn record(conn: &Connection, data_dir: &Path, new: &NewHead) -> anyhow::Resu
     let absolute = data_dir.join(&relative);
     let dir = absolute.parent().context("head path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    write_durably(&absolute, &bytes)?;
+    write_synced(&absolute, &bytes)?;
     fsync_dir(dir)?;
     tx.execute(
         "UPDATE heads SET path = ?2 WHERE id = ?1",

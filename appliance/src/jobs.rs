@@ -14,7 +14,7 @@ use anyhow::Context;
 use models::backend::{Backend, OrtBackend, OrtDevice, TractBackend};
 use models::infer::Model;
 use models::package::Package;
-use pacs_bridge::log_tag;
+use radiant_core::log_tag;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};

@@ -24,7 +24,7 @@
 //! lock file `<data_dir>/learn.lock`.
 
 use crate::config::Config;
-use crate::export::{fsync_dir, write_durably};
+use radiant_core::durable::{fsync_dir, write_synced};
 use crate::heads::{self, CaseRef};
 use anyhow::Context;
 use models::backend::Backend;
@@ -542,8 +542,8 @@ impl Learner {
         let dir = PathBuf::from("cases").join(id.to_string());
         let absolute = self.data_dir.join(&dir);
         std::fs::create_dir_all(&absolute)?;
-        write_durably(&absolute.join("features.f32"), &features)?;
-        write_durably(&absolute.join("model_labels.u8"), &labels)?;
+        write_synced(&absolute.join("features.f32"), &features)?;
+        write_synced(&absolute.join("model_labels.u8"), &labels)?;
         fsync_dir(&absolute)?;
         let mut hasher = Sha256::new();
         hasher.update(series_uid.as_bytes());

@@ -14,7 +14,7 @@
 
 use crate::config::{Config, DestinationConfig, OutboxConfig};
 use crate::export::ExportedObject;
-use pacs_bridge::log_tag;
+use radiant_core::log_tag;
 use pacs_bridge::metrics::Metrics;
 use pacs_bridge::scu::{self, Destination, ScuConfig};
 use rusqlite::{params, Connection, Transaction};

@@ -67,5 +67,5 @@ fn logs_never_carry_patient_names_ids_or_study_uids_in_clear() {
     ] {
         assert!(!log.contains(secret), "log contains {secret:?}");
     }
-    assert!(log.contains(&pacs_bridge::log_tag(&series.study_instance_uid)));
+    assert!(log.contains(&radiant_core::log_tag(&series.study_instance_uid)));
 }

@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::head::Head;
 use crate::package::Package;
-use crate::volume::Volume;
+use radiant_core::Volume;
 use crate::{preprocess, InferError};
 use serde::Serialize;
 use std::time::Instant;

@@ -3,7 +3,6 @@
 //! model registry.
 //!
 //! # Layout
-//! - [`volume`]: a scalar volume with its patient-space geometry (built by `pacs-bridge`).
 //! - [`package`]: the model package format (manifest, backbone, head, card, reference
 //!   validation set) and its checks.
 //! - [`registry`]: installed packages under `<data_dir>/models`, with an active version each.
@@ -29,7 +28,7 @@ pub mod package;
 pub mod preprocess;
 pub mod registry;
 pub mod validation;
-pub mod volume;
+
 
 use thiserror::Error;
 

@@ -54,16 +54,7 @@ pub struct Manifest {
     pub metrics: toml::Table,
 }
 
-/// A coded concept: a code from a named coding scheme (SNOMED CT is `SCT`, LOINC `LN`, DICOM's
-/// own `DCM`), with its human-readable meaning. Result objects carry these so that viewers and
-/// other systems know what a label or finding is without parsing its name.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Code {
-    pub scheme: String,
-    pub value: String,
-    pub meaning: String,
-}
+use radiant_core::Code;
 
 /// What the model expects and how a volume becomes its input tensor.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

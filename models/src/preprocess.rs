@@ -4,7 +4,7 @@
 //! `[slices, channels, rows, columns]`.
 
 use crate::package::InputSpec;
-use crate::volume::Volume;
+use radiant_core::Volume;
 use crate::InferError;
 
 /// Check that `volume` satisfies the model's input specification.

@@ -4,6 +4,7 @@
 //! switching the active version is one atomic rename too.
 
 use crate::package::{Package, PackageError};
+use radiant_core::durable::{fsync_dir, write_durable, DurableError};
 use std::fs;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -112,14 +113,7 @@ impl Registry {
                 version: version.into(),
             });
         }
-        let tmp = model_dir.join(".active.tmp");
-        fs::write(&tmp, version).map_err(io(&tmp))?;
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        let active = model_dir.join("active");
-        fs::rename(&tmp, &active).map_err(io(&active))?;
-        sync_dir(&model_dir)
+        write_durable(&model_dir.join("active"), version.as_bytes()).map_err(durable)
     }
 
     pub fn active_version(&self, id: &str) -> Result<Option<String>, RegistryError> {
@@ -189,7 +183,12 @@ impl Registry {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io(dir))
+    fsync_dir(dir).map_err(durable)
+}
+
+fn durable(e: DurableError) -> RegistryError {
+    RegistryError::Io {
+        path: e.path,
+        reason: format!("cannot {}: {}", e.step, e.source),
+    }
 }

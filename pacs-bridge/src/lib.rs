@@ -14,7 +14,7 @@
 //! - [`store`]: the spool (Part 10 files) and its SQLite index, written with group commit so that
 //!   an instance is durable before its Success status leaves; study assembly on top of it.
 //! - [`metrics`]: counters the daemon exposes in Prometheus text format.
-//! - [`volume`]: a series' pixel data decoded, rescaled and ordered into a `models` volume.
+//! - [`volume`]: a series' pixel data decoded, rescaled and ordered into a `radiant_core::Volume`.
 //! - [`objects`]: the result objects we write (SEG, TID 1500 SR) and the read-back geometry
 //!   check a SEG must pass before it leaves.
 //!
@@ -30,11 +30,3 @@ pub mod scu;
 pub mod store;
 pub mod uids;
 pub mod volume;
-
-/// A short, stable, non-reversible tag for a UID, for logs: the first 12 hex digits of its
-/// SHA-256. Logs never carry study UIDs or patient attributes in clear.
-pub fn log_tag(uid: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(uid.as_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
-}

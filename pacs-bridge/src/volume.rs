@@ -11,7 +11,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
-use models::volume::{cross, dot, Volume};
+use radiant_core::volume::{cross, dot, Volume};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{code, creator, ct_series, fixtures, mutated, Rng};
-use models::volume::Volume;
+use radiant_core::volume::Volume;
 use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
 use pacs_bridge::objects::ObjectError;

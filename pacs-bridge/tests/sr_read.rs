@@ -11,7 +11,7 @@ use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use models::package::Code;
+use radiant_core::Code;
 use pacs_bridge::dataset::DatasetError;
 use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, Report};

@@ -10,7 +10,7 @@ use models::finetune::{Case, FineTuneConfig};
 use models::head::Head;
 use models::package::Package;
 use models::preprocess;
-use models::volume::Volume;
+use radiant_core::volume::Volume;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

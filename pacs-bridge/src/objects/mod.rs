@@ -21,7 +21,7 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
-use models::package::Code;
+use radiant_core::Code;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 

@@ -13,7 +13,7 @@ use crate::volume::SeriesVolume;
 use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use models::package::Code;
+use radiant_core::Code;
 
 pub const COMPREHENSIVE_SR_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 /// Our private coding scheme (PS3.16 8.2: designators starting with "99" are local).

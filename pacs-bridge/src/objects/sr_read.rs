@@ -15,7 +15,7 @@ use crate::uids;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use models::package::Code;
+use radiant_core::Code;
 use thiserror::Error;
 
 pub const BASIC_TEXT_SR_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.88.11";

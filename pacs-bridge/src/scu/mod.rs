@@ -16,7 +16,7 @@
 //! retry may succeed (`is_transient`).
 //!
 //! Logs name the peer and a file's position in the batch, and tag instances with
-//! [`crate::log_tag`]; they never carry UIDs of instances, file paths or patient data.
+//! [`radiant_core::log_tag`]; they never carry UIDs of instances, file paths or patient data.
 
 mod part10;
 mod status;

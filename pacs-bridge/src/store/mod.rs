@@ -283,9 +283,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
 
 /// Remove what a crash left behind: `.part` files and spool files the index does not list.
 fn recover(
@@ -468,7 +465,7 @@ impl Committer {
             outcomes.push(StoreOutcome::Stored);
         }
         for dir in &dirs_to_sync {
-            fsync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+            radiant_core::durable::fsync_dir(dir).map_err(|e| StoreError::io(dir, e.source))?;
         }
         tx.commit().map_err(ix)?;
         let stored = outcomes

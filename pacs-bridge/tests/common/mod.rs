@@ -2,7 +2,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
-use models::package::Code;
+use radiant_core::Code;
 use pacs_bridge::objects::Creator;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,27 @@
+//! What several Radiant Edge crates need and none of them owns: small, dependency-light types
+//! and one implementation of each durable-write step. No DICOM, no ML runtime, no network.
+//!
+//! # Layout
+//! - [`volume`]: a scalar volume with its patient-space geometry, and the vector helpers that
+//!   geometry checks use.
+//! - [`cancel`]: the one shutdown/cancel signal, checked between steps and waited on instead
+//!   of sleep-polling.
+//! - [`code`]: a coded concept (scheme, value, meaning), as model packages and result objects
+//!   carry them.
+//! - [`durable`]: write-temp, fdatasync, rename, fsync the directory: the one way a file
+//!   becomes durable.
+//! - [`uid`]: a DICOM UID that prints only a hashed tag, so logs and errors never carry it in
+//!   clear.
+//! - [`rng`]: SplitMix64, the seeded stream every deterministic choice uses.
+
+pub mod cancel;
+pub mod code;
+pub mod durable;
+pub mod rng;
+pub mod uid;
+pub mod volume;
+
+pub use cancel::Cancel;
+pub use code::Code;
+pub use uid::{log_tag, Uid};
+pub use volume::Volume;
