@@ -321,6 +321,16 @@ pub enum BackendKind {
     OrtCpu,
 }
 
+impl BackendKind {
+    pub fn choice(self) -> onnx_backends::Choice {
+        match self {
+            BackendKind::Tract => onnx_backends::Choice::Tract,
+            BackendKind::Ort => onnx_backends::Choice::Ort(onnx_backends::OrtDevice::CudaOrCpu),
+            BackendKind::OrtCpu => onnx_backends::Choice::Ort(onnx_backends::OrtDevice::Cpu),
+        }
+    }
+}
+
 fn default_model() -> String {
     "head-ct-ich".into()
 }

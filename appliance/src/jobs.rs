@@ -8,10 +8,10 @@
 //! result. With export on, the job also writes its SEG and SR (checked and fsync'd) and queues
 //! them in the outbox in that same transaction.
 
-use crate::config::{BackendKind, Config};
+use crate::config::Config;
 use crate::export::ExportedObject;
 use anyhow::Context;
-use models::backend::{Backend, OrtBackend, OrtDevice, TractBackend};
+use models::backbone::Backend;
 use models::infer::Model;
 use models::package::Package;
 use radiant_core::log_tag;
@@ -120,25 +120,12 @@ pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
 
 /// The backbone backend the configuration asks for, on `package`'s backbone.
 pub fn load_backend(config: &Config, package: &Package) -> anyhow::Result<Box<dyn Backend>> {
-    let b = &package.manifest.backbone;
-    let device = match config.inference.backend {
-        BackendKind::Tract => return Ok(Box::new(TractBackend::load(&package.backbone_path())?)),
-        BackendKind::Ort => OrtDevice::CudaOrCpu,
-        BackendKind::OrtCpu => OrtDevice::Cpu,
-    };
-    let library = config
-        .inference
-        .onnxruntime_library
-        .clone()
-        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-        .context("inference.backend is ort but no onnxruntime_library or ORT_DYLIB_PATH")?;
-    Ok(Box::new(OrtBackend::load(
-        &package.backbone_path(),
-        &library,
-        &b.input,
-        &b.output,
-        device,
-    )?))
+    let inference = &config.inference;
+    Ok(onnx_backends::load(
+        inference.backend.choice(),
+        package,
+        inference.onnxruntime_library.as_deref(),
+    )?)
 }
 
 /// Creates jobs for completed studies and runs them.

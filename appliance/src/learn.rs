@@ -16,7 +16,7 @@
 //!   a watcher raises the cancel flag as soon as one does, the run stops at its next step and
 //!   starts over once the queue is idle. A cancelled run leaves no head and no record.
 //! - Gate: the candidate and the champion are scored on the held-out cases; the candidate and
-//!   the global head on the package's reference validation set ([`models::gate`]). Every
+//!   the global head on the package's reference validation set ([`learning::gate`]). Every
 //!   candidate is recorded with its lineage ([`crate::heads`]); an accepted one becomes the
 //!   champion in the same transaction.
 //!
@@ -24,19 +24,21 @@
 //! lock file `<data_dir>/learn.lock`.
 
 use crate::config::Config;
-use radiant_core::durable::{fsync_dir, write_synced};
 use crate::heads::{self, CaseRef};
 use anyhow::Context;
-use models::backend::Backend;
-use models::evaluate;
-use models::finetune::{self, Case, FineTuneConfig, FineTuneError, TrainingSet};
-use models::gate::{self, GateConfig};
+use learning::evaluate;
+use learning::case::Case;
+use learning::finetune::{self, FineTuneConfig, FineTuneError, TrainingSet};
+use learning::gate::{self, GateConfig};
+use models::backbone::{self, Backend, BatchShape, Completion};
 use models::head::Head;
 use models::package::Package;
 use models::preprocess;
 use pacs_bridge::metrics::Metrics;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
+use radiant_core::durable::{fsync_dir, write_synced};
+use radiant_core::Cancel;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -327,14 +329,16 @@ impl LearnLock {
 }
 
 /// Raise `cancel` while inference is busy, until `done`; polls the job table.
-fn watch_inference(data_dir: &Path, cancel: &AtomicBool, done: &AtomicBool) -> anyhow::Result<()> {
+/// The job table is the only place that knows (the CLI's `learn now` runs in another process
+/// than the daemon's worker), so this one wait polls; it ends at once when `done` is raised.
+fn watch_inference(data_dir: &Path, cancel: &Cancel, done: &Cancel) -> anyhow::Result<()> {
     let conn = crate::jobs::open(data_dir)?;
-    while !done.load(Ordering::SeqCst) {
+    while !done.is_cancelled() {
         if inference_busy(&conn)? {
-            cancel.store(true, Ordering::SeqCst);
+            cancel.cancel();
             return Ok(());
         }
-        std::thread::sleep(YIELD_POLL);
+        done.wait_timeout(YIELD_POLL);
     }
     Ok(())
 }
@@ -422,7 +426,7 @@ impl Learner {
     pub fn prepare_features(
         &mut self,
         conn: &Connection,
-        cancel: &AtomicBool,
+        cancel: &Cancel,
         progress: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<Result<usize, NotRun>> {
         self.assign_splits(conn)?;
@@ -468,7 +472,7 @@ impl Learner {
         &mut self,
         conn: &Connection,
         id: i64,
-        cancel: &AtomicBool,
+        cancel: &Cancel,
     ) -> anyhow::Result<bool> {
         let (series_uid, labels_path, finding): (String, Option<String>, Option<bool>) = conn
             .query_row(
@@ -512,25 +516,27 @@ impl Learner {
         let plane = rows * columns;
         let mut features =
             Vec::with_capacity(volume.slices * manifest.backbone.features * plane * 4);
-        let mut start = 0;
-        while start < volume.slices {
-            if cancel.load(Ordering::SeqCst) {
-                return Ok(false);
-            }
-            let end = (start + models::infer::BATCH).min(volume.slices);
-            let input = preprocess::tensor(volume, spec, start..end);
-            let out = self
-                .backend
-                .run(&input, [end - start, spec.channels.len(), rows, columns])?;
-            anyhow::ensure!(
-                out.len() == (end - start) * manifest.backbone.features * plane,
-                "the backbone gave {} values",
-                out.len()
-            );
-            for v in out {
-                features.extend_from_slice(&v.to_le_bytes());
-            }
-            start = end;
+        let shape = BatchShape {
+            slices: volume.slices,
+            channels: spec.channels.len(),
+            rows,
+            columns,
+            features: manifest.backbone.features,
+        };
+        let completion = backbone::run_in_batches::<anyhow::Error>(
+            self.backend.as_mut(),
+            shape,
+            Some(cancel),
+            |range| Ok(preprocess::tensor(volume, spec, range)),
+            |_, out| {
+                for v in out {
+                    features.extend_from_slice(&v.to_le_bytes());
+                }
+                Ok(())
+            },
+        )?;
+        if completion == Completion::Cancelled {
+            return Ok(false);
         }
         let last_class = manifest.labels.len() as u8;
         // A segmentation tells whether the finding (the last label) is there.
@@ -684,7 +690,7 @@ impl Learner {
         if let Some(cases) = &self.reference {
             return Ok(cases.clone());
         }
-        let set = models::validation::ReferenceSet::load(&self.package)?.with_context(|| {
+        let set = learning::validation::ReferenceSet::load(&self.package)?.with_context(|| {
             format!(
                 "model {} {} ships no reference validation set; no candidate can pass the gate",
                 self.manifest().id,
@@ -730,13 +736,13 @@ impl Learner {
             [&self.manifest().id],
             |r| r.get(0),
         )?;
-        let cancel = AtomicBool::new(false);
-        let done = AtomicBool::new(false);
+        let cancel = Cancel::new();
+        let done = Cancel::new();
         let data_dir = self.data_dir.clone();
         let outcome = std::thread::scope(|scope| {
             let watcher = scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
             let result = self.run_watched(&conn, trigger, &cancel, metrics, progress);
-            done.store(true, Ordering::SeqCst);
+            done.cancel();
             match watcher.join() {
                 Ok(Ok(())) => result,
                 Ok(Err(e)) => Err(e),
@@ -798,7 +804,7 @@ impl Learner {
         &mut self,
         conn: &Connection,
         trigger: &str,
-        cancel: &AtomicBool,
+        cancel: &Cancel,
         metrics: &Metrics,
         progress: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<Result<RunReport, NotRun>> {
@@ -981,13 +987,13 @@ impl Learner {
                 let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
                     return Ok(false);
                 };
-                let cancel = AtomicBool::new(false);
-                let done = AtomicBool::new(false);
+                let cancel = Cancel::new();
+                let done = Cancel::new();
                 let data_dir = self.data_dir.clone();
                 std::thread::scope(|scope| {
                     let watcher = scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
                     let r = self.prepare_features(conn, &cancel, &mut |_| {});
-                    done.store(true, Ordering::SeqCst);
+                    done.cancel();
                     let _ = watcher.join();
                     r
                 })?

@@ -1,7 +1,7 @@
 //! The `appliance` command: the daemon (`serve`) and the operator's tools.
 
 use anyhow::Context;
-use appliance::config::{Config, LogFormat};
+use appliance::config::{BackendKind, Config, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -694,28 +694,6 @@ fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn load_backend(
-    choice: BackendChoice,
-    package: &models::package::Package,
-    ort_library: Option<&std::path::Path>,
-) -> anyhow::Result<Box<dyn models::backend::Backend>> {
-    use models::backend::{OrtBackend, OrtDevice, TractBackend};
-    let device = match choice {
-        BackendChoice::Tract => return Ok(Box::new(TractBackend::load(&package.backbone_path())?)),
-        BackendChoice::Ort => OrtDevice::CudaOrCpu,
-        BackendChoice::OrtCpu => OrtDevice::Cpu,
-    };
-    let library = ort_library.context("the ort backend needs --ort-library or ORT_DYLIB_PATH")?;
-    let b = &package.manifest.backbone;
-    Ok(Box::new(OrtBackend::load(
-        &package.backbone_path(),
-        library,
-        &b.input,
-        &b.output,
-        device,
-    )?))
-}
-
 fn infer_command(
     path: PathBuf,
     model: String,
@@ -730,7 +708,12 @@ fn infer_command(
     } else {
         models::registry::Registry::new(&config.load()?.data_dir).open_active(&model)?
     };
-    let backend = load_backend(backend, &package, ort_library.as_deref())?;
+    let kind = match backend {
+        BackendChoice::Tract => BackendKind::Tract,
+        BackendChoice::Ort => BackendKind::Ort,
+        BackendChoice::OrtCpu => BackendKind::OrtCpu,
+    };
+    let backend = onnx_backends::load(kind.choice(), &package, ort_library.as_deref())?;
     let mut loaded = models::infer::Model::new(package, backend)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&path)

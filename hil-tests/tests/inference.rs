@@ -7,7 +7,8 @@
 //! reference (float summation order differs between runtimes).
 
 use hil_tests::repo_root;
-use models::backend::{Backend, OrtBackend, OrtDevice, TractBackend};
+use models::backbone::Backend;
+use onnx_backends::{OrtBackend, OrtDevice, TractBackend};
 use models::infer::{self, Inference, Model};
 use models::package::Package;
 use models::InferError;

@@ -1,16 +1,13 @@
 //! One study through one model: preprocess in batches of slices, run the backbone on the
 //! chosen backend, apply the head, then map labels back onto the source grid and measure.
 
-use crate::backend::Backend;
+use crate::backbone::{self, Backend, BatchShape};
 use crate::head::Head;
 use crate::package::Package;
-use radiant_core::Volume;
 use crate::{preprocess, InferError};
+use radiant_core::Volume;
 use serde::Serialize;
 use std::time::Instant;
-
-/// Slices per backbone call.
-pub const BATCH: usize = 16;
 
 /// A loaded model: verified package, head weights and a backend holding the backbone. Load
 /// once, run many studies.
@@ -81,35 +78,43 @@ pub fn run(model: &mut Model, volume: &Volume) -> Result<Inference, InferError> 
     let mut model_labels = vec![0u8; volume.slices * plane];
     let mut max_prob = 0f32;
     let last = classes - 1;
-    let mut start = 0;
-    while start < volume.slices {
-        let end = (start + BATCH).min(volume.slices);
-        let t = Instant::now();
-        let input = preprocess::tensor(volume, spec, start..end);
-        timings.preprocess_ms += t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
-        let shape = [end - start, spec.channels.len(), rows, columns];
-        let features = model.backend.run(&input, shape)?;
-        let expected = (end - start) * manifest.backbone.features * plane;
-        if features.len() != expected {
-            return Err(InferError::Backend(format!(
-                "backbone gave {} values, expected {expected}",
-                features.len()
-            )));
-        }
-        let probs = model.head.probabilities(&features, end - start, plane);
-        timings.inference_ms += t.elapsed().as_secs_f64() * 1e3;
-        for (k, p) in probs.chunks_exact(classes).enumerate() {
-            let (arg, _) =
-                p.iter().enumerate().fold(
-                    (0, f32::MIN),
-                    |best, (c, v)| if *v > best.1 { (c, *v) } else { best },
-                );
-            model_labels[start * plane + k] = arg as u8;
-            max_prob = max_prob.max(p[last]);
-        }
-        start = end;
-    }
+    let shape = BatchShape {
+        slices: volume.slices,
+        channels: spec.channels.len(),
+        rows,
+        columns,
+        features: manifest.backbone.features,
+    };
+    let head = &model.head;
+    let looped = Instant::now();
+    backbone::run_in_batches::<InferError>(
+        model.backend.as_mut(),
+        shape,
+        None,
+        |range| {
+            let t = Instant::now();
+            let input = preprocess::tensor(volume, spec, range);
+            timings.preprocess_ms += t.elapsed().as_secs_f64() * 1e3;
+            Ok(input)
+        },
+        |range, features| {
+            let probs = head.probabilities(&features, range.len(), plane);
+            for (k, p) in probs.chunks_exact(classes).enumerate() {
+                let (arg, _) = p.iter().enumerate().fold((0, f32::MIN), |best, (c, v)| {
+                    if *v > best.1 {
+                        (c, *v)
+                    } else {
+                        best
+                    }
+                });
+                model_labels[range.start * plane + k] = arg as u8;
+                max_prob = max_prob.max(p[last]);
+            }
+            Ok(())
+        },
+    )?;
+    // Backbone and head together: the loop's time less what preprocessing took inside it.
+    timings.inference_ms = looped.elapsed().as_secs_f64() * 1e3 - timings.preprocess_ms;
     let t = Instant::now();
     let label_map = to_source_grid(volume, spec, &model_labels);
     let mut labels = Vec::new();

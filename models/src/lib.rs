@@ -1,34 +1,25 @@
-//! Model packages, preprocessing, inference backends and fine-tuning. Sees volumes and
-//! tensors, never DICOM; does no network I/O; reads model packages and writes only under the
-//! model registry.
+//! Model packages and what runs them: the manifest and its checks, the registry of installed
+//! packages, preprocessing, the trainable head applied in Rust, and one study through a
+//! backbone. Sees volumes and tensors, never DICOM; does no network I/O; reads model packages
+//! and writes only under the model registry. Links no ML runtime: the backbone is a
+//! [`backbone::Backend`] that `onnx-backends` implements, and learning lives in `learning`.
 //!
 //! # Layout
 //! - [`package`]: the model package format (manifest, backbone, head, card, reference
 //!   validation set) and its checks.
 //! - [`registry`]: installed packages under `<data_dir>/models`, with an active version each.
 //! - [`preprocess`]: volume to model input tensor, as the manifest says.
-//! - [`backend`]: the `Backend` trait and the tract backend (the embedded default).
+//! - [`backbone`]: the `Backend` trait a runtime implements, and the one batched loop that
+//!   feeds slices through it.
 //! - [`head`]: the trainable head, applied in Rust.
 //! - [`infer`]: one study through one model, with label volumes and timings.
-//! - [`finetune`]: fine-tuning of the head with candle on cached backbone features (FedProx
-//!   toward the global head, deterministic for a seed, cancellable).
-//! - [`evaluate`]: Dice per label, AUROC, and a head scored on labelled cases as inference
-//!   would run it.
-//! - [`gate`]: the champion/challenger decision on a fine-tuned head.
-//! - [`validation`]: the reference validation set a package ships, read with bounds checks
-//!   and run through the backbone into cases the gate scores.
 
-pub mod backend;
-pub mod evaluate;
-pub mod finetune;
-pub mod gate;
+pub mod backbone;
 pub mod head;
 pub mod infer;
 pub mod package;
 pub mod preprocess;
 pub mod registry;
-pub mod validation;
-
 
 use thiserror::Error;
 

@@ -4,8 +4,8 @@
 //! `[slices, channels, rows, columns]`.
 
 use crate::package::InputSpec;
-use radiant_core::Volume;
 use crate::InferError;
+use radiant_core::Volume;
 
 /// Check that `volume` satisfies the model's input specification.
 pub fn check(volume: &Volume, spec: &InputSpec) -> Result<(), InferError> {

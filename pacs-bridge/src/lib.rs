@@ -6,6 +6,8 @@
 //! - [`dataset`]: a bounded walker over encoded datasets (PS3.5 section 7) that checks every
 //!   declared length against the bytes present and extracts the identifying attributes.
 //! - [`dimse`]: DIMSE command sets (PS3.7 section 9.3): decode requests, encode responses.
+//! - [`ul`]: Upper Layer framing shared by SCP and SCU (PS3.8 section 9.3): PDU types, bounded
+//!   reads, writes.
 //! - [`scp`]: associations (PS3.8): negotiation with access control, the message loop, timeouts,
 //!   and the listener that bounds concurrent associations and shuts down gracefully.
 //! - [`scu`]: a C-STORE SCU (PS3.4 annex B, PS3.8): sends Part 10 files to a peer on one
@@ -29,4 +31,5 @@ pub mod scp;
 pub mod scu;
 pub mod store;
 pub mod uids;
+pub mod ul;
 pub mod volume;

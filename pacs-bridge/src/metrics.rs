@@ -5,46 +5,6 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Why an association or an instance was refused; the label value in `rejects_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RejectReason {
-    CalledAeTitle,
-    CallingAeTitle,
-    CallingHost,
-    ApplicationContext,
-    ProtocolVersion,
-    AssociationLimit,
-    DiskFloor,
-    Malformed,
-    SopMismatch,
-    TooLarge,
-    StoreFailed,
-    PduTooLarge,
-    Timeout,
-    Protocol,
-}
-
-impl RejectReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::CalledAeTitle => "called_ae_title",
-            Self::CallingAeTitle => "calling_ae_title",
-            Self::CallingHost => "calling_host",
-            Self::ApplicationContext => "application_context",
-            Self::ProtocolVersion => "protocol_version",
-            Self::AssociationLimit => "association_limit",
-            Self::DiskFloor => "disk_floor",
-            Self::Malformed => "malformed_dataset",
-            Self::SopMismatch => "sop_mismatch",
-            Self::TooLarge => "too_large",
-            Self::StoreFailed => "store_failed",
-            Self::PduTooLarge => "pdu_too_large",
-            Self::Timeout => "timeout",
-            Self::Protocol => "protocol_error",
-        }
-    }
-}
-
 #[derive(Default)]
 pub struct Metrics {
     pub associations_total: AtomicU64,
@@ -70,20 +30,21 @@ pub struct Metrics {
     pub learning_heads_refused_total: AtomicU64,
     /// Head version inference uses; 0 is the model's global head.
     pub learning_champion_head: AtomicU64,
-    rejects: Mutex<BTreeMap<RejectReason, u64>>,
+    /// Refusals by reason label (`scp::RejectReason::label`).
+    rejects: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
-    pub fn reject(&self, reason: RejectReason) {
+    pub fn reject(&self, reason: &'static str) {
         if let Ok(mut map) = self.rejects.lock() {
             *map.entry(reason).or_default() += 1;
         }
     }
 
-    pub fn rejects(&self, reason: RejectReason) -> u64 {
+    pub fn rejects(&self, reason: &str) -> u64 {
         self.rejects
             .lock()
-            .map(|m| m.get(&reason).copied().unwrap_or(0))
+            .map(|m| m.get(reason).copied().unwrap_or(0))
             .unwrap_or(0)
     }
 
@@ -222,7 +183,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "radiant_rejects_total{{reason=\"{}\"}} {count}",
-                    reason.label()
+                    reason
                 );
             }
         }
@@ -237,8 +198,8 @@ mod tests {
     #[test]
     fn rejects_are_rendered_with_their_reason_label() {
         let m = Metrics::default();
-        m.reject(RejectReason::CallingAeTitle);
-        m.reject(RejectReason::CallingAeTitle);
+        m.reject("calling_ae_title");
+        m.reject("calling_ae_title");
         let text = m.render();
         assert!(text.contains("radiant_rejects_total{reason=\"calling_ae_title\"} 2"));
         assert!(text.contains("radiant_instances_received_total 0"));

@@ -7,6 +7,11 @@
 //! A child is cancelled when its parent is, and can also be cancelled alone: the learner gives
 //! a fine-tune a child of the daemon's signal and cancels that child when inference needs the
 //! processor, so both reasons reach the same check.
+//!
+//! A [`Doorbell`] is how one thread tells another that work arrived (a job queued, a result
+//! ready to send): [`Doorbell::wait`] returns when the bell rings, when the cancel signal is
+//! raised, or when its timeout passes (the timeout only covers work that arrives from another
+//! process, such as a CLI command, which cannot ring it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
@@ -19,9 +24,10 @@ struct Inner {
     lock: Mutex<()>,
     wake: Condvar,
     children: Mutex<Vec<Weak<Inner>>>,
+    bells: Mutex<Vec<Weak<Bell>>>,
     /// Keeps the parent (and so the chain up to the root) alive as long as a child lives, so
     /// that a raise at the root still finds every descendant.
-    parent: Option<Arc<Inner>>,
+    _parent: Option<Arc<Inner>>,
 }
 
 impl Inner {
@@ -33,14 +39,14 @@ impl Inner {
             let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             self.wake.notify_all();
         }
-        let children = std::mem::take(
-            &mut *self
-                .children
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(PoisonError::into_inner));
         for child in children.iter().filter_map(Weak::upgrade) {
             child.raise();
+        }
+        let bells = std::mem::take(&mut *self.bells.lock().unwrap_or_else(PoisonError::into_inner));
+        for bell in bells.iter().filter_map(Weak::upgrade) {
+            bell.ring();
         }
     }
 }
@@ -69,7 +75,7 @@ impl Cancel {
     pub fn child(&self) -> Cancel {
         let child = Cancel {
             inner: Arc::new(Inner {
-                parent: Some(self.inner.clone()),
+                _parent: Some(self.inner.clone()),
                 ..Inner::default()
             }),
         };
@@ -102,7 +108,11 @@ impl Cancel {
     /// already is), `false` when the time passed without it.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut guard = self.inner.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .inner
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if self.is_cancelled() {
                 return true;
@@ -115,6 +125,88 @@ impl Cancel {
                 .inner
                 .wake
                 .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Bell {
+    rings: Mutex<u64>,
+    wake: Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+        *rings = rings.wrapping_add(1);
+        self.wake.notify_all();
+    }
+}
+
+/// Why [`Doorbell::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    Rung,
+    Cancelled,
+    TimedOut,
+}
+
+/// A wake-up for one waiting thread: rung by whoever gives it work, and by the [`Cancel`] it
+/// was made for. Rings are not lost: a ring while nobody waits makes the next wait return.
+#[derive(Clone)]
+pub struct Doorbell {
+    bell: Arc<Bell>,
+    cancel: Cancel,
+    seen: u64,
+}
+
+impl Doorbell {
+    /// A doorbell that `cancel` also rings.
+    pub fn new(cancel: &Cancel) -> Doorbell {
+        let bell = Arc::new(Bell::default());
+        cancel
+            .inner
+            .bells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&bell));
+        Doorbell {
+            bell,
+            cancel: cancel.clone(),
+            seen: 0,
+        }
+    }
+
+    pub fn ring(&self) {
+        self.bell.ring();
+    }
+
+    /// Wait until a ring this doorbell has not seen yet, the cancel signal, or `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Wake {
+        let deadline = Instant::now() + timeout;
+        let mut rings = self
+            .bell
+            .rings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.cancel.is_cancelled() {
+                return Wake::Cancelled;
+            }
+            if *rings != self.seen {
+                self.seen = *rings;
+                return Wake::Rung;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Wake::TimedOut;
+            }
+            rings = self
+                .bell
+                .wake
+                .wait_timeout(rings, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -162,5 +254,27 @@ mod tests {
     #[test]
     fn an_unraised_wait_times_out() {
         assert!(!Cancel::new().wait_timeout(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_doorbell_wakes_its_waiter_on_a_ring_on_cancel_and_keeps_an_early_ring() {
+        let cancel = Cancel::new();
+        let mut bell = Doorbell::new(&cancel);
+        bell.ring();
+        assert_eq!(bell.wait(Duration::from_secs(60)), Wake::Rung);
+        assert_eq!(bell.wait(Duration::from_millis(10)), Wake::TimedOut);
+        let ringer = bell.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            ringer.ring();
+        });
+        assert_eq!(bell.wait(Duration::from_secs(60)), Wake::Rung);
+        t.join().unwrap();
+        let child = cancel.child();
+        let mut waiter = Doorbell::new(&child);
+        let t = std::thread::spawn(move || waiter.wait(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(30));
+        cancel.cancel();
+        assert_eq!(t.join().unwrap(), Wake::Cancelled);
     }
 }

@@ -20,7 +20,10 @@ pub struct DurableError {
 }
 
 impl DurableError {
-    fn at<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DurableError + 'a {
+    fn at<'a>(
+        step: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> DurableError + 'a {
         move |source| DurableError {
             step,
             path: path.to_path_buf(),

@@ -21,7 +21,7 @@ pub mod rng;
 pub mod uid;
 pub mod volume;
 
-pub use cancel::Cancel;
+pub use cancel::{Cancel, Doorbell, Wake};
 pub use code::Code;
 pub use uid::{log_tag, Uid};
 pub use volume::Volume;

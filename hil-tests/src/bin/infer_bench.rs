@@ -40,7 +40,8 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use hil_tests::repo_root;
-use models::backend::{Backend, OrtBackend, OrtDevice, TractBackend};
+use models::backbone::Backend;
+use onnx_backends::{OrtBackend, OrtDevice, TractBackend};
 use models::infer::{self, Inference, Model};
 use models::package::Package;
 use models::InferError;

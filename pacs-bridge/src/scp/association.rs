@@ -2,13 +2,14 @@
 //! 9.1): access control and presentation context negotiation, then the DIMSE message loop
 //! serving C-ECHO and C-STORE.
 
-use super::pdu::{self, PduError, PduStream};
+use crate::ul::{self, PduError, PduStream};
 use super::{Peer, Shared};
 use crate::dataset::{self, Identity};
 use crate::dimse::{self, status, Command, Response};
-use crate::metrics::RejectReason;
+use super::reject::RejectReason;
 use crate::store::{IncomingInstance, StoreOutcome};
-use crate::{log_tag, uids};
+use crate::uids;
+use radiant_core::log_tag;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
@@ -103,15 +104,15 @@ fn open(stream: TcpStream, shared: &Shared) -> Result<PduStream, ()> {
 
 fn read_request(io: &mut PduStream, peer: SocketAddr) -> Option<AssociationRQ> {
     let result = io.read_header().and_then(|(ty, len)| {
-        if ty != pdu::A_ASSOCIATE_RQ {
+        if ty != ul::A_ASSOCIATE_RQ {
             return Err(PduError::Malformed(format!(
                 "expected A-ASSOCIATE-RQ, got PDU type {ty:#04x}"
             )));
         }
-        if len > pdu::MAX_ASSOCIATE_RQ {
+        if len > ul::MAX_ASSOCIATE_RQ {
             return Err(PduError::TooLarge {
                 length: len,
-                limit: pdu::MAX_ASSOCIATE_RQ,
+                limit: ul::MAX_ASSOCIATE_RQ,
             });
         }
         io.read_body(ty, len)
@@ -150,7 +151,7 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     };
     if let Err(refused) = check_access(&rq, peer.ip(), shared) {
-        shared.metrics.reject(refused.reason);
+        shared.metrics.reject(refused.reason.label());
         tracing::warn!(
             %peer,
             calling_ae = %rq.calling_ae_title,
@@ -370,7 +371,7 @@ impl Association<'_> {
                 Err(e) => break self.io_end(e),
             };
             match ty {
-                pdu::P_DATA_TF => {
+                ul::P_DATA_TF => {
                     if length > self.shared.config.max_pdu_length {
                         break End::Aborted(
                             RejectReason::PduTooLarge,
@@ -384,12 +385,12 @@ impl Association<'_> {
                         break end;
                     }
                 }
-                pdu::A_RELEASE_RQ => {
+                ul::A_RELEASE_RQ => {
                     let _ = self.io.skip(u64::from(length));
                     let _ = self.io.write_pdu(&Pdu::ReleaseRP);
                     break End::Released;
                 }
-                pdu::A_ABORT => break End::AbortedByPeer,
+                ul::A_ABORT => break End::AbortedByPeer,
                 other => {
                     break End::Aborted(
                         RejectReason::Protocol,
@@ -399,7 +400,7 @@ impl Association<'_> {
             }
         };
         if let End::Aborted(reason, detail) = &end {
-            self.shared.metrics.reject(*reason);
+            self.shared.metrics.reject(reason.label());
             tracing::warn!(peer = %self.peer, calling_ae = %self.calling_ae, reason = reason.label(), %detail, "aborting association");
             abort(&mut self.io);
         }
@@ -579,7 +580,7 @@ impl Association<'_> {
         let (status, comment) = match outcome {
             Ok(()) => (status::SUCCESS, None),
             Err((status, reason, comment)) => {
-                self.shared.metrics.reject(reason);
+                self.shared.metrics.reject(reason.label());
                 tracing::warn!(
                     peer = %self.peer,
                     calling_ae = %self.calling_ae,

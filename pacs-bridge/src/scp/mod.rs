@@ -6,9 +6,11 @@
 //! instance whose Success was not sent is not acknowledged, so the sender retries it.
 
 mod association;
-pub(crate) mod pdu;
+mod reject;
 
-use crate::metrics::{Metrics, RejectReason};
+pub use reject::RejectReason;
+
+use crate::metrics::Metrics;
 use crate::store::Spool;
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -193,7 +195,7 @@ impl Server {
     }
 
     fn refuse_over_limit(&self, stream: TcpStream, peer: SocketAddr, refusing: &Arc<AtomicUsize>) {
-        self.shared.metrics.reject(RejectReason::AssociationLimit);
+        self.shared.metrics.reject(RejectReason::AssociationLimit.label());
         if refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
             refusing.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!(%peer, "association limit reached; connection closed");

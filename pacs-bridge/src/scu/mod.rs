@@ -25,8 +25,9 @@ pub use part10::FileError;
 pub use status::{classify, StatusClass};
 
 use crate::dimse::{self, ResponseFields, StoreRequest};
-use crate::scp::pdu::{self, PduError, PduStream};
-use crate::{log_tag, uids};
+use crate::ul::{self, PduError, PduStream};
+use crate::uids;
+use radiant_core::log_tag;
 use dicom_ul::pdu::{
     AbortRQSource, AssociationAC, AssociationRJResult, AssociationRJSource, AssociationRQ, Pdu,
     PresentationContextProposed, PresentationContextResultReason, UserVariableItem,
@@ -89,7 +90,7 @@ const MIN_PDU_LENGTH: u32 = dicom_ul::pdu::MINIMUM_PDU_SIZE;
 const MAX_PDU_LENGTH: u32 = 64 * 1024 * 1024;
 
 /// Largest A-ASSOCIATE-AC we read (one result per proposed context plus user items: a few KiB).
-const MAX_ASSOCIATE_AC: u32 = pdu::MAX_ASSOCIATE_RQ;
+const MAX_ASSOCIATE_AC: u32 = ul::MAX_ASSOCIATE_RQ;
 
 /// PS3.8 section 9.3.2.2: presentation context IDs are odd numbers 1 to 255.
 const MAX_CONTEXTS: usize = 128;
@@ -676,8 +677,8 @@ impl<'a> Association<'a> {
             .map_err(|e| self.pdu_error(awaiting, e))?;
         // PS3.8 section 9.3: A-ASSOCIATE-RJ and A-ABORT bodies are 4 bytes.
         let limit = match ty {
-            pdu::A_ASSOCIATE_AC => MAX_ASSOCIATE_AC,
-            pdu::A_ASSOCIATE_RJ | pdu::A_ABORT => 4,
+            ul::A_ASSOCIATE_AC => MAX_ASSOCIATE_AC,
+            ul::A_ASSOCIATE_RJ | ul::A_ABORT => 4,
             other => {
                 return Err(self.protocol(format!(
                     "PDU type {other:#04x} where {awaiting} was expected"
@@ -920,8 +921,8 @@ impl<'a> Association<'a> {
                 .read_header()
                 .map_err(|e| self.pdu_error(awaiting, e))?;
             match ty {
-                pdu::P_DATA_TF => {}
-                pdu::A_ABORT => {
+                ul::P_DATA_TF => {}
+                ul::A_ABORT => {
                     return Err(
                         match self.read_small_body(awaiting, ty, length, deadline)? {
                             Pdu::AbortRQ { source } => ScuError::Aborted {
@@ -1013,10 +1014,10 @@ impl<'a> Association<'a> {
                 .read_header()
                 .map_err(|e| self.pdu_error(AWAITING, e))?;
             match ty {
-                pdu::A_RELEASE_RP => self
+                ul::A_RELEASE_RP => self
                     .read_small_body(AWAITING, ty, length, deadline)
                     .map(|_| ()),
-                pdu::A_ABORT => Err(
+                ul::A_ABORT => Err(
                     match self.read_small_body(AWAITING, ty, length, deadline)? {
                         Pdu::AbortRQ { source } => ScuError::Aborted {
                             peer: self.peer.clone(),
@@ -1090,7 +1091,7 @@ fn write_pdv(
 ) -> std::io::Result<()> {
     let item_length = data.len() as u32 + 2;
     let mut header = [0u8; 12];
-    header[0] = pdu::P_DATA_TF;
+    header[0] = ul::P_DATA_TF;
     header[2..6].copy_from_slice(&(item_length + 4).to_be_bytes());
     header[6..10].copy_from_slice(&item_length.to_be_bytes());
     header[10] = context_id;

@@ -9,13 +9,14 @@
 mod common;
 
 use common::{build_site, fine_tune_config as config, repo, SiteSpec};
-use models::evaluate;
-use models::finetune::{
-    candle_probabilities, fine_tune, fine_tune_with, Case, ClassifierOutcome, FineTuneError,
+use learning::case::Case;
+use learning::evaluate;
+use learning::finetune::{
+    candle_probabilities, fine_tune, fine_tune_with, ClassifierOutcome, FineTuneError,
     SegmentationOutcome, TrainingSet,
 };
 use models::head::Head;
-use std::sync::atomic::{AtomicBool, Ordering};
+use radiant_core::Cancel;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -152,7 +153,7 @@ fn fine_tuning_on_a_site_with_fainter_lesions_improves_held_out_lesion_dice() {
         &fx.train,
         &config(),
         |epoch, loss| losses.push((epoch, loss)),
-        &AtomicBool::new(false),
+        &Cancel::new(),
     )
     .unwrap();
     let seconds = t.elapsed().as_secs_f64();
@@ -200,7 +201,7 @@ fn a_larger_fedprox_mu_keeps_the_head_closer_to_the_global_head() {
 #[test]
 fn raising_the_cancel_flag_stops_the_fine_tune_at_the_next_step_with_a_typed_error() {
     let fx = fixture();
-    let cancel = AtomicBool::new(false);
+    let cancel = Cancel::new();
     let mut c = config();
     c.epochs = 1000;
     let t = Instant::now();
@@ -211,7 +212,7 @@ fn raising_the_cancel_flag_stops_the_fine_tune_at_the_next_step_with_a_typed_err
         &c,
         |epoch, _| {
             if epoch == 2 {
-                cancel.store(true, Ordering::Relaxed);
+                cancel.cancel();
             }
         },
         &cancel,
@@ -222,7 +223,8 @@ fn raising_the_cancel_flag_stops_the_fine_tune_at_the_next_step_with_a_typed_err
     );
     assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
     // Raised before the start: not one step.
-    let raised = AtomicBool::new(true);
+    let raised = Cancel::new();
+    raised.cancel();
     let result = fine_tune_with(&fx.head, &fx.head, &fx.train, &c, |_, _| {}, &raised);
     assert!(matches!(
         result,
@@ -318,7 +320,7 @@ fn an_empty_set_wrong_shapes_and_bad_labels_are_typed_errors() {
     // A learning rate that blows up is reported, not returned as a head.
     let mut wild = c.clone();
     wild.learning_rate = 1e30;
-    wild.optimizer = models::finetune::Optimizer::Sgd { momentum: 0.0 };
+    wild.optimizer = learning::finetune::Optimizer::Sgd { momentum: 0.0 };
     assert!(matches!(
         fine_tune(&fx.head, &fx.head, &fx.train, &wild),
         Err(FineTuneError::NonFiniteLoss { .. })
@@ -394,7 +396,7 @@ fn a_study_label_only_set_trains_the_classifier_and_keeps_the_segmentation_bit_i
         &study_only,
         &config(),
         |_, _| epochs_reported += 1,
-        &AtomicBool::new(false),
+        &Cancel::new(),
     )
     .unwrap();
     assert!(

@@ -4,8 +4,8 @@
 //! Dice counts only the cases with pixel labels, AUROC every case with a study label; a set
 //! without any pixel label has no Dice (NaN, never a perfect 1).
 
-use crate::finetune::Case;
-use crate::head::Head;
+use crate::case::Case;
+use models::head::Head;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq)]

@@ -2,16 +2,17 @@
 //! tract, and the shipped head scores on it close to the card's held-out metrics; a corrupt or
 //! mismatched file is a typed error, never a panic or a huge allocation.
 
-use models::backend::TractBackend;
-use models::evaluate;
+use learning::evaluate;
+use learning::validation::{ReferenceSet, ValidationError};
 use models::head::Head;
 use models::package::Package;
-use models::validation::{ReferenceSet, ValidationError};
+use onnx_backends::TractBackend;
 use safetensors::{tensor::TensorView, Dtype};
 use std::path::{Path, PathBuf};
 
 fn package() -> Package {
-    Package::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/head-ct")).unwrap()
+    Package::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/head-ct"))
+        .unwrap()
 }
 
 #[test]
@@ -204,7 +205,7 @@ fn a_package_without_a_validation_set_has_none_and_a_missing_file_is_an_io_error
     // A file larger than any set may be (sparse: costs no disk) is refused unread.
     std::fs::File::create(package.validation_path().unwrap())
         .unwrap()
-        .set_len(models::validation::MAX_FILE_BYTES + 1)
+        .set_len(learning::validation::MAX_FILE_BYTES + 1)
         .unwrap();
     assert!(matches!(
         ReferenceSet::load(&package),

@@ -5,11 +5,13 @@
 //! The raw pixels are read straight from the files (native little-endian int16, Pixel Data
 //! last, as `scripts/make_fixtures.py` writes them; `models` parses no DICOM).
 
-use models::backend::{Backend, TractBackend};
-use models::finetune::{Case, FineTuneConfig};
+use learning::case::Case;
+use learning::finetune::FineTuneConfig;
+use models::backbone::Backend;
 use models::head::Head;
 use models::package::Package;
 use models::preprocess;
+use onnx_backends::TractBackend;
 use radiant_core::volume::Volume;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,19 +1,17 @@
-//! Inference backends behind one trait. `tract` (pure Rust) is always built and is the
-//! embedded default. A backend runs only the frozen backbone; the head is applied in Rust so
-//! that every backend computes the same function from the same features.
+//! The runtimes that run a package's frozen ONNX backbone behind `models::backbone::Backend`:
+//! `tract` (pure Rust, always built, the embedded default) and ONNX Runtime through `ort`
+//! (the shared library is loaded at run time; CUDA when its provider starts, else the CPU).
+//! Only this crate links an ML runtime for inference: `models`, `learning` and everything that
+//! needs packages or heads build without it. A backend runs only the backbone; the head is
+//! applied in Rust so that every backend computes the same function from the same features.
 
-use crate::InferError;
+use models::backbone::Backend;
+use models::package::Package;
+use models::InferError;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
-
-pub trait Backend: Send {
-    /// Short name recorded with every result ("tract", "ort-cpu", "ort-cuda").
-    fn name(&self) -> &'static str;
-    /// Run the backbone on `input` `[n, channels, rows, columns]`; returns its output.
-    fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, InferError>;
-}
 
 /// tract: the ONNX graph is parsed once, and one optimised plan per batch size is kept.
 pub struct TractBackend {
@@ -191,4 +189,41 @@ impl Backend for OrtBackend {
             .map_err(err)?;
         Ok(data.to_vec())
     }
+}
+
+/// Which runtime runs the backbone, as the configuration or the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Tract,
+    Ort(OrtDevice),
+}
+
+/// Load the backbone of `package` with the chosen runtime. ONNX Runtime needs its shared
+/// library: `library`, else `ORT_DYLIB_PATH`; without either it is an error that says so.
+pub fn load(
+    choice: Choice,
+    package: &Package,
+    library: Option<&Path>,
+) -> Result<Box<dyn Backend>, InferError> {
+    let device = match choice {
+        Choice::Tract => return Ok(Box::new(TractBackend::load(&package.backbone_path())?)),
+        Choice::Ort(device) => device,
+    };
+    let library = library
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from))
+        .ok_or_else(|| {
+            InferError::Backend(
+                "ONNX Runtime needs its library: set onnxruntime_library (--ort-library) or ORT_DYLIB_PATH"
+                    .into(),
+            )
+        })?;
+    let b = &package.manifest.backbone;
+    Ok(Box::new(OrtBackend::load(
+        &package.backbone_path(),
+        &library,
+        &b.input,
+        &b.output,
+        device,
+    )?))
 }

@@ -13,11 +13,10 @@
 //! - `finding` U8 `[cases]`: 1 when the finding (the last label) is present, 0 when not.
 //! - `pixel_ml` F64 `[cases]`: volume of one model-grid pixel in millilitres.
 
-use crate::backend::Backend;
-use crate::finetune::Case;
-use crate::infer::BATCH;
-use crate::package::{Manifest, Package, MAX_VALIDATION_CASES};
-use crate::InferError;
+use crate::case::Case;
+use models::backbone::{self, Backend, BatchShape};
+use models::package::{Manifest, Package, MAX_VALIDATION_CASES};
+use models::InferError;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -206,7 +205,7 @@ impl ReferenceSet {
         })
     }
 
-    /// Run the backbone on every case, in batches of [`BATCH`] slices as inference does, and
+    /// Run the backbone on every case, in batches of [`backbone::BATCH`] slices as inference does, and
     /// return the cases as fine-tuning and scoring take them. `backbone_features` is the
     /// manifest's `backbone.features`; an output of another size is an error.
     pub fn cases(
@@ -224,21 +223,27 @@ impl ReferenceSet {
                 source,
             };
             let mut features = Vec::with_capacity(case.slices * backbone_features * plane);
-            for batch in case.input.chunks(BATCH * per_slice) {
-                let n = batch.len() / per_slice;
-                let input: Vec<f32> = batch.iter().map(|v| f32::from(*v) / 255.0).collect();
-                let output = backend
-                    .run(&input, [n, self.channels, self.rows, self.columns])
-                    .map_err(failed)?;
-                if output.len() != n * backbone_features * plane {
-                    return Err(failed(InferError::Backend(format!(
-                        "backbone gave {} values for {n} slices, expected {}",
-                        output.len(),
-                        n * backbone_features * plane
-                    ))));
-                }
-                features.extend(output);
-            }
+            let shape = BatchShape {
+                slices: case.slices,
+                channels: self.channels,
+                rows: self.rows,
+                columns: self.columns,
+                features: backbone_features,
+            };
+            backbone::run_in_batches(
+                backend,
+                shape,
+                None,
+                |range| {
+                    let bytes = &case.input[range.start * per_slice..range.end * per_slice];
+                    Ok(bytes.iter().map(|v| f32::from(*v) / 255.0).collect())
+                },
+                |_, output| {
+                    features.extend(output);
+                    Ok(())
+                },
+            )
+            .map_err(failed)?;
             out.push(Case {
                 id: case.id.clone(),
                 slices: case.slices,

@@ -26,77 +26,14 @@
 //! ([`Head::probabilities`], after tract or ONNX Runtime) compute the same function; the tests
 //! hold them to 1e-5.
 
+use crate::case::Case;
 use crate::evaluate;
-use crate::head::Head;
 use candle_core::{Device, Tensor, Var};
+use models::head::Head;
 use radiant_core::rng::SplitMix64;
-use std::sync::atomic::{AtomicBool, Ordering};
+use radiant_core::Cancel;
 use std::time::Instant;
 use thiserror::Error;
-
-/// One labelled case: the backbone features of its slices and the reference labels, both on
-/// the model grid. No image, no DICOM. A case carries pixel labels, a study label, or both.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Case {
-    /// Caller's name for the case (a hash of the study, for lineage); used in errors.
-    pub id: String,
-    pub slices: usize,
-    /// Pixels per slice on the model grid (rows * columns).
-    pub plane: usize,
-    /// Backbone output `[slices, features, plane]`, as [`crate::backend::Backend::run`] gives it.
-    pub features: Vec<f32>,
-    /// Class of every model-grid pixel `[slices, plane]`; 0 is background. Empty: the case
-    /// has no segmentation label (a study-level label alone, e.g. from an SR), and then
-    /// `finding` must be `Some`; such a case teaches and scores the study classifier only.
-    pub labels: Vec<u8>,
-    /// Study-level label: is the finding (the last label) present? `None`: not labelled.
-    pub finding: Option<bool>,
-    /// Volume of one model-grid pixel in millilitres (model spacing² × slice spacing / 1000),
-    /// as inference measures the lesion volume the study classifier sees.
-    pub pixel_ml: f64,
-}
-
-impl Case {
-    /// Does the case carry a segmentation label (a class for every pixel)?
-    pub fn has_pixel_labels(&self) -> bool {
-        !self.labels.is_empty()
-    }
-
-    /// Check the case against a head of `features` inputs and `classes` outputs.
-    pub fn check(&self, features: usize, classes: usize) -> Result<(), String> {
-        let pixels = self.slices * self.plane;
-        if pixels == 0 {
-            return Err("no pixels (0 slices or an empty plane)".into());
-        }
-        if self.features.len() != pixels * features {
-            return Err(format!(
-                "{} feature values for {} slices of {} pixels, a head of {features} features needs {}",
-                self.features.len(),
-                self.slices,
-                self.plane,
-                pixels * features
-            ));
-        }
-        if !self.has_pixel_labels() && self.finding.is_none() {
-            return Err("no label at all: no pixel labels and no study label".into());
-        }
-        if self.has_pixel_labels() && self.labels.len() != pixels {
-            return Err(format!(
-                "{} labels for {} slices of {} pixels",
-                self.labels.len(),
-                self.slices,
-                self.plane
-            ));
-        }
-        if let Some(bad) = self.labels.iter().find(|l| usize::from(**l) >= classes) {
-            return Err(format!("label {bad} but the head has {classes} classes"));
-        }
-        if !self.pixel_ml.is_finite() || self.pixel_ml <= 0.0 {
-            return Err(format!("pixel volume {} ml", self.pixel_ml));
-        }
-        Ok(())
-    }
-}
 
 /// The cases of one fine-tune.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -244,14 +181,7 @@ pub fn fine_tune(
     data: &TrainingSet,
     config: &FineTuneConfig,
 ) -> Result<(Head, FineTuneReport), FineTuneError> {
-    fine_tune_with(
-        start,
-        global,
-        data,
-        config,
-        |_, _| {},
-        &AtomicBool::new(false),
-    )
+    fine_tune_with(start, global, data, config, |_, _| {}, &Cancel::new())
 }
 
 /// Fine-tune `start` on `data`, pulled toward `global` by the proximal term. `progress` gets
@@ -265,7 +195,7 @@ pub fn fine_tune_with(
     data: &TrainingSet,
     config: &FineTuneConfig,
     mut progress: impl FnMut(usize, f32),
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<(Head, FineTuneReport), FineTuneError> {
     let began = Instant::now();
     check_inputs(start, global, data, config)?;
@@ -333,7 +263,7 @@ fn train_segmentation(
     config: &FineTuneConfig,
     device: &Device,
     progress: &mut impl FnMut(usize, f32),
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<(Head, SegmentationRun), FineTuneError> {
     let (f, h, c) = (start.features, start.hidden, start.classes);
     let samples = sample_pixels(cases, start, config)?;
@@ -371,7 +301,7 @@ fn train_segmentation(
         let mut total = 0f64;
         let mut count = 0usize;
         for (step, batch) in order.chunks(config.batch).enumerate() {
-            if cancel.load(Ordering::Relaxed) {
+            if cancel.is_cancelled() {
                 return Err(FineTuneError::Cancelled {
                     epoch: epoch + 1,
                     step,
@@ -648,7 +578,7 @@ fn train_classifier(
     data: &TrainingSet,
     config: &FineTuneConfig,
     device: &Device,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<ClassifierOutcome, FineTuneError> {
     if config.classifier_steps == 0 {
         return Ok(ClassifierOutcome::Kept("classifier_steps is 0".into()));
@@ -696,7 +626,7 @@ fn train_classifier(
     let loss_before = objective(&params)?.0.to_scalar::<f32>()?;
     let mut optimizer = OptimizerState::new(config.optimizer, &params)?;
     for step in 0..config.classifier_steps {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.is_cancelled() {
             return Err(FineTuneError::Cancelled {
                 epoch: config.epochs,
                 step,

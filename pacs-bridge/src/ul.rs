@@ -1,4 +1,6 @@
-//! PDU framing on a TCP stream (PS3.8 section 9.3). Association PDUs are decoded and encoded by
+//! The DICOM Upper Layer framing both sides use (PS3.8 section 9.3): PDU types, reading a PDU
+//! with its length checked against a bound before the body is read, and writing one. The SCP
+//! (`scp`) and the SCU (`scu`) share it. Association PDUs are decoded and encoded by
 //! `dicom-ul`; P-DATA-TF is walked here item by item so that fragment bytes go straight from
 //! the socket buffer into the message being assembled, with every length checked first.
 

@@ -26,13 +26,14 @@
 mod common;
 
 use common::{build_site, fine_tune_config, repo, SiteSpec};
-use models::backend::TractBackend;
-use models::evaluate::{self, Scores};
-use models::finetune::{fine_tune, Case, FineTuneConfig, TrainingSet};
-use models::gate::{self, GateConfig};
+use learning::case::Case;
+use learning::evaluate::{self, Scores};
+use learning::finetune::{fine_tune, FineTuneConfig, TrainingSet};
+use learning::gate::{self, GateConfig};
+use learning::validation::ReferenceSet;
 use models::head::Head;
 use models::package::Package;
-use models::validation::ReferenceSet;
+use onnx_backends::TractBackend;
 use std::time::Instant;
 
 const BATCHES: usize = 4;
