@@ -384,19 +384,19 @@ fn own_result(conn: &Connection, sop_uid: &str) -> rusqlite::Result<Option<i64>>
     .optional()
 }
 
-fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<CaseView>> {
+fn get(conn: &Connection, id: i64) -> anyhow::Result<Option<CaseView>> {
     Ok(list(conn)?.into_iter().find(|c| c.id == id))
 }
 
-/// Every case, oldest first.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<CaseView>> {
+/// Every case, oldest first. Stored label counts that are not valid JSON are an error naming
+/// the case.
+pub fn list(conn: &Connection) -> anyhow::Result<Vec<CaseView>> {
     let mut stmt = conn.prepare(
         "SELECT id, label_sop_uid, origin, state, reason, study_uid, series_uid, model_id,
                 label_voxels_json, kind, finding FROM cases ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
-        let counts: Option<String> = r.get(8)?;
-        Ok(CaseView {
+        let view = CaseView {
             id: r.get(0)?,
             label_sop_uid: r.get(1)?,
             origin: r.get(2)?,
@@ -405,12 +405,26 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<CaseView>> {
             study_uid: r.get(5)?,
             series_uid: r.get(6)?,
             model_id: r.get(7)?,
-            label_voxels: counts.and_then(|c| serde_json::from_str(&c).ok()),
+            label_voxels: None,
             kind: r.get(9)?,
             finding: r.get(10)?,
-        })
+        };
+        Ok((view, r.get::<_, Option<String>>(8)?))
     })?;
-    rows.collect()
+    let mut cases = Vec::new();
+    for row in rows {
+        let (mut view, counts) = row?;
+        if let Some(counts) = counts {
+            view.label_voxels = Some(db::stored_json(
+                "cases",
+                view.id,
+                "label_voxels_json",
+                &counts,
+            )?);
+        }
+        cases.push(view);
+    }
+    Ok(cases)
 }
 
 /// Whether the SEG or SR with this SOP Instance UID was already taken in (accepted or refused).
@@ -425,3 +439,33 @@ pub fn known(conn: &Connection, sop_uid: &str) -> rusqlite::Result<bool> {
         .is_some())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_stored_label_counts_fail_the_list_naming_the_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO cases (id, label_sop_uid, origin, state, model_id, created_at_ms,
+                 label_voxels_json)
+             VALUES (4, '1.2.3', ?1, ?2, 'm', 0, '{\"1\": 12')",
+            params![CaseOrigin::Dicom, CaseState::Accepted],
+        )
+        .unwrap();
+        let err = format!("{:#}", list(&conn).unwrap_err());
+        assert!(
+            err.starts_with("cases row 4: label_voxels_json is corrupt: "),
+            "{err}"
+        );
+        conn.execute("UPDATE cases SET label_voxels_json = '{\"1\": 12}'", [])
+            .unwrap();
+        let all = list(&conn).unwrap();
+        assert_eq!(
+            all[0].label_voxels,
+            Some(BTreeMap::from([("1".into(), 12)]))
+        );
+        assert_eq!(all[0].kind, CaseKind::Segmentation);
+    }
+}

@@ -8,7 +8,7 @@
 //! update: instant, and it survives a restart. A new global version starts from its own
 //! shipped head; the heads of an older version stay listed.
 
-use crate::db::{now_ms, HeadState};
+use crate::db::{self, now_ms, HeadState};
 use radiant_core::durable::{fsync_dir, write_synced};
 use anyhow::Context;
 use models::head::Head;
@@ -291,7 +291,8 @@ pub fn describe(head: Option<i64>) -> String {
         .unwrap_or_else(|| "global".into())
 }
 
-/// Every head of `manifest`'s model and global version, the global head first.
+/// Every head of `manifest`'s model and global version, the global head first. A head whose
+/// stored lineage, reasons or metrics are not valid JSON is an error naming it.
 pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadView>> {
     let champion = champion(conn, &manifest.id, &manifest.version)?;
     let mut out = vec![HeadView {
@@ -317,12 +318,8 @@ pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadVi
          FROM heads WHERE model_id = ?1 AND global_version = ?2 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![manifest.id, manifest.version], |r| {
-        let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
-            let text: String = r.get(i)?;
-            Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
-        };
         let id: i64 = r.get(0)?;
-        Ok(HeadView {
+        let view = HeadView {
             id: Some(id),
             model_id: manifest.id.clone(),
             global_version: manifest.version.clone(),
@@ -330,18 +327,81 @@ pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadVi
             sha256: r.get(2)?,
             state: HeadStatus::Gate(r.get(3)?),
             champion: champion == Some(id),
-            reasons: serde_json::from_value(json(4)?).unwrap_or_default(),
+            reasons: Vec::new(),
             trigger: Some(r.get(5)?),
-            trained_on: serde_json::from_value(json(6)?).unwrap_or_default(),
-            held_out: serde_json::from_value(json(7)?).unwrap_or_default(),
-            metrics: json(8)?,
+            trained_on: Vec::new(),
+            held_out: Vec::new(),
+            metrics: serde_json::Value::Null,
             seconds: Some(r.get(9)?),
             created_at_ms: Some(r.get(10)?),
             rolled_back_at_ms: r.get(11)?,
-        })
+        };
+        let json: [String; 4] = [r.get(4)?, r.get(6)?, r.get(7)?, r.get(8)?];
+        Ok((id, view, json))
     })?;
     for row in rows {
-        out.push(row?);
+        let (id, mut view, [reasons, trained_on, held_out, metrics]) = row?;
+        view.reasons = db::stored_json("heads", id, "reasons_json", &reasons)?;
+        view.trained_on = db::stored_json("heads", id, "cases_json", &trained_on)?;
+        view.held_out = db::stored_json("heads", id, "holdout_json", &held_out)?;
+        view.metrics = db::stored_json("heads", id, "metrics_json", &metrics)?;
+        out.push(view);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        toml::from_str(include_str!("../../models/reference/head-ct/manifest.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_head_with_corrupt_stored_lineage_fails_the_list_naming_the_head() {
+        let m = manifest();
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO heads (id, model_id, global_version, sha256, path, state, reasons_json,
+                 trigger, cases_json, holdout_json, metrics_json, seconds, created_at_ms)
+             VALUES (2, ?1, ?2, 'ab', 'p', ?3, '[]', 't', '[{\"case\": 1', '[]', '{}', 1.0, 0)",
+            params![m.id, m.version, HeadState::Refused],
+        )
+        .unwrap();
+        let err = format!("{:#}", list(&conn, &m).unwrap_err());
+        assert!(
+            err.starts_with("heads row 2: cases_json is corrupt: "),
+            "{err}"
+        );
+        // Valid JSON of the wrong shape is corrupt too, never an empty lineage.
+        conn.execute(
+            "UPDATE heads SET cases_json = '[]', reasons_json = '\"worse\"'",
+            [],
+        )
+        .unwrap();
+        let err = format!("{:#}", list(&conn, &m).unwrap_err());
+        assert!(
+            err.starts_with("heads row 2: reasons_json is corrupt: "),
+            "{err}"
+        );
+        conn.execute(
+            "UPDATE heads SET cases_json = '[{\"case\": 1, \"labels_sha256\": \"cd\"}]',
+                 reasons_json = '[\"worse\"]'",
+            [],
+        )
+        .unwrap();
+        let all = list(&conn, &m).unwrap();
+        assert_eq!(all[0].state, HeadStatus::Global);
+        assert_eq!(all[1].state, HeadStatus::Gate(HeadState::Refused));
+        assert_eq!(
+            all[1].trained_on,
+            [CaseRef {
+                case: 1,
+                labels_sha256: "cd".into()
+            }]
+        );
+        assert_eq!(all[1].reasons, ["worse"]);
+    }
 }

@@ -40,7 +40,8 @@ pub struct JobView {
     pub result: Option<serde_json::Value>,
 }
 
-/// Every job of a study, with results where done.
+/// Every job of a study, with results where done. A stored result that is not valid JSON is
+/// an error naming the job.
 pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
     let path = db::path(data_dir);
     anyhow::ensure!(
@@ -56,8 +57,7 @@ pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
          WHERE j.study_uid = ?1 ORDER BY j.id",
     )?;
     let rows = stmt.query_map([study_uid], |r| {
-        let json: Option<String> = r.get(8)?;
-        Ok(JobView {
+        let view = JobView {
             job_id: r.get(0)?,
             study_uid: r.get(1)?,
             calling_ae: r.get(2)?,
@@ -66,10 +66,24 @@ pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
             model_version: r.get(5)?,
             state: r.get(6)?,
             error: r.get(7)?,
-            result: json.and_then(|j| serde_json::from_str(&j).ok()),
-        })
+            result: None,
+        };
+        Ok((view, r.get::<_, Option<String>>(8)?))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut jobs = Vec::new();
+    for row in rows {
+        let (mut view, json) = row?;
+        if let Some(json) = json {
+            view.result = Some(db::stored_json(
+                "results",
+                view.job_id,
+                "result_json",
+                &json,
+            )?);
+        }
+        jobs.push(view);
+    }
+    Ok(jobs)
 }
 
 /// The backbone backend the configuration asks for, on `package`'s backbone.
@@ -441,5 +455,28 @@ mod tests {
         insert(&conn, 1, JobState::Queued);
         assert_eq!(admission(&conn, 3).unwrap(), JobState::Rejected);
         assert_eq!(admission(&conn, 4).unwrap(), JobState::Queued);
+    }
+
+    #[test]
+    fn a_corrupt_stored_result_fails_the_show_naming_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        insert(&conn, 1, JobState::Done);
+        conn.execute(
+            "INSERT INTO results (job_id, result_json, created_at_ms) VALUES (1, '{\"finding', 0)",
+            [],
+        )
+        .unwrap();
+        let err = show(dir.path(), "done-0").unwrap_err().to_string();
+        assert!(
+            err.starts_with("results row 1: result_json is corrupt: "),
+            "{err}"
+        );
+        // A valid result is shown.
+        conn.execute("UPDATE results SET result_json = '{\"finding\": 1}'", [])
+            .unwrap();
+        let jobs = show(dir.path(), "done-0").unwrap();
+        assert_eq!(jobs[0].state, JobState::Done);
+        assert_eq!(jobs[0].result, Some(serde_json::json!({"finding": 1})));
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
-/// What went wrong with `results.sqlite`.
+/// What went wrong with `results.sqlite` or with what is stored in it.
 #[derive(Debug, Error)]
 pub enum DbError {
     #[error("open {}", path.display())]
@@ -51,6 +51,13 @@ pub enum DbError {
         version: i64,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("{table} row {id}: {column} is corrupt: {reason}")]
+    CorruptRow {
+        table: &'static str,
+        id: i64,
+        column: &'static str,
+        reason: String,
     },
 }
 
@@ -85,9 +92,39 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Parse the JSON stored in `column` of row `id` of `table`; corrupt JSON is an error naming
+/// the row and the reason, never a default.
+pub fn stored_json<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: i64,
+    column: &'static str,
+    text: &str,
+) -> Result<T, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::CorruptRow {
+        table,
+        id,
+        column,
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corrupt_stored_json_is_an_error_naming_the_row_and_the_reason() {
+        let err = stored_json::<Vec<String>>("heads", 3, "reasons_json", "[\"cut off")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("heads row 3: reasons_json is corrupt: "),
+            "{err}"
+        );
+        assert!(err.contains("EOF"), "{err}");
+        let ok: Vec<String> = stored_json("heads", 3, "reasons_json", "[\"a\"]").unwrap();
+        assert_eq!(ok, ["a"]);
+    }
 
     #[test]
     fn the_database_is_opened_in_wal_mode_with_full_sync() {
