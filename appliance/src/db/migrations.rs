@@ -108,8 +108,8 @@ mod tests {
     use super::*;
     use crate::db;
 
-    /// Every table of migration 1 as the last release before numbered migrations created it
-    /// (`jobs::open` then), with the `cases` table `cases::migrate` had already upgraded.
+    /// Every table of migration 1 as the last release before numbered migrations created it,
+    /// its `cases` table with `kind` and `finding` already.
     const VERSION_0_LATEST: &str = "
         CREATE TABLE IF NOT EXISTS jobs (
             id             INTEGER PRIMARY KEY,
@@ -218,8 +218,8 @@ mod tests {
         );
     ";
 
-    /// The tables of a release before classification labels: jobs, results, the outbox and the
-    /// `cases` table before `cases::migrate` gave it `kind` and `finding`.
+    /// The tables of a release before classification labels: jobs, results, the outbox and a
+    /// `cases` table without `kind` and `finding`.
     const VERSION_0_BEFORE_CLASSIFICATION_LABELS: &str = "
         CREATE TABLE jobs (
             id             INTEGER PRIMARY KEY,
