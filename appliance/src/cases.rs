@@ -14,6 +14,7 @@
 //! with the reason. An accepted segmentation is written as one label value per source voxel
 //! to `<data_dir>/cases/<id>/labels.u8`, fsync'd before its row commits.
 
+use crate::db::{self, CaseKind, CaseOrigin, CaseState};
 use radiant_core::durable::{fsync_dir, write_synced};
 use models::package::Manifest;
 use pacs_bridge::objects::{seg, sr_read};
@@ -24,42 +25,6 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS cases (
-    id                 INTEGER PRIMARY KEY,
-    label_sop_uid      TEXT NOT NULL UNIQUE,
-    origin             TEXT NOT NULL CHECK (origin IN ('dicom', 'import')),
-    state              TEXT NOT NULL CHECK (state IN ('accepted', 'refused')),
-    reason             TEXT,
-    study_uid          TEXT,
-    series_uid         TEXT,
-    model_id           TEXT NOT NULL,
-    labels_path        TEXT,
-    label_voxels_json  TEXT,
-    created_at_ms      INTEGER NOT NULL,
-    kind               TEXT NOT NULL DEFAULT 'segmentation'
-                       CHECK (kind IN ('segmentation', 'classification')),
-    finding            INTEGER
-);
-";
-
-/// Bring a `cases` table of an earlier version up to [`SCHEMA`]: the columns a verified SR's
-/// classification label needs.
-pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('cases')")?;
-    let columns: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if !columns.iter().any(|c| c == "kind") {
-        conn.execute_batch(
-            "ALTER TABLE cases ADD COLUMN kind TEXT NOT NULL DEFAULT 'segmentation'
-                 CHECK (kind IN ('segmentation', 'classification'));
-             ALTER TABLE cases ADD COLUMN finding INTEGER;",
-        )?;
-    }
-    Ok(())
-}
 
 /// Why a SEG or an SR cannot become a label.
 #[derive(Debug, Error)]
@@ -104,14 +69,14 @@ pub enum CaseError {
 pub struct CaseView {
     pub id: i64,
     pub label_sop_uid: String,
-    pub origin: String,
-    pub state: String,
+    pub origin: CaseOrigin,
+    pub state: CaseState,
     pub reason: Option<String>,
     pub study_uid: Option<String>,
     pub series_uid: Option<String>,
     pub model_id: String,
-    /// "segmentation" (a SEG) or "classification" (a verified SR).
-    pub kind: String,
+    /// Segmentation (a SEG) or classification (a verified SR).
+    pub kind: CaseKind,
     /// Voxels per model label value.
     pub label_voxels: Option<BTreeMap<String, u64>>,
     /// What a classification label says of the model's finding.
@@ -306,7 +271,7 @@ pub fn ingest(
     data_dir: &Path,
     manifest: &Manifest,
     path: &Path,
-    origin: &str,
+    origin: CaseOrigin,
 ) -> anyhow::Result<Result<CaseView, CaseError>> {
     let decoded = read_label_object(path);
     let sop_uid = decoded
@@ -314,7 +279,7 @@ pub fn ingest(
         .ok()
         .and_then(LabelObject::sop_instance_uid)
         .unwrap_or_else(|| path.display().to_string());
-    let now = crate::jobs::now_ms();
+    let now = db::now_ms();
     // A PACS that routes everything back returns our own SEGs and SRs too: learning from them
     // would teach the model its own mistakes.
     let own_job = own_result(conn, &sop_uid)?;
@@ -326,8 +291,8 @@ pub fn ingest(
     // One transaction: a reader sees no case, or the case in its final state with its label.
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let (state, reason) = match &outcome {
-        Ok(_) => ("accepted", None),
-        Err(e) => ("refused", Some(e.to_string())),
+        Ok(_) => (CaseState::Accepted, None),
+        Err(e) => (CaseState::Refused, Some(e.to_string())),
     };
     let id: i64 = tx.query_row(
         "INSERT INTO cases (label_sop_uid, origin, state, reason, model_id, created_at_ms)
@@ -335,9 +300,17 @@ pub fn ingest(
          ON CONFLICT (label_sop_uid) DO UPDATE SET origin = excluded.origin,
              state = excluded.state, reason = excluded.reason, model_id = excluded.model_id,
              study_uid = NULL, series_uid = NULL, labels_path = NULL, label_voxels_json = NULL,
-             kind = 'segmentation', finding = NULL, created_at_ms = excluded.created_at_ms
+             kind = ?7, finding = NULL, created_at_ms = excluded.created_at_ms
          RETURNING id",
-        params![sop_uid, origin, state, reason, manifest.id, now],
+        params![
+            sop_uid,
+            origin,
+            state,
+            reason,
+            manifest.id,
+            now,
+            CaseKind::Segmentation
+        ],
         |r| r.get(0),
     )?;
     match outcome {
@@ -347,9 +320,9 @@ pub fn ingest(
             content: Content::Finding(present),
         }) => {
             tx.execute(
-                "UPDATE cases SET study_uid = ?2, series_uid = ?3, kind = 'classification',
+                "UPDATE cases SET study_uid = ?2, series_uid = ?3, kind = ?5,
                      finding = ?4 WHERE id = ?1",
-                params![id, study_uid, series_uid, present],
+                params![id, study_uid, series_uid, present, CaseKind::Classification],
             )?;
             tx.commit()?;
             tracing::info!(case = id, study = %study_uid.as_deref().map(radiant_core::log_tag).unwrap_or_default(), present, "classification label accepted");
@@ -411,19 +384,19 @@ fn own_result(conn: &Connection, sop_uid: &str) -> rusqlite::Result<Option<i64>>
     .optional()
 }
 
-fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<CaseView>> {
+fn get(conn: &Connection, id: i64) -> anyhow::Result<Option<CaseView>> {
     Ok(list(conn)?.into_iter().find(|c| c.id == id))
 }
 
-/// Every case, oldest first.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<CaseView>> {
+/// Every case, oldest first. Stored label counts that are not valid JSON are an error naming
+/// the case.
+pub fn list(conn: &Connection) -> anyhow::Result<Vec<CaseView>> {
     let mut stmt = conn.prepare(
         "SELECT id, label_sop_uid, origin, state, reason, study_uid, series_uid, model_id,
                 label_voxels_json, kind, finding FROM cases ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
-        let counts: Option<String> = r.get(8)?;
-        Ok(CaseView {
+        let view = CaseView {
             id: r.get(0)?,
             label_sop_uid: r.get(1)?,
             origin: r.get(2)?,
@@ -432,12 +405,26 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<CaseView>> {
             study_uid: r.get(5)?,
             series_uid: r.get(6)?,
             model_id: r.get(7)?,
-            label_voxels: counts.and_then(|c| serde_json::from_str(&c).ok()),
+            label_voxels: None,
             kind: r.get(9)?,
             finding: r.get(10)?,
-        })
+        };
+        Ok((view, r.get::<_, Option<String>>(8)?))
     })?;
-    rows.collect()
+    let mut cases = Vec::new();
+    for row in rows {
+        let (mut view, counts) = row?;
+        if let Some(counts) = counts {
+            view.label_voxels = Some(db::stored_json(
+                "cases",
+                view.id,
+                "label_voxels_json",
+                &counts,
+            )?);
+        }
+        cases.push(view);
+    }
+    Ok(cases)
 }
 
 /// Whether the SEG or SR with this SOP Instance UID was already taken in (accepted or refused).
@@ -457,33 +444,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cases_table_of_the_earlier_version_gains_kind_and_finding() {
+    fn corrupt_stored_label_counts_fail_the_list_naming_the_case() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("results.sqlite")).unwrap();
-        // The table as the previous version created it, with one case in it.
-        conn.execute_batch(
-            "CREATE TABLE cases (
-                 id INTEGER PRIMARY KEY, label_sop_uid TEXT NOT NULL UNIQUE,
-                 origin TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, study_uid TEXT,
-                 series_uid TEXT, model_id TEXT NOT NULL, labels_path TEXT,
-                 label_voxels_json TEXT, created_at_ms INTEGER NOT NULL);
-             INSERT INTO cases (label_sop_uid, origin, state, model_id, created_at_ms)
-             VALUES ('1.2.3', 'dicom', 'accepted', 'm', 0);",
+        let conn = db::open(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO cases (id, label_sop_uid, origin, state, model_id, created_at_ms,
+                 label_voxels_json)
+             VALUES (4, '1.2.3', ?1, ?2, 'm', 0, '{\"1\": 12')",
+            params![CaseOrigin::Dicom, CaseState::Accepted],
         )
         .unwrap();
-        migrate(&conn).unwrap();
-        // Twice is harmless.
-        migrate(&conn).unwrap();
+        let err = format!("{:#}", list(&conn).unwrap_err());
+        assert!(
+            err.starts_with("cases row 4: label_voxels_json is corrupt: "),
+            "{err}"
+        );
+        conn.execute("UPDATE cases SET label_voxels_json = '{\"1\": 12}'", [])
+            .unwrap();
         let all = list(&conn).unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].kind, "segmentation");
-        assert_eq!(all[0].finding, None);
-        assert!(conn
-            .execute(
-                "INSERT INTO cases (label_sop_uid, origin, state, model_id, created_at_ms, kind)
-                 VALUES ('1.2.4', 'dicom', 'accepted', 'm', 0, 'other')",
-                [],
-            )
-            .is_err());
+        assert_eq!(
+            all[0].label_voxels,
+            Some(BTreeMap::from([("1".into(), 12)]))
+        );
+        assert_eq!(all[0].kind, CaseKind::Segmentation);
     }
 }

@@ -8,6 +8,7 @@
 //! update: instant, and it survives a restart. A new global version starts from its own
 //! shipped head; the heads of an older version stay listed.
 
+use crate::db::{self, now_ms, HeadState};
 use radiant_core::durable::{fsync_dir, write_synced};
 use anyhow::Context;
 use models::head::Head;
@@ -16,33 +17,6 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS heads (
-    id              INTEGER PRIMARY KEY,
-    model_id        TEXT NOT NULL,
-    global_version  TEXT NOT NULL,
-    parent_id       INTEGER REFERENCES heads(id),
-    sha256          TEXT NOT NULL,
-    path            TEXT NOT NULL,
-    state           TEXT NOT NULL CHECK (state IN ('accepted', 'refused')),
-    reasons_json    TEXT NOT NULL,
-    trigger         TEXT NOT NULL,
-    cases_json      TEXT NOT NULL,
-    holdout_json    TEXT NOT NULL,
-    metrics_json    TEXT NOT NULL,
-    seconds         REAL NOT NULL,
-    created_at_ms   INTEGER NOT NULL,
-    rolled_back_at_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS champions (
-    model_id        TEXT NOT NULL,
-    global_version  TEXT NOT NULL,
-    head_id         INTEGER REFERENCES heads(id),
-    updated_at_ms   INTEGER NOT NULL,
-    PRIMARY KEY (model_id, global_version)
-);
-";
 
 /// A case a head was trained or validated on: its id and the SHA-256 of what it taught (its
 /// series, its labels on the model grid, its study-level finding).
@@ -76,7 +50,7 @@ pub struct HeadView {
     /// The head it was fine-tuned from (`None`: the global head).
     pub parent: Option<i64>,
     pub sha256: String,
-    pub state: String,
+    pub state: HeadStatus,
     pub champion: bool,
     pub reasons: Vec<String>,
     pub trigger: Option<String>,
@@ -86,6 +60,35 @@ pub struct HeadView {
     pub seconds: Option<f64>,
     pub created_at_ms: Option<i64>,
     pub rolled_back_at_ms: Option<i64>,
+}
+
+/// What a head listed is: the package's global head, or a fine-tuned head with the gate's
+/// verdict. Shown as "global", "accepted" or "refused".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadStatus {
+    Global,
+    Gate(HeadState),
+}
+
+impl HeadStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadStatus::Global => "global",
+            HeadStatus::Gate(state) => state.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for HeadStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for HeadStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// The champion's head row: `None` is the global head.
@@ -111,7 +114,7 @@ fn set_champion(
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (model_id, global_version) DO UPDATE SET head_id = excluded.head_id,
              updated_at_ms = excluded.updated_at_ms",
-        params![model_id, version, head, crate::jobs::now_ms()],
+        params![model_id, version, head, now_ms()],
     )?;
     Ok(())
 }
@@ -139,14 +142,18 @@ pub fn record(conn: &Connection, data_dir: &Path, new: &NewHead) -> anyhow::Resu
             m.version,
             new.parent,
             sha,
-            if new.accepted { "accepted" } else { "refused" },
+            if new.accepted {
+                HeadState::Accepted
+            } else {
+                HeadState::Refused
+            },
             serde_json::to_string(new.reasons)?,
             new.trigger,
             serde_json::to_string(new.trained_on)?,
             serde_json::to_string(new.held_out)?,
             new.metrics.to_string(),
             new.seconds,
-            crate::jobs::now_ms()
+            now_ms()
         ],
         |r| r.get(0),
     )?;
@@ -213,15 +220,15 @@ pub fn rollback(
     let target = match to {
         Some(Target::Global) => None,
         Some(Target::Head(id)) => {
-            let state: Option<String> = tx
+            let state: Option<HeadState> = tx
                 .query_row(
                     "SELECT state FROM heads WHERE id = ?1 AND model_id = ?2 AND global_version = ?3",
                     params![id, manifest.id, manifest.version],
                     |r| r.get(0),
                 )
                 .optional()?;
-            match state.as_deref() {
-                Some("accepted") => Some(id),
+            match state {
+                Some(HeadState::Accepted) => Some(id),
                 Some(other) => anyhow::bail!(
                     "head {id} was {other} by the gate; only accepted heads can be champion"
                 ),
@@ -251,7 +258,7 @@ pub fn rollback(
     if let Some(current) = current {
         tx.execute(
             "UPDATE heads SET rolled_back_at_ms = ?2 WHERE id = ?1",
-            params![current, crate::jobs::now_ms()],
+            params![current, now_ms()],
         )?;
     }
     set_champion(&tx, &manifest.id, &manifest.version, target)?;
@@ -284,7 +291,8 @@ pub fn describe(head: Option<i64>) -> String {
         .unwrap_or_else(|| "global".into())
 }
 
-/// Every head of `manifest`'s model and global version, the global head first.
+/// Every head of `manifest`'s model and global version, the global head first. A head whose
+/// stored lineage, reasons or metrics are not valid JSON is an error naming it.
 pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadView>> {
     let champion = champion(conn, &manifest.id, &manifest.version)?;
     let mut out = vec![HeadView {
@@ -293,7 +301,7 @@ pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadVi
         global_version: manifest.version.clone(),
         parent: None,
         sha256: manifest.head.sha256.clone(),
-        state: "global".into(),
+        state: HeadStatus::Global,
         champion: champion.is_none(),
         reasons: Vec::new(),
         trigger: None,
@@ -310,31 +318,90 @@ pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadVi
          FROM heads WHERE model_id = ?1 AND global_version = ?2 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![manifest.id, manifest.version], |r| {
-        let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
-            let text: String = r.get(i)?;
-            Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
-        };
         let id: i64 = r.get(0)?;
-        Ok(HeadView {
+        let view = HeadView {
             id: Some(id),
             model_id: manifest.id.clone(),
             global_version: manifest.version.clone(),
             parent: r.get(1)?,
             sha256: r.get(2)?,
-            state: r.get(3)?,
+            state: HeadStatus::Gate(r.get(3)?),
             champion: champion == Some(id),
-            reasons: serde_json::from_value(json(4)?).unwrap_or_default(),
+            reasons: Vec::new(),
             trigger: Some(r.get(5)?),
-            trained_on: serde_json::from_value(json(6)?).unwrap_or_default(),
-            held_out: serde_json::from_value(json(7)?).unwrap_or_default(),
-            metrics: json(8)?,
+            trained_on: Vec::new(),
+            held_out: Vec::new(),
+            metrics: serde_json::Value::Null,
             seconds: Some(r.get(9)?),
             created_at_ms: Some(r.get(10)?),
             rolled_back_at_ms: r.get(11)?,
-        })
+        };
+        let json: [String; 4] = [r.get(4)?, r.get(6)?, r.get(7)?, r.get(8)?];
+        Ok((id, view, json))
     })?;
     for row in rows {
-        out.push(row?);
+        let (id, mut view, [reasons, trained_on, held_out, metrics]) = row?;
+        view.reasons = db::stored_json("heads", id, "reasons_json", &reasons)?;
+        view.trained_on = db::stored_json("heads", id, "cases_json", &trained_on)?;
+        view.held_out = db::stored_json("heads", id, "holdout_json", &held_out)?;
+        view.metrics = db::stored_json("heads", id, "metrics_json", &metrics)?;
+        out.push(view);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        toml::from_str(include_str!("../../models/reference/head-ct/manifest.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_head_with_corrupt_stored_lineage_fails_the_list_naming_the_head() {
+        let m = manifest();
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO heads (id, model_id, global_version, sha256, path, state, reasons_json,
+                 trigger, cases_json, holdout_json, metrics_json, seconds, created_at_ms)
+             VALUES (2, ?1, ?2, 'ab', 'p', ?3, '[]', 't', '[{\"case\": 1', '[]', '{}', 1.0, 0)",
+            params![m.id, m.version, HeadState::Refused],
+        )
+        .unwrap();
+        let err = format!("{:#}", list(&conn, &m).unwrap_err());
+        assert!(
+            err.starts_with("heads row 2: cases_json is corrupt: "),
+            "{err}"
+        );
+        // Valid JSON of the wrong shape is corrupt too, never an empty lineage.
+        conn.execute(
+            "UPDATE heads SET cases_json = '[]', reasons_json = '\"worse\"'",
+            [],
+        )
+        .unwrap();
+        let err = format!("{:#}", list(&conn, &m).unwrap_err());
+        assert!(
+            err.starts_with("heads row 2: reasons_json is corrupt: "),
+            "{err}"
+        );
+        conn.execute(
+            "UPDATE heads SET cases_json = '[{\"case\": 1, \"labels_sha256\": \"cd\"}]',
+                 reasons_json = '[\"worse\"]'",
+            [],
+        )
+        .unwrap();
+        let all = list(&conn, &m).unwrap();
+        assert_eq!(all[0].state, HeadStatus::Global);
+        assert_eq!(all[1].state, HeadStatus::Gate(HeadState::Refused));
+        assert_eq!(
+            all[1].trained_on,
+            [CaseRef {
+                case: 1,
+                labels_sha256: "cd".into()
+            }]
+        );
+        assert_eq!(all[1].reasons, ["worse"]);
+    }
 }

@@ -1,4 +1,5 @@
-//! Inference jobs and their results, in `<data_dir>/results.sqlite` (WAL, synchronous=FULL).
+//! Inference jobs and their results, in the `jobs` and `results` tables of `results.sqlite`
+//! ([`crate::db`]).
 //!
 //! A completed study gets one job per series whose modality the model takes. A job is keyed by
 //! (study, sender, series, model, version, instance count): a study completing again with the
@@ -9,6 +10,7 @@
 //! them in the outbox in that same transaction.
 
 use crate::config::Config;
+use crate::db::{self, now_ms, CaseOrigin, JobState};
 use crate::export::ExportedObject;
 use anyhow::Context;
 use models::backbone::Backend;
@@ -22,55 +24,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id             INTEGER PRIMARY KEY,
-    study_uid      TEXT NOT NULL,
-    calling_ae     TEXT NOT NULL,
-    series_uid     TEXT NOT NULL,
-    model_id       TEXT NOT NULL,
-    model_version  TEXT NOT NULL,
-    instances      INTEGER NOT NULL,
-    state          TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'rejected')),
-    error          TEXT,
-    created_at_ms  INTEGER NOT NULL,
-    updated_at_ms  INTEGER NOT NULL,
-    UNIQUE (study_uid, calling_ae, series_uid, model_id, model_version, instances)
-);
-CREATE TABLE IF NOT EXISTS results (
-    job_id         INTEGER PRIMARY KEY REFERENCES jobs(id),
-    result_json    TEXT NOT NULL,
-    created_at_ms  INTEGER NOT NULL
-);
-";
-
-pub fn results_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("results.sqlite")
-}
-
-pub fn open(data_dir: &Path) -> anyhow::Result<Connection> {
-    let path = results_path(data_dir);
-    let conn = Connection::open(&path).with_context(|| format!("open {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(SCHEMA)?;
-    conn.execute_batch(crate::outbox::SCHEMA)?;
-    conn.execute_batch(crate::cases::SCHEMA)?;
-    crate::cases::migrate(&conn)?;
-    conn.execute_batch(crate::heads::SCHEMA)?;
-    conn.execute_batch(crate::learn::SCHEMA)?;
-    Ok(conn)
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use std::time::{Duration, Instant};
 
 /// A job with its result, as `appliance results show` prints it.
 #[derive(Debug, Serialize)]
@@ -81,20 +35,21 @@ pub struct JobView {
     pub series_uid: String,
     pub model_id: String,
     pub model_version: String,
-    pub state: String,
+    pub state: JobState,
     pub error: Option<String>,
     pub result: Option<serde_json::Value>,
 }
 
-/// Every job of a study, with results where done.
+/// Every job of a study, with results where done. A stored result that is not valid JSON is
+/// an error naming the job.
 pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
-    let path = results_path(data_dir);
+    let path = db::path(data_dir);
     anyhow::ensure!(
         path.exists(),
         "no results yet: {} does not exist",
         path.display()
     );
-    let conn = open(data_dir)?;
+    let conn = db::open(data_dir)?;
     let mut stmt = conn.prepare(
         "SELECT j.id, j.study_uid, j.calling_ae, j.series_uid, j.model_id, j.model_version,
                 j.state, j.error, r.result_json
@@ -102,8 +57,7 @@ pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
          WHERE j.study_uid = ?1 ORDER BY j.id",
     )?;
     let rows = stmt.query_map([study_uid], |r| {
-        let json: Option<String> = r.get(8)?;
-        Ok(JobView {
+        let view = JobView {
             job_id: r.get(0)?,
             study_uid: r.get(1)?,
             calling_ae: r.get(2)?,
@@ -112,10 +66,24 @@ pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
             model_version: r.get(5)?,
             state: r.get(6)?,
             error: r.get(7)?,
-            result: json.and_then(|j| serde_json::from_str(&j).ok()),
-        })
+            result: None,
+        };
+        Ok((view, r.get::<_, Option<String>>(8)?))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut jobs = Vec::new();
+    for row in rows {
+        let (mut view, json) = row?;
+        if let Some(json) = json {
+            view.result = Some(db::stored_json(
+                "results",
+                view.job_id,
+                "result_json",
+                &json,
+            )?);
+        }
+        jobs.push(view);
+    }
+    Ok(jobs)
 }
 
 /// The backbone backend the configuration asks for, on `package`'s backbone.
@@ -137,19 +105,29 @@ pub struct Pipeline {
     metrics: Option<Arc<pacs_bridge::metrics::Metrics>>,
 }
 
+/// How many jobs wait for or hold the worker.
+fn waiting_jobs(conn: &Connection) -> rusqlite::Result<i64> {
+    let [queued, running] = JobState::WAITING;
+    conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2)",
+        [queued, running],
+        |r| r.get(0),
+    )
+}
+
+/// Whether an inference job waits or runs: the learner yields to inference while one does.
+pub fn inference_busy(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(waiting_jobs(conn)? > 0)
+}
+
 /// Whether one more job may wait: `queued` while fewer than `max_queued` jobs are queued or
 /// running, `rejected` beyond that (the queue is bounded; a rejected job is recorded with its
 /// reason, never silently dropped).
-fn admission(conn: &Connection, max_queued: usize) -> rusqlite::Result<&'static str> {
-    let waiting: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(if waiting as usize >= max_queued {
-        "rejected"
+fn admission(conn: &Connection, max_queued: usize) -> rusqlite::Result<JobState> {
+    Ok(if waiting_jobs(conn)? as usize >= max_queued {
+        JobState::Rejected
     } else {
-        "queued"
+        JobState::Queued
     })
 }
 
@@ -170,7 +148,7 @@ impl Pipeline {
                 return Ok(None);
             }
         };
-        open(data_dir)?;
+        db::open(data_dir)?;
         Ok(Some(Pipeline {
             data_dir: data_dir.to_path_buf(),
             config: config.clone(),
@@ -190,7 +168,7 @@ impl Pipeline {
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
         let spec = &self.package.manifest.input;
-        let conn = open(&self.data_dir)?;
+        let conn = db::open(&self.data_dir)?;
         let mut created = 0;
         for s in series {
             // Other series (an SR, a localizer of another modality) are not the model's input;
@@ -199,7 +177,7 @@ impl Pipeline {
                 continue;
             }
             let state = admission(&conn, self.config.inference.max_queued_jobs)?;
-            if state == "rejected" {
+            if state == JobState::Rejected {
                 tracing::warn!(study = %log_tag(study_uid), "inference queue full; job rejected");
             }
             let now = now_ms();
@@ -215,7 +193,7 @@ impl Pipeline {
                     self.package.manifest.version,
                     s.files.len() as i64,
                     state,
-                    (state == "rejected").then_some("queue full"),
+                    (state == JobState::Rejected).then_some("queue full"),
                     now
                 ],
             )?;
@@ -228,7 +206,7 @@ impl Pipeline {
     pub fn intake_labels(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
-        let conn = open(&self.data_dir)?;
+        let conn = db::open(&self.data_dir)?;
         let mut taken = 0;
         // A SEG is a segmentation label; an SR may be a verified answer about the finding.
         for s in series.iter().filter(|s| {
@@ -247,8 +225,14 @@ impl Pipeline {
                 {
                     continue;
                 }
-                crate::cases::ingest(&conn, &self.data_dir, &self.package.manifest, file, "dicom")?
-                    .ok();
+                crate::cases::ingest(
+                    &conn,
+                    &self.data_dir,
+                    &self.package.manifest,
+                    file,
+                    CaseOrigin::Dicom,
+                )?
+                .ok();
                 taken += 1;
             }
         }
@@ -258,10 +242,10 @@ impl Pipeline {
     /// Queue jobs for completed studies that have none (an announcement a crash interrupted),
     /// and put jobs a crash left `running` back in the queue.
     pub fn recover(&self) -> anyhow::Result<()> {
-        let conn = open(&self.data_dir)?;
+        let conn = db::open(&self.data_dir)?;
         let requeued = conn.execute(
-            "UPDATE jobs SET state = 'queued', updated_at_ms = ?1 WHERE state = 'running'",
-            [now_ms()],
+            "UPDATE jobs SET state = ?2, updated_at_ms = ?1 WHERE state = ?3",
+            params![now_ms(), JobState::Queued, JobState::Running],
         )?;
         if requeued > 0 {
             tracing::warn!(requeued, "re-running inference jobs interrupted by a stop");
@@ -285,7 +269,7 @@ impl Pipeline {
         )?;
         let global = model.head.clone();
         tracing::info!(model = %self.package.manifest.id, version = %self.package.manifest.version, backend = model.backend.name(), "inference worker ready");
-        let mut conn = open(&self.data_dir)?;
+        let mut conn = db::open(&self.data_dir)?;
         // The head in use: `None` is the global head. Checked before every job, so a promotion
         // or a rollback (by the learner or the CLI) takes effect with the next study.
         let mut in_use: Option<i64> = None;
@@ -293,8 +277,8 @@ impl Pipeline {
             let next: Option<(i64, String, String, String)> = conn
                 .query_row(
                     "SELECT id, study_uid, calling_ae, series_uid FROM jobs
-                     WHERE state = 'queued' ORDER BY id LIMIT 1",
-                    [],
+                     WHERE state = ?1 ORDER BY id LIMIT 1",
+                    [JobState::Queued],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
@@ -303,8 +287,8 @@ impl Pipeline {
                 continue;
             };
             conn.execute(
-                "UPDATE jobs SET state = 'running', updated_at_ms = ?2 WHERE id = ?1",
-                params![id, now_ms()],
+                "UPDATE jobs SET state = ?3, updated_at_ms = ?2 WHERE id = ?1",
+                params![id, now_ms(), JobState::Running],
             )?;
             let m = &self.package.manifest;
             let champion = crate::heads::champion(&conn, &m.id, &m.version)?;
@@ -335,8 +319,8 @@ impl Pipeline {
                         params![id, json.to_string(), now_ms()],
                     )?;
                     tx.execute(
-                        "UPDATE jobs SET state = 'done', error = NULL, updated_at_ms = ?2 WHERE id = ?1",
-                        params![id, now_ms()],
+                        "UPDATE jobs SET state = ?3, error = NULL, updated_at_ms = ?2 WHERE id = ?1",
+                        params![id, now_ms(), JobState::Done],
                     )?;
                     let queued = crate::outbox::enqueue(
                         &tx,
@@ -353,8 +337,8 @@ impl Pipeline {
                 Err(e) => {
                     tracing::warn!(study = %log_tag(&study), job = id, error = %format!("{e:#}"), "inference failed");
                     conn.execute(
-                        "UPDATE jobs SET state = 'failed', error = ?2, updated_at_ms = ?3 WHERE id = ?1",
-                        params![id, format!("{e:#}"), now_ms()],
+                        "UPDATE jobs SET state = ?4, error = ?2, updated_at_ms = ?3 WHERE id = ?1",
+                        params![id, format!("{e:#}"), now_ms(), JobState::Failed],
                     )?;
                 }
             }
@@ -426,7 +410,7 @@ impl Pipeline {
 mod tests {
     use super::*;
 
-    fn insert(conn: &Connection, n: usize, state: &str) {
+    fn insert(conn: &Connection, n: usize, state: JobState) {
         for _ in 0..n {
             let i: i64 = conn
                 .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
@@ -444,17 +428,42 @@ mod tests {
     #[test]
     fn the_queue_admits_jobs_until_queued_and_running_reach_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open(dir.path()).unwrap();
-        assert_eq!(admission(&conn, 3).unwrap(), "queued");
-        insert(&conn, 1, "running");
-        insert(&conn, 1, "queued");
+        let conn = db::open(dir.path()).unwrap();
+        assert_eq!(admission(&conn, 3).unwrap(), JobState::Queued);
+        assert!(!inference_busy(&conn).unwrap());
+        insert(&conn, 1, JobState::Running);
+        assert!(inference_busy(&conn).unwrap());
+        insert(&conn, 1, JobState::Queued);
         // Finished, failed and rejected jobs do not wait, so they do not count.
-        insert(&conn, 5, "done");
-        insert(&conn, 2, "failed");
-        insert(&conn, 2, "rejected");
-        assert_eq!(admission(&conn, 3).unwrap(), "queued");
-        insert(&conn, 1, "queued");
-        assert_eq!(admission(&conn, 3).unwrap(), "rejected");
-        assert_eq!(admission(&conn, 4).unwrap(), "queued");
+        insert(&conn, 5, JobState::Done);
+        insert(&conn, 2, JobState::Failed);
+        insert(&conn, 2, JobState::Rejected);
+        assert_eq!(admission(&conn, 3).unwrap(), JobState::Queued);
+        insert(&conn, 1, JobState::Queued);
+        assert_eq!(admission(&conn, 3).unwrap(), JobState::Rejected);
+        assert_eq!(admission(&conn, 4).unwrap(), JobState::Queued);
+    }
+
+    #[test]
+    fn a_corrupt_stored_result_fails_the_show_naming_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        insert(&conn, 1, JobState::Done);
+        conn.execute(
+            "INSERT INTO results (job_id, result_json, created_at_ms) VALUES (1, '{\"finding', 0)",
+            [],
+        )
+        .unwrap();
+        let err = show(dir.path(), "done-0").unwrap_err().to_string();
+        assert!(
+            err.starts_with("results row 1: result_json is corrupt: "),
+            "{err}"
+        );
+        // A valid result is shown.
+        conn.execute("UPDATE results SET result_json = '{\"finding\": 1}'", [])
+            .unwrap();
+        let jobs = show(dir.path(), "done-0").unwrap();
+        assert_eq!(jobs[0].state, JobState::Done);
+        assert_eq!(jobs[0].result, Some(serde_json::json!({"finding": 1})));
     }
 }

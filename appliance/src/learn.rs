@@ -24,7 +24,9 @@
 //! lock file `<data_dir>/learn.lock`.
 
 use crate::config::Config;
+use crate::db::{self, now_ms, CaseKind, CaseState, LearnOutcome, Split};
 use crate::heads::{self, CaseRef};
+use crate::jobs::inference_busy;
 use anyhow::Context;
 use learning::evaluate;
 use learning::case::Case;
@@ -39,7 +41,7 @@ use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
 use radiant_core::durable::{fsync_dir, write_synced};
 use radiant_core::Cancel;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{named_params, params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -49,47 +51,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS case_splits (
-    case_id        INTEGER PRIMARY KEY REFERENCES cases(id),
-    split          TEXT NOT NULL CHECK (split IN ('train', 'holdout'))
-);
-CREATE TABLE IF NOT EXISTS case_features (
-    case_id         INTEGER PRIMARY KEY REFERENCES cases(id),
-    backbone_sha256 TEXT NOT NULL,
-    slices          INTEGER NOT NULL,
-    plane           INTEGER NOT NULL,
-    pixel_ml        REAL NOT NULL,
-    finding         INTEGER,
-    features_path   TEXT NOT NULL,
-    labels_path     TEXT NOT NULL,
-    labels_sha256   TEXT NOT NULL,
-    created_at_ms   INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS learn_runs (
-    id              INTEGER PRIMARY KEY,
-    model_id        TEXT NOT NULL,
-    global_version  TEXT NOT NULL,
-    trigger         TEXT NOT NULL,
-    last_case_id    INTEGER NOT NULL,
-    outcome         TEXT NOT NULL CHECK (outcome IN ('accepted', 'refused', 'failed')),
-    head_id         INTEGER REFERENCES heads(id),
-    detail          TEXT,
-    started_at_ms   INTEGER NOT NULL,
-    finished_at_ms  INTEGER NOT NULL
-);
-";
-
 /// SQL condition on case `c`: it is a training or validation case of its own (a segmentation
-/// case, or a classification label about a series without one).
-const STANDS_ALONE: &str = "(c.kind = 'segmentation' OR NOT EXISTS (
-    SELECT 1 FROM cases g WHERE g.kind = 'segmentation' AND g.state = 'accepted'
+/// case, or a classification label about a series without one). Binds `:segmentation` and
+/// `:accepted`.
+const STANDS_ALONE: &str = "(c.kind = :segmentation OR NOT EXISTS (
+    SELECT 1 FROM cases g WHERE g.kind = :segmentation AND g.state = :accepted
       AND g.model_id = c.model_id AND g.series_uid = c.series_uid))";
 
 /// SQL expression: the study-level finding of case `c` with features `f`. A verified SR about
-/// the series (the latest) outranks what a segmentation implies.
-const FINDING: &str = "COALESCE((SELECT r.finding FROM cases r WHERE r.kind = 'classification'
-    AND r.state = 'accepted' AND r.model_id = c.model_id AND r.series_uid = c.series_uid
+/// the series (the latest) outranks what a segmentation implies. Binds `:classification` and
+/// `:accepted`.
+const FINDING: &str = "COALESCE((SELECT r.finding FROM cases r WHERE r.kind = :classification
+    AND r.state = :accepted AND r.model_id = c.model_id AND r.series_uid = c.series_uid
     ORDER BY r.id DESC LIMIT 1), f.finding)";
 
 /// How often a running fine-tune looks at the inference queue.
@@ -122,7 +95,7 @@ pub enum Progress {
 /// How a learning run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
-    pub outcome: String,
+    pub outcome: LearnOutcome,
     pub head_id: Option<i64>,
     pub parent: Option<i64>,
     pub trigger: String,
@@ -180,16 +153,23 @@ fn trigger(
 fn window(
     conn: &Connection,
     model_id: &str,
-    split: &str,
+    split: Split,
     limit: usize,
 ) -> rusqlite::Result<Vec<i64>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT c.id FROM cases c JOIN case_splits s ON s.case_id = c.id
-         WHERE c.state = 'accepted' AND c.model_id = ?1 AND s.split = ?2 AND {STANDS_ALONE}
-         ORDER BY c.id DESC LIMIT ?3"
+         WHERE c.state = :accepted AND c.model_id = :model_id AND s.split = :split
+           AND {STANDS_ALONE}
+         ORDER BY c.id DESC LIMIT :limit"
     ))?;
     let rows = stmt.query_map(
-        params![model_id, split, limit.min(i64::MAX as usize) as i64],
+        named_params! {
+            ":model_id": model_id,
+            ":split": split,
+            ":limit": limit.min(i64::MAX as usize) as i64,
+            ":accepted": CaseState::Accepted,
+            ":segmentation": CaseKind::Segmentation,
+        },
         |r| r.get(0),
     )?;
     rows.collect()
@@ -241,7 +221,7 @@ fn stored_cases(
     conn: &Connection,
     model_id: &str,
     backbone_sha256: &str,
-    split: &str,
+    split: Split,
     limit: usize,
 ) -> rusqlite::Result<Vec<StoredCase>> {
     let mut stmt = conn.prepare(&format!(
@@ -249,17 +229,20 @@ fn stored_cases(
                 f.labels_path, f.labels_sha256
          FROM case_features f JOIN case_splits s ON s.case_id = f.case_id
          JOIN cases c ON c.id = f.case_id
-         WHERE s.split = ?1 AND c.state = 'accepted' AND c.model_id = ?2
-           AND f.backbone_sha256 = ?3 AND {STANDS_ALONE}
-         ORDER BY f.case_id DESC LIMIT ?4"
+         WHERE s.split = :split AND c.state = :accepted AND c.model_id = :model_id
+           AND f.backbone_sha256 = :backbone_sha256 AND {STANDS_ALONE}
+         ORDER BY f.case_id DESC LIMIT :limit"
     ))?;
     let rows = stmt.query_map(
-        params![
-            split,
-            model_id,
-            backbone_sha256,
-            limit.min(i64::MAX as usize) as i64
-        ],
+        named_params! {
+            ":split": split,
+            ":model_id": model_id,
+            ":backbone_sha256": backbone_sha256,
+            ":limit": limit.min(i64::MAX as usize) as i64,
+            ":accepted": CaseState::Accepted,
+            ":segmentation": CaseKind::Segmentation,
+            ":classification": CaseKind::Classification,
+        },
         |r| {
             Ok(StoredCase {
                 id: r.get(0)?,
@@ -287,15 +270,6 @@ pub struct Learner {
     backend: Box<dyn Backend>,
     /// The reference validation set's cases (features computed once).
     reference: Option<Vec<Case>>,
-}
-
-/// Whether an inference job waits or runs.
-pub fn inference_busy(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running'))",
-        [],
-        |r| r.get(0),
-    )
 }
 
 /// The learning lock, held while it lives (the flock goes with the descriptor).
@@ -332,7 +306,7 @@ impl LearnLock {
 /// The job table is the only place that knows (the CLI's `learn now` runs in another process
 /// than the daemon's worker), so this one wait polls; it ends at once when `done` is raised.
 fn watch_inference(data_dir: &Path, cancel: &Cancel, done: &Cancel) -> anyhow::Result<()> {
-    let conn = crate::jobs::open(data_dir)?;
+    let conn = db::open(data_dir)?;
     while !done.is_cancelled() {
         if inference_busy(&conn)? {
             cancel.cancel();
@@ -354,7 +328,7 @@ impl Learner {
         let bytes = std::fs::read(package.head_path())
             .with_context(|| format!("read {}", package.head_path().display()))?;
         let global = Head::load(&bytes, &package.manifest)?;
-        crate::jobs::open(&config.data_dir)?;
+        db::open(&config.data_dir)?;
         Ok(Learner {
             data_dir: config.data_dir.clone(),
             config: config.clone(),
@@ -373,12 +347,15 @@ impl Learner {
     fn assign_splits(&self, conn: &Connection) -> rusqlite::Result<()> {
         conn.execute(
             "INSERT INTO case_splits (case_id, split)
-             SELECT id, CASE WHEN id % ?2 = 1 % ?2 THEN 'holdout' ELSE 'train' END
-             FROM cases WHERE state = 'accepted' AND model_id = ?1
+             SELECT id, CASE WHEN id % ?2 = 1 % ?2 THEN ?3 ELSE ?4 END
+             FROM cases WHERE state = ?5 AND model_id = ?1
                AND id NOT IN (SELECT case_id FROM case_splits)",
             params![
                 self.manifest().id,
-                self.config.learning.holdout_every as i64
+                self.config.learning.holdout_every as i64,
+                Split::Holdout,
+                Split::Train,
+                CaseState::Accepted
             ],
         )?;
         Ok(())
@@ -390,8 +367,8 @@ impl Learner {
         let l = &self.config.learning;
         let mut out = HashSet::new();
         for (split, limit) in [
-            ("train", l.max_training_cases),
-            ("holdout", l.max_holdout_cases),
+            (Split::Train, l.max_training_cases),
+            (Split::Holdout, l.max_holdout_cases),
         ] {
             out.extend(window(conn, &self.manifest().id, split, limit)?);
         }
@@ -403,12 +380,16 @@ impl Learner {
         let kept = self.kept(conn)?;
         let mut stmt = conn.prepare(
             "SELECT c.id FROM cases c LEFT JOIN case_features f ON f.case_id = c.id
-             WHERE c.state = 'accepted' AND c.model_id = ?1
+             WHERE c.state = ?3 AND c.model_id = ?1
                AND (f.case_id IS NULL OR f.backbone_sha256 != ?2)
              ORDER BY c.id",
         )?;
         let rows = stmt.query_map(
-            params![self.manifest().id, self.manifest().backbone.sha256],
+            params![
+                self.manifest().id,
+                self.manifest().backbone.sha256,
+                CaseState::Accepted
+            ],
             |r| r.get::<_, i64>(0),
         )?;
         let mut out = Vec::new();
@@ -452,8 +433,8 @@ impl Learner {
                     let reason = format!("cannot compute its features: {e:#}");
                     tracing::warn!(case = id, reason = %reason, "labelled case refused");
                     conn.execute(
-                        "UPDATE cases SET state = 'refused', reason = ?2 WHERE id = ?1",
-                        params![id, reason],
+                        "UPDATE cases SET state = ?3, reason = ?2 WHERE id = ?1",
+                        params![id, reason, CaseState::Refused],
                     )?;
                 }
             }
@@ -573,7 +554,7 @@ impl Learner {
                 dir.join("features.f32").to_string_lossy(),
                 dir.join("model_labels.u8").to_string_lossy(),
                 labels_sha,
-                crate::jobs::now_ms()
+                now_ms()
             ],
         )?;
         tracing::info!(
@@ -603,25 +584,20 @@ impl Learner {
         let (new, oldest): (i64, Option<i64>) = conn.query_row(
             "SELECT COUNT(*), MIN(c.created_at_ms) FROM cases c
              JOIN case_splits s ON s.case_id = c.id
-             WHERE c.state = 'accepted' AND c.model_id = ?1 AND s.split = 'train' AND c.id > ?2",
-            params![self.manifest().id, since],
+             WHERE c.state = ?3 AND c.model_id = ?1 AND s.split = ?4 AND c.id > ?2",
+            params![self.manifest().id, since, CaseState::Accepted, Split::Train],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         // The schedule counts from the last finished run, or from the oldest new case.
         let from = last.map(|(_, at)| at).or(oldest);
-        Ok(trigger(
-            new as usize,
-            from,
-            crate::jobs::now_ms(),
-            &self.config.learning,
-        ))
+        Ok(trigger(new as usize, from, now_ms(), &self.config.learning))
     }
 
     /// Load the stored cases of one split (the most recent `limit`), with their hashes.
     fn load_cases(
         &self,
         conn: &Connection,
-        split: &str,
+        split: Split,
         limit: usize,
     ) -> anyhow::Result<(Vec<Case>, Vec<CaseRef>)> {
         let rows = stored_cases(
@@ -728,12 +704,12 @@ impl Learner {
             return Ok(Err(NotRun::Busy));
         };
         let began = Instant::now();
-        let started_at = crate::jobs::now_ms();
-        let conn = crate::jobs::open(&self.data_dir)?;
+        let started_at = now_ms();
+        let conn = db::open(&self.data_dir)?;
         // Cases accepted from here on are new to the next run.
         let last_case_id: i64 = conn.query_row(
-            "SELECT COALESCE(MAX(id), 0) FROM cases WHERE state = 'accepted' AND model_id = ?1",
-            [&self.manifest().id],
+            "SELECT COALESCE(MAX(id), 0) FROM cases WHERE state = ?2 AND model_id = ?1",
+            params![self.manifest().id, CaseState::Accepted],
             |r| r.get(0),
         )?;
         let cancel = Cancel::new();
@@ -757,7 +733,7 @@ impl Learner {
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "fine-tune failed; the champion stays");
                 RunReport {
-                    outcome: "failed".into(),
+                    outcome: LearnOutcome::Failed,
                     head_id: None,
                     parent: None,
                     trigger: trigger.to_string(),
@@ -793,7 +769,7 @@ impl Learner {
                 report.head_id,
                 serde_json::to_string(&report)?,
                 started_at,
-                crate::jobs::now_ms()
+                now_ms()
             ],
         )?;
         metrics.learning_runs_total.fetch_add(1, Ordering::Relaxed);
@@ -812,8 +788,8 @@ impl Learner {
             return Ok(Err(not_run));
         }
         let l = self.config.learning.clone();
-        let (train, trained_on) = self.load_cases(conn, "train", l.max_training_cases)?;
-        let (holdout, held_out) = self.load_cases(conn, "holdout", l.max_holdout_cases)?;
+        let (train, trained_on) = self.load_cases(conn, Split::Train, l.max_training_cases)?;
+        let (holdout, held_out) = self.load_cases(conn, Split::Holdout, l.max_holdout_cases)?;
         if train.is_empty() || holdout.is_empty() {
             return Ok(Err(NotRun::NotEnough(format!(
                 "{} training and {} held-out cases; a fine-tune needs at least one of each",
@@ -853,14 +829,15 @@ impl Learner {
             cancel,
         );
         let fine_tune_seconds = fine_tune_began.elapsed().as_secs_f64();
-        let mut report = RunReport {
-            outcome: String::new(),
+        let (train_cases, holdout_cases) = (trained_on.len(), held_out.len());
+        let report = |outcome: LearnOutcome, reasons: Vec<String>| RunReport {
+            outcome,
             head_id: None,
             parent,
             trigger: trigger.to_string(),
-            reasons: Vec::new(),
-            train_cases: trained_on.len(),
-            holdout_cases: held_out.len(),
+            reasons,
+            train_cases,
+            holdout_cases,
             reference_cases: reference.len(),
             decision: None,
             fine_tune_seconds,
@@ -872,10 +849,8 @@ impl Learner {
             Err(e) => {
                 // Bad training data (no lesion pixel anywhere, a diverging loss) is an outcome
                 // to record, not a crash: the champion stays.
-                report.outcome = "failed".into();
-                report.reasons = vec![e.to_string()];
                 tracing::warn!(reason = %e, "fine-tune failed; the champion stays");
-                return Ok(Ok(report));
+                return Ok(Ok(report(LearnOutcome::Failed, vec![e.to_string()])));
             }
         };
         progress(Progress::Validating);
@@ -934,14 +909,13 @@ impl Learner {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(head = id, reasons = ?decision.reasons, "fine-tuned head refused by the gate; the champion stays");
         }
-        report.outcome = if decision.accepted {
-            "accepted"
+        let outcome = if decision.accepted {
+            LearnOutcome::Accepted
         } else {
-            "refused"
-        }
-        .into();
+            LearnOutcome::Refused
+        };
+        let mut report = report(outcome, decision.reasons.clone());
         report.head_id = Some(id);
-        report.reasons = decision.reasons.clone();
         report.decision = Some(decision);
         Ok(Ok(report))
     }
@@ -959,10 +933,12 @@ impl Learner {
             }
             let turn = match &conn {
                 Some(c) => self.step(c, &metrics),
-                None => crate::jobs::open(&self.data_dir).map(|c| {
-                    conn = Some(c);
-                    true
-                }),
+                None => db::open(&self.data_dir)
+                    .map_err(anyhow::Error::from)
+                    .map(|c| {
+                        conn = Some(c);
+                        true
+                    }),
             };
             match turn {
                 Ok(true) => {}
@@ -1027,7 +1003,7 @@ mod tests {
     use super::*;
     use crate::config::LearningConfig;
 
-    fn case(conn: &Connection, id: i64, kind: &str, series: &str, finding: Option<bool>) {
+    fn case(conn: &Connection, id: i64, kind: CaseKind, series: &str, finding: Option<bool>) {
         conn.execute(
             "INSERT INTO cases (id, label_sop_uid, origin, state, series_uid, model_id,
                  created_at_ms, kind, finding)
@@ -1055,32 +1031,32 @@ mod tests {
     #[test]
     fn a_verified_sr_sets_the_finding_of_its_series_segmentation_or_stands_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::jobs::open(dir.path()).unwrap();
+        let conn = db::open(dir.path()).unwrap();
         // Series S1: a SEG with a lesion, then an SR saying there is none (the SR wins).
-        case(&conn, 1, "segmentation", "S1", None);
+        case(&conn, 1, CaseKind::Segmentation, "S1", None);
         features(&conn, 1, Some(true));
-        case(&conn, 2, "classification", "S1", Some(false));
+        case(&conn, 2, CaseKind::Classification, "S1", Some(false));
         // Series S2: an SR alone, with features of its own.
-        case(&conn, 3, "classification", "S2", Some(true));
+        case(&conn, 3, CaseKind::Classification, "S2", Some(true));
         features(&conn, 3, Some(true));
         // Series S3: a SEG without an SR keeps what its pixels say.
-        case(&conn, 4, "segmentation", "S3", None);
+        case(&conn, 4, CaseKind::Segmentation, "S3", None);
         features(&conn, 4, Some(true));
-        let got: Vec<(i64, Option<bool>)> = stored_cases(&conn, "m", "b", "train", 10)
+        let got: Vec<(i64, Option<bool>)> = stored_cases(&conn, "m", "b", Split::Train, 10)
             .unwrap()
             .into_iter()
             .map(|c| (c.id, c.finding))
             .collect();
         assert_eq!(got, [(1, Some(false)), (3, Some(true)), (4, Some(true))]);
         // The most recent ones within the limit, oldest first.
-        let got: Vec<i64> = stored_cases(&conn, "m", "b", "train", 2)
+        let got: Vec<i64> = stored_cases(&conn, "m", "b", Split::Train, 2)
             .unwrap()
             .into_iter()
             .map(|c| c.id)
             .collect();
         assert_eq!(got, [3, 4]);
         // Another backbone's features are not used.
-        assert!(stored_cases(&conn, "m", "other", "train", 10)
+        assert!(stored_cases(&conn, "m", "other", Split::Train, 10)
             .unwrap()
             .is_empty());
     }
@@ -1088,9 +1064,9 @@ mod tests {
     #[test]
     fn features_are_kept_for_the_most_recent_cases_of_each_split_and_removed_for_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::jobs::open(dir.path()).unwrap();
+        let conn = db::open(dir.path()).unwrap();
         for id in 1..=5 {
-            case(&conn, id, "segmentation", &format!("S{id}"), None);
+            case(&conn, id, CaseKind::Segmentation, &format!("S{id}"), None);
         }
         conn.execute(
             "UPDATE case_splits SET split = 'holdout' WHERE case_id IN (1, 4)",
@@ -1114,11 +1090,11 @@ mod tests {
             .unwrap();
         }
         // Training 2, 3, 5: keep the last 2; held out 1, 4: keep the last 1.
-        let mut keep: HashSet<i64> = window(&conn, "m", "train", 2)
+        let mut keep: HashSet<i64> = window(&conn, "m", Split::Train, 2)
             .unwrap()
             .into_iter()
             .collect();
-        keep.extend(window(&conn, "m", "holdout", 1).unwrap());
+        keep.extend(window(&conn, "m", Split::Holdout, 1).unwrap());
         assert_eq!(keep, HashSet::from([3, 5, 4]));
         assert_eq!(prune(&conn, dir.path(), &keep).unwrap(), 2);
         for id in 1..=5 {

@@ -5,6 +5,9 @@
 //! - [`config`]: the TOML configuration, its defaults and validation by key.
 //! - [`daemon`]: `appliance serve`: starts the spool, the DICOM SCP, study assembly and the
 //!   HTTP endpoints, and stops them in order on SIGTERM/SIGINT.
+//! - [`db`]: `results.sqlite`: the only module that opens it; every table's schema, the
+//!   numbered migrations (`PRAGMA user_version`), the clock rows are stamped with, and the
+//!   stored states as enums.
 //! - [`http`]: `/health/live`, `/health/ready`, `/metrics`.
 //! - [`jobs`]: durable inference jobs for completed studies, and their results.
 //! - [`export`]: a result as SEG and SR files, geometry-checked and fsync'd.
@@ -17,6 +20,7 @@
 pub mod cases;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod export;
 pub mod heads;
 pub mod http;

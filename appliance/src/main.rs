@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use appliance::config::{BackendKind, Config, LogFormat};
+use appliance::db::OutboxState;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,8 +183,8 @@ enum OutboxCommand {
     /// object per line with --json.
     List {
         /// Only entries in this state.
-        #[arg(long, value_parser = ["pending", "sent", "failed"])]
-        state: Option<String>,
+        #[arg(long, value_parser = outbox_state_parser())]
+        state: Option<OutboxState>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -364,7 +365,7 @@ fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
             let config = config.load()?;
             let package = models::registry::Registry::new(&config.data_dir)
                 .open_active(&config.inference.model)?;
-            let conn = appliance::jobs::open(&config.data_dir)?;
+            let conn = appliance::db::open(&config.data_dir)?;
             let files: Vec<PathBuf> = if path.is_dir() {
                 let mut f: Vec<PathBuf> = std::fs::read_dir(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?
@@ -383,7 +384,7 @@ fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
                     &config.data_dir,
                     &package.manifest,
                     &file,
-                    "import",
+                    appliance::db::CaseOrigin::Import,
                 )? {
                     Ok(case) => println!(
                         "accepted {}: case {} of series {}",
@@ -403,7 +404,7 @@ fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
             Ok(())
         }
         CasesCommand::List { json, config } => {
-            let conn = appliance::jobs::open(&config.load()?.data_dir)?;
+            let conn = appliance::db::open(&config.load()?.data_dir)?;
             for c in appliance::cases::list(&conn)? {
                 if json {
                     println!("{}", serde_json::to_string(&c)?);
@@ -425,7 +426,8 @@ fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
 }
 
 fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
-    use appliance::learn::{inference_busy, Learner, NotRun, Progress};
+    use appliance::jobs::inference_busy;
+    use appliance::learn::{Learner, NotRun, Progress};
     use std::io::{IsTerminal, Write};
     anyhow::ensure!(
         config.learning.enabled,
@@ -434,7 +436,7 @@ fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
     init_tool_logging();
     let mut learner = Learner::new(&config)?;
     let metrics = pacs_bridge::metrics::Metrics::default();
-    let conn = appliance::jobs::open(&config.data_dir)?;
+    let conn = appliance::db::open(&config.data_dir)?;
     let terminal = std::io::stderr().is_terminal();
     // A bar redrawn in place on a terminal; one line per step otherwise (logs, CI).
     let mut draw = |p: Progress| {
@@ -526,7 +528,7 @@ fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(
-        report.outcome != "failed",
+        report.outcome != appliance::db::LearnOutcome::Failed,
         "the fine-tune failed: {}",
         report.reasons.join("; ")
     );
@@ -553,7 +555,7 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
             let config = config.load()?;
             let model = model.unwrap_or_else(|| config.inference.model.clone());
             let package = models::registry::Registry::new(&config.data_dir).open_active(&model)?;
-            let conn = appliance::jobs::open(&config.data_dir)?;
+            let conn = appliance::db::open(&config.data_dir)?;
             for h in appliance::heads::list(&conn, &package.manifest)? {
                 if json {
                     println!("{}", serde_json::to_string(&h)?);
@@ -587,7 +589,7 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
         HeadsCommand::Rollback { model, to, config } => {
             let config = config.load()?;
             let package = models::registry::Registry::new(&config.data_dir).open_active(&model)?;
-            let conn = appliance::jobs::open(&config.data_dir)?;
+            let conn = appliance::db::open(&config.data_dir)?;
             let before =
                 appliance::heads::champion(&conn, &package.manifest.id, &package.manifest.version)?;
             let after = appliance::heads::rollback(&conn, &package.manifest, to)?;
@@ -603,6 +605,13 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `outbox list --state`: one of the outbox's states, each listed in `--help`.
+fn outbox_state_parser() -> impl clap::builder::TypedValueParser<Value = OutboxState> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(OutboxState::ALL.iter().map(|s| s.as_str()))
+        .try_map(|s| s.parse::<OutboxState>())
+}
+
 fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
     match command {
         OutboxCommand::List {
@@ -610,8 +619,8 @@ fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
             json,
             config,
         } => {
-            let conn = appliance::jobs::open(&config.load()?.data_dir)?;
-            for e in appliance::outbox::list(&conn, state.as_deref())? {
+            let conn = appliance::db::open(&config.load()?.data_dir)?;
+            for e in appliance::outbox::list(&conn, state)? {
                 if json {
                     println!("{}", serde_json::to_string(&e)?);
                 } else {
@@ -630,12 +639,8 @@ fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
             Ok(())
         }
         OutboxCommand::Retry { id, config } => {
-            let conn = appliance::jobs::open(&config.load()?.data_dir)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            let n = appliance::outbox::retry(&conn, id, now)?;
+            let conn = appliance::db::open(&config.load()?.data_dir)?;
+            let n = appliance::outbox::retry(&conn, id, appliance::db::now_ms())?;
             if n == 0 {
                 anyhow::bail!("no failed outbox entry to retry");
             }

@@ -1,5 +1,5 @@
 //! The durable outbox: result objects waiting to be delivered to the configured destinations
-//! over C-STORE, in the `outbox` table of `results.sqlite`.
+//! over C-STORE, in the `outbox` table of `results.sqlite` ([`crate::db`]).
 //!
 //! An entry is created in the same transaction that stores the job's result, after its file
 //! is fsync'd, so every result that is reported done is also queued for delivery. The sender
@@ -13,6 +13,7 @@
 //! repeat, never a second result.
 
 use crate::config::{Config, DestinationConfig, OutboxConfig};
+use crate::db::{self, OutboxState};
 use crate::export::ExportedObject;
 use radiant_core::log_tag;
 use pacs_bridge::metrics::Metrics;
@@ -23,27 +24,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS outbox (
-    id                  INTEGER PRIMARY KEY,
-    job_id              INTEGER NOT NULL REFERENCES jobs(id),
-    study_uid           TEXT NOT NULL,
-    destination         TEXT NOT NULL,
-    kind                TEXT NOT NULL,
-    sop_instance_uid    TEXT NOT NULL,
-    path                TEXT NOT NULL,
-    state               TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
-    attempts            INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at_ms  INTEGER NOT NULL,
-    last_error          TEXT,
-    created_at_ms       INTEGER NOT NULL,
-    updated_at_ms       INTEGER NOT NULL,
-    sent_at_ms          INTEGER,
-    UNIQUE (destination, sop_instance_uid)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at_ms);
-";
 
 /// Entries one association carries at most.
 const BATCH: usize = 64;
@@ -68,7 +48,7 @@ pub fn enqueue(
             queued += tx.execute(
                 "INSERT INTO outbox (job_id, study_uid, destination, kind, sop_instance_uid,
                      path, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?7, ?7, ?7)
                  ON CONFLICT (destination, sop_instance_uid) DO NOTHING",
                 params![
                     job_id,
@@ -77,7 +57,8 @@ pub fn enqueue(
                     object.kind,
                     object.sop_instance_uid,
                     object.path.to_string_lossy(),
-                    now_ms
+                    now_ms,
+                    OutboxState::Pending
                 ],
             )?;
         }
@@ -94,7 +75,7 @@ pub struct EntryView {
     pub destination: String,
     pub kind: String,
     pub sop_instance_uid: String,
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub next_attempt_at_ms: Option<i64>,
@@ -103,14 +84,14 @@ pub struct EntryView {
 }
 
 /// Every entry, oldest first (optionally only those in `state`).
-pub fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<Vec<EntryView>> {
+pub fn list(conn: &Connection, state: Option<OutboxState>) -> rusqlite::Result<Vec<EntryView>> {
     let mut stmt = conn.prepare(
         "SELECT id, job_id, study_uid, destination, kind, sop_instance_uid, state, attempts,
                 last_error, next_attempt_at_ms, created_at_ms, sent_at_ms
          FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id",
     )?;
     let rows = stmt.query_map([state], |r| {
-        let state: String = r.get(6)?;
+        let state: OutboxState = r.get(6)?;
         let next: i64 = r.get(9)?;
         Ok(EntryView {
             id: r.get(0)?,
@@ -119,7 +100,7 @@ pub fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<Vec<Entr
             destination: r.get(3)?,
             kind: r.get(4)?,
             sop_instance_uid: r.get(5)?,
-            next_attempt_at_ms: (state == "pending").then_some(next),
+            next_attempt_at_ms: (state == OutboxState::Pending).then_some(next),
             state,
             attempts: r.get(7)?,
             last_error: r.get(8)?,
@@ -134,10 +115,10 @@ pub fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<Vec<Entr
 /// the operator fixed what the destination refused.
 pub fn retry(conn: &Connection, id: Option<i64>, now_ms: i64) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE outbox SET state = 'pending', next_attempt_at_ms = ?2, updated_at_ms = ?2,
+        "UPDATE outbox SET state = ?3, next_attempt_at_ms = ?2, updated_at_ms = ?2,
              attempts = 0
-         WHERE state = 'failed' AND (?1 IS NULL OR id = ?1)",
-        params![id, now_ms],
+         WHERE state = ?4 AND (?1 IS NULL OR id = ?1)",
+        params![id, now_ms, OutboxState::Pending, OutboxState::Failed],
     )
 }
 
@@ -176,7 +157,7 @@ enum Outcome {
 
 impl Sender {
     pub fn run(self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let conn = crate::jobs::open(&self.data_dir)?;
+        let conn = db::open(&self.data_dir)?;
         while !stop.load(Ordering::SeqCst) {
             if let Err(e) = self.round(&conn) {
                 tracing::error!(error = %format!("{e:#}"), "outbox round failed");
@@ -188,10 +169,10 @@ impl Sender {
 
     /// Send what is due, one association per destination.
     fn round(&self, conn: &Connection) -> anyhow::Result<()> {
-        let now = crate::jobs::now_ms();
+        let now = db::now_ms();
         let pending: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
-            [],
+            "SELECT COUNT(*) FROM outbox WHERE state = ?1",
+            [OutboxState::Pending],
             |r| r.get(0),
         )?;
         self.metrics
@@ -200,9 +181,9 @@ impl Sender {
         let due: Vec<Due> = {
             let mut stmt = conn.prepare(
                 "SELECT id, study_uid, destination, path, attempts, created_at_ms FROM outbox
-                 WHERE state = 'pending' AND next_attempt_at_ms <= ?1 ORDER BY id LIMIT ?2",
+                 WHERE state = ?3 AND next_attempt_at_ms <= ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, BATCH as i64], |r| {
+            let rows = stmt.query_map(params![now, BATCH as i64, OutboxState::Pending], |r| {
                 Ok(Due {
                     id: r.get(0)?,
                     study_uid: r.get(1)?,
@@ -280,14 +261,14 @@ impl Sender {
     }
 
     fn record(&self, conn: &Connection, entry: &Due, outcome: Outcome) -> rusqlite::Result<()> {
-        let now = crate::jobs::now_ms();
+        let now = db::now_ms();
         let study = log_tag(&entry.study_uid);
         match outcome {
             Outcome::Sent => {
                 conn.execute(
-                    "UPDATE outbox SET state = 'sent', sent_at_ms = ?2, updated_at_ms = ?2,
+                    "UPDATE outbox SET state = ?3, sent_at_ms = ?2, updated_at_ms = ?2,
                          attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-                    params![entry.id, now],
+                    params![entry.id, now, OutboxState::Sent],
                 )?;
                 self.metrics
                     .outbox_sent_total
@@ -330,9 +311,9 @@ impl Sender {
 
     fn fail(&self, conn: &Connection, entry: &Due, reason: &str, now: i64) -> rusqlite::Result<()> {
         conn.execute(
-            "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2,
+            "UPDATE outbox SET state = ?4, attempts = attempts + 1, last_error = ?2,
                  updated_at_ms = ?3 WHERE id = ?1",
-            params![entry.id, reason, now],
+            params![entry.id, reason, now, OutboxState::Failed],
         )?;
         self.metrics
             .outbox_failed_total
