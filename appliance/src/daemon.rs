@@ -1,18 +1,23 @@
 //! `appliance serve`: bring the parts up in dependency order (spool, SCP, study assembly, HTTP,
-//! inference worker, learner, outbox sender)
-//! and take them down in reverse on SIGTERM/SIGINT, so that every association in progress ends,
-//! every queued commit is written and the index is closed cleanly.
+//! inference worker, learner, outbox sender) and take them down in reverse on SIGTERM/SIGINT,
+//! so that every association in progress ends, every queued commit is written and the index is
+//! closed cleanly.
+//!
+//! One shutdown signal: every thread runs under a child of it ([`Supervisor`]); the daemon
+//! raises the children in order, and a panicked thread raises the root, which stops the SCP
+//! and everything else, and makes `serve` return an error (a non-zero exit).
 
 use crate::config::Config;
 use crate::http::{HttpEndpoint, Readiness};
+use crate::supervisor::Supervisor;
 use anyhow::Context;
-use radiant_core::log_tag;
 use pacs_bridge::metrics::Metrics;
 use pacs_bridge::scp::Server;
 use pacs_bridge::store::studies::{Assembler, StudyCompleted};
 use pacs_bridge::store::Spool;
+use radiant_core::{log_tag, Cancel, Doorbell};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = server.shutdown_handle();
 
     let readiness = Arc::new(Readiness::default());
+    let supervisor = Supervisor::new(Cancel::new(), readiness.clone());
     let http = if config.http.enabled {
         let ip: IpAddr = config.http.bind.parse()?;
         let disk_spool = spool.clone();
@@ -46,6 +52,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             metrics.clone(),
             readiness.clone(),
             disk,
+            &supervisor,
         )?)
     } else {
         None
@@ -67,60 +74,67 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 signals_shutdown.trigger();
             }
         })?;
+    // A panicked thread raises the root signal: the SCP stops too, and `serve` fails.
+    let root = supervisor.shutdown().clone();
+    let panic_shutdown = shutdown.clone();
+    let relay = std::thread::Builder::new()
+        .name("shutdown-relay".into())
+        .spawn(move || {
+            root.wait();
+            panic_shutdown.trigger();
+        })?;
 
     let (events, completed) = mpsc::channel::<StudyCompleted>();
-    let stop_assembly = Arc::new(AtomicBool::new(false));
     let mut assembler = Assembler::open(
         &config.data_dir,
         Duration::from_secs(config.dicom.study_quiet_seconds),
         config.quiet_by_ae(),
     )?;
-    let assembly_stop = stop_assembly.clone();
-    let assembly = std::thread::Builder::new()
-        .name("assembly".into())
-        .spawn(move || {
-            while !assembly_stop.load(Ordering::SeqCst) {
-                match assembler.tick() {
-                    Ok(done) => {
-                        for study in done {
-                            if events.send(study).is_err() {
-                                return;
-                            }
+    let assembly = supervisor.spawn("assembly", move |stop| {
+        // Quiet periods are measured in time, so assembly looks on a tick; a stop ends the
+        // wait at once.
+        while !stop.is_cancelled() {
+            match assembler.tick() {
+                Ok(done) => {
+                    for study in done {
+                        if events.send(study).is_err() {
+                            return;
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "study assembly failed"),
                 }
-                std::thread::sleep(ASSEMBLY_TICK);
+                Err(e) => tracing::error!(error = %e, "study assembly failed"),
             }
-        })?;
+            stop.wait_timeout(ASSEMBLY_TICK);
+        }
+    })?;
     let pipeline = crate::jobs::Pipeline::new(&config)?.map(|p| p.with_metrics(metrics.clone()));
-    let stop_worker = Arc::new(AtomicBool::new(false));
-    let worker =
-        match &pipeline {
-            Some(p) => {
-                p.recover()?;
-                let worker = p.clone();
-                let stop = stop_worker.clone();
-                Some(std::thread::Builder::new().name("inference".into()).spawn(move || {
-                if let Err(e) = worker.work(stop) {
+    // Rung when a job is queued (the worker waits on it) and when a job queued results (the
+    // outbox sender waits on it).
+    let jobs_queued = Doorbell::new(supervisor.shutdown());
+    let results_queued = Doorbell::new(supervisor.shutdown());
+    let worker = match &pipeline {
+        Some(p) => {
+            p.recover()?;
+            let worker = p.clone();
+            let wake = jobs_queued.clone();
+            let done = results_queued.clone();
+            Some(supervisor.spawn("inference", move |stop| {
+                if let Err(e) = worker.work(stop, wake, &done) {
                     tracing::error!(error = %format!("{e:#}"), "inference worker stopped");
                 }
             })?)
-            }
-            None => None,
-        };
+        }
+        None => None,
+    };
     // The learner fine-tunes the head while inference is idle (it needs the model inference
     // runs; without it there is nothing to fine-tune).
-    let stop_learner = Arc::new(AtomicBool::new(false));
     let learner = match (&pipeline, config.learning.enabled) {
         (Some(_), true) => match crate::learn::Learner::new(&config) {
             Ok(learner) => {
-                let stop = stop_learner.clone();
                 let learner_metrics = metrics.clone();
                 Some(
-                    std::thread::Builder::new()
-                        .name("learner".into())
-                        .spawn(move || learner.serve(stop, learner_metrics))?,
+                    supervisor
+                        .spawn("learner", move |stop| learner.serve(stop, learner_metrics))?,
                 )
             }
             // Inference goes on without learning.
@@ -133,68 +147,73 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     };
     // Result objects go out through the outbox, whatever made them (a job of this run or an
     // entry left pending by an earlier one).
-    let stop_outbox = Arc::new(AtomicBool::new(false));
     let outbox = {
         let sender = crate::outbox::Sender {
             data_dir: config.data_dir.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
         };
-        let stop = stop_outbox.clone();
-        std::thread::Builder::new()
-            .name("outbox".into())
-            .spawn(move || {
-                if let Err(e) = sender.run(stop) {
-                    tracing::error!(error = %format!("{e:#}"), "outbox sender stopped");
-                }
-            })?
+        let wake = results_queued.clone();
+        supervisor.spawn("outbox", move |stop| {
+            if let Err(e) = sender.run(stop, wake) {
+                tracing::error!(error = %format!("{e:#}"), "outbox sender stopped");
+            }
+        })?
     };
-    // Completion is the hook inference attaches to: one job per series the model takes.
-    let consumer = std::thread::Builder::new()
-        .name("study-events".into())
-        .spawn(move || {
-            for study in completed {
-                tracing::info!(
-                    study = %log_tag(&study.study_uid),
-                    calling_ae = %study.calling_ae,
-                    instances = study.instances,
-                    "study complete"
-                );
-                if let Some(p) = &pipeline {
-                    match p.enqueue(&study.study_uid, &study.calling_ae) {
-                        Ok(jobs) => tracing::info!(study = %log_tag(&study.study_uid), jobs, "inference queued"),
-                        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot queue inference"),
+    // Completion is the hook inference attaches to: one job per series the model takes. The
+    // thread ends when assembly ends and drops its end of the channel.
+    let consumer = supervisor.spawn("study-events", move |_stop| {
+        for study in completed {
+            tracing::info!(
+                study = %log_tag(&study.study_uid),
+                calling_ae = %study.calling_ae,
+                instances = study.instances,
+                "study complete"
+            );
+            if let Some(p) = &pipeline {
+                match p.enqueue(&study.study_uid, &study.calling_ae) {
+                    Ok(jobs) => {
+                        tracing::info!(study = %log_tag(&study.study_uid), jobs, "inference queued");
+                        jobs_queued.ring();
                     }
-                    // A SEG in the study is a radiologist's label for a series we hold.
-                    if let Err(e) = p.intake_labels(&study.study_uid, &study.calling_ae) {
-                        tracing::error!(error = %format!("{e:#}"), "cannot take in labelled cases");
-                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot queue inference"),
+                }
+                // A SEG in the study is a radiologist's label for a series we hold.
+                if let Err(e) = p.intake_labels(&study.study_uid, &study.calling_ae) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot take in labelled cases");
                 }
             }
-        })?;
+        }
+    })?;
 
     readiness.scp_listening.store(true, Ordering::SeqCst);
     server.run();
     readiness.scp_listening.store(false, Ordering::SeqCst);
 
-    stop_assembly.store(true, Ordering::SeqCst);
-    let _ = assembly.join();
-    let _ = consumer.join();
-    stop_learner.store(true, Ordering::SeqCst);
+    supervisor.stop(assembly);
+    supervisor.join(consumer);
     if let Some(l) = learner {
-        let _ = l.join();
+        supervisor.stop(l);
     }
-    stop_worker.store(true, Ordering::SeqCst);
     if let Some(w) = worker {
-        let _ = w.join();
+        supervisor.stop(w);
     }
-    stop_outbox.store(true, Ordering::SeqCst);
-    let _ = outbox.join();
+    supervisor.stop(outbox);
     spool.close();
     if let Some(http) = http {
-        http.stop();
+        http.stop(&supervisor);
     }
     signal_handle.close();
+    supervisor.shutdown().cancel();
+    if relay.join().is_err() {
+        tracing::error!("the shutdown relay panicked");
+    }
+    let panicked = supervisor.panicked();
+    anyhow::ensure!(
+        panicked.is_empty(),
+        "stopped because a thread panicked: {}",
+        panicked.join("; ")
+    );
     tracing::info!("appliance stopped");
     Ok(())
 }

@@ -1,23 +1,39 @@
 //! The operations endpoint: liveness, readiness (with the reason when not ready) and Prometheus
 //! metrics, on a loopback port by default.
 
+use crate::supervisor::{Supervised, Supervisor};
 use pacs_bridge::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What readiness depends on; set by the daemon as parts come up and go down.
 #[derive(Default)]
 pub struct Readiness {
     pub scp_listening: AtomicBool,
     pub shutting_down: AtomicBool,
+    /// Set once when a part of the daemon failed for good (a thread panicked); never cleared.
+    failed: Mutex<Option<String>>,
+}
+
+impl Readiness {
+    /// Mark the daemon as failed with `reason`; the first reason is kept.
+    pub fn fail(&self, reason: String) {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.get_or_insert(reason);
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 pub struct HttpEndpoint {
     server: Arc<tiny_http::Server>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Supervised,
 }
 
 /// Something that tells whether free disk is above the floor: `Err(reason)` when not.
@@ -29,47 +45,30 @@ impl HttpEndpoint {
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
         disk: DiskCheck,
+        supervisor: &Supervisor,
     ) -> anyhow::Result<Self> {
         let server = Arc::new(
             tiny_http::Server::http(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?,
         );
         let worker = server.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || serve(&worker, &worker_stop, &metrics, &readiness, &disk))?;
+        let thread = supervisor.spawn("http", move |_stop| {
+            serve(&worker, &metrics, &readiness, &disk)
+        })?;
         tracing::info!(%addr, "health and metrics endpoint listening");
-        Ok(Self {
-            server,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Self { server, thread })
     }
 
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+    /// Stop answering: the blocked `recv` returns once the server is unblocked.
+    pub fn stop(self, supervisor: &Supervisor) {
         self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        supervisor.stop(self.thread);
     }
 }
 
-fn serve(
-    server: &tiny_http::Server,
-    stop: &AtomicBool,
-    metrics: &Metrics,
-    readiness: &Readiness,
-    disk: &DiskCheck,
-) {
-    while !stop.load(Ordering::SeqCst) {
-        let request = match server.recv_timeout(Duration::from_millis(250)) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(_) => return,
-        };
+/// Answer requests until [`HttpEndpoint::stop`] unblocks the server.
+fn serve(server: &tiny_http::Server, metrics: &Metrics, readiness: &Readiness, disk: &DiskCheck) {
+    while let Ok(request) = server.recv() {
         let (code, body, content_type) = match (request.method(), request.url()) {
             (tiny_http::Method::Get, "/health/live") => (200, "live\n".to_string(), "text/plain"),
             (tiny_http::Method::Get, "/health/ready") => match ready(readiness, disk) {
@@ -93,6 +92,9 @@ fn serve(
 }
 
 fn ready(readiness: &Readiness, disk: &DiskCheck) -> Result<(), String> {
+    if let Some(reason) = readiness.failure() {
+        return Err(reason);
+    }
     if readiness.shutting_down.load(Ordering::SeqCst) {
         return Err("shutting down".into());
     }

@@ -22,7 +22,8 @@ use pacs_bridge::volume::{self, Limits};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use radiant_core::{Cancel, Doorbell};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,10 @@ pub struct JobView {
 
 /// Every job of a study, with results where done. A stored result that is not valid JSON is
 /// an error naming the job.
+/// How long the idle worker waits before it looks at the job table again without being rung:
+/// only jobs queued by another process (none today) would wait that long.
+const QUEUE_RECHECK: Duration = Duration::from_secs(2);
+
 pub fn show(data_dir: &Path, study_uid: &str) -> anyhow::Result<Vec<JobView>> {
     let path = db::path(data_dir);
     anyhow::ensure!(
@@ -261,8 +266,11 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Run queued jobs one at a time until `stop` is set. The model is loaded once.
-    pub fn work(self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    /// Run queued jobs one at a time until `stop` is raised. The model is loaded once. The
+    /// worker waits on `wake`, which [`Pipeline::enqueue`]'s caller rings; the timeout only
+    /// covers jobs queued by another process. `done` is rung after every finished job (the
+    /// outbox sender waits on it).
+    pub fn work(self, stop: &Cancel, mut wake: Doorbell, done: &Doorbell) -> anyhow::Result<()> {
         let mut model = Model::new(
             self.package.clone(),
             load_backend(&self.config, &self.package)?,
@@ -273,7 +281,7 @@ impl Pipeline {
         // The head in use: `None` is the global head. Checked before every job, so a promotion
         // or a rollback (by the learner or the CLI) takes effect with the next study.
         let mut in_use: Option<i64> = None;
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.is_cancelled() {
             let next: Option<(i64, String, String, String)> = conn
                 .query_row(
                     "SELECT id, study_uid, calling_ae, series_uid FROM jobs
@@ -283,7 +291,7 @@ impl Pipeline {
                 )
                 .optional()?;
             let Some((id, study, ae, series)) = next else {
-                std::thread::sleep(Duration::from_millis(200));
+                wake.wait(QUEUE_RECHECK);
                 continue;
             };
             conn.execute(
@@ -332,6 +340,9 @@ impl Pipeline {
                         now_ms(),
                     )?;
                     tx.commit()?;
+                    if queued > 0 {
+                        done.ring();
+                    }
                     tracing::info!(study = %log_tag(&study), job = id, seconds = started.elapsed().as_secs_f64(), finding = ?json["finding_probability"].as_f64(), objects = objects.len(), queued, "inference done");
                 }
                 Err(e) => {

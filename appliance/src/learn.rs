@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,9 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
+/// How often the daemon's learner looks whether a fine-tune is due and inference is idle.
+const LEARN_TICK: Duration = Duration::from_millis(500);
+
 /// Why a run did not produce a recorded outcome.
 #[derive(Debug)]
 pub enum NotRun {
@@ -117,6 +120,8 @@ pub enum NotRun {
     Yielded,
     /// Nothing to learn from yet, and why.
     NotEnough(String),
+    /// The daemon is stopping; the run starts over after the restart.
+    Stopped,
 }
 
 impl std::fmt::Display for NotRun {
@@ -125,6 +130,7 @@ impl std::fmt::Display for NotRun {
             NotRun::Busy => write!(f, "another fine-tune holds the learning lock"),
             NotRun::Yielded => write!(f, "yielded to inference"),
             NotRun::NotEnough(why) => write!(f, "not enough cases: {why}"),
+            NotRun::Stopped => write!(f, "the appliance is stopping"),
         }
     }
 }
@@ -270,6 +276,9 @@ pub struct Learner {
     backend: Box<dyn Backend>,
     /// The reference validation set's cases (features computed once).
     reference: Option<Vec<Case>>,
+    /// The daemon's stop signal (never raised for the CLI's `learn now`); every run's cancel
+    /// is a child of it, so a stop reaches a fine-tune or a feature extraction in progress.
+    stop: Cancel,
 }
 
 /// The learning lock, held while it lives (the flock goes with the descriptor).
@@ -336,6 +345,7 @@ impl Learner {
             global,
             backend,
             reference: None,
+            stop: Cancel::new(),
         })
     }
 
@@ -712,7 +722,7 @@ impl Learner {
             params![self.manifest().id, CaseState::Accepted],
             |r| r.get(0),
         )?;
-        let cancel = Cancel::new();
+        let cancel = self.stop.child();
         let done = Cancel::new();
         let data_dir = self.data_dir.clone();
         let outcome = std::thread::scope(|scope| {
@@ -745,6 +755,9 @@ impl Learner {
                     fine_tune_seconds: 0.0,
                     seconds: 0.0,
                 }
+            }
+            Ok(Err(NotRun::Yielded)) if self.stop.is_cancelled() => {
+                return Ok(Err(NotRun::Stopped));
             }
             Ok(Err(NotRun::Yielded)) => {
                 metrics
@@ -923,11 +936,13 @@ impl Learner {
     /// The daemon's learning loop: while inference is idle, store features of new cases and
     /// run a fine-tune when one is due; until `stop`. An error is logged and the loop waits a
     /// minute before it tries again: learning must not take the daemon down.
-    pub fn serve(mut self, stop: Arc<AtomicBool>, metrics: Arc<Metrics>) {
+    pub fn serve(mut self, stop: &Cancel, metrics: Arc<Metrics>) {
+        self.stop = stop.clone();
         let mut quiet_until = Instant::now();
         let mut conn = None;
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(500));
+        // The loop looks at the job and case tables, which other processes change too, so it
+        // waits a tick between looks; a stop ends the wait at once.
+        while !stop.wait_timeout(LEARN_TICK) {
             if Instant::now() < quiet_until {
                 continue;
             }
@@ -963,15 +978,18 @@ impl Learner {
                 let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
                     return Ok(false);
                 };
-                let cancel = Cancel::new();
+                let cancel = self.stop.child();
                 let done = Cancel::new();
                 let data_dir = self.data_dir.clone();
                 std::thread::scope(|scope| {
                     let watcher = scope.spawn(|| watch_inference(&data_dir, &cancel, &done));
                     let r = self.prepare_features(conn, &cancel, &mut |_| {});
                     done.cancel();
-                    let _ = watcher.join();
-                    r
+                    match watcher.join() {
+                        Ok(Ok(())) => r,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(anyhow::anyhow!("the inference watcher panicked")),
+                    }
                 })?
                 .ok();
             }

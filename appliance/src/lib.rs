@@ -15,6 +15,8 @@
 //! - [`learn`]: on-site fine-tuning of the head: features of labelled cases, when a run is
 //!   due, yielding to inference, and the validation gate.
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
+//! - [`supervisor`]: the daemon's threads under one shutdown signal; a panic is logged,
+//!   fails readiness and stops the daemon with an error.
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
 pub mod cases;
@@ -28,3 +30,4 @@ pub mod jobs;
 pub mod learn;
 pub mod outbox;
 pub mod studies;
+pub mod supervisor;

@@ -21,7 +21,8 @@ use pacs_bridge::scu::{self, Destination, ScuConfig};
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use radiant_core::{Cancel, Doorbell};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,13 +157,16 @@ enum Outcome {
 }
 
 impl Sender {
-    pub fn run(self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    /// Send rounds until `stop` is raised. Between rounds it waits on `wake` (rung when a job
+    /// queues results) for at most [`POLL`], which paces retries and picks up entries that
+    /// `appliance outbox retry` queued from another process.
+    pub fn run(self, stop: &Cancel, mut wake: Doorbell) -> anyhow::Result<()> {
         let conn = db::open(&self.data_dir)?;
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.is_cancelled() {
             if let Err(e) = self.round(&conn) {
                 tracing::error!(error = %format!("{e:#}"), "outbox round failed");
             }
-            std::thread::sleep(POLL);
+            wake.wait(POLL);
         }
         Ok(())
     }

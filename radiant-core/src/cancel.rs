@@ -104,6 +104,22 @@ impl Cancel {
         self.inner.raised.load(Ordering::SeqCst)
     }
 
+    /// Wait until the signal is raised.
+    pub fn wait(&self) {
+        let mut guard = self
+            .inner
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while !self.is_cancelled() {
+            guard = self
+                .inner
+                .wake
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
     /// Wait up to `timeout`; returns `true` as soon as the signal is raised (at once if it
     /// already is), `false` when the time passed without it.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {

@@ -1,0 +1,145 @@
+//! The daemon's long-lived threads and what happens when one dies. Every thread runs under a
+//! child of the daemon's one shutdown signal ([`radiant_core::Cancel`]): the daemon stops them
+//! one by one, in order, by raising each child, and raising the root reaches all of them at
+//! once. A panic is caught at the thread's edge, logged at error with the thread's name, makes
+//! `/health/ready` answer 503 with that name, and raises the root signal, so the daemon stops
+//! and exits non-zero (systemd then restarts it); a panic never ends a thread silently.
+
+use crate::http::Readiness;
+use radiant_core::Cancel;
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+/// Starts threads and keeps the record of those that panicked.
+#[derive(Clone)]
+pub struct Supervisor {
+    shutdown: Cancel,
+    readiness: Arc<Readiness>,
+    panicked: Arc<Mutex<Vec<String>>>,
+}
+
+/// A running thread and its own stop signal.
+pub struct Supervised {
+    name: &'static str,
+    stop: Cancel,
+    handle: JoinHandle<()>,
+}
+
+impl Supervisor {
+    pub fn new(shutdown: Cancel, readiness: Arc<Readiness>) -> Supervisor {
+        Supervisor {
+            shutdown,
+            readiness,
+            panicked: Arc::default(),
+        }
+    }
+
+    /// The root signal: raised by a panic, and by the daemon when everything is stopped.
+    pub fn shutdown(&self) -> &Cancel {
+        &self.shutdown
+    }
+
+    /// Run `body` on a thread named `name` with its own stop signal (a child of the root).
+    pub fn spawn(
+        &self,
+        name: &'static str,
+        body: impl FnOnce(&Cancel) + Send + 'static,
+    ) -> std::io::Result<Supervised> {
+        let stop = self.shutdown.child();
+        let thread_stop = stop.clone();
+        let supervisor = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| body(&thread_stop))) {
+                    supervisor.record_panic(name, &panic_message(payload.as_ref()));
+                }
+            })?;
+        Ok(Supervised { name, stop, handle })
+    }
+
+    /// Record a panic of thread `name`: log it, fail readiness, stop the daemon.
+    pub fn record_panic(&self, name: &str, message: &str) {
+        tracing::error!(thread = name, panic = %message, "thread panicked; the appliance stops");
+        self.panicked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(format!("{name}: {message}"));
+        self.readiness.fail(format!("thread {name} panicked"));
+        self.shutdown.cancel();
+    }
+
+    /// Raise the thread's stop signal and wait for it to end.
+    pub fn stop(&self, thread: Supervised) {
+        thread.stop.cancel();
+        self.join(thread);
+    }
+
+    /// Wait for the thread to end by itself (one that ends when its input closes).
+    pub fn join(&self, thread: Supervised) {
+        if let Err(payload) = thread.handle.join() {
+            // Only a panic outside `catch_unwind` (in the panic handler itself) gets here.
+            self.record_panic(thread.name, &panic_message(payload.as_ref()));
+        }
+    }
+
+    /// The threads that panicked, with their messages; empty when none did.
+    pub fn panicked(&self) -> Vec<String> {
+        self.panicked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_thread_is_recorded_fails_readiness_and_raises_the_shutdown() {
+        let readiness = Arc::new(Readiness::default());
+        let supervisor = Supervisor::new(Cancel::new(), readiness.clone());
+        let quiet = supervisor
+            .spawn("quiet", |stop: &Cancel| stop.wait())
+            .unwrap();
+        let doomed = supervisor
+            .spawn("doomed", |_: &Cancel| panic!("index out of bounds"))
+            .unwrap();
+        supervisor.join(doomed);
+        assert!(supervisor.shutdown().is_cancelled());
+        // The root reached the other thread: it ends without being stopped one by one.
+        supervisor.join(quiet);
+        assert_eq!(
+            supervisor.panicked(),
+            vec!["doomed: index out of bounds".to_string()]
+        );
+        assert_eq!(
+            readiness.failure().as_deref(),
+            Some("thread doomed panicked")
+        );
+    }
+
+    #[test]
+    fn stopping_a_thread_raises_its_own_signal_and_not_the_others() {
+        let supervisor = Supervisor::new(Cancel::new(), Arc::new(Readiness::default()));
+        let a = supervisor.spawn("a", |stop: &Cancel| stop.wait()).unwrap();
+        let b = supervisor.spawn("b", |stop: &Cancel| stop.wait()).unwrap();
+        supervisor.stop(a);
+        assert!(!supervisor.shutdown().is_cancelled());
+        supervisor.stop(b);
+        assert!(supervisor.panicked().is_empty());
+    }
+}
