@@ -14,6 +14,7 @@
 //! with the reason. An accepted segmentation is written as one label value per source voxel
 //! to `<data_dir>/cases/<id>/labels.u8`, fsync'd before its row commits.
 
+use radiant_core::Uid;
 use crate::db::{self, CaseKind, CaseOrigin, CaseState};
 use radiant_core::durable::{fsync_dir, write_synced};
 use models::package::Manifest;
@@ -41,14 +42,18 @@ pub enum CaseError {
     NoStatement(String),
     #[error("{0}")]
     Contradiction(String),
-    #[error("the SR's study holds no {modality} series ({study})")]
-    UnknownStudy { study: String, modality: String },
+    #[error("the SR's study {study} holds no {modality} series{}", .reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    UnknownStudy {
+        study: Uid,
+        modality: String,
+        reason: Option<String>,
+    },
     #[error("the SR's study holds {count} {modality} series and its evidence names none of them")]
     AmbiguousSeries { count: usize, modality: String },
     #[error("the SEG references no series")]
     NoReference,
-    #[error("the SEG references series the appliance does not hold ({0})")]
-    UnknownSeries(String),
+    #[error("the SEG references series {series}, which the appliance does not hold{}", .reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    UnknownSeries { series: Uid, reason: Option<String> },
     #[error("the referenced series cannot form a volume: {0}")]
     Volume(String),
     #[error("the SEG is not on the geometry of the series it references: {0}")]
@@ -174,8 +179,9 @@ fn finding_of(
         })?;
     let modality = &manifest.input.modality;
     let unknown = |e: &dyn std::fmt::Display| CaseError::UnknownStudy {
-        study: format!("{}: {e}", report.study_uid),
+        study: Uid::new(report.study_uid.as_str()),
         modality: modality.clone(),
+        reason: Some(e.to_string()),
     };
     let spool = index::open_read_only(&pacs_bridge::store::index_path(data_dir))
         .map_err(|e| unknown(&e))?;
@@ -184,8 +190,9 @@ fn finding_of(
     let series_uid = match candidates.as_slice() {
         [] => {
             return Err(CaseError::UnknownStudy {
-                study: report.study_uid.clone(),
+                study: Uid::new(report.study_uid.as_str()),
                 modality: modality.clone(),
+                reason: None,
             })
         }
         [only] => only.clone(),
@@ -247,10 +254,19 @@ fn label_of(
         .ok_or(CaseError::NoReference)?
         .clone();
     let spool = index::open_read_only(&pacs_bridge::store::index_path(data_dir))
-        .map_err(|e| CaseError::UnknownSeries(format!("{series_uid}: {e}")))?;
+        .map_err(|e| CaseError::UnknownSeries {
+            series: Uid::new(series_uid.as_str()),
+            reason: Some(e.to_string()),
+        })?;
     let files = index::series_files(&spool, data_dir, &series_uid)
-        .map_err(|e| CaseError::UnknownSeries(format!("{series_uid}: {e}")))?
-        .ok_or_else(|| CaseError::UnknownSeries(series_uid.clone()))?
+        .map_err(|e| CaseError::UnknownSeries {
+            series: Uid::new(series_uid.as_str()),
+            reason: Some(e.to_string()),
+        })?
+        .ok_or_else(|| CaseError::UnknownSeries {
+            series: Uid::new(series_uid.as_str()),
+            reason: None,
+        })?
         .files;
     let series =
         volume::build(&files, &Limits::default()).map_err(|e| CaseError::Volume(e.to_string()))?;

@@ -770,7 +770,8 @@ impl Config {
         out
     }
 
-    /// The SCP's view of this configuration (peer host names resolved).
+    /// The SCP's view of this configuration (peer host names resolved; one that does not
+    /// resolve is logged at error and matches no address).
     pub fn scp(&self) -> ScpConfig {
         let d = &self.dicom;
         let ip: IpAddr = d.bind.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -784,7 +785,14 @@ impl Config {
                 .iter()
                 .map(|p| Peer {
                     ae_title: p.ae_title.clone(),
-                    addresses: p.host.as_deref().map(|h| resolve(h).unwrap_or_default()),
+                    addresses: p.host.as_deref().map(|host| {
+                        // Validation resolved it; a name that stopped resolving since locks the
+                        // peer out (fail closed), and says so.
+                        resolve(host).unwrap_or_else(|reason| {
+                            tracing::error!(calling_ae = %p.ae_title, %reason, "peer host does not resolve: its associations are refused until it does and the appliance restarts");
+                            Vec::new()
+                        })
+                    }),
                 })
                 .collect(),
             association_request_timeout: Duration::from_secs(d.association_request_timeout_seconds),

@@ -5,6 +5,7 @@
 //! Pixel Spacing, or their functional-group equivalents in Enhanced multi-frame objects
 //! (PS3.3 C.7.6.16). A series that cannot form one regular volume is refused with the reason.
 
+use radiant_core::Uid;
 use crate::dataset;
 use crate::uids;
 use dicom_core::Tag;
@@ -64,7 +65,7 @@ pub enum VolumeError {
     #[error("{path}: {samples} samples per pixel; only single-channel (monochrome) images form a volume")]
     NotMonochrome { path: PathBuf, samples: u16 },
     #[error("files belong to different series ({first} and {other})")]
-    MixedSeries { first: String, other: String },
+    MixedSeries { first: Uid, other: Uid },
     #[error(
         "images of different sizes: {first_rows}x{first_columns} and {rows}x{columns} ({path})"
     )]
@@ -165,8 +166,8 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
             );
         } else if series != series_uid {
             return Err(VolumeError::MixedSeries {
-                first: series_uid,
-                other: series,
+                first: Uid::new(series_uid),
+                other: Uid::new(series),
             });
         }
         let samples = uint(&object, tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16;

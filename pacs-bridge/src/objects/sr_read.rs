@@ -8,6 +8,7 @@
 //! at most [`MAX_SR_BYTES`]), and only then lets dicom-object build the tree. The content tree
 //! is walked with its own bounds ([`MAX_CONTENT_DEPTH`], [`MAX_CONTENT_ITEMS`]).
 
+use radiant_core::Uid;
 use super::sr::COMPREHENSIVE_SR_STORAGE;
 use super::{items, string};
 use crate::dataset::{self, DatasetError};
@@ -72,7 +73,7 @@ pub enum SrReadError {
     #[error("{attribute} {value:?} is not a valid UID")]
     InvalidUid {
         attribute: &'static str,
-        value: String,
+        value: Uid,
     },
     #[error("content item {path} is nested deeper than {MAX_CONTENT_DEPTH} levels")]
     TooDeep { path: String },
@@ -232,7 +233,10 @@ fn checked_uid(value: String, attribute: &'static str) -> Result<String, SrReadE
     if uids::is_valid_uid(&value) {
         Ok(value)
     } else {
-        Err(SrReadError::InvalidUid { attribute, value })
+        Err(SrReadError::InvalidUid {
+            attribute,
+            value: Uid::new(value),
+        })
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod index;
 pub mod studies;
 
+use radiant_core::Uid;
 use crate::metrics::Metrics;
 use crate::uids;
 use dicom_object::FileMetaTableBuilder;
@@ -49,12 +50,14 @@ pub enum StoreError {
     },
     #[error("no spool index at {0}: the daemon has not run with this data_dir yet")]
     NoIndex(PathBuf),
-    #[error("invalid UID {0:?}")]
-    InvalidUid(String),
+    #[error("invalid UID {0}")]
+    InvalidUid(Uid),
     #[error("could not encode the file meta group: {0}")]
     Meta(String),
     #[error("the spool is shut down")]
     Closed,
+    #[error("{0} is not under the data folder")]
+    NotUnderDataDir(PathBuf),
 }
 
 impl StoreError {
@@ -172,7 +175,7 @@ impl Spool {
     pub fn store(&self, instance: &IncomingInstance<'_>) -> Result<StoreOutcome, StoreError> {
         for uid in [instance.sop_instance_uid, instance.study_uid] {
             if !uids::is_valid_uid(uid) {
-                return Err(StoreError::InvalidUid(uid.to_string()));
+                return Err(StoreError::InvalidUid(Uid::new(uid)));
             }
         }
         let sender = self
@@ -318,10 +321,12 @@ fn recover(
         for file in fs::read_dir(&study_path).map_err(|e| StoreError::io(&study_path, e))? {
             let file = file.map_err(|e| StoreError::io(&study_path, e))?;
             let path = file.path();
+            // The index names files relative to the data folder; a file that cannot be named
+            // so cannot be matched, and recovery never removes what it cannot match.
             let relative = path
                 .strip_prefix(data_dir)
                 .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
+                .map_err(|_| StoreError::NotUnderDataDir(path.clone()))?;
             if indexed.contains(&relative) {
                 present += 1;
             } else {
@@ -432,7 +437,7 @@ impl Committer {
             let relative = final_path
                 .strip_prefix(&self.data_dir)
                 .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| final_path.to_string_lossy().into_owned());
+                .map_err(|_| StoreError::NotUnderDataDir(final_path.clone()))?;
             tx.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,
                      modality, transfer_syntax_uid, calling_ae, path, size, received_at_ms)
