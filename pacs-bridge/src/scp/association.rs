@@ -8,7 +8,8 @@ use crate::dataset::{self, Identity};
 use crate::dimse::{self, status, Command, Response};
 use crate::metrics::RejectReason;
 use crate::store::{IncomingInstance, StoreOutcome};
-use crate::{log_tag, uids};
+use crate::uids;
+use radiant_core::log_tag;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,

@@ -26,7 +26,8 @@ pub use status::{classify, StatusClass};
 
 use crate::dimse::{self, ResponseFields, StoreRequest};
 use crate::scp::pdu::{self, PduError, PduStream};
-use crate::{log_tag, uids};
+use crate::uids;
+use radiant_core::log_tag;
 use dicom_ul::pdu::{
     AbortRQSource, AssociationAC, AssociationRJResult, AssociationRJSource, AssociationRQ, Pdu,
     PresentationContextProposed, PresentationContextResultReason, UserVariableItem,
