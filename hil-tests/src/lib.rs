@@ -6,7 +6,8 @@
 //! - [`appliance`]: the appliance under test, configured from `image/etc/appliance.toml`.
 //! - [`peers`]: DCMTK tools, Orthanc, DCMTK `storescp`, the pynetdicom SCP.
 //! - [`raw`]: hand-built PDUs and DIMSE messages over a plain TCP socket.
-//! - [`fixtures`]: the DICOM files `scripts/fixtures.sh` prepares.
+//! - [`fixtures`]: the manifests of the DICOM files `scripts/fixtures.sh` prepares (their
+//!   paths: `test_support::fixtures`).
 //! - [`site`]: a simulated site's studies and radiologist's SEGs (continual learning).
 
 pub mod appliance;
@@ -16,16 +17,9 @@ pub mod raw;
 pub mod site;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("hil-tests lives inside the repository")
-        .to_path_buf()
-}
+pub use test_support::repo_root;
 
 /// A TCP port that was free a moment ago on loopback.
 pub fn free_port() -> u16 {

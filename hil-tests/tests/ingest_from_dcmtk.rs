@@ -122,17 +122,7 @@ fn the_ct_series_arrives_byte_identical_and_completes_as_one_study() {
             .expect("slice indexed");
         if i % 27 == 0 {
             // The Part 10 file we wrote (our file meta group + the dataset) validates.
-            let out = std::process::Command::new("dciodvfy")
-                .arg(&stored)
-                .output()
-                .expect("run dciodvfy (apt-get install dicom3tools)");
-            let report = String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout);
-            assert!(
-                !report.contains("Error"),
-                "dciodvfy on {}:\n{report}",
-                stored.display()
-            );
+            test_support::dciodvfy::assert_valid(&stored);
         }
         assert_eq!(
             std::fs::read(&path).unwrap()[slice.dataset_offset..],

@@ -50,22 +50,6 @@ fn modalities(orthanc: &PeerProcess) -> Vec<String> {
         .collect()
 }
 
-fn dciodvfy_errors(bytes: &[u8]) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("object.dcm");
-    std::fs::write(&path, bytes).unwrap();
-    let out = std::process::Command::new("dciodvfy")
-        .arg(&path)
-        .output()
-        .expect("run dciodvfy (apt-get install dicom3tools)");
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stdout).lines())
-        .filter(|l| l.starts_with("Error"))
-        .map(String::from)
-        .collect()
-}
-
 /// Exit 0 when two DICOM files hold the same dataset (pydicom equality: tags, VRs and values,
 /// nested sequences included); otherwise print the tags that differ.
 const SAME_DATASET: &str = r#"
@@ -130,7 +114,10 @@ fn orthanc_holds_the_seg_and_sr_under_the_study_it_sent_and_they_validate() {
         )
         .unwrap();
         assert_eq!(status, 200);
-        assert_eq!(dciodvfy_errors(&stored), Vec::<String>::new(), "{modality}");
+        test_support::dciodvfy::assert_valid_bytes(
+            &stored,
+            &format!("{modality} stored by Orthanc"),
+        );
         // Orthanc (DCMTK) re-encodes sequences with explicit lengths when it stores, so compare
         // what the objects say, element by element (pydicom), not their byte encoding; what
         // crossed the wire byte for byte is checked against storescp -B in the SCU tests.

@@ -25,7 +25,7 @@
 
 mod common;
 
-use common::{build_site, fine_tune_config, repo, SiteSpec};
+use common::{build_site, fine_tune_config, SiteSpec};
 use models::backend::TractBackend;
 use models::evaluate::{self, Scores};
 use models::finetune::{fine_tune, Case, FineTuneConfig, TrainingSet};
@@ -34,6 +34,7 @@ use models::head::Head;
 use models::package::Package;
 use models::validation::ReferenceSet;
 use std::time::Instant;
+use test_support::repo_root;
 
 const BATCHES: usize = 4;
 const BATCH_CASES: usize = 4;
@@ -205,7 +206,7 @@ impl Setting<'_> {
 #[test]
 fn site_updates_pass_the_gate_and_improve_the_site_and_mislabelled_batches_are_refused() {
     let began = Instant::now();
-    let package = Package::open(&repo().join("models/reference/head-ct")).unwrap();
+    let package = Package::open(&repo_root().join("models/reference/head-ct")).unwrap();
     let mut site = build_site(&SiteSpec {
         seed: 20261201,
         train_cases: BATCHES * BATCH_CASES + SPARE_CASES,

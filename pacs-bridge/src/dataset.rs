@@ -417,6 +417,7 @@ impl Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use radiant_core::rng::SplitMix64;
 
     /// Explicit VR little endian element with a short (16-bit) length.
     fn short(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
@@ -568,20 +569,6 @@ mod tests {
         assert_eq!(id.sop_instance_uid.as_deref(), Some("1.2.3.4"));
     }
 
-    /// xorshift64*: deterministic pseudo-random numbers for the mutation test.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     /// Property: whatever a peer sends, `inspect` returns (never panics, never reads out of
     /// bounds), in every encoding. 20 000 mutations of a dataset with sequences and fragments.
     #[test]
@@ -596,17 +583,17 @@ mod tests {
         base.extend(item(0xE000, 4));
         base.extend([1, 2, 3, 4]);
         base.extend(item(0xE0DD, 0));
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = SplitMix64::new(0x9E37_79B9_7F4A_7C15);
         for _ in 0..20_000 {
             let mut bytes = base.clone();
             for _ in 0..1 + rng.below(4) {
                 let at = rng.below(bytes.len());
                 match rng.below(4) {
-                    0 => bytes[at] = rng.next() as u8,
+                    0 => bytes[at] = rng.next_u64() as u8,
                     1 => bytes.truncate(at),
-                    2 => bytes.insert(at, rng.next() as u8),
+                    2 => bytes.insert(at, rng.next_u64() as u8),
                     _ => {
-                        let len = (rng.next() as u32).to_le_bytes();
+                        let len = (rng.next_u64() as u32).to_le_bytes();
                         let end = (at + 4).min(bytes.len());
                         bytes[at..end].copy_from_slice(&len[..end - at]);
                     }
