@@ -69,16 +69,24 @@ pub fn http_request(
     stream.write_all(body)?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&text)?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The status code of an HTTP response; a response without one is an error, never status 0.
+fn status_code(response: &str) -> std::io::Result<u16> {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            let first = response.lines().next().unwrap_or("");
+            std::io::Error::other(format!("no HTTP status in the response: {first:?}"))
+        })
 }
 
 /// HTTP GET on loopback of a binary body (a DICOM file from Orthanc): (status code, body).
@@ -93,12 +101,7 @@ pub fn http_get_bytes(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> 
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| std::io::Error::other("no end of HTTP headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&String::from_utf8_lossy(&raw[..split]))?;
     Ok((status, raw[split + 4..].to_vec()))
 }
 
