@@ -270,12 +270,20 @@ impl Appliance {
         http_get(self.http_port, path).expect("HTTP request to the appliance")
     }
 
-    /// A metric's value from /metrics (label set included in `name`, as printed).
+    /// A metric's value from /metrics (label set included in `name`, as printed); `None` when
+    /// /metrics does not show it (yet).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.http("/metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        metric_in(&body, name)
+    }
+
+    /// A metric's value from /metrics; a metric /metrics does not show fails the test with its
+    /// name (a missing metric is never read as 0).
+    pub fn expect_metric(&self, name: &str) -> f64 {
+        let (status, body) = self.http("/metrics");
+        metric_in(&body, name).unwrap_or_else(|| {
+            panic!("metric {name} missing from /metrics (HTTP {status}):\n{body}")
+        })
     }
 }
 
@@ -283,6 +291,13 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The value of `name` in a Prometheus text exposition, if a sample line has it.
+fn metric_in(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn table<'a>(config: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {

@@ -1,16 +1,9 @@
-//! The fixture files built by `scripts/fixtures.sh`, with their manifests.
+//! The manifests of the fixture files built by `scripts/fixtures.sh`, and the Part 10 helpers
+//! the whole-system tests compare bytes with. Where the files are is `test_support::fixtures`.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-pub fn dir() -> PathBuf {
-    let dir = crate::repo_root().join("fixtures");
-    assert!(
-        dir.join("ct-series/manifest.json").exists() && dir.join("pydicom/manifest.json").exists(),
-        "fixtures missing: run scripts/fixtures.sh first"
-    );
-    dir
-}
+use test_support::fixtures::{ct_series_dir, lesion_series_dir, pydicom_dir};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TestFile {
@@ -25,13 +18,13 @@ pub struct TestFile {
 
 impl TestFile {
     pub fn path(&self) -> PathBuf {
-        dir().join("pydicom").join(&self.file)
+        pydicom_dir().join(&self.file)
     }
 }
 
 /// The pydicom / pydicom-data test files.
 pub fn test_files() -> Vec<TestFile> {
-    let text = std::fs::read_to_string(dir().join("pydicom/manifest.json"))
+    let text = std::fs::read_to_string(pydicom_dir().join("manifest.json"))
         .expect("read fixtures/pydicom/manifest.json");
     serde_json::from_str(&text).expect("parse fixtures/pydicom/manifest.json")
 }
@@ -52,7 +45,7 @@ pub struct CtSeries {
 
 impl CtSeries {
     pub fn load() -> CtSeries {
-        let text = std::fs::read_to_string(dir().join("ct-series/manifest.json"))
+        let text = std::fs::read_to_string(ct_series_dir().join("manifest.json"))
             .expect("read fixtures/ct-series/manifest.json");
         serde_json::from_str(&text).expect("parse fixtures/ct-series/manifest.json")
     }
@@ -60,7 +53,7 @@ impl CtSeries {
     pub fn paths(&self) -> Vec<PathBuf> {
         self.slices
             .iter()
-            .map(|s| dir().join("ct-series").join(&s.file))
+            .map(|s| ct_series_dir().join(&s.file))
             .collect()
     }
 }
@@ -108,14 +101,11 @@ pub fn inflate(bytes: &[u8]) -> Vec<u8> {
 /// The 108-slice CT with an implanted lesion: its files in slice order and its Study Instance
 /// UID.
 pub fn lesion_series() -> (Vec<PathBuf>, String) {
-    let dir = dir().join("ct-series-lesion");
-    let text = std::fs::read_to_string(dir.join("manifest.json"))
+    let text = std::fs::read_to_string(lesion_series_dir().join("manifest.json"))
         .expect("read fixtures/ct-series-lesion/manifest.json");
     let manifest: serde_json::Value =
         serde_json::from_str(&text).expect("parse fixtures/ct-series-lesion/manifest.json");
-    let files = (0..108)
-        .map(|i| dir.join(format!("slice_{i:03}.dcm")))
-        .collect();
+    let files = test_support::fixtures::lesion_series();
     let study = manifest["study_instance_uid"]
         .as_str()
         .expect("study_instance_uid in the lesion manifest")

@@ -6,7 +6,8 @@
 //! - [`appliance`]: the appliance under test, configured from `image/etc/appliance.toml`.
 //! - [`peers`]: DCMTK tools, Orthanc, DCMTK `storescp`, the pynetdicom SCP.
 //! - [`raw`]: hand-built PDUs and DIMSE messages over a plain TCP socket.
-//! - [`fixtures`]: the DICOM files `scripts/fixtures.sh` prepares.
+//! - [`fixtures`]: the manifests of the DICOM files `scripts/fixtures.sh` prepares (their
+//!   paths: `test_support::fixtures`).
 //! - [`site`]: a simulated site's studies and radiologist's SEGs (continual learning).
 
 pub mod appliance;
@@ -16,16 +17,9 @@ pub mod raw;
 pub mod site;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("hil-tests lives inside the repository")
-        .to_path_buf()
-}
+pub use test_support::repo_root;
 
 /// A TCP port that was free a moment ago on loopback.
 pub fn free_port() -> u16 {
@@ -75,16 +69,24 @@ pub fn http_request(
     stream.write_all(body)?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&text)?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The status code of an HTTP response; a response without one is an error, never status 0.
+fn status_code(response: &str) -> std::io::Result<u16> {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            let first = response.lines().next().unwrap_or("");
+            std::io::Error::other(format!("no HTTP status in the response: {first:?}"))
+        })
 }
 
 /// HTTP GET on loopback of a binary body (a DICOM file from Orthanc): (status code, body).
@@ -99,12 +101,7 @@ pub fn http_get_bytes(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> 
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| std::io::Error::other("no end of HTTP headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&String::from_utf8_lossy(&raw[..split]))?;
     Ok((status, raw[split + 4..].to_vec()))
 }
 

@@ -21,8 +21,8 @@ fn a_wrong_called_ae_title_is_rejected_as_called_ae_not_recognized() {
     assert!(log.contains("Rejected Permanent"), "{log}");
     assert!(log.contains("Called AE Title Not Recognized"), "{log}");
     assert_eq!(
-        app.metric("radiant_rejects_total{reason=\"called_ae_title\"}"),
-        Some(1.0)
+        app.expect_metric("radiant_rejects_total{reason=\"called_ae_title\"}"),
+        1.0
     );
 }
 
@@ -50,8 +50,8 @@ fn a_known_calling_ae_from_another_host_is_rejected() {
         rejection(&out)
     );
     assert_eq!(
-        app.metric("radiant_rejects_total{reason=\"calling_host\"}"),
-        Some(1.0)
+        app.expect_metric("radiant_rejects_total{reason=\"calling_host\"}"),
+        1.0
     );
 
     let allowed = Appliance::start(&|c| set_peers(c, &[("ECHOSCU", Some("127.0.0.1"))]));
@@ -153,7 +153,7 @@ fn below_the_disk_floor_associations_are_refused_and_readiness_says_why() {
     assert!(body.contains("below the floor"), "{body}");
     assert_eq!(app.http("/health/live").0, 200);
     assert_eq!(
-        app.metric("radiant_rejects_total{reason=\"disk_floor\"}"),
-        Some(1.0)
+        app.expect_metric("radiant_rejects_total{reason=\"disk_floor\"}"),
+        1.0
     );
 }

@@ -91,7 +91,7 @@ fn after_kill_9_mid_transfer_every_acknowledged_instance_is_present_and_intact()
         let tmp = files_below(&app.data_dir.join("spool/tmp"));
         assert!(tmp.is_empty(), "partial files left: {tmp:?}");
         let stored = files_below(&app.data_dir.join("spool")).len();
-        let indexed = app.metric("radiant_spool_instances").unwrap_or(-1.0) as usize;
+        let indexed = app.expect_metric("radiant_spool_instances") as usize;
         assert_eq!(stored, indexed, "files on disk and index rows disagree");
     }
     // The sender retries everything; the study then completes with all 108 instances.

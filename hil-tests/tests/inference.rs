@@ -35,7 +35,7 @@ fn ort_library() -> PathBuf {
 }
 
 fn series(name: &str) -> SeriesVolume {
-    let dir = hil_tests::fixtures::dir().join(name);
+    let dir = test_support::fixtures::fixtures().join(name);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -170,14 +170,14 @@ fn the_implanted_lesion_is_found_where_it_was_put() {
 fn a_series_the_model_cannot_take_is_refused_with_the_reason() {
     let mut model = Model::new(package(), tract()).unwrap();
     let mr = build(
-        &[hil_tests::fixtures::dir().join("pydicom/MR_small_implicit.dcm")],
+        &[test_support::fixtures::pydicom("MR_small_implicit.dcm")],
         &Limits::default(),
     )
     .unwrap();
     let err = infer::run(&mut model, &mr.volume).unwrap_err();
     assert!(matches!(err, InferError::WrongModality { .. }), "{err}");
     let one = build(
-        &[hil_tests::fixtures::dir().join("pydicom/CT_small.dcm")],
+        &[test_support::fixtures::pydicom("CT_small.dcm")],
         &Limits::default(),
     )
     .unwrap();
@@ -196,7 +196,7 @@ fn a_missing_onnx_runtime_library_is_a_clear_error() {
     // check runs through the CLI.
     let out = std::process::Command::new(hil_tests::appliance::binary())
         .args(["infer"])
-        .arg(hil_tests::fixtures::dir().join("ct-series"))
+        .arg(test_support::fixtures::ct_series_dir())
         .args(["--model"])
         .arg(&p.dir)
         .args([

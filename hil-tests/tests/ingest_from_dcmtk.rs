@@ -17,7 +17,7 @@ fn echoscu_gets_success() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(app.metric("radiant_echoes_total"), Some(1.0));
+    assert_eq!(app.expect_metric("radiant_echoes_total"), 1.0);
 }
 
 /// DCMTK re-encodes some files while sending (drops group lengths, relabels encapsulated pixel
@@ -103,8 +103,8 @@ fn every_test_file_is_stored_with_the_dataset_bytes_it_was_sent_with() {
         assert!(categories.contains(needed), "fixtures lack a {needed} file");
     }
     assert_eq!(
-        app.metric("radiant_instances_received_total"),
-        Some(files.len() as f64)
+        app.expect_metric("radiant_instances_received_total"),
+        files.len() as f64
     );
 }
 
@@ -122,17 +122,7 @@ fn the_ct_series_arrives_byte_identical_and_completes_as_one_study() {
             .expect("slice indexed");
         if i % 27 == 0 {
             // The Part 10 file we wrote (our file meta group + the dataset) validates.
-            let out = std::process::Command::new("dciodvfy")
-                .arg(&stored)
-                .output()
-                .expect("run dciodvfy (apt-get install dicom3tools)");
-            let report = String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout);
-            assert!(
-                !report.contains("Error"),
-                "dciodvfy on {}:\n{report}",
-                stored.display()
-            );
+            test_support::dciodvfy::assert_valid(&stored);
         }
         assert_eq!(
             std::fs::read(&path).unwrap()[slice.dataset_offset..],
@@ -167,9 +157,9 @@ fn a_resent_series_is_stored_once_and_answered_with_success() {
         let log = String::from_utf8_lossy(&out.stderr);
         assert_eq!(storescu_successes(&log).len(), 10, "{log}");
     }
-    assert_eq!(app.metric("radiant_instances_received_total"), Some(10.0));
-    assert_eq!(app.metric("radiant_instances_duplicate_total"), Some(10.0));
-    assert_eq!(app.metric("radiant_spool_instances"), Some(10.0));
+    assert_eq!(app.expect_metric("radiant_instances_received_total"), 10.0);
+    assert_eq!(app.expect_metric("radiant_instances_duplicate_total"), 10.0);
+    assert_eq!(app.expect_metric("radiant_spool_instances"), 10.0);
     let files = hil_tests::peers::files_below(&app.data_dir.join("spool"));
     assert_eq!(files.len(), 10, "{files:?}");
 }

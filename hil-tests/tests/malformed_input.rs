@@ -16,8 +16,8 @@ fn still_serving(app: &Appliance) {
         app.log()
     );
     assert_eq!(
-        app.metric("radiant_spool_instances"),
-        Some(0.0),
+        app.expect_metric("radiant_spool_instances"),
+        0.0,
         "something was stored"
     );
 }
@@ -118,8 +118,8 @@ fn a_pdu_over_the_limit_is_aborted_before_it_is_read() {
     scu.send_bytes(&header).unwrap();
     assert!(matches!(scu.receive(), Some(Pdu::AbortRQ { .. })));
     assert_eq!(
-        app.metric("radiant_rejects_total{reason=\"pdu_too_large\"}"),
-        Some(1.0)
+        app.expect_metric("radiant_rejects_total{reason=\"pdu_too_large\"}"),
+        1.0
     );
     still_serving(&app);
 }
@@ -177,8 +177,8 @@ fn a_stalled_peer_is_aborted_after_the_idle_timeout_while_others_store() {
         "{waited:?}"
     );
     assert_eq!(
-        app.metric("radiant_rejects_total{reason=\"timeout\"}"),
-        Some(1.0)
+        app.expect_metric("radiant_rejects_total{reason=\"timeout\"}"),
+        1.0
     );
 }
 

@@ -26,17 +26,17 @@ fn health_and_metrics_report_what_happened() {
         .zip(&series.slices)
         .map(|(p, s)| std::fs::metadata(p).unwrap().len() - s.dataset_offset as u64)
         .sum();
-    assert_eq!(app.metric("radiant_instances_received_total"), Some(12.0));
+    assert_eq!(app.expect_metric("radiant_instances_received_total"), 12.0);
     assert_eq!(
-        app.metric("radiant_received_bytes_total"),
-        Some(bytes as f64)
+        app.expect_metric("radiant_received_bytes_total"),
+        bytes as f64
     );
-    assert_eq!(app.metric("radiant_spool_bytes"), Some(bytes as f64));
+    assert_eq!(app.expect_metric("radiant_spool_bytes"), bytes as f64);
     assert_eq!(
-        app.metric("radiant_rejects_total{reason=\"calling_ae_title\"}"),
-        Some(1.0)
+        app.expect_metric("radiant_rejects_total{reason=\"calling_ae_title\"}"),
+        1.0
     );
-    assert!(app.metric("radiant_associations_total").unwrap_or(0.0) >= 1.0);
+    assert!(app.expect_metric("radiant_associations_total") >= 1.0);
     assert_eq!(app.http("/nope").0, 404);
 }
 

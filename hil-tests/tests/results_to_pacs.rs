@@ -50,22 +50,6 @@ fn modalities(orthanc: &PeerProcess) -> Vec<String> {
         .collect()
 }
 
-fn dciodvfy_errors(bytes: &[u8]) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("object.dcm");
-    std::fs::write(&path, bytes).unwrap();
-    let out = std::process::Command::new("dciodvfy")
-        .arg(&path)
-        .output()
-        .expect("run dciodvfy (apt-get install dicom3tools)");
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stdout).lines())
-        .filter(|l| l.starts_with("Error"))
-        .map(String::from)
-        .collect()
-}
-
 /// Exit 0 when two DICOM files hold the same dataset (pydicom equality: tags, VRs and values,
 /// nested sequences included); otherwise print the tags that differ.
 const SAME_DATASET: &str = r#"
@@ -130,7 +114,10 @@ fn orthanc_holds_the_seg_and_sr_under_the_study_it_sent_and_they_validate() {
         )
         .unwrap();
         assert_eq!(status, 200);
-        assert_eq!(dciodvfy_errors(&stored), Vec::<String>::new(), "{modality}");
+        test_support::dciodvfy::assert_valid_bytes(
+            &stored,
+            &format!("{modality} stored by Orthanc"),
+        );
         // Orthanc (DCMTK) re-encodes sequences with explicit lengths when it stores, so compare
         // what the objects say, element by element (pydicom), not their byte encoding; what
         // crossed the wire byte for byte is checked against storescp -B in the SCU tests.
@@ -162,7 +149,7 @@ fn orthanc_holds_the_seg_and_sr_under_the_study_it_sent_and_they_validate() {
     assert!(entries
         .iter()
         .all(|e| e["state"] == "sent" && e["attempts"] == 1));
-    assert_eq!(app.metric("radiant_outbox_sent_total"), Some(2.0));
+    assert_eq!(app.expect_metric("radiant_outbox_sent_total"), 2.0);
 }
 
 #[test]
@@ -193,8 +180,8 @@ fn the_outbox_delivers_after_the_pacs_returns_even_across_an_appliance_kill() {
             .contains("connect"),
         "{entry}"
     );
-    assert!(app.metric("radiant_outbox_retries_total").unwrap_or(0.0) >= 2.0);
-    assert_eq!(app.metric("radiant_outbox_pending"), Some(2.0));
+    assert!(app.expect_metric("radiant_outbox_retries_total") >= 2.0);
+    assert_eq!(app.expect_metric("radiant_outbox_pending"), 2.0);
 
     // A hard stop of the appliance loses nothing: the entries are still there after restart.
     app.kill9();
@@ -245,7 +232,7 @@ fn a_permanent_refusal_stops_delivery_at_once_and_retry_queues_it_again() {
     // No retry loop: a few retry periods later nothing has been tried again.
     std::thread::sleep(Duration::from_secs(4));
     assert!(app.outbox().iter().all(|e| e["attempts"] == 1));
-    assert_eq!(app.metric("radiant_outbox_failed_total"), Some(2.0));
+    assert_eq!(app.expect_metric("radiant_outbox_failed_total"), 2.0);
 
     // The operator fixes the PACS side, then queues the entries again.
     pacs.terminate(Duration::from_secs(15));

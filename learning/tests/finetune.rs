@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{build_site, fine_tune_config as config, repo, SiteSpec};
+use common::{build_site, fine_tune_config as config, SiteSpec};
 use learning::case::Case;
 use learning::evaluate;
 use learning::finetune::{
@@ -19,6 +19,7 @@ use models::head::Head;
 use radiant_core::Cancel;
 use std::sync::OnceLock;
 use std::time::Instant;
+use test_support::repo_root;
 
 struct Fixture {
     head: Head,
@@ -107,7 +108,8 @@ fn a_fine_tuned_head_read_back_from_safetensors_gives_candles_probabilities_with
 #[test]
 fn the_reference_head_survives_a_safetensors_round_trip() {
     let fx = fixture();
-    let shipped = std::fs::read(repo().join("models/reference/head-ct/head.safetensors")).unwrap();
+    let shipped =
+        std::fs::read(repo_root().join("models/reference/head-ct/head.safetensors")).unwrap();
     let bytes = fx.head.to_safetensors().unwrap();
     let back = Head::from_safetensors(&bytes, 16, 16, 3).unwrap();
     assert_eq!(back, fx.head);

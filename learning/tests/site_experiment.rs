@@ -25,7 +25,7 @@
 
 mod common;
 
-use common::{build_site, fine_tune_config, repo, SiteSpec};
+use common::{build_site, fine_tune_config, SiteSpec};
 use learning::case::Case;
 use learning::evaluate::{self, Scores};
 use learning::finetune::{fine_tune, FineTuneConfig, TrainingSet};
@@ -35,6 +35,7 @@ use models::head::Head;
 use models::package::Package;
 use onnx_backends::TractBackend;
 use std::time::Instant;
+use test_support::repo_root;
 
 const BATCHES: usize = 4;
 const BATCH_CASES: usize = 4;
@@ -206,7 +207,7 @@ impl Setting<'_> {
 #[test]
 fn site_updates_pass_the_gate_and_improve_the_site_and_mislabelled_batches_are_refused() {
     let began = Instant::now();
-    let package = Package::open(&repo().join("models/reference/head-ct")).unwrap();
+    let package = Package::open(&repo_root().join("models/reference/head-ct")).unwrap();
     let mut site = build_site(&SiteSpec {
         seed: 20261201,
         train_cases: BATCHES * BATCH_CASES + SPARE_CASES,

@@ -356,13 +356,57 @@ mod tests {
         }
     }
 
-    /// Property: no truncation of a valid command set panics; each is refused or decoded.
-    #[test]
-    fn every_truncation_of_a_command_is_handled() {
-        let full = store_rq();
-        for cut in 0..full.len() {
-            let _ = decode(&full[..cut]);
+    /// (element, start, end) of each element of an encoded command set.
+    fn element_spans(bytes: &[u8]) -> Vec<(u16, usize, usize)> {
+        let mut spans = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let element = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
+            let length = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
+            spans.push((element, pos, pos + 8 + length as usize));
+            pos += 8 + length as usize;
         }
+        spans
+    }
+
+    /// Property: a command set cut inside an element is refused as truncated; cut between two
+    /// elements (which PS3.7 lets no one tell from a shorter command set) it is refused for
+    /// what it lacks, or reads exactly the elements before the cut.
+    #[test]
+    fn every_truncation_of_a_command_is_refused_or_reads_only_what_was_sent() {
+        let full = store_rq();
+        let whole = decode(&full).unwrap();
+        let spans = element_spans(&full);
+        let kept =
+            |cut: usize, element: u16| spans.iter().any(|(e, _, end)| *e == element && *end <= cut);
+        let mut read = 0;
+        for cut in 0..full.len() {
+            let result = decode(&full[..cut]);
+            let at_boundary = cut == 0 || spans.iter().any(|(_, _, end)| *end == cut);
+            match result {
+                Err(CommandError::Truncated { .. } | CommandError::LengthBeyondEnd { .. })
+                    if !at_boundary => {}
+                Err(CommandError::Missing(_)) if at_boundary => {}
+                Ok(cmd) if at_boundary => {
+                    read += 1;
+                    let expected = Command {
+                        affected_sop_class_uid: whole
+                            .affected_sop_class_uid
+                            .clone()
+                            .filter(|_| kept(cut, 0x0002)),
+                        affected_sop_instance_uid: whole
+                            .affected_sop_instance_uid
+                            .clone()
+                            .filter(|_| kept(cut, 0x1000)),
+                        ..whole.clone()
+                    };
+                    assert_eq!(cmd, expected, "cut at {cut}");
+                }
+                other => panic!("cut at {cut} of {}: {other:?}", full.len()),
+            }
+        }
+        // Only the cut just before the last (optional) element reads.
+        assert_eq!(read, 1);
     }
 
     #[test]
@@ -451,9 +495,10 @@ mod tests {
         assert_eq!(decode_response(&body), Err(CommandError::Missing(0x0900)));
     }
 
-    /// Property: no truncation of a valid response panics; each is refused or decoded.
+    /// Property: a response cut inside an element is refused as truncated; cut between two
+    /// elements it is refused for what it lacks, or reads exactly the elements before the cut.
     #[test]
-    fn every_truncation_of_a_response_is_handled() {
+    fn every_truncation_of_a_response_is_refused_or_reads_only_what_was_sent() {
         let full = Response {
             command_field: C_STORE_RSP,
             message_id_being_responded_to: 3,
@@ -463,8 +508,38 @@ mod tests {
             error_comment: Some("fine"),
         }
         .encode();
+        let whole = decode_response(&full).unwrap();
+        let spans = element_spans(&full);
+        let kept =
+            |cut: usize, element: u16| spans.iter().any(|(e, _, end)| *e == element && *end <= cut);
+        let mut read = 0;
         for cut in 0..full.len() {
-            let _ = decode_response(&full[..cut]);
+            let result = decode_response(&full[..cut]);
+            let at_boundary = cut == 0 || spans.iter().any(|(_, _, end)| *end == cut);
+            match result {
+                Err(CommandError::Truncated { .. } | CommandError::LengthBeyondEnd { .. })
+                    if !at_boundary => {}
+                Err(CommandError::Missing(_)) if at_boundary => {}
+                Ok(rsp) if at_boundary => {
+                    read += 1;
+                    let expected = ResponseFields {
+                        affected_sop_class_uid: whole
+                            .affected_sop_class_uid
+                            .clone()
+                            .filter(|_| kept(cut, 0x0002)),
+                        error_comment: whole.error_comment.clone().filter(|_| kept(cut, 0x0902)),
+                        affected_sop_instance_uid: whole
+                            .affected_sop_instance_uid
+                            .clone()
+                            .filter(|_| kept(cut, 0x1000)),
+                        ..whole.clone()
+                    };
+                    assert_eq!(rsp, expected, "cut at {cut}");
+                }
+                other => panic!("cut at {cut} of {}: {other:?}", full.len()),
+            }
         }
+        // The cuts after the status and after the error comment read.
+        assert_eq!(read, 2);
     }
 }

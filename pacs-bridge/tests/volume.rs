@@ -1,15 +1,9 @@
 //! Series to volume on real data: the 108-slice head CT and the pydicom test files built by
 //! `scripts/fixtures.sh`.
 
-mod common;
-
-use common::{ct_series, fixtures};
 use pacs_bridge::volume::{build, decode_frames, Limits, VolumeError};
-use std::path::{Path, PathBuf};
-
-fn test_file(name: &str) -> PathBuf {
-    fixtures().join("pydicom").join(name)
-}
+use std::path::Path;
+use test_support::fixtures::{ct_series, pydicom, pydicom_dir};
 
 /// The int16 pixel values of a CT slice fixture: its Pixel Data is the last element.
 fn raw_pixels(path: &Path, count: usize) -> Vec<f32> {
@@ -75,7 +69,7 @@ fn a_slice_given_twice_is_refused_as_a_duplicate_position() {
 #[test]
 fn files_of_another_series_are_refused() {
     let mut paths = ct_series();
-    paths.push(test_file("CT_small.dcm"));
+    paths.push(pydicom("CT_small.dcm"));
     let err = build(&paths, &Limits::default()).unwrap_err();
     assert!(matches!(err, VolumeError::MixedSeries { .. }), "{err}");
 }
@@ -96,8 +90,8 @@ fn lossless_jpeg_2000_decodes_to_the_same_values_as_the_uncompressed_file() {
         ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
         ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),
     ] {
-        let a = build(&[test_file(compressed)], &Limits::default());
-        let b = build(&[test_file(plain)], &Limits::default());
+        let a = build(&[pydicom(compressed)], &Limits::default());
+        let b = build(&[pydicom(plain)], &Limits::default());
         match (a, b) {
             (Ok(a), Ok(b)) => assert!(
                 a.volume.voxels == b.volume.voxels,
@@ -115,7 +109,7 @@ fn lossless_jpeg_2000_decodes_to_the_same_values_as_the_uncompressed_file() {
 #[test]
 fn every_ct_and_mr_test_file_decodes_in_its_own_transfer_syntax() {
     let manifest: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("pydicom/manifest.json")).unwrap(),
+        &std::fs::read_to_string(pydicom_dir().join("manifest.json")).unwrap(),
     )
     .unwrap();
     let mut decoded = Vec::new();
@@ -125,7 +119,7 @@ fn every_ct_and_mr_test_file_decodes_in_its_own_transfer_syntax() {
             continue;
         }
         let file = entry["file"].as_str().unwrap();
-        let frames = match build(&[test_file(file)], &Limits::default()) {
+        let frames = match build(&[pydicom(file)], &Limits::default()) {
             Ok(series) => {
                 let v = series.volume;
                 assert_eq!(v.voxels.len(), v.columns * v.rows * v.slices);
@@ -135,7 +129,7 @@ fn every_ct_and_mr_test_file_decodes_in_its_own_transfer_syntax() {
             // missing, while their pixels still decode.
             Err(VolumeError::MissingAttribute { attribute, .. }) => {
                 assert!(attribute.contains("Image"), "{file}: {attribute}");
-                decode_frames(&test_file(file), &Limits::default())
+                decode_frames(&pydicom(file), &Limits::default())
                     .unwrap_or_else(|e| panic!("{file}: {e}"))
             }
             Err(e) => panic!("{file} ({}): {e}", entry["transfer_syntax_uid"]),
@@ -161,7 +155,7 @@ fn every_ct_and_mr_test_file_decodes_in_its_own_transfer_syntax() {
 
 #[test]
 fn colour_images_are_refused_with_the_reason() {
-    let err = build(&[test_file("SC_rgb_rle.dcm")], &Limits::default()).unwrap_err();
+    let err = build(&[pydicom("SC_rgb_rle.dcm")], &Limits::default()).unwrap_err();
     assert!(
         matches!(err, VolumeError::NotMonochrome { samples: 3, .. }),
         "{err}"
@@ -170,7 +164,7 @@ fn colour_images_are_refused_with_the_reason() {
 
 #[test]
 fn twelve_bit_jpeg_extended_is_refused_with_the_reason() {
-    let err = decode_frames(&test_file("JPGExtended.dcm"), &Limits::default()).unwrap_err();
+    let err = decode_frames(&pydicom("JPGExtended.dcm"), &Limits::default()).unwrap_err();
     assert!(
         matches!(err, VolumeError::UnsupportedCompression { .. }),
         "{err}"
@@ -180,7 +174,7 @@ fn twelve_bit_jpeg_extended_is_refused_with_the_reason() {
 
 #[test]
 fn single_images_and_enhanced_multi_frame_objects_form_volumes() {
-    let single = build(&[test_file("CT_small.dcm")], &Limits::default()).unwrap();
+    let single = build(&[pydicom("CT_small.dcm")], &Limits::default()).unwrap();
     assert_eq!(
         (
             single.volume.columns,
@@ -189,7 +183,7 @@ fn single_images_and_enhanced_multi_frame_objects_form_volumes() {
         ),
         (128, 128, 1)
     );
-    let enhanced = build(&[test_file("eCT_Supplemental.dcm")], &Limits::default()).unwrap();
+    let enhanced = build(&[pydicom("eCT_Supplemental.dcm")], &Limits::default()).unwrap();
     assert_eq!(enhanced.volume.slices, 2);
     assert_eq!(enhanced.sources.len(), 2);
     assert!(enhanced

@@ -12,27 +12,21 @@ use models::head::Head;
 use models::package::Package;
 use models::preprocess;
 use onnx_backends::TractBackend;
+use radiant_core::rng::SplitMix64;
 use radiant_core::volume::Volume;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
+use test_support::repo_root;
 
 const SLICES_PER_CASE: usize = 10;
 
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// The 108-slice head CT: raw int16 pixels (rescale 1, 0: HU), 0.957 mm pixels, 1.5 mm apart.
 fn fixture_volume() -> Volume {
-    let dir = repo().join("fixtures/ct-series");
     let (rows, columns) = (256usize, 256usize);
     let bytes = rows * columns * 2;
     let mut voxels = Vec::new();
     let mut slices = 0;
-    while let Ok(file) = std::fs::read(dir.join(format!("slice_{slices:03}.dcm"))) {
+    for path in test_support::fixtures::ct_series() {
+        let file = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         // The last element: (7FE0,0010) OW, 2 reserved bytes, 4-byte length, then the pixels.
         let header = &file[file.len() - bytes - 12..file.len() - bytes];
         assert_eq!(
@@ -51,10 +45,6 @@ fn fixture_volume() -> Volume {
         );
         slices += 1;
     }
-    assert!(
-        slices >= 100,
-        "fixtures/ct-series missing or short ({slices} slices): run scripts/fixtures.sh"
-    );
     Volume {
         columns,
         rows,
@@ -67,24 +57,6 @@ fn fixture_volume() -> Volume {
         voxels,
         modality: "CT".into(),
         frame_of_reference_uid: None,
-    }
-}
-
-/// SplitMix64 for the test's own choices (lesion places and sizes).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
     }
 }
 
@@ -133,7 +105,7 @@ fn backbone_features(
 /// clean scan, the lesion where a model pixel's sample point lies in the sphere.
 pub fn build_site(site: &SiteSpec) -> Site {
     let t = Instant::now();
-    let package = Package::open(&repo().join("models/reference/head-ct")).unwrap();
+    let package = Package::open(&repo_root().join("models/reference/head-ct")).unwrap();
     let head = Head::load(
         &std::fs::read(package.head_path()).unwrap(),
         &package.manifest,
@@ -166,7 +138,7 @@ pub fn build_site(site: &SiteSpec) -> Site {
     assert!(starts.len() > 10, "too few brain slices: {}", starts.len());
 
     let pixel_ml = spec.spacing_mm * spec.spacing_mm * clean.spacing[2] / 1000.0;
-    let mut rng = Rng(site.seed);
+    let mut rng = SplitMix64::new(site.seed);
     let mut cases = Vec::new();
     for index in 0..site.train_cases + site.test_cases {
         let first = starts[rng.below(starts.len())];

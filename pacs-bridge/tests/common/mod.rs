@@ -1,54 +1,25 @@
-//! The fixture files `scripts/fixtures.sh` builds, for the integration tests of this crate.
+//! What the integration tests of this crate share: mutated copies of our objects, coded
+//! concepts and the creator our test objects name. Fixture paths come from `test_support`.
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
-use radiant_core::Code;
 use pacs_bridge::objects::Creator;
-use std::path::{Path, PathBuf};
-
-pub fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    assert!(
-        dir.join("ct-series").is_dir(),
-        "run scripts/fixtures.sh first"
-    );
-    dir
-}
-
-/// The 108 slices of the head CT series, in file order.
-pub fn ct_series() -> Vec<PathBuf> {
-    (0..108)
-        .map(|i| fixtures().join(format!("ct-series/slice_{i:03}.dcm")))
-        .collect()
-}
-
-/// xorshift64*: deterministic pseudo-random numbers for the mutation tests.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use radiant_core::rng::SplitMix64;
+use radiant_core::Code;
 
 /// A copy of a Part 10 file with 1 to 4 random edits past the preamble (a byte overwritten, a
 /// byte inserted, or 4 bytes replaced by a random length), as a broken or hostile sender
 /// might produce.
-pub fn mutated(base: &[u8], rng: &mut Rng) -> Vec<u8> {
+pub fn mutated(base: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
     let mut bytes = base.to_vec();
     for _ in 0..1 + rng.below(4) {
         // Leave the preamble alone: a mutation there changes nothing we read.
         let at = 128 + rng.below(bytes.len() - 128);
         match rng.below(3) {
-            0 => bytes[at] = rng.next() as u8,
-            1 => bytes.insert(at, rng.next() as u8),
+            0 => bytes[at] = rng.next_u64() as u8,
+            1 => bytes.insert(at, rng.next_u64() as u8),
             _ => {
-                let len = (rng.next() as u32).to_le_bytes();
+                let len = (rng.next_u64() as u32).to_le_bytes();
                 let end = (at + 4).min(bytes.len());
                 bytes[at..end].copy_from_slice(&len[..end - at]);
             }
