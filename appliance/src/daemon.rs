@@ -9,6 +9,7 @@
 
 use crate::config::Config;
 use crate::http::{HttpEndpoint, Readiness};
+use crate::metrics::{ApplianceMetrics, Exposition};
 use crate::supervisor::Supervisor;
 use anyhow::Context;
 use pacs_bridge::metrics::Metrics;
@@ -29,6 +30,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
+    let appliance_metrics = Arc::new(ApplianceMetrics::default());
     let spool = Spool::open(&config.data_dir, metrics.clone())?;
     let scp_config = config.scp();
     let min_free = scp_config.min_free_bytes;
@@ -49,7 +51,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         });
         Some(HttpEndpoint::start(
             SocketAddr::new(ip, config.http.port),
-            metrics.clone(),
+            Exposition::new(&metrics, &appliance_metrics),
             readiness.clone(),
             disk,
             &supervisor,
@@ -107,7 +109,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             stop.wait_timeout(ASSEMBLY_TICK);
         }
     })?;
-    let pipeline = crate::jobs::Pipeline::new(&config)?.map(|p| p.with_metrics(metrics.clone()));
+    let pipeline = crate::jobs::Pipeline::new(&config)?.map(|p| p.with_metrics(appliance_metrics.clone()));
     // Rung when a job is queued (the worker waits on it) and when a job queued results (the
     // outbox sender waits on it).
     let jobs_queued = Doorbell::new(supervisor.shutdown());
@@ -131,7 +133,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let learner = match (&pipeline, config.learning.enabled) {
         (Some(_), true) => match crate::learn::Learner::new(&config) {
             Ok(learner) => {
-                let learner_metrics = metrics.clone();
+                let learner_metrics = appliance_metrics.clone();
                 Some(
                     supervisor
                         .spawn("learner", move |stop| learner.serve(stop, learner_metrics))?,
@@ -151,7 +153,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let sender = crate::outbox::Sender {
             data_dir: config.data_dir.clone(),
             config: config.clone(),
-            metrics: metrics.clone(),
+            metrics: appliance_metrics.clone(),
         };
         let wake = results_queued.clone();
         supervisor.spawn("outbox", move |stop| {

@@ -2,7 +2,7 @@
 //! metrics, on a loopback port by default.
 
 use crate::supervisor::{Supervised, Supervisor};
-use pacs_bridge::metrics::Metrics;
+use crate::metrics::{Exposition, CONTENT_TYPE};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,7 +42,7 @@ pub type DiskCheck = Box<dyn Fn() -> Result<(), String> + Send>;
 impl HttpEndpoint {
     pub fn start(
         addr: SocketAddr,
-        metrics: Arc<Metrics>,
+        metrics: Exposition,
         readiness: Arc<Readiness>,
         disk: DiskCheck,
         supervisor: &Supervisor,
@@ -67,7 +67,12 @@ impl HttpEndpoint {
 }
 
 /// Answer requests until [`HttpEndpoint::stop`] unblocks the server.
-fn serve(server: &tiny_http::Server, metrics: &Metrics, readiness: &Readiness, disk: &DiskCheck) {
+fn serve(
+    server: &tiny_http::Server,
+    metrics: &Exposition,
+    readiness: &Readiness,
+    disk: &DiskCheck,
+) {
     while let Ok(request) = server.recv() {
         let (code, body, content_type) = match (request.method(), request.url()) {
             (tiny_http::Method::Get, "/health/live") => (200, "live\n".to_string(), "text/plain"),
@@ -75,11 +80,7 @@ fn serve(server: &tiny_http::Server, metrics: &Metrics, readiness: &Readiness, d
                 Ok(()) => (200, "ready\n".to_string(), "text/plain"),
                 Err(reason) => (503, format!("not ready: {reason}\n"), "text/plain"),
             },
-            (tiny_http::Method::Get, "/metrics") => (
-                200,
-                metrics.render(),
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
+            (tiny_http::Method::Get, "/metrics") => (200, metrics.render(), CONTENT_TYPE),
             _ => (404, "not found\n".to_string(), "text/plain"),
         };
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes());

@@ -23,7 +23,6 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use radiant_core::{Cancel, Doorbell};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,7 +106,7 @@ pub struct Pipeline {
     data_dir: PathBuf,
     config: Config,
     package: Package,
-    metrics: Option<Arc<pacs_bridge::metrics::Metrics>>,
+    metrics: Option<Arc<crate::metrics::ApplianceMetrics>>,
 }
 
 /// How many jobs wait for or hold the worker.
@@ -163,7 +162,7 @@ impl Pipeline {
     }
 
     /// Report the head in use to these metrics.
-    pub fn with_metrics(mut self, metrics: Arc<pacs_bridge::metrics::Metrics>) -> Pipeline {
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ApplianceMetrics>) -> Pipeline {
         self.metrics = Some(metrics);
         self
     }
@@ -343,9 +342,13 @@ impl Pipeline {
                     if queued > 0 {
                         done.ring();
                     }
+                    self.observe(&json);
                     tracing::info!(study = %log_tag(&study), job = id, seconds = started.elapsed().as_secs_f64(), finding = ?json["finding_probability"].as_f64(), objects = objects.len(), queued, "inference done");
                 }
                 Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.jobs_failed.inc();
+                    }
                     tracing::warn!(study = %log_tag(&study), job = id, error = %format!("{e:#}"), "inference failed");
                     conn.execute(
                         "UPDATE jobs SET state = ?4, error = ?2, updated_at_ms = ?3 WHERE id = ?1",
@@ -357,10 +360,27 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Count a finished job and its stage times (from the result's `timings`).
+    fn observe(&self, result: &serde_json::Value) {
+        let Some(m) = &self.metrics else { return };
+        m.jobs_done.inc();
+        let timings = &result["timings"];
+        for (stage, key) in [
+            ("decode", "decode_ms"),
+            ("preprocess", "preprocess_ms"),
+            ("backbone_head", "inference_ms"),
+            ("postprocess", "postprocess_ms"),
+            ("export", "export_ms"),
+        ] {
+            if let Some(ms) = timings[key].as_f64() {
+                m.observe_stage(stage, ms);
+            }
+        }
+    }
+
     fn metrics_champion(&self, head: Option<i64>) {
         if let Some(m) = &self.metrics {
-            m.learning_champion_head
-                .store(head.unwrap_or(0) as u64, Ordering::Relaxed);
+            m.learning_champion_head.set(head.unwrap_or(0));
         }
     }
 

@@ -36,7 +36,7 @@ use models::backbone::{self, Backend, BatchShape, Completion};
 use models::head::Head;
 use models::package::Package;
 use models::preprocess;
-use pacs_bridge::metrics::Metrics;
+use crate::metrics::ApplianceMetrics;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
 use radiant_core::durable::{fsync_dir, write_synced};
@@ -47,7 +47,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -707,7 +706,7 @@ impl Learner {
     pub fn run(
         &mut self,
         trigger: &str,
-        metrics: &Metrics,
+        metrics: &ApplianceMetrics,
         progress: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<Result<RunReport, NotRun>> {
         let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
@@ -761,8 +760,8 @@ impl Learner {
             }
             Ok(Err(NotRun::Yielded)) => {
                 metrics
-                    .learning_yields_total
-                    .fetch_add(1, Ordering::Relaxed);
+                    .learning_yields
+                    .inc();
                 progress(Progress::Yielded);
                 return Ok(Err(NotRun::Yielded));
             }
@@ -785,7 +784,7 @@ impl Learner {
                 now_ms()
             ],
         )?;
-        metrics.learning_runs_total.fetch_add(1, Ordering::Relaxed);
+        metrics.learning_runs.inc();
         Ok(Ok(report))
     }
 
@@ -794,7 +793,7 @@ impl Learner {
         conn: &Connection,
         trigger: &str,
         cancel: &Cancel,
-        metrics: &Metrics,
+        metrics: &ApplianceMetrics,
         progress: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<Result<RunReport, NotRun>> {
         if let Err(not_run) = self.prepare_features(conn, cancel, progress)? {
@@ -831,7 +830,7 @@ impl Learner {
             |epoch, loss| {
                 metrics
                     .learning_progress_percent
-                    .store((epoch * 100 / epochs.max(1)) as u64, Ordering::Relaxed);
+                    .set((epoch * 100 / epochs.max(1)) as i64);
                 tracing::info!(epoch, epochs, loss, "fine-tune epoch");
                 progress(Progress::Epoch {
                     epoch,
@@ -910,16 +909,16 @@ impl Learner {
         )?;
         if decision.accepted {
             metrics
-                .learning_heads_accepted_total
-                .fetch_add(1, Ordering::Relaxed);
+                .learning_heads_accepted
+                .inc();
             metrics
                 .learning_champion_head
-                .store(id as u64, Ordering::Relaxed);
+                .set(id);
             tracing::info!(head = id, parent = %heads::describe(parent), local_before = decision.local_champion, local_after = decision.local_candidate, "fine-tuned head accepted; it is the champion now");
         } else {
             metrics
-                .learning_heads_refused_total
-                .fetch_add(1, Ordering::Relaxed);
+                .learning_heads_refused
+                .inc();
             tracing::warn!(head = id, reasons = ?decision.reasons, "fine-tuned head refused by the gate; the champion stays");
         }
         let outcome = if decision.accepted {
@@ -936,7 +935,7 @@ impl Learner {
     /// The daemon's learning loop: while inference is idle, store features of new cases and
     /// run a fine-tune when one is due; until `stop`. An error is logged and the loop waits a
     /// minute before it tries again: learning must not take the daemon down.
-    pub fn serve(mut self, stop: &Cancel, metrics: Arc<Metrics>) {
+    pub fn serve(mut self, stop: &Cancel, metrics: Arc<ApplianceMetrics>) {
         self.stop = stop.clone();
         let mut quiet_until = Instant::now();
         let mut conn = None;
@@ -968,7 +967,7 @@ impl Learner {
     }
 
     /// One turn of the daemon's loop; `false` when it should wait a while.
-    fn step(&mut self, conn: &Connection, metrics: &Metrics) -> anyhow::Result<bool> {
+    fn step(&mut self, conn: &Connection, metrics: &ApplianceMetrics) -> anyhow::Result<bool> {
         if inference_busy(conn)? {
             return Ok(true);
         }

@@ -14,6 +14,8 @@
 //! - [`heads`]: head versions with their lineage, and the champion inference uses.
 //! - [`learn`]: on-site fine-tuning of the head: features of labelled cases, when a run is
 //!   due, yielding to inference, and the validation gate.
+//! - [`metrics`]: the appliance's metrics (inference stages, outbox, learning) and the one
+//!   OpenMetrics registry `/metrics` renders, DICOM side included.
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
 //! - [`supervisor`]: the daemon's threads under one shutdown signal; a panic is logged,
 //!   fails readiness and stops the daemon with an error.
@@ -28,6 +30,7 @@ pub mod heads;
 pub mod http;
 pub mod jobs;
 pub mod learn;
+pub mod metrics;
 pub mod outbox;
 pub mod studies;
 pub mod supervisor;

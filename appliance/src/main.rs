@@ -435,7 +435,7 @@ fn learn_now(config: Config, json: bool) -> anyhow::Result<()> {
     );
     init_tool_logging();
     let mut learner = Learner::new(&config)?;
-    let metrics = pacs_bridge::metrics::Metrics::default();
+    let metrics = appliance::metrics::ApplianceMetrics::default();
     let conn = appliance::db::open(&config.data_dir)?;
     let terminal = std::io::stderr().is_terminal();
     // A bar redrawn in place on a terminal; one line per step otherwise (logs, CI).

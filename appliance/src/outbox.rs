@@ -16,13 +16,12 @@ use crate::config::{Config, DestinationConfig, OutboxConfig};
 use crate::db::{self, OutboxState};
 use crate::export::ExportedObject;
 use radiant_core::log_tag;
-use pacs_bridge::metrics::Metrics;
+use crate::metrics::ApplianceMetrics;
 use pacs_bridge::scu::{self, Destination, ScuConfig};
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use std::path::PathBuf;
 use radiant_core::{Cancel, Doorbell};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,7 +137,7 @@ pub fn backoff(config: &OutboxConfig, attempts: u32) -> Duration {
 pub struct Sender {
     pub data_dir: PathBuf,
     pub config: Config,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ApplianceMetrics>,
 }
 
 struct Due {
@@ -181,7 +180,7 @@ impl Sender {
         )?;
         self.metrics
             .outbox_pending
-            .store(pending as u64, Ordering::Relaxed);
+            .set(pending);
         let due: Vec<Due> = {
             let mut stmt = conn.prepare(
                 "SELECT id, study_uid, destination, path, attempts, created_at_ms FROM outbox
@@ -274,9 +273,11 @@ impl Sender {
                          attempts = attempts + 1, last_error = NULL WHERE id = ?1",
                     params![entry.id, now, OutboxState::Sent],
                 )?;
+                self.metrics.outbox_sent.inc();
+                let waited_ms = now.saturating_sub(entry.created_at_ms).max(0);
                 self.metrics
-                    .outbox_sent_total
-                    .fetch_add(1, Ordering::Relaxed);
+                    .outbox_delivery_latency
+                    .observe(waited_ms as f64 / 1e3);
                 tracing::info!(study = %study, destination = %entry.destination, entry = entry.id, "result delivered");
             }
             Outcome::Transient(reason) => {
@@ -304,8 +305,8 @@ impl Sender {
                     ],
                 )?;
                 self.metrics
-                    .outbox_retries_total
-                    .fetch_add(1, Ordering::Relaxed);
+                    .outbox_retries
+                    .inc();
                 tracing::warn!(study = %study, destination = %entry.destination, entry = entry.id, attempts, retry_in_seconds = wait.as_secs(), error = %reason, "delivery failed; will retry");
             }
             Outcome::Permanent(reason) => self.fail(conn, entry, &reason, now)?,
@@ -320,8 +321,8 @@ impl Sender {
             params![entry.id, reason, now, OutboxState::Failed],
         )?;
         self.metrics
-            .outbox_failed_total
-            .fetch_add(1, Ordering::Relaxed);
+            .outbox_failed
+            .inc();
         tracing::error!(study = %log_tag(&entry.study_uid), destination = %entry.destination, entry = entry.id, error = %reason, "delivery refused; not retrying (appliance outbox retry to try again)");
         Ok(())
     }

@@ -150,6 +150,19 @@ fn orthanc_holds_the_seg_and_sr_under_the_study_it_sent_and_they_validate() {
         .iter()
         .all(|e| e["state"] == "sent" && e["attempts"] == 1));
     assert_eq!(app.expect_metric("radiant_outbox_sent_total"), 2.0);
+    // The histograms an operator reads: each delivery, each stage of the one job, each instance.
+    assert_eq!(
+        app.expect_metric("radiant_outbox_delivery_latency_seconds_count"),
+        2.0
+    );
+    for stage in ["decode", "preprocess", "backbone_head", "postprocess", "export"] {
+        let name = format!("radiant_inference_stage_seconds_count{{stage=\"{stage}\"}}");
+        assert_eq!(app.expect_metric(&name), 1.0, "{name}");
+    }
+    assert_eq!(
+        app.expect_metric("radiant_ingest_latency_seconds_count"),
+        app.expect_metric("radiant_instances_received_total")
+    );
 }
 
 #[test]

@@ -18,7 +18,6 @@ use dicom_ul::pdu::{
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// An accepted presentation context.
@@ -189,12 +188,12 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
     shared
         .metrics
-        .associations_total
-        .fetch_add(1, Ordering::Relaxed);
+        .associations
+        .inc();
     shared
         .metrics
         .associations_active
-        .fetch_add(1, Ordering::Relaxed);
+        .inc();
     tracing::info!(
         %peer,
         calling_ae = %rq.calling_ae_title,
@@ -215,7 +214,7 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     shared
         .metrics
         .associations_active
-        .fetch_sub(1, Ordering::Relaxed);
+        .dec();
     tracing::info!(
         peer = %association.peer,
         calling_ae = %association.calling_ae,
@@ -526,8 +525,8 @@ impl Association<'_> {
             dimse::C_ECHO_RQ => {
                 self.shared
                     .metrics
-                    .echoes_total
-                    .fetch_add(1, Ordering::Relaxed);
+                    .echoes
+                    .inc();
                 (dimse::C_ECHO_RSP, status::SUCCESS)
             }
             other => (other | 0x8000, status::UNRECOGNIZED_OPERATION),
@@ -612,6 +611,7 @@ impl Association<'_> {
         context_id: u8,
         dataset: &[u8],
     ) -> Result<(), (u16, RejectReason, String)> {
+        let received = Instant::now();
         let Some(context) = self.contexts.get(&context_id) else {
             return Err((
                 status::CANNOT_UNDERSTAND,
@@ -709,13 +709,16 @@ impl Association<'_> {
                 )
             })?;
         let metrics = &self.shared.metrics;
+        metrics
+            .ingest_latency
+            .observe(received.elapsed().as_secs_f64());
         match outcome {
             StoreOutcome::Stored => {
                 self.stored += 1;
-                metrics.instances_total.fetch_add(1, Ordering::Relaxed);
+                metrics.instances_received.inc();
                 metrics
-                    .bytes_total
-                    .fetch_add(dataset.len() as u64, Ordering::Relaxed);
+                    .received_bytes
+                    .inc_by(dataset.len() as u64);
                 tracing::debug!(
                     study = %log_tag(&study_uid),
                     class = uids::storage_class_name(class),
@@ -725,8 +728,8 @@ impl Association<'_> {
             }
             StoreOutcome::Duplicate => {
                 metrics
-                    .instances_duplicate_total
-                    .fetch_add(1, Ordering::Relaxed);
+                    .instances_duplicate
+                    .inc();
                 tracing::info!(study = %log_tag(&study_uid), "re-sent instance already stored");
             }
         }

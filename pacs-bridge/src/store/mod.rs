@@ -137,8 +137,12 @@ impl Spool {
         let conn = index::open(&index_path)?;
         recover(data_dir, &spool_dir, &tmp_dir, &conn, &index_path)?;
         let (count, bytes) = index::totals(&conn).map_err(|e| StoreError::index(&index_path, e))?;
-        metrics.spool_instances.store(count, Ordering::Relaxed);
-        metrics.spool_bytes.store(bytes, Ordering::Relaxed);
+        metrics
+            .spool_instances
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        metrics
+            .spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
 
         let (sender, receiver) = mpsc::channel();
         let committer = Committer {
@@ -372,8 +376,8 @@ impl Committer {
             match self.commit(&batch, &mut renamed) {
                 Ok(outcomes) => {
                     self.metrics
-                        .commit_batches_total
-                        .fetch_add(1, Ordering::Relaxed);
+                        .commit_batches
+                        .inc();
                     for (job, outcome) in batch.iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(outcome));
                     }
@@ -479,10 +483,10 @@ impl Committer {
             .count() as u64;
         self.metrics
             .spool_instances
-            .fetch_add(stored, Ordering::Relaxed);
+            .inc_by(i64::try_from(stored).unwrap_or(i64::MAX));
         self.metrics
             .spool_bytes
-            .fetch_add(stored_bytes, Ordering::Relaxed);
+            .inc_by(i64::try_from(stored_bytes).unwrap_or(i64::MAX));
         Ok(outcomes)
     }
 }
@@ -532,7 +536,7 @@ mod tests {
             StoreOutcome::Duplicate
         );
         spool.close();
-        assert_eq!(metrics.spool_instances.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.spool_instances.get(), 1);
         assert_eq!(
             fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(),
             0
