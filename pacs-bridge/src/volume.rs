@@ -38,36 +38,37 @@ impl Default for Limits {
 pub enum VolumeError {
     #[error("no DICOM files given")]
     Empty,
-    #[error("cannot read {path}: {reason}")]
+    #[error("cannot read {}: {reason}", radiant_core::redacted_path(.path))]
     Read { path: PathBuf, reason: String },
-    #[error("{path} is not a DICOM Part 10 file")]
+    #[error("{} is not a DICOM Part 10 file", radiant_core::redacted_path(.path))]
     NotPart10 { path: PathBuf },
-    #[error("{path}: transfer syntax {transfer_syntax} is not one we decode")]
+    #[error("{}: transfer syntax {transfer_syntax} is not one we decode", radiant_core::redacted_path(.path))]
     UnsupportedTransferSyntax {
         path: PathBuf,
         transfer_syntax: String,
     },
-    #[error("{path}: malformed dataset: {source}")]
+    #[error("{}: malformed dataset: {source}", radiant_core::redacted_path(.path))]
     Malformed {
         path: PathBuf,
         #[source]
         source: dataset::DatasetError,
     },
-    #[error("{path}: missing or invalid {attribute}")]
+    #[error("{}: missing or invalid {attribute}", radiant_core::redacted_path(.path))]
     MissingAttribute {
         path: PathBuf,
         attribute: &'static str,
     },
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", radiant_core::redacted_path(.path))]
     UnsupportedCompression { path: PathBuf, reason: &'static str },
-    #[error("{path}: pixel data cannot be decoded: {reason}")]
+    #[error("{}: pixel data cannot be decoded: {reason}", radiant_core::redacted_path(.path))]
     Decode { path: PathBuf, reason: String },
-    #[error("{path}: {samples} samples per pixel; only single-channel (monochrome) images form a volume")]
+    #[error("{}: {samples} samples per pixel; only single-channel (monochrome) images form a volume", radiant_core::redacted_path(.path))]
     NotMonochrome { path: PathBuf, samples: u16 },
     #[error("files belong to different series ({first} and {other})")]
     MixedSeries { first: Uid, other: Uid },
     #[error(
-        "images of different sizes: {first_rows}x{first_columns} and {rows}x{columns} ({path})"
+        "images of different sizes: {first_rows}x{first_columns} and {rows}x{columns} ({})",
+        radiant_core::redacted_path(.path)
     )]
     MixedSizes {
         first_rows: u32,
@@ -76,9 +77,9 @@ pub enum VolumeError {
         columns: u32,
         path: PathBuf,
     },
-    #[error("images with different orientations ({path})")]
+    #[error("images with different orientations ({})", radiant_core::redacted_path(.path))]
     MixedOrientations { path: PathBuf },
-    #[error("images with different pixel spacing ({path})")]
+    #[error("images with different pixel spacing ({})", radiant_core::redacted_path(.path))]
     MixedSpacing { path: PathBuf },
     #[error("two slices at the same position {position:?} mm along the normal")]
     DuplicatePosition { position: f64 },

@@ -23,5 +23,5 @@ pub mod volume;
 
 pub use cancel::{Cancel, Doorbell, Wake};
 pub use code::Code;
-pub use uid::{log_tag, Uid};
+pub use uid::{log_tag, redacted_path, Uid};
 pub use volume::Volume;

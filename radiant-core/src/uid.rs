@@ -5,12 +5,40 @@
 
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::path::Path;
 
 /// A short, stable, non-reversible tag for a UID, for logs: the first 12 hex digits of its
 /// SHA-256. Logs never carry study UIDs or patient attributes in clear.
 pub fn log_tag(uid: &str) -> String {
     let digest = Sha256::digest(uid.as_bytes());
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A path as logs and errors may show it: every component that is a UID (digits and dots, with
+/// at least one dot), alone or followed by a file extension, prints as its tag. The spool names
+/// files `spool/<study UID>/<SOP Instance UID>.dcm`; this is how an error names one.
+pub fn redacted_path(path: &Path) -> String {
+    let shown: Vec<String> = path
+        .components()
+        .map(|c| {
+            let part = c.as_os_str().to_string_lossy();
+            let (stem, extension) = match part.rsplit_once('.') {
+                Some((stem, ext))
+                    if !ext.is_empty() && ext.chars().all(|c| c.is_ascii_alphabetic()) =>
+                {
+                    (stem, Some(ext))
+                }
+                _ => (part.as_ref(), None),
+            };
+            let is_uid = stem.contains('.') && stem.chars().all(|c| c.is_ascii_digit() || c == '.');
+            match (is_uid, extension) {
+                (true, Some(ext)) => format!("uid#{}.{ext}", log_tag(stem)),
+                (true, None) => format!("uid#{}", log_tag(stem)),
+                (false, _) => part.into_owned(),
+            }
+        })
+        .collect();
+    shown.join("/").replacen("//", "/", 1)
 }
 
 /// A UID that prints as its [`log_tag`]. Put it in every error that names a study, series or
@@ -68,5 +96,19 @@ mod tests {
         assert!(!shown.contains("3680043"), "{shown}");
         assert!(shown.contains(&log_tag(uid.as_str())), "{shown}");
         assert_eq!(log_tag("1.2.3").len(), 12);
+    }
+
+    #[test]
+    fn a_spool_path_names_its_study_and_instance_only_by_tag() {
+        let path =
+            Path::new("/var/lib/radiant/spool/1.2.840.113619.2.55/1.2.840.113619.2.55.3.7.dcm");
+        let shown = redacted_path(path);
+        assert!(!shown.contains("113619"), "{shown}");
+        assert!(shown.starts_with("/var/lib/radiant/spool/uid#"), "{shown}");
+        assert!(shown.ends_with(".dcm"), "{shown}");
+        assert_eq!(
+            redacted_path(Path::new("cases/12/labels.u8")),
+            "cases/12/labels.u8"
+        );
     }
 }

@@ -36,13 +36,13 @@ const MAX_BATCH: usize = 512;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("spool I/O on {path}: {source}")]
+    #[error("spool I/O on {}: {source}", radiant_core::redacted_path(.path))]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("spool index {path}: {source}")]
+    #[error("spool index {}: {source}", radiant_core::redacted_path(.path))]
     Index {
         path: PathBuf,
         #[source]
@@ -56,7 +56,7 @@ pub enum StoreError {
     Meta(String),
     #[error("the spool is shut down")]
     Closed,
-    #[error("{0} is not under the data folder")]
+    #[error("{} is not under the data folder", radiant_core::redacted_path(.0))]
     NotUnderDataDir(PathBuf),
 }
 
