@@ -201,7 +201,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         supervisor.stop(w);
     }
     supervisor.stop(outbox);
-    spool.close();
+    if let Err(e) = spool.close() {
+        supervisor.record_panic("spool-committer", &e.to_string());
+    }
     if let Some(http) = http {
         http.stop(&supervisor);
     }

@@ -58,6 +58,8 @@ pub enum StoreError {
     Closed,
     #[error("{} is not under the data folder", radiant_core::redacted_path(.0))]
     NotUnderDataDir(PathBuf),
+    #[error("the spool's committer thread panicked")]
+    CommitterPanicked,
 }
 
 impl StoreError {
@@ -231,14 +233,16 @@ impl Spool {
         free_bytes(&self.spool_dir).map_err(|e| StoreError::io(&self.spool_dir, e))
     }
 
-    /// Stop taking instances, let the committer finish its batch, and wait for it.
-    pub fn close(&self) {
+    /// Stop taking instances, let the committer finish its batch, and wait for it. An error
+    /// when the committer panicked (the instances it held were never acknowledged).
+    pub fn close(&self) -> Result<(), StoreError> {
         if let Ok(mut sender) = self.sender.lock() {
             sender.take();
         }
         let handle = self.committer.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        match handle.map(JoinHandle::join) {
+            Some(Err(_)) => Err(StoreError::CommitterPanicked),
+            _ => Ok(()),
         }
     }
 }
@@ -518,7 +522,7 @@ mod tests {
             spool.store(&instance("1.2.3.4", &dataset)).unwrap(),
             StoreOutcome::Stored
         );
-        spool.close();
+        spool.close().unwrap();
         let file = fs::read(dir.path().join("spool/1.2.3/1.2.3.4.dcm")).unwrap();
         assert_eq!(&file[128..132], b"DICM");
         assert!(file.ends_with(&dataset));
@@ -535,7 +539,7 @@ mod tests {
             spool.store(&instance("1.2.3.4", &dataset)).unwrap(),
             StoreOutcome::Duplicate
         );
-        spool.close();
+        spool.close().unwrap();
         assert_eq!(metrics.spool_instances.get(), 1);
         assert_eq!(
             fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(),
@@ -548,11 +552,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
         spool.store(&instance("1.2.3.4", b"abcd")).unwrap();
-        spool.close();
+        spool.close().unwrap();
         fs::write(dir.path().join("spool/tmp/9-9.part"), b"half").unwrap();
         fs::write(dir.path().join("spool/1.2.3/1.2.3.5.dcm"), b"orphan").unwrap();
         let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
-        spool.close();
+        spool.close().unwrap();
         assert!(dir.path().join("spool/1.2.3/1.2.3.4.dcm").exists());
         assert!(!dir.path().join("spool/1.2.3/1.2.3.5.dcm").exists());
         assert!(!dir.path().join("spool/tmp/9-9.part").exists());
@@ -565,6 +569,6 @@ mod tests {
         let mut bad = instance("1.2.3.4", b"abcd");
         bad.study_uid = "../../etc";
         assert!(matches!(spool.store(&bad), Err(StoreError::InvalidUid(_))));
-        spool.close();
+        spool.close().unwrap();
     }
 }

@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].instances, 2);
         assert!(fast.tick().unwrap().is_empty());
-        spool.close();
+        spool.close().unwrap();
     }
 
     #[test]
@@ -191,7 +191,7 @@ mod tests {
         let done = asm.tick().unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].calling_ae, "A");
-        spool.close();
+        spool.close().unwrap();
     }
 
     /// The committer and the assembler write the index from two connections; a transaction
@@ -241,7 +241,7 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(assembler.join().unwrap() > 0);
-        spool.close();
+        spool.close().unwrap();
     }
 
     #[test]
@@ -258,6 +258,6 @@ mod tests {
         let studies = index::list_studies(&conn).unwrap();
         assert_eq!(studies[0].state, "receiving");
         assert_eq!(studies[0].instances, 2);
-        spool.close();
+        spool.close().unwrap();
     }
 }
