@@ -53,7 +53,7 @@ pub enum VolumeError {
         #[source]
         source: dataset::DatasetError,
     },
-    #[error("{}: missing or invalid {attribute}", radiant_core::redacted_path(.path))]
+    #[error("{}: missing or invalid {attribute} (absent, unreadable, or not a finite number)", radiant_core::redacted_path(.path))]
     MissingAttribute {
         path: PathBuf,
         attribute: &'static str,
@@ -268,6 +268,16 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
                     reason: format!(
                         "frame {frame} has {} samples, expected {per_slice}",
                         values.len()
+                    ),
+                });
+            }
+            // A NaN or infinite Rescale Slope/Intercept makes every sample non-finite; nothing
+            // downstream could tell such a volume from a real one.
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(VolumeError::Decode {
+                    path: inst.path.clone(),
+                    reason: format!(
+                        "frame {frame} has samples that are not finite numbers after the modality rescale"
                     ),
                 });
             }
@@ -563,6 +573,9 @@ fn nested(item: &InMemDicomObject, sequence: Tag, tag: Tag) -> Option<Vec<f64>> 
     floats(inner, tag)
 }
 
+/// The numbers of a decimal or float attribute; `None` when absent, unparsable, empty, or when
+/// any value is not finite: "NaN" and "inf" parse as floats, and every comparison with a NaN
+/// is false, so a NaN position or orientation would pass each geometry check unnoticed.
 fn floats(object: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     object
         .element_opt(tag)
@@ -570,7 +583,7 @@ fn floats(object: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
         .flatten()?
         .to_multi_float64()
         .ok()
-        .filter(|v| !v.is_empty())
+        .filter(|v| !v.is_empty() && v.iter().all(|x| x.is_finite()))
 }
 
 fn uint(object: &InMemDicomObject, tag: Tag) -> Option<u32> {

@@ -2,7 +2,7 @@
 //! `scripts/fixtures.sh`.
 
 use pacs_bridge::volume::{build, decode_frames, Limits, VolumeError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use test_support::fixtures::{ct_series, pydicom, pydicom_dir};
 
 /// The int16 pixel values of a CT slice fixture: its Pixel Data is the last element.
@@ -191,4 +191,78 @@ fn single_images_and_enhanced_multi_frame_objects_form_volumes() {
         .iter()
         .all(|s| s.sop_instance_uid == enhanced.sources[0].sop_instance_uid));
     assert_ne!(enhanced.sources[0].frame, enhanced.sources[1].frame);
+}
+
+/// Copies of three consecutive slices of the CT series with `tag` set to `value` in each.
+fn slices_with(dir: &Path, tag: dicom_core::Tag, vr: dicom_core::VR, value: &str) -> Vec<PathBuf> {
+    ct_series()[10..13]
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let mut object = dicom_object::open_file(source).unwrap();
+            object.put(dicom_core::DataElement::new(
+                tag,
+                vr,
+                dicom_core::PrimitiveValue::from(value),
+            ));
+            let path = dir.join(format!("slice_{i}.dcm"));
+            object.write_to_file(&path).unwrap();
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn non_finite_positions_orientations_and_spacings_are_refused_naming_the_attribute() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    // The untouched copies form a volume: what follows is refused for the value alone.
+    let good = slices_with(dir.path(), tags::PATIENT_ID, VR::LO, "anonymous");
+    assert_eq!(build(&good, &Limits::default()).unwrap().volume.slices, 3);
+    let cases = [
+        (
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            "NaN\\NaN\\NaN",
+            "Image Position",
+        ),
+        (
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            "0\\0\\inf",
+            "Image Position",
+        ),
+        (
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            "1\\0\\0\\0\\NaN\\0",
+            "Image Orientation",
+        ),
+        (tags::PIXEL_SPACING, VR::DS, "NaN\\0.5", "Pixel Spacing"),
+    ];
+    for (tag, vr, value, attribute) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = slices_with(dir.path(), tag, vr, value);
+        match build(&paths, &Limits::default()) {
+            Err(VolumeError::MissingAttribute { attribute: a, .. }) => {
+                assert!(a.starts_with(attribute), "{value}: {a}")
+            }
+            other => panic!(
+                "{value} in {attribute}: {:?}",
+                other.map(|s| s.volume.slices)
+            ),
+        }
+    }
+    // A NaN Rescale Slope: refused, or (as the decoder does today) not applied; either way
+    // no non-finite sample reaches a model.
+    let dir = tempfile::tempdir().unwrap();
+    let paths = slices_with(dir.path(), tags::RESCALE_SLOPE, VR::DS, "NaN");
+    match build(&paths, &Limits::default()) {
+        Err(VolumeError::Decode { reason, .. }) => {
+            assert!(reason.contains("not finite"), "{reason}")
+        }
+        Ok(series) => assert!(series.volume.voxels.iter().all(|v| v.is_finite())),
+        Err(e) => panic!("NaN slope: {e}"),
+    }
 }
