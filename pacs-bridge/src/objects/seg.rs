@@ -721,6 +721,8 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
     })
 }
 
+/// The numbers of a nested attribute; `None` when any is not finite (a NaN compares false with
+/// everything and would slip through the geometry checks), as for source volumes.
 fn nested_floats(object: &InMemDicomObject, sequence: Tag, tag: Tag) -> Option<Vec<f64>> {
     items(object, sequence)
         .first()?
@@ -729,6 +731,7 @@ fn nested_floats(object: &InMemDicomObject, sequence: Tag, tag: Tag) -> Option<V
         .flatten()?
         .to_multi_float64()
         .ok()
+        .filter(|v| v.iter().all(|x| x.is_finite()))
 }
 
 /// Re-project every frame of `seg` onto the grid of `series` through the frame's own position,
