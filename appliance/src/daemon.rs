@@ -8,6 +8,7 @@
 //! and everything else, and makes `serve` return an error (a non-zero exit).
 
 use crate::config::Config;
+use crate::file_lock::FileLock;
 use crate::http::{HttpEndpoint, Readiness};
 use crate::metrics::{ApplianceMetrics, Exposition};
 use crate::supervisor::Supervisor;
@@ -29,6 +30,16 @@ const ASSEMBLY_TICK: Duration = Duration::from_millis(500);
 pub fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // One daemon per data folder, taken before recovery: a second one would remove the
+    // temporary files of instances the first is about to acknowledge.
+    let lock_path = config.data_dir.join("serve.lock");
+    let Some(_data_dir_lock) = FileLock::try_take(&lock_path)? else {
+        anyhow::bail!(
+            "another appliance serve is running on {} (it holds {}); stop it first",
+            config.data_dir.display(),
+            lock_path.display()
+        );
+    };
     let metrics = Arc::new(Metrics::default());
     let appliance_metrics = Arc::new(ApplianceMetrics::default());
     let spool = Spool::open(&config.data_dir, metrics.clone())?;

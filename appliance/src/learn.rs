@@ -25,6 +25,7 @@
 
 use crate::config::Config;
 use crate::db::{self, now_ms, CaseKind, CaseState, LearnOutcome, Split};
+use crate::file_lock::FileLock;
 use crate::heads::{self, CaseRef};
 use crate::jobs::inference_busy;
 use anyhow::Context;
@@ -45,7 +46,6 @@ use rusqlite::{named_params, params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -280,33 +280,15 @@ pub struct Learner {
     stop: Cancel,
 }
 
-/// The learning lock, held while it lives (the flock goes with the descriptor).
+/// The learning lock: one run at a time per data folder, daemon or CLI.
 pub struct LearnLock {
-    _file: std::fs::File,
+    _held: FileLock,
 }
 
 impl LearnLock {
     /// Take the lock, or `None` when another process holds it.
     pub fn try_take(data_dir: &Path) -> anyhow::Result<Option<LearnLock>> {
-        let path = data_dir.join("learn.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is shared.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            Ok(Some(LearnLock { _file: file }))
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                Ok(None)
-            } else {
-                Err(e).with_context(|| format!("lock {}", path.display()))
-            }
-        }
+        Ok(FileLock::try_take(&data_dir.join("learn.lock"))?.map(|held| LearnLock { _held: held }))
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`http`]: `/health/live`, `/health/ready`, `/metrics`.
 //! - [`jobs`]: durable inference jobs for completed studies, and their results.
 //! - [`export`]: a result as SEG and SR files, geometry-checked and fsync'd.
+//! - [`file_lock`]: exclusive advisory locks in the data folder (one daemon, one learning
+//!   run).
 //! - [`heads`]: head versions with their lineage, and the champion inference uses.
 //! - [`learn`]: on-site fine-tuning of the head: features of labelled cases, when a run is
 //!   due, yielding to inference, and the validation gate.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod export;
+pub mod file_lock;
 pub mod heads;
 pub mod http;
 pub mod jobs;

@@ -69,3 +69,42 @@ fn logs_never_carry_patient_names_ids_or_study_uids_in_clear() {
     }
     assert!(log.contains(&radiant_core::log_tag(&series.study_instance_uid)));
 }
+
+#[test]
+fn a_second_serve_on_the_same_data_folder_exits_with_the_reason_and_the_first_keeps_serving() {
+    let app = Appliance::start(&|_| {});
+    let series = CtSeries::load();
+    assert!(storescu(
+        "STORESCU",
+        &app.ae_title,
+        app.port,
+        &[],
+        &series.paths()[..3]
+    )
+    .status
+    .success());
+    // Same configuration and data folder (its ports are taken: the lock must refuse first,
+    // before recovery touches the spool or a port is bound).
+    let second = std::process::Command::new(hil_tests::appliance::binary())
+        .args(["serve", "--config"])
+        .arg(&app.config_path)
+        .output()
+        .expect("run a second serve");
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("another appliance serve is running"),
+        "{said}"
+    );
+    assert_eq!(app.expect_metric("radiant_instances_received_total"), 3.0);
+    assert!(storescu(
+        "STORESCU",
+        &app.ae_title,
+        app.port,
+        &[],
+        &series.paths()[3..6]
+    )
+    .status
+    .success());
+    assert_eq!(app.studies()[0]["instances"], 6, "{:?}", app.studies());
+}
