@@ -522,6 +522,40 @@ impl Config {
         Ok(config)
     }
 
+    /// What is valid but unsafe, by key: a DICOM listener reachable from other machines
+    /// (there is no DICOM TLS yet, so patient data would cross the network in clear), and
+    /// every peer admitted from any host on its AE title alone. `check-config` prints these and
+    /// `serve` logs them at warn; neither refuses.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let bind_is_loopback = self
+            .dicom
+            .bind
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        if !bind_is_loopback {
+            out.push(Problem {
+                key: "dicom.bind".into(),
+                message: format!(
+                    "{} is reachable from other machines and DICOM has no TLS here yet: images and patient attributes cross the network in clear",
+                    self.dicom.bind
+                ),
+            });
+        }
+        for (i, peer) in self.dicom.peers.iter().enumerate() {
+            if peer.host.is_none() {
+                out.push(Problem {
+                    key: format!("dicom.peers[{i}].host"),
+                    message: format!(
+                        "not set: any machine that calls itself {:?} is admitted",
+                        peer.ae_title
+                    ),
+                });
+            }
+        }
+        out
+    }
+
     /// Every problem, by key. Host names in `dicom.peers` are resolved here too.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -882,7 +916,9 @@ mod tests {
         let config = Config::load(&path).unwrap();
         assert_eq!(config.dicom.ae_title, "RADIANT");
         assert_eq!(config.dicom.port, 11112);
-        assert_eq!(config.dicom.bind, "0.0.0.0");
+        assert_eq!(config.dicom.bind, "127.0.0.1");
+        // Safe as shipped: loopback only, and every peer bound to a host.
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
         assert!(config.dicom.peers.iter().any(|p| p.ae_title == "STORESCU"));
         assert_eq!(config.http.bind, "127.0.0.1");
         assert_eq!(config.scp().min_free_bytes, 1024 << 20);
@@ -1051,5 +1087,17 @@ mod tests {
         let text = "data_dir = \"spool\"\n[dicom]\nae_title = \"A\"\nport = 104\n[[dicom.peers]]\nae_title = \"B\"\n";
         let config = Config::from_toml(text, "test", Path::new("/etc/radiant")).unwrap();
         assert_eq!(config.data_dir, Path::new("/etc/radiant/spool"));
+    }
+
+    #[test]
+    fn an_open_bind_and_a_peer_without_a_host_are_warnings_naming_their_keys() {
+        let mut config = Config::embedded_default().unwrap();
+        config.dicom.bind = "0.0.0.0".into();
+        config.dicom.peers[1].host = None;
+        let warnings: Vec<String> = config.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("dicom.bind: 0.0.0.0 is reachable"), "{warnings:?}");
+        assert!(warnings[1].starts_with("dicom.peers[1].host: not set"), "{warnings:?}");
+        assert!(config.problems().is_empty(), "warnings are not problems");
     }
 }

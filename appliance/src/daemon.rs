@@ -40,6 +40,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             lock_path.display()
         );
     };
+    for warning in config.warnings() {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
     let metrics = Arc::new(Metrics::default());
     let appliance_metrics = Arc::new(ApplianceMetrics::default());
     let spool = Spool::open(&config.data_dir, metrics.clone())?;

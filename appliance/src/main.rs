@@ -277,6 +277,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig(args) => {
             let config = args.load()?;
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "configuration is valid: AE title {} on {}:{}, {} peer(s), data_dir {}",
                 config.dicom.ae_title,
