@@ -19,7 +19,7 @@ use radiant_core::Uid;
 use crate::metrics::Metrics;
 use crate::uids;
 use dicom_object::FileMetaTableBuilder;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
@@ -153,6 +153,7 @@ impl Spool {
             spool_dir: spool_dir.clone(),
             index_path: index_path.clone(),
             metrics,
+            synced_study_dirs: HashSet::new(),
         };
         let handle = std::thread::Builder::new()
             .name("spool-committer".into())
@@ -364,6 +365,10 @@ struct Committer {
     spool_dir: PathBuf,
     index_path: PathBuf,
     metrics: Arc<Metrics>,
+    /// Study folders whose entry in the spool folder this process has fsync'd. A folder left by
+    /// an earlier process or by a failed batch is fsync'd again before the first instance in it
+    /// is acknowledged.
+    synced_study_dirs: HashSet<PathBuf>,
 }
 
 impl Committer {
@@ -420,23 +425,53 @@ impl Committer {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut dirs_to_sync = BTreeSet::new();
         let mut stored_bytes = 0u64;
+        let mut new_study_dirs = Vec::new();
         for job in batch {
-            let exists: bool = tx
+            let indexed: Option<String> = tx
                 .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM instances WHERE sop_instance_uid = ?1)",
+                    "SELECT path FROM instances WHERE sop_instance_uid = ?1",
                     [&job.sop_instance_uid],
                     |r| r.get(0),
                 )
+                .optional()
                 .map_err(ix)?;
-            if exists {
-                fs::remove_file(&job.tmp).map_err(|e| StoreError::io(&job.tmp, e))?;
+            if let Some(relative) = indexed {
+                let stored = self.data_dir.join(&relative);
+                if stored.is_file() {
+                    fs::remove_file(&job.tmp).map_err(|e| StoreError::io(&job.tmp, e))?;
+                } else {
+                    // The index row outlived its file (a disk error, a hand that deleted it):
+                    // the re-sent copy takes its place, so the Success we send is true.
+                    tracing::warn!(
+                        file = %radiant_core::redacted_path(&stored),
+                        "a re-sent instance restores its missing spool file"
+                    );
+                    if let Some(parent) = stored.parent() {
+                        fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+                        dirs_to_sync.insert(parent.to_path_buf());
+                        if let Some(spool) = parent.parent() {
+                            dirs_to_sync.insert(spool.to_path_buf());
+                        }
+                    }
+                    fs::rename(&job.tmp, &stored).map_err(|e| StoreError::io(&stored, e))?;
+                    renamed.push(stored);
+                    tx.execute(
+                        "UPDATE instances SET size = ?2, transfer_syntax_uid = ?3
+                         WHERE sop_instance_uid = ?1",
+                        params![job.sop_instance_uid, job.size as i64, job.transfer_syntax_uid],
+                    )
+                    .map_err(ix)?;
+                }
                 outcomes.push(StoreOutcome::Duplicate);
                 continue;
             }
             let study_dir = self.spool_dir.join(&job.study_uid);
             if !study_dir.is_dir() {
                 fs::create_dir(&study_dir).map_err(|e| StoreError::io(&study_dir, e))?;
+            }
+            if !self.synced_study_dirs.contains(&study_dir) {
                 dirs_to_sync.insert(self.spool_dir.clone());
+                new_study_dirs.push(study_dir.clone());
             }
             let final_path = study_dir.join(format!("{}.dcm", job.sop_instance_uid));
             fs::rename(&job.tmp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
@@ -481,6 +516,7 @@ impl Committer {
             radiant_core::durable::fsync_dir(dir).map_err(|e| StoreError::io(dir, e.source))?;
         }
         tx.commit().map_err(ix)?;
+        self.synced_study_dirs.extend(new_study_dirs);
         let stored = outcomes
             .iter()
             .filter(|o| **o == StoreOutcome::Stored)
@@ -541,6 +577,26 @@ mod tests {
         );
         spool.close().unwrap();
         assert_eq!(metrics.spool_instances.get(), 1);
+        assert_eq!(
+            fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_resent_instance_whose_file_went_missing_is_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let dataset = b"\x08\x00\x18\x00UI\x04\x001.2\0".to_vec();
+        spool.store(&instance("1.2.3.4", &dataset)).unwrap();
+        let file = dir.path().join("spool/1.2.3/1.2.3.4.dcm");
+        fs::remove_file(&file).unwrap();
+        assert_eq!(
+            spool.store(&instance("1.2.3.4", &dataset)).unwrap(),
+            StoreOutcome::Duplicate
+        );
+        spool.close().unwrap();
+        assert!(fs::read(&file).unwrap().ends_with(&dataset));
         assert_eq!(
             fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(),
             0
