@@ -182,6 +182,16 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
         let count = uint(&instance.object, tags::NUMBER_OF_FRAMES)
             .unwrap_or(1)
             .max(1);
+        // Number of Frames is the sender's word: bound what it makes us allocate (one entry per
+        // frame here, its voxels later) before anything is pushed.
+        let per_frame = u64::from(instance.rows) * u64::from(instance.columns);
+        let planned = (frames.len() as u64 + u64::from(count)).saturating_mul(per_frame);
+        if planned > limits.max_voxels as u64 {
+            return Err(VolumeError::TooLarge {
+                voxels: usize::try_from(planned).unwrap_or(usize::MAX),
+                limit: limits.max_voxels,
+            });
+        }
         let positions = frame_positions(&instance.object, count);
         for frame in 0..count {
             frames.push(Frame {

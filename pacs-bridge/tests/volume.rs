@@ -266,3 +266,16 @@ fn non_finite_positions_orientations_and_spacings_are_refused_naming_the_attribu
         Err(e) => panic!("NaN slope: {e}"),
     }
 }
+
+#[test]
+fn a_declared_number_of_frames_beyond_the_voxel_limit_is_refused_before_allocating() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    // Four billion declared frames of 512 x 512: about 4e15 voxels, on three small files.
+    let paths = slices_with(dir.path(), tags::NUMBER_OF_FRAMES, VR::IS, "4000000000");
+    match build(&paths, &Limits::default()) {
+        Err(VolumeError::TooLarge { voxels, limit }) => assert!(voxels > limit),
+        other => panic!("{:?}", other.map(|s| s.volume.slices)),
+    }
+}
