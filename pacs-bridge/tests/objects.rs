@@ -315,3 +315,32 @@ fn mutated_segs_never_panic() {
     // Most edits break something the decoder checks.
     assert!(refused > 500, "{refused} of 2000 refused");
 }
+
+/// A SEG from outside whose pixels land past the last column once the allowed slack adds up
+/// (a pixel spacing of 1 µm, the frame 0.6 pixel along the row, under the 1 µm position
+/// tolerance) is refused with the reason, never written into the wrong row or out of bounds.
+#[test]
+fn a_seg_pixel_mapping_past_the_source_slice_is_refused_not_wrapped_into_the_next_row() {
+    let paths = ct_series();
+    let mut series = build(&paths[..10], &Limits::default()).unwrap();
+    let (columns, plane) = (
+        series.volume.columns,
+        series.volume.rows * series.volume.columns,
+    );
+    let mut labels = vec![0u8; series.volume.voxels.len()];
+    labels[plane + columns - 1] = 1; // the last column of the first row, second slice
+    let mut decoded = seg::decode(&seg_of(&series, &labels).bytes).unwrap();
+    series.volume.spacing[0] = 0.001;
+    series.volume.spacing[1] = 0.001;
+    decoded.pixel_spacing = [0.001, 0.001];
+    let row_direction = series.volume.row_direction;
+    for frame in &mut decoded.frames {
+        for (p, d) in frame.position.iter_mut().zip(row_direction) {
+            *p += 0.0006 * d;
+        }
+    }
+    match seg::reproject(&decoded, &series) {
+        Err(err) => assert!(err.to_string().contains("outside source slice"), "{err}"),
+        Ok(_) => panic!("a pixel past the last column was re-projected (into the next row)"),
+    }
+}

@@ -865,7 +865,18 @@ pub fn reproject(
                 at[i] += c * column_spacing * row_dir[i] + r * row_spacing * col_dir[i];
             }
             let (x, y, _) = to_source_index(v, at);
-            let (x, y) = (x.round() as usize, y.round() as usize);
+            let (x, y) = (x.round(), y.round());
+            // Each check above allows a little slack; together they can still carry a pixel
+            // past the last column or row (tiny spacing, an offset under the tolerance).
+            if !(x >= 0.0 && x < v.columns as f64 && y >= 0.0 && y < v.rows as f64) {
+                return bad(format!(
+                    "frame {} pixel {} maps outside source slice {} (column {x}, row {y})",
+                    f + 1,
+                    p + 1,
+                    z + 1
+                ));
+            }
+            let (x, y) = (x as usize, y as usize);
             let voxel = z * plane + y * v.columns + x;
             if reprojected[voxel] != 0 && reprojected[voxel] != frame.segment {
                 return bad(format!(
