@@ -318,7 +318,26 @@ impl Pipeline {
                 }
             }
             let started = Instant::now();
-            match self.run_one(&mut model, in_use, id, &study, &ae, &series) {
+            // A panic anywhere in the job (a dependency's decoder, a runtime) fails this job with
+            // its message; the worker reloads the model, whose state the panic may have cut
+            // short, and goes on with the next job.
+            let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_one(&mut model, in_use, id, &study, &ae, &series)
+            })) {
+                Ok(result) => result,
+                Err(panic) => {
+                    model = Model::new(
+                        self.package.clone(),
+                        load_backend(&self.config, &self.package)?,
+                    )?;
+                    in_use = None;
+                    Err(anyhow::anyhow!(
+                        "the job panicked: {}",
+                        radiant_core::panic_message(panic.as_ref())
+                    ))
+                }
+            };
+            match outcome {
                 Ok((json, objects)) => {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     tx.execute(

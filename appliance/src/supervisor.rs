@@ -6,8 +6,7 @@
 //! and exits non-zero (systemd then restarts it); a panic never ends a thread silently.
 
 use crate::http::Readiness;
-use radiant_core::Cancel;
-use std::any::Any;
+use radiant_core::{panic_message, Cancel};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -91,16 +90,6 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
     }
 }
 

@@ -5,7 +5,6 @@
 //! Pixel Spacing, or their functional-group equivalents in Enhanced multi-frame objects
 //! (PS3.3 C.7.6.16). A series that cannot form one regular volume is refused with the reason.
 
-use radiant_core::Uid;
 use crate::dataset;
 use crate::uids;
 use dicom_core::Tag;
@@ -13,6 +12,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
 use radiant_core::volume::{cross, dot, Volume};
+use radiant_core::Uid;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -257,21 +257,11 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
     }
     let options = convert_options();
     for (i, inst) in instances.iter().enumerate() {
-        let decoded = inst
-            .object
-            .decode_pixel_data()
-            .map_err(|e| VolumeError::Decode {
-                path: inst.path.clone(),
-                reason: e.to_string(),
-            })?;
+        let decoded = contained(&inst.path, || inst.object.decode_pixel_data())?;
         for &(frame, slot) in &slot_of[i] {
-            let values: Vec<f32> =
-                decoded
-                    .to_vec_frame_with_options(frame, &options)
-                    .map_err(|e| VolumeError::Decode {
-                        path: inst.path.clone(),
-                        reason: e.to_string(),
-                    })?;
+            let values: Vec<f32> = contained(&inst.path, || {
+                decoded.to_vec_frame_with_options(frame, &options)
+            })?;
             if values.len() != per_slice {
                 return Err(VolumeError::Decode {
                     path: inst.path.clone(),
@@ -333,22 +323,38 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
 pub fn decode_frames(path: &Path, limits: &Limits) -> Result<Vec<Vec<f32>>, VolumeError> {
     let object = read(path, limits)?;
     let count = uint(&object, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
-    let decoded = object
-        .decode_pixel_data()
-        .map_err(|e| VolumeError::Decode {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let decoded = contained(path, || object.decode_pixel_data())?;
     (0..count)
         .map(|frame| {
-            decoded
-                .to_vec_frame_with_options(frame, &convert_options())
-                .map_err(|e| VolumeError::Decode {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })
+            contained(path, || {
+                decoded.to_vec_frame_with_options(frame, &convert_options())
+            })
         })
         .collect()
+}
+
+/// Run one step of a pixel-data decoder of the DICOM dependency behind a panic boundary.
+/// Its codecs index out of range when a frame decodes to more or fewer bytes than the header
+/// says (short RLE segments, a JPEG codestream larger than declared): such a file is a
+/// [`VolumeError::Decode`] naming the panic, like any other undecodable file, and the thread
+/// that asked goes on. The decoder's state is local to the call, so nothing half-updated
+/// outlives the panic.
+fn contained<T, E: std::fmt::Display>(
+    path: &Path,
+    step: impl FnOnce() -> Result<T, E>,
+) -> Result<T, VolumeError> {
+    let failed = |reason: String| VolumeError::Decode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(panic) => Err(failed(format!(
+            "the pixel-data decoder panicked ({})",
+            radiant_core::panic_message(panic.as_ref())
+        ))),
+    }
 }
 
 /// Modality rescale applied (Hounsfield units for CT), no VOI windowing.

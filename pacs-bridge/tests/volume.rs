@@ -279,3 +279,43 @@ fn a_declared_number_of_frames_beyond_the_voxel_limit_is_refused_before_allocati
         other => panic!("{:?}", other.map(|s| s.volume.slices)),
     }
 }
+
+/// An RLE slice whose last segment is cut short (written by pydicom from a CT slice, then
+/// truncated): the dependency's RLE decoder indexes out of range on it. The panic stays inside
+/// the decode and comes back as a typed error naming it.
+#[test]
+fn a_decoder_panic_on_short_rle_segments_is_a_decode_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short_rle.dcm");
+    let script = r#"
+import sys, pydicom
+from pydicom.uid import RLELossless
+from pydicom.encaps import generate_fragments, encapsulate
+ds = pydicom.dcmread(sys.argv[1])
+ds.compress(RLELossless)
+frame = list(generate_fragments(ds.PixelData))[-1]
+segments = int.from_bytes(frame[0:4], "little")
+last = int.from_bytes(frame[4 * segments:4 * segments + 4], "little")
+short = frame[:last + 10]
+ds.PixelData = encapsulate([short + b"\0" * (len(short) % 2)])
+ds.save_as(sys.argv[2], enforce_file_format=True)
+"#;
+    let made = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&ct_series()[10])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success(), "pydicom could not write the RLE file");
+    for result in [
+        build(&[path.clone()], &Limits::default()).map(|_| ()),
+        decode_frames(&path, &Limits::default()).map(|_| ()),
+    ] {
+        match result {
+            Err(VolumeError::Decode { reason, .. }) => {
+                assert!(reason.contains("panicked"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

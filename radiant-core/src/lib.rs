@@ -10,6 +10,7 @@
 //!   carry them.
 //! - [`durable`]: write-temp, fdatasync, rename, fsync the directory: the one way a file
 //!   becomes durable.
+//! - [`panic`]: the message of a caught panic.
 //! - [`uid`]: a DICOM UID that prints only a hashed tag, so logs and errors never carry it in
 //!   clear.
 //! - [`rng`]: SplitMix64, the seeded stream every deterministic choice uses.
@@ -17,11 +18,13 @@
 pub mod cancel;
 pub mod code;
 pub mod durable;
+pub mod panic;
 pub mod rng;
 pub mod uid;
 pub mod volume;
 
 pub use cancel::{Cancel, Doorbell, Wake};
 pub use code::Code;
+pub use panic::panic_message;
 pub use uid::{log_tag, redacted_path, Uid};
 pub use volume::Volume;
