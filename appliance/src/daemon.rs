@@ -123,22 +123,29 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             stop.wait_timeout(ASSEMBLY_TICK);
         }
     })?;
-    let pipeline = crate::jobs::Pipeline::new(&config)?.map(|p| p.with_metrics(appliance_metrics.clone()));
+    let pipeline =
+        crate::jobs::Pipeline::new(&config)?.map(|p| p.with_metrics(appliance_metrics.clone()));
     // Rung when a job is queued (the worker waits on it) and when a job queued results (the
     // outbox sender waits on it).
-    let jobs_queued = Doorbell::new(supervisor.shutdown());
-    let results_queued = Doorbell::new(supervisor.shutdown());
+    // Each doorbell is rung by its waiter's own stop signal too, so an ordered stop of that
+    // thread wakes it at once.
+    let worker_stop = supervisor.stop_signal();
+    let outbox_stop = supervisor.stop_signal();
+    let jobs_queued = Doorbell::new(&worker_stop);
+    let results_queued = Doorbell::new(&outbox_stop);
     let worker = match &pipeline {
         Some(p) => {
             p.recover()?;
             let worker = p.clone();
             let wake = jobs_queued.clone();
             let done = results_queued.clone();
-            Some(supervisor.spawn("inference", move |stop| {
-                if let Err(e) = worker.work(stop, wake, &done) {
-                    tracing::error!(error = %format!("{e:#}"), "inference worker stopped");
-                }
-            })?)
+            Some(
+                supervisor.spawn_under("inference", worker_stop, move |stop| {
+                    if let Err(e) = worker.work(stop, wake, &done) {
+                        tracing::error!(error = %format!("{e:#}"), "inference worker stopped");
+                    }
+                })?,
+            )
         }
         None => None,
     };
@@ -170,7 +177,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             metrics: appliance_metrics.clone(),
         };
         let wake = results_queued.clone();
-        supervisor.spawn("outbox", move |stop| {
+        supervisor.spawn_under("outbox", outbox_stop, move |stop| {
             if let Err(e) = sender.run(stop, wake) {
                 tracing::error!(error = %format!("{e:#}"), "outbox sender stopped");
             }

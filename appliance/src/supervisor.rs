@@ -40,13 +40,29 @@ impl Supervisor {
         &self.shutdown
     }
 
+    /// A new stop signal for one thread: a child of the root. Make it before the thread when
+    /// something else must watch it too (a [`radiant_core::Doorbell`] the thread waits on),
+    /// then start the thread with [`Supervisor::spawn_under`].
+    pub fn stop_signal(&self) -> Cancel {
+        self.shutdown.child()
+    }
+
     /// Run `body` on a thread named `name` with its own stop signal (a child of the root).
     pub fn spawn(
         &self,
         name: &'static str,
         body: impl FnOnce(&Cancel) + Send + 'static,
     ) -> std::io::Result<Supervised> {
-        let stop = self.shutdown.child();
+        self.spawn_under(name, self.stop_signal(), body)
+    }
+
+    /// [`Supervisor::spawn`] with a stop signal made by [`Supervisor::stop_signal`].
+    pub fn spawn_under(
+        &self,
+        name: &'static str,
+        stop: Cancel,
+        body: impl FnOnce(&Cancel) + Send + 'static,
+    ) -> std::io::Result<Supervised> {
         let thread_stop = stop.clone();
         let supervisor = self.clone();
         let handle = std::thread::Builder::new()
@@ -130,5 +146,26 @@ mod tests {
         assert!(!supervisor.shutdown().is_cancelled());
         supervisor.stop(b);
         assert!(supervisor.panicked().is_empty());
+    }
+
+    #[test]
+    fn a_thread_waiting_on_a_doorbell_of_its_own_stop_signal_ends_at_once_when_stopped() {
+        let supervisor = Supervisor::new(Cancel::new(), Arc::new(Readiness::default()));
+        let stop = supervisor.stop_signal();
+        let mut bell = radiant_core::Doorbell::new(&stop);
+        let waiter = supervisor
+            .spawn_under("waiter", stop, move |stop| {
+                while !stop.is_cancelled() {
+                    bell.wait(std::time::Duration::from_secs(60));
+                }
+            })
+            .unwrap();
+        let t = std::time::Instant::now();
+        supervisor.stop(waiter);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }
