@@ -295,6 +295,10 @@ pub struct InferenceConfig {
     /// Jobs waiting at most; a study completing beyond that is recorded as rejected.
     #[serde(default = "default_max_queued_jobs")]
     pub max_queued_jobs: usize,
+    /// Starts of one job at most: a job found running at start-up (the appliance stopped
+    /// during it) runs again until it has started this often, then fails with the count.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
 }
 
 impl Default for InferenceConfig {
@@ -305,6 +309,7 @@ impl Default for InferenceConfig {
             backend: BackendKind::Tract,
             onnxruntime_library: None,
             max_queued_jobs: default_max_queued_jobs(),
+            max_attempts: default_max_attempts(),
         }
     }
 }
@@ -333,6 +338,9 @@ impl BackendKind {
 
 fn default_model() -> String {
     "head-ct-ich".into()
+}
+fn default_max_attempts() -> u32 {
+    3
 }
 fn default_max_queued_jobs() -> usize {
     100
@@ -661,6 +669,12 @@ impl Config {
         }
         if self.http.enabled && self.http.port == d.port && self.http.bind == d.bind {
             problem("http.port", "must differ from dicom.port".into());
+        }
+        if !(1..=100).contains(&self.inference.max_attempts) {
+            problem(
+                "inference.max_attempts",
+                "must be between 1 and 100".into(),
+            );
         }
         if !(1..=100_000).contains(&self.inference.max_queued_jobs) {
             problem(

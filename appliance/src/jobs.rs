@@ -16,13 +16,13 @@ use anyhow::Context;
 use models::backbone::Backend;
 use models::infer::Model;
 use models::package::Package;
-use radiant_core::log_tag;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
+use radiant_core::log_tag;
+use radiant_core::{Cancel, Doorbell};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use radiant_core::{Cancel, Doorbell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,27 @@ pub fn load_backend(config: &Config, package: &Package) -> anyhow::Result<Box<dy
         package,
         inference.onnxruntime_library.as_deref(),
     )?)
+}
+
+/// Jobs left `running` by a stop: queued again while they have started fewer than
+/// `max_attempts` times, failed with the count otherwise (a job that takes the process down
+/// each time must not do it forever). Returns (queued again, failed).
+pub fn requeue_interrupted(
+    conn: &Connection,
+    max_attempts: u32,
+) -> rusqlite::Result<(usize, usize)> {
+    let now = now_ms();
+    let given_up = conn.execute(
+        "UPDATE jobs SET state = ?2, updated_at_ms = ?1,
+             error = 'crashed ' || attempts || ' times: the appliance stopped while this job ran; not run again'
+         WHERE state = ?3 AND attempts >= ?4",
+        params![now, JobState::Failed, JobState::Running, max_attempts],
+    )?;
+    let requeued = conn.execute(
+        "UPDATE jobs SET state = ?2, updated_at_ms = ?1 WHERE state = ?3",
+        params![now, JobState::Queued, JobState::Running],
+    )?;
+    Ok((requeued, given_up))
 }
 
 /// Creates jobs for completed studies and runs them.
@@ -247,12 +268,16 @@ impl Pipeline {
     /// and put jobs a crash left `running` back in the queue.
     pub fn recover(&self) -> anyhow::Result<()> {
         let conn = db::open(&self.data_dir)?;
-        let requeued = conn.execute(
-            "UPDATE jobs SET state = ?2, updated_at_ms = ?1 WHERE state = ?3",
-            params![now_ms(), JobState::Queued, JobState::Running],
-        )?;
+        let (requeued, given_up) = requeue_interrupted(&conn, self.config.inference.max_attempts)?;
         if requeued > 0 {
             tracing::warn!(requeued, "re-running inference jobs interrupted by a stop");
+        }
+        if given_up > 0 {
+            tracing::error!(
+                given_up,
+                max_attempts = self.config.inference.max_attempts,
+                "inference jobs the appliance stopped during too often are failed, not run again"
+            );
         }
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         for study in index::list_studies(&index)? {
@@ -294,7 +319,8 @@ impl Pipeline {
                 continue;
             };
             conn.execute(
-                "UPDATE jobs SET state = ?3, updated_at_ms = ?2 WHERE id = ?1",
+                "UPDATE jobs SET state = ?3, attempts = attempts + 1, updated_at_ms = ?2
+                 WHERE id = ?1",
                 params![id, now_ms(), JobState::Running],
             )?;
             let m = &self.package.manifest;
@@ -492,6 +518,29 @@ mod tests {
         insert(&conn, 1, JobState::Queued);
         assert_eq!(admission(&conn, 3).unwrap(), JobState::Rejected);
         assert_eq!(admission(&conn, 4).unwrap(), JobState::Queued);
+    }
+
+    #[test]
+    fn a_job_the_appliance_stopped_during_max_attempts_times_fails_with_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        insert(&conn, 2, JobState::Running);
+        conn.execute("UPDATE jobs SET attempts = 3 WHERE id = 1", [])
+            .unwrap();
+        conn.execute("UPDATE jobs SET attempts = 2 WHERE id = 2", [])
+            .unwrap();
+        assert_eq!(requeue_interrupted(&conn, 3).unwrap(), (1, 1));
+        let (state, error): (JobState, Option<String>) = conn
+            .query_row("SELECT state, error FROM jobs WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(state, JobState::Failed);
+        assert!(error.unwrap().starts_with("crashed 3 times"));
+        let state: JobState = conn
+            .query_row("SELECT state FROM jobs WHERE id = 2", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, JobState::Queued);
     }
 
     #[test]

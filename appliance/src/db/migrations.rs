@@ -20,13 +20,19 @@ pub(super) struct Migration {
 }
 
 /// Every migration, in order; versions count up from 1.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    apply: tables_before_numbered_migrations,
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        apply: tables_before_numbered_migrations,
+    },
+    Migration {
+        version: 2,
+        apply: job_attempts,
+    },
+];
 
 /// The schema version this code writes and reads: the last migration's.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
 /// Migration 1: the tables of the releases before numbered migrations, created where missing;
@@ -46,6 +52,12 @@ fn tables_before_numbered_migrations(tx: &Transaction<'_>) -> rusqlite::Result<(
     tx.execute_batch(schema::HEADS)?;
     tx.execute_batch(schema::LEARN)?;
     Ok(())
+}
+
+/// Migration 2: jobs count how often a worker started them, so that a job that takes the
+/// process down every time (an abort no panic boundary catches) stops being retried.
+fn job_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(schema::JOB_ATTEMPTS)
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -439,6 +451,31 @@ mod tests {
             .query_row("SELECT outcome FROM learn_runs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(outcome, db::LearnOutcome::Refused);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_job_attempts_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db::path(dir.path());
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_with(&mut conn, &path, &MIGRATIONS[..1]).unwrap();
+        assert_eq!(version(&conn), 1);
+        conn.execute(
+            "INSERT INTO jobs (study_uid, calling_ae, series_uid, model_id, model_version,
+                 instances, state, created_at_ms, updated_at_ms)
+             VALUES ('s', 'A', 'x', 'm', '1', 1, ?1, 0, 0)",
+            [db::JobState::Running],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = db::open(dir.path()).unwrap();
+        assert_eq!(version(&conn), 2);
+        let (state, attempts): (db::JobState, i64) = conn
+            .query_row("SELECT state, attempts FROM jobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((state, attempts), (db::JobState::Running, 0));
     }
 
     #[test]

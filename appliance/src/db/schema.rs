@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS results (
 );
 ";
 
+/// Migration 2: how many times a worker started each job.
+pub(super) const JOB_ATTEMPTS: &str =
+    "ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;";
+
 /// `outbox`: result objects waiting for delivery ([`crate::outbox`]).
 pub(super) const OUTBOX: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
