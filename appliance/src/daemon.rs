@@ -9,7 +9,8 @@
 
 use crate::config::Config;
 use crate::file_lock::FileLock;
-use crate::http::{HttpEndpoint, Readiness};
+use crate::http::HttpEndpoint;
+use crate::readiness::Readiness;
 use crate::metrics::{ApplianceMetrics, Exposition};
 use crate::supervisor::Supervisor;
 use anyhow::Context;

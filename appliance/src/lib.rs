@@ -21,6 +21,7 @@
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
 //! - [`supervisor`]: the daemon's threads under one shutdown signal; a panic is logged,
 //!   fails readiness and stops the daemon with an error.
+//! - [`readiness`]: what `/health/ready` answers from (parts up, shutting down, failed).
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
 pub mod cases;
@@ -35,5 +36,6 @@ pub mod jobs;
 pub mod learn;
 pub mod metrics;
 pub mod outbox;
+pub mod readiness;
 pub mod studies;
 pub mod supervisor;

@@ -5,7 +5,7 @@
 //! `/health/ready` answer 503 with that name, and raises the root signal, so the daemon stops
 //! and exits non-zero (systemd then restarts it); a panic never ends a thread silently.
 
-use crate::http::Readiness;
+use crate::readiness::Readiness;
 use radiant_core::{panic_message, Cancel};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
