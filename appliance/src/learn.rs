@@ -488,13 +488,7 @@ impl Learner {
         let plane = rows * columns;
         let mut features =
             Vec::with_capacity(volume.slices * manifest.backbone.features * plane * 4);
-        let shape = BatchShape {
-            slices: volume.slices,
-            channels: spec.channels.len(),
-            rows,
-            columns,
-            features: manifest.backbone.features,
-        };
+        let shape = BatchShape::of(&manifest, volume.slices);
         let completion = backbone::run_in_batches::<anyhow::Error>(
             self.backend.as_mut(),
             shape,

@@ -4,6 +4,7 @@
 //! learner's feature extraction and the reference validation set all go through that loop, so
 //! they batch and check the same way.
 
+use crate::package::Manifest;
 use crate::InferError;
 use radiant_core::Cancel;
 use std::ops::Range;
@@ -28,6 +29,20 @@ pub struct BatchShape {
     pub columns: usize,
     /// Feature channels the backbone gives per pixel (the manifest's `backbone.features`).
     pub features: usize,
+}
+
+impl BatchShape {
+    /// The shape in which `manifest`'s backbone takes a volume of `slices` slices.
+    pub fn of(manifest: &Manifest, slices: usize) -> BatchShape {
+        let [rows, columns] = manifest.input.size;
+        BatchShape {
+            slices,
+            channels: manifest.input.channels.len(),
+            rows,
+            columns,
+            features: manifest.backbone.features,
+        }
+    }
 }
 
 /// Whether [`run_in_batches`] went through every slice.

@@ -78,13 +78,7 @@ pub fn run(model: &mut Model, volume: &Volume) -> Result<Inference, InferError> 
     let mut model_labels = vec![0u8; volume.slices * plane];
     let mut max_prob = 0f32;
     let last = classes - 1;
-    let shape = BatchShape {
-        slices: volume.slices,
-        channels: spec.channels.len(),
-        rows,
-        columns,
-        features: manifest.backbone.features,
-    };
+    let shape = BatchShape::of(&manifest, volume.slices);
     let head = &model.head;
     let looped = Instant::now();
     backbone::run_in_batches::<InferError>(
