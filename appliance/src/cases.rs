@@ -14,13 +14,13 @@
 //! with the reason. An accepted segmentation is written as one label value per source voxel
 //! to `<data_dir>/cases/<id>/labels.u8`, fsync'd before its row commits.
 
-use radiant_core::Uid;
 use crate::db::{self, CaseKind, CaseOrigin, CaseState};
-use radiant_core::durable::{fsync_dir, write_synced};
 use models::package::Manifest;
 use pacs_bridge::objects::{seg, sr_read};
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
+use radiant_core::durable::{fsync_dir, write_synced};
+use radiant_core::Uid;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -253,11 +253,12 @@ fn label_of(
         .first()
         .ok_or(CaseError::NoReference)?
         .clone();
-    let spool = index::open_read_only(&pacs_bridge::store::index_path(data_dir))
-        .map_err(|e| CaseError::UnknownSeries {
+    let spool = index::open_read_only(&pacs_bridge::store::index_path(data_dir)).map_err(|e| {
+        CaseError::UnknownSeries {
             series: Uid::new(series_uid.as_str()),
             reason: Some(e.to_string()),
-        })?;
+        }
+    })?;
     let files = index::series_files(&spool, data_dir, &series_uid)
         .map_err(|e| CaseError::UnknownSeries {
             series: Uid::new(series_uid.as_str()),

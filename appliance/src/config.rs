@@ -671,10 +671,7 @@ impl Config {
             problem("http.port", "must differ from dicom.port".into());
         }
         if !(1..=100).contains(&self.inference.max_attempts) {
-            problem(
-                "inference.max_attempts",
-                "must be between 1 and 100".into(),
-            );
+            problem("inference.max_attempts", "must be between 1 and 100".into());
         }
         if !(1..=100_000).contains(&self.inference.max_queued_jobs) {
             problem(
@@ -1110,8 +1107,14 @@ mod tests {
         config.dicom.peers[1].host = None;
         let warnings: Vec<String> = config.warnings().iter().map(|w| w.to_string()).collect();
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].starts_with("dicom.bind: 0.0.0.0 is reachable"), "{warnings:?}");
-        assert!(warnings[1].starts_with("dicom.peers[1].host: not set"), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("dicom.bind: 0.0.0.0 is reachable"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("dicom.peers[1].host: not set"),
+            "{warnings:?}"
+        );
         assert!(config.problems().is_empty(), "warnings are not problems");
     }
 }

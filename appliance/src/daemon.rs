@@ -10,8 +10,8 @@
 use crate::config::Config;
 use crate::file_lock::FileLock;
 use crate::http::HttpEndpoint;
-use crate::readiness::Readiness;
 use crate::metrics::{ApplianceMetrics, Exposition};
+use crate::readiness::Readiness;
 use crate::supervisor::Supervisor;
 use anyhow::Context;
 use pacs_bridge::metrics::Metrics;

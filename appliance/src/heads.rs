@@ -9,10 +9,10 @@
 //! shipped head; the heads of an older version stay listed.
 
 use crate::db::{self, now_ms, HeadState};
-use radiant_core::durable::{fsync_dir, write_synced};
 use anyhow::Context;
 use models::head::Head;
 use models::package::Manifest;
+use radiant_core::durable::{fsync_dir, write_synced};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use sha2::{Digest, Sha256};

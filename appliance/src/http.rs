@@ -1,9 +1,9 @@
 //! The operations endpoint: liveness, readiness (with the reason when not ready) and Prometheus
 //! metrics, on a loopback port by default.
 
-use crate::supervisor::{Supervised, Supervisor};
 use crate::metrics::{Exposition, CONTENT_TYPE};
 use crate::readiness::Readiness;
+use crate::supervisor::{Supervised, Supervisor};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

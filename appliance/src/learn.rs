@@ -28,16 +28,16 @@ use crate::db::{self, now_ms, CaseKind, CaseState, LearnOutcome, Split};
 use crate::file_lock::FileLock;
 use crate::heads::{self, CaseRef};
 use crate::jobs::inference_busy;
+use crate::metrics::ApplianceMetrics;
 use anyhow::Context;
-use learning::evaluate;
 use learning::case::Case;
+use learning::evaluate;
 use learning::finetune::{self, FineTuneConfig, FineTuneError, TrainingSet};
 use learning::gate::{self, GateConfig};
 use models::backbone::{self, Backend, BatchShape, Completion};
 use models::head::Head;
 use models::package::Package;
 use models::preprocess;
-use crate::metrics::ApplianceMetrics;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
 use radiant_core::durable::{fsync_dir, write_synced};
@@ -735,9 +735,7 @@ impl Learner {
                 return Ok(Err(NotRun::Stopped));
             }
             Ok(Err(NotRun::Yielded)) => {
-                metrics
-                    .learning_yields
-                    .inc();
+                metrics.learning_yields.inc();
                 progress(Progress::Yielded);
                 return Ok(Err(NotRun::Yielded));
             }
@@ -884,17 +882,11 @@ impl Learner {
             },
         )?;
         if decision.accepted {
-            metrics
-                .learning_heads_accepted
-                .inc();
-            metrics
-                .learning_champion_head
-                .set(id);
+            metrics.learning_heads_accepted.inc();
+            metrics.learning_champion_head.set(id);
             tracing::info!(head = id, parent = %heads::describe(parent), local_before = decision.local_champion, local_after = decision.local_candidate, "fine-tuned head accepted; it is the champion now");
         } else {
-            metrics
-                .learning_heads_refused
-                .inc();
+            metrics.learning_heads_refused.inc();
             tracing::warn!(head = id, reasons = ?decision.reasons, "fine-tuned head refused by the gate; the champion stays");
         }
         let outcome = if decision.accepted {

@@ -15,13 +15,13 @@
 use crate::config::{Config, DestinationConfig, OutboxConfig};
 use crate::db::{self, OutboxState};
 use crate::export::ExportedObject;
-use radiant_core::log_tag;
 use crate::metrics::ApplianceMetrics;
 use pacs_bridge::scu::{self, Destination, ScuConfig};
+use radiant_core::log_tag;
+use radiant_core::{Cancel, Doorbell};
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use std::path::PathBuf;
-use radiant_core::{Cancel, Doorbell};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,9 +178,7 @@ impl Sender {
             [OutboxState::Pending],
             |r| r.get(0),
         )?;
-        self.metrics
-            .outbox_pending
-            .set(pending);
+        self.metrics.outbox_pending.set(pending);
         let due: Vec<Due> = {
             let mut stmt = conn.prepare(
                 "SELECT id, study_uid, destination, path, attempts, created_at_ms FROM outbox
@@ -304,9 +302,7 @@ impl Sender {
                         now
                     ],
                 )?;
-                self.metrics
-                    .outbox_retries
-                    .inc();
+                self.metrics.outbox_retries.inc();
                 tracing::warn!(study = %study, destination = %entry.destination, entry = entry.id, attempts, retry_in_seconds = wait.as_secs(), error = %reason, "delivery failed; will retry");
             }
             Outcome::Permanent(reason) => self.fail(conn, entry, &reason, now)?,
@@ -320,9 +316,7 @@ impl Sender {
                  updated_at_ms = ?3 WHERE id = ?1",
             params![entry.id, reason, now, OutboxState::Failed],
         )?;
-        self.metrics
-            .outbox_failed
-            .inc();
+        self.metrics.outbox_failed.inc();
         tracing::error!(study = %log_tag(&entry.study_uid), destination = %entry.destination, entry = entry.id, error = %reason, "delivery refused; not retrying (appliance outbox retry to try again)");
         Ok(())
     }

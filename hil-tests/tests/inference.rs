@@ -8,10 +8,10 @@
 
 use hil_tests::repo_root;
 use models::backbone::Backend;
-use onnx_backends::{OrtBackend, OrtDevice, TractBackend};
 use models::infer::{self, Inference, Model};
 use models::package::Package;
 use models::InferError;
+use onnx_backends::{OrtBackend, OrtDevice, TractBackend};
 use pacs_bridge::volume::{build, Limits, SeriesVolume};
 use std::path::PathBuf;
 

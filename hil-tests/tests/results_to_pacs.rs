@@ -155,7 +155,13 @@ fn orthanc_holds_the_seg_and_sr_under_the_study_it_sent_and_they_validate() {
         app.expect_metric("radiant_outbox_delivery_latency_seconds_count"),
         2.0
     );
-    for stage in ["decode", "preprocess", "backbone_head", "postprocess", "export"] {
+    for stage in [
+        "decode",
+        "preprocess",
+        "backbone_head",
+        "postprocess",
+        "export",
+    ] {
         let name = format!("radiant_inference_stage_seconds_count{{stage=\"{stage}\"}}");
         assert_eq!(app.expect_metric(&name), 1.0, "{name}");
     }

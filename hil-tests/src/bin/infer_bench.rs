@@ -41,10 +41,10 @@
 use anyhow::{bail, ensure, Context, Result};
 use hil_tests::repo_root;
 use models::backbone::Backend;
-use onnx_backends::{OrtBackend, OrtDevice, TractBackend};
 use models::infer::{self, Inference, Model};
 use models::package::Package;
 use models::InferError;
+use onnx_backends::{OrtBackend, OrtDevice, TractBackend};
 use pacs_bridge::volume::{build, Limits};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

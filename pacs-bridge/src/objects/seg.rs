@@ -17,8 +17,8 @@ use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use radiant_core::Code;
 use radiant_core::volume::{dot, Volume};
+use radiant_core::Code;
 
 pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 

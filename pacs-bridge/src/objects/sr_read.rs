@@ -8,7 +8,6 @@
 //! at most [`MAX_SR_BYTES`]), and only then lets dicom-object build the tree. The content tree
 //! is walked with its own bounds ([`MAX_CONTENT_DEPTH`], [`MAX_CONTENT_ITEMS`]).
 
-use radiant_core::Uid;
 use super::sr::COMPREHENSIVE_SR_STORAGE;
 use super::{items, string};
 use crate::dataset::{self, DatasetError};
@@ -17,6 +16,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use radiant_core::Code;
+use radiant_core::Uid;
 use thiserror::Error;
 
 pub const BASIC_TEXT_SR_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.88.11";
@@ -71,10 +71,7 @@ pub enum SrReadError {
     #[error("{0} is missing or empty")]
     Missing(&'static str),
     #[error("{attribute} {value:?} is not a valid UID")]
-    InvalidUid {
-        attribute: &'static str,
-        value: Uid,
-    },
+    InvalidUid { attribute: &'static str, value: Uid },
     #[error("content item {path} is nested deeper than {MAX_CONTENT_DEPTH} levels")]
     TooDeep { path: String },
     #[error("the content tree has more than {MAX_CONTENT_ITEMS} items")]

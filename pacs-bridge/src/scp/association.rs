@@ -2,20 +2,20 @@
 //! 9.1): access control and presentation context negotiation, then the DIMSE message loop
 //! serving C-ECHO and C-STORE.
 
-use crate::ul::{self, PduError, PduStream};
+use super::reject::RejectReason;
 use super::{Peer, Shared};
 use crate::dataset::{self, Identity};
 use crate::dimse::{self, status, Command, Response};
-use super::reject::RejectReason;
 use crate::store::{IncomingInstance, StoreOutcome};
 use crate::uids;
-use radiant_core::log_tag;
+use crate::ul::{self, PduError, PduStream};
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
     AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, Pdu,
     PresentationContextResult, PresentationContextResultReason, UserVariableItem,
 };
+use radiant_core::log_tag;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Instant;
@@ -186,14 +186,8 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     {
         return;
     }
-    shared
-        .metrics
-        .associations
-        .inc();
-    shared
-        .metrics
-        .associations_active
-        .inc();
+    shared.metrics.associations.inc();
+    shared.metrics.associations_active.inc();
     tracing::info!(
         %peer,
         calling_ae = %rq.calling_ae_title,
@@ -211,10 +205,7 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         started: Instant::now(),
     };
     let end = association.message_loop();
-    shared
-        .metrics
-        .associations_active
-        .dec();
+    shared.metrics.associations_active.dec();
     tracing::info!(
         peer = %association.peer,
         calling_ae = %association.calling_ae,
@@ -523,10 +514,7 @@ impl Association<'_> {
     fn respond_without_dataset(&mut self, command: &Command, context_id: u8) -> Result<(), End> {
         let (field, status) = match command.command_field {
             dimse::C_ECHO_RQ => {
-                self.shared
-                    .metrics
-                    .echoes
-                    .inc();
+                self.shared.metrics.echoes.inc();
                 (dimse::C_ECHO_RSP, status::SUCCESS)
             }
             other => (other | 0x8000, status::UNRECOGNIZED_OPERATION),
@@ -716,9 +704,7 @@ impl Association<'_> {
             StoreOutcome::Stored => {
                 self.stored += 1;
                 metrics.instances_received.inc();
-                metrics
-                    .received_bytes
-                    .inc_by(dataset.len() as u64);
+                metrics.received_bytes.inc_by(dataset.len() as u64);
                 tracing::debug!(
                     study = %log_tag(&study_uid),
                     class = uids::storage_class_name(class),
@@ -727,9 +713,7 @@ impl Association<'_> {
                 );
             }
             StoreOutcome::Duplicate => {
-                metrics
-                    .instances_duplicate
-                    .inc();
+                metrics.instances_duplicate.inc();
                 tracing::info!(study = %log_tag(&study_uid), "re-sent instance already stored");
             }
         }

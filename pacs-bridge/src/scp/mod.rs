@@ -195,7 +195,9 @@ impl Server {
     }
 
     fn refuse_over_limit(&self, stream: TcpStream, peer: SocketAddr, refusing: &Arc<AtomicUsize>) {
-        self.shared.metrics.reject(RejectReason::AssociationLimit.label());
+        self.shared
+            .metrics
+            .reject(RejectReason::AssociationLimit.label());
         if refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
             refusing.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!(%peer, "association limit reached; connection closed");

@@ -25,13 +25,13 @@ pub use part10::FileError;
 pub use status::{classify, StatusClass};
 
 use crate::dimse::{self, ResponseFields, StoreRequest};
-use crate::ul::{self, PduError, PduStream};
 use crate::uids;
-use radiant_core::log_tag;
+use crate::ul::{self, PduError, PduStream};
 use dicom_ul::pdu::{
     AbortRQSource, AssociationAC, AssociationRJResult, AssociationRJSource, AssociationRQ, Pdu,
     PresentationContextProposed, PresentationContextResultReason, UserVariableItem,
 };
+use radiant_core::log_tag;
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

@@ -15,10 +15,10 @@
 pub mod index;
 pub mod studies;
 
-use radiant_core::Uid;
 use crate::metrics::Metrics;
 use crate::uids;
 use dicom_object::FileMetaTableBuilder;
+use radiant_core::Uid;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
@@ -295,7 +295,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-
 /// Remove what a crash left behind: `.part` files and spool files the index does not list.
 fn recover(
     data_dir: &Path,
@@ -384,9 +383,7 @@ impl Committer {
             let mut renamed = Vec::new();
             match self.commit(&batch, &mut renamed) {
                 Ok(outcomes) => {
-                    self.metrics
-                        .commit_batches
-                        .inc();
+                    self.metrics.commit_batches.inc();
                     for (job, outcome) in batch.iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(outcome));
                     }
@@ -458,7 +455,11 @@ impl Committer {
                     tx.execute(
                         "UPDATE instances SET size = ?2, transfer_syntax_uid = ?3
                          WHERE sop_instance_uid = ?1",
-                        params![job.sop_instance_uid, job.size as i64, job.transfer_syntax_uid],
+                        params![
+                            job.sop_instance_uid,
+                            job.size as i64,
+                            job.transfer_syntax_uid
+                        ],
                     )
                     .map_err(ix)?;
                 }
