@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A short, stable, non-reversible tag for a UID, for logs: the first 12 hex digits of its
 /// SHA-256. Logs never carry study UIDs or patient attributes in clear.
@@ -18,27 +18,25 @@ pub fn log_tag(uid: &str) -> String {
 /// at least one dot), alone or followed by a file extension, prints as its tag. The spool names
 /// files `spool/<study UID>/<SOP Instance UID>.dcm`; this is how an error names one.
 pub fn redacted_path(path: &Path) -> String {
-    let shown: Vec<String> = path
-        .components()
-        .map(|c| {
-            let part = c.as_os_str().to_string_lossy();
-            let (stem, extension) = match part.rsplit_once('.') {
-                Some((stem, ext))
-                    if !ext.is_empty() && ext.chars().all(|c| c.is_ascii_alphabetic()) =>
-                {
-                    (stem, Some(ext))
-                }
-                _ => (part.as_ref(), None),
-            };
-            let is_uid = stem.contains('.') && stem.chars().all(|c| c.is_ascii_digit() || c == '.');
-            match (is_uid, extension) {
-                (true, Some(ext)) => format!("uid#{}.{ext}", log_tag(stem)),
-                (true, None) => format!("uid#{}", log_tag(stem)),
-                (false, _) => part.into_owned(),
+    let mut shown = PathBuf::new();
+    for component in path.components() {
+        let part = component.as_os_str().to_string_lossy();
+        let (stem, extension) = match part.rsplit_once('.') {
+            Some((stem, ext))
+                if !ext.is_empty() && ext.chars().all(|c| c.is_ascii_alphabetic()) =>
+            {
+                (stem, Some(ext))
             }
-        })
-        .collect();
-    shown.join("/").replacen("//", "/", 1)
+            _ => (part.as_ref(), None),
+        };
+        let is_uid = stem.contains('.') && stem.chars().all(|c| c.is_ascii_digit() || c == '.');
+        match (is_uid, extension) {
+            (true, Some(ext)) => shown.push(format!("uid#{}.{ext}", log_tag(stem))),
+            (true, None) => shown.push(format!("uid#{}", log_tag(stem))),
+            (false, _) => shown.push(component),
+        }
+    }
+    shown.display().to_string()
 }
 
 /// A UID that prints as its [`log_tag`]. Put it in every error that names a study, series or
