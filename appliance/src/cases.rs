@@ -67,6 +67,12 @@ pub enum CaseError {
         code: String,
         model: String,
     },
+    #[error("taking the object in panicked ({0})")]
+    Panicked(String),
+    #[error(
+        "crashed {0} times: the appliance stopped while taking this object in; not taken in again"
+    )]
+    Crashed(u32),
 }
 
 /// A case as `appliance cases list` prints it.
@@ -291,19 +297,25 @@ pub fn ingest(
     origin: CaseOrigin,
 ) -> anyhow::Result<Result<CaseView, CaseError>> {
     let decoded = read_label_object(path);
+    // An object that cannot be read is recorded under the name the spool gave it (its SOP
+    // Instance UID), so intake knows it next time; a file from the CLI under its path.
     let sop_uid = decoded
         .as_ref()
         .ok()
         .and_then(LabelObject::sop_instance_uid)
-        .unwrap_or_else(|| path.display().to_string());
+        .unwrap_or_else(|| fallback_key(path, origin));
     let now = db::now_ms();
     // A PACS that routes everything back returns our own SEGs and SRs too: learning from them
     // would teach the model its own mistakes.
     let own_job = own_result(conn, &sop_uid)?;
-    let outcome = decoded.and_then(|d| match (own_job, d) {
-        (Some(job), _) => Err(CaseError::OwnResult(job)),
-        (None, LabelObject::Seg(seg)) => label_of(data_dir, manifest, seg),
-        (None, LabelObject::Report(report)) => finding_of(data_dir, manifest, report),
+    // Re-projection reads the referenced series' pixel data: behind a panic boundary too.
+    let outcome = decoded.and_then(|d| {
+        radiant_core::contain(|| match (own_job, d) {
+            (Some(job), _) => Err(CaseError::OwnResult(job)),
+            (None, LabelObject::Seg(seg)) => label_of(data_dir, manifest, seg),
+            (None, LabelObject::Report(report)) => finding_of(data_dir, manifest, report),
+        })
+        .unwrap_or_else(|panic| Err(CaseError::Panicked(panic)))
     });
     // One transaction: a reader sees no case, or the case in its final state with its label.
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
@@ -444,6 +456,67 @@ pub fn list(conn: &Connection) -> anyhow::Result<Vec<CaseView>> {
     Ok(cases)
 }
 
+/// The key of an object that cannot be decoded: the spool names a file after its SOP Instance
+/// UID; a file given to the CLI goes by its path.
+fn fallback_key(path: &Path, origin: CaseOrigin) -> String {
+    match (origin, path.file_stem()) {
+        (CaseOrigin::Dicom, Some(stem)) => stem.to_string_lossy().into_owned(),
+        _ => path.display().to_string(),
+    }
+}
+
+/// Count one more start of the intake of the object `sop_uid`, committed before anything
+/// decodes it; returns how many earlier starts never reached [`end_intake`] (each one took
+/// the process down).
+pub fn begin_intake(conn: &Connection, sop_uid: &str) -> rusqlite::Result<u32> {
+    let attempts: u32 = conn.query_row(
+        "INSERT INTO intake_attempts (label_sop_uid, attempts, updated_at_ms) VALUES (?1, 1, ?2)
+         ON CONFLICT (label_sop_uid) DO UPDATE SET attempts = attempts + 1,
+             updated_at_ms = excluded.updated_at_ms
+         RETURNING attempts",
+        params![sop_uid, db::now_ms()],
+        |r| r.get(0),
+    )?;
+    Ok(attempts.saturating_sub(1))
+}
+
+/// The intake of `sop_uid` ended (a case row, accepted or refused, is recorded).
+pub fn end_intake(conn: &Connection, sop_uid: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM intake_attempts WHERE label_sop_uid = ?1",
+        [sop_uid],
+    )?;
+    Ok(())
+}
+
+/// Record the object `sop_uid` as refused without decoding it: its intake crashed the process
+/// `crashes` times.
+pub fn refuse_crashed(
+    conn: &Connection,
+    manifest: &Manifest,
+    sop_uid: &str,
+    origin: CaseOrigin,
+    crashes: u32,
+) -> rusqlite::Result<CaseError> {
+    let reason = CaseError::Crashed(crashes);
+    conn.execute(
+        "INSERT INTO cases (label_sop_uid, origin, state, reason, model_id, created_at_ms, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (label_sop_uid) DO UPDATE SET state = excluded.state,
+             reason = excluded.reason",
+        params![
+            sop_uid,
+            origin,
+            CaseState::Refused,
+            reason.to_string(),
+            manifest.id,
+            db::now_ms(),
+            CaseKind::Segmentation
+        ],
+    )?;
+    Ok(reason)
+}
+
 /// Whether the SEG or SR with this SOP Instance UID was already taken in (accepted or refused).
 pub fn known(conn: &Connection, sop_uid: &str) -> rusqlite::Result<bool> {
     Ok(conn
@@ -484,5 +557,34 @@ mod tests {
             Some(BTreeMap::from([("1".into(), 12)]))
         );
         assert_eq!(all[0].kind, CaseKind::Segmentation);
+    }
+
+    #[test]
+    fn an_intake_that_never_ended_counts_as_a_crash_and_a_crashed_object_becomes_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        // A clean intake leaves nothing behind: the next one starts from zero.
+        assert_eq!(begin_intake(&conn, "1.2.3").unwrap(), 0);
+        end_intake(&conn, "1.2.3").unwrap();
+        assert_eq!(begin_intake(&conn, "1.2.3").unwrap(), 0);
+        // Two starts that never ended (the process died in them).
+        assert_eq!(begin_intake(&conn, "1.2.3").unwrap(), 1);
+        assert_eq!(begin_intake(&conn, "1.2.3").unwrap(), 2);
+        assert!(!known(&conn, "1.2.3").unwrap());
+        let package = models::package::Package::open(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/head-ct"),
+        )
+        .unwrap();
+        let manifest = package.manifest;
+        let reason = refuse_crashed(&conn, &manifest, "1.2.3", CaseOrigin::Dicom, 2).unwrap();
+        end_intake(&conn, "1.2.3").unwrap();
+        assert!(known(&conn, "1.2.3").unwrap());
+        let case = &list(&conn).unwrap()[0];
+        assert_eq!(case.state, CaseState::Refused);
+        assert_eq!(case.reason.as_deref(), Some(reason.to_string().as_str()));
+        assert!(
+            reason.to_string().starts_with("crashed 2 times"),
+            "{reason}"
+        );
     }
 }

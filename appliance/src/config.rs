@@ -295,8 +295,9 @@ pub struct InferenceConfig {
     /// Jobs waiting at most; a study completing beyond that is recorded as rejected.
     #[serde(default = "default_max_queued_jobs")]
     pub max_queued_jobs: usize,
-    /// Starts of one job at most: a job found running at start-up (the appliance stopped
-    /// during it) runs again until it has started this often, then fails with the count.
+    /// Starts of one job, or of one labelled case's intake, at most: one found unfinished at
+    /// start-up (the appliance stopped during it) runs again until it has started this often,
+    /// then fails (the case is refused) with the count.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
 }

@@ -4,8 +4,12 @@
 //! closed cleanly.
 //!
 //! One shutdown signal: every thread runs under a child of it ([`Supervisor`]); the daemon
-//! raises the children in order, and a panicked thread raises the root, which stops the SCP
-//! and everything else, and makes `serve` return an error (a non-zero exit).
+//! raises the children in order, and a thread that panicked or failed raises the root, which
+//! stops the SCP and everything else, and makes `serve` return an error (a non-zero exit).
+//!
+//! Start-up does no work on received data before the SCP accepts: the spool opens (temporary
+//! files of interrupted transfers go), the SCP binds, and the recovery of jobs and labelled
+//! cases runs on the inference thread while `server.run` serves associations.
 
 use crate::config::Config;
 use crate::file_lock::FileLock;
@@ -91,7 +95,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 signals_shutdown.trigger();
             }
         })?;
-    // A panicked thread raises the root signal: the SCP stops too, and `serve` fails.
+    // A thread that panicked or failed raises the root signal: the SCP stops too, and `serve`
+    // fails.
     let root = supervisor.shutdown().clone();
     let panic_shutdown = shutdown.clone();
     let relay = std::thread::Builder::new()
@@ -115,7 +120,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 Ok(done) => {
                     for study in done {
                         if events.send(study).is_err() {
-                            return;
+                            return Ok(());
                         }
                     }
                 }
@@ -123,6 +128,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
             stop.wait_timeout(ASSEMBLY_TICK);
         }
+        Ok(())
     })?;
     let pipeline =
         crate::jobs::Pipeline::new(&config)?.map(|p| p.with_metrics(appliance_metrics.clone()));
@@ -134,17 +140,18 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let outbox_stop = supervisor.stop_signal();
     let jobs_queued = Doorbell::new(&worker_stop);
     let results_queued = Doorbell::new(&outbox_stop);
+    // Recovery (jobs a stop interrupted, studies completed but never announced, labels not
+    // yet taken in) is the worker's first task, on its thread: the SCP is already accepting
+    // by then, and a hostile study met again in recovery fails its job like any other.
     let worker = match &pipeline {
         Some(p) => {
-            p.recover()?;
             let worker = p.clone();
             let wake = jobs_queued.clone();
             let done = results_queued.clone();
             Some(
                 supervisor.spawn_under("inference", worker_stop, move |stop| {
-                    if let Err(e) = worker.work(stop, wake, &done) {
-                        tracing::error!(error = %format!("{e:#}"), "inference worker stopped");
-                    }
+                    worker.recover()?;
+                    worker.work(stop, wake, &done)
                 })?,
             )
         }
@@ -156,10 +163,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         (Some(_), true) => match crate::learn::Learner::new(&config) {
             Ok(learner) => {
                 let learner_metrics = appliance_metrics.clone();
-                Some(
-                    supervisor
-                        .spawn("learner", move |stop| learner.serve(stop, learner_metrics))?,
-                )
+                Some(supervisor.spawn("learner", move |stop| {
+                    learner.serve(stop, learner_metrics);
+                    Ok(())
+                })?)
             }
             // Inference goes on without learning.
             Err(e) => {
@@ -178,11 +185,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             metrics: appliance_metrics.clone(),
         };
         let wake = results_queued.clone();
-        supervisor.spawn_under("outbox", outbox_stop, move |stop| {
-            if let Err(e) = sender.run(stop, wake) {
-                tracing::error!(error = %format!("{e:#}"), "outbox sender stopped");
-            }
-        })?
+        supervisor.spawn_under("outbox", outbox_stop, move |stop| sender.run(stop, wake))?
     };
     // Completion is the hook inference attaches to: one job per series the model takes. The
     // thread ends when assembly ends and drops its end of the channel.
@@ -208,6 +211,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 }
             }
         }
+        Ok(())
     })?;
 
     readiness.scp_listening.store(true, Ordering::SeqCst);
@@ -224,7 +228,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     supervisor.stop(outbox);
     if let Err(e) = spool.close() {
-        supervisor.record_panic("spool-committer", &e.to_string());
+        supervisor.record_failure("spool-committer", &e.to_string());
     }
     if let Some(http) = http {
         http.stop(&supervisor);
@@ -234,11 +238,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     if relay.join().is_err() {
         tracing::error!("the shutdown relay panicked");
     }
-    let panicked = supervisor.panicked();
+    let failed = supervisor.failed();
     anyhow::ensure!(
-        panicked.is_empty(),
-        "stopped because a thread panicked: {}",
-        panicked.join("; ")
+        failed.is_empty(),
+        "stopped because a thread failed: {}",
+        failed.join("; ")
     );
     tracing::info!("appliance stopped");
     Ok(())

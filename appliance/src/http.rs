@@ -30,7 +30,8 @@ impl HttpEndpoint {
         );
         let worker = server.clone();
         let thread = supervisor.spawn("http", move |_stop| {
-            serve(&worker, &metrics, &readiness, &disk)
+            serve(&worker, &metrics, &readiness, &disk);
+            Ok(())
         })?;
         tracing::info!(%addr, "health and metrics endpoint listening");
         Ok(Self { server, thread })

@@ -250,14 +250,30 @@ impl Pipeline {
                 {
                     continue;
                 }
-                crate::cases::ingest(
-                    &conn,
-                    &self.data_dir,
-                    &self.package.manifest,
-                    file,
-                    CaseOrigin::Dicom,
-                )?
-                .ok();
+                // Counted before decoding: an object whose intake takes the process down (an
+                // abort no panic boundary catches) is refused after `max_attempts` starts,
+                // instead of crashing every recovery.
+                let crashes = crate::cases::begin_intake(&conn, &sop)?;
+                if crashes >= self.config.inference.max_attempts {
+                    let reason = crate::cases::refuse_crashed(
+                        &conn,
+                        &self.package.manifest,
+                        &sop,
+                        CaseOrigin::Dicom,
+                        crashes,
+                    )?;
+                    tracing::error!(object = %log_tag(&sop), reason = %reason, "labelled case refused");
+                } else {
+                    crate::cases::ingest(
+                        &conn,
+                        &self.data_dir,
+                        &self.package.manifest,
+                        file,
+                        CaseOrigin::Dicom,
+                    )?
+                    .ok();
+                }
+                crate::cases::end_intake(&conn, &sop)?;
                 taken += 1;
             }
         }

@@ -17,12 +17,15 @@
 //!   an instance is durable before its Success status leaves; study assembly on top of it.
 //! - [`metrics`]: counters the daemon exposes in Prometheus text format.
 //! - [`volume`]: a series' pixel data decoded, rescaled and ordered into a `radiant_core::Volume`.
+//! - [`codestream`]: what a compressed frame's own header declares (JPEG, JPEG-LS, JPEG 2000,
+//!   RLE), checked against the dataset before any decoder allocates from it.
 //! - [`objects`]: the result objects we write (SEG, TID 1500 SR) and the read-back geometry
 //!   check a SEG must pass before it leaves.
 //!
 //! No async runtime: one OS thread per association, bounded by `max_associations`; durability
 //! work of concurrent associations is batched by a single committer thread.
 
+pub mod codestream;
 pub mod dataset;
 pub mod dimse;
 pub mod metrics;

@@ -5,6 +5,7 @@
 //! Pixel Spacing, or their functional-group equivalents in Enhanced multi-frame objects
 //! (PS3.3 C.7.6.16). A series that cannot form one regular volume is refused with the reason.
 
+use crate::codestream::{self, Codec, FrameShape};
 use crate::dataset;
 use crate::uids;
 use dicom_core::Tag;
@@ -257,6 +258,10 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
     }
     let options = convert_options();
     for (i, inst) in instances.iter().enumerate() {
+        let frames = uint(&inst.object, tags::NUMBER_OF_FRAMES)
+            .unwrap_or(1)
+            .max(1);
+        check_pixel_data(&inst.path, &inst.object, frames, limits)?;
         let decoded = contained(&inst.path, || inst.object.decode_pixel_data())?;
         for &(frame, slot) in &slot_of[i] {
             let values: Vec<f32> = contained(&inst.path, || {
@@ -323,6 +328,7 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
 pub fn decode_frames(path: &Path, limits: &Limits) -> Result<Vec<Vec<f32>>, VolumeError> {
     let object = read(path, limits)?;
     let count = uint(&object, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    check_pixel_data(path, &object, count, limits)?;
     let decoded = contained(path, || object.decode_pixel_data())?;
     (0..count)
         .map(|frame| {
@@ -331,6 +337,126 @@ pub fn decode_frames(path: &Path, limits: &Limits) -> Result<Vec<Vec<f32>>, Volu
             })
         })
         .collect()
+}
+
+/// Before any decoder runs: what decoding `object`'s `frames` frames allocates is bounded by
+/// the volume it becomes (four bytes a voxel), and the codestream header of every compressed
+/// frame agrees with Rows, Columns, Samples per Pixel and Bits Allocated
+/// ([`crate::codestream`]), so a header that declares its own larger image never reaches a
+/// decoder.
+fn check_pixel_data(
+    path: &Path,
+    object: &DefaultDicomObject,
+    frames: u32,
+    limits: &Limits,
+) -> Result<(), VolumeError> {
+    let refuse = |reason: String| VolumeError::Decode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let rows = uint(object, tags::ROWS).ok_or_else(|| missing(path, "Rows"))?;
+    let columns = uint(object, tags::COLUMNS).ok_or_else(|| missing(path, "Columns"))?;
+    let samples = uint(object, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let bits = uint(object, tags::BITS_ALLOCATED).ok_or_else(|| missing(path, "Bits Allocated"))?;
+    // PS3.3 C.7.6.3.1: 1 or 3 samples; 8, 16 or 32 bits for the images we read.
+    if !matches!(samples, 1 | 3) || !matches!(bits, 8 | 16 | 32) {
+        return Err(refuse(format!(
+            "{samples} samples per pixel of {bits} bits allocated: not an image we read"
+        )));
+    }
+    let decoded_bytes = u64::from(frames)
+        .saturating_mul(u64::from(rows) * u64::from(columns))
+        .saturating_mul(u64::from(samples) * u64::from(bits / 8));
+    let budget = (limits.max_voxels as u64).saturating_mul(4);
+    if decoded_bytes > budget {
+        return Err(refuse(format!(
+            "decoding {frames} frames of {rows}x{columns}x{samples} samples would take {decoded_bytes} bytes; at most {budget} are decoded"
+        )));
+    }
+    let transfer_syntax = object_transfer_syntax(object);
+    let Some(codec) = Codec::of(&transfer_syntax) else {
+        return Ok(());
+    };
+    let pixel_data = object
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .ok_or_else(|| missing(path, "Pixel Data"))?;
+    let fragments = pixel_data.value().fragments().ok_or_else(|| {
+        refuse("the transfer syntax is encapsulated but Pixel Data is not".into())
+    })?;
+    let offsets = pixel_data.value().offset_table().unwrap_or(&[]);
+    let starts = frame_starts(codec, fragments, offsets, frames).map_err(refuse)?;
+    let shape = FrameShape {
+        rows,
+        columns,
+        samples_per_pixel: samples as u16,
+        bits_allocated: bits as u16,
+    };
+    for (frame, &start) in starts.iter().enumerate() {
+        codestream::check_frame(codec, &fragments[start], shape)
+            .map_err(|e| refuse(format!("frame {frame}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The transfer syntax of a parsed Part 10 object, without trailing padding.
+fn object_transfer_syntax(object: &DefaultDicomObject) -> String {
+    object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// The index of the fragment each frame starts in (PS3.5 A.4): one fragment per frame when
+/// the counts agree (always so for RLE), else the Basic Offset Table when present, else the
+/// fragments that begin a codestream.
+fn frame_starts(
+    codec: Codec,
+    fragments: &[Vec<u8>],
+    offsets: &[u32],
+    frames: u32,
+) -> Result<Vec<usize>, String> {
+    let frames = frames as usize;
+    if frames == 1 && !fragments.is_empty() {
+        return Ok(vec![0]);
+    }
+    if fragments.len() == frames {
+        return Ok((0..frames).collect());
+    }
+    if codec == Codec::Rle || fragments.len() < frames {
+        return Err(format!("{} fragments for {frames} frames", fragments.len()));
+    }
+    let starts: Vec<usize> = if offsets.is_empty() {
+        (0..fragments.len())
+            .filter(|&i| codec.starts_frame(&fragments[i]))
+            .collect()
+    } else {
+        // Offsets count from the first fragment's item tag; each item adds 8 bytes of header.
+        let mut position = 0u64;
+        let mut at = Vec::with_capacity(fragments.len());
+        for f in fragments {
+            at.push(position);
+            position += f.len() as u64 + 8;
+        }
+        offsets
+            .iter()
+            .map(|o| {
+                at.binary_search(&u64::from(*o)).map_err(|_| {
+                    format!("the offset table entry {o} is not the start of a fragment")
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if starts.len() != frames {
+        return Err(format!(
+            "{} frames found in {} fragments; Number of Frames is {frames}",
+            starts.len(),
+            fragments.len()
+        ));
+    }
+    Ok(starts)
 }
 
 /// Run one step of a pixel-data decoder of the DICOM dependency behind a panic boundary.
@@ -347,13 +473,10 @@ fn contained<T, E: std::fmt::Display>(
         path: path.to_path_buf(),
         reason,
     };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+    match radiant_core::contain(step) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(failed(e.to_string())),
-        Err(panic) => Err(failed(format!(
-            "the pixel-data decoder panicked ({})",
-            radiant_core::panic_message(panic.as_ref())
-        ))),
+        Err(panic) => Err(failed(format!("the pixel-data decoder panicked ({panic})"))),
     }
 }
 
@@ -448,11 +571,7 @@ fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError>
         });
     }
     let file = dicom_object::from_reader(&bytes[128..]).map_err(|e| fail(e.to_string()))?;
-    let transfer_syntax = file
-        .meta()
-        .transfer_syntax()
-        .trim_end_matches('\0')
-        .to_string();
+    let transfer_syntax = object_transfer_syntax(&file);
     let encoding = uids::encoding_of(&transfer_syntax).ok_or_else(|| {
         VolumeError::UnsupportedTransferSyntax {
             path: path.to_path_buf(),

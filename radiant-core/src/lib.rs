@@ -25,6 +25,6 @@ pub mod volume;
 
 pub use cancel::{Cancel, Doorbell, Wake};
 pub use code::Code;
-pub use panic::panic_message;
+pub use panic::{contain, panic_message};
 pub use uid::{log_tag, redacted_path, Uid};
 pub use volume::Volume;

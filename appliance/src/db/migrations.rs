@@ -29,10 +29,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 2,
         apply: job_attempts,
     },
+    Migration {
+        version: 3,
+        apply: intake_attempts,
+    },
 ];
 
 /// The schema version this code writes and reads: the last migration's.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
 /// Migration 1: the tables of the releases before numbered migrations, created where missing;
@@ -58,6 +62,12 @@ fn tables_before_numbered_migrations(tx: &Transaction<'_>) -> rusqlite::Result<(
 /// process down every time (an abort no panic boundary catches) stops being retried.
 fn job_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(schema::JOB_ATTEMPTS)
+}
+
+/// Migration 3: case intakes count their attempts, so one that crashes the process is not
+/// retried for ever.
+fn intake_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(schema::INTAKE_ATTEMPTS)
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -469,7 +479,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let conn = db::open(dir.path()).unwrap();
-        assert_eq!(version(&conn), 2);
+        assert_eq!(version(&conn), SCHEMA_VERSION);
         let (state, attempts): (db::JobState, i64) = conn
             .query_row("SELECT state, attempts FROM jobs", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))

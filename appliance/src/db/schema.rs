@@ -29,6 +29,16 @@ CREATE TABLE IF NOT EXISTS results (
 pub(super) const JOB_ATTEMPTS: &str =
     "ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;";
 
+/// `intake_attempts`: label objects whose intake as a case has started and not yet been
+/// recorded, with how often it started ([`crate::cases::begin_intake`]). A row left behind is
+/// an intake that took the process down.
+pub(super) const INTAKE_ATTEMPTS: &str = "
+CREATE TABLE IF NOT EXISTS intake_attempts (
+    label_sop_uid   TEXT PRIMARY KEY,
+    attempts        INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL
+);";
+
 /// `outbox`: result objects waiting for delivery ([`crate::outbox`]).
 pub(super) const OUTBOX: &str = "
 CREATE TABLE IF NOT EXISTS outbox (

@@ -569,8 +569,17 @@ impl DecodedSeg {
 }
 
 /// Read a binary SEG (Part 10 bytes) back: ours, or one from another tool that puts its
-/// geometry in the functional groups as PS3.3 C.8.20 requires.
+/// geometry in the functional groups as PS3.3 C.8.20 requires. Runs behind a panic boundary:
+/// a SEG from outside that makes the parser panic is a [`ObjectError::Decode`] naming it.
 pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
+    radiant_core::contain(|| decode_unguarded(bytes)).unwrap_or_else(|panic| {
+        Err(ObjectError::Decode(format!(
+            "the decoder panicked ({panic})"
+        )))
+    })
+}
+
+fn decode_unguarded(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
     let fail = |what: &str| ObjectError::Decode(what.to_string());
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(fail("not a Part 10 file"));

@@ -78,6 +78,8 @@ pub enum SrReadError {
     TooManyItems,
     #[error("content item {path}: {reason}")]
     ContentItem { path: String, reason: &'static str },
+    #[error("the parser panicked ({0})")]
+    Panicked(String),
 }
 
 /// A report states a finding both present and absent.
@@ -149,8 +151,14 @@ fn presence_of(value: &Code) -> Option<bool> {
 
 /// Read an SR (Part 10 bytes) and the findings it states. Anything that is not one of the
 /// [`SR_STORAGE_CLASSES`], or is malformed, truncated or beyond the bounds, is an error that
-/// says which.
+/// says which. Runs behind a panic boundary: an SR that makes the parser panic is
+/// [`SrReadError::Panicked`].
 pub fn decode_findings(bytes: &[u8]) -> Result<DecodedReport, SrReadError> {
+    radiant_core::contain(|| decode_unguarded(bytes))
+        .unwrap_or_else(|panic| Err(SrReadError::Panicked(panic)))
+}
+
+fn decode_unguarded(bytes: &[u8]) -> Result<DecodedReport, SrReadError> {
     if bytes.len() > MAX_SR_BYTES {
         return Err(SrReadError::TooLarge {
             bytes: bytes.len(),
