@@ -69,6 +69,12 @@ pub enum DatasetError {
     },
     #[error("sequences nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    #[error("({group:04X},{element:04X}) at offset {offset} is UN of undefined length (an implicit VR sequence, PS3.5 6.2.2), which the DICOM parser misreads")]
+    UndefinedLengthUn {
+        group: u16,
+        element: u16,
+        offset: usize,
+    },
     #[error("deflated dataset could not be inflated: {0}")]
     Inflate(String),
     #[error("inflated dataset exceeds the limit of {limit} bytes")]
@@ -88,11 +94,41 @@ pub struct Identity {
 }
 
 /// Walk `bytes`, encoded as `encoding`, and return its identifying attributes. A deflated dataset
-/// is inflated first, refusing to grow beyond `inflate_limit` bytes.
+/// is inflated first, refusing to grow beyond `inflate_limit` bytes. This is ingest's gate: it
+/// accepts every structure PS3.5 allows.
 pub fn inspect(
     bytes: &[u8],
     encoding: Encoding,
     inflate_limit: usize,
+) -> Result<Identity, DatasetError> {
+    walk(bytes, encoding, inflate_limit, Gate::Ingest)
+}
+
+/// [`inspect`] for a dataset dicom-object will parse next: it also refuses the structures that
+/// parser reads differently from PS3.5, so that every length the parser trusts is one the
+/// walker checked (see `tests/walker_agrees_with_parser.rs`).
+pub fn inspect_before_parse(
+    bytes: &[u8],
+    encoding: Encoding,
+    inflate_limit: usize,
+) -> Result<Identity, DatasetError> {
+    walk(bytes, encoding, inflate_limit, Gate::Parser)
+}
+
+/// Which rules a walk applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    /// PS3.5 as written.
+    Ingest,
+    /// PS3.5 less what dicom-object misreads.
+    Parser,
+}
+
+fn walk(
+    bytes: &[u8],
+    encoding: Encoding,
+    inflate_limit: usize,
+    gate: Gate,
 ) -> Result<Identity, DatasetError> {
     if bytes.is_empty() {
         return Err(DatasetError::Empty);
@@ -100,7 +136,7 @@ pub fn inspect(
     match encoding {
         Encoding::DeflatedExplicitLittle => {
             let inflated = inflate(bytes, inflate_limit)?;
-            inspect(&inflated, Encoding::ExplicitLittle, inflate_limit)
+            walk(&inflated, Encoding::ExplicitLittle, inflate_limit, gate)
         }
         _ => {
             let mut walker = Walker {
@@ -108,6 +144,8 @@ pub fn inspect(
                 pos: 0,
                 encoding,
                 identity: Identity::default(),
+                marks: None,
+                gate,
             };
             walker.elements(bytes.len(), 0, false)?;
             Ok(walker.identity)
@@ -150,6 +188,51 @@ struct Walker<'a> {
     pos: usize,
     encoding: Encoding,
     identity: Identity,
+    /// Where elements begin and how long they say they are, when asked for ([`structure`]).
+    marks: Option<Vec<Mark>>,
+    gate: Gate,
+}
+
+/// One element, sequence or item header the walker met, in order: what a parser must agree
+/// with for the walker's bounds to protect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// An element that is not a sequence, with its declared length.
+    Element { tag: u32, length: u32 },
+    /// A sequence (or encapsulated pixel data), with its declared length (`0xFFFFFFFF` for
+    /// undefined).
+    Sequence { tag: u32, length: u32 },
+    /// An item of a sequence, or a fragment of encapsulated pixel data.
+    Item { length: u32 },
+}
+
+/// Whether the standard dictionary knows `tag` as a sequence: what a parser of implicit VR
+/// goes by.
+fn is_sequence_in_dictionary(tag: u32) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag((tag >> 16) as u16, tag as u16))
+        .is_some_and(|entry| entry.vr().relaxed() == dicom_core::VR::SQ)
+}
+
+/// Walk a (not deflated) dataset as [`inspect_before_parse`] does and return every header met,
+/// in order.
+pub fn structure(bytes: &[u8], encoding: Encoding) -> Result<Vec<Mark>, DatasetError> {
+    if encoding == Encoding::DeflatedExplicitLittle {
+        return Err(DatasetError::Inflate(
+            "inflate a deflated dataset before asking for its structure".into(),
+        ));
+    }
+    let mut walker = Walker {
+        bytes,
+        pos: 0,
+        encoding,
+        identity: Identity::default(),
+        marks: Some(Vec::new()),
+        gate: Gate::Parser,
+    };
+    walker.elements(bytes.len(), 0, false)?;
+    Ok(walker.marks.unwrap_or_default())
 }
 
 impl Walker<'_> {
@@ -214,10 +297,32 @@ impl Walker<'_> {
                 vr,
             });
         }
-        // PS3.5 table 7.1-1: these VRs have 2 reserved bytes and a 32-bit length.
-        let long = matches!(
+        // PS3.5 7.1.2: these VRs have a 16-bit length; every other one, including VRs a later
+        // edition defines (SV, UV, OV since 2019), has 2 reserved bytes and a 32-bit length.
+        // dicom-object reads an unknown VR the same way (as UN), so both end it at one place.
+        let long = !matches!(
             &vr,
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN"
+            b"AE"
+                | b"AS"
+                | b"AT"
+                | b"CS"
+                | b"DA"
+                | b"DS"
+                | b"DT"
+                | b"FL"
+                | b"FD"
+                | b"IS"
+                | b"LO"
+                | b"LT"
+                | b"PN"
+                | b"SH"
+                | b"SL"
+                | b"SS"
+                | b"ST"
+                | b"TM"
+                | b"UI"
+                | b"UL"
+                | b"US"
         );
         let length = if long {
             if end - self.pos < 12 {
@@ -291,9 +396,24 @@ impl Walker<'_> {
                 continue;
             }
             let value_end = self.value_end(&header, end)?;
-            if header.vr == Some(*b"SQ") {
+            // In implicit VR a sequence of defined length is known only from the dictionary;
+            // dicom-object parses its items, so the walker checks them too.
+            let sequence = match header.vr {
+                Some(vr) => vr == *b"SQ",
+                None => is_sequence_in_dictionary(header.tag),
+            };
+            if sequence {
+                self.mark(Mark::Sequence {
+                    tag: header.tag,
+                    length: header.length,
+                });
                 self.items(value_end, depth + 1, false, implicit)?;
+                self.pos = value_end;
             } else {
+                self.mark(Mark::Element {
+                    tag: header.tag,
+                    length: header.length,
+                });
                 if depth == 0 {
                     self.collect(header.tag, value_end);
                 }
@@ -313,10 +433,23 @@ impl Walker<'_> {
         depth: usize,
         implicit: bool,
     ) -> Result<(), DatasetError> {
+        self.mark(Mark::Sequence {
+            tag: header.tag,
+            length: UNDEFINED,
+        });
         match header.vr {
             // Implicit VR: only a sequence may have an undefined length.
             None | Some([b'S', b'Q']) => self.items(end, depth + 1, true, implicit),
             // PS3.5 6.2.2: UN with undefined length holds a sequence encoded implicit VR LE.
+            // dicom-object 0.10 reads it otherwise (a 4 GiB value from the item tag), so what
+            // it will parse may not hold one.
+            Some([b'U', b'N']) if self.gate == Gate::Parser => {
+                Err(DatasetError::UndefinedLengthUn {
+                    group: header.group(),
+                    element: header.element(),
+                    offset: header.offset,
+                })
+            }
             Some([b'U', b'N']) => self.items(end, depth + 1, true, true),
             // PS3.5 A.4: encapsulated pixel data, a sequence of fragments.
             Some([b'O', b'B']) | Some([b'O', b'W']) if header.tag == PIXEL_DATA => {
@@ -354,6 +487,9 @@ impl Walker<'_> {
                     })
                 }
             }
+            self.mark(Mark::Item {
+                length: header.length,
+            });
             if header.length == UNDEFINED {
                 self.elements_in(end, depth, true, implicit)?;
             } else {
@@ -378,6 +514,9 @@ impl Walker<'_> {
             match header.tag {
                 SEQUENCE_DELIMITATION => return Ok(()),
                 ITEM if header.length != UNDEFINED => {
+                    self.mark(Mark::Item {
+                        length: header.length,
+                    });
                     self.pos = self.value_end(&header, end)?;
                 }
                 ITEM => {
@@ -398,6 +537,12 @@ impl Walker<'_> {
         }
     }
 
+    fn mark(&mut self, mark: Mark) {
+        if let Some(marks) = &mut self.marks {
+            marks.push(mark);
+        }
+    }
+
     fn collect(&mut self, tag: u32, value_end: usize) {
         let slot = match tag {
             SOP_CLASS_UID => &mut self.identity.sop_class_uid,
@@ -412,6 +557,51 @@ impl Walker<'_> {
         let trimmed = text.trim_end_matches(['\0', ' ']).trim_start_matches(' ');
         *slot = Some(trimmed.to_string());
     }
+}
+
+/// Why the file meta group of a Part 10 file cannot be read.
+#[derive(Debug)]
+pub enum MetaError {
+    Malformed(String),
+    TransferSyntax(String),
+}
+
+/// Check the file meta group (PS3.10 7.1) of a Part 10 file (preamble and "DICM" checked by
+/// the caller) with the bounded walker, and return where the dataset starts and how it is
+/// encoded. What we read from outside goes through this and [`inspect`] before
+/// dicom-object parses it: every length then fits the bytes present and nesting is bounded.
+pub fn check_meta(bytes: &[u8], limit: usize) -> Result<(usize, crate::uids::Encoding), MetaError> {
+    let malformed = |m: String| MetaError::Malformed(m);
+    // (0002,0000) UL, length 4: File Meta Information Group Length, first and Type 1.
+    let header = bytes
+        .get(132..144)
+        .ok_or_else(|| malformed("the file ends inside the group length".into()))?;
+    if header[..8] != [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00] {
+        return Err(malformed(
+            "it does not start with File Meta Information Group Length".into(),
+        ));
+    }
+    let group_length = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    let meta_end = 144usize
+        .checked_add(group_length as usize)
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| {
+            malformed(format!(
+                "group length {group_length} runs past the end of the file"
+            ))
+        })?;
+    inspect(
+        &bytes[132..meta_end],
+        crate::uids::Encoding::ExplicitLittle,
+        limit,
+    )
+    .map_err(|e| malformed(e.to_string()))?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..meta_end])
+        .map_err(|e| malformed(e.to_string()))?;
+    let syntax = meta.transfer_syntax();
+    let encoding =
+        crate::uids::encoding_of(syntax).ok_or_else(|| MetaError::TransferSyntax(syntax.into()))?;
+    Ok((meta_end, encoding))
 }
 
 #[cfg(test)]
@@ -567,6 +757,73 @@ mod tests {
         big.extend(b"1.2.3.4\0");
         let id = inspect(&big, Encoding::ExplicitBig, 1 << 20).unwrap();
         assert_eq!(id.sop_instance_uid.as_deref(), Some("1.2.3.4"));
+    }
+
+    #[test]
+    fn sv_uv_and_unknown_vrs_have_32_bit_lengths_as_the_parser_reads_them() {
+        for vr in [b"SV", b"UV", b"ZZ"] {
+            let mut ds = identifying();
+            ds.extend(long_header(0x0011, 0x1010, vr, 8));
+            ds.extend([7u8; 8]);
+            let marks = structure(&ds, Encoding::ExplicitLittle).unwrap();
+            assert_eq!(
+                marks.last(),
+                Some(&Mark::Element {
+                    tag: 0x0011_1010,
+                    length: 8
+                }),
+                "{vr:?}"
+            );
+            // A 32-bit length beyond the end is refused, not read as 16 bits.
+            let mut lying = identifying();
+            lying.extend(long_header(0x0011, 0x1010, vr, 4_000_000_000));
+            assert!(inspect(&lying, Encoding::ExplicitLittle, 1 << 20).is_err());
+        }
+    }
+
+    #[test]
+    fn an_implicit_vr_sequence_of_defined_length_is_descended_and_its_items_checked() {
+        // (0008,1140) Referenced Image Sequence, defined length 24, one item of 16 bytes.
+        let mut ds = vec![0x08, 0x00, 0x40, 0x11, 24, 0, 0, 0];
+        ds.extend([0xFE, 0xFF, 0x00, 0xE0, 16, 0, 0, 0]);
+        ds.extend([0x08, 0x00, 0x55, 0x11, 8, 0, 0, 0]);
+        ds.extend(b"1.2.3.4\0");
+        assert_eq!(
+            structure(&ds, Encoding::ImplicitLittle).unwrap(),
+            vec![
+                Mark::Sequence {
+                    tag: 0x0008_1140,
+                    length: 24
+                },
+                Mark::Item { length: 16 },
+                Mark::Element {
+                    tag: 0x0008_1155,
+                    length: 8
+                },
+            ]
+        );
+        // The item inside hides a 4 GiB element length: refused.
+        ds[16..24].copy_from_slice(&[0x08, 0x00, 0x55, 0x11, 0xF0, 0xFF, 0xFF, 0xFF]);
+        assert!(matches!(
+            inspect(&ds, Encoding::ImplicitLittle, 1 << 20),
+            Err(DatasetError::LengthBeyondEnd { .. })
+        ));
+    }
+
+    #[test]
+    fn un_of_undefined_length_is_read_at_ingest_and_refused_before_the_parser() {
+        let mut ds = identifying();
+        ds.extend(long_header(0x0011, 0x1010, b"UN", UNDEFINED));
+        ds.extend(item(0xE000, UNDEFINED));
+        ds.extend([0x08, 0x00, 0x55, 0x11, 6, 0, 0, 0]);
+        ds.extend(b"1.2.3\0");
+        ds.extend(item(0xE00D, 0));
+        ds.extend(item(0xE0DD, 0));
+        assert!(inspect(&ds, Encoding::ExplicitLittle, 1 << 20).is_ok());
+        assert!(matches!(
+            inspect_before_parse(&ds, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::UndefinedLengthUn { group: 0x0011, .. })
+        ));
     }
 
     /// A sequence of undefined length with one item of undefined length.

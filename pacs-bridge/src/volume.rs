@@ -7,7 +7,6 @@
 
 use crate::codestream::{self, Codec, FrameShape};
 use crate::dataset;
-use crate::uids;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
@@ -570,26 +569,26 @@ fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError>
             path: path.to_path_buf(),
         });
     }
-    let file = dicom_object::from_reader(&bytes[128..]).map_err(|e| fail(e.to_string()))?;
-    let transfer_syntax = object_transfer_syntax(&file);
-    let encoding = uids::encoding_of(&transfer_syntax).ok_or_else(|| {
-        VolumeError::UnsupportedTransferSyntax {
-            path: path.to_path_buf(),
-            transfer_syntax: transfer_syntax.clone(),
+    // Walked before parsed: the meta group and then the dataset, every length checked against
+    // the bytes there and the nesting bounded, before dicom-object builds anything from them.
+    let walk_limit = limits.max_file_bytes as usize * 4;
+    let (meta_end, encoding) = dataset::check_meta(&bytes, walk_limit).map_err(|e| match e {
+        dataset::MetaError::TransferSyntax(transfer_syntax) => {
+            VolumeError::UnsupportedTransferSyntax {
+                path: path.to_path_buf(),
+                transfer_syntax,
+            }
         }
+        dataset::MetaError::Malformed(reason) => fail(format!("file meta group: {reason}")),
     })?;
-    let meta_len = 132 + 12 + file.meta().information_group_length as usize;
-    let dataset_bytes = bytes
-        .get(meta_len..)
-        .ok_or_else(|| VolumeError::NotPart10 {
-            path: path.to_path_buf(),
-        })?;
-    dataset::inspect(dataset_bytes, encoding, limits.max_file_bytes as usize * 4).map_err(
-        |source| VolumeError::Malformed {
+    dataset::inspect_before_parse(&bytes[meta_end..], encoding, walk_limit).map_err(|source| {
+        VolumeError::Malformed {
             path: path.to_path_buf(),
             source,
-        },
-    )?;
+        }
+    })?;
+    let file = dicom_object::from_reader(&bytes[128..]).map_err(|e| fail(e.to_string()))?;
+    let transfer_syntax = object_transfer_syntax(&file);
     // jpeg-decoder, the maintained pure-Rust JPEG decoder, reads 8-bit samples only.
     if transfer_syntax == JPEG_EXTENDED && uint(&file, tags::BITS_STORED).unwrap_or(8) > 8 {
         return Err(VolumeError::UnsupportedCompression {

@@ -271,54 +271,6 @@ pub(crate) fn items(object: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] 
         .unwrap_or(&[])
 }
 
-/// Why the file meta group of a Part 10 file cannot be read.
-#[derive(Debug)]
-pub(crate) enum MetaError {
-    Malformed(String),
-    TransferSyntax(String),
-}
-
-/// Check the file meta group (PS3.10 7.1) of a Part 10 file (preamble and "DICM" checked by
-/// the caller) with the bounded walker, and return where the dataset starts and how it is
-/// encoded. What we read from outside goes through this and [`crate::dataset::inspect`] before
-/// dicom-object parses it: every length then fits the bytes present and nesting is bounded.
-pub(crate) fn check_meta(
-    bytes: &[u8],
-    limit: usize,
-) -> Result<(usize, crate::uids::Encoding), MetaError> {
-    let malformed = |m: String| MetaError::Malformed(m);
-    // (0002,0000) UL, length 4: File Meta Information Group Length, first and Type 1.
-    let header = bytes
-        .get(132..144)
-        .ok_or_else(|| malformed("the file ends inside the group length".into()))?;
-    if header[..8] != [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00] {
-        return Err(malformed(
-            "it does not start with File Meta Information Group Length".into(),
-        ));
-    }
-    let group_length = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    let meta_end = 144usize
-        .checked_add(group_length as usize)
-        .filter(|end| *end <= bytes.len())
-        .ok_or_else(|| {
-            malformed(format!(
-                "group length {group_length} runs past the end of the file"
-            ))
-        })?;
-    crate::dataset::inspect(
-        &bytes[132..meta_end],
-        crate::uids::Encoding::ExplicitLittle,
-        limit,
-    )
-    .map_err(|e| malformed(e.to_string()))?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..meta_end])
-        .map_err(|e| malformed(e.to_string()))?;
-    let syntax = meta.transfer_syntax();
-    let encoding =
-        crate::uids::encoding_of(syntax).ok_or_else(|| MetaError::TransferSyntax(syntax.into()))?;
-    Ok((meta_end, encoding))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -592,13 +592,16 @@ fn decode_unguarded(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
     }
     // A SEG may come from anyone (a radiologist's tool, a file to import): the bounded walker
     // checks every length and the nesting before dicom-object builds anything.
-    let (meta_end, encoding) = super::check_meta(bytes, MAX_SEG_BYTES).map_err(|e| match e {
-        super::MetaError::Malformed(m) => ObjectError::Decode(format!("file meta group: {m}")),
-        super::MetaError::TransferSyntax(t) => {
-            ObjectError::Decode(format!("transfer syntax {t} is not one we read"))
-        }
-    })?;
-    crate::dataset::inspect(&bytes[meta_end..], encoding, MAX_SEG_BYTES)
+    let (meta_end, encoding) =
+        crate::dataset::check_meta(bytes, MAX_SEG_BYTES).map_err(|e| match e {
+            crate::dataset::MetaError::Malformed(m) => {
+                ObjectError::Decode(format!("file meta group: {m}"))
+            }
+            crate::dataset::MetaError::TransferSyntax(t) => {
+                ObjectError::Decode(format!("transfer syntax {t} is not one we read"))
+            }
+        })?;
+    crate::dataset::inspect_before_parse(&bytes[meta_end..], encoding, MAX_SEG_BYTES)
         .map_err(|e| ObjectError::Decode(format!("malformed dataset: {e}")))?;
     let file =
         dicom_object::from_reader(&bytes[128..]).map_err(|e| ObjectError::Decode(e.to_string()))?;

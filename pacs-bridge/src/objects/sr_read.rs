@@ -168,11 +168,12 @@ fn decode_unguarded(bytes: &[u8]) -> Result<DecodedReport, SrReadError> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(SrReadError::NotPart10);
     }
-    let (meta_end, encoding) = super::check_meta(bytes, MAX_SR_BYTES).map_err(|e| match e {
-        super::MetaError::Malformed(m) => SrReadError::Meta(m),
-        super::MetaError::TransferSyntax(t) => SrReadError::TransferSyntax(t),
-    })?;
-    let identity = dataset::inspect(&bytes[meta_end..], encoding, MAX_SR_BYTES)?;
+    let (meta_end, encoding) =
+        crate::dataset::check_meta(bytes, MAX_SR_BYTES).map_err(|e| match e {
+            crate::dataset::MetaError::Malformed(m) => SrReadError::Meta(m),
+            crate::dataset::MetaError::TransferSyntax(t) => SrReadError::TransferSyntax(t),
+        })?;
+    let identity = dataset::inspect_before_parse(&bytes[meta_end..], encoding, MAX_SR_BYTES)?;
     let sop_class_uid = identity
         .sop_class_uid
         .filter(|s| !s.is_empty())
