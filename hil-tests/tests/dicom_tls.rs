@@ -261,22 +261,35 @@ fn a_connection_that_never_handshakes_loses_its_slot_at_the_artim_deadline() {
     let (app, tls_port) = site.appliance(&|c| {
         let dicom = c.get_mut("dicom").and_then(|d| d.as_table_mut()).unwrap();
         dicom.insert("max_associations".into(), 1i64.into());
-        dicom.insert("association_request_timeout_seconds".into(), 2i64.into());
+        // Long enough that the good client below is sure to arrive while the slot is held,
+        // even on a loaded machine.
+        dicom.insert("association_request_timeout_seconds".into(), 4i64.into());
     });
+    // The harness's readiness probe (a connection to the plain port, closed at once) holds the
+    // one slot for a moment; a connection arriving then would be refused over the limit
+    // instead of taking the slot.
+    std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let mut silent =
         std::net::TcpStream::connect(("127.0.0.1", tls_port)).expect("connect to the TLS port");
     silent
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     // The one slot is taken: a good client meanwhile is turned away (after its handshake,
     // with a transient A-ASSOCIATE-RJ) ...
     std::thread::sleep(Duration::from_millis(300));
     let out = echoscu("ECHOSCU", tls_port, &tls_args(&site.client, &site.ca));
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "echoscu took until {:?}: too late to find the slot held",
+        started.elapsed()
+    );
+    let output = text(&out);
+    assert!(!out.status.success(), "{output}\n{}", app.log());
+    assert!(output.contains("Local Limit Exceeded"), "{output}");
     // ... until the deadline closes the silent connection.
     let mut buf = [0u8; 16];
-    // Our own read timeout (10 s) is not a close.
+    // Our own read timeout (15 s) is not a close.
     let closed = match silent.read(&mut buf) {
         Ok(0) => true,
         Ok(_) => false,
@@ -288,7 +301,7 @@ fn a_connection_that_never_handshakes_loses_its_slot_at_the_artim_deadline() {
     let after = started.elapsed();
     assert!(closed, "the silent connection was not closed");
     assert!(
-        after >= Duration::from_millis(1500) && after < Duration::from_secs(6),
+        after >= Duration::from_millis(3500) && after < Duration::from_secs(10),
         "closed after {after:?}"
     );
     assert!(
