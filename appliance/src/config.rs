@@ -2,7 +2,8 @@
 //! the key of every problem. `image/etc/appliance.toml` documents every field and is embedded as
 //! the default configuration.
 
-use pacs_bridge::scp::{Peer, ScpConfig};
+use pacs_bridge::scp::{Peer, ScpConfig, TlsListener};
+use pacs_bridge::tls;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -219,6 +220,42 @@ pub struct DestinationConfig {
     /// default: it gets the results of studies whose sender no destination names.
     #[serde(default)]
     pub for_calling_ae: Vec<String>,
+    /// Send over DICOM TLS (PS3.15 annex B); needs `ca_file`.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA certificate(s) the destination's server certificate must chain to.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain and key we present when the destination asks (mutual TLS).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name the server certificate must carry (SAN DNS name or IP address); `host` when
+    /// not set.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl DestinationConfig {
+    /// The SCU's TLS settings for this destination, loaded from the files; `None` without TLS.
+    pub fn client_tls(&self) -> Result<Option<tls::ClientTls>, tls::TlsError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let Some(ca_file) = &self.ca_file else {
+            return Err(tls::TlsError::Config(format!(
+                "destination {:?}: tls = true needs ca_file",
+                self.name
+            )));
+        };
+        let client = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            _ => None,
+        };
+        let name = self.server_name.as_deref().unwrap_or(&self.host);
+        tls::ClientTls::load(ca_file, client, name).map(Some)
+    }
 }
 
 /// How the outbox retries.
@@ -370,6 +407,24 @@ pub struct DicomConfig {
     pub shutdown_grace_seconds: u64,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// The DICOM TLS listener (PS3.15 annex B).
+    #[serde(default)]
+    pub tls: Option<DicomTlsConfig>,
+}
+
+/// `[dicom.tls]`: a TLS listener on `port`, beside the plain one on `dicom.port`, or instead of
+/// it when both ports are the same.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomTlsConfig {
+    pub port: u16,
+    /// PEM certificate chain (ours first) and its private key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// PEM CA certificate(s): when set, every TLS client must present a certificate issued by
+    /// one of them (mutual TLS); needed for `[[dicom.peers]] tls_identity`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +433,10 @@ pub struct PeerConfig {
     pub ae_title: String,
     pub host: Option<String>,
     pub study_quiet_seconds: Option<u64>,
+    /// Admit this AE title only over TLS with a client certificate naming this identity
+    /// (subject CN or SAN DNS name).
+    #[serde(default)]
+    pub tls_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -516,9 +575,22 @@ impl Config {
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
+        let resolve_path = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
         if let Some(lib) = config.inference.onnxruntime_library.as_mut() {
-            if lib.is_relative() {
-                *lib = base.join(&*lib);
+            resolve_path(lib);
+        }
+        if let Some(t) = config.dicom.tls.as_mut() {
+            resolve_path(&mut t.cert_file);
+            resolve_path(&mut t.key_file);
+            t.client_ca_file.iter_mut().for_each(resolve_path);
+        }
+        for d in &mut config.destinations {
+            for path in [&mut d.ca_file, &mut d.cert_file, &mut d.key_file] {
+                path.iter_mut().for_each(resolve_path);
             }
         }
         let problems = config.problems();
@@ -531,10 +603,10 @@ impl Config {
         Ok(config)
     }
 
-    /// What is valid but unsafe, by key: a DICOM listener reachable from other machines
-    /// (there is no DICOM TLS yet, so patient data would cross the network in clear), and
-    /// every peer admitted from any host on its AE title alone. `check-config` prints these and
-    /// `serve` logs them at warn; neither refuses.
+    /// What is valid but unsafe, by key: plain DICOM reachable from other machines (images
+    /// and patient attributes in clear), every peer admitted on its AE title alone (no host,
+    /// no TLS identity), and a destination off this machine reached without TLS.
+    /// `check-config` prints these and `serve` logs them at warn; neither refuses.
     pub fn warnings(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let bind_is_loopback = self
@@ -542,27 +614,54 @@ impl Config {
             .bind
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-        if !bind_is_loopback {
+        if !bind_is_loopback && self.plain_listener() {
             out.push(Problem {
                 key: "dicom.bind".into(),
-                message: format!(
-                    "{} is reachable from other machines and DICOM has no TLS here yet: images and patient attributes cross the network in clear",
-                    self.dicom.bind
-                ),
+                message: match &self.dicom.tls {
+                    None => format!(
+                        "{} is reachable from other machines without TLS: images and patient attributes cross the network in clear (set [dicom.tls])",
+                        self.dicom.bind
+                    ),
+                    Some(t) => format!(
+                        "{} is reachable from other machines and port {} is plain DICOM beside TLS on {}: images and patient attributes sent there cross the network in clear (set dicom.tls.port to dicom.port to serve TLS only)",
+                        self.dicom.bind, self.dicom.port, t.port
+                    ),
+                },
             });
         }
         for (i, peer) in self.dicom.peers.iter().enumerate() {
-            if peer.host.is_none() {
+            if peer.host.is_none() && peer.tls_identity.is_none() {
                 out.push(Problem {
                     key: format!("dicom.peers[{i}].host"),
                     message: format!(
-                        "not set: any machine that calls itself {:?} is admitted",
+                        "not set, nor tls_identity: any machine that calls itself {:?} is admitted",
                         peer.ae_title
                     ),
                 });
             }
         }
+        for (i, dest) in self.destinations.iter().enumerate() {
+            let local = dest.host == "localhost"
+                || dest.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !local && !dest.tls {
+                out.push(Problem {
+                    key: format!("destinations[{i}].tls"),
+                    message: format!(
+                        "not set: results for {:?} cross the network to {} in clear",
+                        dest.name, dest.host
+                    ),
+                });
+            }
+        }
         out
+    }
+
+    /// Whether the plain (non-TLS) listener is open: no TLS, or TLS on another port.
+    pub fn plain_listener(&self) -> bool {
+        self.dicom
+            .tls
+            .as_ref()
+            .is_none_or(|t| t.port != self.dicom.port)
     }
 
     /// Every problem, by key. Host names in `dicom.peers` are resolved here too.
@@ -658,6 +757,27 @@ impl Config {
                     );
                 }
             }
+            if let Some(identity) = &peer.tls_identity {
+                if identity.trim().is_empty() || identity.len() > 255 {
+                    problem(
+                        &format!("{key}.tls_identity"),
+                        "must be 1 to 255 characters".into(),
+                    );
+                } else if d.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+                    problem(
+                        &format!("{key}.tls_identity"),
+                        "needs dicom.tls.client_ca_file: without client certificates no identity can match".into(),
+                    );
+                }
+            }
+        }
+        if let Some(t) = &d.tls {
+            if t.port == 0 {
+                problem("dicom.tls.port", "must be between 1 and 65535".into());
+            }
+            for (key, message) in tls_file_problems(t) {
+                problem(key, message);
+            }
         }
         if self.http.bind.parse::<IpAddr>().is_err() {
             problem(
@@ -670,6 +790,11 @@ impl Config {
         }
         if self.http.enabled && self.http.port == d.port && self.http.bind == d.bind {
             problem("http.port", "must differ from dicom.port".into());
+        }
+        if let Some(t) = &d.tls {
+            if self.http.enabled && self.http.port == t.port && self.http.bind == d.bind {
+                problem("http.port", "must differ from dicom.tls.port".into());
+            }
         }
         if !(1..=100).contains(&self.inference.max_attempts) {
             problem("inference.max_attempts", "must be between 1 and 100".into());
@@ -722,6 +847,9 @@ impl Config {
                 if let Err(m) = check_ae_title(ae) {
                     problem(&format!("{key}.for_calling_ae[{j}]"), m);
                 }
+            }
+            for (field, message) in destination_tls_problems(dest) {
+                problem(&format!("{key}.{field}"), message);
             }
         }
         let o = &self.outbox;
@@ -817,13 +945,33 @@ impl Config {
     }
 
     /// The SCP's view of this configuration (peer host names resolved; one that does not
-    /// resolve is logged at error and matches no address).
-    pub fn scp(&self) -> ScpConfig {
+    /// resolve is logged at error and matches no address; TLS files loaded, an error naming
+    /// the key when they no longer load).
+    pub fn scp(&self) -> Result<ScpConfig, ConfigError> {
         let d = &self.dicom;
         let ip: IpAddr = d.bind.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        ScpConfig {
+        let tls = match &d.tls {
+            None => None,
+            Some(t) => {
+                let config =
+                    tls::server_config(&t.cert_file, &t.key_file, t.client_ca_file.as_deref())
+                        .map_err(|e| ConfigError::Invalid {
+                            origin: "configuration".into(),
+                            problems: vec![Problem {
+                                key: "dicom.tls".into(),
+                                message: e.to_string(),
+                            }],
+                        })?;
+                Some(TlsListener {
+                    bind: SocketAddr::new(ip, t.port),
+                    config,
+                })
+            }
+        };
+        Ok(ScpConfig {
             ae_title: d.ae_title.clone(),
-            bind: SocketAddr::new(ip, d.port),
+            bind: self.plain_listener().then(|| SocketAddr::new(ip, d.port)),
+            tls,
             max_associations: d.max_associations,
             max_pdu_length: d.max_pdu_length,
             peers: d
@@ -839,6 +987,7 @@ impl Config {
                             Vec::new()
                         })
                     }),
+                    tls_identity: p.tls_identity.clone(),
                 })
                 .collect(),
             association_request_timeout: Duration::from_secs(d.association_request_timeout_seconds),
@@ -846,7 +995,7 @@ impl Config {
             max_instance_bytes: usize::try_from(d.max_instance_bytes).unwrap_or(usize::MAX),
             min_free_bytes: self.storage.min_free_mb.saturating_mul(1 << 20),
             shutdown_grace: Duration::from_secs(d.shutdown_grace_seconds),
-        }
+        })
     }
 
     /// The destinations that get the results of a study from `calling_ae`: those that name it,
@@ -903,6 +1052,82 @@ fn check_ae_title(title: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `[dicom.tls]` files that do not load, by key: each file on its own, then the certificate
+/// and key together (a key that does not match the certificate).
+fn tls_file_problems(t: &DicomTlsConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Err(e) = tls::load_certificates(&t.cert_file) {
+        out.push(("dicom.tls.cert_file", e.to_string()));
+    }
+    if let Err(e) = tls::load_private_key(&t.key_file) {
+        out.push(("dicom.tls.key_file", e.to_string()));
+    }
+    if let Some(ca) = &t.client_ca_file {
+        if let Err(e) = tls::load_roots(ca) {
+            out.push(("dicom.tls.client_ca_file", e.to_string()));
+        }
+    }
+    if out.is_empty() {
+        if let Err(e) = tls::server_config(&t.cert_file, &t.key_file, t.client_ca_file.as_deref()) {
+            out.push(("dicom.tls.key_file", e.to_string()));
+        }
+    }
+    out
+}
+
+/// A destination's TLS settings that are missing, inconsistent or do not load, by field.
+fn destination_tls_problems(dest: &DestinationConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !dest.tls {
+        let set = [
+            ("ca_file", dest.ca_file.is_some()),
+            ("cert_file", dest.cert_file.is_some()),
+            ("key_file", dest.key_file.is_some()),
+            ("server_name", dest.server_name.is_some()),
+        ];
+        for (field, is_set) in set {
+            if is_set {
+                out.push((field, "set, but tls is not true".to_string()));
+            }
+        }
+        return out;
+    }
+    match &dest.ca_file {
+        None => out.push((
+            "ca_file",
+            "required with tls = true (the CA the destination's certificate chains to)".into(),
+        )),
+        Some(ca) => {
+            if let Err(e) = tls::load_roots(ca) {
+                out.push(("ca_file", e.to_string()));
+            }
+        }
+    }
+    match (&dest.cert_file, &dest.key_file) {
+        (Some(cert), Some(key)) => {
+            if let Err(e) = tls::load_certificates(cert) {
+                out.push(("cert_file", e.to_string()));
+            }
+            if let Err(e) = tls::load_private_key(key) {
+                out.push(("key_file", e.to_string()));
+            }
+        }
+        (Some(_), None) => out.push(("key_file", "required with cert_file".into())),
+        (None, Some(_)) => out.push(("cert_file", "required with key_file".into())),
+        (None, None) => {}
+    }
+    if out.is_empty() {
+        if let Err(e) = dest.client_tls() {
+            let field = match e {
+                tls::TlsError::ServerName { .. } => "server_name",
+                _ => "key_file",
+            };
+            out.push((field, e.to_string()));
+        }
+    }
+    out
+}
+
 fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![ip]);
@@ -933,7 +1158,7 @@ mod tests {
         assert!(config.warnings().is_empty(), "{:?}", config.warnings());
         assert!(config.dicom.peers.iter().any(|p| p.ae_title == "STORESCU"));
         assert_eq!(config.http.bind, "127.0.0.1");
-        assert_eq!(config.scp().min_free_bytes, 1024 << 20);
+        assert_eq!(config.scp().unwrap().min_free_bytes, 1024 << 20);
         assert!(Config::embedded_default().is_ok());
     }
 
@@ -1117,5 +1342,184 @@ mod tests {
             "{warnings:?}"
         );
         assert!(config.problems().is_empty(), "warnings are not problems");
+    }
+    /// The example with its commented TLS settings switched on: the lines a reader would
+    /// uncomment.
+    fn example_with_tls() -> String {
+        let keys = [
+            "[dicom.tls]",
+            "port = ",
+            "cert_file = ",
+            "key_file = ",
+            "client_ca_file = ",
+            "tls_identity = ",
+            "tls = ",
+            "ca_file = ",
+            "server_name = ",
+        ];
+        EMBEDDED_DEFAULT
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if keys.iter().any(|k| rest.starts_with(k)) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_example_documents_real_tls_keys_and_files_that_do_not_load_are_named_by_key() {
+        let text = example_with_tls();
+        assert!(text.contains("\n[dicom.tls]\n"), "no [dicom.tls] example");
+        // Every documented key parses (unknown keys are refused); the example's files are not
+        // on this machine, and each is named by its key.
+        let err = Config::from_toml(&text, "test", Path::new("/nonexistent")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "dicom.tls.cert_file",
+                "dicom.tls.key_file",
+                "dicom.tls.client_ca_file",
+                "destinations[0].ca_file",
+                "destinations[0].cert_file",
+                "destinations[0].key_file",
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("appliance.crt"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let text = format!(
+            r#"
+            data_dir = "d"
+            [dicom]
+            ae_title = "A"
+            port = 104
+            [[dicom.peers]]
+            ae_title = "B"
+            tls_identity = "b.example"
+            [[destinations]]
+            name = "plain-with-ca"
+            ae_title = "P"
+            host = "127.0.0.1"
+            port = 1
+            ca_file = "garbage.pem"
+            [[destinations]]
+            name = "tls-without-ca"
+            ae_title = "P"
+            host = "127.0.0.1"
+            port = 1
+            tls = true
+            [[destinations]]
+            name = "half-a-client-certificate"
+            ae_title = "P"
+            host = "127.0.0.1"
+            port = 1
+            tls = true
+            ca_file = "{garbage}"
+            cert_file = "garbage.pem"
+            "#,
+            garbage = garbage.display()
+        );
+        let err = Config::from_toml(&text, "test", dir.path()).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "dicom.peers[0].tls_identity",
+                "destinations[0].ca_file",
+                "destinations[1].ca_file",
+                "destinations[2].ca_file",
+                "destinations[2].key_file",
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("client_ca_file"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[3].message.contains("no certificate"),
+            "{problems:?}"
+        );
+
+        // [dicom.tls] with files that are not PEM certificates and keys: each key named.
+        let text = String::from(
+            "data_dir = \"d\"\n[dicom]\nae_title = \"A\"\nport = 104\n[[dicom.peers]]\nae_title = \"B\"\n[dicom.tls]\nport = 0\ncert_file = \"garbage.pem\"\nkey_file = \"garbage.pem\"\nclient_ca_file = \"missing.pem\"\n"
+        );
+        let err = Config::from_toml(&text, "test", dir.path()).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "dicom.tls.port",
+                "dicom.tls.cert_file",
+                "dicom.tls.key_file",
+                "dicom.tls.client_ca_file"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[3].message.contains("missing.pem"), "{problems:?}");
+    }
+
+    #[test]
+    fn plain_dicom_off_loopback_peers_admitted_on_their_title_alone_and_plain_remote_destinations_are_warned_about(
+    ) {
+        let mut config = Config::embedded_default().unwrap();
+        config.dicom.bind = "0.0.0.0".into();
+        let tls = DicomTlsConfig {
+            port: config.dicom.port,
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            client_ca_file: Some("ca".into()),
+        };
+        // TLS instead of plain: no warning about the bind.
+        config.dicom.tls = Some(tls.clone());
+        assert!(!config.plain_listener());
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        // TLS beside plain: the plain port is still in clear.
+        config.dicom.tls = Some(DicomTlsConfig { port: 2762, ..tls });
+        assert!(config.plain_listener());
+        let warnings: Vec<String> = config.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("plain DICOM beside TLS"),
+            "{warnings:?}"
+        );
+        // A peer bound to a certificate needs no host; one bound to neither is warned about.
+        config.dicom.peers[0].host = None;
+        config.dicom.peers[0].tls_identity = Some("pacs.example".into());
+        config.dicom.peers[1].host = None;
+        config.destinations[0].host = "10.1.2.3".into();
+        let warnings: Vec<String> = config.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[1].starts_with("dicom.peers[1].host: not set, nor tls_identity"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].starts_with("destinations[0].tls: not set"),
+            "{warnings:?}"
+        );
+        config.destinations[0].tls = true;
+        assert_eq!(config.warnings().len(), 2);
     }
 }

@@ -51,7 +51,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let appliance_metrics = Arc::new(ApplianceMetrics::default());
     let spool = Spool::open(&config.data_dir, metrics.clone())?;
-    let scp_config = config.scp();
+    let scp_config = config.scp()?;
     let min_free = scp_config.min_free_bytes;
     let server = Server::bind(scp_config, spool.clone(), metrics.clone())?;
     let shutdown = server.shutdown_handle();

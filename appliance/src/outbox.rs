@@ -223,10 +223,25 @@ impl Sender {
     }
 
     fn send(&self, dest: &DestinationConfig, entries: &[&Due]) -> Vec<Outcome> {
+        // TLS files are read for each batch: a renewed certificate is used without a restart;
+        // one that no longer loads fails the batch, permanently (someone must fix the files,
+        // then `appliance outbox retry`).
+        let tls = match dest.client_tls() {
+            Ok(tls) => tls,
+            Err(e) => {
+                let reason = format!("TLS settings of destination {:?}: {e}", dest.name);
+                tracing::error!(destination = %dest.name, error = %e, "cannot load the destination's TLS settings");
+                return entries
+                    .iter()
+                    .map(|_| Outcome::Permanent(reason.clone()))
+                    .collect();
+            }
+        };
         let destination = Destination {
             ae_title: dest.ae_title.clone(),
             host: dest.host.clone(),
             port: dest.port,
+            tls,
         };
         let mut config = ScuConfig::new(self.config.dicom.ae_title.clone());
         config.connect_timeout = Duration::from_secs(self.config.outbox.connect_timeout_seconds);

@@ -26,6 +26,7 @@ fn to(ae_title: &str, port: u16) -> Destination {
         ae_title: ae_title.into(),
         host: "127.0.0.1".into(),
         port,
+        tls: None,
     }
 }
 

@@ -7,7 +7,9 @@
 //!   declared length against the bytes present and extracts the identifying attributes.
 //! - [`dimse`]: DIMSE command sets (PS3.7 section 9.3): decode requests, encode responses.
 //! - [`ul`]: Upper Layer framing shared by SCP and SCU (PS3.8 section 9.3): PDU types, bounded
-//!   reads, writes.
+//!   reads, writes, over plain TCP or TLS.
+//! - [`tls`]: DICOM TLS (PS3.15 annex B, BCP 195 profile) for both sides with rustls: PEM
+//!   certificates and keys, handshakes under a deadline, client certificate names.
 //! - [`scp`]: associations (PS3.8): negotiation with access control, the message loop, timeouts,
 //!   and the listener that bounds concurrent associations and shuts down gracefully.
 //! - [`scu`]: a C-STORE SCU (PS3.4 annex B, PS3.8): sends Part 10 files to a peer on one
@@ -33,6 +35,7 @@ pub mod objects;
 pub mod scp;
 pub mod scu;
 pub mod store;
+pub mod tls;
 pub mod uids;
 pub mod ul;
 pub mod volume;

@@ -2,8 +2,10 @@
 //! with its length checked against a bound before the body is read, and writing one. The SCP
 //! (`scp`) and the SCU (`scu`) share it. Association PDUs are decoded and encoded by
 //! `dicom-ul`; P-DATA-TF is walked here item by item so that fragment bytes go straight from
-//! the socket buffer into the message being assembled, with every length checked first.
+//! the socket buffer into the message being assembled, with every length checked first. The
+//! bytes travel over a [`Transport`]: plain TCP or TLS (`tls`); framing is the same on both.
 
+use crate::tls::Transport;
 use dicom_ul::pdu::{self, Pdu};
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -57,22 +59,38 @@ pub struct PdvHeader {
     pub data_length: usize,
 }
 
+/// PDUs over a transport. Reads go through a buffer; writes go straight to the transport
+/// (each PDU in one call), which is reached through the buffer's `get_mut`.
 pub struct PduStream {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Transport>,
+    /// A handle on the same socket, for timeouts, TCP options and shutdown.
+    tcp: TcpStream,
 }
 
 impl PduStream {
     pub fn new(stream: TcpStream) -> io::Result<Self> {
-        let writer = stream.try_clone()?;
+        Self::over(Transport::Plain(stream))
+    }
+
+    pub fn over(transport: Transport) -> io::Result<Self> {
+        let tcp = transport.tcp().try_clone()?;
         Ok(Self {
-            reader: BufReader::with_capacity(256 * 1024, stream),
-            writer,
+            reader: BufReader::with_capacity(256 * 1024, transport),
+            tcp,
         })
     }
 
     pub fn tcp(&self) -> &TcpStream {
-        &self.writer
+        &self.tcp
+    }
+
+    pub fn transport(&self) -> &Transport {
+        self.reader.get_ref()
+    }
+
+    /// Where writes go: the transport itself, past the read buffer.
+    pub fn writer(&mut self) -> &mut Transport {
+        self.reader.get_mut()
     }
 
     /// Ask the kernel to acknowledge received segments at once (Linux TCP_QUICKACK, which the
@@ -85,7 +103,7 @@ impl PduStream {
         // SAFETY: a valid socket descriptor and a c_int option value of the right size.
         unsafe {
             libc::setsockopt(
-                self.writer.as_raw_fd(),
+                self.tcp.as_raw_fd(),
                 libc::IPPROTO_TCP,
                 libc::TCP_QUICKACK,
                 (&one as *const libc::c_int).cast(),
@@ -173,7 +191,9 @@ impl PduStream {
     pub fn write_pdu(&mut self, pdu: &Pdu) -> Result<(), PduError> {
         let mut bytes = Vec::with_capacity(256);
         pdu::write_pdu(&mut bytes, pdu).map_err(|e| PduError::Malformed(e.to_string()))?;
-        self.writer.write_all(&bytes)?;
+        let writer = self.reader.get_mut();
+        writer.write_all(&bytes)?;
+        writer.flush()?;
         Ok(())
     }
 
@@ -189,7 +209,9 @@ impl PduStream {
         bytes.push(context_id);
         bytes.push(0x03);
         bytes.extend(command);
-        self.writer.write_all(&bytes)?;
+        let writer = self.reader.get_mut();
+        writer.write_all(&bytes)?;
+        writer.flush()?;
         Ok(())
     }
 }

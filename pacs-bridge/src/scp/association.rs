@@ -1,12 +1,14 @@
 //! One association, from A-ASSOCIATE-RQ to release or abort (PS3.8 section 9 and PS3.7 section
 //! 9.1): access control and presentation context negotiation, then the DIMSE message loop
-//! serving C-ECHO and C-STORE.
+//! serving C-ECHO and C-STORE. On the TLS listener the association starts with the TLS
+//! handshake (PS3.15 annex B), under the same ARTIM deadline as the A-ASSOCIATE-RQ.
 
 use super::reject::RejectReason;
 use super::{Peer, Shared};
 use crate::dataset::{self, Identity};
 use crate::dimse::{self, status, Command, Response};
 use crate::store::{IncomingInstance, StoreOutcome};
+use crate::tls;
 use crate::uids;
 use crate::ul::{self, PduError, PduStream};
 use dicom_ul::pdu::{
@@ -18,6 +20,7 @@ use dicom_ul::pdu::{
 use radiant_core::log_tag;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// An accepted presentation context.
@@ -41,7 +44,7 @@ fn refusal(reason: RejectReason) -> Refusal {
             Permanent,
             ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized),
         ),
-        RejectReason::CallingAeTitle | RejectReason::CallingHost => (
+        RejectReason::CallingAeTitle | RejectReason::CallingHost | RejectReason::TlsIdentity => (
             Permanent,
             ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized),
         ),
@@ -81,8 +84,13 @@ fn refusal(reason: RejectReason) -> Refusal {
 
 /// Read the A-ASSOCIATE-RQ of a connection over the association limit and answer it with a
 /// transient A-ASSOCIATE-RJ (local limit exceeded), so the caller knows to retry later.
-pub(crate) fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let Ok(mut io) = open(stream, shared) else {
+pub(crate) fn refuse_busy(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    shared: &Shared,
+) {
+    let Ok(mut io) = open(stream, peer, tls, shared) else {
         return;
     };
     if read_request(&mut io, peer).is_some() {
@@ -91,14 +99,44 @@ pub(crate) fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared) 
     }
 }
 
-fn open(stream: TcpStream, shared: &Shared) -> Result<PduStream, ()> {
-    let timeouts = stream
-        .set_read_timeout(Some(shared.config.association_request_timeout))
-        .and_then(|_| stream.set_write_timeout(Some(shared.config.idle_timeout)));
+/// Set the ARTIM timeouts, and on the TLS listener run the handshake within the same deadline
+/// (PS3.8 9.1.5: the connection must lead to an A-ASSOCIATE-RQ within ARTIM). A failed
+/// handshake is logged with its reason and counted; the connection is closed.
+fn open(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    shared: &Shared,
+) -> Result<PduStream, ()> {
+    let deadline = Instant::now() + shared.config.association_request_timeout;
+    let transport = match tls {
+        None => tls::Transport::Plain(stream),
+        Some(config) => match tls::accept(stream, config, deadline) {
+            Ok(transport) => transport,
+            Err(e) => {
+                shared.metrics.reject(RejectReason::TlsHandshake.label());
+                tracing::warn!(
+                    %peer,
+                    error = %e,
+                    reason = RejectReason::TlsHandshake.label(),
+                    "TLS handshake failed; connection closed"
+                );
+                return Err(());
+            }
+        },
+    };
+    let tcp = transport.tcp();
+    let timeouts = tcp
+        .set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(std::time::Duration::from_millis(1)),
+        ))
+        .and_then(|_| tcp.set_write_timeout(Some(shared.config.idle_timeout)));
     if timeouts.is_err() {
         return Err(());
     }
-    PduStream::new(stream).map_err(|_| ())
+    PduStream::over(transport).map_err(|_| ())
 }
 
 fn read_request(io: &mut PduStream, peer: SocketAddr) -> Option<AssociationRQ> {
@@ -142,19 +180,27 @@ fn abort(io: &mut PduStream) {
 }
 
 /// Serve one connection until release, abort, timeout or error. Never panics on peer input.
-pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let Ok(mut io) = open(stream, shared) else {
+pub(crate) fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    shared: &Shared,
+) {
+    let Ok(mut io) = open(stream, peer, tls, shared) else {
         return;
     };
     let Some(rq) = read_request(&mut io, peer) else {
         return;
     };
-    if let Err(refused) = check_access(&rq, peer.ip(), shared) {
+    let client_names = io.transport().client_names();
+    if let Err(refused) = check_access(&rq, peer.ip(), client_names.as_deref(), shared) {
         shared.metrics.reject(refused.reason.label());
         tracing::warn!(
             %peer,
             calling_ae = %rq.calling_ae_title,
             called_ae = %rq.called_ae_title,
+            tls = io.transport().is_tls(),
+            client_certificate = ?client_names,
             reason = refused.reason.label(),
             "association refused"
         );
@@ -217,8 +263,15 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
 }
 
 /// Access control (PS3.8 section 7.1.1): protocol version, application context, called AE
-/// title, then the calling AE title and address against `[[dicom.peers]]`, then free disk.
-fn check_access(rq: &AssociationRQ, ip: IpAddr, shared: &Shared) -> Result<(), Refusal> {
+/// title, then the calling AE title, address and TLS identity against `[[dicom.peers]]`,
+/// then free disk. `client_names`: the names of the verified client certificate (PS3.15
+/// annex B), `None` without TLS or without a client certificate.
+fn check_access(
+    rq: &AssociationRQ,
+    ip: IpAddr,
+    client_names: Option<&[String]>,
+    shared: &Shared,
+) -> Result<(), Refusal> {
     let config = &shared.config;
     if rq.protocol_version & 1 == 0 {
         return Err(refusal(RejectReason::ProtocolVersion));
@@ -237,6 +290,9 @@ fn check_access(rq: &AssociationRQ, ip: IpAddr, shared: &Shared) -> Result<(), R
     if !address_allowed(peer, ip) {
         return Err(refusal(RejectReason::CallingHost));
     }
+    if !identity_allowed(peer, client_names) {
+        return Err(refusal(RejectReason::TlsIdentity));
+    }
     if below_disk_floor(shared) {
         return Err(refusal(RejectReason::DiskFloor));
     }
@@ -251,6 +307,16 @@ fn address_allowed(peer: &Peer, ip: IpAddr) -> bool {
     match &peer.addresses {
         None => true,
         Some(allowed) => allowed.contains(&ip),
+    }
+}
+
+/// A peer bound to a TLS identity is admitted only over TLS with a verified client certificate
+/// naming it; a peer without one is admitted either way.
+fn identity_allowed(peer: &Peer, client_names: Option<&[String]>) -> bool {
+    match (&peer.tls_identity, client_names) {
+        (None, _) => true,
+        (Some(identity), Some(names)) => tls::names_match(names, identity),
+        (Some(_), None) => false,
     }
 }
 

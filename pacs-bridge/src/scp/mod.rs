@@ -1,5 +1,8 @@
-//! The DICOM Upper Layer SCP (PS3.8): a listener that bounds concurrent associations, and one
-//! thread per association running [`association::serve`].
+//! The DICOM Upper Layer SCP (PS3.8): listeners (plain TCP, and TLS when configured: PS3.15
+//! annex B, see [`crate::tls`]) that share one bound on concurrent associations, and one
+//! thread per association running [`association::serve`]. A TLS connection takes its slot
+//! first and then has `association_request_timeout` to finish the handshake and send its
+//! A-ASSOCIATE-RQ, so a peer that never handshakes cannot hold the slot longer.
 //!
 //! Shutdown: [`ShutdownHandle::trigger`] stops the accept loop; associations in progress get
 //! `shutdown_grace` to end on their own (the peer releases), then their sockets are closed. An
@@ -25,13 +28,25 @@ pub struct Peer {
     pub ae_title: String,
     /// When set, the caller's address must be one of these.
     pub addresses: Option<Vec<IpAddr>>,
+    /// When set, the caller must come over TLS with a verified client certificate naming this
+    /// identity (subject CN or SAN DNS name).
+    pub tls_identity: Option<String>,
+}
+
+/// The TLS listener (PS3.15 annex B).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub bind: SocketAddr,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// Everything the SCP needs to know; the appliance builds it from its TOML configuration.
 #[derive(Debug, Clone)]
 pub struct ScpConfig {
     pub ae_title: String,
-    pub bind: SocketAddr,
+    /// The plain TCP listener; `None` when DICOM is served over TLS only.
+    pub bind: Option<SocketAddr>,
+    pub tls: Option<TlsListener>,
     pub max_associations: usize,
     /// Largest P-DATA-TF PDU we receive (sent as Maximum Length in A-ASSOCIATE-AC).
     pub max_pdu_length: u32,
@@ -55,20 +70,25 @@ pub enum ScpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no listener configured: neither a plain bind address nor TLS")]
+    NoListener,
 }
 
 /// Stops a running [`Server`] from another thread (a signal handler, a test).
 #[derive(Clone)]
 pub struct ShutdownHandle {
     flag: Arc<AtomicBool>,
-    wake: SocketAddr,
+    /// One address per listener.
+    wake: Vec<SocketAddr>,
 }
 
 impl ShutdownHandle {
     pub fn trigger(&self) {
         if !self.flag.swap(true, Ordering::SeqCst) {
-            // Wake the blocking accept with a connection of our own.
-            let _ = TcpStream::connect_timeout(&self.wake, Duration::from_secs(1));
+            // Wake each blocking accept with a connection of our own.
+            for addr in &self.wake {
+                let _ = TcpStream::connect_timeout(addr, Duration::from_secs(1));
+            }
         }
     }
 
@@ -84,9 +104,15 @@ pub(crate) struct Shared {
 }
 
 pub struct Server {
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     shared: Arc<Shared>,
     shutdown: ShutdownHandle,
+}
+
+/// One listening socket; with `tls`, every connection starts with a TLS handshake.
+struct Listener {
+    socket: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Streams of associations in progress, so that shutdown can close those that outlive the grace.
@@ -96,27 +122,44 @@ type OpenStreams = Arc<Mutex<HashMap<u64, TcpStream>>>;
 /// beyond this many, extra connections are closed without a PDU.
 const MAX_REFUSING: usize = 16;
 
+/// What the accept loops of all listeners share.
+struct Slots {
+    active: AtomicUsize,
+    refusing: Arc<AtomicUsize>,
+    open: OpenStreams,
+    next_id: AtomicU64,
+}
+
 impl Server {
     pub fn bind(
         config: ScpConfig,
         spool: Arc<Spool>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ScpError> {
-        let listener = TcpListener::bind(config.bind).map_err(|source| ScpError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-        let local = listener.local_addr().map_err(|source| ScpError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-        let wake_ip = match local.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
-            ip if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
+        let mut listeners = Vec::new();
+        let mut wake = Vec::new();
+        let plain = config.bind.map(|addr| (addr, None));
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| (t.bind, Some(t.config.clone())));
+        for (addr, tls) in plain.into_iter().chain(tls) {
+            let bind_error = |source| ScpError::Bind { addr, source };
+            let socket = TcpListener::bind(addr).map_err(bind_error)?;
+            let local = socket.local_addr().map_err(bind_error)?;
+            let wake_ip = match local.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
+                ip if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            wake.push(SocketAddr::new(wake_ip, local.port()));
+            listeners.push(Listener { socket, tls });
+        }
+        if listeners.is_empty() {
+            return Err(ScpError::NoListener);
+        }
         Ok(Server {
-            listener,
+            listeners,
             shared: Arc::new(Shared {
                 config,
                 spool,
@@ -124,31 +167,61 @@ impl Server {
             }),
             shutdown: ShutdownHandle {
                 flag: Arc::new(AtomicBool::new(false)),
-                wake: SocketAddr::new(wake_ip, local.port()),
+                wake,
             },
         })
     }
 
+    /// The address of the first listener (the plain one when there is one).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].socket.local_addr()
+    }
+
+    /// The address of the TLS listener, when there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.tls.is_some())
+            .and_then(|l| l.socket.local_addr().ok())
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
     }
 
-    /// Accept associations until shutdown is triggered, then drain them.
+    /// Accept associations on every listener until shutdown is triggered, then drain them.
     pub fn run(self) {
-        let active = Arc::new(AtomicUsize::new(0));
-        let refusing = Arc::new(AtomicUsize::new(0));
-        let open: OpenStreams = Arc::new(Mutex::new(HashMap::new()));
-        let next_id = AtomicU64::new(0);
+        let slots = Slots {
+            active: AtomicUsize::new(0),
+            refusing: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(0),
+        };
+        let slots = Arc::new(slots);
+        std::thread::scope(|scope| {
+            for listener in &self.listeners {
+                let slots = slots.clone();
+                let server = &self;
+                let spawned = std::thread::Builder::new()
+                    .name("scp-accept".into())
+                    .spawn_scoped(scope, move || server.accept_loop(listener, &slots));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "could not start an accept thread");
+                    self.shutdown.trigger();
+                }
+            }
+        });
+        self.drain(&slots.active, &slots.open);
+    }
+
+    fn accept_loop(&self, listener: &Listener, slots: &Arc<Slots>) {
         tracing::info!(
-            addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            addr = %listener.socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             ae_title = %self.shared.config.ae_title,
+            tls = listener.tls.is_some(),
             "DICOM SCP listening"
         );
-        for conn in self.listener.incoming() {
+        for conn in listener.socket.incoming() {
             if self.shutdown.is_triggered() {
                 break;
             }
@@ -165,36 +238,41 @@ impl Server {
                 Err(_) => continue,
             };
             let _ = stream.set_nodelay(true);
-            if active.load(Ordering::SeqCst) >= self.shared.config.max_associations {
-                self.refuse_over_limit(stream, peer, &refusing);
+            let tls = listener.tls.clone();
+            if slots.active.load(Ordering::SeqCst) >= self.shared.config.max_associations {
+                self.refuse_over_limit(stream, peer, tls, &slots.refusing);
                 continue;
             }
-            active.fetch_add(1, Ordering::SeqCst);
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            if let (Ok(mut map), Ok(clone)) = (open.lock(), stream.try_clone()) {
+            slots.active.fetch_add(1, Ordering::SeqCst);
+            let id = slots.next_id.fetch_add(1, Ordering::Relaxed);
+            if let (Ok(mut map), Ok(clone)) = (slots.open.lock(), stream.try_clone()) {
                 map.insert(id, clone);
             }
             let shared = self.shared.clone();
-            let active_c = active.clone();
-            let open_c = open.clone();
+            let slots_c = slots.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("assoc-{id}"))
                 .spawn(move || {
-                    association::serve(stream, peer, &shared);
-                    if let Ok(mut map) = open_c.lock() {
+                    association::serve(stream, peer, tls.as_ref(), &shared);
+                    if let Ok(mut map) = slots_c.open.lock() {
                         map.remove(&id);
                     }
-                    active_c.fetch_sub(1, Ordering::SeqCst);
+                    slots_c.active.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "could not start an association thread");
-                active.fetch_sub(1, Ordering::SeqCst);
+                slots.active.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        self.drain(&active, &open);
     }
 
-    fn refuse_over_limit(&self, stream: TcpStream, peer: SocketAddr, refusing: &Arc<AtomicUsize>) {
+    fn refuse_over_limit(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        refusing: &Arc<AtomicUsize>,
+    ) {
         self.shared
             .metrics
             .reject(RejectReason::AssociationLimit.label());
@@ -208,7 +286,7 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("assoc-refuse".into())
             .spawn(move || {
-                association::refuse_busy(stream, peer, &shared);
+                association::refuse_busy(stream, peer, tls.as_ref(), &shared);
                 refusing.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {

@@ -8,6 +8,11 @@ pub enum RejectReason {
     CalledAeTitle,
     CallingAeTitle,
     CallingHost,
+    /// The calling AE title is bound to a TLS identity (`tls_identity`) and the association
+    /// did not come over TLS with a verified client certificate naming it.
+    TlsIdentity,
+    /// The TLS handshake failed or did not finish in time (no association was requested).
+    TlsHandshake,
     ApplicationContext,
     ProtocolVersion,
     AssociationLimit,
@@ -27,6 +32,8 @@ impl RejectReason {
             Self::CalledAeTitle => "called_ae_title",
             Self::CallingAeTitle => "calling_ae_title",
             Self::CallingHost => "calling_host",
+            Self::TlsIdentity => "tls_identity",
+            Self::TlsHandshake => "tls_handshake",
             Self::ApplicationContext => "application_context",
             Self::ProtocolVersion => "protocol_version",
             Self::AssociationLimit => "association_limit",

@@ -15,6 +15,11 @@
 //! including the files left unsent when the association is lost mid-way. Both say whether a
 //! retry may succeed (`is_transient`).
 //!
+//! With [`Destination::tls`] the association runs over TLS (PS3.15 annex B, [`crate::tls`]):
+//! the handshake, with the server's certificate checked against the configured CA and name,
+//! must finish within `connect_timeout`; a certificate that does not verify is a permanent
+//! error, a handshake that times out a transient one.
+//!
 //! Logs name the peer and a file's position in the batch, and tag instances with
 //! [`radiant_core::log_tag`]; they never carry UIDs of instances, file paths or patient data.
 
@@ -25,6 +30,7 @@ pub use part10::FileError;
 pub use status::{classify, StatusClass};
 
 use crate::dimse::{self, ResponseFields, StoreRequest};
+use crate::tls::{self, ClientTls, TlsError};
 use crate::uids;
 use crate::ul::{self, PduError, PduStream};
 use dicom_ul::pdu::{
@@ -47,11 +53,17 @@ pub struct Destination {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
+    /// Connect over TLS with these settings; plain TCP when `None`.
+    pub tls: Option<ClientTls>,
 }
 
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}:{}", self.ae_title, self.host, self.port)
+        write!(f, "{}@{}:{}", self.ae_title, self.host, self.port)?;
+        if self.tls.is_some() {
+            f.write_str(" (TLS)")?;
+        }
+        Ok(())
     }
 }
 
@@ -118,6 +130,12 @@ pub enum ScuError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS with {peer} failed: {source}")]
+    Tls {
+        peer: String,
+        #[source]
+        source: TlsError,
+    },
     #[error("{peer} rejected the association ({}): {reason} (PS3.8 9.3.4)", if *.permanent { "rejected-permanent" } else { "rejected-transient" })]
     Rejected {
         peer: String,
@@ -161,6 +179,7 @@ impl ScuError {
                 false
             }
             ScuError::Rejected { permanent, .. } => !permanent,
+            ScuError::Tls { source, .. } => source.is_transient(),
             ScuError::Resolve { .. }
             | ScuError::Connect { .. }
             | ScuError::Aborted { .. }
@@ -559,10 +578,21 @@ impl<'a> Association<'a> {
         // Requests go out in whole PDUs; Nagle's algorithm would hold the tail of each one
         // until the peer's (delayed) ACK.
         stream.set_nodelay(true).map_err(io_err)?;
-        stream
+        let transport = match &dest.tls {
+            None => tls::Transport::Plain(stream),
+            Some(client) => {
+                let deadline = Instant::now() + config.connect_timeout;
+                tls::connect(stream, client, deadline).map_err(|source| ScuError::Tls {
+                    peer: peer.clone(),
+                    source,
+                })?
+            }
+        };
+        transport
+            .tcp()
             .set_write_timeout(Some(config.io_timeout))
             .map_err(io_err)?;
-        let io = PduStream::new(stream).map_err(io_err)?;
+        let io = PduStream::over(transport).map_err(io_err)?;
         let mut association = Association {
             io,
             peer: peer.clone(),
@@ -883,7 +913,7 @@ impl<'a> Association<'a> {
         let max = self.max_fragment;
         let peer = self.peer.clone();
         let after = self.config.io_timeout;
-        let mut out = BufWriter::with_capacity(64 * 1024, self.io.tcp());
+        let mut out = BufWriter::with_capacity(64 * 1024, self.io.writer());
         let result =
             write_fragments(&mut out, context_id, command, dataset, max).and_then(|()| out.flush());
         // Not drop: BufWriter's drop would try to write the rest again, past the timeout.
@@ -1305,6 +1335,7 @@ mod tests {
             ae_title: "PACS".into(),
             host: "127.0.0.1".into(),
             port: 104,
+            tls: None,
         };
         assert!(check_config(&dest, &ScuConfig::new("RADIANT")).is_ok());
         for bad in ["", "   ", "SEVENTEEN_CHARS_X", "BACK\\SLASH", "TAB\tBED"] {
