@@ -29,10 +29,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 2,
         apply: job_attempts,
     },
+    Migration {
+        version: 3,
+        apply: protected_studies,
+    },
 ];
 
 /// The schema version this code writes and reads: the last migration's.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
 /// Migration 1: the tables of the releases before numbered migrations, created where missing;
@@ -58,6 +62,11 @@ fn tables_before_numbered_migrations(tx: &Transaction<'_>) -> rusqlite::Result<(
 /// process down every time (an abort no panic boundary catches) stops being retried.
 fn job_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(schema::JOB_ATTEMPTS)
+}
+
+/// Migration 3: studies an operator protected from retention.
+fn protected_studies(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(schema::PROTECTED_STUDIES)
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -469,13 +478,41 @@ mod tests {
         .unwrap();
         drop(conn);
         let conn = db::open(dir.path()).unwrap();
-        assert_eq!(version(&conn), 2);
+        assert_eq!(version(&conn), SCHEMA_VERSION);
         let (state, attempts): (db::JobState, i64) = conn
             .query_row("SELECT state, attempts FROM jobs", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
         assert_eq!((state, attempts), (db::JobState::Running, 0));
+    }
+
+    #[test]
+    fn a_version_2_database_gains_protected_studies_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db::path(dir.path());
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_with(&mut conn, &path, &MIGRATIONS[..2]).unwrap();
+        assert_eq!(version(&conn), 2);
+        conn.execute(
+            "INSERT INTO jobs (study_uid, calling_ae, series_uid, model_id, model_version,
+                 instances, state, created_at_ms, updated_at_ms)
+             VALUES ('s', 'A', 'x', 'm', '1', 1, ?1, 0, 0)",
+            [db::JobState::Done],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = db::open(dir.path()).unwrap();
+        assert_eq!(version(&conn), 3);
+        conn.execute(
+            "INSERT INTO protected_studies (study_uid, protected_at_ms) VALUES ('s', 1)",
+            [],
+        )
+        .unwrap();
+        let jobs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jobs, 1);
     }
 
     #[test]
