@@ -1,5 +1,5 @@
 //! `appliance serve`: bring the parts up in dependency order (spool, SCP, study assembly, HTTP,
-//! inference worker, learner, outbox sender) and take them down in reverse on SIGTERM/SIGINT,
+//! inference worker, learner, outbox sender, retention) and take them down in reverse on SIGTERM/SIGINT,
 //! so that every association in progress ends, every queued commit is written and the index is
 //! closed cleanly.
 //!
@@ -46,6 +46,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     let appliance_metrics = Arc::new(ApplianceMetrics::default());
+    // The retention watermark must come before the ingest floor on the file system data_dir
+    // is on (check-config can only tell once the folder exists).
+    if let Some(problem) = config.retention_floor_problem() {
+        anyhow::bail!("invalid configuration: {problem}");
+    }
     let spool = Spool::open(&config.data_dir, metrics.clone())?;
     let scp_config = config.scp();
     let min_free = scp_config.min_free_bytes;
@@ -184,6 +189,20 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
         })?
     };
+    // Retention purges finished studies on its own thread, off the ingest path; it starts
+    // after recovery queued the jobs of studies a crash left without them, so it never
+    // judges such a study finished.
+    let retention = if config.retention.enabled {
+        let retention_config = config.clone();
+        let retention_metrics = appliance_metrics.clone();
+        let dicom_metrics = metrics.clone();
+        Some(supervisor.spawn("retention", move |stop| {
+            crate::retention::serve(&retention_config, stop, retention_metrics, dicom_metrics)
+        })?)
+    } else {
+        tracing::info!("retention disabled: nothing leaves the spool by itself");
+        None
+    };
     // Completion is the hook inference attaches to: one job per series the model takes. The
     // thread ends when assembly ends and drops its end of the channel.
     let consumer = supervisor.spawn("study-events", move |_stop| {
@@ -215,6 +234,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     readiness.scp_listening.store(false, Ordering::SeqCst);
 
     supervisor.stop(assembly);
+    if let Some(r) = retention {
+        supervisor.stop(r);
+    }
     supervisor.join(consumer);
     if let Some(l) = learner {
         supervisor.stop(l);
