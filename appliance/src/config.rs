@@ -1073,6 +1073,15 @@ mod tests {
         assert!(config.dicom.peers.iter().any(|p| p.ae_title == "STORESCU"));
         assert_eq!(config.http.bind, "127.0.0.1");
         assert_eq!(config.scp().min_free_bytes, 1024 << 20);
+        assert!(config.retention.enabled);
+        assert_eq!(config.retention.max_age_hours, 168.0);
+        assert_eq!(
+            (
+                config.retention.high_watermark_percent,
+                config.retention.low_watermark_percent
+            ),
+            (80.0, 70.0)
+        );
         assert!(Config::embedded_default().is_ok());
     }
 

@@ -848,8 +848,8 @@ mod tests {
         c.retention.max_age_hours = 1.0;
         c.retention.grace_seconds = 0;
         // Whatever the test machine's disk holds, only age decides here.
-        c.retention.high_watermark_percent = 99.9;
-        c.retention.low_watermark_percent = 99.0;
+        c.retention.high_watermark_percent = 99.0;
+        c.retention.low_watermark_percent = 98.0;
         c
     }
 
