@@ -71,6 +71,70 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub learning: LearningConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// When studies leave the spool ([`crate::retention`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Hours after completion a finished study is purged (0: never by age).
+    #[serde(default = "default_max_age_hours")]
+    pub max_age_hours: f64,
+    /// Used space (percent of the data file system) at which finished studies are purged,
+    /// oldest first, ...
+    #[serde(default = "default_high_watermark")]
+    pub high_watermark_percent: f64,
+    /// ... until used space is at or below this.
+    #[serde(default = "default_low_watermark")]
+    pub low_watermark_percent: f64,
+    /// No study is purged sooner than this after it completed.
+    #[serde(default = "default_grace_seconds")]
+    pub grace_seconds: u64,
+    /// Seconds between two retention rounds.
+    #[serde(default = "default_retention_interval")]
+    pub interval_seconds: u64,
+    /// An operator-protected study keeps its spool files (else only what learning needs).
+    #[serde(default = "default_true")]
+    pub keep_pixel_data_of_protected: bool,
+    /// A study a labelled case refers to keeps its spool files (else only what learning needs,
+    /// once the case's features are stored).
+    #[serde(default = "default_true")]
+    pub keep_pixel_data_of_cases: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_age_hours: default_max_age_hours(),
+            high_watermark_percent: default_high_watermark(),
+            low_watermark_percent: default_low_watermark(),
+            grace_seconds: default_grace_seconds(),
+            interval_seconds: default_retention_interval(),
+            keep_pixel_data_of_protected: true,
+            keep_pixel_data_of_cases: true,
+        }
+    }
+}
+
+fn default_max_age_hours() -> f64 {
+    168.0
+}
+fn default_high_watermark() -> f64 {
+    80.0
+}
+fn default_low_watermark() -> f64 {
+    70.0
+}
+fn default_grace_seconds() -> u64 {
+    600
+}
+fn default_retention_interval() -> u64 {
+    60
 }
 
 /// When and how the appliance fine-tunes the model's head on labelled cases, and the gate a
@@ -935,6 +999,52 @@ impl Config {
                 "must be finite and not negative".into(),
             );
         }
+        let r = &self.retention;
+        if !(r.max_age_hours.is_finite() && (0.0..=24.0 * 3650.0).contains(&r.max_age_hours)) {
+            problem(
+                "retention.max_age_hours",
+                "must be a number between 0 and 87600".into(),
+            );
+        }
+        let percent = |v: f64| v.is_finite() && (1.0..=99.0).contains(&v);
+        if !percent(r.high_watermark_percent) {
+            problem(
+                "retention.high_watermark_percent",
+                "must be a number between 1 and 99".into(),
+            );
+        }
+        if !percent(r.low_watermark_percent) {
+            problem(
+                "retention.low_watermark_percent",
+                "must be a number between 1 and 99".into(),
+            );
+        } else if percent(r.high_watermark_percent)
+            && r.low_watermark_percent >= r.high_watermark_percent
+        {
+            problem(
+                "retention.low_watermark_percent",
+                format!(
+                    "must be below retention.high_watermark_percent ({})",
+                    r.high_watermark_percent
+                ),
+            );
+        }
+        if r.grace_seconds > 7 * 86_400 {
+            problem("retention.grace_seconds", "must be at most 604800".into());
+        }
+        if !(1..=86_400).contains(&r.interval_seconds) {
+            problem(
+                "retention.interval_seconds",
+                "must be between 1 and 86400".into(),
+            );
+        }
+        // The watermark must be reached before the ingest floor; only a data folder that
+        // exists has a file system to measure (`serve` checks again once it made it).
+        if self.data_dir.is_dir() {
+            if let Some(p) = self.retention_floor_problem() {
+                problem(&p.key, p.message);
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problem(
                 "log.level",
@@ -942,6 +1052,36 @@ impl Config {
             );
         }
         out
+    }
+
+    /// When retention is on and the file system holding `data_dir` is measured: a problem
+    /// naming `retention.high_watermark_percent` if the free space left at that watermark
+    /// would be below the ingest floor (`storage.min_free_mb`), so ingest would refuse
+    /// studies before retention starts to purge. `None` when fine or not measurable.
+    pub fn retention_floor_problem(&self) -> Option<Problem> {
+        if !self.retention.enabled {
+            return None;
+        }
+        let usage = pacs_bridge::store::fs_usage(&self.data_dir).ok()?;
+        self.retention_floor_problem_on(usage.usable_bytes())
+    }
+
+    /// [`Config::retention_floor_problem`] for a file system of `usable_bytes`.
+    pub fn retention_floor_problem_on(&self, usable_bytes: u64) -> Option<Problem> {
+        let high = self.retention.high_watermark_percent;
+        let free_at_high = usable_bytes as f64 * (100.0 - high) / 100.0;
+        let floor = self.storage.min_free_mb.saturating_mul(1 << 20);
+        (free_at_high <= floor as f64).then(|| Problem {
+            key: "retention.high_watermark_percent".into(),
+            message: format!(
+                "at {high}% used the file system of data_dir ({} MiB usable) has {} MiB free, \
+                 not above storage.min_free_mb ({} MiB): ingest would refuse studies before \
+                 retention purges any; lower the watermark or the floor",
+                usable_bytes >> 20,
+                (free_at_high as u64) >> 20,
+                self.storage.min_free_mb
+            ),
+        })
     }
 
     /// The SCP's view of this configuration (peer host names resolved; one that does not
@@ -1159,6 +1299,15 @@ mod tests {
         assert!(config.dicom.peers.iter().any(|p| p.ae_title == "STORESCU"));
         assert_eq!(config.http.bind, "127.0.0.1");
         assert_eq!(config.scp().unwrap().min_free_bytes, 1024 << 20);
+        assert!(config.retention.enabled);
+        assert_eq!(config.retention.max_age_hours, 168.0);
+        assert_eq!(
+            (
+                config.retention.high_watermark_percent,
+                config.retention.low_watermark_percent
+            ),
+            (80.0, 70.0)
+        );
         assert!(Config::embedded_default().is_ok());
     }
 
@@ -1270,6 +1419,65 @@ mod tests {
         let config = Config::from_toml(ok, "test", Path::new(".")).unwrap();
         assert_eq!(config.learning.min_new_cases, 8);
         assert_eq!(config.learning.fedprox_mu, 1.0);
+    }
+
+    #[test]
+    fn bad_retention_settings_are_named() {
+        let text = r#"
+            data_dir = "d"
+            [dicom]
+            ae_title = "A"
+            port = 104
+            [[dicom.peers]]
+            ae_title = "B"
+            [retention]
+            max_age_hours = -1.0
+            high_watermark_percent = 70
+            low_watermark_percent = 80
+            grace_seconds = 9999999
+            interval_seconds = 0
+        "#;
+        let err = Config::from_toml(text, "test", Path::new(".")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "retention.max_age_hours",
+                "retention.low_watermark_percent",
+                "retention.grace_seconds",
+                "retention.interval_seconds"
+            ],
+            "{problems:?}"
+        );
+        let ok = "data_dir = \"d\"\n[dicom]\nae_title = \"A\"\nport = 104\n[[dicom.peers]]\nae_title = \"B\"\n";
+        let config = Config::from_toml(ok, "test", Path::new(".")).unwrap();
+        assert!(config.retention.enabled);
+        assert!(config.retention.keep_pixel_data_of_cases);
+        assert!(config.retention.low_watermark_percent < config.retention.high_watermark_percent);
+    }
+
+    #[test]
+    fn a_high_watermark_past_the_ingest_floor_is_named() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/etc/appliance.toml");
+        let config = Config::load(&path).unwrap();
+        // 1 GiB floor: on a 4 GiB disk, 80% used leaves 0.8 GiB free, below it.
+        let problem = config
+            .retention_floor_problem_on(4 << 30)
+            .expect("a problem");
+        assert_eq!(problem.key, "retention.high_watermark_percent");
+        assert!(problem.message.contains("storage.min_free_mb"), "{problem}");
+        // On 100 GiB, 80% leaves 20 GiB: fine.
+        assert_eq!(config.retention_floor_problem_on(100 << 30), None);
+        // A data folder on a file system measured at load: a tiny floor passes.
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "data_dir = {:?}\n[dicom]\nae_title = \"A\"\nport = 104\n[[dicom.peers]]\nae_title = \"B\"\n[storage]\nmin_free_mb = 1\n",
+            dir.path()
+        );
+        assert!(Config::from_toml(&text, "test", Path::new(".")).is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `appliance serve`: bring the parts up in dependency order (spool, SCP, study assembly, HTTP,
-//! inference worker, learner, outbox sender) and take them down in reverse on SIGTERM/SIGINT,
+//! inference worker, learner, outbox sender, retention) and take them down in reverse on SIGTERM/SIGINT,
 //! so that every association in progress ends, every queued commit is written and the index is
 //! closed cleanly.
 //!
@@ -50,6 +50,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     let appliance_metrics = Arc::new(ApplianceMetrics::default());
+    // The retention watermark must come before the ingest floor on the file system data_dir
+    // is on (check-config can only tell once the folder exists).
+    if let Some(problem) = config.retention_floor_problem() {
+        anyhow::bail!("invalid configuration: {problem}");
+    }
     let spool = Spool::open(&config.data_dir, metrics.clone())?;
     let scp_config = config.scp()?;
     let min_free = scp_config.min_free_bytes;
@@ -143,19 +148,26 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // Recovery (jobs a stop interrupted, studies completed but never announced, labels not
     // yet taken in) is the worker's first task, on its thread: the SCP is already accepting
     // by then, and a hostile study met again in recovery fails its job like any other.
+    // Raised once recovery is done (at once without inference: nothing to recover).
+    let recovered = Cancel::new();
     let worker = match &pipeline {
         Some(p) => {
             let worker = p.clone();
             let wake = jobs_queued.clone();
             let done = results_queued.clone();
+            let recovery_done = recovered.clone();
             Some(
                 supervisor.spawn_under("inference", worker_stop, move |stop| {
                     worker.recover()?;
+                    recovery_done.cancel();
                     worker.work(stop, wake, &done)
                 })?,
             )
         }
-        None => None,
+        None => {
+            recovered.cancel();
+            None
+        }
     };
     // The learner fine-tunes the head while inference is idle (it needs the model inference
     // runs; without it there is nothing to fine-tune).
@@ -186,6 +198,29 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         };
         let wake = results_queued.clone();
         supervisor.spawn_under("outbox", outbox_stop, move |stop| sender.run(stop, wake))?
+    };
+    // Retention purges finished studies on its own thread, off the ingest path; its first
+    // round waits for recovery to queue the jobs of studies a crash left without them, so it
+    // never judges such a study finished.
+    let retention = if config.retention.enabled {
+        let retention_config = config.clone();
+        let retention_metrics = appliance_metrics.clone();
+        let dicom_metrics = metrics.clone();
+        let recovery = recovered.clone();
+        Some(supervisor.spawn("retention", move |stop| {
+            // Recovery runs on the inference thread; a study it has yet to queue looks
+            // finished to retention.
+            while !recovery.wait_timeout(Duration::from_millis(200)) {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+            }
+            crate::retention::serve(&retention_config, stop, retention_metrics, dicom_metrics);
+            Ok(())
+        })?)
+    } else {
+        tracing::info!("retention disabled: nothing leaves the spool by itself");
+        None
     };
     // Completion is the hook inference attaches to: one job per series the model takes. The
     // thread ends when assembly ends and drops its end of the channel.
@@ -219,6 +254,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     readiness.scp_listening.store(false, Ordering::SeqCst);
 
     supervisor.stop(assembly);
+    if let Some(r) = retention {
+        supervisor.stop(r);
+    }
     supervisor.join(consumer);
     if let Some(l) = learner {
         supervisor.stop(l);

@@ -21,6 +21,8 @@
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
 //! - [`supervisor`]: the daemon's threads under one shutdown signal; a panic is logged,
 //!   fails readiness and stops the daemon with an error.
+//! - [`retention`]: which studies leave the spool and when (age, disk watermarks, never one
+//!   unfinished, protected or needed by the learner), and the crash-safe purge.
 //! - [`readiness`]: what `/health/ready` answers from (parts up, shutting down, failed).
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
@@ -37,5 +39,6 @@ pub mod learn;
 pub mod metrics;
 pub mod outbox;
 pub mod readiness;
+pub mod retention;
 pub mod studies;
 pub mod supervisor;

@@ -241,6 +241,38 @@ enum StudiesCommand {
         /// Study Instance UID.
         study_uid: String,
     },
+    /// Protect a study from retention (it may not be in the spool yet: it is protected when
+    /// it arrives). Labelled cases keep their labels and features either way.
+    Protect {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Study Instance UID.
+        study_uid: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift an operator's protection; retention may purge the study again.
+    Unprotect {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Study Instance UID.
+        study_uid: String,
+    },
+    /// Run one retention round now (`[retention]` policy: age and watermarks) and print what
+    /// went; one JSON object per study and line with --json.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only show what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Every study retention may purge, whatever its age and the disk (never one
+        /// unfinished, protected or needed by the learner).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(config: &Config) {
@@ -358,8 +390,84 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("study {study_uid} marked complete ({changed} sender group(s))");
                 Ok(())
             }
+            StudiesCommand::Protect {
+                config,
+                study_uid,
+                json,
+            } => {
+                let config = config.load()?;
+                let p = appliance::retention::protect(&config.data_dir, &study_uid)
+                    .context("cannot protect the study")?;
+                if json {
+                    println!("{}", serde_json::to_string(&p)?);
+                } else if p.purged_before {
+                    println!("study {study_uid} protected, but retention had already purged it");
+                } else if p.in_spool {
+                    println!("study {study_uid} protected");
+                } else {
+                    println!("study {study_uid} protected (not in the spool yet)");
+                }
+                Ok(())
+            }
+            StudiesCommand::Unprotect { config, study_uid } => {
+                let config = config.load()?;
+                if !appliance::retention::unprotect(&config.data_dir, &study_uid)
+                    .context("cannot unprotect the study")?
+                {
+                    anyhow::bail!("study {study_uid} is not protected");
+                }
+                println!("study {study_uid} no longer protected");
+                Ok(())
+            }
+            StudiesCommand::Purge {
+                config,
+                dry_run,
+                all,
+                json,
+            } => {
+                let config = config.load()?;
+                init_tool_logging();
+                purge_command(&config, dry_run, all, json)
+            }
         },
     }
+}
+
+fn purge_command(config: &Config, dry_run: bool, all: bool, json: bool) -> anyhow::Result<()> {
+    use appliance::retention::{Mode, Retention};
+    let mut retention = Retention::open(config).context("cannot open the spool for retention")?;
+    let mode = if all { Mode::AllEligible } else { Mode::Policy };
+    let round = retention.round(appliance::db::now_ms(), mode, dry_run)?;
+    let verb = if dry_run { "would purge" } else { "purged" };
+    for line in &round.purged {
+        if json {
+            println!("{}", serde_json::to_string(line)?);
+        } else {
+            println!(
+                "{verb} {:<64} from {:<16} {:>5} inst {:>12} bytes  ({})",
+                line.study_uid,
+                line.calling_ae,
+                line.instances,
+                line.bytes,
+                line.reason.as_str()
+            );
+        }
+    }
+    if !json {
+        let bytes: u64 = round.purged.iter().map(|l| l.bytes).sum();
+        let disk = round
+            .usage
+            .map(|u| format!("{:.1}%", u.used_percent()))
+            .unwrap_or_else(|| "unknown".into());
+        let policy = retention.policy();
+        println!(
+            "{} studies, {bytes} bytes {verb}; disk used {disk} (high watermark {}%, low {}%)",
+            round.purged.len(),
+            policy.high_watermark_percent,
+            policy.low_watermark_percent
+        );
+    }
+    Ok(())
 }
 
 fn cases_command(command: CasesCommand) -> anyhow::Result<()> {

@@ -9,12 +9,85 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
 /// The label of `radiant_inference_stage_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Stage {
     /// `decode`, `preprocess`, `backbone_head`, `postprocess` or `export`.
     pub stage: &'static str,
+}
+
+/// The label of `radiant_retention_studies_purged`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurgeReason {
+    /// `age`, `watermark` or `operator`.
+    pub reason: String,
+}
+
+/// The label of `radiant_retention_studies_held`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HoldReason {
+    /// Why studies stay: `receiving`, `grace`, `inference`, `outbox`, `protected`, `case`,
+    /// `learner` (see `retention::Hold`).
+    pub reason: &'static str,
+}
+
+/// Retention's series ([`crate::retention`]).
+#[derive(Clone, Default)]
+pub struct RetentionMetrics {
+    /// Studies purged from the spool (daemon and CLI alike: counted from the index's record).
+    pub studies_purged: Family<PurgeReason, Counter>,
+    /// Dataset bytes of the purged studies' instances.
+    pub freed_bytes: Counter,
+    /// Unix time of the latest purge.
+    pub last_purge_timestamp_seconds: Gauge,
+    /// Studies that stay, by reason, at the last round.
+    pub studies_held: Family<HoldReason, Gauge>,
+    pub disk_used_percent: Gauge<f64, AtomicU64>,
+    pub high_watermark_percent: Gauge<f64, AtomicU64>,
+    pub low_watermark_percent: Gauge<f64, AtomicU64>,
+}
+
+impl RetentionMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "radiant_retention_studies_purged",
+            "Studies purged from the spool, by reason (age, watermark, operator)",
+            self.studies_purged.clone(),
+        );
+        registry.register_with_unit(
+            "radiant_retention_freed",
+            "Bytes of instances purged from the spool",
+            Unit::Bytes,
+            self.freed_bytes.clone(),
+        );
+        registry.register(
+            "radiant_retention_last_purge_timestamp_seconds",
+            "Unix time of the latest purge (0: none yet)",
+            self.last_purge_timestamp_seconds.clone(),
+        );
+        registry.register(
+            "radiant_retention_studies_held",
+            "Studies retention keeps, by reason, at its last round",
+            self.studies_held.clone(),
+        );
+        registry.register(
+            "radiant_disk_used_percent",
+            "Used space of the data file system, in percent (as df shows it)",
+            self.disk_used_percent.clone(),
+        );
+        registry.register(
+            "radiant_retention_high_watermark_percent",
+            "Used space at which retention purges finished studies, oldest first",
+            self.high_watermark_percent.clone(),
+        );
+        registry.register(
+            "radiant_retention_low_watermark_percent",
+            "Used space retention purges down to once at the high watermark",
+            self.low_watermark_percent.clone(),
+        );
+    }
 }
 
 fn stage_histogram() -> Histogram {
@@ -42,6 +115,7 @@ pub struct ApplianceMetrics {
     pub learning_heads_refused: Counter,
     /// Head version inference uses; 0 is the model's global head.
     pub learning_champion_head: Gauge,
+    pub retention: RetentionMetrics,
 }
 
 impl Default for ApplianceMetrics {
@@ -62,6 +136,7 @@ impl Default for ApplianceMetrics {
             learning_heads_accepted: Counter::default(),
             learning_heads_refused: Counter::default(),
             learning_champion_head: Gauge::default(),
+            retention: RetentionMetrics::default(),
         }
     }
 }
@@ -149,6 +224,7 @@ impl ApplianceMetrics {
             "Head version inference uses (0: the model's global head)",
             self.learning_champion_head.clone(),
         );
+        self.retention.register(registry);
     }
 }
 

@@ -31,12 +31,16 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        apply: protected_studies,
+    },
+    Migration {
+        version: 4,
         apply: intake_attempts,
     },
 ];
 
 /// The schema version this code writes and reads: the last migration's.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
 /// Migration 1: the tables of the releases before numbered migrations, created where missing;
@@ -64,7 +68,12 @@ fn job_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(schema::JOB_ATTEMPTS)
 }
 
-/// Migration 3: case intakes count their attempts, so one that crashes the process is not
+/// Migration 3: studies an operator protected from retention.
+fn protected_studies(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(schema::PROTECTED_STUDIES)
+}
+
+/// Migration 4: case intakes count their attempts, so one that crashes the process is not
 /// retried for ever.
 fn intake_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(schema::INTAKE_ATTEMPTS)
@@ -486,6 +495,34 @@ mod tests {
             })
             .unwrap();
         assert_eq!((state, attempts), (db::JobState::Running, 0));
+    }
+
+    #[test]
+    fn a_version_2_database_gains_protected_studies_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db::path(dir.path());
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_with(&mut conn, &path, &MIGRATIONS[..2]).unwrap();
+        assert_eq!(version(&conn), 2);
+        conn.execute(
+            "INSERT INTO jobs (study_uid, calling_ae, series_uid, model_id, model_version,
+                 instances, state, created_at_ms, updated_at_ms)
+             VALUES ('s', 'A', 'x', 'm', '1', 1, ?1, 0, 0)",
+            [db::JobState::Done],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = db::open(dir.path()).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        conn.execute(
+            "INSERT INTO protected_studies (study_uid, protected_at_ms) VALUES ('s', 1)",
+            [],
+        )
+        .unwrap();
+        let jobs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jobs, 1);
     }
 
     #[test]

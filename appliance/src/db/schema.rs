@@ -148,3 +148,15 @@ CREATE TABLE IF NOT EXISTS learn_runs (
     finished_at_ms  INTEGER NOT NULL
 );
 ";
+
+/// Migration 3: studies an operator protected from retention (`appliance studies protect`);
+/// a row may name a study the spool does not hold (yet): it is protected when it arrives.
+/// Retention judges every study each round: its outbox and case lookups get an index.
+pub(super) const PROTECTED_STUDIES: &str = "
+CREATE TABLE IF NOT EXISTS protected_studies (
+    study_uid        TEXT PRIMARY KEY NOT NULL,
+    protected_at_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_job ON outbox (job_id);
+CREATE INDEX IF NOT EXISTS cases_by_study ON cases (study_uid);
+";

@@ -2,6 +2,10 @@
 //!
 //! WAL mode with `synchronous=FULL`: a committed transaction is on disk when `commit` returns,
 //! and readers (the CLI, the assembler) never block the committer.
+//!
+//! `purge_pending` and `purged_studies` belong to retention ([`super::purge`]): the spool files
+//! of purged studies not deleted yet, and the record of every purge. Both are created where
+//! missing, so an index of an earlier release gains them on open.
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
@@ -33,6 +37,19 @@ CREATE TABLE IF NOT EXISTS studies (
     completed_at_ms       INTEGER,
     completion_announced  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (study_uid, calling_ae)
+);
+CREATE TABLE IF NOT EXISTS purge_pending (
+    path          TEXT PRIMARY KEY NOT NULL,
+    purged_at_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purged_studies (
+    id            INTEGER PRIMARY KEY,
+    study_uid     TEXT NOT NULL,
+    calling_ae    TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    instances     INTEGER NOT NULL,
+    bytes         INTEGER NOT NULL,
+    purged_at_ms  INTEGER NOT NULL
 );
 ";
 
@@ -202,4 +219,43 @@ pub fn series_of_study(
         }
     }
     Ok(out)
+}
+
+/// One (study, calling AE) group as retention judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudyGroup {
+    pub study_uid: String,
+    pub calling_ae: String,
+    /// `complete` and its completion announced (inference and label intake were handed it).
+    pub complete: bool,
+    pub completed_at_ms: Option<i64>,
+    pub last_received_at_ms: i64,
+    pub instances: u64,
+    pub bytes: u64,
+}
+
+/// Every (study, calling AE) group with its instance count and bytes, oldest completion first.
+pub fn study_groups(conn: &Connection) -> rusqlite::Result<Vec<StudyGroup>> {
+    let mut stmt = conn.prepare(
+        "SELECT s.study_uid, s.calling_ae,
+                s.state = 'complete' AND s.completion_announced = 1,
+                s.completed_at_ms, s.last_received_at_ms,
+                COUNT(i.sop_instance_uid), COALESCE(SUM(i.size), 0)
+         FROM studies s
+         LEFT JOIN instances i ON i.study_uid = s.study_uid AND i.calling_ae = s.calling_ae
+         GROUP BY s.study_uid, s.calling_ae
+         ORDER BY s.completed_at_ms, s.first_received_at_ms, s.study_uid",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StudyGroup {
+            study_uid: r.get(0)?,
+            calling_ae: r.get(1)?,
+            complete: r.get(2)?,
+            completed_at_ms: r.get(3)?,
+            last_received_at_ms: r.get(4)?,
+            instances: r.get::<_, i64>(5)?.max(0) as u64,
+            bytes: r.get::<_, i64>(6)?.max(0) as u64,
+        })
+    })?;
+    rows.collect()
 }

@@ -13,6 +13,7 @@
 //! belong to instances that were never acknowledged.
 
 pub mod index;
+pub mod purge;
 pub mod studies;
 
 use crate::metrics::Metrics;
@@ -60,6 +61,8 @@ pub enum StoreError {
     NotUnderDataDir(PathBuf),
     #[error("the spool's committer thread panicked")]
     CommitterPanicked,
+    #[error("cannot check whether study {study} may still be purged: {reason}")]
+    PurgeCheck { study: Uid, reason: String },
 }
 
 impl StoreError {
@@ -250,6 +253,48 @@ impl Spool {
 
 /// Free bytes available to us on the file system holding `path` (statvfs).
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = statvfs(path)?;
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Space on the file system holding a path, as `df` counts it: `used` is what is taken
+/// (reserved blocks aside), `available` what we may still write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsUsage {
+    pub used_bytes: u64,
+    pub available_bytes: u64,
+}
+
+impl FsUsage {
+    /// What we can use in all: used plus available (the root reserve is neither).
+    pub fn usable_bytes(&self) -> u64 {
+        self.used_bytes.saturating_add(self.available_bytes)
+    }
+
+    /// Used space in percent of [`FsUsage::usable_bytes`] (`df`'s Use%), 0 for an empty file
+    /// system.
+    pub fn used_percent(&self) -> f64 {
+        match self.usable_bytes() {
+            0 => 0.0,
+            usable => self.used_bytes as f64 * 100.0 / usable as f64,
+        }
+    }
+}
+
+/// Used and available space on the file system holding `path` (statvfs).
+pub fn fs_usage(path: &Path) -> std::io::Result<FsUsage> {
+    let stat = statvfs(path)?;
+    let frsize = stat.f_frsize as u64;
+    let blocks = stat.f_blocks as u64;
+    let free = stat.f_bfree as u64;
+    let avail = stat.f_bavail as u64;
+    Ok(FsUsage {
+        used_bytes: blocks.saturating_sub(free).saturating_mul(frsize),
+        available_bytes: avail.saturating_mul(frsize),
+    })
+}
+
+fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
@@ -259,7 +304,7 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+    Ok(stat)
 }
 
 /// Write a Part 10 file (PS3.10 section 7.1): 128-byte preamble, "DICM", the file meta group,
@@ -467,10 +512,14 @@ impl Committer {
                 continue;
             }
             let study_dir = self.spool_dir.join(&job.study_uid);
+            let mut created = false;
             if !study_dir.is_dir() {
                 fs::create_dir(&study_dir).map_err(|e| StoreError::io(&study_dir, e))?;
+                created = true;
             }
-            if !self.synced_study_dirs.contains(&study_dir) {
+            // A folder this process synced once may have been removed since (retention removes
+            // the folder of a purged study): one created now needs its entry synced again.
+            if created || !self.synced_study_dirs.contains(&study_dir) {
                 dirs_to_sync.insert(self.spool_dir.clone());
                 new_study_dirs.push(study_dir.clone());
             }
