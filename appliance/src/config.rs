@@ -465,6 +465,15 @@ pub struct DicomConfig {
     pub association_request_timeout_seconds: u64,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
+    /// Seconds one DIMSE message (a C-STORE's command and dataset) may take in all.
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout_seconds: u64,
+    /// Connections from addresses of no configured peer waiting for admission, at most.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Bytes of datasets being received across all associations, at most.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
     #[serde(default = "default_max_instance_bytes")]
     pub max_instance_bytes: u64,
     #[serde(default = "default_shutdown_grace")]
@@ -582,6 +591,15 @@ fn default_association_request_timeout() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     60
+}
+fn default_message_timeout() -> u64 {
+    600
+}
+fn default_max_unauthenticated() -> usize {
+    4
+}
+fn default_max_inflight_bytes() -> u64 {
+    2 << 30
 }
 fn default_max_instance_bytes() -> u64 {
     1 << 30
@@ -774,10 +792,26 @@ impl Config {
                 d.association_request_timeout_seconds,
             ),
             ("dicom.idle_timeout_seconds", d.idle_timeout_seconds),
+            ("dicom.message_timeout_seconds", d.message_timeout_seconds),
         ] {
             if !(1..=3600).contains(&value) {
                 problem(key, "must be between 1 and 3600".into());
             }
+        }
+        if !(1..=1024).contains(&d.max_unauthenticated) {
+            problem(
+                "dicom.max_unauthenticated",
+                "must be between 1 and 1024".into(),
+            );
+        }
+        if d.max_inflight_bytes < d.max_instance_bytes {
+            problem(
+                "dicom.max_inflight_bytes",
+                format!(
+                    "must be at least dicom.max_instance_bytes ({}), or an instance of that size can never be received",
+                    d.max_instance_bytes
+                ),
+            );
         }
         if d.shutdown_grace_seconds > 3600 {
             problem(
@@ -1132,6 +1166,9 @@ impl Config {
                 .collect(),
             association_request_timeout: Duration::from_secs(d.association_request_timeout_seconds),
             idle_timeout: Duration::from_secs(d.idle_timeout_seconds),
+            message_timeout: Duration::from_secs(d.message_timeout_seconds),
+            max_unauthenticated: d.max_unauthenticated,
+            max_inflight_bytes: usize::try_from(d.max_inflight_bytes).unwrap_or(usize::MAX),
             max_instance_bytes: usize::try_from(d.max_instance_bytes).unwrap_or(usize::MAX),
             min_free_bytes: self.storage.min_free_mb.saturating_mul(1 << 20),
             shutdown_grace: Duration::from_secs(d.shutdown_grace_seconds),

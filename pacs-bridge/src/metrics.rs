@@ -22,6 +22,10 @@ pub struct Reason {
 pub struct Metrics {
     pub associations: Counter,
     pub associations_active: Gauge,
+    /// Bytes of datasets being received across associations (the SCP's memory budget in use).
+    pub inflight_dataset_bytes: Gauge,
+    /// The memory budget for datasets being received.
+    pub inflight_budget_bytes: Gauge,
     pub instances_received: Counter,
     pub instances_duplicate: Counter,
     pub received_bytes: Counter,
@@ -40,6 +44,8 @@ impl Default for Metrics {
         Metrics {
             associations: Counter::default(),
             associations_active: Gauge::default(),
+            inflight_dataset_bytes: Gauge::default(),
+            inflight_budget_bytes: Gauge::default(),
             instances_received: Counter::default(),
             instances_duplicate: Counter::default(),
             received_bytes: Counter::default(),
@@ -75,6 +81,16 @@ impl Metrics {
             "radiant_associations_active",
             "DICOM associations in progress",
             self.associations_active.clone(),
+        );
+        registry.register(
+            "radiant_scp_inflight_dataset_bytes",
+            "Bytes of datasets being received, across associations",
+            self.inflight_dataset_bytes.clone(),
+        );
+        registry.register(
+            "radiant_scp_inflight_budget_bytes",
+            "Memory budget for datasets being received; beyond it an instance waits, then gets A700",
+            self.inflight_budget_bytes.clone(),
         );
         registry.register(
             "radiant_instances_received",

@@ -9,6 +9,7 @@ use crate::tls::Transport;
 use dicom_ul::pdu::{self, Pdu};
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::time::Instant;
 use thiserror::Error;
 
 pub const A_ASSOCIATE_RQ: u8 = 0x01;
@@ -62,9 +63,36 @@ pub struct PdvHeader {
 /// PDUs over a transport. Reads go through a buffer; writes go straight to the transport
 /// (each PDU in one call), which is reached through the buffer's `get_mut`.
 pub struct PduStream {
-    reader: BufReader<Transport>,
+    reader: BufReader<Deadlined>,
     /// A handle on the same socket, for timeouts, TCP options and shutdown.
     tcp: TcpStream,
+}
+
+/// The transport's reads under a deadline for a whole exchange (an association request, a
+/// message), not for each read: before every read the socket's timeout is set to the time
+/// left, and none is left is a timeout. A peer that trickles a byte at a time cannot stretch
+/// the exchange past the deadline. Without a deadline the socket's own timeout applies per
+/// read.
+struct Deadlined {
+    transport: Transport,
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the deadline for this exchange passed",
+                ));
+            }
+            self.tcp.set_read_timeout(Some(left))?;
+        }
+        self.transport.read(buf)
+    }
 }
 
 impl PduStream {
@@ -74,8 +102,13 @@ impl PduStream {
 
     pub fn over(transport: Transport) -> io::Result<Self> {
         let tcp = transport.tcp().try_clone()?;
+        let reads = Deadlined {
+            tcp: tcp.try_clone()?,
+            transport,
+            deadline: None,
+        };
         Ok(Self {
-            reader: BufReader::with_capacity(256 * 1024, transport),
+            reader: BufReader::with_capacity(256 * 1024, reads),
             tcp,
         })
     }
@@ -85,12 +118,18 @@ impl PduStream {
     }
 
     pub fn transport(&self) -> &Transport {
-        self.reader.get_ref()
+        &self.reader.get_ref().transport
     }
 
     /// Where writes go: the transport itself, past the read buffer.
     pub fn writer(&mut self) -> &mut Transport {
-        self.reader.get_mut()
+        &mut self.reader.get_mut().transport
+    }
+
+    /// Every read from now on must end before `deadline` (`None`: the socket's read timeout
+    /// applies to each read). Bytes already buffered are read whatever the deadline.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.reader.get_mut().deadline = deadline;
     }
 
     /// Ask the kernel to acknowledge received segments at once (Linux TCP_QUICKACK, which the
@@ -191,7 +230,7 @@ impl PduStream {
     pub fn write_pdu(&mut self, pdu: &Pdu) -> Result<(), PduError> {
         let mut bytes = Vec::with_capacity(256);
         pdu::write_pdu(&mut bytes, pdu).map_err(|e| PduError::Malformed(e.to_string()))?;
-        let writer = self.reader.get_mut();
+        let writer = self.writer();
         writer.write_all(&bytes)?;
         writer.flush()?;
         Ok(())
@@ -209,7 +248,7 @@ impl PduStream {
         bytes.push(context_id);
         bytes.push(0x03);
         bytes.extend(command);
-        let writer = self.reader.get_mut();
+        let writer = self.writer();
         writer.write_all(&bytes)?;
         writer.flush()?;
         Ok(())

@@ -3,8 +3,9 @@
 //! serving C-ECHO and C-STORE. On the TLS listener the association starts with the TLS
 //! handshake (PS3.15 annex B), under the same ARTIM deadline as the A-ASSOCIATE-RQ.
 
+use super::budget::Charge;
 use super::reject::RejectReason;
-use super::{Peer, Shared};
+use super::{Admission, Peer, Shared};
 use crate::dataset::{self, Identity};
 use crate::dimse::{self, status, Command, Response};
 use crate::store::{IncomingInstance, StoreOutcome};
@@ -21,7 +22,11 @@ use radiant_core::log_tag;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a dataset that does not fit the memory budget waits for room before its instance
+/// is refused with A700.
+const BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 /// An accepted presentation context.
 struct Context {
@@ -125,18 +130,25 @@ fn open(
             }
         },
     };
-    let tcp = transport.tcp();
-    let timeouts = tcp
-        .set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(std::time::Duration::from_millis(1)),
-        ))
-        .and_then(|_| tcp.set_write_timeout(Some(shared.config.idle_timeout)));
-    if timeouts.is_err() {
+    if transport
+        .tcp()
+        .set_write_timeout(Some(shared.config.idle_timeout))
+        .is_err()
+    {
         return Err(());
     }
-    PduStream::over(transport).map_err(|_| ())
+    // The whole A-ASSOCIATE-RQ must arrive before the ARTIM deadline, however it trickles in.
+    let mut io = PduStream::over(transport).map_err(|_| ())?;
+    io.set_deadline(Some(deadline));
+    Ok(io)
+}
+
+/// An IPv4 address as itself, also when it arrives IPv4-mapped on an IPv6 socket.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 fn read_request(io: &mut PduStream, peer: SocketAddr) -> Option<AssociationRQ> {
@@ -185,6 +197,7 @@ pub(crate) fn serve(
     peer: SocketAddr,
     tls: Option<&Arc<rustls::ServerConfig>>,
     shared: &Shared,
+    admission: &Admission,
 ) {
     let Ok(mut io) = open(stream, peer, tls, shared) else {
         return;
@@ -207,6 +220,15 @@ pub(crate) fn serve(
         send_refusal(&mut io, refused);
         return;
     }
+    // A connection from an address no peer is bound to moves into the main pool only now.
+    if !admission.admitted() {
+        shared
+            .metrics
+            .reject(RejectReason::AssociationLimit.label());
+        tracing::warn!(%peer, calling_ae = %rq.calling_ae_title, "association refused: association limit reached");
+        send_refusal(&mut io, refusal(RejectReason::AssociationLimit));
+        return;
+    }
     let (results, contexts) = negotiate(&rq);
     let ac = AssociationAC {
         protocol_version: 1,
@@ -223,13 +245,6 @@ pub(crate) fn serve(
         ],
     };
     if io.write_pdu(&Pdu::AssociationAC(ac)).is_err() {
-        return;
-    }
-    if io
-        .tcp()
-        .set_read_timeout(Some(shared.config.idle_timeout))
-        .is_err()
-    {
         return;
     }
     shared.metrics.associations.inc();
@@ -249,6 +264,7 @@ pub(crate) fn serve(
         shared,
         stored: 0,
         started: Instant::now(),
+        waiting: Wait::NextMessage,
     };
     let end = association.message_loop();
     shared.metrics.associations_active.dec();
@@ -300,10 +316,7 @@ fn check_access(
 }
 
 fn address_allowed(peer: &Peer, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
+    let ip = canonical(ip);
     match &peer.addresses {
         None => true,
         Some(allowed) => allowed.contains(&ip),
@@ -383,8 +396,11 @@ enum Pending {
         command: Command,
         context_id: u8,
         bytes: Vec<u8>,
-        /// Set when the dataset outgrew `max_instance_bytes`: the rest is read and dropped.
-        overflowed: bool,
+        /// Set when the dataset outgrew `max_instance_bytes` or the memory budget: the rest is
+        /// read and dropped, and the instance refused with A700.
+        overflowed: Option<Overflow>,
+        /// What `bytes` hold of the memory budget.
+        charge: Charge,
     },
 }
 
@@ -397,6 +413,23 @@ struct Association<'a> {
     shared: &'a Shared,
     stored: u64,
     started: Instant,
+    /// Which deadline the reads are under.
+    waiting: Wait,
+}
+
+#[derive(Clone, Copy)]
+enum Wait {
+    NextMessage,
+    RestOfMessage,
+}
+
+/// Why a dataset's bytes were not kept.
+#[derive(Clone, Copy, Debug)]
+enum Overflow {
+    /// Larger than `max_instance_bytes`.
+    TooLarge,
+    /// The datasets in flight across associations filled the memory budget.
+    Budget,
 }
 
 /// How an association ended, for the log.
@@ -422,10 +455,23 @@ impl Association<'_> {
     fn message_loop(&mut self) -> End {
         let mut pending = Pending::Command { bytes: Vec::new() };
         let end = loop {
+            // Between messages the peer has `idle_timeout` in all to start the next one; once
+            // it has, the whole message has `message_timeout`.
+            let between = matches!(&pending, Pending::Command { bytes } if bytes.is_empty());
+            if between {
+                self.io
+                    .set_deadline(Some(Instant::now() + self.shared.config.idle_timeout));
+                self.waiting = Wait::NextMessage;
+            }
             let (ty, length) = match self.io.read_header() {
                 Ok(h) => h,
                 Err(e) => break self.io_end(e),
             };
+            if between {
+                self.io
+                    .set_deadline(Some(Instant::now() + self.shared.config.message_timeout));
+                self.waiting = Wait::RestOfMessage;
+            }
             match ty {
                 ul::P_DATA_TF => {
                     if length > self.shared.config.max_pdu_length {
@@ -468,10 +514,16 @@ impl Association<'_> {
             PduError::Closed => End::Closed,
             PduError::Timeout => End::Aborted(
                 RejectReason::Timeout,
-                format!(
-                    "no data from the peer for {} s",
-                    self.shared.config.idle_timeout.as_secs()
-                ),
+                match self.waiting {
+                    Wait::NextMessage => format!(
+                        "no message from the peer for {} s",
+                        self.shared.config.idle_timeout.as_secs()
+                    ),
+                    Wait::RestOfMessage => format!(
+                        "a message took longer than {} s",
+                        self.shared.config.message_timeout.as_secs()
+                    ),
+                },
             ),
             other => End::Aborted(RejectReason::Protocol, other.to_string()),
         }
@@ -521,7 +573,8 @@ impl Association<'_> {
                                 command,
                                 context_id: pdv.context_id,
                                 bytes: Vec::new(),
-                                overflowed: false,
+                                overflowed: None,
+                                charge: self.shared.budget.charge(),
                             };
                         } else {
                             self.respond_without_dataset(&command, pdv.context_id)?;
@@ -534,6 +587,7 @@ impl Association<'_> {
                     context_id,
                     bytes,
                     overflowed,
+                    charge,
                 } => {
                     if pdv.is_command || pdv.context_id != *context_id {
                         return Err(End::Aborted(
@@ -541,18 +595,23 @@ impl Association<'_> {
                             "command fragment or other context inside a dataset".into(),
                         ));
                     }
-                    if *overflowed
-                        || bytes.len() + pdv.data_length > self.shared.config.max_instance_bytes
+                    if overflowed.is_none()
+                        && bytes.len() + pdv.data_length > self.shared.config.max_instance_bytes
                     {
-                        *overflowed = true;
-                        bytes.clear();
+                        *overflowed = Some(Overflow::TooLarge);
+                    }
+                    // Charged before the bytes are read: a dataset that does not fit waits for
+                    // other associations to give memory back, then is dropped.
+                    if overflowed.is_none() && !charge.grow(pdv.data_length, BUDGET_WAIT) {
+                        *overflowed = Some(Overflow::Budget);
+                    }
+                    if overflowed.is_some() {
+                        *bytes = Vec::new();
+                        charge.release();
                         self.io
                             .skip(pdv.data_length as u64)
                             .map_err(|e| self.io_end(e))?;
                     } else {
-                        if bytes.is_empty() {
-                            bytes.reserve(pdv.data_length * 8);
-                        }
                         self.io
                             .read_into(bytes, pdv.data_length)
                             .map_err(|e| self.io_end(e))?;
@@ -562,8 +621,11 @@ impl Association<'_> {
                         let context_id = *context_id;
                         let overflowed = *overflowed;
                         let dataset = std::mem::take(bytes);
+                        let charge = std::mem::replace(charge, self.shared.budget.charge());
                         *pending = Pending::Command { bytes: Vec::new() };
                         self.respond_to_dataset(&command, context_id, &dataset, overflowed)?;
+                        // The dataset's memory goes back once its instance is stored.
+                        drop(charge);
                     }
                 }
             }
@@ -604,20 +666,27 @@ impl Association<'_> {
         command: &Command,
         context_id: u8,
         dataset: &[u8],
-        overflowed: bool,
+        overflowed: Option<Overflow>,
     ) -> Result<(), End> {
         let (field, outcome) = if command.command_field == dimse::C_STORE_RQ {
-            let outcome = if overflowed {
-                Err((
+            let outcome = match overflowed {
+                Some(Overflow::TooLarge) => Err((
                     status::OUT_OF_RESOURCES,
                     RejectReason::TooLarge,
                     format!(
                         "instance exceeds max_instance_bytes ({})",
                         self.shared.config.max_instance_bytes
                     ),
-                ))
-            } else {
-                self.store(command, context_id, dataset)
+                )),
+                Some(Overflow::Budget) => Err((
+                    status::OUT_OF_RESOURCES,
+                    RejectReason::MemoryBudget,
+                    format!(
+                        "datasets in flight fill the memory budget ({} bytes); retry later",
+                        self.shared.budget.limit()
+                    ),
+                )),
+                None => self.store(command, context_id, dataset),
             };
             (dimse::C_STORE_RSP, outcome)
         } else {

@@ -1,14 +1,23 @@
 //! The DICOM Upper Layer SCP (PS3.8): listeners (plain TCP, and TLS when configured: PS3.15
 //! annex B, see [`crate::tls`]) that share one bound on concurrent associations, and one
-//! thread per association running [`association::serve`]. A TLS connection takes its slot
-//! first and then has `association_request_timeout` to finish the handshake and send its
-//! A-ASSOCIATE-RQ, so a peer that never handshakes cannot hold the slot longer.
+//! thread per association running [`association::serve`].
+//!
+//! Two pools of connections: a connection from the address of a configured peer (one with
+//! `host`) takes one of `max_associations` slots at once; any other connection first takes one
+//! of `max_unauthenticated` slots and moves to the main pool only once access control admitted
+//! it. Unknown addresses (a scanner probing, a stray script) can then fill only their own small
+//! pool, never lock the configured PACS out. Every connection has `association_request_timeout`
+//! in all (TLS handshake included) to send its A-ASSOCIATE-RQ, and every DIMSE message
+//! `message_timeout` from its first PDU to its last: deadlines for the whole exchange, not per
+//! read, so trickling a byte at a time holds nothing longer. The datasets in flight share one
+//! memory budget ([`budget`]).
 //!
 //! Shutdown: [`ShutdownHandle::trigger`] stops the accept loop; associations in progress get
 //! `shutdown_grace` to end on their own (the peer releases), then their sockets are closed. An
 //! instance whose Success was not sent is not acknowledged, so the sender retries it.
 
 mod association;
+pub mod budget;
 mod reject;
 
 pub use reject::RejectReason;
@@ -53,8 +62,15 @@ pub struct ScpConfig {
     pub peers: Vec<Peer>,
     /// How long a new connection may take to send its A-ASSOCIATE-RQ (the ARTIM timer).
     pub association_request_timeout: Duration,
-    /// How long an association may stay silent (or a PDU take to arrive) before we abort it.
+    /// How long an association may stay silent between messages before we abort it.
     pub idle_timeout: Duration,
+    /// How long one DIMSE message (command and dataset) may take from its first PDU to its
+    /// last.
+    pub message_timeout: Duration,
+    /// Connections from addresses no peer is bound to, not yet admitted, at most.
+    pub max_unauthenticated: usize,
+    /// Bytes of datasets being received, across associations, at most.
+    pub max_inflight_bytes: usize,
     /// Largest dataset we accept in one C-STORE (also bounds an inflated deflate dataset).
     pub max_instance_bytes: usize,
     /// Refuse associations and instances while the spool's file system has less free space.
@@ -101,6 +117,7 @@ pub(crate) struct Shared {
     pub config: ScpConfig,
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
+    pub budget: Arc<budget::MemoryBudget>,
 }
 
 pub struct Server {
@@ -123,11 +140,53 @@ type OpenStreams = Arc<Mutex<HashMap<u64, TcpStream>>>;
 const MAX_REFUSING: usize = 16;
 
 /// What the accept loops of all listeners share.
-struct Slots {
+pub(crate) struct Slots {
+    /// Connections in the main pool: from a configured peer's address, or admitted.
     active: AtomicUsize,
+    /// Connections from other addresses not yet admitted.
+    unauthenticated: AtomicUsize,
     refusing: Arc<AtomicUsize>,
     open: OpenStreams,
     next_id: AtomicU64,
+}
+
+/// Which pool a connection counts against; gives its slot back when dropped.
+pub(crate) struct Admission {
+    slots: Arc<Slots>,
+    max_associations: usize,
+    pending: AtomicBool,
+}
+
+impl Admission {
+    /// Access control admitted the association: an unauthenticated connection moves into the
+    /// main pool, `false` when that pool is full (the caller refuses, transiently).
+    pub(crate) fn admitted(&self) -> bool {
+        if !self.pending.load(Ordering::SeqCst) {
+            return true;
+        }
+        let taken = self
+            .slots
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_associations).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            self.slots.unauthenticated.fetch_sub(1, Ordering::SeqCst);
+            self.pending.store(false, Ordering::SeqCst);
+        }
+        taken
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.pending.load(Ordering::SeqCst) {
+            self.slots.unauthenticated.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.slots.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Server {
@@ -158,9 +217,16 @@ impl Server {
         if listeners.is_empty() {
             return Err(ScpError::NoListener);
         }
+        metrics
+            .inflight_budget_bytes
+            .set(i64::try_from(config.max_inflight_bytes).unwrap_or(i64::MAX));
         Ok(Server {
             listeners,
             shared: Arc::new(Shared {
+                budget: budget::MemoryBudget::new(
+                    config.max_inflight_bytes,
+                    metrics.inflight_dataset_bytes.clone(),
+                ),
                 config,
                 spool,
                 metrics,
@@ -193,6 +259,7 @@ impl Server {
     pub fn run(self) {
         let slots = Slots {
             active: AtomicUsize::new(0),
+            unauthenticated: AtomicUsize::new(0),
             refusing: Arc::new(AtomicUsize::new(0)),
             open: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
@@ -211,7 +278,7 @@ impl Server {
                 }
             }
         });
-        self.drain(&slots.active, &slots.open);
+        self.drain(&slots);
     }
 
     fn accept_loop(&self, listener: &Listener, slots: &Arc<Slots>) {
@@ -239,11 +306,21 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let tls = listener.tls.clone();
-            if slots.active.load(Ordering::SeqCst) >= self.shared.config.max_associations {
-                self.refuse_over_limit(stream, peer, tls, &slots.refusing);
+            let Some(admission) = self.admit(peer.ip(), slots) else {
+                if self.is_known_address(peer.ip()) {
+                    self.refuse_over_limit(stream, peer, tls, &slots.refusing);
+                } else {
+                    self.shared
+                        .metrics
+                        .reject(RejectReason::UnauthenticatedLimit.label());
+                    tracing::warn!(
+                        %peer,
+                        max_unauthenticated = self.shared.config.max_unauthenticated,
+                        "connection closed: too many connections from addresses of no configured peer"
+                    );
+                }
                 continue;
-            }
-            slots.active.fetch_add(1, Ordering::SeqCst);
+            };
             let id = slots.next_id.fetch_add(1, Ordering::Relaxed);
             if let (Ok(mut map), Ok(clone)) = (slots.open.lock(), stream.try_clone()) {
                 map.insert(id, clone);
@@ -253,17 +330,46 @@ impl Server {
             let spawned = std::thread::Builder::new()
                 .name(format!("assoc-{id}"))
                 .spawn(move || {
-                    association::serve(stream, peer, tls.as_ref(), &shared);
+                    association::serve(stream, peer, tls.as_ref(), &shared, &admission);
                     if let Ok(mut map) = slots_c.open.lock() {
                         map.remove(&id);
                     }
-                    slots_c.active.fetch_sub(1, Ordering::SeqCst);
+                    drop(admission);
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "could not start an association thread");
-                slots.active.fetch_sub(1, Ordering::SeqCst);
             }
         }
+    }
+
+    /// Whether `ip` is the address of a configured peer bound to a host.
+    fn is_known_address(&self, ip: IpAddr) -> bool {
+        let ip = association::canonical(ip);
+        self.shared
+            .config
+            .peers
+            .iter()
+            .any(|p| p.addresses.as_ref().is_some_and(|a| a.contains(&ip)))
+    }
+
+    /// A slot in the pool of `ip`'s kind, or `None` when that pool is full.
+    fn admit(&self, ip: IpAddr, slots: &Arc<Slots>) -> Option<Admission> {
+        let config = &self.shared.config;
+        let (counter, limit, pending) = if self.is_known_address(ip) {
+            (&slots.active, config.max_associations, false)
+        } else {
+            (&slots.unauthenticated, config.max_unauthenticated, true)
+        };
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Admission {
+            slots: slots.clone(),
+            max_associations: config.max_associations,
+            pending: AtomicBool::new(pending),
+        })
     }
 
     fn refuse_over_limit(
@@ -294,25 +400,26 @@ impl Server {
         }
     }
 
-    fn drain(&self, active: &AtomicUsize, open: &OpenStreams) {
+    fn drain(&self, slots: &Slots) {
+        let in_flight =
+            || slots.active.load(Ordering::SeqCst) + slots.unauthenticated.load(Ordering::SeqCst);
         let deadline = Instant::now() + self.shared.config.shutdown_grace;
-        let in_flight = active.load(Ordering::SeqCst);
-        if in_flight > 0 {
+        if in_flight() > 0 {
             tracing::info!(
-                in_flight,
+                in_flight = in_flight(),
                 "shutting down: waiting for associations in progress"
             );
         }
-        while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while in_flight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Ok(map) = open.lock() {
+        if let Ok(map) = slots.open.lock() {
             for stream in map.values() {
                 tracing::warn!("closing an association that outlived the shutdown grace");
                 let _ = stream.shutdown(Shutdown::Both);
             }
         }
-        while active.load(Ordering::SeqCst) > 0 {
+        while in_flight() > 0 {
             std::thread::sleep(Duration::from_millis(10));
         }
         tracing::info!("DICOM SCP stopped");

@@ -16,6 +16,10 @@ pub enum RejectReason {
     ApplicationContext,
     ProtocolVersion,
     AssociationLimit,
+    /// Too many connections from addresses of no configured peer are waiting for admission.
+    UnauthenticatedLimit,
+    /// The datasets in flight across associations filled the memory budget.
+    MemoryBudget,
     DiskFloor,
     Malformed,
     SopMismatch,
@@ -37,6 +41,8 @@ impl RejectReason {
             Self::ApplicationContext => "application_context",
             Self::ProtocolVersion => "protocol_version",
             Self::AssociationLimit => "association_limit",
+            Self::UnauthenticatedLimit => "unauthenticated_limit",
+            Self::MemoryBudget => "memory_budget",
             Self::DiskFloor => "disk_floor",
             Self::Malformed => "malformed_dataset",
             Self::SopMismatch => "sop_mismatch",
