@@ -1,6 +1,7 @@
 //! Hostile studies that ingest correctly acknowledges must not break the appliance later: the
 //! job of such a study fails with its reason, the daemon stays up and ready, and the next good
-//! study gets its result.
+//! study gets its result. The log of each run, error paths included, is searched for every
+//! identifier of the studies sent (UIDs, patient name and ID): none may appear in clear.
 
 use hil_tests::appliance::{set, Appliance};
 use hil_tests::fixtures::{lesion_series, CtSeries};
@@ -8,6 +9,38 @@ use hil_tests::peers::storescu;
 use hil_tests::wait_until;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Every identifier of the CT series and of the lesion series: UIDs, patient name and ID.
+fn identifiers() -> Vec<String> {
+    let mut out = vec![
+        "Anonymous^Cranium".to_string(),
+        "RE-CT-0001".into(),
+        "RE-CT-0002".into(),
+    ];
+    for dir in [
+        test_support::fixtures::ct_series_dir(),
+        test_support::fixtures::lesion_series_dir(),
+    ] {
+        let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in ["study_instance_uid", "series_instance_uid"] {
+            out.push(m[key].as_str().unwrap().to_string());
+        }
+        for slice in m["slices"].as_array().unwrap() {
+            out.push(slice["sop_instance_uid"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// The daemon's log, error paths included, names no identifier in clear.
+fn assert_no_identifier_in(log: &str) {
+    let found: Vec<String> = identifiers()
+        .into_iter()
+        .filter(|id| log.contains(id.as_str()))
+        .collect();
+    assert!(found.is_empty(), "identifiers in the log: {found:?}\n{log}");
+}
 
 /// The 108-slice CT, RLE-compressed by pydicom, with the last RLE segment of one slice cut
 /// short: the DICOM dependency's RLE decoder indexes out of range on it.
@@ -73,6 +106,7 @@ fn a_study_whose_decoder_panics_fails_its_job_and_the_next_study_still_gets_a_re
         app.jobs(&good).iter().any(|j| j["state"] == "done")
     });
     assert!(done, "jobs: {:?}\nlog:\n{}", app.jobs(&good), app.log());
+    assert_no_identifier_in(&app.log());
 }
 
 #[test]
@@ -128,6 +162,7 @@ fn a_job_that_took_the_appliance_down_max_attempts_times_fails_with_the_count_an
         .0
         == 200));
     assert_eq!(app.jobs(&study)[0]["state"], "failed");
+    assert_no_identifier_in(&app.log());
 }
 
 /// The 108-slice CT compressed to JPEG-LS by pydicom, one slice's frame header (SOF55) made to
@@ -198,4 +233,5 @@ fn a_codestream_that_declares_a_larger_image_than_its_header_is_refused_before_d
         app.jobs(&good).iter().any(|j| j["state"] == "done")
     });
     assert!(done, "jobs: {:?}\nlog:\n{}", app.jobs(&good), app.log());
+    assert_no_identifier_in(&app.log());
 }

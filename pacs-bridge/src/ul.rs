@@ -9,7 +9,7 @@ use crate::tls::Transport;
 use dicom_ul::pdu::{self, Pdu};
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub const A_ASSOCIATE_RQ: u8 = 0x01;
@@ -77,10 +77,13 @@ struct Deadlined {
     transport: Transport,
     tcp: TcpStream,
     deadline: Option<Instant>,
+    /// Longest silence within the exchange, whatever time is left of it.
+    silence: Option<Duration>,
 }
 
 impl Read for Deadlined {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut timeout = self.silence;
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -89,7 +92,10 @@ impl Read for Deadlined {
                     "the deadline for this exchange passed",
                 ));
             }
-            self.tcp.set_read_timeout(Some(left))?;
+            timeout = Some(timeout.map_or(left, |silence| silence.min(left)));
+        }
+        if timeout.is_some() {
+            self.tcp.set_read_timeout(timeout)?;
         }
         self.transport.read(buf)
     }
@@ -106,6 +112,7 @@ impl PduStream {
             tcp: tcp.try_clone()?,
             transport,
             deadline: None,
+            silence: None,
         };
         Ok(Self {
             reader: BufReader::with_capacity(256 * 1024, reads),
@@ -130,6 +137,11 @@ impl PduStream {
     /// applies to each read). Bytes already buffered are read whatever the deadline.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.reader.get_mut().deadline = deadline;
+    }
+
+    /// No read may wait longer than `silence`, however much of the deadline is left.
+    pub fn set_silence_limit(&mut self, silence: Option<Duration>) {
+        self.reader.get_mut().silence = silence;
     }
 
     /// Ask the kernel to acknowledge received segments at once (Linux TCP_QUICKACK, which the

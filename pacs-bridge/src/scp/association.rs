@@ -247,6 +247,9 @@ pub(crate) fn serve(
     if io.write_pdu(&Pdu::AssociationAC(ac)).is_err() {
         return;
     }
+    // From here a silence longer than `idle_timeout` ends the association, inside a message
+    // as well as between messages.
+    io.set_silence_limit(Some(shared.config.idle_timeout));
     shared.metrics.associations.inc();
     shared.metrics.associations_active.inc();
     tracing::info!(
@@ -520,7 +523,8 @@ impl Association<'_> {
                         self.shared.config.idle_timeout.as_secs()
                     ),
                     Wait::RestOfMessage => format!(
-                        "a message took longer than {} s",
+                        "no data from the peer for {} s, or a message took longer than {} s",
+                        self.shared.config.idle_timeout.as_secs(),
                         self.shared.config.message_timeout.as_secs()
                     ),
                 },

@@ -341,6 +341,24 @@ fn now_ms() -> i64 {
 }
 
 /// Remove what a crash left behind: `.part` files and spool files the index does not list.
+/// Move a spool file the index does not list to `<data_dir>/quarantine/`, keeping its path
+/// below the spool (`relative` is `spool/<study>/<file>`), both folders synced.
+fn quarantine(data_dir: &Path, path: &Path, relative: &str) -> Result<(), StoreError> {
+    let below_spool = Path::new(relative)
+        .strip_prefix("spool")
+        .unwrap_or(Path::new(relative));
+    let target = data_dir.join("quarantine").join(below_spool);
+    let folder = target.parent().unwrap_or(data_dir);
+    fs::create_dir_all(folder).map_err(|e| StoreError::io(folder, e))?;
+    fs::rename(path, &target).map_err(|e| StoreError::io(path, e))?;
+    radiant_core::durable::fsync_dir(folder).map_err(|e| StoreError::io(folder, e.source))?;
+    if let Some(parent) = path.parent() {
+        radiant_core::durable::fsync_dir(parent).map_err(|e| StoreError::io(parent, e.source))?;
+    }
+    tracing::warn!(file = %radiant_core::redacted_path(path), "spool file not in the index moved to quarantine");
+    Ok(())
+}
+
 fn recover(
     data_dir: &Path,
     spool_dir: &Path,
@@ -364,7 +382,19 @@ fn recover(
         rows.collect::<Result<_, _>>()
             .map_err(|e| StoreError::index(index_path, e))?
     };
+    // Files of a purge a crash interrupted: retention finishes those.
+    let purging: HashSet<String> = {
+        let mut stmt = conn
+            .prepare("SELECT path FROM purge_pending")
+            .map_err(|e| StoreError::index(index_path, e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| StoreError::index(index_path, e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| StoreError::index(index_path, e))?
+    };
     let mut present = 0usize;
+    let mut quarantined = 0usize;
     for study in fs::read_dir(spool_dir).map_err(|e| StoreError::io(spool_dir, e))? {
         let study = study.map_err(|e| StoreError::io(spool_dir, e))?;
         let study_path = study.path();
@@ -382,16 +412,22 @@ fn recover(
                 .map_err(|_| StoreError::NotUnderDataDir(path.clone()))?;
             if indexed.contains(&relative) {
                 present += 1;
-            } else {
-                fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
-                removed += 1;
+            } else if !purging.contains(&relative) {
+                // Not listed: an instance whose index commit a crash cut short (never
+                // acknowledged), or one the index lost. The files are the truth: set aside,
+                // never deleted.
+                quarantine(data_dir, &path, &relative)?;
+                quarantined += 1;
             }
         }
     }
     if removed > 0 {
+        tracing::warn!(removed, "recovery removed partial transfers");
+    }
+    if quarantined > 0 {
         tracing::warn!(
-            removed,
-            "recovery removed files of unacknowledged instances"
+            quarantined,
+            "spool files the index does not list were moved to quarantine/ (not acknowledged, or the index lost them); nothing was deleted"
         );
     }
     if present < indexed.len() {
@@ -665,7 +701,33 @@ mod tests {
         spool.close().unwrap();
         assert!(dir.path().join("spool/1.2.3/1.2.3.4.dcm").exists());
         assert!(!dir.path().join("spool/1.2.3/1.2.3.5.dcm").exists());
+        assert_eq!(
+            fs::read(dir.path().join("quarantine/1.2.3/1.2.3.5.dcm")).unwrap(),
+            b"orphan"
+        );
         assert!(!dir.path().join("spool/tmp/9-9.part").exists());
+    }
+
+    #[test]
+    fn a_lost_index_deletes_nothing_every_spool_file_is_set_aside_in_quarantine() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        spool.store(&instance("1.2.3.4", b"abcd")).unwrap();
+        spool.store(&instance("1.2.3.6", b"efgh")).unwrap();
+        spool.close().unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", index_path(dir.path()).display()));
+        }
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        spool.close().unwrap();
+        for sop in ["1.2.3.4", "1.2.3.6"] {
+            assert!(
+                dir.path()
+                    .join(format!("quarantine/1.2.3/{sop}.dcm"))
+                    .exists(),
+                "{sop}"
+            );
+        }
     }
 
     #[test]
