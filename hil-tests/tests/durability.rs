@@ -150,3 +150,37 @@ fn sigterm_lets_the_association_in_progress_finish_then_exits_cleanly() {
     app.launch();
     assert_all_present_and_intact(&app, &acked, &series);
 }
+
+#[test]
+fn a_lost_index_is_rebuilt_from_the_spool_files_and_no_acknowledged_instance_is_lost() {
+    let series = CtSeries::load();
+    let mut app = Appliance::start(&|c| set_dicom(c, "study_quiet_seconds", 1i64));
+    let acked = send_watching(&app, &series.paths(), |_| {});
+    assert_eq!(acked.len(), 108);
+    assert!(app.terminate(Duration::from_secs(15)).is_some());
+    // The index is gone (a disk error, an operator's mistake): only the Part 10 files remain.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(app.data_dir.join(format!("index.sqlite{suffix}")));
+    }
+    app.launch();
+    assert!(
+        app.log()
+            .contains("spool files the index did not list were indexed again"),
+        "{}",
+        app.log()
+    );
+    assert_all_present_and_intact(&app, &acked, &series);
+    // Indexed under the sender that sent them, and complete again after the quiet period.
+    assert!(
+        wait_until(Duration::from_secs(30), || app.studies().iter().any(|s| {
+            s["study_uid"] == series.study_instance_uid.as_str()
+                && s["instances"] == 108
+                && s["calling_ae"] == "STORESCU"
+                && s["state"] == "complete"
+        })),
+        "{:?}\n{}",
+        app.studies(),
+        app.log()
+    );
+    assert!(files_below(&app.data_dir.join("quarantine")).is_empty());
+}

@@ -14,6 +14,7 @@
 
 pub mod index;
 pub mod purge;
+mod rebuild;
 pub mod studies;
 
 use crate::metrics::Metrics;
@@ -394,6 +395,7 @@ fn recover(
             .map_err(|e| StoreError::index(index_path, e))?
     };
     let mut present = 0usize;
+    let mut reindexed = 0usize;
     let mut quarantined = 0usize;
     for study in fs::read_dir(spool_dir).map_err(|e| StoreError::io(spool_dir, e))? {
         let study = study.map_err(|e| StoreError::io(spool_dir, e))?;
@@ -413,21 +415,33 @@ fn recover(
             if indexed.contains(&relative) {
                 present += 1;
             } else if !purging.contains(&relative) {
-                // Not listed: an instance whose index commit a crash cut short (never
-                // acknowledged), or one the index lost. The files are the truth: set aside,
-                // never deleted.
-                quarantine(data_dir, &path, &relative)?;
-                quarantined += 1;
+                // Not listed: an instance whose index commit a crash cut short, or one the
+                // index lost. The files are the truth: indexed again, or set aside when they
+                // cannot be placed; never deleted.
+                match rebuild::reindex(conn, &path, &relative) {
+                    Ok(()) => reindexed += 1,
+                    Err(reason) => {
+                        tracing::warn!(file = %radiant_core::redacted_path(&path), %reason, "spool file cannot be indexed again");
+                        quarantine(data_dir, &path, &relative)?;
+                        quarantined += 1;
+                    }
+                }
             }
         }
     }
     if removed > 0 {
         tracing::warn!(removed, "recovery removed partial transfers");
     }
+    if reindexed > 0 {
+        tracing::warn!(
+            reindexed,
+            "spool files the index did not list were indexed again from their own headers"
+        );
+    }
     if quarantined > 0 {
         tracing::warn!(
             quarantined,
-            "spool files the index does not list were moved to quarantine/ (not acknowledged, or the index lost them); nothing was deleted"
+            "spool files that could not be indexed again were moved to quarantine/; nothing was deleted"
         );
     }
     if present < indexed.len() {
@@ -708,8 +722,80 @@ mod tests {
         assert!(!dir.path().join("spool/tmp/9-9.part").exists());
     }
 
+    /// An explicit VR little endian dataset with the identifying attributes of `sop` in
+    /// study 1.2.3, series 1.2.3.1.
+    fn identified(sop: &str) -> Vec<u8> {
+        let mut ds = Vec::new();
+        let mut element = |group: u16, number: u16, vr: &[u8; 2], value: &str| {
+            let mut value = value.as_bytes().to_vec();
+            if value.len() % 2 == 1 {
+                value.push(0);
+            }
+            ds.extend(group.to_le_bytes());
+            ds.extend(number.to_le_bytes());
+            ds.extend(vr);
+            ds.extend((value.len() as u16).to_le_bytes());
+            ds.extend(value);
+        };
+        element(0x0008, 0x0016, b"UI", "1.2.840.10008.5.1.4.1.1.2");
+        element(0x0008, 0x0018, b"UI", sop);
+        element(0x0008, 0x0060, b"CS", "CT");
+        element(0x0020, 0x000D, b"UI", "1.2.3");
+        element(0x0020, 0x000E, b"UI", "1.2.3.1");
+        ds
+    }
+
     #[test]
-    fn a_lost_index_deletes_nothing_every_spool_file_is_set_aside_in_quarantine() {
+    fn a_lost_index_is_rebuilt_from_the_part10_files_and_what_cannot_be_placed_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let (a, b) = (identified("1.2.3.4"), identified("1.2.3.6"));
+        spool.store(&instance("1.2.3.4", &a)).unwrap();
+        spool.store(&instance("1.2.3.6", &b)).unwrap();
+        spool.store(&instance("1.2.3.8", b"not a dataset")).unwrap();
+        spool.close().unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", index_path(dir.path()).display()));
+        }
+        let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        spool.close().unwrap();
+        let conn = index::open(&index_path(dir.path())).unwrap();
+        let rows: Vec<(String, String, String)> = conn
+            .prepare("SELECT sop_instance_uid, calling_ae, path FROM instances ORDER BY 1")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "1.2.3.4".into(),
+                    "MODALITY".into(),
+                    "spool/1.2.3/1.2.3.4.dcm".into()
+                ),
+                (
+                    "1.2.3.6".into(),
+                    "MODALITY".into(),
+                    "spool/1.2.3/1.2.3.6.dcm".into()
+                ),
+            ]
+        );
+        let state: String = conn
+            .query_row(
+                "SELECT state FROM studies WHERE study_uid = '1.2.3'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(state, "receiving");
+        assert!(dir.path().join("spool/1.2.3/1.2.3.4.dcm").exists());
+        assert!(dir.path().join("quarantine/1.2.3/1.2.3.8.dcm").exists());
+    }
+
+    #[test]
+    fn a_lost_index_deletes_nothing_and_unreadable_files_are_set_aside_in_quarantine() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), Arc::new(Metrics::default())).unwrap();
         spool.store(&instance("1.2.3.4", b"abcd")).unwrap();
