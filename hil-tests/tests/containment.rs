@@ -61,19 +61,7 @@ for i, source in enumerate(sys.argv[2:]):
         ds.PixelData = encapsulate([short + b"\0" * (len(short) % 2)])
     ds.save_as(out / f"slice_{i:03}.dcm", enforce_file_format=True)
 "#;
-    let status = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(dir)
-        .args(CtSeries::load().paths())
-        .status()
-        .expect("run python3");
-    assert!(status.success(), "pydicom could not write the RLE series");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
+    series_by_pydicom(dir, script)
 }
 
 #[test]
@@ -183,16 +171,18 @@ for i, source in enumerate(sys.argv[2:]):
         ds.PixelData = encapsulate([bytes(frame)])
     ds.save_as(out / f"slice_{i:03}.dcm", enforce_file_format=True)
 "#;
+    series_by_pydicom(dir, script)
+}
+
+/// Run `script` with the output folder and the 108 CT slices as arguments; the files it wrote.
+fn series_by_pydicom(dir: &Path, script: &str) -> Vec<PathBuf> {
     let status = std::process::Command::new("python3")
         .args(["-c", script])
         .arg(dir)
         .args(CtSeries::load().paths())
         .status()
         .expect("run python3");
-    assert!(
-        status.success(),
-        "pydicom could not write the JPEG-LS series"
-    );
+    assert!(status.success(), "pydicom could not write the series");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -373,27 +373,19 @@ fn recover(
         fs::remove_file(entry.path()).map_err(|e| StoreError::io(&entry.path(), e))?;
         removed += 1;
     }
-    let indexed: HashSet<String> = {
+    let paths = |sql: &str| -> Result<HashSet<String>, StoreError> {
         let mut stmt = conn
-            .prepare("SELECT path FROM instances")
+            .prepare(sql)
             .map_err(|e| StoreError::index(index_path, e))?;
         let rows = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(|e| StoreError::index(index_path, e))?;
         rows.collect::<Result<_, _>>()
-            .map_err(|e| StoreError::index(index_path, e))?
+            .map_err(|e| StoreError::index(index_path, e))
     };
+    let indexed = paths("SELECT path FROM instances")?;
     // Files of a purge a crash interrupted: retention finishes those.
-    let purging: HashSet<String> = {
-        let mut stmt = conn
-            .prepare("SELECT path FROM purge_pending")
-            .map_err(|e| StoreError::index(index_path, e))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| StoreError::index(index_path, e))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(|e| StoreError::index(index_path, e))?
-    };
+    let purging = paths("SELECT path FROM purge_pending")?;
     let mut present = 0usize;
     let mut reindexed = 0usize;
     let mut quarantined = 0usize;
