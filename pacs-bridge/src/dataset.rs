@@ -69,6 +69,14 @@ pub enum DatasetError {
     },
     #[error("sequences nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    #[error("element ({group:04X},{element:04X}) at offset {offset} has {length} bytes, not a multiple of the {size}-byte values of its VR")]
+    LengthNotMultiple {
+        group: u16,
+        element: u16,
+        offset: usize,
+        length: u32,
+        size: u32,
+    },
     #[error("({group:04X},{element:04X}) at offset {offset} is UN of undefined length (an implicit VR sequence, PS3.5 6.2.2), which the DICOM parser misreads")]
     UndefinedLengthUn {
         group: u16,
@@ -209,10 +217,17 @@ pub enum Mark {
 /// Whether the standard dictionary knows `tag` as a sequence: what a parser of implicit VR
 /// goes by.
 fn is_sequence_in_dictionary(tag: u32) -> bool {
+    vr_in_dictionary(tag) == Some(*b"SQ")
+}
+
+/// The VR the standard dictionary gives `tag` (one of them where several are allowed), as a
+/// parser of implicit VR takes it.
+fn vr_in_dictionary(tag: u32) -> Option<[u8; 2]> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
-    dicom_dictionary_std::StandardDataDictionary
-        .by_tag(dicom_core::Tag((tag >> 16) as u16, tag as u16))
-        .is_some_and(|entry| entry.vr().relaxed() == dicom_core::VR::SQ)
+    let entry = dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag((tag >> 16) as u16, tag as u16))?;
+    let name = entry.vr().relaxed().to_string().as_bytes().to_owned();
+    <[u8; 2]>::try_from(name.as_slice()).ok()
 }
 
 /// Walk a (not deflated) dataset as [`inspect_before_parse`] does and return every header met,
@@ -410,6 +425,9 @@ impl Walker<'_> {
                 self.items(value_end, depth + 1, false, implicit)?;
                 self.pos = value_end;
             } else {
+                if self.gate == Gate::Parser {
+                    self.check_multiple(&header)?;
+                }
                 self.mark(Mark::Element {
                     tag: header.tag,
                     length: header.length,
@@ -535,6 +553,30 @@ impl Walker<'_> {
                 }
             }
         }
+    }
+
+    /// A binary number's length must be a multiple of its size (PS3.5 6.2): dicom-parser reads
+    /// whole values and leaves a remainder unread, so every header after it would be read
+    /// somewhere else than walked here (the fuzzer turned a 6-byte SL into a gigabyte
+    /// allocation). In implicit VR the VR is the dictionary's, as the parser takes it.
+    fn check_multiple(&self, header: &Header) -> Result<(), DatasetError> {
+        let vr = header.vr.or_else(|| vr_in_dictionary(header.tag));
+        let size = match vr.as_ref() {
+            Some(b"US" | b"SS" | b"OW") => 2,
+            Some(b"UL" | b"SL" | b"FL" | b"OF" | b"OL" | b"AT") => 4,
+            Some(b"FD" | b"OD" | b"SV" | b"UV" | b"OV") => 8,
+            _ => return Ok(()),
+        };
+        if header.length % size != 0 {
+            return Err(DatasetError::LengthNotMultiple {
+                group: header.group(),
+                element: header.element(),
+                offset: header.offset,
+                length: header.length,
+                size,
+            });
+        }
+        Ok(())
     }
 
     fn mark(&mut self, mark: Mark) {
@@ -823,6 +865,28 @@ mod tests {
         assert!(matches!(
             inspect_before_parse(&ds, Encoding::ExplicitLittle, 1 << 20),
             Err(DatasetError::UndefinedLengthUn { group: 0x0011, .. })
+        ));
+    }
+
+    #[test]
+    fn a_binary_number_whose_length_is_not_a_multiple_of_its_size_is_refused_before_the_parser() {
+        let mut ds = identifying();
+        ds.extend(short(0x0028, 0x0010, b"US", b"abc\0\0"));
+        assert!(inspect(&ds, Encoding::ExplicitLittle, 1 << 20).is_ok());
+        assert!(matches!(
+            inspect_before_parse(&ds, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::LengthNotMultiple {
+                group: 0x0028,
+                length: 5,
+                size: 2,
+                ..
+            })
+        ));
+        // Implicit VR: the dictionary's VR (Rows is US) is what the parser goes by.
+        let implicit = [0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        assert!(matches!(
+            inspect_before_parse(&implicit, Encoding::ImplicitLittle, 1 << 20),
+            Err(DatasetError::LengthNotMultiple { size: 2, .. })
         ));
     }
 

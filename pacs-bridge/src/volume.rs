@@ -363,6 +363,14 @@ fn check_pixel_data(
             "{samples} samples per pixel of {bits} bits allocated: not an image we read"
         )));
     }
+    // Bits Stored is 1 to Bits Allocated (PS3.3 C.7.6.3.1.1); the modality LUT the decoder
+    // builds has 2^(Bits Stored) entries (the fuzzer's 32-bit one took 10 s a frame).
+    let stored = uint(object, tags::BITS_STORED).unwrap_or(bits);
+    if !(1..=bits).contains(&stored) {
+        return Err(refuse(format!(
+            "Bits Stored {stored} is not between 1 and Bits Allocated ({bits})"
+        )));
+    }
     let decoded_bytes = u64::from(frames)
         .saturating_mul(u64::from(rows) * u64::from(columns))
         .saturating_mul(u64::from(samples) * u64::from(bits / 8));

@@ -280,6 +280,34 @@ fn a_declared_number_of_frames_beyond_the_voxel_limit_is_refused_before_allocati
     }
 }
 
+#[test]
+fn bits_stored_beyond_bits_allocated_is_refused_before_decoding() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = ct_series()[10..13]
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let mut object = dicom_object::open_file(source).unwrap();
+            object.put(dicom_core::DataElement::new(
+                tags::BITS_STORED,
+                VR::US,
+                dicom_core::PrimitiveValue::from(32u16),
+            ));
+            let path = dir.path().join(format!("slice_{i}.dcm"));
+            object.write_to_file(&path).unwrap();
+            path
+        })
+        .collect();
+    match build(&paths, &Limits::default()) {
+        Err(VolumeError::Decode { reason, .. }) => {
+            assert!(reason.contains("Bits Stored 32"), "{reason}")
+        }
+        other => panic!("{:?}", other.map(|s| s.volume.slices)),
+    }
+}
+
 /// An RLE slice whose last segment is cut short (written by pydicom from a CT slice, then
 /// truncated): the dependency's RLE decoder indexes out of range on it. The panic stays inside
 /// the decode and comes back as a typed error naming it.
