@@ -64,12 +64,24 @@ for i, source in enumerate(sys.argv[2:]):
     series_by_pydicom(dir, script)
 }
 
-#[test]
-fn a_study_whose_decoder_panics_fails_its_job_and_the_next_study_still_gets_a_result() {
+/// Send `hostile` (proposing with `storescu_flags`) to a daemon with the model: its job fails
+/// with an error containing `reason`, the daemon stays ready, a good study afterwards gets its
+/// result, and the log names no identifier of either.
+fn a_hostile_study_fails_alone(
+    make: fn(&Path) -> Vec<PathBuf>,
+    storescu_flags: &[&str],
+    reason: &str,
+) {
     let app = Appliance::start_with_model(&|_| {});
     let dir = tempfile::tempdir().unwrap();
-    let hostile = rle_series_with_a_short_segment(dir.path());
-    let out = storescu("STORESCU", &app.ae_title, app.port, &["-xr"], &hostile);
+    let hostile = make(dir.path());
+    let out = storescu(
+        "STORESCU",
+        &app.ae_title,
+        app.port,
+        storescu_flags,
+        &hostile,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -84,7 +96,7 @@ fn a_study_whose_decoder_panics_fails_its_job_and_the_next_study_still_gets_a_re
         .as_str()
         .unwrap_or("")
         .to_string();
-    assert!(error.contains("panicked"), "{error}");
+    assert!(error.contains(reason), "{error}");
     assert_eq!(app.http("/health/ready").0, 200, "{}", app.log());
     // The worker is still there: a good study afterwards gets its result.
     let (files, good) = lesion_series();
@@ -95,6 +107,11 @@ fn a_study_whose_decoder_panics_fails_its_job_and_the_next_study_still_gets_a_re
     });
     assert!(done, "jobs: {:?}\nlog:\n{}", app.jobs(&good), app.log());
     assert_no_identifier_in(&app.log());
+}
+
+#[test]
+fn a_study_whose_decoder_panics_fails_its_job_and_the_next_study_still_gets_a_result() {
+    a_hostile_study_fails_alone(rle_series_with_a_short_segment, &["-xr"], "panicked");
 }
 
 #[test]
@@ -193,35 +210,9 @@ fn series_by_pydicom(dir: &Path, script: &str) -> Vec<PathBuf> {
 
 #[test]
 fn a_codestream_that_declares_a_larger_image_than_its_header_is_refused_before_decoding() {
-    let app = Appliance::start_with_model(&|_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let hostile = jpeg_ls_series_with_a_lying_frame_header(dir.path());
-    let out = storescu("STORESCU", &app.ae_title, app.port, &["-xt"], &hostile);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    a_hostile_study_fails_alone(
+        jpeg_ls_series_with_a_lying_frame_header,
+        &["-xt"],
+        "JPEG-LS codestream declares 65535x65535 pixels",
     );
-    let study = CtSeries::load().study_instance_uid;
-    let failed = wait_until(Duration::from_secs(120), || {
-        app.jobs(&study).iter().any(|j| j["state"] == "failed")
-    });
-    assert!(failed, "jobs: {:?}\nlog:\n{}", app.jobs(&study), app.log());
-    let error = app.jobs(&study)[0]["error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    assert!(
-        error.contains("JPEG-LS codestream declares 65535x65535 pixels"),
-        "{error}"
-    );
-    assert_eq!(app.http("/health/ready").0, 200, "{}", app.log());
-    let (files, good) = lesion_series();
-    let out = storescu("STORESCU", &app.ae_title, app.port, &[], &files);
-    assert!(out.status.success());
-    let done = wait_until(Duration::from_secs(120), || {
-        app.jobs(&good).iter().any(|j| j["state"] == "done")
-    });
-    assert!(done, "jobs: {:?}\nlog:\n{}", app.jobs(&good), app.log());
-    assert_no_identifier_in(&app.log());
 }
