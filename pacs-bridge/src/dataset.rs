@@ -67,6 +67,14 @@ pub enum DatasetError {
         element: u16,
         offset: usize,
     },
+    #[error("element ({group:04X},{element:04X}) at offset {offset} has {length} bytes, not a multiple of the {size}-byte values of its VR")]
+    LengthNotMultiple {
+        group: u16,
+        element: u16,
+        offset: usize,
+        length: u32,
+        size: u32,
+    },
     #[error("sequences nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("deflated dataset could not be inflated: {0}")]
@@ -94,19 +102,48 @@ pub fn inspect(
     encoding: Encoding,
     inflate_limit: usize,
 ) -> Result<Identity, DatasetError> {
+    walk(bytes, encoding, inflate_limit, true)
+}
+
+/// [`inspect`] as dicom-parser will read the bytes, for the readers that let dicom-object
+/// parse them next (volumes, SEG, SR): dicom-parser reads the items of a UN of undefined
+/// length in the dataset's own encoding, not in implicit VR as PS3.5 6.2.2 says, so their
+/// lengths are checked in that encoding too. A dataset that is fine only read the standard
+/// way is refused here (dicom-parser would misread it); ingest, which stores bytes as
+/// received and never parses them, uses [`inspect`].
+pub fn inspect_as_parsed(
+    bytes: &[u8],
+    encoding: Encoding,
+    inflate_limit: usize,
+) -> Result<Identity, DatasetError> {
+    walk(bytes, encoding, inflate_limit, false)
+}
+
+fn walk(
+    bytes: &[u8],
+    encoding: Encoding,
+    inflate_limit: usize,
+    un_items_implicit: bool,
+) -> Result<Identity, DatasetError> {
     if bytes.is_empty() {
         return Err(DatasetError::Empty);
     }
     match encoding {
         Encoding::DeflatedExplicitLittle => {
             let inflated = inflate(bytes, inflate_limit)?;
-            inspect(&inflated, Encoding::ExplicitLittle, inflate_limit)
+            walk(
+                &inflated,
+                Encoding::ExplicitLittle,
+                inflate_limit,
+                un_items_implicit,
+            )
         }
         _ => {
             let mut walker = Walker {
                 bytes,
                 pos: 0,
                 encoding,
+                un_items_implicit,
                 identity: Identity::default(),
             };
             walker.elements(bytes.len(), 0, false)?;
@@ -129,6 +166,38 @@ fn inflate(bytes: &[u8], limit: usize) -> Result<Vec<u8>, DatasetError> {
     Ok(out)
 }
 
+/// The VRs of PS3.5 table 6.2-1. Any other pair of letters has no defined length layout: a
+/// reader guesses (dicom-parser reads it as UN, with a 32-bit length, where a walker that
+/// assumed a 16-bit one let a 2-byte length through and the parser then allocated 4 GB), so
+/// it is refused.
+const KNOWN_VRS: [[u8; 2]; 34] = [
+    *b"AE", *b"AS", *b"AT", *b"CS", *b"DA", *b"DS", *b"DT", *b"FD", *b"FL", *b"IS", *b"LO", *b"LT",
+    *b"OB", *b"OD", *b"OF", *b"OL", *b"OV", *b"OW", *b"PN", *b"SH", *b"SL", *b"SQ", *b"SS", *b"ST",
+    *b"SV", *b"TM", *b"UC", *b"UI", *b"UL", *b"UN", *b"UR", *b"US", *b"UT", *b"UV",
+];
+
+/// Whether the standard data dictionary makes `tag` a sequence. In implicit VR that is the only
+/// way to tell a sequence of defined length from an opaque value (PS3.5 7.1.3 and 7.5), and
+/// dicom-parser, which builds the objects we read after this walk, parses such a sequence's
+/// items with their declared lengths: the walker walks them too, so that every nested length
+/// it lets through has been checked against the bytes present.
+fn sequence_in_dictionary(tag: u32) -> bool {
+    vr_in_dictionary(tag) == Some(*b"SQ")
+}
+
+/// The VR a dictionary-driven reader gives `tag` in implicit VR: dicom-parser's rule, OW for
+/// Pixel Data and Overlay Data, the standard dictionary's VR otherwise.
+fn vr_in_dictionary(tag: u32) -> Option<[u8; 2]> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    let (group, element) = ((tag >> 16) as u16, tag as u16);
+    if tag == PIXEL_DATA || (group >> 8 == 0x60 && element == 0x3000) {
+        return Some(*b"OW");
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(group, element))
+        .map(|entry| entry.vr().relaxed().to_bytes())
+}
+
 struct Header {
     tag: u32,
     vr: Option<[u8; 2]>,
@@ -149,6 +218,9 @@ struct Walker<'a> {
     bytes: &'a [u8],
     pos: usize,
     encoding: Encoding,
+    /// Walk the items of a UN of undefined length in implicit VR (the standard), or in the
+    /// current encoding (as dicom-parser reads them).
+    un_items_implicit: bool,
     identity: Identity,
 }
 
@@ -206,7 +278,7 @@ impl Walker<'_> {
             return self.item_header(end);
         }
         let vr = [self.bytes[offset + 4], self.bytes[offset + 5]];
-        if !vr.iter().all(u8::is_ascii_uppercase) {
+        if !KNOWN_VRS.contains(&vr) {
             return Err(DatasetError::InvalidVr {
                 group: (tag >> 16) as u16,
                 element: tag as u16,
@@ -217,7 +289,19 @@ impl Walker<'_> {
         // PS3.5 table 7.1-1: these VRs have 2 reserved bytes and a 32-bit length.
         let long = matches!(
             &vr,
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN"
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UR"
+                | b"UT"
+                | b"UN"
+                | b"UV"
         );
         let length = if long {
             if end - self.pos < 12 {
@@ -291,9 +375,14 @@ impl Walker<'_> {
                 continue;
             }
             let value_end = self.value_end(&header, end)?;
-            if header.vr == Some(*b"SQ") {
+            let sequence = match header.vr {
+                Some(vr) => vr == *b"SQ",
+                None => sequence_in_dictionary(header.tag),
+            };
+            if sequence {
                 self.items(value_end, depth + 1, false, implicit)?;
             } else {
+                self.check_multiple(&header)?;
                 if depth == 0 {
                     self.collect(header.tag, value_end);
                 }
@@ -302,6 +391,31 @@ impl Walker<'_> {
         }
         if until_delimiter {
             return Err(DatasetError::Unterminated);
+        }
+        Ok(())
+    }
+
+    /// A binary number's length must be a multiple of its size (PS3.5 6.2). dicom-parser reads
+    /// `length / size` values and moves on by `length`, without reading the remainder: every
+    /// later header it reads is shifted from the one walked here (a Code Value turned SL of 6
+    /// bytes made it zero-fill gigabytes). In implicit VR the VR is the dictionary's, as the
+    /// parser takes it.
+    fn check_multiple(&self, header: &Header) -> Result<(), DatasetError> {
+        let vr = header.vr.or_else(|| vr_in_dictionary(header.tag));
+        let size = match vr.as_ref() {
+            Some(b"US" | b"SS" | b"OW") => 2,
+            Some(b"UL" | b"SL" | b"FL" | b"OF" | b"OL" | b"AT") => 4,
+            Some(b"FD" | b"OD" | b"SV" | b"UV" | b"OV") => 8,
+            _ => return Ok(()),
+        };
+        if header.length % size != 0 {
+            return Err(DatasetError::LengthNotMultiple {
+                group: header.group(),
+                element: header.element(),
+                offset: header.offset,
+                length: header.length,
+                size,
+            });
         }
         Ok(())
     }
@@ -317,7 +431,10 @@ impl Walker<'_> {
             // Implicit VR: only a sequence may have an undefined length.
             None | Some([b'S', b'Q']) => self.items(end, depth + 1, true, implicit),
             // PS3.5 6.2.2: UN with undefined length holds a sequence encoded implicit VR LE.
-            Some([b'U', b'N']) => self.items(end, depth + 1, true, true),
+            Some([b'U', b'N']) => {
+                let items_implicit = self.un_items_implicit || implicit;
+                self.items(end, depth + 1, true, items_implicit)
+            }
             // PS3.5 A.4: encapsulated pixel data, a sequence of fragments.
             Some([b'O', b'B']) | Some([b'O', b'W']) if header.tag == PIXEL_DATA => {
                 self.fragments(end)
@@ -552,6 +669,114 @@ mod tests {
             inspect(&ds, Encoding::ExplicitLittle, 1 << 20),
             Err(DatasetError::TooDeep)
         );
+    }
+
+    /// In implicit VR a sequence of defined length is a sequence only by the dictionary; a
+    /// reader that knows it (dicom-parser) allocates each nested element's declared length,
+    /// so the walker checks those lengths too (found by the `seg` fuzz target).
+    #[test]
+    fn nested_lengths_of_an_implicit_sequence_of_defined_length_are_checked() {
+        let nested = |length: u32| {
+            let mut item_body = vec![0x08, 0x00, 0x50, 0x11];
+            item_body.extend(length.to_le_bytes());
+            item_body.extend(b"1.2.3\0");
+            let mut sequence = item(0xE000, item_body.len() as u32);
+            sequence.extend(item_body);
+            let mut ds = vec![0x08, 0x00, 0x40, 0x11];
+            ds.extend((sequence.len() as u32).to_le_bytes());
+            ds.extend(sequence);
+            ds
+        };
+        assert!(inspect(&nested(6), Encoding::ImplicitLittle, 1 << 20).is_ok());
+        assert!(matches!(
+            inspect(&nested(0xF000_0000), Encoding::ImplicitLittle, 1 << 20),
+            Err(DatasetError::LengthBeyondEnd {
+                group: 0x0008,
+                element: 0x1150,
+                ..
+            })
+        ));
+    }
+
+    /// A UN of undefined length holds implicit VR items (PS3.5 6.2.2) and `inspect` walks them
+    /// so; dicom-parser reads them in the dataset's own explicit VR, where the same bytes can
+    /// declare 4 GB (a 26 KB SEG made dicom-object allocate 4 GB). `inspect_as_parsed` walks
+    /// them as the parser will and refuses that length.
+    #[test]
+    fn un_items_are_walked_as_dicom_parser_reads_them_before_parsing() {
+        let mut ds = identifying();
+        ds.extend(long_header(0x0029, 0x0010, b"UN", UNDEFINED));
+        ds.extend(item(0xE000, UNDEFINED));
+        // Implicit: (0009,0010), length "OB\0\0" = 16975. Explicit: VR OB, then a 32-bit
+        // length taken from the value's first four bytes.
+        ds.extend([0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+        let mut value = vec![0u8; 0x424F];
+        value[..4].copy_from_slice(&0xF000_0000u32.to_le_bytes());
+        ds.extend(value);
+        ds.extend(item(0xE00D, 0));
+        ds.extend(item(0xE0DD, 0));
+        assert!(inspect(&ds, Encoding::ExplicitLittle, 1 << 20).is_ok());
+        assert!(matches!(
+            inspect_as_parsed(&ds, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::LengthBeyondEnd {
+                group: 0x0009,
+                element: 0x0010,
+                declared: 0xF000_0000,
+                ..
+            })
+        ));
+    }
+
+    /// SV and UV have 32-bit lengths (PS3.5 table 7.1-1), and a VR the standard does not
+    /// define has no known layout: dicom-parser reads it as UN with a 32-bit length, so the
+    /// walker refuses it rather than guess 16 bits (found by the `volume` fuzz target).
+    #[test]
+    fn sv_and_uv_have_long_lengths_and_undefined_vrs_are_refused() {
+        let mut sv = identifying();
+        sv.extend(long_header(0x0009, 0x1001, b"SV", 8));
+        sv.extend([0u8; 8]);
+        assert!(inspect(&sv, Encoding::ExplicitLittle, 1 << 20).is_ok());
+        let mut uv = identifying();
+        uv.extend(long_header(0x0009, 0x1001, b"UV", 0xF000_0000));
+        assert!(matches!(
+            inspect(&uv, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::LengthBeyondEnd { .. })
+        ));
+        let mut unknown = identifying();
+        unknown.extend(short(0x0009, 0x1001, b"AL", b"ab"));
+        assert!(matches!(
+            inspect(&unknown, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::InvalidVr {
+                vr: [b'A', b'L'],
+                ..
+            })
+        ));
+    }
+
+    /// dicom-parser reads `length / size` numbers and skips none of the rest, so a length
+    /// that is not a multiple of the size shifts every later header it reads (found by the
+    /// `seg` fuzz target: SL of 6 bytes). Refused in both layouts.
+    #[test]
+    fn binary_numbers_whose_length_is_not_a_multiple_of_their_size_are_refused() {
+        let mut explicit = identifying();
+        explicit.extend(short(0x0008, 0x0100, b"SL", b"113456"));
+        assert!(matches!(
+            inspect(&explicit, Encoding::ExplicitLittle, 1 << 20),
+            Err(DatasetError::LengthNotMultiple {
+                length: 6,
+                size: 4,
+                ..
+            })
+        ));
+        // Rows (0028,0010) is US in the dictionary: 3 bytes in implicit VR.
+        let implicit = [0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        assert!(matches!(
+            inspect(&implicit, Encoding::ImplicitLittle, 1 << 20),
+            Err(DatasetError::LengthNotMultiple { size: 2, .. })
+        ));
+        let mut fine = identifying();
+        fine.extend(short(0x0028, 0x0010, b"US", &[0, 2]));
+        assert!(inspect(&fine, Encoding::ExplicitLittle, 1 << 20).is_ok());
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The bounded dataset walker (`pacs_bridge::dataset::inspect`) in every encoding: the first
+//! The bounded dataset walker (`pacs_bridge::dataset::inspect`, and `inspect_as_parsed`, the
+//! walk the readers do before dicom-object parses) in every encoding: the first
 //! input byte picks the encoding, the rest is the dataset.
 //!
-//! Properties: `inspect` returns (never panics, never reads out of bounds, inflates at most
-//! its limit); a walk that succeeds ends exactly on an element boundary, so the same bytes
+//! Properties: `inspect` and `inspect_as_parsed` return (never panic, never read out of
+//! bounds, inflate at most their limit) and agree on implicit VR; a walk that succeeds ends exactly on an element boundary, so the same bytes
 //! with one more well-formed top-level element appended also walk, to the same identity; and
 //! an explicit little endian dataset that walks walks the same once deflated (PS3.5 A.5).
 
@@ -28,7 +29,16 @@ fn check(data: &[u8]) {
         2 => Encoding::ExplicitBig,
         _ => Encoding::DeflatedExplicitLittle,
     };
-    let Ok(identity) = dataset::inspect(bytes, encoding, INFLATE_LIMIT) else {
+    let standard = dataset::inspect(bytes, encoding, INFLATE_LIMIT);
+    let as_parsed = dataset::inspect_as_parsed(bytes, encoding, INFLATE_LIMIT);
+    if radiant_fuzz::show_results() {
+        eprintln!("inspect: {standard:?}\ninspect_as_parsed: {as_parsed:?}");
+    }
+    // The two walks differ only inside a UN of undefined length in explicit VR.
+    if encoding == Encoding::ImplicitLittle {
+        assert_eq!(standard, as_parsed, "implicit VR walked two ways");
+    }
+    let Ok(identity) = standard else {
         return;
     };
     if encoding == Encoding::DeflatedExplicitLittle {

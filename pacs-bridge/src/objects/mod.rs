@@ -305,7 +305,7 @@ pub(crate) fn check_meta(
                 "group length {group_length} runs past the end of the file"
             ))
         })?;
-    crate::dataset::inspect(
+    crate::dataset::inspect_as_parsed(
         &bytes[132..meta_end],
         crate::uids::Encoding::ExplicitLittle,
         limit,

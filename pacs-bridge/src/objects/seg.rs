@@ -589,7 +589,7 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
             ObjectError::Decode(format!("transfer syntax {t} is not one we read"))
         }
     })?;
-    crate::dataset::inspect(&bytes[meta_end..], encoding, MAX_SEG_BYTES)
+    crate::dataset::inspect_as_parsed(&bytes[meta_end..], encoding, MAX_SEG_BYTES)
         .map_err(|e| ObjectError::Decode(format!("malformed dataset: {e}")))?;
     let file =
         dicom_object::from_reader(&bytes[128..]).map_err(|e| ObjectError::Decode(e.to_string()))?;

@@ -164,7 +164,7 @@ pub fn decode_findings(bytes: &[u8]) -> Result<DecodedReport, SrReadError> {
         super::MetaError::Malformed(m) => SrReadError::Meta(m),
         super::MetaError::TransferSyntax(t) => SrReadError::TransferSyntax(t),
     })?;
-    let identity = dataset::inspect(&bytes[meta_end..], encoding, MAX_SR_BYTES)?;
+    let identity = dataset::inspect_as_parsed(&bytes[meta_end..], encoding, MAX_SR_BYTES)?;
     let sop_class_uid = identity
         .sop_class_uid
         .filter(|s| !s.is_empty())
