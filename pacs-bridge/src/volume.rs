@@ -6,7 +6,6 @@
 //! (PS3.3 C.7.6.16). A series that cannot form one regular volume is refused with the reason.
 
 use crate::dataset;
-use crate::uids;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
@@ -447,30 +446,30 @@ fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError>
             path: path.to_path_buf(),
         });
     }
-    let file = dicom_object::from_reader(&bytes[128..]).map_err(|e| fail(e.to_string()))?;
-    let transfer_syntax = file
-        .meta()
-        .transfer_syntax()
-        .trim_end_matches('\0')
-        .to_string();
-    let encoding = uids::encoding_of(&transfer_syntax).ok_or_else(|| {
-        VolumeError::UnsupportedTransferSyntax {
-            path: path.to_path_buf(),
-            transfer_syntax: transfer_syntax.clone(),
+    // The bounded walker checks the file meta group and every declared length of the dataset
+    // before dicom-object parses anything: dicom-parser allocates the length a value declares
+    // before reading it, so a 1 KB file declaring a 4 GB element would otherwise cost 4 GB.
+    let (meta_end, encoding) = crate::objects::check_meta(&bytes, limits.max_file_bytes as usize)
+        .map_err(|e| match e {
+        crate::objects::MetaError::Malformed(reason) => fail(reason),
+        crate::objects::MetaError::TransferSyntax(transfer_syntax) => {
+            VolumeError::UnsupportedTransferSyntax {
+                path: path.to_path_buf(),
+                transfer_syntax,
+            }
         }
     })?;
-    let meta_len = 132 + 12 + file.meta().information_group_length as usize;
-    let dataset_bytes = bytes
-        .get(meta_len..)
-        .ok_or_else(|| VolumeError::NotPart10 {
-            path: path.to_path_buf(),
-        })?;
-    dataset::inspect(dataset_bytes, encoding, limits.max_file_bytes as usize * 4).map_err(
-        |source| VolumeError::Malformed {
-            path: path.to_path_buf(),
-            source,
-        },
-    )?;
+    dataset::inspect_as_parsed(
+        &bytes[meta_end..],
+        encoding,
+        limits.max_file_bytes as usize * 4,
+    )
+    .map_err(|source| VolumeError::Malformed {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = dicom_object::from_reader(&bytes[128..]).map_err(|e| fail(e.to_string()))?;
+    let transfer_syntax = file.meta().transfer_syntax().trim_end_matches('\0');
     // jpeg-decoder, the maintained pure-Rust JPEG decoder, reads 8-bit samples only.
     if transfer_syntax == JPEG_EXTENDED && uint(&file, tags::BITS_STORED).unwrap_or(8) > 8 {
         return Err(VolumeError::UnsupportedCompression {
@@ -478,6 +477,17 @@ fn read(path: &Path, limits: &Limits) -> Result<DefaultDicomObject, VolumeError>
             reason: "JPEG Extended with 12-bit samples: no maintained Rust decoder reads it; \
                      have the sender use JPEG Lossless or an uncompressed transfer syntax",
         });
+    }
+    // The modality LUT that dicom-pixeldata builds per frame has 2^(Bits Stored) entries: a
+    // 43 KB file declaring 28 bits stored in 16 allocated cost 1 GB and seconds per frame.
+    // PS3.3 C.7.6.3.1.1: Bits Stored is at least 1 and at most Bits Allocated.
+    if let Some(stored) = uint(&file, tags::BITS_STORED) {
+        if stored == 0 || stored > uint(&file, tags::BITS_ALLOCATED).unwrap_or(0) {
+            return Err(missing(
+                path,
+                "Bits Stored (0, or more than Bits Allocated)",
+            ));
+        }
     }
     Ok(file)
 }

@@ -7,6 +7,7 @@ use pacs_bridge::dataset::DatasetError;
 use pacs_bridge::objects::seg;
 use pacs_bridge::objects::sr_read::{self, SrReadError};
 use pacs_bridge::objects::ObjectError;
+use pacs_bridge::volume::{self, Limits, VolumeError};
 use std::path::PathBuf;
 
 fn regression(target: &str, name: &str) -> PathBuf {
@@ -101,4 +102,70 @@ fn an_sr_whose_implicit_sequence_declares_gigabytes_is_refused_before_parsing() 
         ),
         "{err:?}"
     );
+}
+
+/// The volume builder parsed each file with dicom-object before the bounded walker looked at
+/// it: a 1 KB CT slice in implicit VR whose Referenced SOP Instance UID declares 4 GB made it
+/// allocate 4 GB. The file meta group and the dataset are now walked first, as for SEG and SR.
+#[test]
+fn a_slice_whose_implicit_sequence_declares_gigabytes_is_refused_before_parsing() {
+    let path = regression("volume", "implicit_sequence_item_declares_4gb.dcm");
+    let err = volume::build(&[path], &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VolumeError::Malformed {
+                source: DatasetError::LengthBeyondEnd {
+                    group: 0x0008,
+                    element: 0x1150,
+                    declared: 0xF000_0000,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// One byte changed in an Enhanced MR: Body Part Examined declares 198 bytes, so the walker
+/// and the parser read the next header from inside a value, where its VR is "AL", not a VR
+/// at all. The walker took it for a short (16-bit) length; dicom-parser reads an unknown VR as
+/// UN with a 32-bit length and zero-filled gigabytes for it, seconds per file (AFL++ `volume`
+/// target, a hang). The walker now refuses any VR that PS3.5 table 6.2-1 does not define.
+#[test]
+fn a_slice_with_a_vr_the_standard_does_not_define_is_refused_before_parsing() {
+    let path = regression("volume", "unknown_vr_read_as_un_with_long_length.dcm");
+    let err = volume::build(&[path], &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VolumeError::Malformed {
+                source: DatasetError::InvalidVr {
+                    vr: [b'A', b'L'],
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Bits Stored 28 in 16 bits allocated: dicom-pixeldata builds a modality LUT of 2^28 floats
+/// (1 GB) for each frame, about 10 s per frame on the fuzzing machine (AFL++ `volume` target,
+/// a hang). Bits Stored above Bits Allocated (or 0) is refused before any decoding.
+#[test]
+fn bits_stored_above_bits_allocated_is_refused_before_decoding() {
+    let path = regression("volume", "bits_stored_28_of_16_allocated.dcm");
+    let started = std::time::Instant::now();
+    let err = volume::build(&[path], &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VolumeError::MissingAttribute { attribute, .. } if attribute.starts_with("Bits Stored")
+        ),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
