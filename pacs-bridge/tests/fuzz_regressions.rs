@@ -4,7 +4,7 @@
 //! stay true.
 
 use pacs_bridge::dataset::DatasetError;
-use pacs_bridge::objects::seg;
+use pacs_bridge::objects::seg::{self, DecodedSeg};
 use pacs_bridge::objects::sr_read::{self, SrReadError};
 use pacs_bridge::objects::ObjectError;
 use pacs_bridge::volume::{self, Limits, VolumeError};
@@ -168,4 +168,52 @@ fn bits_stored_above_bits_allocated_is_refused_before_decoding() {
         "{err:?}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+/// A SEG whose row direction is (1, 0.1, 0): 0.5% too long and at 84° to its column
+/// direction. Re-projected onto a series of that orientation it gave labels that our own SEG
+/// of the same labels then failed `check_geometry` against (row r landed r/10 columns off):
+/// projections on non-orthogonal, non-unit axes are not an inverse of `Volume::position`.
+/// `volume::build` now refuses such an orientation, like a slice carrying it.
+#[test]
+fn an_orientation_that_is_not_two_orthogonal_unit_vectors_forms_no_volume() {
+    let decoded: DecodedSeg = seg::decode(&bytes("seg", "orientation_not_orthogonal.dcm")).unwrap();
+    assert_eq!(decoded.orientation, [1.0, 0.1, 0.0, 0.0, 1.0, 0.0]);
+    assert_eq!(volume::direction_cosines(&decoded.orientation), None);
+    let path = regression("volume", "orientation_not_orthogonal.dcm");
+    let err = volume::build(&[path], &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VolumeError::MissingAttribute { attribute, .. }
+                if attribute.contains("orthogonal unit vectors")
+        ),
+        "{err:?}"
+    );
+}
+
+/// What `volume::build` still accepts (each direction within 1% of unit length, within 0.01
+/// of orthogonal) comes out as unit vectors and a unit normal: a direction 1% long used to
+/// stretch the slice positions of every SEG we wrote by 2% of the stack along the normal.
+#[test]
+fn direction_cosines_are_normalised_and_the_normal_is_unit() {
+    let [row, column, normal] =
+        volume::direction_cosines(&[1.008, 0.0, 0.0, 0.0, 0.995, 0.008]).unwrap();
+    let length = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+    for v in [row, column, normal] {
+        assert!((length(v) - 1.0).abs() < 1e-12, "{v:?}");
+    }
+    assert!((row[0] - 1.0).abs() < 1e-12);
+    let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+    assert!(dot(normal, row).abs() < 1e-12 && dot(normal, column).abs() < 1e-12);
+    assert_eq!(
+        volume::direction_cosines(&[1.0, 0.0, 0.0, 0.02, 1.0, 0.0]),
+        None,
+        "0.02 from orthogonal"
+    );
+    assert_eq!(
+        volume::direction_cosines(&[1.02, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        None,
+        "2% long"
+    );
 }

@@ -15,8 +15,8 @@
 use dicom_object::InMemDicomObject;
 use pacs_bridge::objects::seg::{self, DecodedSeg, Segment};
 use pacs_bridge::objects::Creator;
-use pacs_bridge::volume::{SeriesVolume, SliceSource};
-use radiant_core::volume::{cross, dot, Volume};
+use pacs_bridge::volume::{self, SeriesVolume, SliceSource};
+use radiant_core::volume::{dot, Volume};
 use radiant_core::Code;
 
 /// Most slices and voxels of the made-up source series.
@@ -105,17 +105,15 @@ fn sane(v: &Volume) -> bool {
         && (v.rows.max(v.columns) as f64) * v.spacing[0].max(v.spacing[1]) < 1e4
 }
 
-/// A source series with the SEG's geometry, as `volume::build` could have produced it (unit
-/// direction cosines, positive spacings, a regular stack along the normal), or `None`.
+/// A source series with the SEG's geometry, as `volume::build` could have produced it
+/// (direction cosines through `volume::direction_cosines`, positive spacings, a regular stack
+/// along the normal), or `None`.
 fn source_series(s: &DecodedSeg) -> Option<SeriesVolume> {
-    let o = s.orientation;
-    let (row, column) = ([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
-    let unit = |a: [f64; 3]| (dot(a, a).sqrt() - 1.0).abs() <= 0.01;
+    let [row, column, normal] = volume::direction_cosines(&s.orientation)?;
     let [row_spacing, column_spacing] = s.pixel_spacing;
-    if !unit(row) || !unit(column) || !(row_spacing > 0.0 && column_spacing > 0.0) {
+    if !(row_spacing > 0.0 && column_spacing > 0.0) {
         return None;
     }
-    let normal = cross(row, column);
     let mut along: Vec<(f64, usize)> = s
         .frames
         .iter()
