@@ -254,6 +254,7 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
     }
     let options = convert_options();
     for (i, inst) in instances.iter().enumerate() {
+        check_frame_headers(&inst.path, &inst.object, inst.rows, inst.columns)?;
         let decoded = contained(&inst.path, || inst.object.decode_pixel_data())?;
         for &(frame, slot) in &slot_of[i] {
             let values: Vec<f32> = contained(&inst.path, || {
@@ -320,6 +321,9 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
 pub fn decode_frames(path: &Path, limits: &Limits) -> Result<Vec<Vec<f32>>, VolumeError> {
     let object = read(path, limits)?;
     let count = uint(&object, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let rows = uint(&object, tags::ROWS).ok_or_else(|| missing(path, "Rows"))?;
+    let columns = uint(&object, tags::COLUMNS).ok_or_else(|| missing(path, "Columns"))?;
+    check_frame_headers(path, &object, rows, columns)?;
     let decoded = contained(path, || object.decode_pixel_data())?;
     (0..count)
         .map(|frame| {
@@ -328,6 +332,80 @@ pub fn decode_frames(path: &Path, limits: &Limits) -> Result<Vec<Vec<f32>>, Volu
             })
         })
         .collect()
+}
+
+/// Refuse compressed frames whose own header declares another size than Rows x Columns. The
+/// codecs allocate by the codestream's header, not the dataset's: a 3 KB JPEG 2000 file whose
+/// SIZ declared 1049088 x 512 made openjp2 fill 2 GB (found by the `volume` fuzz target), and
+/// a codestream may declare up to 2^32 x 2^32; no panic boundary catches running out of
+/// memory. Frames in a layout not recognised here (a JP2 file box instead of a codestream)
+/// go to the decoder unchecked.
+fn check_frame_headers(
+    path: &Path,
+    object: &InMemDicomObject,
+    rows: u32,
+    columns: u32,
+) -> Result<(), VolumeError> {
+    let fragments = object
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments());
+    for fragment in fragments.unwrap_or_default() {
+        if let Some((width, height)) = declared_size(fragment) {
+            if (width, height) != (columns, rows) {
+                return Err(VolumeError::Decode {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "a compressed frame declares {width}x{height} pixels where the header \
+                         says {columns}x{rows}"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Width and height that a compressed frame declares, when the fragment starts a frame in a
+/// layout we know: a JPEG 2000 codestream (SOC, then SIZ: Xsiz - XOsiz by Ysiz - YOsiz; ITU
+/// T.800 A.5.1), or JPEG / JPEG-LS (SOI, then markers up to the first SOFn or SOF55 segment:
+/// Lf, P, Y, X; ITU T.81 B.2.2, T.87 C.2.2). `None` for anything else.
+fn declared_size(frame: &[u8]) -> Option<(u32, u32)> {
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u32::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let be32 = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if frame.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
+        let (x, y, x_offset, y_offset) = (be32(8)?, be32(12)?, be32(16)?, be32(20)?);
+        return Some((x.saturating_sub(x_offset), y.saturating_sub(y_offset)));
+    }
+    if !frame.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut at = 2;
+    loop {
+        if *frame.get(at)? != 0xFF {
+            return None;
+        }
+        let code = *frame.get(at + 1)?;
+        at += if code == 0xFF { 1 } else { 2 };
+        match code {
+            // Fill byte, TEM, RSTn: no segment follows.
+            0xFF | 0x01 | 0xD0..=0xD7 => {}
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xF7 => {
+                return Some((be16(at + 5)?, be16(at + 3)?));
+            }
+            // A scan before any frame header: not a layout we know.
+            0xDA => return None,
+            _ => at += be16(at)? as usize,
+        }
+    }
 }
 
 /// Run one step of a pixel-data decoder of the DICOM dependency behind a panic boundary.

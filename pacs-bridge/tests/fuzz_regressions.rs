@@ -170,6 +170,52 @@ fn bits_stored_above_bits_allocated_is_refused_before_decoding() {
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
 
+/// The codecs allocate by a compressed frame's own header, not by Rows and Columns: a 3 KB
+/// JPEG 2000 slice whose SIZ declares 1049088 x 512 made openjp2 fill 2 GB (AFL++ `volume`
+/// target, a hang; up to 2^32 x 2^32 can be declared, and running out of memory is no panic
+/// that `volume::contained` could catch). The JPEG-LS input is the same lie in a SOF55
+/// segment, made by hand. Both are refused before decoding.
+#[test]
+fn a_compressed_frame_declaring_another_size_than_the_header_is_refused_before_decoding() {
+    for (name, declared) in [
+        ("j2k_codestream_declares_1049088_columns.dcm", "1049088x512"),
+        ("jpeg_ls_frame_declares_60000_rows.dcm", "8x60000"),
+    ] {
+        let err = volume::build(&[regression("volume", name)], &Limits::default()).unwrap_err();
+        assert!(
+            matches!(&err, VolumeError::Decode { reason, .. } if reason.contains(declared)),
+            "{name}: {err:?}"
+        );
+    }
+}
+
+/// The seed corpus of the `volume` target holds a slice in every transfer syntax we accept:
+/// each still builds (the checks above refuse lies, not the real thing), except 12-bit JPEG
+/// Extended, which is refused by name.
+#[test]
+fn a_slice_in_every_accepted_transfer_syntax_still_builds() {
+    let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/volume");
+    let mut built = 0;
+    for entry in std::fs::read_dir(&seeds).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".dcm") {
+            continue;
+        }
+        let result = volume::build(&[path], &Limits::default());
+        if name == "jpeg_extended_12bit.dcm" {
+            assert!(
+                matches!(result, Err(VolumeError::UnsupportedCompression { .. })),
+                "{result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "{name}: {:?}", result.err());
+            built += 1;
+        }
+    }
+    assert!(built >= 16, "only {built} seeds built");
+}
+
 /// A SEG whose row direction is (1, 0.1, 0): 0.5% too long and at 84° to its column
 /// direction. Re-projected onto a series of that orientation it gave labels that our own SEG
 /// of the same labels then failed `check_geometry` against (row r landed r/10 columns off):
