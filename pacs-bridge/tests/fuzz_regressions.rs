@@ -189,6 +189,18 @@ fn a_compressed_frame_declaring_another_size_than_the_header_is_refused_before_d
     }
 }
 
+/// Open: CharLS (charls-sys 2.4.6) takes seconds on this 43 KB Enhanced MR whose JPEG-LS
+/// scans carry 31 corrupted bytes (AFL++ `volume` target, a hang of ~3 s on the loaded fuzzing
+/// machine, roughly 70 µs per pixel), then fails. Bounded by the image size, which is now
+/// checked against the header, but slow; no fix in our code short of a time-boxed decoder.
+/// Kept so that it stays a typed error and never becomes a crash.
+#[test]
+fn a_corrupt_jpeg_ls_scan_is_a_decode_error() {
+    let path = regression("volume", "jpeg_ls_corrupt_scan_decodes_for_seconds.dcm");
+    let err = volume::build(&[path], &Limits::default()).unwrap_err();
+    assert!(matches!(err, VolumeError::Decode { .. }), "{err:?}");
+}
+
 /// The seed corpus of the `volume` target holds a slice in every transfer syntax we accept:
 /// each still builds (the checks above refuse lies, not the real thing), except 12-bit JPEG
 /// Extended, which is refused by name.
