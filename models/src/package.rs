@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Largest manifest we read.
-const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 /// Most cases a reference validation set may declare.
 pub const MAX_VALIDATION_CASES: usize = 1024;
 
@@ -214,7 +214,18 @@ fn read_manifest(path: &Path) -> Result<Manifest, PackageError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    parse_manifest(path, &text)
+}
+
+/// Parse and check a manifest's text, field by field; `path` only names it in errors. This is
+/// what [`Package::open`] does after reading at most 64 KiB of `manifest.toml`; public so that
+/// `fuzz/` exercises it without a file.
+pub fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, PackageError> {
+    let invalid = |reason: String| PackageError::Manifest {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     let m = &manifest;
     let checks: [(bool, &str); 9] = [
         (is_name(&m.id), "id must be 1-64 characters of [a-z0-9-]"),

@@ -166,76 +166,28 @@ impl PduStream {
     /// Read a PDU header: type and length. A clean EOF before its first byte is `Closed`.
     pub fn read_header(&mut self) -> Result<(u8, u32), PduError> {
         self.quickack();
-        let mut head = [0u8; 6];
-        let first = self.reader.read(&mut head[..1])?;
-        if first == 0 {
-            return Err(PduError::Closed);
-        }
-        self.reader.read_exact(&mut head[1..])?;
-        Ok((
-            head[0],
-            u32::from_be_bytes([head[2], head[3], head[4], head[5]]),
-        ))
+        read_header(&mut self.reader)
     }
 
     /// Read `length` body bytes of a non-data PDU and decode it with `dicom-ul`.
     pub fn read_body(&mut self, pdu_type: u8, length: u32) -> Result<Pdu, PduError> {
-        let mut whole = Vec::with_capacity(6 + length as usize);
-        whole.push(pdu_type);
-        whole.push(0);
-        whole.extend(length.to_be_bytes());
-        whole.resize(6 + length as usize, 0);
-        self.reader.read_exact(&mut whole[6..])?;
-        let limit = length.clamp(pdu::MINIMUM_PDU_SIZE, pdu::MAXIMUM_PDU_SIZE);
-        match pdu::read_pdu(&whole[..], limit, false) {
-            Ok(Some(pdu)) => Ok(pdu),
-            Ok(None) => Err(PduError::Malformed("incomplete PDU".into())),
-            Err(e) => Err(PduError::Malformed(e.to_string())),
-        }
+        read_body(&mut self.reader, pdu_type, length)
     }
 
     /// Read and discard `length` bytes.
     pub fn skip(&mut self, length: u64) -> Result<(), PduError> {
-        let copied = io::copy(&mut (&mut self.reader).take(length), &mut io::sink())?;
-        if copied < length {
-            return Err(PduError::Closed);
-        }
-        Ok(())
+        skip(&mut self.reader, length)
     }
 
     /// Read the next PDV item header, with `remaining` bytes left in the current P-DATA-TF PDU.
     pub fn read_pdv_header(&mut self, remaining: u32) -> Result<PdvHeader, PduError> {
-        if remaining < 6 {
-            return Err(PduError::Malformed(format!(
-                "{remaining} stray bytes at the end of a P-DATA-TF PDU"
-            )));
-        }
         self.quickack();
-        let mut head = [0u8; 6];
-        self.reader.read_exact(&mut head)?;
-        let item_length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        if item_length < 2 || item_length > remaining - 4 {
-            return Err(PduError::Malformed(format!(
-                "PDV item length {item_length} does not fit the {remaining} bytes left in its PDU"
-            )));
-        }
-        Ok(PdvHeader {
-            context_id: head[4],
-            is_command: head[5] & 0x01 != 0,
-            is_last: head[5] & 0x02 != 0,
-            data_length: item_length as usize - 2,
-        })
+        read_pdv_header(&mut self.reader, remaining)
     }
 
     /// Append exactly `length` bytes from the stream to `out`.
     pub fn read_into(&mut self, out: &mut Vec<u8>, length: usize) -> Result<(), PduError> {
-        let start = out.len();
-        out.resize(start + length, 0);
-        if let Err(e) = self.reader.read_exact(&mut out[start..]) {
-            out.truncate(start);
-            return Err(e.into());
-        }
-        Ok(())
+        read_into(&mut self.reader, out, length)
     }
 
     /// Encode a PDU with `dicom-ul` and write it in one call.
@@ -265,4 +217,82 @@ impl PduStream {
         writer.flush()?;
         Ok(())
     }
+}
+
+// The reading half of the framing over any byte source. `PduStream` calls these on its socket;
+// they are public so that `fuzz/` drives the very same code from memory.
+
+/// Read a PDU header: type and length. A clean EOF before its first byte is `Closed`.
+pub fn read_header(reader: &mut impl Read) -> Result<(u8, u32), PduError> {
+    let mut head = [0u8; 6];
+    let first = reader.read(&mut head[..1])?;
+    if first == 0 {
+        return Err(PduError::Closed);
+    }
+    reader.read_exact(&mut head[1..])?;
+    Ok((
+        head[0],
+        u32::from_be_bytes([head[2], head[3], head[4], head[5]]),
+    ))
+}
+
+/// Read `length` body bytes of a non-data PDU and decode it with `dicom-ul`. The caller bounds
+/// `length` (by PDU type) before calling: the body is read into memory whole.
+pub fn read_body(reader: &mut impl Read, pdu_type: u8, length: u32) -> Result<Pdu, PduError> {
+    let mut whole = Vec::with_capacity(6 + length as usize);
+    whole.push(pdu_type);
+    whole.push(0);
+    whole.extend(length.to_be_bytes());
+    whole.resize(6 + length as usize, 0);
+    reader.read_exact(&mut whole[6..])?;
+    let limit = length.clamp(pdu::MINIMUM_PDU_SIZE, pdu::MAXIMUM_PDU_SIZE);
+    match pdu::read_pdu(&whole[..], limit, false) {
+        Ok(Some(pdu)) => Ok(pdu),
+        Ok(None) => Err(PduError::Malformed("incomplete PDU".into())),
+        Err(e) => Err(PduError::Malformed(e.to_string())),
+    }
+}
+
+/// Read and discard `length` bytes.
+pub fn skip(reader: &mut impl Read, length: u64) -> Result<(), PduError> {
+    let copied = io::copy(&mut reader.take(length), &mut io::sink())?;
+    if copied < length {
+        return Err(PduError::Closed);
+    }
+    Ok(())
+}
+
+/// Read the next PDV item header, with `remaining` bytes left in the current P-DATA-TF PDU
+/// (PS3.8 section 9.3.5.1): the item must fit in them.
+pub fn read_pdv_header(reader: &mut impl Read, remaining: u32) -> Result<PdvHeader, PduError> {
+    if remaining < 6 {
+        return Err(PduError::Malformed(format!(
+            "{remaining} stray bytes at the end of a P-DATA-TF PDU"
+        )));
+    }
+    let mut head = [0u8; 6];
+    reader.read_exact(&mut head)?;
+    let item_length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    if item_length < 2 || item_length > remaining - 4 {
+        return Err(PduError::Malformed(format!(
+            "PDV item length {item_length} does not fit the {remaining} bytes left in its PDU"
+        )));
+    }
+    Ok(PdvHeader {
+        context_id: head[4],
+        is_command: head[5] & 0x01 != 0,
+        is_last: head[5] & 0x02 != 0,
+        data_length: item_length as usize - 2,
+    })
+}
+
+/// Append exactly `length` bytes from `reader` to `out`; on error `out` is left as it was.
+pub fn read_into(reader: &mut impl Read, out: &mut Vec<u8>, length: usize) -> Result<(), PduError> {
+    let start = out.len();
+    out.resize(start + length, 0);
+    if let Err(e) = reader.read_exact(&mut out[start..]) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    Ok(())
 }

@@ -234,10 +234,8 @@ pub fn build(paths: &[PathBuf], limits: &Limits) -> Result<SeriesVolume, VolumeE
             });
         }
     }
-    let o = reference.orientation;
-    let row_direction = [o[0], o[1], o[2]];
-    let column_direction = [o[3], o[4], o[5]];
-    let normal = cross(row_direction, column_direction);
+    let [row_direction, column_direction, normal] = direction_cosines(&reference.orientation)
+        .ok_or_else(|| missing(&reference.path, "Image Orientation (Patient)"))?;
 
     let (order, slice_gap) = order_frames(&frames, normal, &instances)?;
     let (rows, columns) = (reference.rows as usize, reference.columns as usize);
@@ -548,6 +546,29 @@ fn order_frames(
     Ok((keyed.into_iter().map(|(_, i)| i).collect(), expected))
 }
 
+/// The unit row direction, column direction and slice normal of an Image Orientation
+/// (Patient) (PS3.3 C.7.6.2.1.1), or `None` unless both directions are unit vectors within 1%
+/// and orthogonal within 0.01 (the cosine of the angle between them). Values as written (a
+/// few decimals) are normalised here: everything that places voxels in patient space
+/// (`Volume::position`, the SEG's frame positions, `seg::reproject`) takes these vectors to be
+/// unit length, and a direction 1% too long would move the last slice of a stack by 2% of its
+/// length without any check noticing. Public for `fuzz/`, whose SEG target builds series as
+/// this module does.
+pub fn direction_cosines(orientation: &[f64; 6]) -> Option<[[f64; 3]; 3]> {
+    let unit = |v: [f64; 3]| {
+        let length = dot(v, v).sqrt();
+        ((length - 1.0).abs() <= 0.01).then(|| v.map(|x| x / length))
+    };
+    let row = unit([orientation[0], orientation[1], orientation[2]])?;
+    let column = unit([orientation[3], orientation[4], orientation[5]])?;
+    if dot(row, column).abs() > 0.01 {
+        return None;
+    }
+    let normal = cross(row, column);
+    let length = dot(normal, normal).sqrt();
+    Some([row, column, normal.map(|x| x / length)])
+}
+
 fn missing(path: &Path, attribute: &'static str) -> VolumeError {
     VolumeError::MissingAttribute {
         path: path.to_path_buf(),
@@ -635,14 +656,13 @@ fn describe(path: &Path, object: DefaultDicomObject) -> Result<Instance, VolumeE
             )
         })
         .and_then(|v| v.first().copied());
-    let norm = |a: &[f64]| (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]).sqrt();
-    if (norm(&orientation[..3]) - 1.0).abs() > 0.01 || (norm(&orientation[3..]) - 1.0).abs() > 0.01
-    {
-        return Err(missing(
+    let [row, column, _] = direction_cosines(&orientation).ok_or_else(|| {
+        missing(
             path,
-            "Image Orientation (Patient) (not unit vectors)",
-        ));
-    }
+            "Image Orientation (Patient) (not two orthogonal unit vectors)",
+        )
+    })?;
+    let orientation = [row[0], row[1], row[2], column[0], column[1], column[2]];
     Ok(Instance {
         path: path.to_path_buf(),
         sop_instance_uid: text(&object, tags::SOP_INSTANCE_UID)

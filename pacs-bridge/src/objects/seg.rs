@@ -904,16 +904,23 @@ pub fn reproject(
     Ok(reprojected)
 }
 
-/// Fractional voxel index of a patient-space point on the volume's grid.
+/// Fractional voxel index of a patient-space point on the volume's grid: the inverse of
+/// `Volume::position`. Row and column directions are unit vectors but need not be exactly
+/// orthogonal (`volume::direction_cosines` allows a cosine of 0.01 between them), so the
+/// in-plane part solves the 2x2 system of their Gram matrix instead of projecting on each:
+/// a projection would move a pixel of row r by r x that cosine columns (5 on a 512-row image).
 fn to_source_index(v: &Volume, point: [f64; 3]) -> (f64, f64, f64) {
     let d = [
         point[0] - v.origin[0],
         point[1] - v.origin[1],
         point[2] - v.origin[2],
     ];
+    let (along_row, along_column) = (dot(d, v.row_direction), dot(d, v.column_direction));
+    let k = dot(v.row_direction, v.column_direction);
+    let det = 1.0 - k * k;
     (
-        dot(d, v.row_direction) / v.spacing[0],
-        dot(d, v.column_direction) / v.spacing[1],
+        (along_row - k * along_column) / det / v.spacing[0],
+        (along_column - k * along_row) / det / v.spacing[1],
         dot(d, v.normal) / v.spacing[2],
     )
 }
@@ -949,6 +956,34 @@ mod tests {
         bytes.extend_from_slice(b"DICM");
         bytes.extend_from_slice(&[0xFF; 64]);
         assert!(matches!(decode(&bytes), Err(ObjectError::Decode(_))));
+    }
+
+    /// Property: `to_source_index` inverts `Volume::position` on every grid `volume::build`
+    /// accepts, skewed ones included (directions 0.01 from orthogonal): the far corner of a
+    /// 512 x 512 slice comes back to its own voxel, not 5 columns off.
+    #[test]
+    fn voxel_indices_invert_positions_on_skewed_grids() {
+        let k: f64 = 0.0099;
+        let v = Volume {
+            columns: 512,
+            rows: 512,
+            slices: 40,
+            spacing: [0.7, 0.45, 2.5],
+            origin: [-120.0, 33.0, 7.5],
+            row_direction: [1.0, 0.0, 0.0],
+            column_direction: [k, (1.0 - k * k).sqrt(), 0.0],
+            normal: [0.0, 0.0, 1.0],
+            voxels: Vec::new(),
+            modality: "CT".into(),
+            frame_of_reference_uid: None,
+        };
+        for (x, y, z) in [(0.0, 0.0, 0.0), (511.0, 511.0, 39.0), (3.0, 500.0, 17.0)] {
+            let (a, b, c) = to_source_index(&v, v.position(x, y, z));
+            assert!(
+                (a - x).abs() < 1e-9 && (b - y).abs() < 1e-9 && (c - z).abs() < 1e-9,
+                "({x}, {y}, {z}) came back as ({a}, {b}, {c})"
+            );
+        }
     }
 
     #[test]
