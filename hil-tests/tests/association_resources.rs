@@ -1,6 +1,7 @@
 //! What a connection may hold, and for how long: callers from addresses of no configured peer
 //! fill only a small pool of their own, a request trickled a byte at a time loses its slot at
-//! the ARTIM deadline, and datasets in flight share one memory budget (A700 beyond it).
+//! the ARTIM deadline, and datasets in flight share one memory budget (A700 beyond it), the
+//! inflated copy of a deflated dataset included.
 
 use dicom_ul::pdu::Pdu;
 use hil_tests::appliance::{set, set_dicom, Appliance};
@@ -206,4 +207,71 @@ fn datasets_beyond_the_memory_budget_wait_then_get_a700_and_the_budget_is_in_met
         60_000,
     );
     assert_eq!(second.response().map(|r| r.status), Some(0));
+}
+
+/// A deflated dataset of 2 KB inflates to about 950 KB: the inflated copy is charged to the
+/// budget as it grows, so beside its own compressed bytes it does not fit a budget of 1 MB
+/// (A700 naming the inflation, after the wait), while one that inflates to 300 KB is stored.
+#[test]
+fn the_inflated_copy_of_a_deflated_dataset_is_charged_to_the_memory_budget() {
+    use std::io::Write as _;
+    let app = Appliance::start(&|c| {
+        set_dicom(c, "max_instance_bytes", 1_000_000);
+        set_dicom(c, "max_inflight_bytes", 1_000_000);
+        set(c, "inference", "enabled", false);
+    });
+    let deflate = |dataset: &[u8]| {
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(dataset).expect("deflate into memory");
+        encoder.finish().expect("deflate into memory")
+    };
+    let mut scu = RawScu::connect(app.port);
+    match scu.associate(
+        "STORESCU",
+        &app.ae_title,
+        &[(1, raw::CT_IMAGE_STORAGE, &["1.2.840.10008.1.2.1.99"])],
+    ) {
+        Some(Pdu::AssociationAC(_)) => {}
+        other => panic!("association not accepted: {other:?}"),
+    }
+    let large = deflate(&raw::ct_dataset(
+        "1.2.826.0.1.9.11",
+        "1.2.826.0.1.9",
+        950_000,
+    ));
+    assert!(large.len() < 10_000, "{} bytes deflated", large.len());
+    scu.send_store(
+        1,
+        raw::CT_IMAGE_STORAGE,
+        "1.2.826.0.1.9.11",
+        1,
+        &large,
+        60_000,
+    );
+    let response = scu.response().expect("a C-STORE response");
+    assert_eq!(response.status, 0xA700, "{response:?}");
+    assert!(
+        response
+            .error_comment
+            .as_deref()
+            .is_some_and(|c| c.contains("inflating") && c.contains("memory budget")),
+        "{response:?}"
+    );
+    assert_eq!(app.metric("radiant_scp_inflight_dataset_bytes"), Some(0.0));
+    let small = deflate(&raw::ct_dataset(
+        "1.2.826.0.1.9.12",
+        "1.2.826.0.1.9",
+        300_000,
+    ));
+    scu.send_store(
+        1,
+        raw::CT_IMAGE_STORAGE,
+        "1.2.826.0.1.9.12",
+        2,
+        &small,
+        60_000,
+    );
+    assert_eq!(scu.response().map(|r| r.status), Some(0));
+    assert_eq!(app.metric("radiant_scp_inflight_dataset_bytes"), Some(0.0));
 }

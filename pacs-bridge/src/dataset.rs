@@ -87,6 +87,8 @@ pub enum DatasetError {
     Inflate(String),
     #[error("inflated dataset exceeds the limit of {limit} bytes")]
     InflatedTooLarge { limit: usize },
+    #[error("inflating the deflated dataset past {inflated} bytes would exceed the memory budget")]
+    InflateOverBudget { inflated: usize },
     #[error("empty dataset")]
     Empty,
 }
@@ -109,7 +111,19 @@ pub fn inspect(
     encoding: Encoding,
     inflate_limit: usize,
 ) -> Result<Identity, DatasetError> {
-    walk(bytes, encoding, inflate_limit, Gate::Ingest)
+    inspect_charged(bytes, encoding, inflate_limit, &mut |_| true)
+}
+
+/// [`inspect`] that asks `reserve(n)` before the inflated copy of a deflated dataset grows by
+/// `n` bytes of memory, and stops with [`DatasetError::InflateOverBudget`] when it says no: the
+/// SCP charges the copy to its memory budget for datasets in flight.
+pub fn inspect_charged(
+    bytes: &[u8],
+    encoding: Encoding,
+    inflate_limit: usize,
+    reserve: &mut dyn FnMut(usize) -> bool,
+) -> Result<Identity, DatasetError> {
+    walk(bytes, encoding, inflate_limit, Gate::Ingest, reserve)
 }
 
 /// [`inspect`] for a dataset dicom-object will parse next: it also refuses the structures that
@@ -120,7 +134,7 @@ pub fn inspect_before_parse(
     encoding: Encoding,
     inflate_limit: usize,
 ) -> Result<Identity, DatasetError> {
-    walk(bytes, encoding, inflate_limit, Gate::Parser)
+    walk(bytes, encoding, inflate_limit, Gate::Parser, &mut |_| true)
 }
 
 /// Which rules a walk applies.
@@ -137,14 +151,21 @@ fn walk(
     encoding: Encoding,
     inflate_limit: usize,
     gate: Gate,
+    reserve: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Identity, DatasetError> {
     if bytes.is_empty() {
         return Err(DatasetError::Empty);
     }
     match encoding {
         Encoding::DeflatedExplicitLittle => {
-            let inflated = inflate(bytes, inflate_limit)?;
-            walk(&inflated, Encoding::ExplicitLittle, inflate_limit, gate)
+            let inflated = inflate(bytes, inflate_limit, reserve)?;
+            walk(
+                &inflated,
+                Encoding::ExplicitLittle,
+                inflate_limit,
+                gate,
+                reserve,
+            )
         }
         _ => {
             let mut walker = Walker {
@@ -161,16 +182,38 @@ fn walk(
     }
 }
 
-/// Raw deflate (PS3.5 A.5: RFC 1951 without zlib header), bounded.
-fn inflate(bytes: &[u8], limit: usize) -> Result<Vec<u8>, DatasetError> {
-    let mut out = Vec::new();
-    let decoder = flate2::read::DeflateDecoder::new(bytes);
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DatasetError::Inflate(e.to_string()))?;
-    if out.len() > limit {
-        return Err(DatasetError::InflatedTooLarge { limit });
+/// Raw deflate (PS3.5 A.5: RFC 1951 without zlib header), bounded by `limit` bytes and by
+/// `reserve`, asked for every byte of capacity before the copy grows (by doubling, so the
+/// memory held is at most twice what was inflated).
+fn inflate(
+    bytes: &[u8],
+    limit: usize,
+    reserve: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DatasetError> {
+    let mut decoder = flate2::read::DeflateDecoder::new(bytes).take(limit as u64 + 1);
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut chunk)
+            .map_err(|e| DatasetError::Inflate(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        let needed = out.len() + n;
+        if needed > limit {
+            return Err(DatasetError::InflatedTooLarge { limit });
+        }
+        if needed > out.capacity() {
+            let capacity = needed.max(out.capacity() * 2).min(limit);
+            if !reserve(capacity - out.capacity()) {
+                return Err(DatasetError::InflateOverBudget {
+                    inflated: out.len(),
+                });
+            }
+            out.reserve_exact(capacity - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
     Ok(out)
 }
@@ -1024,6 +1067,55 @@ mod tests {
         assert_eq!(
             inspect(&deflated, Encoding::DeflatedExplicitLittle, 1 << 20),
             Err(DatasetError::InflatedTooLarge { limit: 1 << 20 })
+        );
+    }
+
+    /// The inflated copy asks for its memory before it grows: what it was granted covers it
+    /// (at most twice what it holds), and a refusal stops it with the reason.
+    #[test]
+    fn the_inflated_copy_asks_for_its_memory_and_stops_when_refused() {
+        use std::io::Write;
+        let mut dataset = identifying();
+        dataset.extend(long_header(0x0009, 0x1010, b"OB", 3 << 20));
+        dataset.extend(vec![7u8; 3 << 20]);
+        let mut deflate =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        deflate.write_all(&dataset).unwrap();
+        let deflated = deflate.finish().unwrap();
+        let mut granted = 0usize;
+        let identity = inspect_charged(
+            &deflated,
+            Encoding::DeflatedExplicitLittle,
+            8 << 20,
+            &mut |n| {
+                granted += n;
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            identity,
+            inspect(&dataset, Encoding::ExplicitLittle, 0).unwrap()
+        );
+        assert!(
+            granted >= dataset.len() && granted <= 2 * dataset.len(),
+            "{granted} granted for {} bytes",
+            dataset.len()
+        );
+        let mut left = 1usize << 20;
+        let refused = inspect_charged(
+            &deflated,
+            Encoding::DeflatedExplicitLittle,
+            8 << 20,
+            &mut |n| {
+                let fits = n <= left;
+                left = left.saturating_sub(n);
+                fits
+            },
+        );
+        assert!(
+            matches!(refused, Err(DatasetError::InflateOverBudget { inflated }) if inflated <= 1 << 20),
+            "{refused:?}"
         );
     }
 }

@@ -6,7 +6,7 @@
 use super::budget::Charge;
 use super::reject::RejectReason;
 use super::{Admission, Peer, Shared};
-use crate::dataset::{self, Identity};
+use crate::dataset::{self, DatasetError, Identity};
 use crate::dimse::{self, status, Command, Response};
 use crate::store::{IncomingInstance, StoreOutcome};
 use crate::tls;
@@ -625,9 +625,15 @@ impl Association<'_> {
                         let context_id = *context_id;
                         let overflowed = *overflowed;
                         let dataset = std::mem::take(bytes);
-                        let charge = std::mem::replace(charge, self.shared.budget.charge());
+                        let mut charge = std::mem::replace(charge, self.shared.budget.charge());
                         *pending = Pending::Command { bytes: Vec::new() };
-                        self.respond_to_dataset(&command, context_id, &dataset, overflowed)?;
+                        self.respond_to_dataset(
+                            &command,
+                            context_id,
+                            &dataset,
+                            overflowed,
+                            &mut charge,
+                        )?;
                         // The dataset's memory goes back once its instance is stored.
                         drop(charge);
                     }
@@ -671,6 +677,7 @@ impl Association<'_> {
         context_id: u8,
         dataset: &[u8],
         overflowed: Option<Overflow>,
+        charge: &mut Charge,
     ) -> Result<(), End> {
         let (field, outcome) = if command.command_field == dimse::C_STORE_RQ {
             let outcome = match overflowed {
@@ -690,7 +697,7 @@ impl Association<'_> {
                         self.shared.budget.limit()
                     ),
                 )),
-                None => self.store(command, context_id, dataset),
+                None => self.store(command, context_id, dataset, charge),
             };
             (dimse::C_STORE_RSP, outcome)
         } else {
@@ -731,12 +738,15 @@ impl Association<'_> {
         )
     }
 
-    /// Check a C-STORE dataset against its command and context, then store it durably.
+    /// Check a C-STORE dataset against its command and context, then store it durably. A
+    /// deflated dataset's inflated copy is charged to `charge` (the dataset's share of the
+    /// memory budget) as it grows.
     fn store(
         &mut self,
         command: &Command,
         context_id: u8,
         dataset: &[u8],
+        charge: &mut Charge,
     ) -> Result<(), (u16, RejectReason, String)> {
         let received = Instant::now();
         let Some(context) = self.contexts.get(&context_id) else {
@@ -768,13 +778,26 @@ impl Association<'_> {
                 "transfer syntax not supported".into(),
             ));
         };
-        let identity = dataset::inspect(dataset, encoding, self.shared.config.max_instance_bytes)
-            .map_err(|e| {
-            (
+        let identity = dataset::inspect_charged(
+            dataset,
+            encoding,
+            self.shared.config.max_instance_bytes,
+            &mut |bytes| charge.grow(bytes, BUDGET_WAIT),
+        )
+        .map_err(|e| match e {
+            DatasetError::InflateOverBudget { .. } => (
+                status::OUT_OF_RESOURCES,
+                RejectReason::MemoryBudget,
+                format!(
+                    "inflating: memory budget of {} bytes full; retry later",
+                    self.shared.budget.limit()
+                ),
+            ),
+            _ => (
                 status::CANNOT_UNDERSTAND,
                 RejectReason::Malformed,
                 e.to_string(),
-            )
+            ),
         })?;
         let Identity {
             sop_class_uid,
