@@ -245,15 +245,18 @@ impl Pipeline {
                 if crate::cases::known(&conn, &sop)? {
                     continue;
                 }
-                if s.modality.eq_ignore_ascii_case("SR")
+                // Counted before anything decodes it (the SR check below reads the file too):
+                // an object whose intake takes the process down (an abort no panic boundary
+                // catches) is refused after `max_attempts` starts, instead of crashing every
+                // recovery.
+                let crashes = crate::cases::begin_intake(&conn, &sop)?;
+                if crashes < self.config.inference.max_attempts
+                    && s.modality.eq_ignore_ascii_case("SR")
                     && !crate::cases::sr_mentions_finding(file, &self.package.manifest)
                 {
+                    crate::cases::end_intake(&conn, &sop)?;
                     continue;
                 }
-                // Counted before decoding: an object whose intake takes the process down (an
-                // abort no panic boundary catches) is refused after `max_attempts` starts,
-                // instead of crashing every recovery.
-                let crashes = crate::cases::begin_intake(&conn, &sop)?;
                 if crashes >= self.config.inference.max_attempts {
                     let reason = crate::cases::refuse_crashed(
                         &conn,

@@ -1,0 +1,1 @@
+//! What happens to a weight delta between the learner and the wire: filled in by its issue.

@@ -1,0 +1,1 @@
+//! Secure aggregation of weight deltas (SecAgg+): filled in by its issue.
