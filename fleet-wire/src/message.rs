@@ -1,0 +1,372 @@
+//! Every message header of the protocol, and the bounds each field keeps: ids are short and
+//! plain, hashes are SHA-256 hex, counts and sizes fit the blob limits, floats are finite.
+//! [`Message::validate`] runs on everything received, so the code behind it can trust them.
+
+use crate::signed::SignedGlobalHead;
+use crate::{CHUNK_BYTES, MAX_BLOB_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MessageError {
+    #[error("{field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> MessageError {
+    MessageError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A device, federation or model id: 1 to 64 of `A-Z a-z 0-9 . _ -`, so that it is a safe
+/// MQTT topic level and never a wildcard.
+pub fn check_id(id: &str) -> Result<(), MessageError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(bad("id", format!("{} characters (1 to 64)", id.len())));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(bad("id", "only A-Z a-z 0-9 . _ - are allowed"));
+    }
+    Ok(())
+}
+
+fn check_field_id(field: &'static str, id: &str) -> Result<(), MessageError> {
+    check_id(id).map_err(|e| match e {
+        MessageError::Field { reason, .. } => bad(field, reason),
+    })
+}
+
+/// Lower-case hex SHA-256.
+pub fn check_sha256(field: &'static str, hash: &str) -> Result<(), MessageError> {
+    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad(field, "not a lower-case hex SHA-256"));
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), MessageError> {
+    if text.len() > max || text.chars().any(char::is_control) {
+        return Err(bad(field, format!("at most {max} printable characters")));
+    }
+    Ok(())
+}
+
+fn check_finite(field: &'static str, value: f64) -> Result<(), MessageError> {
+    if !value.is_finite() {
+        return Err(bad(field, "not a finite number"));
+    }
+    Ok(())
+}
+
+/// Chunk count of a blob of `size` bytes.
+pub fn chunk_count(size: u64) -> u32 {
+    size.div_ceil(CHUNK_BYTES as u64) as u32
+}
+
+fn check_blob_shape(size: u64, count: u32) -> Result<(), MessageError> {
+    if size == 0 || size > MAX_BLOB_BYTES {
+        return Err(bad("size", format!("{size} bytes (1 to {MAX_BLOB_BYTES})")));
+    }
+    if count != chunk_count(size) {
+        return Err(bad(
+            "count",
+            format!(
+                "{count} chunks for {size} bytes; expected {}",
+                chunk_count(size)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Hello(Hello),
+    Chunk(ChunkHeader),
+    UpdateCommit(UpdateCommit),
+    Evaluation(Evaluation),
+    Fetch(Fetch),
+    Ack(Ack),
+    RoundAnnounce(RoundAnnounce),
+    RoundClosed(RoundClosed),
+    GlobalHead(SignedGlobalHead),
+}
+
+impl Message {
+    /// The `type` of the header, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Chunk(_) => "chunk",
+            Message::UpdateCommit(_) => "update_commit",
+            Message::Evaluation(_) => "evaluation",
+            Message::Fetch(_) => "fetch",
+            Message::Ack(_) => "ack",
+            Message::RoundAnnounce(_) => "round_announce",
+            Message::RoundClosed(_) => "round_closed",
+            Message::GlobalHead(_) => "global_head",
+        }
+    }
+
+    /// Check every field against its bounds.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            Message::Hello(m) => {
+                check_field_id("device", &m.device)?;
+                check_field_id("model", &m.model)?;
+                check_text("software", &m.software, 64)
+            }
+            Message::Chunk(m) => m.validate(),
+            Message::UpdateCommit(m) => {
+                check_sha256("blob", &m.blob)?;
+                check_blob_shape(m.size, m.count)?;
+                if m.cases == 0 || m.cases > 1_000_000 {
+                    return Err(bad("cases", format!("{} (1 to 1000000)", m.cases)));
+                }
+                check_text("encoding", &m.encoding, 32)?;
+                for (field, value) in [
+                    ("clip_norm", m.clip_norm),
+                    ("noise_multiplier", m.noise_multiplier),
+                ] {
+                    if let Some(v) = value {
+                        check_finite(field, v)?;
+                        if v < 0.0 {
+                            return Err(bad(field, "negative"));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Message::Evaluation(m) => {
+                if m.metrics.len() > 64 {
+                    return Err(bad("metrics", "more than 64 entries"));
+                }
+                for (name, value) in &m.metrics {
+                    check_field_id("metrics", name)?;
+                    check_finite("metrics", *value)?;
+                }
+                Ok(())
+            }
+            Message::Fetch(m) => check_field_id("model", &m.model),
+            Message::Ack(m) => {
+                check_sha256("blob", &m.blob)?;
+                if let Some(reason) = &m.reason {
+                    check_text("reason", reason, 512)?;
+                }
+                Ok(())
+            }
+            Message::RoundAnnounce(m) => {
+                check_field_id("federation", &m.federation)?;
+                check_field_id("model", &m.model)?;
+                check_text("aggregator", &m.aggregator, 32)?;
+                check_text("encoding", &m.encoding, 32)?;
+                if m.quorum == 0 || m.quorum > m.enrolled {
+                    return Err(bad(
+                        "quorum",
+                        format!("{} of {} enrolled", m.quorum, m.enrolled),
+                    ));
+                }
+                check_finite("clip_norm", m.clip_norm)?;
+                check_finite("noise_multiplier", m.noise_multiplier)?;
+                if m.clip_norm <= 0.0 || m.noise_multiplier < 0.0 {
+                    return Err(bad("clip_norm", "clip_norm > 0 and noise_multiplier >= 0"));
+                }
+                if m.tensors.is_empty() || m.tensors.len() > 256 {
+                    return Err(bad("tensors", "1 to 256 trainable tensors"));
+                }
+                for t in &m.tensors {
+                    check_field_id("tensors", &t.name)?;
+                    if t.len == 0 || t.len as u64 * 4 > MAX_BLOB_BYTES {
+                        return Err(bad("tensors", format!("{}: length {}", t.name, t.len)));
+                    }
+                }
+                check_sha256("seed", &m.seed)
+            }
+            Message::RoundClosed(m) => check_text("reason", &m.reason, 512),
+            Message::GlobalHead(m) => m.head.validate(),
+        }
+    }
+}
+
+/// A device says who it is and what it runs, on every connect.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub device: String,
+    pub software: String,
+    pub model: String,
+    pub global_version: u64,
+    pub participate: bool,
+}
+
+/// One piece of a blob; the body is the chunk's bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkHeader {
+    /// SHA-256 of the whole blob.
+    pub blob: String,
+    pub index: u32,
+    pub count: u32,
+    /// Size of the whole blob.
+    pub size: u64,
+    /// SHA-256 of this chunk's body.
+    pub sha256: String,
+}
+
+impl ChunkHeader {
+    pub fn validate(&self) -> Result<(), MessageError> {
+        check_sha256("blob", &self.blob)?;
+        check_sha256("sha256", &self.sha256)?;
+        check_blob_shape(self.size, self.count)?;
+        if self.index >= self.count {
+            return Err(bad(
+                "index",
+                format!("{} of {} chunks", self.index, self.count),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes this chunk's body must have.
+    pub fn body_len(&self) -> usize {
+        let start = self.index as u64 * CHUNK_BYTES as u64;
+        (self.size - start).min(CHUNK_BYTES as u64) as usize
+    }
+}
+
+/// The device's update for a round is complete: its blob's chunks were all sent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCommit {
+    pub round: u64,
+    pub blob: String,
+    pub size: u64,
+    pub count: u32,
+    /// Labelled cases the update was trained on (FedAvg's weight).
+    pub cases: u32,
+    /// The global version the delta is taken against.
+    pub base_version: u64,
+    pub encoding: String,
+    pub clip_norm: Option<f64>,
+    pub noise_multiplier: Option<f64>,
+}
+
+/// A global head scored on a device's held-out cases: counts and scores, nothing else.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluation {
+    pub round: u64,
+    pub global_version: u64,
+    pub cases: u32,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A device asks for the chunks of the current global head of `model`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fetch {
+    pub model: String,
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AckOutcome {
+    Accepted,
+    Duplicate,
+    Late,
+    Refused,
+}
+
+/// The server's answer to an `update_commit`; the device drops the update from its outbox.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub round: u64,
+    pub blob: String,
+    pub outcome: AckOutcome,
+    pub reason: Option<String>,
+}
+
+/// One trainable tensor of the round's model: its name and element count.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub len: u32,
+}
+
+/// The open round (retained).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoundAnnounce {
+    pub round: u64,
+    pub federation: String,
+    pub model: String,
+    pub global_version: u64,
+    pub deadline_ms: u64,
+    pub quorum: u32,
+    pub enrolled: u32,
+    pub aggregator: String,
+    pub secure_aggregation: bool,
+    pub encoding: String,
+    pub clip_norm: f64,
+    pub noise_multiplier: f64,
+    /// The trainable tensors an update must carry.
+    pub tensors: Vec<TensorSpec>,
+    /// Random per round (hex SHA-256 size): the secure-aggregation graph and masks use it.
+    pub seed: String,
+}
+
+/// The last round ended without a new round open, with the reason (retained).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoundClosed {
+    pub round: u64,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_plain_topic_levels() {
+        assert!(check_id("site-a.01_x").is_ok());
+        for bad in ["", "a/b", "+", "#", "a b", &"x".repeat(65), "é"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_commit_with_an_inconsistent_size_or_nan_is_refused() {
+        let commit = UpdateCommit {
+            round: 1,
+            blob: "0".repeat(64),
+            size: 400_000,
+            count: 3,
+            cases: 10,
+            base_version: 1,
+            encoding: "f32".into(),
+            clip_norm: Some(1.0),
+            noise_multiplier: None,
+        };
+        assert!(Message::UpdateCommit(commit.clone()).validate().is_ok());
+        let mut wrong_count = commit.clone();
+        wrong_count.count = 2;
+        assert!(Message::UpdateCommit(wrong_count).validate().is_err());
+        let mut nan = commit.clone();
+        nan.clip_norm = Some(f64::NAN);
+        assert!(Message::UpdateCommit(nan).validate().is_err());
+        let mut huge = commit;
+        huge.size = MAX_BLOB_BYTES + 1;
+        huge.count = chunk_count(huge.size);
+        assert!(Message::UpdateCommit(huge).validate().is_err());
+    }
+}
