@@ -1,1 +1,68 @@
-//! What happens to a weight delta between the learner and the wire: filled in by its issue.
+//! What happens to a weight delta between the learner and the wire: the mathematics of the
+//! deltas a device sends to the federation server, pure and deterministic for a given random
+//! number generator, with no I/O. Tensors are flat `&[f32]` slices.
+
+pub mod quantize;
+
+pub use rand;
+pub use rand_chacha;
+
+use thiserror::Error;
+
+/// Everything that can be wrong with the input of a function of this crate.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum DeltaError {
+    /// A vector or a set of updates with nothing in it.
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    /// A NaN or an infinity where a finite number is needed.
+    #[error("{what}[{index}] is not finite")]
+    NonFinite { what: &'static str, index: usize },
+    /// Two vectors that must have the same length do not.
+    #[error("{what} has length {found}, expected {expected}")]
+    LengthMismatch {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    /// A parameter outside its range (zero, negative, not finite, too large).
+    #[error("parameter {name} = {value} is invalid: {reason}")]
+    InvalidParameter {
+        name: &'static str,
+        value: f64,
+        reason: &'static str,
+    },
+    /// A length above the bound the caller accepts, or above what the encoding can carry.
+    #[error("{what} has length {len}, more than the limit {max}")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// An encoded delta whose parts disagree with each other.
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    /// A trimmed mean that would trim away every value of a coordinate.
+    #[error("trimming {trimmed} of {n} values from each end leaves nothing")]
+    NothingRemains { n: usize, trimmed: usize },
+}
+
+/// Result of this crate.
+pub type Result<T> = std::result::Result<T, DeltaError>;
+
+/// Refuses an empty slice or one with a non-finite value.
+pub(crate) fn check_values(what: &'static str, values: &[f32]) -> Result<()> {
+    if values.is_empty() {
+        return Err(DeltaError::Empty { what });
+    }
+    check_finite(what, values)
+}
+
+/// Refuses a slice with a non-finite value (an empty one passes).
+pub(crate) fn check_finite(what: &'static str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(DeltaError::NonFinite { what, index }),
+        None => Ok(()),
+    }
+}
+
