@@ -3,6 +3,7 @@
 //! number generator, with no I/O. Tensors are flat `&[f32]` slices.
 
 pub mod quantize;
+pub mod topk;
 
 pub use rand;
 pub use rand_chacha;
