@@ -2,6 +2,7 @@
 //! deltas a device sends to the federation server, pure and deterministic for a given random
 //! number generator, with no I/O. Tensors are flat `&[f32]` slices.
 
+pub mod dp;
 pub mod quantize;
 pub mod topk;
 
@@ -67,3 +68,51 @@ pub(crate) fn check_finite(what: &'static str, values: &[f32]) -> Result<()> {
     }
 }
 
+/// Refuses a parameter that is not finite or not strictly positive.
+pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
+    if !value.is_finite() {
+        return Err(DeltaError::InvalidParameter {
+            name,
+            value,
+            reason: "must be finite",
+        });
+    }
+    if value <= 0.0 {
+        return Err(DeltaError::InvalidParameter {
+            name,
+            value,
+            reason: "must be greater than zero",
+        });
+    }
+    Ok(())
+}
+
+/// L2 norm, accumulated in f64 so that it neither overflows nor loses the small terms.
+pub(crate) fn l2_norm(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Scales `values` in place so that their L2 norm (`norm`, already measured) is at most
+/// `max_norm`. The factor is shrunk by a few f32 ulps so that the rounding of the products
+/// cannot leave the norm a hair above the bound, which a sensitivity argument relies on.
+pub(crate) fn scale_to_norm(values: &mut [f32], norm: f64, max_norm: f64) {
+    // Each product is rounded to f32 with a relative error of at most 2^-24, so the norm of
+    // the result is within 2^-24 of `factor * norm`; a margin of 2^-22 covers it.
+    let mut factor = max_norm / norm * (1.0 - 2f64.powi(-22));
+    let original: Vec<f32> = values.to_vec();
+    for _ in 0..8 {
+        for (v, &o) in values.iter_mut().zip(&original) {
+            *v = (f64::from(o) * factor) as f32;
+        }
+        if l2_norm(values) <= max_norm {
+            return;
+        }
+        factor *= 1.0 - 2f64.powi(-20);
+    }
+    // Unreachable by the bound above; zero is the one vector certainly inside the ball.
+    values.iter_mut().for_each(|v| *v = 0.0);
+}
