@@ -2,6 +2,7 @@
 //! deltas a device sends to the federation server, pure and deterministic for a given random
 //! number generator, with no I/O. Tensors are flat `&[f32]` slices.
 
+pub mod aggregate;
 pub mod dp;
 pub mod quantize;
 pub mod topk;
