@@ -1,6 +1,56 @@
-//! What happens to a weight delta between the learner and the wire: the mathematics of the
-//! deltas a device sends to the federation server, pure and deterministic for a given random
-//! number generator, with no I/O. Tensors are flat `&[f32]` slices.
+//! What happens to a weight delta between the learner and the wire.
+//!
+//! A device fine-tunes the network head locally and sends a *delta* (local head minus global
+//! head) to the federation server, which aggregates the deltas of many devices into the next
+//! global head. This crate is the mathematics of those deltas: pure functions and small serde
+//! state structs, deterministic for a given random-number generator, with no I/O, no async and
+//! no network. Tensors are flat `&[f32]` slices; the caller flattens its named tensors in one
+//! fixed order on both sides.
+//!
+//! # Layout
+//!
+//! - [`quantize`]: int8 blockwise quantisation with stochastic (unbiased) rounding, to shrink
+//!   what a device uploads about fourfold.
+//! - [`topk`]: top-k sparsification with error feedback: a device sends only its k largest
+//!   coordinates and carries the rest over to the next round.
+//! - [`dp`]: client-side differential privacy: L2 clipping, Gaussian noise and a Rényi-DP
+//!   accountant that turns the noise multipliers of past rounds into an (ε, δ) guarantee.
+//! - [`aggregate`]: server-side aggregation: FedAvg, the robust coordinate-wise trimmed mean
+//!   and median, norm bounding of individual updates, a staleness discount, and the FedAdam
+//!   server optimiser.
+//!
+//! Every function checks its input (empty input, non-finite values, mismatched lengths,
+//! out-of-range parameters) and answers a typed [`DeltaError`]; none panics on bad input.
+//! Functions that mutate state (error-feedback residuals, optimiser moments, vectors being
+//! clipped or noised) leave it untouched when they return an error.
+//!
+//! # Randomness
+//!
+//! Randomised functions take any `rand` 0.8 [`rand::Rng`]; this crate re-exports [`rand`] and
+//! [`rand_chacha`] so that callers build a generator of the matching version. Tests seed a
+//! [`rand_chacha::ChaCha20Rng`] with a fixed seed for reproducibility. In production the
+//! generator that draws differential-privacy noise must be seeded from the operating system
+//! (`ChaCha20Rng::from_entropy()`): noise drawn from a known seed can be subtracted again.
+//!
+//! # Which combinations are sound
+//!
+//! - **Robust aggregation** ([`aggregate::trimmed_mean`], [`aggregate::median`],
+//!   [`aggregate::bound_norms`]) needs every individual update in the clear. It therefore
+//!   cannot run under secure aggregation, where the server sees only the sum of the masked
+//!   updates. Under secure aggregation the only defence of this kind left is a clipping that
+//!   each device applies to itself ([`dp::clip_l2`]), which a malicious device can skip.
+//! - **Top-k** ([`topk`]) is off under secure aggregation: the pairwise masks make every
+//!   coordinate of every masked upload dense, so nothing would be saved, and sending the
+//!   support (which coordinates a device chose) in the clear would leak what secure
+//!   aggregation hides.
+//! - **Quantisation** ([`quantize`]) is compatible with secure aggregation once the values are
+//!   fixed-point integers summed in a modular group: the i8 codes with a scale that all devices
+//!   share. The per-block scales of [`quantize::Quantized`] differ from device to device, so the
+//!   codes themselves cannot be summed as they are; a secure-aggregation path fixes the scale
+//!   (for example from the clipping norm) before encoding.
+//! - **Client-side DP noise** ([`dp`]) is compatible with everything: it is added on the
+//!   device before compression, masking or aggregation, and post-processing (quantising,
+//!   sparsifying, summing, trimming) cannot weaken a DP guarantee.
 
 pub mod aggregate;
 pub mod dp;
