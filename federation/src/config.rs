@@ -1,0 +1,138 @@
+//! The server's configuration file (`federation serve --config FILE`), TOML, every field
+//! checked with the key named in the error.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The federation's name (a topic level).
+    pub federation: String,
+    /// `mqtts://host:port`.
+    pub broker: String,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The ed25519 key (PKCS#8 PEM) that signs global heads.
+    pub signing_key_file: PathBuf,
+    /// Rounds, updates and global heads (SQLite and blobs).
+    pub data_dir: PathBuf,
+    /// The model whose trainable tensors are federated.
+    pub model: String,
+    /// Its first global head (safetensors of F32 tensors): global version 1.
+    pub initial_head: PathBuf,
+    /// Device ids enrolled in the federation.
+    pub enrolled: Vec<String>,
+    /// Accepted updates a round needs to aggregate.
+    pub quorum: u32,
+    #[serde(default = "default_round_seconds")]
+    pub round_seconds: u64,
+    /// `fedavg`, `fedadam`, `trimmed_mean` or `median`.
+    #[serde(default = "default_aggregator")]
+    pub aggregator: String,
+    /// L2 bound of one device's update (clipped on the device; bounded again here).
+    #[serde(default = "default_clip_norm")]
+    pub clip_norm: f64,
+    /// Gaussian noise on the device, as a multiple of `clip_norm` (0: none).
+    #[serde(default)]
+    pub noise_multiplier: f64,
+    /// Rounds to run before the server idles (0: no limit).
+    #[serde(default)]
+    pub max_rounds: u64,
+}
+
+fn default_round_seconds() -> u64 {
+    600
+}
+fn default_aggregator() -> String {
+    "fedavg".into()
+}
+fn default_clip_norm() -> f64 {
+    10.0
+}
+
+/// Host and port of an `mqtts://host:port` URL.
+pub fn broker_address(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .ok_or_else(|| format!("{url:?}: only mqtts:// (MQTT over TLS) is allowed"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?}: no port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?}: port {port:?} is not a number"))?;
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.ca_file,
+            &mut config.cert_file,
+            &mut config.key_file,
+            &mut config.signing_key_file,
+            &mut config.data_dir,
+            &mut config.initial_head,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let problem = |key: &str, reason: String| anyhow::anyhow!("{key}: {reason}");
+        fleet_wire::message::check_id(&self.federation)
+            .map_err(|e| problem("federation", e.to_string()))?;
+        fleet_wire::message::check_id(&self.model).map_err(|e| problem("model", e.to_string()))?;
+        broker_address(&self.broker).map_err(|e| problem("broker", e))?;
+        for device in &self.enrolled {
+            fleet_wire::message::check_id(device)
+                .map_err(|e| problem("enrolled", format!("{device:?}: {e}")))?;
+        }
+        if self.quorum == 0 || self.quorum as usize > self.enrolled.len() {
+            return Err(problem(
+                "quorum",
+                format!(
+                    "{} of {} enrolled devices",
+                    self.quorum,
+                    self.enrolled.len()
+                ),
+            ));
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.round_seconds) {
+            return Err(problem("round_seconds", "1 to 604800".into()));
+        }
+        if !["fedavg", "fedadam", "trimmed_mean", "median"].contains(&self.aggregator.as_str()) {
+            return Err(problem(
+                "aggregator",
+                format!(
+                    "{:?}: fedavg, fedadam, trimmed_mean or median",
+                    self.aggregator
+                ),
+            ));
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
+            return Err(problem("clip_norm", "a finite number above 0".into()));
+        }
+        if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
+            return Err(problem(
+                "noise_multiplier",
+                "a finite number, 0 or more".into(),
+            ));
+        }
+        Ok(())
+    }
+}

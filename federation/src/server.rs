@@ -1,0 +1,589 @@
+//! The round loop of `federation serve`: announces rounds, takes updates (chunks, then a
+//! commit), answers each with an `ack`, aggregates when the quorum is met by the deadline
+//! (extends once, then closes with the reason), signs the new global head and publishes it.
+//! One thread; every decision is written to SQLite before it is announced, so a restart
+//! resumes where it was.
+
+use crate::aggregate;
+use crate::config::{broker_address, Config};
+use crate::store::{self, now_ms, Round};
+use ed25519_dalek::SigningKey;
+use fleet_mqtt::{Incoming, Link, LinkConfig};
+use fleet_wire::message::{
+    Ack, AckOutcome, Message, RoundAnnounce, RoundClosed, TensorSpec, UpdateCommit,
+};
+use fleet_wire::signed::{GlobalHead, SignedGlobalHead};
+use fleet_wire::tensors::{self, Array};
+use fleet_wire::{blob, frame, Topics};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The MQTT client id and certificate CN of the server.
+pub const SERVER_ID: &str = "federation-server";
+
+pub struct Server {
+    config: Config,
+    conn: Connection,
+    link: Link,
+    topics: Topics,
+    key: SigningKey,
+    /// The trainable tensors of the model, in order, from the initial head.
+    tensors: Vec<TensorSpec>,
+}
+
+/// Names and lengths of the F32 tensors of a head blob, sorted by name.
+fn head_tensors(blob: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+    let (arrays, _) = tensors::decode(blob)?;
+    arrays
+        .into_iter()
+        .map(|(name, array)| match array {
+            Array::F32(values) => Ok((name, values)),
+            _ => Err(anyhow::anyhow!("head tensor {name} is not F32")),
+        })
+        .collect()
+}
+
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Server {
+    pub fn start(config: Config) -> anyhow::Result<Server> {
+        let pem = std::fs::read_to_string(&config.signing_key_file)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config.signing_key_file.display()))?;
+        let key = fleet_wire::signed::signing_key_from_pem(&pem)?;
+        let conn = store::open(&config.data_dir)?;
+        let initial = std::fs::read(&config.initial_head)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config.initial_head.display()))?;
+        let tensors: Vec<TensorSpec> = head_tensors(&initial)?
+            .into_iter()
+            .map(|(name, values)| TensorSpec {
+                name,
+                len: values.len() as u32,
+            })
+            .collect();
+        let topics = Topics::new(&config.federation);
+        let (host, port) = broker_address(&config.broker).map_err(anyhow::Error::msg)?;
+        let link = Link::start(
+            &LinkConfig {
+                host,
+                port,
+                client_id: SERVER_ID.into(),
+                ca_file: config.ca_file.clone(),
+                cert_file: config.cert_file.clone(),
+                key_file: config.key_file.clone(),
+                keep_alive: Duration::from_secs(30),
+            },
+            vec![topics.all_up()],
+        )?;
+        let mut server = Server {
+            config,
+            conn,
+            link,
+            topics,
+            key,
+            tensors,
+        };
+        if store::latest_global(&server.conn)?.is_none() {
+            server.store_global(1, 0, 0, &initial, "initial", 0)?;
+        }
+        Ok(server)
+    }
+
+    /// Serve until `stop` is raised.
+    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.ensure_open_round()?;
+        while !stop.load(Ordering::Relaxed) {
+            match self.link.events().recv_timeout(Duration::from_millis(200)) {
+                Ok(Incoming::Connected) => {
+                    tracing::info!("connected to the broker");
+                    self.publish_state()?;
+                }
+                Ok(Incoming::Disconnected(reason)) => {
+                    tracing::warn!(%reason, "broker connection lost; reconnecting");
+                }
+                Ok(Incoming::PublishRefused { reason }) => {
+                    tracing::error!(%reason, "the broker refused a publish");
+                }
+                Ok(Incoming::Message { topic, payload, .. }) => {
+                    let Some(device) = self.topics.device_of_up(&topic) else {
+                        tracing::warn!(%topic, "message on a topic that is no device's: ignored");
+                        continue;
+                    };
+                    if let Err(e) = self.handle(&device, &payload) {
+                        tracing::warn!(device, error = %e, "message refused");
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("the MQTT link stopped")
+                }
+            }
+            self.tick()?;
+        }
+        self.link.close();
+        Ok(())
+    }
+
+    fn publish(
+        &self,
+        topic: &str,
+        message: &Message,
+        body: &[u8],
+        retain: bool,
+    ) -> anyhow::Result<()> {
+        self.link
+            .publish(topic, frame::encode(message, body), retain)?;
+        Ok(())
+    }
+
+    /// The retained round (or closed-round) message and the current global head.
+    fn publish_state(&self) -> anyhow::Result<()> {
+        if let Some(global) = store::latest_global(&self.conn)? {
+            let signed: SignedGlobalHead = serde_json::from_str(&global.header_json)?;
+            self.publish(
+                &self.topics.global(&self.config.model),
+                &Message::GlobalHead(signed),
+                b"",
+                true,
+            )?;
+        }
+        if let Some(round) = store::open_round(&self.conn)? {
+            self.publish(
+                &self.topics.round(),
+                &Message::RoundAnnounce(self.announce(&round)),
+                b"",
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn announce(&self, round: &Round) -> RoundAnnounce {
+        RoundAnnounce {
+            round: round.round,
+            federation: self.config.federation.clone(),
+            model: self.config.model.clone(),
+            global_version: round.global_version,
+            deadline_ms: round.deadline_ms,
+            quorum: round.quorum,
+            enrolled: round.enrolled,
+            aggregator: round.aggregator.clone(),
+            secure_aggregation: false,
+            encoding: "f32".into(),
+            clip_norm: self.config.clip_norm,
+            noise_multiplier: self.config.noise_multiplier,
+            tensors: self.tensors.clone(),
+            seed: round.seed.clone(),
+        }
+    }
+
+    fn ensure_open_round(&mut self) -> anyhow::Result<()> {
+        if store::open_round(&self.conn)?.is_some() {
+            return Ok(());
+        }
+        let next = store::last_round_number(&self.conn)? + 1;
+        if self.config.max_rounds > 0 && next > self.config.max_rounds {
+            return Ok(());
+        }
+        let global =
+            store::latest_global(&self.conn)?.ok_or_else(|| anyhow::anyhow!("no global head"))?;
+        let mut seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+        store::insert_round(
+            &self.conn,
+            next,
+            global.version,
+            now_ms() + self.config.round_seconds * 1000,
+            self.config.quorum,
+            self.config.enrolled.len() as u32,
+            &self.config.aggregator,
+            &hex::encode(seed),
+        )?;
+        tracing::info!(
+            round = next,
+            global_version = global.version,
+            "round opened"
+        );
+        self.publish_state()
+    }
+
+    fn handle(&mut self, device: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let (message, body) = frame::decode(payload)?;
+        if !self.config.enrolled.iter().any(|d| d == device) {
+            anyhow::bail!("device is not enrolled");
+        }
+        match message {
+            Message::Hello(hello) => {
+                if hello.device != device {
+                    anyhow::bail!(
+                        "hello names device {:?} on another device's topic",
+                        hello.device
+                    );
+                }
+                self.conn.execute(
+                    "INSERT INTO devices (device, software, global_version, participate, last_seen_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (device) DO UPDATE SET
+                     software = excluded.software, global_version = excluded.global_version,
+                     participate = excluded.participate, last_seen_ms = excluded.last_seen_ms",
+                    params![device, hello.software, hello.global_version, hello.participate, now_ms()],
+                )?;
+                Ok(())
+            }
+            Message::Chunk(header) => {
+                let round = store::open_round(&self.conn)?
+                    .ok_or_else(|| anyhow::anyhow!("chunk while no round is open"))?;
+                let _ = round;
+                blob::check_chunk(&header, body)?;
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO chunks (blob, idx, device, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![header.blob, header.index, device, body],
+                )?;
+                Ok(())
+            }
+            Message::UpdateCommit(commit) => {
+                let (outcome, reason) = match self.take_update(device, &commit) {
+                    Ok(outcome) => (outcome, None),
+                    Err(e) => {
+                        tracing::warn!(device, round = commit.round, reason = %e, "update refused");
+                        (AckOutcome::Refused, Some(e.to_string()))
+                    }
+                };
+                let ack = Message::Ack(Ack {
+                    round: commit.round,
+                    blob: commit.blob.clone(),
+                    outcome,
+                    reason: reason.map(|r| r.chars().take(500).collect()),
+                });
+                self.publish(&self.topics.down(device), &ack, b"", false)
+            }
+            Message::Evaluation(evaluation) => {
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO evaluations (round, device, global_version, cases, metrics_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        evaluation.round,
+                        device,
+                        evaluation.global_version,
+                        evaluation.cases,
+                        serde_json::to_string(&evaluation.metrics)?
+                    ],
+                )?;
+                Ok(())
+            }
+            Message::Fetch(fetch) => self.send_global(device, fetch.version),
+            other => anyhow::bail!("a device may not send {}", other.kind()),
+        }
+    }
+
+    /// Check and record an update; the outcome for the device's ack.
+    fn take_update(&mut self, device: &str, commit: &UpdateCommit) -> anyhow::Result<AckOutcome> {
+        let round =
+            store::open_round(&self.conn)?.ok_or_else(|| anyhow::anyhow!("no round is open"))?;
+        if commit.round != round.round {
+            anyhow::bail!(
+                "out of round: update for round {}, round {} is open",
+                commit.round,
+                round.round
+            );
+        }
+        let existing: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT blob FROM updates WHERE round = ?1 AND device = ?2",
+                params![round.round, device],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if existing.is_some() {
+            return Ok(AckOutcome::Duplicate);
+        }
+        if commit.base_version > round.global_version {
+            anyhow::bail!(
+                "base version {} is newer than the round's global {}",
+                commit.base_version,
+                round.global_version
+            );
+        }
+        if commit.encoding != "f32" {
+            anyhow::bail!("encoding {:?}; this round takes f32", commit.encoding);
+        }
+        let bytes = self.assemble(&commit.blob, commit.count, commit.size)?;
+        let delta = self.check_delta(&bytes)?;
+        let _ = delta;
+        let staleness = round.global_version - commit.base_version;
+        let weight = f64::from(commit.cases) * aggregate::staleness_weight(staleness);
+        self.conn.execute(
+            "INSERT INTO updates (round, device, blob, cases, base_version, weight, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                round.round,
+                device,
+                commit.blob,
+                commit.cases,
+                commit.base_version,
+                weight,
+                now_ms()
+            ],
+        )?;
+        self.conn.execute(
+            "UPDATE rounds SET bytes_in = bytes_in + ?2, participants = participants + 1 WHERE round = ?1",
+            params![round.round, commit.size],
+        )?;
+        tracing::info!(device, round = round.round, staleness, "update accepted");
+        Ok(if staleness > 0 {
+            AckOutcome::Late
+        } else {
+            AckOutcome::Accepted
+        })
+    }
+
+    fn assemble(&self, blob_hash: &str, count: u32, size: u64) -> anyhow::Result<Vec<u8>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, body FROM chunks WHERE blob = ?1 ORDER BY idx")?;
+        let chunks: Vec<(u32, Vec<u8>)> = stmt
+            .query_map([blob_hash], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let missing: Vec<u32> = (0..count)
+            .filter(|i| !chunks.iter().any(|(idx, _)| idx == i))
+            .collect();
+        if !missing.is_empty() {
+            anyhow::bail!("incomplete: chunks {missing:?} of {count} missing");
+        }
+        let bytes: Vec<u8> = chunks.into_iter().flat_map(|(_, body)| body).collect();
+        blob::check_blob(&bytes, blob_hash, size)?;
+        Ok(bytes)
+    }
+
+    /// The delta of an update blob: exactly the round's tensors, F32, finite.
+    fn check_delta(&self, bytes: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+        let delta = head_tensors(bytes)?;
+        if delta.len() != self.tensors.len() {
+            anyhow::bail!(
+                "{} tensors; the model has {}",
+                delta.len(),
+                self.tensors.len()
+            );
+        }
+        for spec in &self.tensors {
+            let values = delta
+                .get(&spec.name)
+                .ok_or_else(|| anyhow::anyhow!("tensor {} missing", spec.name))?;
+            if values.len() != spec.len as usize {
+                anyhow::bail!(
+                    "tensor {}: {} values, {} expected",
+                    spec.name,
+                    values.len(),
+                    spec.len
+                );
+            }
+        }
+        Ok(delta)
+    }
+
+    /// Close the open round when everyone answered or the deadline passed.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        let Some(round) = store::open_round(&self.conn)? else {
+            return self.ensure_open_round();
+        };
+        let everyone = round.participants >= round.enrolled;
+        if !everyone && now_ms() < round.deadline_ms {
+            return Ok(());
+        }
+        if round.participants >= round.quorum {
+            self.aggregate(&round)?;
+        } else if !round.extended {
+            let deadline = now_ms() + self.config.round_seconds * 1000;
+            self.conn.execute(
+                "UPDATE rounds SET extended = 1, deadline_ms = ?2 WHERE round = ?1",
+                params![round.round, deadline],
+            )?;
+            tracing::warn!(
+                round = round.round,
+                participants = round.participants,
+                quorum = round.quorum,
+                "quorum not met by the deadline: round extended once"
+            );
+            self.publish_state()?;
+            return Ok(());
+        } else {
+            let reason = format!("quorum not met: {} of {}", round.participants, round.quorum);
+            self.conn.execute(
+                "UPDATE rounds SET state = 'closed', reason = ?2 WHERE round = ?1",
+                params![round.round, reason],
+            )?;
+            tracing::warn!(round = round.round, %reason, "round closed");
+            self.publish(
+                &self.topics.round(),
+                &Message::RoundClosed(RoundClosed {
+                    round: round.round,
+                    reason,
+                }),
+                b"",
+                true,
+            )?;
+        }
+        self.ensure_open_round()
+    }
+
+    fn aggregate(&mut self, round: &Round) -> anyhow::Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT blob, cases, weight FROM updates WHERE round = ?1 ORDER BY device")?;
+        let rows: Vec<(String, u32, f64)> = stmt
+            .query_map([round.round], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        let mut updates = Vec::new();
+        for (blob_hash, _cases, weight) in &rows {
+            let size: u64 = self.conn.query_row(
+                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM chunks WHERE blob = ?1",
+                [blob_hash],
+                |r| r.get(0),
+            )?;
+            let count = fleet_wire::message::chunk_count(size);
+            let delta = self.check_delta(&self.assemble(blob_hash, count, size)?)?;
+            updates.push((*weight, flatten(&self.tensors, &delta)));
+        }
+        let mut adam = store::state(&self.conn, "fedadam")?;
+        let combined = aggregate::combine(
+            &round.aggregator,
+            &updates,
+            self.config.clip_norm,
+            &mut adam,
+        )?;
+        if let Some(adam) = &adam {
+            store::set_state(&self.conn, "fedadam", adam)?;
+        }
+        let global_blob = std::fs::read(store::global_path(
+            &self.config.data_dir,
+            round.global_version,
+        ))?;
+        let global = flatten(&self.tensors, &head_tensors(&global_blob)?);
+        let new: Vec<f32> = global.iter().zip(&combined).map(|(g, d)| g + d).collect();
+        let blob = tensors::encode(&unflatten(&self.tensors, &new), &BTreeMap::new())?;
+        let version = round.global_version + 1;
+        self.store_global(
+            version,
+            round.global_version,
+            round.round,
+            &blob,
+            &round.aggregator,
+            rows.len() as u32,
+        )?;
+        self.conn.execute(
+            "UPDATE rounds SET state = 'aggregated', new_version = ?2 WHERE round = ?1",
+            params![round.round, version],
+        )?;
+        let blobs: Vec<&String> = rows.iter().map(|(b, _, _)| b).collect();
+        for b in blobs {
+            self.conn
+                .execute("DELETE FROM chunks WHERE blob = ?1", [b])?;
+        }
+        tracing::info!(
+            round = round.round,
+            version,
+            participants = rows.len(),
+            "round aggregated; new global head"
+        );
+        self.publish_state()
+    }
+
+    fn store_global(
+        &mut self,
+        version: u64,
+        base_version: u64,
+        round: u64,
+        blob: &[u8],
+        aggregator: &str,
+        participants: u32,
+    ) -> anyhow::Result<()> {
+        write_durably(&store::global_path(&self.config.data_dir, version), blob)?;
+        let signed = GlobalHead {
+            federation: self.config.federation.clone(),
+            model: self.config.model.clone(),
+            version,
+            base_version,
+            round,
+            blob: fleet_wire::sha256_hex(blob),
+            size: blob.len() as u64,
+            count: fleet_wire::message::chunk_count(blob.len() as u64),
+            aggregator: aggregator.into(),
+            participants,
+        }
+        .sign(&self.key);
+        self.conn.execute(
+            "INSERT INTO globals (version, round, blob, size, header_json, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                version,
+                round,
+                signed.head.blob,
+                blob.len() as u64,
+                serde_json::to_string(&signed)?,
+                now_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Send the chunks of global `version` to `device`'s down topic.
+    fn send_global(&self, device: &str, version: u64) -> anyhow::Result<()> {
+        let path = store::global_path(&self.config.data_dir, version);
+        let bytes =
+            std::fs::read(&path).map_err(|_| anyhow::anyhow!("no global version {version}"))?;
+        for (header, body) in blob::split(&bytes)? {
+            self.publish(
+                &self.topics.down(device),
+                &Message::Chunk(header),
+                body,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The tensors in the model's order, one flat vector.
+pub fn flatten(specs: &[TensorSpec], tensors: &BTreeMap<String, Vec<f32>>) -> Vec<f32> {
+    specs
+        .iter()
+        .flat_map(|s| tensors.get(&s.name).cloned().unwrap_or_default())
+        .collect()
+}
+
+/// A flat vector back into the model's named tensors.
+pub fn unflatten(specs: &[TensorSpec], flat: &[f32]) -> Vec<(String, Array)> {
+    let mut at = 0;
+    specs
+        .iter()
+        .map(|s| {
+            let end = (at + s.len as usize).min(flat.len());
+            let values = flat[at..end].to_vec();
+            at = end;
+            (s.name.clone(), Array::F32(values))
+        })
+        .collect()
+}
+
+/// Raise `stop` on SIGTERM or SIGINT.
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    Ok(stop)
+}

@@ -1,0 +1,212 @@
+//! The server's durable state in SQLite (`<data_dir>/federation.sqlite`, WAL, synchronous
+//! FULL): rounds, the updates and chunks received, devices, evaluations and global heads
+//! (their blobs are files in `<data_dir>/globals/`). A restart resumes the open round from here.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS globals (version INTEGER PRIMARY KEY, round INTEGER NOT NULL,
+    blob TEXT NOT NULL, size INTEGER NOT NULL, header_json TEXT NOT NULL,
+    created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, state TEXT NOT NULL,
+    global_version INTEGER NOT NULL, opened_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
+    extended INTEGER NOT NULL DEFAULT 0, quorum INTEGER NOT NULL, enrolled INTEGER NOT NULL,
+    aggregator TEXT NOT NULL, seed TEXT NOT NULL, bytes_in INTEGER NOT NULL DEFAULT 0,
+    participants INTEGER NOT NULL DEFAULT 0, new_version INTEGER, reason TEXT);
+CREATE TABLE IF NOT EXISTS chunks (blob TEXT NOT NULL, idx INTEGER NOT NULL,
+    device TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (blob, idx));
+CREATE TABLE IF NOT EXISTS updates (round INTEGER NOT NULL, device TEXT NOT NULL,
+    blob TEXT NOT NULL, cases INTEGER NOT NULL, base_version INTEGER NOT NULL,
+    weight REAL NOT NULL, received_ms INTEGER NOT NULL, PRIMARY KEY (round, device));
+CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, software TEXT NOT NULL,
+    global_version INTEGER NOT NULL, participate INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS server_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluations (round INTEGER NOT NULL, device TEXT NOT NULL,
+    global_version INTEGER NOT NULL, cases INTEGER NOT NULL, metrics_json TEXT NOT NULL,
+    PRIMARY KEY (round, device));
+";
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
+    let _ = std::fs::create_dir_all(data_dir.join("globals"));
+    let conn = Connection::open(data_dir.join("federation.sqlite"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Where global version `version`'s blob is kept.
+pub fn global_path(data_dir: &Path, version: u64) -> PathBuf {
+    data_dir
+        .join("globals")
+        .join(format!("{version}.safetensors"))
+}
+
+/// One round, as `federation rounds list` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Round {
+    pub round: u64,
+    pub state: String,
+    pub global_version: u64,
+    pub deadline_ms: u64,
+    pub extended: bool,
+    pub quorum: u32,
+    pub enrolled: u32,
+    pub participants: u32,
+    pub aggregator: String,
+    pub bytes_in: u64,
+    pub new_version: Option<u64>,
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub seed: String,
+}
+
+fn round_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<Round> {
+    Ok(Round {
+        round: row.get(0)?,
+        state: row.get(1)?,
+        global_version: row.get(2)?,
+        deadline_ms: row.get(3)?,
+        extended: row.get(4)?,
+        quorum: row.get(5)?,
+        enrolled: row.get(6)?,
+        participants: row.get(7)?,
+        aggregator: row.get(8)?,
+        bytes_in: row.get(9)?,
+        new_version: row.get(10)?,
+        reason: row.get(11)?,
+        seed: row.get(12)?,
+    })
+}
+
+const ROUND_COLUMNS: &str = "round, state, global_version, deadline_ms, extended, quorum, enrolled,
+    participants, aggregator, bytes_in, new_version, reason, seed";
+
+pub fn rounds(conn: &Connection) -> rusqlite::Result<Vec<Round>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ROUND_COLUMNS} FROM rounds ORDER BY round"
+    ))?;
+    let rows = stmt.query_map([], round_from)?;
+    rows.collect()
+}
+
+pub fn open_round(conn: &Connection) -> rusqlite::Result<Option<Round>> {
+    conn.query_row(
+        &format!(
+            "SELECT {ROUND_COLUMNS} FROM rounds WHERE state = 'open' ORDER BY round DESC LIMIT 1"
+        ),
+        [],
+        round_from,
+    )
+    .optional()
+}
+
+pub fn last_round_number(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT COALESCE(MAX(round), 0) FROM rounds", [], |r| {
+        r.get(0)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn insert_round(
+    conn: &Connection,
+    round: u64,
+    global_version: u64,
+    deadline_ms: u64,
+    quorum: u32,
+    enrolled: u32,
+    aggregator: &str,
+    seed: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO rounds (round, state, global_version, opened_ms, deadline_ms, quorum, enrolled,
+             aggregator, seed) VALUES (?1, 'open', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![round, global_version, now_ms(), deadline_ms, quorum, enrolled, aggregator, seed],
+    )?;
+    Ok(())
+}
+
+/// A global head stored: version, round, blob hash, header JSON.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub version: u64,
+    pub header_json: String,
+}
+
+pub fn latest_global(conn: &Connection) -> rusqlite::Result<Option<Global>> {
+    conn.query_row(
+        "SELECT version, header_json FROM globals ORDER BY version DESC LIMIT 1",
+        [],
+        |r| {
+            Ok(Global {
+                version: r.get(0)?,
+                header_json: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// A device, as `federation devices list` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub device: String,
+    pub software: String,
+    pub global_version: u64,
+    pub participate: bool,
+    pub last_seen_ms: u64,
+    pub updates: u64,
+}
+
+pub fn devices(conn: &Connection) -> rusqlite::Result<Vec<Device>> {
+    let mut stmt = conn.prepare(
+        "SELECT d.device, d.software, d.global_version, d.participate, d.last_seen_ms,
+             (SELECT COUNT(*) FROM updates u WHERE u.device = d.device)
+         FROM devices d ORDER BY d.device",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Device {
+            device: r.get(0)?,
+            software: r.get(1)?,
+            global_version: r.get(2)?,
+            participate: r.get(3)?,
+            last_seen_ms: r.get(4)?,
+            updates: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// A JSON value the server keeps between rounds (the FedAdam moments).
+pub fn state<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT value FROM server_state WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| anyhow::anyhow!("server state {key}: {e}")))
+        .transpose()
+}
+
+pub fn set_state<T: Serialize>(conn: &Connection, key: &str, value: &T) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO server_state (key, value) VALUES (?1, ?2)",
+        params![key, serde_json::to_string(value)?],
+    )?;
+    Ok(())
+}
