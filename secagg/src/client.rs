@@ -391,7 +391,8 @@ impl ClientInputSent {
             return Err(ProtocolError::BothSharesRequested { id });
         }
         if let Some(&id) = held.keys().find(|id| {
-            request.survivors.binary_search(id).is_err() && request.dropped.binary_search(id).is_err()
+            request.survivors.binary_search(id).is_err()
+                && request.dropped.binary_search(id).is_err()
         }) {
             return Err(ProtocolError::IncompleteUnmaskRequest { id });
         }

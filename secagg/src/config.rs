@@ -223,8 +223,8 @@ mod tests {
 
     #[test]
     fn a_new_round_sorts_ids_and_picks_the_default_degree_and_threshold() {
-        let c = RoundConfig::new(1, [0; 32], vec![30, 10, 20, 40, 50, 60, 70, 80, 90, 100], 5)
-            .unwrap();
+        let c =
+            RoundConfig::new(1, [0; 32], vec![30, 10, 20, 40, 50, 60, 70, 80, 90, 100], 5).unwrap();
         assert_eq!(c.participants()[0], 10);
         assert_eq!(c.degree(), 8);
         assert_eq!(c.threshold(), 5);

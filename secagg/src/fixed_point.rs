@@ -33,7 +33,9 @@ pub enum FixedPointError {
     NoSummands,
     /// `n` values of magnitude `clip · scale` could overflow a 32-bit signed sum, or the
     /// magnitude rounds to less than one unit (no resolution left).
-    #[error("{summands} values of magnitude up to {clip} at scale {scale} do not fit a 32-bit sum")]
+    #[error(
+        "{summands} values of magnitude up to {clip} at scale {scale} do not fit a 32-bit sum"
+    )]
     DoesNotFit {
         /// Number of summands.
         summands: u32,
@@ -141,7 +143,8 @@ impl FixedPoint {
             return None;
         }
         let clipped = f64::from(value.clamp(-self.clip, self.clip));
-        let q = ((clipped * self.scale).round() as i64).clamp(-self.max_magnitude, self.max_magnitude);
+        let q =
+            ((clipped * self.scale).round() as i64).clamp(-self.max_magnitude, self.max_magnitude);
         // Two's complement: q mod 2^32.
         Some(q as i32 as u32)
     }
@@ -151,7 +154,10 @@ impl FixedPoint {
         values
             .iter()
             .enumerate()
-            .map(|(index, &v)| self.encode_one(v).ok_or(FixedPointError::NonFinite { index }))
+            .map(|(index, &v)| {
+                self.encode_one(v)
+                    .ok_or(FixedPointError::NonFinite { index })
+            })
             .collect()
     }
 
@@ -197,7 +203,10 @@ mod tests {
             let clipped = f64::from(x.clamp(-1.0, 1.0));
             let err = (f64::from(*d) - clipped).abs();
             // f32 output adds at most one ulp of a value <= 1.
-            assert!(err <= code.max_error_per_value() + f64::from(f32::EPSILON), "{x} {d}");
+            assert!(
+                err <= code.max_error_per_value() + f64::from(f32::EPSILON),
+                "{x} {d}"
+            );
         }
     }
 

@@ -29,8 +29,8 @@
 //! # Threat model
 //! * The server is honest but curious: it runs the protocol as written and tries to learn
 //!   from what it sees. It then learns only the sum over the survivors, and who survived and
-//!   who dropped; up to t − 1 devices colluding with it learn nothing more about an honest
-//!   neighbour's secrets.
+//!   who dropped. Fewer than t of a device's neighbours, even pooling their shares with the
+//!   server, learn nothing about its secrets b_u and s_sk_u.
 //! * Devices are authenticated by mutual TLS at the MQTT broker, so the keys of phase 0 are not
 //!   signed. An actively malicious server could therefore (a) substitute its own public keys
 //!   for a device's, read the shares meant for it and rebuild that device's secrets; (b) tell
@@ -73,7 +73,7 @@ pub use messages::{
 };
 pub use rand_core::OsRng;
 pub use server::{AggregateOutput, Server};
-pub use shamir::{Share, ShamirError};
+pub use shamir::{ShamirError, Share};
 
 /// The Shamir point of the share held by participant `holder` of a secret owned by a device
 /// whose (increasing) neighbour list is `owner_neighbours`: 1 + the holder's position.

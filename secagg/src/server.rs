@@ -54,6 +54,10 @@ pub struct Server {
     phase: Phase,
     /// U1 with their keys.
     keys: BTreeMap<u32, DeviceKeys>,
+    /// Every public key advertised so far, to refuse reuse in O(log n).
+    keys_in_use: BTreeSet<[u8; 32]>,
+    /// U1 as a set, fixed when phase 0 closes.
+    advertised: BTreeSet<u32>,
     /// Ciphertexts of phase 1, by recipient, then by sender.
     mailbox: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
     /// U2.
@@ -79,6 +83,8 @@ impl Server {
             graph,
             phase: Phase::AdvertiseKeys,
             keys: BTreeMap::new(),
+            keys_in_use: BTreeSet::new(),
+            advertised: BTreeSet::new(),
             mailbox: BTreeMap::new(),
             shared: BTreeSet::new(),
             masked_sum: vec![0; config.vector_len()],
@@ -129,11 +135,7 @@ impl Server {
     }
 
     /// Ids of the neighbours of `id` that belong to `set`, increasing.
-    fn neighbours_in(
-        &self,
-        id: u32,
-        set: &BTreeSet<u32>,
-    ) -> Result<Vec<u32>, ProtocolError> {
+    fn neighbours_in(&self, id: u32, set: &BTreeSet<u32>) -> Result<Vec<u32>, ProtocolError> {
         let index = self.index(id)?;
         let participants = self.config.participants();
         Ok(self
@@ -170,13 +172,14 @@ impl Server {
                 phase: Phase::AdvertiseKeys,
             });
         }
-        let reused = message.c_pk == message.s_pk
-            || self.keys.values().any(|k| {
-                [k.c_pk, k.s_pk].contains(&message.c_pk) || [k.c_pk, k.s_pk].contains(&message.s_pk)
-            });
-        if reused {
+        if message.c_pk == message.s_pk
+            || self.keys_in_use.contains(&message.c_pk)
+            || self.keys_in_use.contains(&message.s_pk)
+        {
             return Err(ProtocolError::DuplicatePublicKey { id });
         }
+        self.keys_in_use.insert(message.c_pk);
+        self.keys_in_use.insert(message.s_pk);
         self.keys.insert(
             id,
             DeviceKeys {
@@ -192,11 +195,11 @@ impl Server {
     pub fn close_advertise_keys(&mut self) -> Result<Vec<NeighbourKeys>, ProtocolError> {
         self.expect(self.config.round_id(), Phase::AdvertiseKeys)?;
         self.require_at_least(self.keys.len())?;
-        let advertised: BTreeSet<u32> = self.keys.keys().copied().collect();
-        let mut out = Vec::with_capacity(advertised.len());
-        for &id in &advertised {
+        self.advertised = self.keys.keys().copied().collect();
+        let mut out = Vec::with_capacity(self.advertised.len());
+        for &id in &self.advertised {
             let neighbours = self
-                .neighbours_in(id, &advertised)?
+                .neighbours_in(id, &self.advertised)?
                 .into_iter()
                 .filter_map(|v| self.keys.get(&v).cloned())
                 .collect();
@@ -227,8 +230,7 @@ impl Server {
                 phase: Phase::ShareKeys,
             });
         }
-        let advertised: BTreeSet<u32> = self.keys.keys().copied().collect();
-        let expected = self.neighbours_in(id, &advertised)?;
+        let expected = self.neighbours_in(id, &self.advertised)?;
         if message.shares.len() != expected.len()
             || message
                 .shares

@@ -295,7 +295,10 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let mut shares = split(&[5u8; 32], 3, &xs(5), &mut rng).unwrap();
         shares[4].y[17] ^= 1;
-        assert_eq!(reconstruct(&shares, 3), Err(ShamirError::InconsistentShares));
+        assert_eq!(
+            reconstruct(&shares, 3),
+            Err(ShamirError::InconsistentShares)
+        );
         assert_eq!(*reconstruct(&shares[..4], 3).unwrap(), [5u8; 32]);
     }
 }
