@@ -8,7 +8,7 @@ cd "$REPO_ROOT"
 
 # Real peers the tests start (DCMTK, Orthanc, dciodvfy) and the CT source of the fixtures.
 # cmake builds CharLS (JPEG-LS) for dicom-pixeldata.
-APT_PACKAGES=(dcmtk orthanc dicom3tools invesalius-examples curl cmake)
+APT_PACKAGES=(dcmtk orthanc dicom3tools invesalius-examples curl cmake mosquitto)
 python3 -m pip --version >/dev/null 2>&1 || APT_PACKAGES+=(python3-pip)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -24,6 +24,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     # The Debian package starts a system Orthanc on the default ports; the tests start their own.
     if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true; fi
     $SUDO service orthanc stop >/dev/null 2>&1 || true
+    # Likewise the system mosquitto: the federation tests start their own TLS broker.
+    if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+    $SUDO service mosquitto stop >/dev/null 2>&1 || true
 fi
 
 bash scripts/fixtures.sh

@@ -73,6 +73,9 @@ pub struct Config {
     pub learning: LearningConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// The site's policy for federated learning; read by the `updater` process too.
+    #[serde(default)]
+    pub federation: Option<fleet_wire::site::FederationConfig>,
 }
 
 /// When studies leave the spool ([`crate::retention`]).
@@ -675,6 +678,9 @@ impl Config {
                 path.iter_mut().for_each(resolve_path);
             }
         }
+        if let Some(f) = config.federation.as_mut() {
+            f.resolve(base);
+        }
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -1065,6 +1071,9 @@ impl Config {
         }
         if r.grace_seconds > 7 * 86_400 {
             problem("retention.grace_seconds", "must be at most 604800".into());
+        }
+        for (key, reason) in self.federation.iter().flat_map(|f| f.problems()) {
+            problem(&key, reason);
         }
         if !(1..=86_400).contains(&r.interval_seconds) {
             problem(

@@ -52,22 +52,7 @@ fn default_clip_norm() -> f64 {
     10.0
 }
 
-/// Host and port of an `mqtts://host:port` URL.
-pub fn broker_address(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtts://")
-        .ok_or_else(|| format!("{url:?}: only mqtts:// (MQTT over TLS) is allowed"))?;
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{url:?}: no port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{url:?}: port {port:?} is not a number"))?;
-    if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    Ok((host.to_string(), port))
-}
+pub use fleet_wire::site::broker_address;
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {

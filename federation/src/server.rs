@@ -46,19 +46,6 @@ fn head_tensors(blob: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
         .collect()
 }
 
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::File::create(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 impl Server {
     pub fn start(config: Config) -> anyhow::Result<Server> {
         let pem = std::fs::read_to_string(&config.signing_key_file)
@@ -511,7 +498,7 @@ impl Server {
         aggregator: &str,
         participants: u32,
     ) -> anyhow::Result<()> {
-        write_durably(&store::global_path(&self.config.data_dir, version), blob)?;
+        fleet_wire::site::write_durably(&store::global_path(&self.config.data_dir, version), blob)?;
         let signed = GlobalHead {
             federation: self.config.federation.clone(),
             model: self.config.model.clone(),

@@ -8,6 +8,8 @@
 //! - [`message`]: every header type, with the bounds each field must keep.
 //! - [`blob`]: cutting a blob into chunks and checking chunks and whole blobs by SHA-256.
 //! - [`signed`]: the global head header, signed with ed25519, and the checks a device makes.
+//! - [`site`]: the appliance's `[federation]` table and the folder the appliance and the
+//!   updater hand heads through.
 //! - [`tensors`]: named tensors to and from a safetensors blob, checked against the model's
 //!   trainable tensors.
 
@@ -15,6 +17,7 @@ pub mod blob;
 pub mod frame;
 pub mod message;
 pub mod signed;
+pub mod site;
 pub mod tensors;
 
 /// The protocol version every header carries as `"v"`.

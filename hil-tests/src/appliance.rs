@@ -13,11 +13,16 @@ pub fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("APPLIANCE_BIN") {
         return PathBuf::from(path);
     }
+    binary_named("appliance")
+}
+
+/// A binary of the workspace next to the test executable (`target/<profile>/<name>`).
+pub fn binary_named(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current executable");
     // A test runs from target/<profile>/deps/, a binary (the benchmark) from target/<profile>/.
     let mut dir = exe.parent();
     while let Some(d) = dir {
-        let bin = d.join("appliance");
+        let bin = d.join(name);
         if bin.is_file() {
             return bin;
         }
@@ -27,7 +32,7 @@ pub fn binary() -> PathBuf {
         dir = d.parent();
     }
     panic!(
-        "no appliance binary near {}: build it first (cargo build --release -p appliance)",
+        "no {name} binary near {}: build it first (cargo build --release --workspace)",
         exe.display()
     )
 }

@@ -9,10 +9,13 @@
 //! - [`fixtures`]: the manifests of the DICOM files `scripts/fixtures.sh` prepares (their
 //!   paths: `test_support::fixtures`).
 //! - [`site`]: a simulated site's studies and radiologist's SEGs (continual learning).
+//! - [`fleet`]: mosquitto with mutual TLS and the fleet ACL, the `federation` server and
+//!   `updater` processes.
 //! - [`pki`]: throw-away CAs and certificates (the `openssl` CLI) for the DICOM TLS tests.
 
 pub mod appliance;
 pub mod fixtures;
+pub mod fleet;
 pub mod peers;
 pub mod pki;
 pub mod raw;

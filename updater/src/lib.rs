@@ -1,2 +1,18 @@
-//! Device side of the fleet link (MQTT over mutual TLS: weight deltas, signed updates, A/B
-//! install). Empty until the federation issues land: nothing here runs yet.
+//! The device side of the federation: `updater run` keeps one MQTT link to the fleet broker,
+//! sends this site's head updates from a durable outbox, and fetches, verifies and hands over
+//! signed global heads (`updater/PROTOCOL.md`).
+//!
+//! Layout: `config` (the appliance configuration's `[federation]` table and data folder),
+//! `state` (SQLite: outbox, global chunks, installed version, accountant, status), `device`
+//! (the loop), `update` (turning a local head into the round's update blob: delta, clipping,
+//! noise).
+//!
+//! It runs as its own process, not a thread of the appliance daemon: the device's TLS key and
+//! the trust key stay out of the process that parses DICOM from the network, the async
+//! runtime under rumqttc stays out of the daemon, and either can restart without the other.
+//! They share only the data folder's `federation/` hand-over files.
+
+pub mod config;
+pub mod device;
+pub mod state;
+pub mod update;

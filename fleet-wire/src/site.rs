@@ -1,0 +1,143 @@
+//! The `[federation]` table of the appliance configuration, and the folder through which the
+//! appliance and its updater hand each other heads. Both read this one definition: the
+//! appliance checks the table in `check-config` and writes its local heads; the updater
+//! connects with it and writes verified global heads.
+//!
+//! `<data_dir>/federation/outgoing/<base>.safetensors` (+ `.json`, [`Outgoing`]): the site's
+//! current head fine-tuned from global version `<base>`, written by the appliance.
+//! `<data_dir>/federation/global/<version>.safetensors` (+ `.json`, the signed header): a
+//! global head the updater verified, for the appliance to put through its gate.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `[federation]` in the appliance configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `mqtts://host:port`.
+    pub broker: String,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The federation's name (a topic level).
+    pub federation: String,
+    /// Default: the CN of `cert_file`.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// The federation server's ed25519 public key (PEM) that global heads must verify with.
+    pub trusted_key: PathBuf,
+    /// The model whose head is federated.
+    pub model: String,
+    /// Send updates (false: a paused site still receives global heads).
+    #[serde(default = "default_true")]
+    pub participate: bool,
+    /// Longest a round's work may take on this site.
+    #[serde(default = "default_max_round_seconds")]
+    pub max_round_seconds: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_round_seconds() -> u64 {
+    3600
+}
+
+impl FederationConfig {
+    /// Every problem as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, reason: String| {
+            problems.push((format!("federation.{key}"), reason));
+        };
+        if let Err(e) = broker_address(&self.broker) {
+            problem("broker", e);
+        }
+        if let Err(e) = crate::message::check_id(&self.federation) {
+            problem("federation", e.to_string());
+        }
+        if let Err(e) = crate::message::check_id(&self.model) {
+            problem("model", e.to_string());
+        }
+        if let Some(id) = &self.device_id {
+            if let Err(e) = crate::message::check_id(id) {
+                problem("device_id", e.to_string());
+            }
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.max_round_seconds) {
+            problem("max_round_seconds", "1 to 604800".into());
+        }
+        problems
+    }
+
+    /// Resolve relative paths against the folder of the configuration file.
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [
+            &mut self.ca_file,
+            &mut self.cert_file,
+            &mut self.key_file,
+            &mut self.trusted_key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+/// Host and port of an `mqtts://host:port` URL (plain `mqtt://` is refused: the fleet speaks
+/// only TLS).
+pub fn broker_address(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .ok_or_else(|| format!("{url:?}: only mqtts:// (MQTT over TLS) is allowed"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?}: no port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?}: port {port:?} is not a number"))?;
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// What the appliance says of an outgoing head (`<base>.json`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Outgoing {
+    pub model: String,
+    /// The global version the head was fine-tuned from.
+    pub base_version: u64,
+    /// Labelled cases it was trained on.
+    pub cases: u32,
+}
+
+pub fn outgoing_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("federation").join("outgoing")
+}
+
+pub fn global_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("federation").join("global")
+}
+
+/// Write `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the folder.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! What the updater reads of the appliance configuration: `data_dir` and `[federation]`
+//! (`fleet_wire::site::FederationConfig`), with the device id defaulting to the CN of the
+//! device certificate.
+
+use fleet_wire::site::FederationConfig;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct UpdaterConfig {
+    pub data_dir: PathBuf,
+    pub federation: FederationConfig,
+    pub device_id: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ApplianceFile {
+    data_dir: PathBuf,
+    federation: Option<toml::Value>,
+}
+
+impl UpdaterConfig {
+    pub fn load(path: &Path) -> anyhow::Result<UpdaterConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let file: ApplianceFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let table = file
+            .federation
+            .ok_or_else(|| anyhow::anyhow!("{}: no [federation] table", path.display()))?;
+        let mut federation: FederationConfig = table
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("{}: [federation]: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        federation.resolve(base);
+        let problems = federation.problems();
+        if let Some((key, reason)) = problems.first() {
+            anyhow::bail!("{}: {key}: {reason}", path.display());
+        }
+        let data_dir = if file.data_dir.is_relative() {
+            base.join(&file.data_dir)
+        } else {
+            file.data_dir
+        };
+        let device_id = match &federation.device_id {
+            Some(id) => id.clone(),
+            None => certificate_cn(&federation.cert_file)?,
+        };
+        fleet_wire::message::check_id(&device_id)
+            .map_err(|e| anyhow::anyhow!("device id {device_id:?}: {e}"))?;
+        Ok(UpdaterConfig {
+            data_dir,
+            federation,
+            device_id,
+        })
+    }
+}
+
+/// The subject CN of the first certificate in a PEM file.
+pub fn certificate_cn(path: &Path) -> anyhow::Result<String> {
+    let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate: {e}", path.display()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: the certificate has no CN", path.display()))?;
+    Ok(cn.to_string())
+}

@@ -1,0 +1,386 @@
+//! The updater's loop: one MQTT link; on each connection a `hello` and the outbox again; a
+//! round announced with a global head this site has and a local head fine-tuned from it
+//! becomes an update (queued durably, then sent: chunks, then the commit) that stays queued
+//! until the server's `ack`; a signed global head newer than the installed one is fetched,
+//! checked and handed to the appliance (`fleet_wire::site`). Everything refused is logged
+//! with the reason, and the loop goes on.
+
+use crate::config::UpdaterConfig;
+use crate::state::{self, now_ms};
+use crate::update;
+use fl_delta::dp::Accountant;
+use fleet_mqtt::{Incoming, Link, LinkConfig};
+use fleet_wire::message::{AckOutcome, Fetch, Hello, Message, RoundAnnounce, UpdateCommit};
+use fleet_wire::signed::{SignedGlobalHead, VerifyingKey};
+use fleet_wire::site::{self, broker_address, Outgoing};
+use fleet_wire::{blob, frame, Topics};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often unacknowledged updates are sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(20);
+
+pub struct Device {
+    config: UpdaterConfig,
+    conn: Connection,
+    link: Link,
+    topics: Topics,
+    trusted: VerifyingKey,
+    round: Option<RoundAnnounce>,
+    last_resend: std::time::Instant,
+}
+
+impl Device {
+    pub fn start(config: UpdaterConfig) -> anyhow::Result<Device> {
+        let pem = std::fs::read_to_string(&config.federation.trusted_key)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config.federation.trusted_key.display()))?;
+        let trusted = fleet_wire::signed::verifying_key_from_pem(&pem)?;
+        let conn = state::open(&config.data_dir)?;
+        let topics = Topics::new(&config.federation.federation);
+        let (host, port) = broker_address(&config.federation.broker).map_err(anyhow::Error::msg)?;
+        let link = Link::start(
+            &LinkConfig {
+                host,
+                port,
+                client_id: config.device_id.clone(),
+                ca_file: config.federation.ca_file.clone(),
+                cert_file: config.federation.cert_file.clone(),
+                key_file: config.federation.key_file.clone(),
+                keep_alive: Duration::from_secs(30),
+            },
+            vec![
+                topics.round(),
+                topics.global(&config.federation.model),
+                topics.down(&config.device_id),
+            ],
+        )?;
+        Ok(Device {
+            config,
+            conn,
+            link,
+            topics,
+            trusted,
+            round: None,
+            last_resend: std::time::Instant::now(),
+        })
+    }
+
+    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        state::set(&self.conn, "connected", "false")?;
+        while !stop.load(Ordering::Relaxed) {
+            match self.link.events().recv_timeout(Duration::from_millis(200)) {
+                Ok(Incoming::Connected) => {
+                    tracing::info!("connected to the fleet broker");
+                    state::set(&self.conn, "connected", "true")?;
+                    state::set(&self.conn, "last_event", "connected")?;
+                    self.hello()?;
+                    self.send_outbox()?;
+                }
+                Ok(Incoming::Disconnected(reason)) => {
+                    tracing::warn!(%reason, "fleet broker connection lost; reconnecting");
+                    state::set(&self.conn, "connected", "false")?;
+                    state::set(&self.conn, "last_event", &format!("disconnected: {reason}"))?;
+                }
+                Ok(Incoming::PublishRefused { reason }) => {
+                    tracing::error!(%reason, "the broker refused a publish");
+                }
+                Ok(Incoming::Message { topic, payload, .. }) => {
+                    if let Err(e) = self.handle(&topic, &payload) {
+                        tracing::warn!(%topic, reason = %e, "message refused");
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("the MQTT link stopped")
+                }
+            }
+            if let Err(e) = self.work() {
+                tracing::warn!(reason = %e, "round work failed; trying again later");
+            }
+        }
+        self.link.close();
+        state::set(&self.conn, "connected", "false")?;
+        Ok(())
+    }
+
+    fn publish(&self, topic: &str, message: &Message, body: &[u8]) -> anyhow::Result<()> {
+        self.link
+            .publish(topic, frame::encode(message, body), false)?;
+        Ok(())
+    }
+
+    fn hello(&self) -> anyhow::Result<()> {
+        self.publish(
+            &self.topics.up(&self.config.device_id),
+            &Message::Hello(Hello {
+                device: self.config.device_id.clone(),
+                software: env!("CARGO_PKG_VERSION").into(),
+                model: self.config.federation.model.clone(),
+                global_version: state::installed_version(&self.conn)?,
+                participate: self.config.federation.participate,
+            }),
+            b"",
+        )
+    }
+
+    fn handle(&mut self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let (message, body) = frame::decode(payload)?;
+        let from_server = topic == self.topics.round()
+            || topic == self.topics.global(&self.config.federation.model)
+            || topic == self.topics.down(&self.config.device_id);
+        if !from_server {
+            anyhow::bail!("not a topic this device listens to");
+        }
+        match message {
+            Message::RoundAnnounce(round) => {
+                if round.federation != self.config.federation.federation
+                    || round.model != self.config.federation.model
+                {
+                    anyhow::bail!("round {} is for another federation or model", round.round);
+                }
+                tracing::info!(
+                    round = round.round,
+                    global_version = round.global_version,
+                    "round announced"
+                );
+                state::set(&self.conn, "last_round", &round.round.to_string())?;
+                self.round = Some(round);
+                Ok(())
+            }
+            Message::RoundClosed(closed) => {
+                tracing::warn!(round = closed.round, reason = %closed.reason, "round closed without a new global head");
+                Ok(())
+            }
+            Message::GlobalHead(signed) => self.offer_global(signed),
+            Message::Chunk(header) => self.take_global_chunk(&header, body),
+            Message::Ack(ack) => {
+                let waiting: Option<String> = self
+                    .conn
+                    .query_row(
+                        "SELECT blob FROM outbox WHERE round = ?1 AND state = 'queued'",
+                        [ack.round],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if waiting.as_deref() != Some(ack.blob.as_str()) {
+                    anyhow::bail!("ack for an update not in the outbox (round {})", ack.round);
+                }
+                match ack.outcome {
+                    AckOutcome::Accepted | AckOutcome::Duplicate | AckOutcome::Late => {
+                        tracing::info!(round = ack.round, outcome = ?ack.outcome, "update acknowledged");
+                    }
+                    AckOutcome::Refused => {
+                        let reason = ack.reason.unwrap_or_default();
+                        if reason.starts_with("incomplete") {
+                            tracing::warn!(round = ack.round, %reason, "server misses chunks; sending again");
+                            return self.send_update(ack.round);
+                        }
+                        tracing::error!(round = ack.round, %reason, "update refused by the server");
+                    }
+                }
+                self.conn.execute(
+                    "UPDATE outbox SET state = ?2 WHERE round = ?1",
+                    params![ack.round, format!("{:?}", ack.outcome).to_lowercase()],
+                )?;
+                Ok(())
+            }
+            other => anyhow::bail!("the server does not send {}", other.kind()),
+        }
+    }
+
+    /// A global head header: verify it, and fetch its blob when it is newer than ours.
+    fn offer_global(&mut self, signed: SignedGlobalHead) -> anyhow::Result<()> {
+        let installed = state::installed_version(&self.conn)?;
+        if signed.head.version == installed {
+            return Ok(());
+        }
+        let head = signed
+            .verify(
+                &self.trusted,
+                &self.config.federation.federation,
+                &self.config.federation.model,
+                installed,
+            )
+            .map_err(|e| anyhow::anyhow!("global head refused: {e}"))?;
+        tracing::info!(
+            version = head.version,
+            "new signed global head; fetching it"
+        );
+        state::set(
+            &self.conn,
+            "pending_global",
+            &serde_json::to_string(&signed)?,
+        )?;
+        self.publish(
+            &self.topics.up(&self.config.device_id),
+            &Message::Fetch(Fetch {
+                model: self.config.federation.model.clone(),
+                version: signed.head.version,
+            }),
+            b"",
+        )
+    }
+
+    fn take_global_chunk(
+        &mut self,
+        header: &fleet_wire::message::ChunkHeader,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        let pending: SignedGlobalHead = match state::get(&self.conn, "pending_global")? {
+            Some(text) => serde_json::from_str(&text)?,
+            None => anyhow::bail!("a chunk while no global head is being fetched"),
+        };
+        if header.blob != pending.head.blob || header.size != pending.head.size {
+            anyhow::bail!("a chunk of another blob than the global head being fetched");
+        }
+        blob::check_chunk(header, body)?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO global_chunks (blob, idx, body) VALUES (?1, ?2, ?3)",
+            params![header.blob, header.index, body],
+        )?;
+        let have: u32 = self.conn.query_row(
+            "SELECT COUNT(*) FROM global_chunks WHERE blob = ?1",
+            [&header.blob],
+            |r| r.get(0),
+        )?;
+        if have < header.count {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM global_chunks WHERE blob = ?1 ORDER BY idx")?;
+        let bytes: Vec<u8> = stmt
+            .query_map([&header.blob], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
+        drop(stmt);
+        blob::check_blob(&bytes, &pending.head.blob, pending.head.size)?;
+        update::head(&bytes)?;
+        let version = pending.head.version;
+        let dir = site::global_dir(&self.config.data_dir);
+        site::write_durably(&dir.join(format!("{version}.safetensors")), &bytes)?;
+        site::write_durably(
+            &dir.join(format!("{version}.json")),
+            serde_json::to_string_pretty(&pending)?.as_bytes(),
+        )?;
+        state::set(&self.conn, "installed_version", &version.to_string())?;
+        self.conn.execute("DELETE FROM global_chunks", [])?;
+        self.conn
+            .execute("DELETE FROM kv WHERE key = 'pending_global'", [])?;
+        tracing::info!(
+            version,
+            round = pending.head.round,
+            participants = pending.head.participants,
+            "global head verified and handed to the appliance"
+        );
+        self.hello()
+    }
+
+    /// Build this round's update when everything it needs is there; resend what waits.
+    fn work(&mut self) -> anyhow::Result<()> {
+        if self.last_resend.elapsed() >= RESEND_AFTER {
+            self.last_resend = std::time::Instant::now();
+            self.send_outbox()?;
+        }
+        let Some(round) = self.round.clone() else {
+            return Ok(());
+        };
+        if !self.config.federation.participate || now_ms() > round.deadline_ms {
+            return Ok(());
+        }
+        let queued: bool = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM outbox WHERE round = ?1",
+                [round.round],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if queued {
+            return Ok(());
+        }
+        let outgoing_dir = site::outgoing_dir(&self.config.data_dir);
+        let base = round.global_version;
+        let Ok(meta) = std::fs::read_to_string(outgoing_dir.join(format!("{base}.json"))) else {
+            return Ok(());
+        };
+        let global_path =
+            site::global_dir(&self.config.data_dir).join(format!("{base}.safetensors"));
+        let Ok(global) = std::fs::read(&global_path) else {
+            return Ok(());
+        };
+        let meta: Outgoing = serde_json::from_str(&meta)?;
+        if meta.model != round.model || meta.base_version != base {
+            anyhow::bail!(
+                "outgoing head {base} is for model {} base {}",
+                meta.model,
+                meta.base_version
+            );
+        }
+        let local = std::fs::read(outgoing_dir.join(format!("{base}.safetensors")))?;
+        let mut accountant: Accountant = state::get(&self.conn, "accountant")?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()?
+            .unwrap_or_default();
+        let built = update::build(
+            &round,
+            &update::head(&local)?,
+            &update::head(&global)?,
+            meta.cases,
+            &mut accountant,
+        )?;
+        let epsilon = accountant.epsilon(update::DP_DELTA)?;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO outbox (round, blob, bytes, commit_json, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+            params![round.round, built.commit.blob, built.blob, serde_json::to_string(&built.commit)?, now_ms()],
+        )?;
+        state::set(&tx, "accountant", &serde_json::to_string(&accountant)?)?;
+        state::set(&tx, "epsilon", &epsilon.to_string())?;
+        tx.commit()?;
+        tracing::info!(
+            round = round.round,
+            bytes = built.blob.len(),
+            norm = built.norm,
+            clip_norm = round.clip_norm,
+            epsilon,
+            "update queued"
+        );
+        self.send_update(round.round)
+    }
+
+    fn send_outbox(&self) -> anyhow::Result<()> {
+        let rounds: Vec<u64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT round FROM outbox WHERE state = 'queued' ORDER BY round")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for round in rounds {
+            self.send_update(round)?;
+        }
+        Ok(())
+    }
+
+    fn send_update(&self, round: u64) -> anyhow::Result<()> {
+        let (bytes, commit): (Vec<u8>, String) = self.conn.query_row(
+            "SELECT bytes, commit_json FROM outbox WHERE round = ?1",
+            [round],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let commit: UpdateCommit = serde_json::from_str(&commit)?;
+        let up = self.topics.up(&self.config.device_id);
+        for (header, body) in blob::split(&bytes)? {
+            self.publish(&up, &Message::Chunk(header), body)?;
+        }
+        self.publish(&up, &Message::UpdateCommit(commit), b"")?;
+        self.conn.execute(
+            "UPDATE outbox SET sent_ms = ?2 WHERE round = ?1",
+            params![round, now_ms()],
+        )?;
+        Ok(())
+    }
+}
