@@ -15,6 +15,7 @@ pub fn combine(
     aggregator: &str,
     updates: &[(f64, Vec<f32>)],
     clip_norm: f64,
+    trim_fraction: f64,
     adam: &mut Option<FedAdam>,
 ) -> anyhow::Result<Vec<f32>> {
     let mut updates: Vec<Update> = updates
@@ -30,7 +31,7 @@ pub fn combine(
     }
     Ok(match aggregator {
         "fedavg" => aggregate::fedavg(&updates)?,
-        "trimmed_mean" => aggregate::trimmed_mean(&updates, 0.1)?,
+        "trimmed_mean" => aggregate::trimmed_mean(&updates, trim_fraction)?,
         "median" => aggregate::median(&updates)?,
         "fedadam" => {
             let mean = aggregate::fedavg(&updates)?;

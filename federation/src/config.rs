@@ -37,6 +37,9 @@ pub struct Config {
     /// Gaussian noise on the device, as a multiple of `clip_norm` (0: none).
     #[serde(default)]
     pub noise_multiplier: f64,
+    /// Share of updates `trimmed_mean` drops at each end of every coordinate.
+    #[serde(default = "default_trim_fraction")]
+    pub trim_fraction: f64,
     /// Rounds to run before the server idles (0: no limit).
     #[serde(default)]
     pub max_rounds: u64,
@@ -47,6 +50,9 @@ fn default_round_seconds() -> u64 {
 }
 fn default_aggregator() -> String {
     "fedavg".into()
+}
+fn default_trim_fraction() -> f64 {
+    0.1
 }
 fn default_clip_norm() -> f64 {
     10.0
@@ -111,6 +117,9 @@ impl Config {
         }
         if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
             return Err(problem("clip_norm", "a finite number above 0".into()));
+        }
+        if !(self.trim_fraction.is_finite() && (0.0..0.5).contains(&self.trim_fraction)) {
+            return Err(problem("trim_fraction", "at least 0 and below 0.5".into()));
         }
         if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
             return Err(problem(

@@ -450,6 +450,7 @@ impl Server {
             &round.aggregator,
             &updates,
             self.config.clip_norm,
+            self.config.trim_fraction,
             &mut adam,
         )?;
         if let Some(adam) = &adam {

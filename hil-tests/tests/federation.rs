@@ -243,55 +243,185 @@ fn rounds(server: &ServerSetup) -> Vec<serde_json::Value> {
     .collect()
 }
 
+/// A broker, a server and sites, started by the test.
+struct Fleet {
+    pki: FleetPki,
+    broker: Broker,
+    server: ServerSetup,
+    sites: Vec<Site>,
+    federation: Option<Process>,
+    updaters: Vec<Option<Process>>,
+}
+
+impl Fleet {
+    fn new(ids: &[&str], quorum: u32, aggregator: &str, extra: &str) -> Fleet {
+        Fleet::with_round_seconds(ids, quorum, aggregator, extra, 120)
+    }
+
+    fn with_round_seconds(
+        ids: &[&str],
+        quorum: u32,
+        aggregator: &str,
+        extra: &str,
+        round_seconds: u64,
+    ) -> Fleet {
+        let pki = FleetPki::new();
+        let broker = Broker::start(&pki);
+        let server = server_setup(&pki, &broker, ids, quorum, round_seconds, aggregator);
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&server.config).unwrap();
+            text.push_str(extra);
+            std::fs::write(&server.config, text).unwrap();
+        }
+        let sites = ids
+            .iter()
+            .map(|id| Site::new(&pki, &broker, &server, id))
+            .collect();
+        Fleet {
+            pki,
+            broker,
+            server,
+            sites,
+            federation: None,
+            updaters: ids.iter().map(|_| None).collect(),
+        }
+    }
+
+    fn start_server(&mut self) {
+        self.federation = Some(Process::start(
+            "federation",
+            &["serve", "--config", self.server.config.to_str().unwrap()],
+            self.server.dir.path().join("server.log"),
+        ));
+    }
+
+    fn start_updater(&mut self, i: usize) {
+        self.updaters[i] = Some(self.sites[i].updater());
+    }
+
+    fn server(&mut self) -> &mut Process {
+        self.federation.as_mut().expect("server started")
+    }
+
+    fn round(&self, number: u64) -> Option<serde_json::Value> {
+        rounds(&self.server)
+            .into_iter()
+            .find(|r| r["round"] == number)
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "server:\n{}\nsites:\n{}\nbroker:\n{}",
+            self.federation
+                .as_ref()
+                .map(|p| p.log())
+                .unwrap_or_default(),
+            self.updaters
+                .iter()
+                .flatten()
+                .map(|u| u.log())
+                .collect::<Vec<_>>()
+                .join("\n---\n"),
+            self.broker.log()
+        )
+    }
+
+    /// Wait until every site in `sites` installed global `version`.
+    fn wait_installed(&self, sites: &[usize], version: u64, timeout: Duration) {
+        let done = wait_until(timeout, || {
+            sites
+                .iter()
+                .all(|&i| self.sites[i].global(version).is_file())
+        });
+        assert!(
+            done,
+            "global {version} not installed everywhere\n{}",
+            self.logs()
+        );
+    }
+
+    fn updater_log(&self, i: usize) -> String {
+        self.updaters[i]
+            .as_ref()
+            .map(|u| u.log())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether `bytes` hold something that looks like a DICOM UID: digits with at least four
+/// dots between digit runs (no message of ours has one; every DICOM UID has).
+fn has_uid_like(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let mut run_dots = 0;
+    let mut last_digit = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            last_digit = true;
+        } else if c == '.' && last_digit {
+            run_dots += 1;
+            last_digit = false;
+            if run_dots >= 4 {
+                return true;
+            }
+        } else {
+            run_dots = 0;
+            last_digit = false;
+        }
+    }
+    false
+}
+
+/// Subscribes to `#` with the observer's certificate and keeps every message it sees.
+struct Observer {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Observer {
+    fn start(pki: &FleetPki, broker: &Broker) -> Observer {
+        let cert = pki.client("observer");
+        let observer = link(pki, broker, "observer", &cert, vec!["#".into()]);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        std::thread::spawn(move || {
+            while let Ok(event) = observer.events().recv() {
+                if let Incoming::Message { topic, payload, .. } = event {
+                    kept.lock().unwrap().push((topic, payload));
+                }
+            }
+        });
+        // Subscribed before anything else happens.
+        std::thread::sleep(Duration::from_millis(500));
+        Observer { seen }
+    }
+
+    fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
 /// Three sites, quorum 3: every site sends its delta, the server aggregates by FedAvg weighted
 /// by case counts, signs global version 2, and every site verifies and installs it; the
-/// round is recorded with its participants and bytes, and the next round opens.
+/// round is recorded with its participants and bytes, and the next round opens. An observer
+/// subscribed to `#` for the whole run sees no DICOM and nothing shaped like a UID.
 #[test]
 fn three_sites_complete_a_round_and_install_the_signed_fedavg_global_head() {
-    let pki = FleetPki::new();
-    let broker = Broker::start(&pki);
-    let server = server_setup(
-        &pki,
-        &broker,
-        &["site-a", "site-b", "site-c"],
-        3,
-        120,
-        "fedavg",
-    );
+    let mut fleet = Fleet::new(&["site-a", "site-b", "site-c"], 3, "fedavg", "");
+    let observer = Observer::start(&fleet.pki, &fleet.broker);
     let deltas: [([f32; 6], [f32; 2], u32); 3] = [
         ([0.1, 0.0, 0.0, 0.2, 0.0, 0.0], [0.01, 0.0], 10),
         ([0.0, 0.3, 0.0, 0.0, -0.2, 0.0], [0.0, 0.02], 30),
         ([0.2, 0.0, -0.1, 0.0, 0.0, 0.4], [0.03, 0.0], 60),
     ];
-    let sites: Vec<Site> = ["site-a", "site-b", "site-c"]
-        .iter()
-        .map(|id| Site::new(&pki, &broker, &server, id))
-        .collect();
-    for (site, (dw, db, cases)) in sites.iter().zip(&deltas) {
+    for (site, (dw, db, cases)) in fleet.sites.iter().zip(&deltas) {
         let w: Vec<f32> = W0.iter().zip(dw).map(|(a, d)| a + d).collect();
         let b: Vec<f32> = B0.iter().zip(db).map(|(a, d)| a + d).collect();
         site.put_local_head(1, &w, &b, *cases);
     }
-    let mut federation = Process::start(
-        "federation",
-        &["serve", "--config", server.config.to_str().unwrap()],
-        server.dir.path().join("server.log"),
-    );
-    let mut updaters: Vec<Process> = sites.iter().map(Site::updater).collect();
-    let installed = wait_until(Duration::from_secs(90), || {
-        sites.iter().all(|s| s.global(2).is_file())
-    });
-    assert!(
-        installed,
-        "server:\n{}\nsites:\n{}\nbroker:\n{}",
-        federation.log(),
-        updaters
-            .iter()
-            .map(|u| u.log())
-            .collect::<Vec<_>>()
-            .join("\n---\n"),
-        broker.log()
-    );
+    fleet.start_server();
+    for i in 0..3 {
+        fleet.start_updater(i);
+    }
+    fleet.wait_installed(&[0, 1, 2], 2, Duration::from_secs(90));
     let total: f32 = deltas.iter().map(|d| d.2 as f32).sum();
     let expected_w: Vec<f32> = (0..6)
         .map(|i| W0[i] + deltas.iter().map(|d| d.0[i] * d.2 as f32).sum::<f32>() / total)
@@ -299,7 +429,7 @@ fn three_sites_complete_a_round_and_install_the_signed_fedavg_global_head() {
     let expected_b: Vec<f32> = (0..2)
         .map(|i| B0[i] + deltas.iter().map(|d| d.1[i] * d.2 as f32).sum::<f32>() / total)
         .collect();
-    for site in &sites {
+    for site in &fleet.sites {
         let head = read_head(&site.global(2));
         for (got, want) in head["w"]
             .iter()
@@ -319,16 +449,15 @@ fn three_sites_complete_a_round_and_install_the_signed_fedavg_global_head() {
         assert_eq!(header["version"], 2);
         assert_eq!(header["participants"], 3);
     }
-    let listed = rounds(&server);
-    assert_eq!(listed[0]["round"], 1);
-    assert_eq!(listed[0]["state"], "aggregated");
-    assert_eq!(listed[0]["participants"], 3);
-    assert_eq!(listed[0]["new_version"], 2);
-    assert!(listed[0]["bytes_in"].as_u64().unwrap() > 0);
-    assert!(wait_until(Duration::from_secs(10), || rounds(&server)
-        .iter()
-        .any(|r| r["round"] == 2 && r["state"] == "open")));
-    for site in &sites {
+    let first = fleet.round(1).expect("round 1");
+    assert_eq!(first["state"], "aggregated");
+    assert_eq!(first["participants"], 3);
+    assert_eq!(first["new_version"], 2);
+    assert!(first["bytes_in"].as_u64().unwrap() > 0);
+    assert!(wait_until(Duration::from_secs(10), || fleet
+        .round(2)
+        .is_some_and(|r| r["state"] == "open")));
+    for site in &fleet.sites {
         assert!(
             wait_until(Duration::from_secs(10), || {
                 let status = site.status();
@@ -347,15 +476,30 @@ fn three_sites_complete_a_round_and_install_the_signed_fedavg_global_head() {
             "devices",
             "list",
             "--config",
-            server.config.to_str().unwrap(),
+            fleet.server.config.to_str().unwrap(),
             "--json",
         ],
     );
     assert_eq!(devices.lines().count(), 3, "{devices}");
-    for updater in &mut updaters {
+    let seen = observer.messages();
+    assert!(
+        seen.iter().any(|(t, _)| t.ends_with("/up")),
+        "the observer saw no update"
+    );
+    for (topic, payload) in &seen {
+        assert!(
+            !payload.windows(4).any(|w| w == b"DICM"),
+            "{topic}: DICOM on the broker"
+        );
+        assert!(
+            !has_uid_like(payload),
+            "{topic}: something shaped like a UID on the broker"
+        );
+    }
+    for updater in fleet.updaters.iter_mut().flatten() {
         assert!(updater.stop(), "{}", updater.log());
     }
-    assert!(federation.stop(), "{}", federation.log());
+    assert!(fleet.server().stop(), "{}", fleet.logs());
 }
 
 /// The ACL keys every topic on the certificate: a device cannot publish on another device's
@@ -404,5 +548,278 @@ fn the_broker_refuses_other_devices_topics_and_certificates_of_another_ca() {
     assert!(
         seen.iter().any(|e| matches!(e, Incoming::Disconnected(_))),
         "{seen:?}"
+    );
+}
+
+/// Four sites, one poisoned (a delta of +5 on every weight): with `trimmed_mean` dropping a
+/// quarter at each end, every weight of the new global head stays within what the honest
+/// sites sent, where FedAvg would have moved it by more than a whole unit.
+#[test]
+fn a_poisoned_device_does_not_move_the_trimmed_mean_global_head_outside_the_honest_updates() {
+    let ids = ["site-a", "site-b", "site-c", "site-d"];
+    let mut fleet = Fleet::new(&ids, 4, "trimmed_mean", "trim_fraction = 0.25\n");
+    let honest: [[f32; 6]; 3] = [
+        [0.1, -0.1, 0.05, 0.0, 0.2, -0.05],
+        [0.12, -0.08, 0.0, 0.03, 0.15, 0.0],
+        [0.08, -0.12, 0.02, 0.01, 0.25, -0.02],
+    ];
+    for (i, site) in fleet.sites.iter().enumerate() {
+        let delta: [f32; 6] = if i < 3 { honest[i] } else { [5.0; 6] };
+        let w: Vec<f32> = W0.iter().zip(&delta).map(|(a, d)| a + d).collect();
+        let b: Vec<f32> = B0
+            .iter()
+            .map(|b| b + if i < 3 { 0.0 } else { 5.0 })
+            .collect();
+        site.put_local_head(1, &w, &b, 10);
+    }
+    fleet.start_server();
+    for i in 0..4 {
+        fleet.start_updater(i);
+    }
+    fleet.wait_installed(&[0, 1, 2, 3], 2, Duration::from_secs(90));
+    let head = read_head(&fleet.sites[0].global(2));
+    for (k, got) in head["w"].iter().enumerate() {
+        let low = honest
+            .iter()
+            .map(|d| W0[k] + d[k])
+            .fold(f32::INFINITY, f32::min);
+        let high = honest
+            .iter()
+            .map(|d| W0[k] + d[k])
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            (low - 1e-6..=high + 1e-6).contains(got),
+            "w[{k}] = {got}, honest range {low}..{high}"
+        );
+    }
+    for (k, got) in head["b"].iter().enumerate() {
+        assert!((got - B0[k]).abs() < 1e-6, "b[{k}] = {got}");
+    }
+}
+
+/// Hostile traffic on both sides, after a first round: junk, an oversized frame, a replayed
+/// update and an update for a round that is not open are refused by the server with the
+/// reason (the replay counts once); a tampered, an older and a junk global head are refused
+/// by the devices with the reason; everyone keeps running and the next round still completes.
+#[test]
+fn malformed_oversized_replayed_out_of_round_and_tampered_messages_are_refused_and_everyone_keeps_running(
+) {
+    let mut fleet = Fleet::new(&["site-a", "site-b"], 2, "fedavg", "");
+    let observer = Observer::start(&fleet.pki, &fleet.broker);
+    for site in &fleet.sites {
+        site.put_local_head(1, &[0.6, -0.25, 1.0, 0.0, 2.0, -1.5], &B0, 5);
+    }
+    fleet.start_server();
+    fleet.start_updater(0);
+    fleet.start_updater(1);
+    fleet.wait_installed(&[0, 1], 2, Duration::from_secs(90));
+    assert!(wait_until(Duration::from_secs(10), || fleet
+        .round(2)
+        .is_some()));
+    let topics = fleet_wire::Topics::new(FEDERATION);
+
+    // Device side to the server, with site-a's own certificate.
+    let site_a = fleet.pki.client("site-a");
+    let a = link(&fleet.pki, &fleet.broker, "site-a-test", &site_a, vec![]);
+    assert!(
+        wait_for(&a, Duration::from_secs(10), |e| *e == Incoming::Connected)
+            .contains(&Incoming::Connected)
+    );
+    a.publish(
+        &topics.up("site-a"),
+        b"\x00\x00\x00\x05{junk".to_vec(),
+        false,
+    )
+    .unwrap();
+    let mut big = fleet_wire::frame::encode(
+        &Message::Fetch(fleet_wire::message::Fetch {
+            model: MODEL.into(),
+            version: 2,
+        }),
+        b"",
+    );
+    big.resize(fleet_wire::MAX_FRAME_BYTES + 100, b' ');
+    a.publish(&topics.up("site-a"), big, false).unwrap();
+    // Site-a's own round-1 update, replayed verbatim from what the observer saw.
+    let replay: Vec<Vec<u8>> = observer
+        .messages()
+        .into_iter()
+        .filter(|(t, _)| *t == topics.up("site-a"))
+        .map(|(_, p)| p)
+        .filter(|p| {
+            matches!(
+                fleet_wire::frame::decode(p),
+                Ok((Message::Chunk(_) | Message::UpdateCommit(_), _))
+            )
+        })
+        .collect();
+    assert!(replay.len() >= 2, "the observer saw no update of site-a");
+    for payload in &replay {
+        a.publish(&topics.up("site-a"), payload.clone(), false)
+            .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let log = fleet.federation.as_ref().unwrap().log();
+            log.contains("header is not a JSON object")
+                || log.contains("frame of") && log.contains("exceeds the limit")
+        }),
+        "{}",
+        fleet.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let log = fleet.federation.as_ref().unwrap().log();
+            log.contains("exceeds the limit")
+                && log.contains("out of round: update for round 1, round 2 is open")
+        }),
+        "{}",
+        fleet.logs()
+    );
+    assert_eq!(
+        fleet.round(2).unwrap()["participants"],
+        0,
+        "a replay counted"
+    );
+
+    // Server side to the devices, with the server's certificate but not its key.
+    let server_cert = fleet.pki.client("federation-server");
+    let t = link(&fleet.pki, &fleet.broker, "tamperer", &server_cert, vec![]);
+    assert!(
+        wait_for(&t, Duration::from_secs(10), |e| *e == Incoming::Connected)
+            .contains(&Incoming::Connected)
+    );
+    let real_key = fleet_wire::signed::signing_key_from_pem(
+        &std::fs::read_to_string(&fleet.server.private_key).unwrap(),
+    )
+    .unwrap();
+    let other_key = fleet_wire::signed::SigningKey::from_bytes(&[7u8; 32]);
+    let head = |version: u64| fleet_wire::signed::GlobalHead {
+        federation: FEDERATION.into(),
+        model: MODEL.into(),
+        version,
+        base_version: version - 1,
+        round: 9,
+        blob: "ab".repeat(32),
+        size: 100,
+        count: 1,
+        aggregator: "fedavg".into(),
+        participants: 2,
+    };
+    let global_topic = topics.global(MODEL);
+    t.publish(
+        &global_topic,
+        fleet_wire::frame::encode(&Message::GlobalHead(head(3).sign(&other_key)), b""),
+        false,
+    )
+    .unwrap();
+    t.publish(
+        &global_topic,
+        fleet_wire::frame::encode(&Message::GlobalHead(head(1).sign(&real_key)), b""),
+        false,
+    )
+    .unwrap();
+    t.publish(&topics.down("site-a"), b"not a frame".to_vec(), false)
+        .unwrap();
+    for i in 0..2 {
+        assert!(
+            wait_until(Duration::from_secs(15), || {
+                let log = fleet.updater_log(i);
+                log.contains("the signature does not verify with the trusted key")
+                    && log.contains("version 1 is not above the installed version 2")
+            }),
+            "{}",
+            fleet.logs()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || fleet
+            .updater_log(0)
+            .contains("header declares")),
+        "{}",
+        fleet.logs()
+    );
+    assert!(fleet.server().is_running(), "{}", fleet.logs());
+    for updater in fleet.updaters.iter_mut().flatten() {
+        assert!(updater.is_running(), "{}", updater.log());
+    }
+    for site in &fleet.sites {
+        assert_eq!(site.status()["global_version"], 2);
+    }
+    // The next round still completes.
+    for site in &fleet.sites {
+        site.put_local_head(2, &[0.6, -0.25, 1.0, 0.0, 2.0, -1.5], &B0, 5);
+    }
+    fleet.wait_installed(&[0, 1], 3, Duration::from_secs(90));
+}
+
+/// Quorum 3 of 4, rounds of 30 s. Two sites send their update; the broker restarts; the server is killed
+/// with SIGKILL and started again (the round resumes from its store with both updates); the
+/// third site, which built its update while the broker was down, survives a SIGKILL of its
+/// own with the update queued, and sends it when the broker is back; at the deadline the round
+/// aggregates with the three.
+/// The fourth site, offline for the whole round, starts afterwards and catches up.
+#[test]
+fn a_round_survives_broker_and_server_restarts_a_device_crash_and_an_offline_device_catches_up() {
+    let ids = ["site-a", "site-b", "site-c", "site-d"];
+    let mut fleet = Fleet::with_round_seconds(&ids, 3, "fedavg", "", 30);
+    for site in &fleet.sites[..2] {
+        site.put_local_head(1, &[0.7, -0.25, 1.0, 0.0, 2.0, -1.5], &B0, 4);
+    }
+    fleet.start_server();
+    for i in 0..3 {
+        fleet.start_updater(i);
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || fleet
+            .round(1)
+            .is_some_and(|r| r["participants"] == 2)),
+        "{}",
+        fleet.logs()
+    );
+    assert!(wait_until(Duration::from_secs(30), || fleet.sites[2]
+        .status()["global_version"]
+        == 1));
+    fleet.broker.restart();
+    fleet.server().kill_and_restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || fleet
+            .server()
+            .log()
+            .matches("connected to the broker")
+            .count()
+            >= 2),
+        "{}",
+        fleet.logs()
+    );
+    assert_eq!(fleet.round(1).unwrap()["participants"], 2);
+    assert_eq!(fleet.round(1).unwrap()["state"], "open");
+
+    fleet.broker.stop();
+    fleet.sites[2].put_local_head(1, &[0.4, -0.25, 1.0, 0.0, 2.0, -1.5], &B0, 4);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let status = fleet.sites[2].status();
+            status["queued_updates"] == 1 && status["connected"] == false
+        }),
+        "{}\n{}",
+        fleet.sites[2].status(),
+        fleet.logs()
+    );
+    fleet.updaters[2].as_mut().unwrap().kill_and_restart();
+    assert_eq!(fleet.sites[2].status()["queued_updates"], 1);
+    fleet.broker.restart();
+    fleet.wait_installed(&[0, 1, 2], 2, Duration::from_secs(90));
+    let first = fleet.round(1).unwrap();
+    assert_eq!(first["state"], "aggregated");
+    assert_eq!(first["participants"], 3);
+    let head = read_head(&fleet.sites[0].global(2));
+    assert!((head["w"][0] - 0.6).abs() < 1e-6, "{head:?}");
+    fleet.start_updater(3);
+    fleet.wait_installed(&[3], 2, Duration::from_secs(60));
+    assert!(
+        wait_until(Duration::from_secs(10), || fleet.sites[3].status()["global_version"] == 2),
+        "{}",
+        fleet.sites[3].status()
     );
 }

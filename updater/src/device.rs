@@ -76,6 +76,7 @@ impl Device {
                     state::set(&self.conn, "last_event", "connected")?;
                     self.hello()?;
                     self.send_outbox()?;
+                    self.fetch_pending()?;
                 }
                 Ok(Incoming::Disconnected(reason)) => {
                     tracing::warn!(%reason, "fleet broker connection lost; reconnecting");
@@ -155,16 +156,26 @@ impl Device {
             Message::GlobalHead(signed) => self.offer_global(signed),
             Message::Chunk(header) => self.take_global_chunk(&header, body),
             Message::Ack(ack) => {
-                let waiting: Option<String> = self
+                let waiting: Option<(String, String)> = self
                     .conn
                     .query_row(
-                        "SELECT blob FROM outbox WHERE round = ?1 AND state = 'queued'",
+                        "SELECT blob, state FROM outbox WHERE round = ?1",
                         [ack.round],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                if waiting.as_deref() != Some(ack.blob.as_str()) {
-                    anyhow::bail!("ack for an update not in the outbox (round {})", ack.round);
+                match waiting {
+                    Some((blob, state)) if blob == ack.blob => {
+                        if state != "queued" {
+                            // A second answer to an update sent again (QoS 1 redelivery).
+                            tracing::debug!(
+                                round = ack.round,
+                                "ack of an update already acknowledged"
+                            );
+                            return Ok(());
+                        }
+                    }
+                    _ => anyhow::bail!("ack for an update not in the outbox (round {})", ack.round),
                 }
                 match ack.outcome {
                     AckOutcome::Accepted | AckOutcome::Duplicate | AckOutcome::Late => {
@@ -195,6 +206,13 @@ impl Device {
         if signed.head.version == installed {
             return Ok(());
         }
+        if let Some(pending) = state::get(&self.conn, "pending_global")? {
+            let pending: SignedGlobalHead = serde_json::from_str(&pending)?;
+            if pending == signed {
+                // Already being fetched (the header arrives retained and again on connect).
+                return Ok(());
+            }
+        }
         let head = signed
             .verify(
                 &self.trusted,
@@ -222,6 +240,23 @@ impl Device {
         )
     }
 
+    /// Ask again for the global head being fetched (a fetch may have been lost with a
+    /// connection).
+    fn fetch_pending(&self) -> anyhow::Result<()> {
+        let Some(pending) = state::get(&self.conn, "pending_global")? else {
+            return Ok(());
+        };
+        let pending: SignedGlobalHead = serde_json::from_str(&pending)?;
+        self.publish(
+            &self.topics.up(&self.config.device_id),
+            &Message::Fetch(Fetch {
+                model: self.config.federation.model.clone(),
+                version: pending.head.version,
+            }),
+            b"",
+        )
+    }
+
     fn take_global_chunk(
         &mut self,
         header: &fleet_wire::message::ChunkHeader,
@@ -229,6 +264,12 @@ impl Device {
     ) -> anyhow::Result<()> {
         let pending: SignedGlobalHead = match state::get(&self.conn, "pending_global")? {
             Some(text) => serde_json::from_str(&text)?,
+            None if state::get(&self.conn, "installed_blob")?.as_deref()
+                == Some(header.blob.as_str()) =>
+            {
+                // The installed head's chunks again (a fetch answered twice).
+                return Ok(());
+            }
             None => anyhow::bail!("a chunk while no global head is being fetched"),
         };
         if header.blob != pending.head.blob || header.size != pending.head.size {
@@ -265,6 +306,7 @@ impl Device {
             serde_json::to_string_pretty(&pending)?.as_bytes(),
         )?;
         state::set(&self.conn, "installed_version", &version.to_string())?;
+        state::set(&self.conn, "installed_blob", &pending.head.blob)?;
         self.conn.execute("DELETE FROM global_chunks", [])?;
         self.conn
             .execute("DELETE FROM kv WHERE key = 'pending_global'", [])?;
