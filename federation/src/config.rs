@@ -37,6 +37,10 @@ pub struct Config {
     /// Gaussian noise on the device, as a multiple of `clip_norm` (0: none).
     #[serde(default)]
     pub noise_multiplier: f64,
+    /// How devices encode their deltas: `int8-block256` (int8 blockwise with stochastic
+    /// rounding, a quarter of the bytes) or `f32`.
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
     /// Share of updates `trimmed_mean` drops at each end of every coordinate.
     #[serde(default = "default_trim_fraction")]
     pub trim_fraction: f64,
@@ -50,6 +54,9 @@ fn default_round_seconds() -> u64 {
 }
 fn default_aggregator() -> String {
     "fedavg".into()
+}
+fn default_encoding() -> String {
+    "int8-block256".into()
 }
 fn default_trim_fraction() -> f64 {
     0.1
@@ -117,6 +124,12 @@ impl Config {
         }
         if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
             return Err(problem("clip_norm", "a finite number above 0".into()));
+        }
+        if !["int8-block256", "f32"].contains(&self.encoding.as_str()) {
+            return Err(problem(
+                "encoding",
+                format!("{:?}: int8-block256 or f32", self.encoding),
+            ));
         }
         if !(self.trim_fraction.is_finite() && (0.0..0.5).contains(&self.trim_fraction)) {
             return Err(problem("trim_fraction", "at least 0 and below 0.5".into()));

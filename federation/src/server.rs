@@ -169,7 +169,7 @@ impl Server {
             enrolled: round.enrolled,
             aggregator: round.aggregator.clone(),
             secure_aggregation: false,
-            encoding: "f32".into(),
+            encoding: self.config.encoding.clone(),
             clip_norm: self.config.clip_norm,
             noise_multiplier: self.config.noise_multiplier,
             tensors: self.tensors.clone(),
@@ -304,12 +304,15 @@ impl Server {
                 round.global_version
             );
         }
-        if commit.encoding != "f32" {
-            anyhow::bail!("encoding {:?}; this round takes f32", commit.encoding);
+        if commit.encoding != self.config.encoding {
+            anyhow::bail!(
+                "encoding {:?}; this round takes {}",
+                commit.encoding,
+                self.config.encoding
+            );
         }
         let bytes = self.assemble(&commit.blob, commit.count, commit.size)?;
-        let delta = self.check_delta(&bytes)?;
-        let _ = delta;
+        self.check_delta(&bytes)?;
         let staleness = round.global_version - commit.base_version;
         let weight = f64::from(commit.cases) * aggregate::staleness_weight(staleness);
         self.conn.execute(
@@ -355,28 +358,54 @@ impl Server {
         Ok(bytes)
     }
 
-    /// The delta of an update blob: exactly the round's tensors, F32, finite.
+    /// The delta of an update blob in the round's encoding: exactly the round's tensors, every
+    /// value finite; int8 blocks are checked (`Quantized::validate`) and decoded.
     fn check_delta(&self, bytes: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
-        let delta = head_tensors(bytes)?;
-        if delta.len() != self.tensors.len() {
+        let (mut arrays, _) = tensors::decode(bytes)?;
+        let per_tensor = if self.config.encoding == "int8-block256" {
+            2
+        } else {
+            1
+        };
+        if arrays.len() != self.tensors.len() * per_tensor {
             anyhow::bail!(
-                "{} tensors; the model has {}",
-                delta.len(),
-                self.tensors.len()
+                "{} tensors; the model has {} in encoding {}",
+                arrays.len(),
+                self.tensors.len(),
+                self.config.encoding
             );
         }
+        let mut delta = BTreeMap::new();
         for spec in &self.tensors {
-            let values = delta
-                .get(&spec.name)
-                .ok_or_else(|| anyhow::anyhow!("tensor {} missing", spec.name))?;
-            if values.len() != spec.len as usize {
+            let len = spec.len as usize;
+            let values = if per_tensor == 2 {
+                let codes = arrays.remove(&format!("{}.q8", spec.name));
+                let scales = arrays.remove(&format!("{}.scale", spec.name));
+                let (Some(Array::I8(values)), Some(Array::F32(scales))) = (codes, scales) else {
+                    anyhow::bail!("tensor {}: no I8 codes and F32 scales", spec.name);
+                };
+                let quantized = fl_delta::quantize::Quantized {
+                    len,
+                    block: 256,
+                    scales,
+                    values,
+                };
+                quantized.validate(len)?;
+                fl_delta::quantize::decode(&quantized)?
+            } else {
+                match arrays.remove(&spec.name) {
+                    Some(Array::F32(values)) => values,
+                    _ => anyhow::bail!("tensor {} missing or not F32", spec.name),
+                }
+            };
+            if values.len() != len {
                 anyhow::bail!(
-                    "tensor {}: {} values, {} expected",
+                    "tensor {}: {} values, {len} expected",
                     spec.name,
-                    values.len(),
-                    spec.len
+                    values.len()
                 );
             }
+            delta.insert(spec.name.clone(), values);
         }
         Ok(delta)
     }

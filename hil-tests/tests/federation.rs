@@ -399,13 +399,19 @@ impl Observer {
     }
 }
 
-/// Three sites, quorum 3: every site sends its delta, the server aggregates by FedAvg weighted
+/// Three sites, quorum 3, float32 deltas: every site sends its delta, the server aggregates by
+/// FedAvg weighted
 /// by case counts, signs global version 2, and every site verifies and installs it; the
 /// round is recorded with its participants and bytes, and the next round opens. An observer
 /// subscribed to `#` for the whole run sees no DICOM and nothing shaped like a UID.
 #[test]
 fn three_sites_complete_a_round_and_install_the_signed_fedavg_global_head() {
-    let mut fleet = Fleet::new(&["site-a", "site-b", "site-c"], 3, "fedavg", "");
+    let mut fleet = Fleet::new(
+        &["site-a", "site-b", "site-c"],
+        3,
+        "fedavg",
+        "encoding = \"f32\"\n",
+    );
     let observer = Observer::start(&fleet.pki, &fleet.broker);
     let deltas: [([f32; 6], [f32; 2], u32); 3] = [
         ([0.1, 0.0, 0.0, 0.2, 0.0, 0.0], [0.01, 0.0], 10),
@@ -553,7 +559,8 @@ fn the_broker_refuses_other_devices_topics_and_certificates_of_another_ca() {
 
 /// Four sites, one poisoned (a delta of +5 on every weight): with `trimmed_mean` dropping a
 /// quarter at each end, every weight of the new global head stays within what the honest
-/// sites sent, where FedAvg would have moved it by more than a whole unit.
+/// sites sent (within the int8 quantisation step of the default encoding, max|delta|/127 a
+/// block), where FedAvg would have moved it by more than a whole unit.
 #[test]
 fn a_poisoned_device_does_not_move_the_trimmed_mean_global_head_outside_the_honest_updates() {
     let ids = ["site-a", "site-b", "site-c", "site-d"];
@@ -587,8 +594,11 @@ fn a_poisoned_device_does_not_move_the_trimmed_mean_global_head_outside_the_hone
             .iter()
             .map(|d| W0[k] + d[k])
             .fold(f32::NEG_INFINITY, f32::max);
+        // One quantisation step: the block's max |delta| (0.25 honest) over 127; the
+        // poisoned block's codes never reach the middle values.
+        let step = 0.25 / 127.0 + 1e-6;
         assert!(
-            (low - 1e-6..=high + 1e-6).contains(got),
+            (low - step..=high + step).contains(got),
             "w[{k}] = {got}, honest range {low}..{high}"
         );
     }
@@ -818,7 +828,9 @@ fn a_round_survives_broker_and_server_restarts_a_device_crash_and_an_offline_dev
     fleet.start_updater(3);
     fleet.wait_installed(&[3], 2, Duration::from_secs(60));
     assert!(
-        wait_until(Duration::from_secs(10), || fleet.sites[3].status()["global_version"] == 2),
+        wait_until(Duration::from_secs(10), || fleet.sites[3].status()
+            ["global_version"]
+            == 2),
         "{}",
         fleet.sites[3].status()
     );

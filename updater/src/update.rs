@@ -8,6 +8,12 @@ use fleet_wire::message::{RoundAnnounce, UpdateCommit};
 use fleet_wire::tensors::{self, Array};
 use std::collections::BTreeMap;
 
+/// Float32 tensors as they are.
+pub const ENCODING_F32: &str = "f32";
+/// Int8 blockwise quantisation with stochastic rounding (`T.q8`, `T.scale`).
+pub const ENCODING_INT8: &str = "int8-block256";
+const INT8_BLOCK: usize = 256;
+
 /// δ of the (ε, δ) the updater reports.
 pub const DP_DELTA: f64 = 1e-5;
 
@@ -65,13 +71,24 @@ pub fn build(
     }
     let mut named = Vec::new();
     let mut at = 0;
+    let mut rng = fl_delta::rand_chacha::ChaCha20Rng::from_entropy();
     for spec in &round.tensors {
         let end = at + spec.len as usize;
-        named.push((spec.name.clone(), Array::F32(flat[at..end].to_vec())));
+        let values = &flat[at..end];
+        match round.encoding.as_str() {
+            ENCODING_F32 => named.push((spec.name.clone(), Array::F32(values.to_vec()))),
+            ENCODING_INT8 => {
+                // Stochastic rounding: unbiased, so the server's average is too.
+                let q = fl_delta::quantize::encode(values, INT8_BLOCK, &mut rng)?;
+                named.push((format!("{}.q8", spec.name), Array::I8(q.values)));
+                named.push((format!("{}.scale", spec.name), Array::F32(q.scales)));
+            }
+            other => anyhow::bail!("round {} asks for encoding {other:?}", round.round),
+        }
         at = end;
     }
     let metadata = BTreeMap::from([
-        ("encoding".to_string(), "f32".to_string()),
+        ("encoding".to_string(), round.encoding.clone()),
         ("round".to_string(), round.round.to_string()),
         ("base_version".to_string(), round.global_version.to_string()),
     ]);
@@ -83,7 +100,7 @@ pub fn build(
         count: fleet_wire::message::chunk_count(blob.len() as u64),
         cases,
         base_version: round.global_version,
-        encoding: "f32".into(),
+        encoding: round.encoding.clone(),
         clip_norm: Some(round.clip_norm),
         noise_multiplier: Some(round.noise_multiplier),
     };
