@@ -917,7 +917,7 @@ fn run() -> Result<()> {
     println!();
     println!(
         "Fine-tuning (appliance defaults, {}): epochs {}, learning rate {}, Adam, batch {}, \
-         pixels per class {}, class weights {:?}, classifier steps {}; mu 0 or {mu}. Federated: \
+         pixels per class {}, class weights {}, classifier steps {}; mu 0 or {mu}. Federated: \
          {} rounds of one fine-tune per site from the current global head, FedAvg weighted by \
          training cases. Seeds: {} fine-tuning seeds per strategy (base {}); data identical \
          across seeds. Gate: min_local_gain {}, reference_margin {margin}.",
@@ -926,7 +926,10 @@ fn run() -> Result<()> {
         config.learning_rate,
         config.batch,
         config.pixels_per_class,
-        config.class_weights,
+        config
+            .class_weights
+            .as_ref()
+            .map_or("all 1".into(), |w| format!("{w:?}")),
         config.classifier_steps,
         options.rounds,
         options.seeds,
@@ -1177,20 +1180,24 @@ fn run() -> Result<()> {
     }
     for summary in &summaries {
         // Worst drop against the global head over every seed (and site head), per label and AUROC.
+        // Pass or fail by the gate's own comparison (`after >= before - margin`).
         let mut drops = vec![f64::NEG_INFINITY; global_reference.dice.len()];
         let mut auroc_drop = f64::NEG_INFINITY;
+        let mut pass = true;
         for r in summary.references() {
             for (k, d) in r.dice.iter().enumerate() {
-                drops[k] = drops[k].max(global_reference.dice[k] - d);
+                let before = global_reference.dice[k];
+                drops[k] = drops[k].max(before - d);
+                pass &= *d >= before - margin;
             }
             if let (Some(b), Some(a)) = (global_reference.auroc, r.auroc) {
                 auroc_drop = auroc_drop.max(b - a);
+                pass &= a >= b - margin;
             }
         }
-        let pass = drops.iter().all(|d| *d <= margin) && auroc_drop <= margin;
         println!(
             "- {} [{}]: reference set within the gate's margin {margin} for every seed{}: \
-             largest drop Dice intracranial {:+.4}, lesion {:+.4}, AUROC {}",
+             largest drop Dice intracranial {:+.5}, lesion {:+.5}, AUROC {}",
             if pass { "PASS" } else { "FAIL" },
             summary.strategy.name,
             if summary.strategy.kind == Kind::Local {
@@ -1201,7 +1208,7 @@ fn run() -> Result<()> {
             drops[0],
             drops[drops.len() - 1],
             if auroc_drop.is_finite() {
-                format!("{auroc_drop:+.4}")
+                format!("{auroc_drop:+.5}")
             } else {
                 "-".into()
             }
