@@ -37,6 +37,13 @@ pub struct Config {
     /// Gaussian noise on the device, as a multiple of `clip_norm` (0: none).
     #[serde(default)]
     pub noise_multiplier: f64,
+    /// Secure aggregation (SecAgg+): the server sees only the sum of the devices' deltas.
+    /// Needs an aggregator of the sum (`fedavg`, unweighted under it, or `fedadam`).
+    #[serde(default = "default_true")]
+    pub secure_aggregation: bool,
+    /// How long each of its four phases waits for devices before they count as dropped.
+    #[serde(default = "default_phase_seconds")]
+    pub phase_seconds: u64,
     /// How devices encode their deltas: `int8-block256` (int8 blockwise with stochastic
     /// rounding, a quarter of the bytes) or `f32`.
     #[serde(default = "default_encoding")]
@@ -54,6 +61,12 @@ fn default_round_seconds() -> u64 {
 }
 fn default_aggregator() -> String {
     "fedavg".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_phase_seconds() -> u64 {
+    30
 }
 fn default_encoding() -> String {
     "int8-block256".into()
@@ -124,6 +137,26 @@ impl Config {
         }
         if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
             return Err(problem("clip_norm", "a finite number above 0".into()));
+        }
+        if self.secure_aggregation {
+            if !["fedavg", "fedadam"].contains(&self.aggregator.as_str()) {
+                return Err(problem(
+                    "secure_aggregation",
+                    format!(
+                        "{} needs every device's update, which secure aggregation hides: use fedavg or fedadam, or turn it off",
+                        self.aggregator
+                    ),
+                ));
+            }
+            if self.enrolled.len() < 3 {
+                return Err(problem(
+                    "secure_aggregation",
+                    "needs 3 or more enrolled devices".into(),
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.phase_seconds) {
+            return Err(problem("phase_seconds", "1 to 3600".into()));
         }
         if !["int8-block256", "f32"].contains(&self.encoding.as_str()) {
             return Err(problem(

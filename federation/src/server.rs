@@ -6,6 +6,7 @@
 
 use crate::aggregate;
 use crate::config::{broker_address, Config};
+use crate::secure::{Session, Step};
 use crate::store::{self, now_ms, Round};
 use ed25519_dalek::SigningKey;
 use fleet_mqtt::{Incoming, Link, LinkConfig};
@@ -32,6 +33,10 @@ pub struct Server {
     key: SigningKey,
     /// The trainable tensors of the model, in order, from the initial head.
     tensors: Vec<TensorSpec>,
+    /// The secure-aggregation session of the open round, if it uses one.
+    secure: Option<Session>,
+    /// The enrolled devices, sorted: their index is their id in secure aggregation.
+    participants: Vec<String>,
 }
 
 /// Names and lengths of the F32 tensors of a head blob, sorted by name.
@@ -75,6 +80,9 @@ impl Server {
             },
             vec![topics.all_up()],
         )?;
+        let mut participants = config.enrolled.clone();
+        participants.sort();
+        participants.dedup();
         let mut server = Server {
             config,
             conn,
@@ -82,6 +90,8 @@ impl Server {
             topics,
             key,
             tensors,
+            secure: None,
+            participants,
         };
         if store::latest_global(&server.conn)?.is_none() {
             server.store_global(1, 0, 0, &initial, "initial", 0)?;
@@ -91,6 +101,14 @@ impl Server {
 
     /// Serve until `stop` is raised.
     pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        if let Some(round) = store::open_round(&self.conn)? {
+            if round.secure {
+                self.close_round(
+                    &round,
+                    "the server restarted during secure aggregation; masked inputs cannot be recovered".into(),
+                )?;
+            }
+        }
         self.ensure_open_round()?;
         while !stop.load(Ordering::Relaxed) {
             match self.link.events().recv_timeout(Duration::from_millis(200)) {
@@ -168,12 +186,17 @@ impl Server {
             quorum: round.quorum,
             enrolled: round.enrolled,
             aggregator: round.aggregator.clone(),
-            secure_aggregation: false,
+            secure_aggregation: round.secure,
             encoding: self.config.encoding.clone(),
             clip_norm: self.config.clip_norm,
             noise_multiplier: self.config.noise_multiplier,
             tensors: self.tensors.clone(),
             seed: round.seed.clone(),
+            participants: if round.secure {
+                self.participants.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -198,7 +221,20 @@ impl Server {
             self.config.enrolled.len() as u32,
             &self.config.aggregator,
             &hex::encode(seed),
+            self.config.secure_aggregation,
         )?;
+        if self.config.secure_aggregation {
+            let vector_len = self.tensors.iter().map(|t| t.len as usize).sum();
+            self.secure = Some(Session::new(
+                next,
+                &hex::encode(seed),
+                self.participants.clone(),
+                vector_len,
+                self.config.clip_norm,
+                self.config.phase_seconds * 1000,
+                now_ms(),
+            )?);
+        }
         tracing::info!(
             round = next,
             global_version = global.version,
@@ -271,6 +307,21 @@ impl Server {
                 Ok(())
             }
             Message::Fetch(fetch) => self.send_global(device, fetch.version),
+            Message::SecAgg(header) => {
+                let session = self
+                    .secure
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("no round with secure aggregation is open"))?;
+                if header.round != session.round {
+                    anyhow::bail!(
+                        "out of round: {} for round {}, round {} is open",
+                        header.phase,
+                        header.round,
+                        session.round
+                    );
+                }
+                session.receive(device, &header.phase, body)
+            }
             other => anyhow::bail!("a device may not send {}", other.kind()),
         }
     }
@@ -279,6 +330,12 @@ impl Server {
     fn take_update(&mut self, device: &str, commit: &UpdateCommit) -> anyhow::Result<AckOutcome> {
         let round =
             store::open_round(&self.conn)?.ok_or_else(|| anyhow::anyhow!("no round is open"))?;
+        if round.secure {
+            anyhow::bail!(
+                "round {} uses secure aggregation: updates go masked",
+                round.round
+            );
+        }
         if commit.round != round.round {
             anyhow::bail!(
                 "out of round: update for round {}, round {} is open",
@@ -415,6 +472,9 @@ impl Server {
         let Some(round) = store::open_round(&self.conn)? else {
             return self.ensure_open_round();
         };
+        if round.secure {
+            return self.tick_secure(&round);
+        }
         let everyone = round.participants >= round.enrolled;
         if !everyone && now_ms() < round.deadline_ms {
             return Ok(());
@@ -437,22 +497,83 @@ impl Server {
             return Ok(());
         } else {
             let reason = format!("quorum not met: {} of {}", round.participants, round.quorum);
-            self.conn.execute(
-                "UPDATE rounds SET state = 'closed', reason = ?2 WHERE round = ?1",
-                params![round.round, reason],
-            )?;
-            tracing::warn!(round = round.round, %reason, "round closed");
-            self.publish(
-                &self.topics.round(),
-                &Message::RoundClosed(RoundClosed {
-                    round: round.round,
-                    reason,
-                }),
-                b"",
-                true,
-            )?;
+            self.close_round(&round, reason)?;
         }
         self.ensure_open_round()
+    }
+
+    fn close_round(&mut self, round: &Round, reason: String) -> anyhow::Result<()> {
+        self.secure = None;
+        self.conn.execute(
+            "UPDATE rounds SET state = 'closed', reason = ?2 WHERE round = ?1",
+            params![round.round, reason],
+        )?;
+        tracing::warn!(round = round.round, %reason, "round closed");
+        self.publish(
+            &self.topics.round(),
+            &Message::RoundClosed(RoundClosed {
+                round: round.round,
+                reason,
+            }),
+            b"",
+            true,
+        )
+    }
+
+    /// Drive the open round's secure aggregation one step.
+    fn tick_secure(&mut self, round: &Round) -> anyhow::Result<()> {
+        let Some(session) = self.secure.as_mut() else {
+            return self.close_round(round, "no secure-aggregation session for the round".into());
+        };
+        match session.step(now_ms())? {
+            Step::Wait => Ok(()),
+            Step::Send(messages) => {
+                for (device, phase, body) in messages {
+                    let header = Message::SecAgg(fleet_wire::message::SecAggHeader {
+                        round: round.round,
+                        phase: phase.into(),
+                    });
+                    self.publish(&self.topics.down(&device), &header, &body, false)?;
+                }
+                Ok(())
+            }
+            Step::Failed(reason) => {
+                self.close_round(round, reason)?;
+                self.ensure_open_round()
+            }
+            Step::Done { mean, survivors } => {
+                let bytes_in = session.bytes_in;
+                self.secure = None;
+                self.conn.execute(
+                    "UPDATE rounds SET participants = ?2, bytes_in = ?3 WHERE round = ?1",
+                    params![round.round, survivors as u32, bytes_in],
+                )?;
+                if (survivors as u32) < round.quorum {
+                    self.close_round(
+                        round,
+                        format!("quorum not met: {survivors} of {}", round.quorum),
+                    )?;
+                } else {
+                    let mut adam = store::state(&self.conn, "fedadam")?;
+                    let combined = if round.aggregator == "fedadam" {
+                        aggregate::combine(
+                            "fedadam",
+                            &[(1.0, mean)],
+                            f64::INFINITY,
+                            0.0,
+                            &mut adam,
+                        )?
+                    } else {
+                        mean
+                    };
+                    if let Some(adam) = &adam {
+                        store::set_state(&self.conn, "fedadam", adam)?;
+                    }
+                    self.install_global(round, &combined, survivors as u32)?;
+                }
+                self.ensure_open_round()
+            }
+        }
     }
 
     fn aggregate(&mut self, round: &Round) -> anyhow::Result<()> {
@@ -485,12 +606,28 @@ impl Server {
         if let Some(adam) = &adam {
             store::set_state(&self.conn, "fedadam", adam)?;
         }
+        self.install_global(round, &combined, rows.len() as u32)?;
+        let blobs: Vec<&String> = rows.iter().map(|(b, _, _)| b).collect();
+        for b in blobs {
+            self.conn
+                .execute("DELETE FROM chunks WHERE blob = ?1", [b])?;
+        }
+        Ok(())
+    }
+
+    /// The new global head = the round's global + `combined`: stored, signed, announced.
+    fn install_global(
+        &mut self,
+        round: &Round,
+        combined: &[f32],
+        participants: u32,
+    ) -> anyhow::Result<()> {
         let global_blob = std::fs::read(store::global_path(
             &self.config.data_dir,
             round.global_version,
         ))?;
         let global = flatten(&self.tensors, &head_tensors(&global_blob)?);
-        let new: Vec<f32> = global.iter().zip(&combined).map(|(g, d)| g + d).collect();
+        let new: Vec<f32> = global.iter().zip(combined).map(|(g, d)| g + d).collect();
         let blob = tensors::encode(&unflatten(&self.tensors, &new), &BTreeMap::new())?;
         let version = round.global_version + 1;
         self.store_global(
@@ -499,21 +636,16 @@ impl Server {
             round.round,
             &blob,
             &round.aggregator,
-            rows.len() as u32,
+            participants,
         )?;
         self.conn.execute(
             "UPDATE rounds SET state = 'aggregated', new_version = ?2 WHERE round = ?1",
             params![round.round, version],
         )?;
-        let blobs: Vec<&String> = rows.iter().map(|(b, _, _)| b).collect();
-        for b in blobs {
-            self.conn
-                .execute("DELETE FROM chunks WHERE blob = ?1", [b])?;
-        }
         tracing::info!(
             round = round.round,
             version,
-            participants = rows.len(),
+            participants,
             "round aggregated; new global head"
         );
         self.publish_state()

@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, state TEXT NOT NUL
     global_version INTEGER NOT NULL, opened_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
     extended INTEGER NOT NULL DEFAULT 0, quorum INTEGER NOT NULL, enrolled INTEGER NOT NULL,
     aggregator TEXT NOT NULL, seed TEXT NOT NULL, bytes_in INTEGER NOT NULL DEFAULT 0,
-    participants INTEGER NOT NULL DEFAULT 0, new_version INTEGER, reason TEXT);
+    participants INTEGER NOT NULL DEFAULT 0, new_version INTEGER, reason TEXT,
+    secure INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS chunks (blob TEXT NOT NULL, idx INTEGER NOT NULL,
     device TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (blob, idx));
 CREATE TABLE IF NOT EXISTS updates (round INTEGER NOT NULL, device TEXT NOT NULL,
@@ -67,6 +68,8 @@ pub struct Round {
     pub bytes_in: u64,
     pub new_version: Option<u64>,
     pub reason: Option<String>,
+    /// Secure aggregation: the server saw only the sum.
+    pub secure: bool,
     #[serde(skip)]
     pub seed: String,
 }
@@ -86,11 +89,12 @@ fn round_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<Round> {
         new_version: row.get(10)?,
         reason: row.get(11)?,
         seed: row.get(12)?,
+        secure: row.get(13)?,
     })
 }
 
 const ROUND_COLUMNS: &str = "round, state, global_version, deadline_ms, extended, quorum, enrolled,
-    participants, aggregator, bytes_in, new_version, reason, seed";
+    participants, aggregator, bytes_in, new_version, reason, seed, secure";
 
 pub fn rounds(conn: &Connection) -> rusqlite::Result<Vec<Round>> {
     let mut stmt = conn.prepare(&format!(
@@ -127,11 +131,12 @@ pub fn insert_round(
     enrolled: u32,
     aggregator: &str,
     seed: &str,
+    secure: bool,
 ) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO rounds (round, state, global_version, opened_ms, deadline_ms, quorum, enrolled,
-             aggregator, seed) VALUES (?1, 'open', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![round, global_version, now_ms(), deadline_ms, quorum, enrolled, aggregator, seed],
+             aggregator, seed, secure) VALUES (?1, 'open', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![round, global_version, now_ms(), deadline_ms, quorum, enrolled, aggregator, seed, secure],
     )?;
     Ok(())
 }

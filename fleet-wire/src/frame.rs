@@ -1,5 +1,5 @@
 //! A payload on the wire: 4-byte big-endian header length, the JSON header (with `"v"` and
-//! `"type"`), then the body. Only chunks carry a body.
+//! `"type"`), then the body. Only chunks and secure-aggregation messages carry a body.
 
 use crate::message::{Message, MessageError};
 use crate::{MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION};
@@ -18,7 +18,7 @@ pub enum FrameError {
     Version(Option<u64>),
     #[error("{0}")]
     Message(#[from] MessageError),
-    #[error("a {0} message carries {1} body bytes; only chunks have a body")]
+    #[error("a {0} message carries {1} body bytes; only chunks and sec_agg have a body")]
     UnexpectedBody(&'static str, usize),
 }
 
@@ -66,7 +66,7 @@ pub fn decode(frame: &[u8]) -> Result<(Message, &[u8]), FrameError> {
     let message: Message =
         serde_json::from_value(value).map_err(|e| FrameError::Json(e.to_string()))?;
     message.validate()?;
-    if !body.is_empty() && !matches!(message, Message::Chunk(_)) {
+    if !body.is_empty() && !matches!(message, Message::Chunk(_) | Message::SecAgg(_)) {
         return Err(FrameError::UnexpectedBody(message.kind(), body.len()));
     }
     Ok((message, body))

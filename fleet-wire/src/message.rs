@@ -96,6 +96,9 @@ pub enum Message {
     RoundAnnounce(RoundAnnounce),
     RoundClosed(RoundClosed),
     GlobalHead(SignedGlobalHead),
+    /// A secure-aggregation message; its body is the phase's message (JSON of the `secagg`
+    /// crate's type for `phase`).
+    SecAgg(SecAggHeader),
 }
 
 impl Message {
@@ -111,6 +114,7 @@ impl Message {
             Message::RoundAnnounce(_) => "round_announce",
             Message::RoundClosed(_) => "round_closed",
             Message::GlobalHead(_) => "global_head",
+            Message::SecAgg(_) => "sec_agg",
         }
     }
 
@@ -186,10 +190,29 @@ impl Message {
                         return Err(bad("tensors", format!("{}: length {}", t.name, t.len)));
                     }
                 }
+                if m.participants.len() > 10_000 {
+                    return Err(bad("participants", "more than 10000"));
+                }
+                if m.secure_aggregation && m.participants.len() < 3 {
+                    return Err(bad("participants", "secure aggregation needs 3 or more"));
+                }
+                for p in &m.participants {
+                    check_field_id("participants", p)?;
+                }
+                if m.participants.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(bad("participants", "not strictly increasing"));
+                }
                 check_sha256("seed", &m.seed)
             }
             Message::RoundClosed(m) => check_text("reason", &m.reason, 512),
             Message::GlobalHead(m) => m.head.validate(),
+            Message::SecAgg(m) => {
+                if SecAggPhase::ALL.contains(&m.phase.as_str()) {
+                    Ok(())
+                } else {
+                    Err(bad("phase", "unknown"))
+                }
+            }
         }
     }
 }
@@ -322,6 +345,42 @@ pub struct RoundAnnounce {
     pub tensors: Vec<TensorSpec>,
     /// Random per round (hex SHA-256 size): the secure-aggregation graph and masks use it.
     pub seed: String,
+    /// Under secure aggregation: the device ids of the round, sorted; a device's index in
+    /// this list is its id in the masking protocol.
+    #[serde(default)]
+    pub participants: Vec<String>,
+}
+
+/// The phases of secure aggregation, named by the message that travels (device → server:
+/// `advertise_keys`, `share_keys`, `masked_input`, `unmask_response`; server → device:
+/// `neighbour_keys`, `relayed_shares`, `unmask_request`).
+pub struct SecAggPhase;
+
+impl SecAggPhase {
+    pub const ADVERTISE_KEYS: &'static str = "advertise_keys";
+    pub const NEIGHBOUR_KEYS: &'static str = "neighbour_keys";
+    pub const SHARE_KEYS: &'static str = "share_keys";
+    pub const RELAYED_SHARES: &'static str = "relayed_shares";
+    pub const MASKED_INPUT: &'static str = "masked_input";
+    pub const UNMASK_REQUEST: &'static str = "unmask_request";
+    pub const UNMASK_RESPONSE: &'static str = "unmask_response";
+    pub const ALL: [&'static str; 7] = [
+        Self::ADVERTISE_KEYS,
+        Self::NEIGHBOUR_KEYS,
+        Self::SHARE_KEYS,
+        Self::RELAYED_SHARES,
+        Self::MASKED_INPUT,
+        Self::UNMASK_REQUEST,
+        Self::UNMASK_RESPONSE,
+    ];
+}
+
+/// The header of a secure-aggregation message.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecAggHeader {
+    pub round: u64,
+    pub phase: String,
 }
 
 /// The last round ended without a new round open, with the reason (retained).

@@ -268,11 +268,13 @@ impl Fleet {
         let pki = FleetPki::new();
         let broker = Broker::start(&pki);
         let server = server_setup(&pki, &broker, ids, quorum, round_seconds, aggregator);
-        if !extra.is_empty() {
-            let mut text = std::fs::read_to_string(&server.config).unwrap();
-            text.push_str(extra);
-            std::fs::write(&server.config, text).unwrap();
+        let mut text = std::fs::read_to_string(&server.config).unwrap();
+        text.push_str(extra);
+        // Tests of individual updates turn secure aggregation (on by default) off.
+        if !extra.contains("secure_aggregation") {
+            text.push_str("secure_aggregation = false\n");
         }
+        std::fs::write(&server.config, text).unwrap();
         let sites = ids
             .iter()
             .map(|id| Site::new(&pki, &broker, &server, id))
@@ -834,4 +836,139 @@ fn a_round_survives_broker_and_server_restarts_a_device_crash_and_an_offline_dev
         "{}",
         fleet.sites[3].status()
     );
+}
+
+/// Secure aggregation with four enrolled devices, quorum 3: three sites run their updater; the
+/// fourth, played by the test with the `secagg` client, advertises its keys and shares them,
+/// then goes silent before its masked input. The server unmasks the three survivors' sum with
+/// the dropped device's shares and installs their mean; no update travels in clear (the
+/// observer sees no `update_commit`).
+#[test]
+fn secure_aggregation_recovers_the_mean_when_a_device_drops_after_sharing_keys() {
+    let ids = ["site-a", "site-b", "site-c", "site-d"];
+    let mut fleet = Fleet::new(
+        &ids,
+        3,
+        "fedavg",
+        "secure_aggregation = true\nphase_seconds = 5\n",
+    );
+    let observer = Observer::start(&fleet.pki, &fleet.broker);
+    let deltas: [[f32; 6]; 3] = [
+        [0.1, 0.0, 0.0, 0.2, 0.0, 0.0],
+        [0.0, 0.3, 0.0, 0.0, -0.2, 0.0],
+        [0.2, 0.0, -0.1, 0.0, 0.0, 0.4],
+    ];
+    for (site, delta) in fleet.sites.iter().zip(&deltas) {
+        let w: Vec<f32> = W0.iter().zip(delta).map(|(a, d)| a + d).collect();
+        site.put_local_head(1, &w, &B0, 10);
+    }
+    let topics = fleet_wire::Topics::new(FEDERATION);
+    let cert = fleet.pki.client("site-d");
+    let dropper = link(
+        &fleet.pki,
+        &fleet.broker,
+        "site-d",
+        &cert,
+        vec![topics.round(), topics.down("site-d")],
+    );
+    fleet.start_server();
+    for i in 0..3 {
+        fleet.start_updater(i);
+    }
+    // The fourth device: keys, shares, then silence.
+    let mut client = None;
+    let mut shares_sent = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !shares_sent && std::time::Instant::now() < deadline {
+        let Ok(Incoming::Message { payload, .. }) =
+            dropper.events().recv_timeout(Duration::from_secs(1))
+        else {
+            continue;
+        };
+        let Ok((message, body)) = fleet_wire::frame::decode(&payload) else {
+            continue;
+        };
+        let secure_frame = |phase: &str, body: Vec<u8>, round: u64| {
+            fleet_wire::frame::encode(
+                &Message::SecAgg(fleet_wire::message::SecAggHeader {
+                    round,
+                    phase: phase.into(),
+                }),
+                &body,
+            )
+        };
+        match message {
+            Message::RoundAnnounce(round) if round.secure_aggregation && client.is_none() => {
+                let index = round
+                    .participants
+                    .iter()
+                    .position(|p| p == "site-d")
+                    .unwrap() as u32;
+                let config = secagg::from_announcement(
+                    round.round,
+                    &round.seed,
+                    round.participants.len(),
+                    8,
+                )
+                .unwrap();
+                let (state, keys) =
+                    secagg::advertise_keys(config, index, &mut secagg::OsRng).unwrap();
+                dropper
+                    .publish(
+                        &topics.up("site-d"),
+                        secure_frame(
+                            "advertise_keys",
+                            serde_json::to_vec(&keys).unwrap(),
+                            round.round,
+                        ),
+                        false,
+                    )
+                    .unwrap();
+                client = Some((round.round, state));
+            }
+            Message::SecAgg(header) if header.phase == "neighbour_keys" => {
+                let (round, state) = client.take().expect("keys advertised first");
+                let neighbours: secagg::NeighbourKeys = serde_json::from_slice(body).unwrap();
+                let (_, shares) = state.share_keys(&neighbours, &mut secagg::OsRng).unwrap();
+                dropper
+                    .publish(
+                        &topics.up("site-d"),
+                        secure_frame("share_keys", serde_json::to_vec(&shares).unwrap(), round),
+                        false,
+                    )
+                    .unwrap();
+                shares_sent = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        shares_sent,
+        "the dropping device never got to share its keys\n{}",
+        fleet.logs()
+    );
+    fleet.wait_installed(&[0, 1, 2], 2, Duration::from_secs(90));
+    let first = fleet.round(1).unwrap();
+    assert_eq!(first["state"], "aggregated", "{first}");
+    assert_eq!(first["participants"], 3, "{first}");
+    assert_eq!(first["secure"], true, "{first}");
+    let head = read_head(&fleet.sites[0].global(2));
+    for k in 0..6 {
+        let mean = deltas.iter().map(|d| d[k]).sum::<f32>() / 3.0;
+        assert!(
+            (head["w"][k] - (W0[k] + mean)).abs() < 1e-4,
+            "w[{k}] = {} vs {}",
+            head["w"][k],
+            W0[k] + mean
+        );
+    }
+    let seen = observer.messages();
+    assert!(
+        !seen.iter().any(|(_, p)| matches!(
+            fleet_wire::frame::decode(p),
+            Ok((Message::UpdateCommit(_), _))
+        )),
+        "an update travelled in clear"
+    );
+    assert!(seen.iter().any(|(_, p)| matches!(fleet_wire::frame::decode(p), Ok((Message::SecAgg(h), _)) if h.phase == "masked_input")));
 }

@@ -28,6 +28,9 @@ pub enum ConfigError {
         /// The limit.
         max: usize,
     },
+    /// The round seed is not 64 hex digits.
+    #[error("the round seed is not 32 bytes of hex")]
+    Seed,
     /// A participant id appears twice.
     #[error("participant {id} is listed twice")]
     DuplicateParticipant {
@@ -200,6 +203,27 @@ impl RoundConfig {
             self.degree,
         )?)
     }
+}
+
+/// The round a federation announcement defines, as both the server and every device derive
+/// it: participants `0..n` (each device's index in the announced sorted id list), the
+/// announced 32-byte seed in hex, the default degree and threshold.
+pub fn from_announcement(
+    round_id: u64,
+    seed_hex: &str,
+    n: usize,
+    vector_len: usize,
+) -> Result<RoundConfig, ConfigError> {
+    let digits = seed_hex.as_bytes();
+    if digits.len() != 64 {
+        return Err(ConfigError::Seed);
+    }
+    let mut seed = [0u8; 32];
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).map_err(|_| ConfigError::Seed)?;
+        seed[i] = u8::from_str_radix(text, 16).map_err(|_| ConfigError::Seed)?;
+    }
+    RoundConfig::new(round_id, seed, (0..n as u32).collect(), vector_len)
 }
 
 /// `⌊k/2⌋ + 1`: a strict majority of a device's neighbours is needed to rebuild its secrets.

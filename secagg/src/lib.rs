@@ -62,7 +62,7 @@ pub mod server;
 pub mod shamir;
 
 pub use client::{advertise_keys, ClientInputSent, ClientKeysAdvertised, ClientSharesSent};
-pub use config::{ConfigError, RoundConfig};
+pub use config::{from_announcement, ConfigError, RoundConfig};
 pub use crypto::SHARE_CIPHERTEXT_LEN;
 pub use error::{Phase, ProtocolError, SecretKind};
 pub use fixed_point::{FixedPoint, FixedPointError};

@@ -6,6 +6,7 @@
 //! with the reason, and the loop goes on.
 
 use crate::config::UpdaterConfig;
+use crate::secure::SecureRound;
 use crate::state::{self, now_ms};
 use crate::update;
 use fl_delta::dp::Accountant;
@@ -29,6 +30,8 @@ pub struct Device {
     trusted: VerifyingKey,
     round: Option<RoundAnnounce>,
     last_resend: std::time::Instant,
+    /// This round's secure aggregation, while it runs.
+    secure: Option<SecureRound>,
 }
 
 impl Device {
@@ -63,6 +66,7 @@ impl Device {
             trusted,
             round: None,
             last_resend: std::time::Instant::now(),
+            secure: None,
         })
     }
 
@@ -195,6 +199,32 @@ impl Device {
                     params![ack.round, format!("{:?}", ack.outcome).to_lowercase()],
                 )?;
                 Ok(())
+            }
+            Message::SecAgg(header) => {
+                if topic != self.topics.down(&self.config.device_id) {
+                    anyhow::bail!("secure aggregation outside this device's topic");
+                }
+                let secure = self
+                    .secure
+                    .as_mut()
+                    .filter(|s| s.round == header.round)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{} for round {}, which this device is not in",
+                            header.phase,
+                            header.round
+                        )
+                    })?;
+                let (phase, answer) = secure.on_message(&header.phase, body)?;
+                tracing::info!(round = header.round, phase, "secure aggregation");
+                self.publish(
+                    &self.topics.up(&self.config.device_id),
+                    &Message::SecAgg(fleet_wire::message::SecAggHeader {
+                        round: header.round,
+                        phase: phase.into(),
+                    }),
+                    &answer,
+                )
             }
             other => anyhow::bail!("the server does not send {}", other.kind()),
         }
@@ -340,7 +370,9 @@ impl Device {
             )
             .optional()?
             .is_some();
-        if queued {
+        let started = state::get(&self.conn, "secure_round")?.as_deref()
+            == Some(round.round.to_string().as_str());
+        if queued || started {
             return Ok(());
         }
         let outgoing_dir = site::outgoing_dir(&self.config.data_dir);
@@ -366,6 +398,39 @@ impl Device {
             .map(|t| serde_json::from_str(&t))
             .transpose()?
             .unwrap_or_default();
+        if round.secure_aggregation {
+            let (delta, norm) = update::private_delta(
+                &round,
+                &update::head(&local)?,
+                &update::head(&global)?,
+                &mut accountant,
+            )?;
+            let (secure, body) = SecureRound::start(&round, &self.config.device_id, &delta)?;
+            let epsilon = accountant.epsilon(update::DP_DELTA)?;
+            state::set(&self.conn, "secure_round", &round.round.to_string())?;
+            state::set(
+                &self.conn,
+                "accountant",
+                &serde_json::to_string(&accountant)?,
+            )?;
+            state::set(&self.conn, "epsilon", &epsilon.to_string())?;
+            self.secure = Some(secure);
+            tracing::info!(
+                round = round.round,
+                norm,
+                clip_norm = round.clip_norm,
+                epsilon,
+                "update goes masked (secure aggregation)"
+            );
+            return self.publish(
+                &self.topics.up(&self.config.device_id),
+                &Message::SecAgg(fleet_wire::message::SecAggHeader {
+                    round: round.round,
+                    phase: fleet_wire::message::SecAggPhase::ADVERTISE_KEYS.into(),
+                }),
+                &body,
+            );
+        }
         let built = update::build(
             &round,
             &update::head(&local)?,

@@ -4,7 +4,7 @@
 //!
 //! Layout: `config` (the appliance configuration's `[federation]` table and data folder),
 //! `state` (SQLite: outbox, global chunks, installed version, accountant, status), `device`
-//! (the loop), `update` (turning a local head into the round's update blob: delta, clipping,
+//! (the loop), `secure` (this device's side of secure aggregation), `update` (turning a local head into the round's update blob: delta, clipping,
 //! noise).
 //!
 //! It runs as its own process, not a thread of the appliance daemon: the device's TLS key and
@@ -14,5 +14,6 @@
 
 pub mod config;
 pub mod device;
+pub mod secure;
 pub mod state;
 pub mod update;

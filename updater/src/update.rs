@@ -37,14 +37,15 @@ pub struct Update {
     pub norm: f64,
 }
 
-/// The update of `local` (fine-tuned from the round's global head) against `global`.
-pub fn build(
+/// The round's delta of `local` against `global`, flat in the round's tensor order, clipped
+/// to the round's L2 bound and noised when the round asks (the privacy spent recorded in
+/// `accountant`); with the norm before clipping.
+pub fn private_delta(
     round: &RoundAnnounce,
     local: &BTreeMap<String, Vec<f32>>,
     global: &BTreeMap<String, Vec<f32>>,
-    cases: u32,
     accountant: &mut Accountant,
-) -> anyhow::Result<Update> {
+) -> anyhow::Result<(Vec<f32>, f64)> {
     let mut flat = Vec::new();
     for spec in &round.tensors {
         let (l, g) = match (local.get(&spec.name), global.get(&spec.name)) {
@@ -69,6 +70,18 @@ pub fn build(
         )?;
         accountant.record_round(round.noise_multiplier)?;
     }
+    Ok((flat, norm))
+}
+
+/// The update of `local` (fine-tuned from the round's global head) against `global`.
+pub fn build(
+    round: &RoundAnnounce,
+    local: &BTreeMap<String, Vec<f32>>,
+    global: &BTreeMap<String, Vec<f32>>,
+    cases: u32,
+    accountant: &mut Accountant,
+) -> anyhow::Result<Update> {
+    let (flat, norm) = private_delta(round, local, global, accountant)?;
     let mut named = Vec::new();
     let mut at = 0;
     let mut rng = fl_delta::rand_chacha::ChaCha20Rng::from_entropy();
