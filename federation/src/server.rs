@@ -336,23 +336,33 @@ impl Server {
                 round.round
             );
         }
-        if commit.round != round.round {
+        // A blob this device already had counted (a replay, or a redelivery after a restart)
+        // counts once; two devices may send the same bytes.
+        let seen: Option<u64> = self
+            .conn
+            .query_row(
+                "SELECT round FROM updates WHERE device = ?3 AND (blob = ?1 OR round = ?2)",
+                params![commit.blob, round.round, device],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(seen) = seen {
+            tracing::info!(
+                device,
+                round = seen,
+                "duplicate update (a replay or a redelivery): counted once"
+            );
+            return Ok(AckOutcome::Duplicate);
+        }
+        // An update of an earlier round, taken against an older global head, is late: it joins
+        // the open round with the staleness weight. Any other round is refused.
+        let late = commit.round < round.round && commit.base_version < round.global_version;
+        if commit.round != round.round && !late {
             anyhow::bail!(
                 "out of round: update for round {}, round {} is open",
                 commit.round,
                 round.round
             );
-        }
-        let existing: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT blob FROM updates WHERE round = ?1 AND device = ?2",
-                params![round.round, device],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if existing.is_some() {
-            return Ok(AckOutcome::Duplicate);
         }
         if commit.base_version > round.global_version {
             anyhow::bail!(

@@ -5,6 +5,7 @@
 //!
 //! Layout:
 //! - [`frame`]: a payload = length-prefixed JSON header + body, bounded.
+//! - [`bounds`]: the limits every received field keeps.
 //! - [`message`]: every header type, with the bounds each field must keep.
 //! - [`blob`]: cutting a blob into chunks and checking chunks and whole blobs by SHA-256.
 //! - [`signed`]: the global head header, signed with ed25519, and the checks a device makes.
@@ -14,6 +15,7 @@
 //!   trainable tensors.
 
 pub mod blob;
+pub mod bounds;
 pub mod frame;
 pub mod message;
 pub mod signed;

@@ -3,7 +3,7 @@
 //! checks a device makes before it takes one: signature by its trusted key, its own
 //! federation and model, a version above the one it has.
 
-use crate::message::{check_id, check_sha256, MessageError};
+use crate::bounds::{check_blob_shape, check_id, check_sha256, MessageError};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use ed25519_dalek::{Signature, Signer, Verifier};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -48,14 +48,7 @@ impl GlobalHead {
         check_id(&self.federation)?;
         check_id(&self.model)?;
         check_sha256("blob", &self.blob)?;
-        crate::message::ChunkHeader {
-            blob: self.blob.clone(),
-            index: 0,
-            count: self.count,
-            size: self.size,
-            sha256: self.blob.clone(),
-        }
-        .validate()
+        check_blob_shape(self.size, self.count)
     }
 
     fn canonical(&self) -> Vec<u8> {

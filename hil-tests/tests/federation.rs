@@ -609,9 +609,9 @@ fn a_poisoned_device_does_not_move_the_trimmed_mean_global_head_outside_the_hone
     }
 }
 
-/// Hostile traffic on both sides, after a first round: junk, an oversized frame, a replayed
-/// update and an update for a round that is not open are refused by the server with the
-/// reason (the replay counts once); a tampered, an older and a junk global head are refused
+/// Hostile traffic on both sides, after a first round: junk, an oversized frame and an update
+/// for a round that is not open are refused by the server with the reason, and a replayed
+/// update is recognised and not counted again; a tampered, an older and a junk global head are refused
 /// by the devices with the reason; everyone keeps running and the next round still completes.
 #[test]
 fn malformed_oversized_replayed_out_of_round_and_tampered_messages_are_refused_and_everyone_keeps_running(
@@ -670,6 +670,24 @@ fn malformed_oversized_replayed_out_of_round_and_tampered_messages_are_refused_a
         a.publish(&topics.up("site-a"), payload.clone(), false)
             .unwrap();
     }
+    // An update for a round that is not open.
+    let future = Message::UpdateCommit(fleet_wire::message::UpdateCommit {
+        round: 99,
+        blob: "cd".repeat(32),
+        size: 100,
+        count: 1,
+        cases: 3,
+        base_version: 2,
+        encoding: "int8-block256".into(),
+        clip_norm: None,
+        noise_multiplier: None,
+    });
+    a.publish(
+        &topics.up("site-a"),
+        fleet_wire::frame::encode(&future, b""),
+        false,
+    )
+    .unwrap();
     assert!(
         wait_until(Duration::from_secs(15), || {
             let log = fleet.federation.as_ref().unwrap().log();
@@ -683,7 +701,8 @@ fn malformed_oversized_replayed_out_of_round_and_tampered_messages_are_refused_a
         wait_until(Duration::from_secs(15), || {
             let log = fleet.federation.as_ref().unwrap().log();
             log.contains("exceeds the limit")
-                && log.contains("out of round: update for round 1, round 2 is open")
+                && log.contains("out of round: update for round 99, round 2 is open")
+                && log.contains("duplicate update")
         }),
         "{}",
         fleet.logs()
