@@ -278,6 +278,11 @@ pub struct Learner {
     /// The daemon's stop signal (never raised for the CLI's `learn now`); every run's cancel
     /// is a child of it, so a stop reaches a fine-tune or a feature extraction in progress.
     stop: Cancel,
+    /// The federation's global head this site took last (version, head), when `[federation]`
+    /// is enabled: fine-tunes are pulled toward it (FedProx) and offered against it.
+    federated: Option<(u64, Head)>,
+    /// A federated global head was just taken: fine-tune from it for the next round.
+    round_due: Option<u64>,
 }
 
 /// The learning lock: one run at a time per data folder, daemon or CLI.
@@ -319,6 +324,18 @@ impl Learner {
             .with_context(|| format!("read {}", package.head_path().display()))?;
         let global = Head::load(&bytes, &package.manifest)?;
         db::open(&config.data_dir)?;
+        let federated = match config.federation.as_ref().filter(|f| f.enabled) {
+            None => None,
+            Some(_) => {
+                let version = crate::federated::adopted(&config.data_dir);
+                let path = fleet_wire::site::global_dir(&config.data_dir)
+                    .join(format!("{version}.safetensors"));
+                match crate::federated::load_global(&path, &package.manifest) {
+                    Ok(head) if version > 1 => Some((version, head)),
+                    _ => Some((1, global.clone())),
+                }
+            }
+        };
         Ok(Learner {
             data_dir: config.data_dir.clone(),
             config: config.clone(),
@@ -327,6 +344,8 @@ impl Learner {
             backend,
             reference: None,
             stop: Cancel::new(),
+            federated,
+            round_due: None,
         })
     }
 
@@ -796,9 +815,15 @@ impl Learner {
         });
         let epochs = l.epochs;
         let fine_tune_began = Instant::now();
+        // FedProx pulls toward the fleet's global head when the site is federated.
+        let anchor = self
+            .federated
+            .as_ref()
+            .map(|(_, head)| head.clone())
+            .unwrap_or_else(|| self.global.clone());
         let tuned = finetune::fine_tune_with(
             &champion,
-            &self.global,
+            &anchor,
             &TrainingSet { cases: train },
             &self.fine_tune_config(),
             |epoch, loss| {
@@ -882,6 +907,20 @@ impl Learner {
             },
         )?;
         if decision.accepted {
+            if let Some((base, _)) = &self.federated {
+                crate::federated::offer_local(
+                    &self.data_dir,
+                    self.manifest(),
+                    &candidate,
+                    *base,
+                    trained_on.len(),
+                )?;
+                tracing::info!(
+                    head = id,
+                    base_version = base,
+                    "champion handed to the updater for the next federated round"
+                );
+            }
             metrics.learning_heads_accepted.inc();
             metrics.learning_champion_head.set(id);
             tracing::info!(head = id, parent = %heads::describe(parent), local_before = decision.local_champion, local_after = decision.local_candidate, "fine-tuned head accepted; it is the champion now");
@@ -934,12 +973,119 @@ impl Learner {
         }
     }
 
+    /// Take the newest global head the updater handed over, through the gate: it becomes the
+    /// champion only if it beats the local champion on the held-out cases (the same rule as a
+    /// fine-tuned head) and is not worse on the reference set; otherwise the site keeps its
+    /// own head (personalisation) and the refused row says why. Either way it is the head
+    /// later fine-tunes are pulled toward and offered against, and its scores are handed back.
+    fn take_global(
+        &mut self,
+        conn: &Connection,
+        metrics: &ApplianceMetrics,
+    ) -> anyhow::Result<bool> {
+        let Some((adopted, _)) = &self.federated else {
+            return Ok(false);
+        };
+        let Some((version, path, header)) = crate::federated::next_global(&self.data_dir, *adopted)
+        else {
+            return Ok(false);
+        };
+        let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
+            return Ok(false);
+        };
+        let head = match crate::federated::load_global(&path, self.manifest()) {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::error!(version, reason = %format!("{e:#}"), "federated global head does not fit the model; not taken");
+                crate::federated::set_adopted(&self.data_dir, version)?;
+                if let Some((adopted, _)) = self.federated.as_mut() {
+                    *adopted = version;
+                }
+                return Ok(true);
+            }
+        };
+        let l = self.config.learning.clone();
+        let (holdout, held_out) = self.load_cases(conn, Split::Holdout, l.max_holdout_cases)?;
+        let reference = self.reference_cases()?;
+        let parent = heads::champion(conn, &self.manifest().id, &self.manifest().version)?;
+        let champion = match parent {
+            Some(id) => heads::load(conn, &self.data_dir, self.manifest(), id)?,
+            None => self.global.clone(),
+        };
+        let baseline_reference = evaluate::score(&self.global, &reference)?;
+        let global_reference = evaluate::score(&head, &reference)?;
+        let global_local = evaluate::score(&head, &holdout)?;
+        let decision = gate::decide(
+            &evaluate::score(&champion, &holdout)?,
+            &global_local,
+            &baseline_reference,
+            &global_reference,
+            &GateConfig {
+                min_local_gain: l.min_local_gain,
+                reference_margin: l.reference_margin,
+            },
+        );
+        let trigger = format!(
+            "federated global {version} (round {}, {} sites, {})",
+            header["round"],
+            header["participants"],
+            header["aggregator"].as_str().unwrap_or("?")
+        );
+        let id = heads::record(
+            conn,
+            &self.data_dir,
+            &heads::NewHead {
+                manifest: self.manifest(),
+                parent,
+                head: &head,
+                accepted: decision.accepted,
+                reasons: &decision.reasons,
+                trigger: &trigger,
+                trained_on: &[],
+                held_out: &held_out,
+                metrics: serde_json::json!({ "gate": decision, "federated": header }),
+                seconds: 0.0,
+            },
+        )?;
+        let mut scores = std::collections::BTreeMap::new();
+        for (label, dice) in global_local.dice.iter().enumerate() {
+            if dice.is_finite() {
+                scores.insert(format!("dice_label_{}", label + 1), *dice);
+            }
+        }
+        if let Some(auroc) = global_local.auroc.filter(|a| a.is_finite()) {
+            scores.insert("auroc".to_string(), auroc);
+        }
+        crate::federated::write_evaluation(&self.data_dir, version, held_out.len(), &scores)?;
+        crate::federated::set_adopted(&self.data_dir, version)?;
+        if decision.accepted {
+            metrics.learning_champion_head.set(id);
+            tracing::info!(
+                version,
+                head = id,
+                "federated global head accepted by the gate; it is the champion now"
+            );
+        } else {
+            tracing::info!(version, head = id, reasons = ?decision.reasons, "federated global head refused by the gate: this site keeps its own champion");
+        }
+        self.federated = Some((version, head));
+        self.round_due = Some(version);
+        Ok(true)
+    }
+
     /// One turn of the daemon's loop; `false` when it should wait a while.
     fn step(&mut self, conn: &Connection, metrics: &ApplianceMetrics) -> anyhow::Result<bool> {
         if inference_busy(conn)? {
             return Ok(true);
         }
-        let Some(trigger) = self.due(conn)? else {
+        if self.take_global(conn, metrics)? {
+            return Ok(true);
+        }
+        let due = match self.round_due.take() {
+            Some(version) => Some(format!("federated round from global {version}")),
+            None => self.due(conn)?,
+        };
+        let Some(trigger) = due else {
             // Store the features of new cases ahead of the fine-tune.
             if !self.cases_without_features(conn)?.is_empty() {
                 let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {

@@ -11,6 +11,8 @@
 //! - [`http`]: `/health/live`, `/health/ready`, `/metrics`.
 //! - [`jobs`]: durable inference jobs for completed studies, and their results.
 //! - [`export`]: a result as SEG and SR files, geometry-checked and fsync'd.
+//! - [`federated`]: the learner's side of the federation hand-over folder: its champion out,
+//!   verified global heads in through the gate.
 //! - [`file_lock`]: exclusive advisory locks in the data folder (one daemon, one learning
 //!   run).
 //! - [`heads`]: head versions with their lineage, and the champion inference uses.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod export;
+pub mod federated;
 pub mod file_lock;
 pub mod heads;
 pub mod http;

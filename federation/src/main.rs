@@ -32,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// Global heads scored by devices on their held-out cases (federated evaluation).
+    Evaluations {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
     /// Make the ed25519 key pair that signs global heads (PKCS#8 PEM, public key PEM).
     Keygen {
         #[arg(long)]
@@ -102,6 +107,26 @@ fn main() -> anyhow::Result<()> {
                     println!(
                         "{} global {} participate {} updates {}",
                         device.device, device.global_version, device.participate, device.updates
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Evaluations {
+            command: ListCommand::List { config, json },
+        } => {
+            let config = Config::load(&config)?;
+            let conn = store::open(&config.data_dir)?;
+            for evaluation in store::evaluations(&conn)? {
+                if json {
+                    println!("{}", serde_json::to_string(&evaluation)?);
+                } else {
+                    println!(
+                        "global {} by {} on {} cases: {}",
+                        evaluation.global_version,
+                        evaluation.device,
+                        evaluation.cases,
+                        evaluation.metrics
                     );
                 }
             }

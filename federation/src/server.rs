@@ -33,6 +33,8 @@ pub struct Server {
     key: SigningKey,
     /// The trainable tensors of the model, in order, from the initial head.
     tensors: Vec<TensorSpec>,
+    /// Their shapes in the initial head, which every global head keeps.
+    shapes: BTreeMap<String, Vec<usize>>,
     /// The secure-aggregation session of the open round, if it uses one.
     secure: Option<Session>,
     /// The enrolled devices, sorted: their index is their id in secure aggregation.
@@ -66,6 +68,7 @@ impl Server {
                 len: values.len() as u32,
             })
             .collect();
+        let shapes = tensors::shapes(&initial)?;
         let topics = Topics::new(&config.federation);
         let (host, port) = broker_address(&config.broker).map_err(anyhow::Error::msg)?;
         let link = Link::start(
@@ -90,6 +93,7 @@ impl Server {
             topics,
             key,
             tensors,
+            shapes,
             secure: None,
             participants,
         };
@@ -638,7 +642,11 @@ impl Server {
         ))?;
         let global = flatten(&self.tensors, &head_tensors(&global_blob)?);
         let new: Vec<f32> = global.iter().zip(combined).map(|(g, d)| g + d).collect();
-        let blob = tensors::encode(&unflatten(&self.tensors, &new), &BTreeMap::new())?;
+        let blob = tensors::encode_shaped(
+            &unflatten(&self.tensors, &new),
+            &self.shapes,
+            &BTreeMap::new(),
+        )?;
         let version = round.global_version + 1;
         self.store_global(
             version,

@@ -215,3 +215,42 @@ pub fn set_state<T: Serialize>(conn: &Connection, key: &str, value: &T) -> anyho
     )?;
     Ok(())
 }
+
+/// One device's scores of one global head, as `federation evaluations list` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub round: u64,
+    pub device: String,
+    pub global_version: u64,
+    pub cases: u32,
+    pub metrics: serde_json::Value,
+}
+
+pub fn evaluations(conn: &Connection) -> anyhow::Result<Vec<Evaluation>> {
+    let mut stmt = conn.prepare(
+        "SELECT round, device, global_version, cases, metrics_json FROM evaluations
+         ORDER BY global_version, device",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (round, device, global_version, cases, metrics) = row?;
+        let metrics = serde_json::from_str(&metrics)
+            .map_err(|e| anyhow::anyhow!("evaluation of {device}: {e}"))?;
+        Ok(Evaluation {
+            round,
+            device,
+            global_version,
+            cases,
+            metrics,
+        })
+    })
+    .collect()
+}

@@ -61,6 +61,27 @@ pub fn encode(
     tensors: &[(String, Array)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, TensorError> {
+    encode_shaped(tensors, &BTreeMap::new(), metadata)
+}
+
+/// The shape of every tensor of a safetensors blob.
+pub fn shapes(bytes: &[u8]) -> Result<BTreeMap<String, Vec<usize>>, TensorError> {
+    let tensors = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| TensorError::Format(e.to_string()))?;
+    Ok(tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect())
+}
+
+/// [`encode`] with the shape of each tensor named in `shapes` (a model's head keeps its
+/// matrices' shapes); a shape whose element count differs from the array's is an error.
+pub fn encode_shaped(
+    tensors: &[(String, Array)],
+    shapes: &BTreeMap<String, Vec<usize>>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, TensorError> {
     if tensors.len() > MAX_TENSORS {
         return Err(TensorError::TooMany(tensors.len()));
     }
@@ -71,7 +92,16 @@ pub fn encode(
     let views = data
         .iter()
         .map(|(name, dtype, len, bytes)| {
-            TensorView::new(*dtype, vec![*len], bytes)
+            let shape = match shapes.get(name) {
+                Some(shape) if shape.iter().product::<usize>() == *len => shape.clone(),
+                Some(shape) => {
+                    return Err(TensorError::Format(format!(
+                        "tensor {name}: shape {shape:?} does not hold {len} values"
+                    )))
+                }
+                None => vec![*len],
+            };
+            TensorView::new(*dtype, shape, bytes)
                 .map(|view| (name.clone(), view))
                 .map_err(|e| TensorError::Format(e.to_string()))
         })
@@ -151,6 +181,16 @@ mod tests {
         for (name, array) in tensors {
             assert_eq!(decoded[&name], array);
         }
+    }
+
+    #[test]
+    fn shapes_are_kept_when_given_and_must_hold_the_values() {
+        let tensors = vec![("w".to_string(), Array::F32(vec![1.0; 6]))];
+        let shapes = BTreeMap::from([("w".to_string(), vec![2, 3])]);
+        let blob = encode_shaped(&tensors, &shapes, &BTreeMap::new()).unwrap();
+        assert_eq!(super::shapes(&blob).unwrap()["w"], vec![2, 3]);
+        let wrong = BTreeMap::from([("w".to_string(), vec![4, 2])]);
+        assert!(encode_shaped(&tensors, &wrong, &BTreeMap::new()).is_err());
     }
 
     #[test]

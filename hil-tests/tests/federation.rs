@@ -991,3 +991,201 @@ fn secure_aggregation_recovers_the_mean_when_a_device_drops_after_sharing_keys()
     );
     assert!(seen.iter().any(|(_, p)| matches!(fleet_wire::frame::decode(p), Ok((Message::SecAgg(h), _)) if h.phase == "masked_input")));
 }
+
+/// The whole path with a real appliance: studies and a radiologist's corrections arrive over
+/// DICOM, the learner fine-tunes and its gate accepts a head, which it hands to its updater;
+/// the server aggregates the round (one site, quorum 1) and signs global version 2; the
+/// updater verifies it and hands it back, and the learner takes it through its gate (a row in
+/// `heads list` says whether it became the champion or the site kept its own) and reports the
+/// global's scores, which the server keeps. An observer on `#` sees no DICOM, nothing shaped
+/// like a UID, and none of the studies' UIDs.
+#[test]
+fn an_appliance_hands_its_fine_tuned_head_to_the_fleet_and_takes_the_global_head_through_its_gate()
+{
+    use hil_tests::appliance::{set, Appliance};
+    use hil_tests::site::{heads, infer, radiologist_seg, seg_of, send_label, site_study};
+    let pki = FleetPki::new();
+    let broker = Broker::start(&pki);
+    let observer = Observer::start(&pki, &broker);
+    let server_dir = tempfile::tempdir().unwrap();
+    let server_cert = pki.client("federation-server");
+    let (private, public) = (
+        server_dir.path().join("signing.pem"),
+        server_dir.path().join("signing.pub.pem"),
+    );
+    run(
+        "federation",
+        &[
+            "keygen",
+            "--private",
+            private.to_str().unwrap(),
+            "--public",
+            public.to_str().unwrap(),
+        ],
+    );
+    let server_config = server_dir.path().join("federation.toml");
+    std::fs::write(
+        &server_config,
+        format!(
+            "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
+             key_file = {key:?}\nsigning_key_file = \"signing.pem\"\ndata_dir = \"data\"\n\
+             model = \"head-ct-ich\"\ninitial_head = {head:?}\nenrolled = [\"site-a\"]\nquorum = 1\n\
+             round_seconds = 600\nsecure_aggregation = false\nencoding = \"f32\"\nclip_norm = 1000.0\n",
+            broker = broker.url(),
+            ca = pki.ca.cert,
+            cert = server_cert.cert,
+            key = server_cert.key,
+            head = hil_tests::repo_root().join("models/reference/head-ct/head.safetensors"),
+        ),
+    )
+    .unwrap();
+    let mut server = Process::start(
+        "federation",
+        &["serve", "--config", server_config.to_str().unwrap()],
+        server_dir.path().join("server.log"),
+    );
+
+    let site_cert = pki.client("site-a");
+    let federation_table: toml::Table = toml::from_str(&format!(
+        "enabled = true\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n\
+         federation = {FEDERATION:?}\ntrusted_key = {public:?}\nmodel = \"head-ct-ich\"\n",
+        broker = broker.url(),
+        ca = pki.ca.cert,
+        cert = site_cert.cert,
+        key = site_cert.key,
+    ))
+    .unwrap();
+    let app = Appliance::start_with_model(&|c| {
+        set(c, "learning", "min_new_cases", 1);
+        set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "interval_hours", 0);
+        c.insert(
+            "federation".into(),
+            toml::Value::Table(federation_table.clone()),
+        );
+    });
+    let mut updater = Process::start(
+        "updater",
+        &["run", "--config", app.config_path.to_str().unwrap()],
+        app.dir.path().join("updater.log"),
+    );
+    let logs = |server: &Process, updater: &Process| {
+        format!(
+            "server:\n{}\nupdater:\n{}\nappliance:\n{}",
+            server.log(),
+            updater.log(),
+            app.log()
+        )
+    };
+
+    let site = tempfile::tempdir().unwrap();
+    let (a_files, a_study) = site_study(site.path(), "A", [0.0, -10.0, 6.0]);
+    let (b_files, b_study) = site_study(site.path(), "B", [6.0, 8.0, -6.0]);
+    let a = infer(&app, &a_files, &a_study);
+    let b = infer(&app, &b_files, &b_study);
+    let (a_seg, b_seg) = (
+        site.path().join("A-radiologist.dcm"),
+        site.path().join("B-radiologist.dcm"),
+    );
+    assert!(radiologist_seg(site.path(), "A", &seg_of(&app, &a), &a_seg, None) > 0);
+    assert!(radiologist_seg(site.path(), "B", &seg_of(&app, &b), &b_seg, None) > 0);
+    send_label(&app, &a_seg, 0);
+    send_label(&app, &b_seg, 1);
+
+    // Fine-tuned, accepted, handed over; the round aggregates; global 2 comes back.
+    let outgoing = fleet_wire::site::outgoing_dir(&app.data_dir).join("1.safetensors");
+    assert!(
+        wait_until(Duration::from_secs(240), || outgoing.is_file()),
+        "{}",
+        logs(&server, &updater)
+    );
+    let global_2 = fleet_wire::site::global_dir(&app.data_dir).join("2.safetensors");
+    assert!(
+        wait_until(Duration::from_secs(60), || global_2.is_file()),
+        "{}",
+        logs(&server, &updater)
+    );
+    let round = rounds_of(&server_config)
+        .into_iter()
+        .find(|r| r["round"] == 1)
+        .unwrap();
+    assert_eq!(round["state"], "aggregated", "{round}");
+    assert_eq!(round["participants"], 1);
+
+    // The learner takes it through its gate: a row says what became of it.
+    let taken = || {
+        heads(&app).into_iter().find(|h| {
+            h["trigger"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("federated global 2"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || taken().is_some()),
+        "{}",
+        logs(&server, &updater)
+    );
+    let row = taken().unwrap();
+    assert!(
+        row["state"] == "accepted" || row["state"] == "refused",
+        "{row}"
+    );
+    assert!(app.log().contains("federated global head"), "{}", app.log());
+    // Its scores reach the server.
+    assert!(
+        wait_until(Duration::from_secs(60), || run(
+            "federation",
+            &[
+                "evaluations",
+                "list",
+                "--config",
+                server_config.to_str().unwrap(),
+                "--json"
+            ]
+        )
+        .lines()
+        .any(|l| l.contains("\"global_version\":2") && l.contains("site-a"))),
+        "{}",
+        logs(&server, &updater)
+    );
+
+    let seen = observer.messages();
+    assert!(
+        seen.iter().any(|(t, _)| t.ends_with("/site-a/up")),
+        "the observer saw no update"
+    );
+    for (topic, payload) in &seen {
+        assert!(
+            !payload.windows(4).any(|w| w == b"DICM"),
+            "{topic}: DICOM on the broker"
+        );
+        assert!(
+            !has_uid_like(payload),
+            "{topic}: something shaped like a UID on the broker"
+        );
+        for uid in [&a_study, &b_study] {
+            assert!(
+                !payload.windows(uid.len()).any(|w| w == uid.as_bytes()),
+                "{topic}: a study UID on the broker"
+            );
+        }
+    }
+    assert!(updater.stop(), "{}", updater.log());
+    assert!(server.stop(), "{}", server.log());
+}
+
+fn rounds_of(config: &Path) -> Vec<serde_json::Value> {
+    run(
+        "federation",
+        &[
+            "rounds",
+            "list",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect()
+}

@@ -349,11 +349,56 @@ impl Device {
         self.hello()
     }
 
+    /// Send the appliance's scores of global heads (federated evaluation) not sent yet.
+    fn send_evaluations(&self) -> anyhow::Result<()> {
+        let dir = self.config.data_dir.join("federation").join("evaluations");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(version) = name
+                .strip_suffix(".json")
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let key = format!("evaluation_sent_{version}");
+            if state::get(&self.conn, &key)?.is_some() {
+                continue;
+            }
+            #[derive(serde::Deserialize)]
+            struct Scores {
+                global_version: u64,
+                cases: u32,
+                metrics: std::collections::BTreeMap<String, f64>,
+            }
+            let scores: Scores = serde_json::from_str(&std::fs::read_to_string(entry.path())?)?;
+            let round = state::get(&self.conn, "last_round")?
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let message = Message::Evaluation(fleet_wire::message::Evaluation {
+                round,
+                global_version: scores.global_version,
+                cases: scores.cases,
+                metrics: scores.metrics,
+            });
+            message.validate()?;
+            self.publish(&self.topics.up(&self.config.device_id), &message, b"")?;
+            state::set(&self.conn, &key, "sent")?;
+            tracing::info!(version, "evaluation of the global head sent");
+        }
+        Ok(())
+    }
+
     /// Build this round's update when everything it needs is there; resend what waits.
     fn work(&mut self) -> anyhow::Result<()> {
         if self.last_resend.elapsed() >= RESEND_AFTER {
             self.last_resend = std::time::Instant::now();
             self.send_outbox()?;
+        }
+        if state::get(&self.conn, "connected")?.as_deref() == Some("true") {
+            self.send_evaluations()?;
         }
         let Some(round) = self.round.clone() else {
             return Ok(());
