@@ -176,3 +176,32 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("federation.example.toml");
+        let config = Config::load(&path).unwrap();
+        assert!(config.secure_aggregation);
+        assert_eq!(config.quorum, 2);
+    }
+
+    #[test]
+    fn robust_aggregators_are_refused_under_secure_aggregation_with_the_reason() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("federation.example.toml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("aggregator = \"fedavg\"", "aggregator = \"median\"");
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("f.toml");
+        std::fs::write(&copy, text).unwrap();
+        let error = Config::load(&copy).unwrap_err().to_string();
+        assert!(
+            error.starts_with("secure_aggregation: median needs every device's update"),
+            "{error}"
+        );
+    }
+}

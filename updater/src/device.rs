@@ -32,6 +32,8 @@ pub struct Device {
     last_resend: std::time::Instant,
     /// This round's secure aggregation, while it runs.
     secure: Option<SecureRound>,
+    /// When the open round was announced to this device (`max_round_seconds` counts from it).
+    round_seen: std::time::Instant,
 }
 
 impl Device {
@@ -67,6 +69,7 @@ impl Device {
             round: None,
             last_resend: std::time::Instant::now(),
             secure: None,
+            round_seen: std::time::Instant::now(),
         })
     }
 
@@ -150,6 +153,9 @@ impl Device {
                     "round announced"
                 );
                 state::set(&self.conn, "last_round", &round.round.to_string())?;
+                if self.round.as_ref().map(|r| r.round) != Some(round.round) {
+                    self.round_seen = std::time::Instant::now();
+                }
                 self.round = Some(round);
                 Ok(())
             }
@@ -403,7 +409,9 @@ impl Device {
         let Some(round) = self.round.clone() else {
             return Ok(());
         };
-        if !self.config.federation.participate || now_ms() > round.deadline_ms {
+        let too_late = now_ms() > round.deadline_ms
+            || self.round_seen.elapsed().as_secs() > self.config.federation.max_round_seconds;
+        if !self.config.federation.participate || too_late {
             return Ok(());
         }
         let queued: bool = self
