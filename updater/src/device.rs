@@ -460,6 +460,7 @@ impl Device {
             )?;
             let (secure, body) = SecureRound::start(&round, &self.config.device_id, &delta)?;
             let epsilon = accountant.epsilon(update::DP_DELTA)?;
+            let round_epsilon = update::round_epsilon(&round)?;
             state::set(&self.conn, "secure_round", &round.round.to_string())?;
             state::set(
                 &self.conn,
@@ -472,6 +473,7 @@ impl Device {
                 round = round.round,
                 norm,
                 clip_norm = round.clip_norm,
+                round_epsilon,
                 epsilon,
                 "update goes masked (secure aggregation)"
             );
@@ -492,6 +494,7 @@ impl Device {
             &mut accountant,
         )?;
         let epsilon = accountant.epsilon(update::DP_DELTA)?;
+        let round_epsilon = update::round_epsilon(&round)?;
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO outbox (round, blob, bytes, commit_json, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
@@ -505,6 +508,7 @@ impl Device {
             bytes = built.blob.len(),
             norm = built.norm,
             clip_norm = round.clip_norm,
+            round_epsilon,
             epsilon,
             "update queued"
         );

@@ -17,6 +17,16 @@ const INT8_BLOCK: usize = 256;
 /// δ of the (ε, δ) the updater reports.
 pub const DP_DELTA: f64 = 1e-5;
 
+/// The ε (at [`DP_DELTA`]) this round's noise spends; `None` without noise (the accountant's
+/// running total is what `updater status` prints).
+pub fn round_epsilon(round: &RoundAnnounce) -> anyhow::Result<Option<f64>> {
+    if round.noise_multiplier > 0.0 {
+        Ok(Some(dp::round_epsilon(round.noise_multiplier, DP_DELTA)?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Named F32 tensors of a head blob.
 pub fn head(bytes: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
     let (arrays, _) = tensors::decode(bytes)?;
