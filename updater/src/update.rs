@@ -129,3 +129,96 @@ pub fn build(
     };
     Ok(Update { blob, commit, norm })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_wire::message::TensorSpec;
+
+    fn round(noise_multiplier: f64, encoding: &str) -> RoundAnnounce {
+        RoundAnnounce {
+            round: 3,
+            federation: "f".into(),
+            model: "m".into(),
+            global_version: 2,
+            deadline_ms: u64::MAX,
+            quorum: 1,
+            enrolled: 1,
+            aggregator: "fedavg".into(),
+            secure_aggregation: false,
+            encoding: encoding.into(),
+            clip_norm: 1.0,
+            noise_multiplier,
+            tensors: vec![
+                TensorSpec {
+                    name: "w".into(),
+                    len: 3,
+                },
+                TensorSpec {
+                    name: "b".into(),
+                    len: 1,
+                },
+            ],
+            seed: "0".repeat(64),
+            participants: Vec::new(),
+        }
+    }
+
+    fn heads() -> (BTreeMap<String, Vec<f32>>, BTreeMap<String, Vec<f32>>) {
+        let local = BTreeMap::from([
+            ("w".to_string(), vec![3.0, 0.0, 4.0]),
+            ("b".to_string(), vec![1.0]),
+        ]);
+        let global = BTreeMap::from([
+            ("w".to_string(), vec![0.0, 0.0, 0.0]),
+            ("b".to_string(), vec![1.0]),
+        ]);
+        (local, global)
+    }
+
+    #[test]
+    fn the_delta_follows_the_rounds_tensor_order_and_is_clipped_to_its_bound() {
+        let (local, global) = heads();
+        let mut accountant = Accountant::default();
+        let (delta, norm) =
+            private_delta(&round(0.0, ENCODING_F32), &local, &global, &mut accountant).unwrap();
+        assert!((norm - 5.0).abs() < 1e-9);
+        let expected = [0.6, 0.0, 0.8, 0.0];
+        for (got, want) in delta.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{delta:?}");
+        }
+        assert_eq!(accountant.epsilon(DP_DELTA).unwrap(), 0.0);
+        assert_eq!(round_epsilon(&round(0.0, ENCODING_F32)).unwrap(), None);
+    }
+
+    #[test]
+    fn noise_is_added_and_its_privacy_cost_recorded() {
+        let (local, global) = heads();
+        let mut accountant = Accountant::default();
+        let announce = round(1.0, ENCODING_INT8);
+        let (noisy, _) = private_delta(&announce, &local, &global, &mut accountant).unwrap();
+        assert_ne!(noisy, vec![0.6, 0.0, 0.8, 0.0]);
+        let spent = accountant.epsilon(DP_DELTA).unwrap();
+        assert!((spent - round_epsilon(&announce).unwrap().unwrap()).abs() < 1e-9);
+        let built = build(&announce, &local, &global, 7, &mut accountant).unwrap();
+        assert_eq!(built.commit.encoding, ENCODING_INT8);
+        let (arrays, _) = tensors::decode(&built.blob).unwrap();
+        assert!(arrays.contains_key("w.q8") && arrays.contains_key("b.scale"));
+        assert!(accountant.epsilon(DP_DELTA).unwrap() > spent);
+    }
+
+    #[test]
+    fn a_head_without_a_tensor_of_the_round_is_an_error_naming_it() {
+        let (mut local, global) = heads();
+        local.remove("b");
+        let error = private_delta(
+            &round(0.0, ENCODING_F32),
+            &local,
+            &global,
+            &mut Accountant::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("tensor b"), "{error}");
+    }
+}
