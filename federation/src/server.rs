@@ -41,16 +41,9 @@ pub struct Server {
     participants: Vec<String>,
 }
 
-/// Names and lengths of the F32 tensors of a head blob, sorted by name.
+/// The F32 tensors of a head blob, by name.
 fn head_tensors(blob: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
-    let (arrays, _) = tensors::decode(blob)?;
-    arrays
-        .into_iter()
-        .map(|(name, array)| match array {
-            Array::F32(values) => Ok((name, values)),
-            _ => Err(anyhow::anyhow!("head tensor {name} is not F32")),
-        })
-        .collect()
+    Ok(tensors::decode_f32(blob)?)
 }
 
 impl Server {

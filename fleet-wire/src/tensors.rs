@@ -162,6 +162,25 @@ pub fn decode(
     Ok((out, metadata))
 }
 
+/// The tensors of a head blob (weights or a float32 delta), which must all be F32.
+pub fn decode_f32(bytes: &[u8]) -> Result<BTreeMap<String, Vec<f32>>, TensorError> {
+    let (arrays, _) = decode(bytes)?;
+    arrays
+        .into_iter()
+        .map(|(name, array)| match array {
+            Array::F32(values) => Ok((name, values)),
+            other => Err(TensorError::Dtype {
+                name,
+                dtype: format!("{:?}", other)
+                    .split('(')
+                    .next()
+                    .unwrap_or("?")
+                    .to_string(),
+            }),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

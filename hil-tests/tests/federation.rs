@@ -396,6 +396,32 @@ impl Observer {
         Observer { seen }
     }
 
+    /// Some update went by (a topic ending in `update_topic`), and no message held DICOM,
+    /// anything shaped like a UID, or any of `identifiers`.
+    fn assert_nothing_identifying(&self, update_topic: &str, identifiers: &[&str]) {
+        let seen = self.messages();
+        assert!(
+            seen.iter().any(|(t, _)| t.ends_with(update_topic)),
+            "the observer saw no update"
+        );
+        for (topic, payload) in &seen {
+            assert!(
+                !payload.windows(4).any(|w| w == b"DICM"),
+                "{topic}: DICOM on the broker"
+            );
+            assert!(
+                !has_uid_like(payload),
+                "{topic}: something shaped like a UID on the broker"
+            );
+            for id in identifiers {
+                assert!(
+                    !payload.windows(id.len()).any(|w| w == id.as_bytes()),
+                    "{topic}: an identifier on the broker"
+                );
+            }
+        }
+    }
+
     fn messages(&self) -> Vec<(String, Vec<u8>)> {
         self.seen.lock().unwrap().clone()
     }
@@ -489,21 +515,7 @@ fn three_sites_complete_a_round_and_install_the_signed_fedavg_global_head() {
         ],
     );
     assert_eq!(devices.lines().count(), 3, "{devices}");
-    let seen = observer.messages();
-    assert!(
-        seen.iter().any(|(t, _)| t.ends_with("/up")),
-        "the observer saw no update"
-    );
-    for (topic, payload) in &seen {
-        assert!(
-            !payload.windows(4).any(|w| w == b"DICM"),
-            "{topic}: DICOM on the broker"
-        );
-        assert!(
-            !has_uid_like(payload),
-            "{topic}: something shaped like a UID on the broker"
-        );
-    }
+    observer.assert_nothing_identifying("/up", &[]);
     for updater in fleet.updaters.iter_mut().flatten() {
         assert!(updater.stop(), "{}", updater.log());
     }
@@ -1149,27 +1161,7 @@ fn an_appliance_hands_its_fine_tuned_head_to_the_fleet_and_takes_the_global_head
         logs(&server, &updater)
     );
 
-    let seen = observer.messages();
-    assert!(
-        seen.iter().any(|(t, _)| t.ends_with("/site-a/up")),
-        "the observer saw no update"
-    );
-    for (topic, payload) in &seen {
-        assert!(
-            !payload.windows(4).any(|w| w == b"DICM"),
-            "{topic}: DICOM on the broker"
-        );
-        assert!(
-            !has_uid_like(payload),
-            "{topic}: something shaped like a UID on the broker"
-        );
-        for uid in [&a_study, &b_study] {
-            assert!(
-                !payload.windows(uid.len()).any(|w| w == uid.as_bytes()),
-                "{topic}: a study UID on the broker"
-            );
-        }
-    }
+    observer.assert_nothing_identifying("/site-a/up", &[&a_study, &b_study]);
     assert!(updater.stop(), "{}", updater.log());
     assert!(server.stop(), "{}", server.log());
 }

@@ -29,14 +29,7 @@ pub fn round_epsilon(round: &RoundAnnounce) -> anyhow::Result<Option<f64>> {
 
 /// Named F32 tensors of a head blob.
 pub fn head(bytes: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
-    let (arrays, _) = tensors::decode(bytes)?;
-    arrays
-        .into_iter()
-        .map(|(name, array)| match array {
-            Array::F32(values) => Ok((name, values)),
-            _ => Err(anyhow::anyhow!("head tensor {name} is not F32")),
-        })
-        .collect()
+    Ok(tensors::decode_f32(bytes)?)
 }
 
 /// An update ready to send: its blob and its commit.
