@@ -1,0 +1,1255 @@
+//! Fleet scale benchmark (a benchmark, not a test): how does the real `federation serve`
+//! behave with `--devices N` (default 200) devices behind a real broker, round after round?
+//!
+//! # Setup
+//! - mosquitto as the whole-fleet tests run it (`hil_tests::fleet::Broker`): TLS only, client
+//!   certificates required, the certificate's CN as user name, the protocol's ACL. One client
+//!   certificate per device (`FleetPki::client`, CN = client id = `dev-NNN`, RSA 2048) and one
+//!   for the server. The open-files limit of this process (which mosquitto inherits) is raised
+//!   to its hard limit first.
+//! - The server: the `federation` binary (`serve`) as its own process, its signing key from
+//!   `federation keygen`, enrolled = the N device ids, quorum `--quorum` (default 90 % of N,
+//!   180 of 200, so a few slow devices cannot block a round), `round_seconds` 120, fedavg,
+//!   `max_rounds` = `--rounds` (default 3), encoding `--encoding` (default `int8-block256`).
+//!   Its `initial_head` is the package's real head, `models/reference/head-ct/head.safetensors`
+//!   (`--head`): the rounds carry deltas of the real trainable tensors' names and shapes.
+//! - N light clients in this one process: a thread each, with its own `fleet_mqtt::Link`
+//!   (rumqttc over rustls, exactly the updater's link). A light client subscribes to the round
+//!   topic, the global topic and its own down topic, as `updater::device::Device::start` does,
+//!   and sends a `hello` on every connect. On a round's `round_announce` it makes a random small
+//!   delta (every value uniform in +-`--delta-scale`, default 0.01, seeded by `--seed`, the device
+//!   and the round; 10 to 100 cases), turns it into the round's update with the updater's own
+//!   `updater::update::build` (clipping, int8 blocks with stochastic rounding), and publishes the
+//!   chunks (`fleet_wire::blob::split`) and then the `update_commit`, as the updater's
+//!   `send_update` does. It waits for its `ack` (resending after 20 s without one, or at once
+//!   on an `incomplete` refusal, as the updater does). A new `global_head` header whose
+//!   signature verifies with the server's public key ends the round for that device. A share
+//!   of the devices (`--fetch-share`, default 0.1, spread evenly over the ids) then fetches the
+//!   head's blob (`fetch`, chunks on its down topic, checked and decoded) so that the download
+//!   of a real device is measured too; the others keep only the header. Light clients take
+//!   every delta against the package's head (they do not track the global head's values);
+//!   the server checks names, dtypes, lengths and finiteness, not the values' origin.
+//!
+//! The light clients connect first (all at once, timed), then the server starts and opens
+//! round 1. The `hello`s sent before the server subscribed are dropped by the broker (no
+//! subscriber); the rounds do not need them.
+//!
+//! # What is measured
+//! - Connect: wall time from starting the N links to the last MQTT CONNACK over mutual TLS,
+//!   and each client's own time from its start to its CONNACK.
+//! - Round time: from the first device seeing the round's `round_announce` to the last device
+//!   seeing the new global head's header; per device, from its announcement to its header.
+//!   Update to ack: from publishing the first chunk to receiving the `ack`.
+//! - Server CPU: user + system time of the `federation` process (`/proc/<pid>/stat`, clock
+//!   ticks of `sysconf(_SC_CLK_TCK)`) from the round's announcement (first seen) to the next
+//!   round's (first seen; for the last round, to the end of the run), so it includes the
+//!   fetches of the round's head. The same for mosquitto and for this process (the light
+//!   clients, which share the machine's cores with both). Server peak memory: `VmHWM` of
+//!   `/proc/<pid>/status` at the end of each round (a high-water mark since its start).
+//! - Bytes per device per round: up = the chunk and `update_commit` frames as published (the
+//!   MQTT payloads; the fetch request is counted apart); down = every payload the device
+//!   received that belongs to the round (its announcement, its ack, the new head's header,
+//!   which the server publishes twice: on aggregation and with the next round's announcement,
+//!   and for fetching devices the head's chunks). MQTT, TLS and TCP framing are not counted.
+//!
+//! A second configuration, with secure aggregation, runs behind `--secure-aggregation` once
+//! the server's configuration has a `secure_aggregation` key; whether it has is asked of the
+//! `federation` binary itself (a configuration with the key is loaded, `rounds list`), and the
+//! table says so in that row instead of showing numbers.
+//!
+//! Run with `scripts/bench.sh federation [--rounds N]` (which also runs `fed_experiment`), or
+//! `target/release/fleet_bench [--devices N] [--rounds N] [--quorum N] [--round-seconds N]
+//! [--fetch-share F] [--encoding int8-block256|f32] [--delta-scale X] [--seed N] [--head FILE]
+//! [--secure-aggregation]` after `cargo build --release -p hil-tests -p federation`.
+
+use anyhow::{bail, ensure, Context, Result};
+use fl_delta::rand::{Rng, SeedableRng};
+use fleet_mqtt::{Incoming, Link, LinkConfig};
+use fleet_wire::message::{AckOutcome, Fetch, Hello, Message, RoundAnnounce};
+use fleet_wire::signed::{SignedGlobalHead, VerifyingKey};
+use fleet_wire::{blob, frame, Topics};
+use hil_tests::appliance::binary_named;
+use hil_tests::fleet::{Broker, FleetPki, Process};
+use hil_tests::pki::Issued;
+use hil_tests::repo_root;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+const FEDERATION: &str = "fleet-bench";
+/// The model id of the reference package (`models/reference/head-ct/manifest.toml`).
+const MODEL: &str = "head-ct-ich";
+/// As the updater: unacknowledged updates are sent again after this long.
+const RESEND_AFTER: Duration = Duration::from_secs(20);
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("fleet_bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+struct Options {
+    devices: usize,
+    rounds: u64,
+    quorum: Option<u32>,
+    round_seconds: u64,
+    fetch_share: f64,
+    encoding: String,
+    delta_scale: f32,
+    seed: u64,
+    head: PathBuf,
+    secure_aggregation: bool,
+}
+
+fn parse_options() -> Result<Options> {
+    let mut o = Options {
+        devices: 200,
+        rounds: 3,
+        quorum: None,
+        round_seconds: 120,
+        fetch_share: 0.1,
+        encoding: "int8-block256".into(),
+        delta_scale: 0.01,
+        seed: 1,
+        head: repo_root().join("models/reference/head-ct/head.safetensors"),
+        secure_aggregation: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--devices" => o.devices = value()?.parse().context("--devices")?,
+            "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
+            "--quorum" => o.quorum = Some(value()?.parse().context("--quorum")?),
+            "--round-seconds" => o.round_seconds = value()?.parse().context("--round-seconds")?,
+            "--fetch-share" => o.fetch_share = value()?.parse().context("--fetch-share")?,
+            "--encoding" => o.encoding = value()?,
+            "--delta-scale" => o.delta_scale = value()?.parse().context("--delta-scale")?,
+            "--seed" => o.seed = value()?.parse().context("--seed")?,
+            "--head" => o.head = value()?.into(),
+            "--secure-aggregation" => o.secure_aggregation = true,
+            "--help" | "-h" => {
+                println!(
+                    "fleet_bench [--devices N] [--rounds N] [--quorum N] [--round-seconds N] \
+                     [--fetch-share F] [--encoding int8-block256|f32] [--delta-scale X] \
+                     [--seed N] [--head FILE] [--secure-aggregation]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (see --help)"),
+        }
+    }
+    ensure!(
+        (1..=999).contains(&o.devices),
+        "--devices: 1 to 999 (ids dev-000 to dev-998)"
+    );
+    ensure!(o.rounds >= 1, "--rounds must be at least 1");
+    ensure!(
+        (0.0..=1.0).contains(&o.fetch_share),
+        "--fetch-share: 0 to 1"
+    );
+    ensure!(
+        o.delta_scale.is_finite() && o.delta_scale > 0.0,
+        "--delta-scale: a finite number above 0"
+    );
+    ensure!(
+        ["int8-block256", "f32"].contains(&o.encoding.as_str()),
+        "--encoding: int8-block256 or f32"
+    );
+    Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+
+/// Raise this process's open-files limit to its hard limit (mosquitto, started from here,
+/// inherits it); the new soft limit.
+fn raise_open_files() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0,
+            "getrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+        limit.rlim_cur = limit.rlim_max;
+        ensure!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0,
+            "setrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(limit.rlim_cur)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// User + system CPU seconds of `pid` (`/proc/<pid>/stat`, fields 14 and 15).
+fn cpu_seconds(pid: &str, ticks: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest)
+        .context("no ')' in /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / ticks)
+}
+
+/// `VmHWM` of `pid` in KiB.
+fn peak_rss_kib(pid: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")
+}
+
+/// The pid of our running child whose command name is `comm` (the harness keeps its `Child`
+/// private).
+fn child_pid(comm: &str) -> Result<String> {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let name = head.split_once(" (").map(|(_, n)| n).unwrap_or("");
+        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
+        if name == comm && ppid == me {
+            return Ok(pid);
+        }
+    }
+    bail!("no child process named {comm}")
+}
+
+/// CPU seconds of the server, the broker and this process, and the server's VmHWM, at once.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    server_cpu: f64,
+    broker_cpu: f64,
+    bench_cpu: f64,
+    server_hwm_kib: u64,
+}
+
+struct Pids {
+    server: String,
+    broker: String,
+    ticks: f64,
+}
+
+impl Pids {
+    fn sample(&self) -> Result<Sample> {
+        Ok(Sample {
+            server_cpu: cpu_seconds(&self.server, self.ticks)?,
+            broker_cpu: cpu_seconds(&self.broker, self.ticks)?,
+            bench_cpu: cpu_seconds("self", self.ticks)?,
+            server_hwm_kib: peak_rss_kib(&self.server)?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The head
+
+/// Names and shapes of the tensors of a safetensors file, from its JSON header.
+fn tensor_shapes(bytes: &[u8]) -> Result<Vec<(String, String, Vec<u64>)>> {
+    let length = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .context("shorter than a safetensors header")?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
+        bytes
+            .get(8..8 + length)
+            .context("truncated safetensors header")?,
+    )
+    .context("safetensors header")?;
+    let mut shapes = Vec::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info["dtype"].as_str().unwrap_or("?").to_string();
+        let shape = info["shape"]
+            .as_array()
+            .context("shape")?
+            .iter()
+            .map(|d| d.as_u64().context("dimension"))
+            .collect::<Result<Vec<u64>>>()?;
+        shapes.push((name, dtype, shape));
+    }
+    Ok(shapes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Light clients
+
+/// What every light client shares.
+struct Shared {
+    topics: Topics,
+    trusted: VerifyingKey,
+    /// The package's head: the base every delta is taken against.
+    head: BTreeMap<String, Vec<f32>>,
+    port: u16,
+    ca_file: PathBuf,
+    seed: u64,
+    delta_scale: f32,
+    stop: AtomicBool,
+}
+
+/// What a light client reports to the main thread as it happens.
+enum Event {
+    Connected,
+    /// The first sighting of a round's announcement by any device.
+    Announced(u64, Instant),
+    /// The round ended for a device: the new global head's header (or the round closed).
+    Finished(u64),
+    Fetched(u64),
+}
+
+/// One device's round.
+#[derive(Default)]
+struct RoundLog {
+    announced: Option<Instant>,
+    sent: Option<Instant>,
+    acked: Option<(Instant, AckOutcome)>,
+    head: Option<Instant>,
+    closed: bool,
+    fetched: Option<Instant>,
+    up_update: u64,
+    up_fetch: u64,
+    down: u64,
+    resends: u32,
+}
+
+/// One device's run.
+struct LightLog {
+    fetcher: bool,
+    started: Instant,
+    connected: Option<Instant>,
+    disconnects: Vec<String>,
+    refused_publishes: u32,
+    /// Frames refused (undecodable, bad signature, bad chunk), with the reason.
+    problems: Vec<String>,
+    /// Payloads that belong to no round (the initial global head's header).
+    down_other: u64,
+    up_hello: u64,
+    rounds: BTreeMap<u64, RoundLog>,
+}
+
+struct Outstanding {
+    round: u64,
+    blob: String,
+    frames: Vec<Vec<u8>>,
+    sent: Instant,
+}
+
+struct Light {
+    index: usize,
+    id: String,
+    cert: Issued,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+    link: Option<Link>,
+    log: LightLog,
+    installed: u64,
+    outstanding: Option<Outstanding>,
+    /// The head being fetched and the chunks of it received.
+    fetching: Option<(SignedGlobalHead, BTreeMap<u32, Vec<u8>>)>,
+}
+
+impl Light {
+    fn link(&self) -> &Link {
+        self.link.as_ref().expect("started")
+    }
+
+    fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<u64> {
+        let len = payload.len() as u64;
+        self.link().publish(topic, payload, false)?;
+        Ok(len)
+    }
+
+    fn run(mut self) -> LightLog {
+        self.log.started = Instant::now();
+        let s = &self.shared;
+        let link = Link::start(
+            &LinkConfig {
+                host: "127.0.0.1".into(),
+                port: s.port,
+                client_id: self.id.clone(),
+                ca_file: s.ca_file.clone(),
+                cert_file: self.cert.cert.clone(),
+                key_file: self.cert.key.clone(),
+                keep_alive: Duration::from_secs(30),
+            },
+            vec![
+                s.topics.round(),
+                s.topics.global(MODEL),
+                s.topics.down(&self.id),
+            ],
+        );
+        match link {
+            Ok(link) => self.link = Some(link),
+            Err(e) => {
+                self.log.problems.push(format!("link: {e}"));
+                return self.log;
+            }
+        }
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let event = self
+                .link()
+                .events()
+                .recv_timeout(Duration::from_millis(100));
+            let outcome = match event {
+                Ok(Incoming::Connected) => self.connected(),
+                Ok(Incoming::Disconnected(reason)) => {
+                    let phase = if self.log.connected.is_some() {
+                        "after connecting"
+                    } else {
+                        "while connecting"
+                    };
+                    self.log.disconnects.push(format!("{phase}: {reason}"));
+                    Ok(())
+                }
+                Ok(Incoming::PublishRefused { reason }) => {
+                    self.log.refused_publishes += 1;
+                    self.log.problems.push(format!("publish refused: {reason}"));
+                    Ok(())
+                }
+                Ok(Incoming::Message { payload, .. }) => self.handle(&payload),
+                Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.log.problems.push("the MQTT link stopped".into());
+                    break;
+                }
+            };
+            let outcome = outcome.and_then(|()| match &self.outstanding {
+                Some(o) if o.sent.elapsed() >= RESEND_AFTER => self.resend(),
+                _ => Ok(()),
+            });
+            if let Err(e) = outcome {
+                self.log.problems.push(format!("{e:#}"));
+            }
+        }
+        self.link().close();
+        self.log
+    }
+
+    fn connected(&mut self) -> Result<()> {
+        if self.log.connected.is_none() {
+            self.log.connected = Some(Instant::now());
+            let _ = self.events.send(Event::Connected);
+        }
+        let hello = Message::Hello(Hello {
+            device: self.id.clone(),
+            software: env!("CARGO_PKG_VERSION").into(),
+            model: MODEL.into(),
+            global_version: self.installed,
+            participate: true,
+        });
+        let sent = self.publish(&self.shared.topics.up(&self.id), frame::encode(&hello, b""))?;
+        self.log.up_hello += sent;
+        if self.outstanding.is_some() {
+            self.resend()?;
+        }
+        let pending = self
+            .fetching
+            .as_ref()
+            .map(|(signed, _)| (signed.head.round, signed.head.version));
+        if let Some((round, version)) = pending {
+            self.fetch(round, version)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, payload: &[u8]) -> Result<()> {
+        let len = payload.len() as u64;
+        let now = Instant::now();
+        let (message, body) = match frame::decode(payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.log.down_other += len;
+                bail!("frame refused: {e}");
+            }
+        };
+        match message {
+            Message::RoundAnnounce(round) => {
+                let log = self.log.rounds.entry(round.round).or_default();
+                log.down += len;
+                if log.announced.is_some() {
+                    return Ok(()); // retained and published again by the server
+                }
+                log.announced = Some(now);
+                let _ = self.events.send(Event::Announced(round.round, now));
+                ensure!(
+                    round.federation == FEDERATION && round.model == MODEL,
+                    "round {} is for another federation or model",
+                    round.round
+                );
+                self.send_update(&round)
+            }
+            Message::RoundClosed(closed) => {
+                let log = self.log.rounds.entry(closed.round).or_default();
+                log.down += len;
+                if !log.closed {
+                    log.closed = true;
+                    if log.head.is_none() {
+                        let _ = self.events.send(Event::Finished(closed.round));
+                    }
+                }
+                Ok(())
+            }
+            Message::GlobalHead(signed) => {
+                let round = signed.head.round;
+                match round {
+                    0 => self.log.down_other += len,
+                    r => self.log.rounds.entry(r).or_default().down += len,
+                }
+                if signed.head.version <= self.installed {
+                    return Ok(()); // retained, or published again with the next round
+                }
+                signed
+                    .verify(&self.shared.trusted, FEDERATION, MODEL, self.installed)
+                    .map_err(|e| anyhow::anyhow!("global head refused: {e}"))?;
+                self.installed = signed.head.version;
+                if round == 0 {
+                    return Ok(()); // the package's head: every light client has it
+                }
+                let log = self.log.rounds.entry(round).or_default();
+                if log.head.is_none() {
+                    log.head = Some(now);
+                    if !log.closed {
+                        let _ = self.events.send(Event::Finished(round));
+                    }
+                }
+                if self.log.fetcher {
+                    let version = signed.head.version;
+                    self.fetching = Some((signed, BTreeMap::new()));
+                    self.fetch(round, version)?;
+                }
+                Ok(())
+            }
+            Message::Chunk(header) => {
+                let Some((signed, chunks)) = &mut self.fetching else {
+                    self.log.down_other += len;
+                    return Ok(()); // a fetch answered twice
+                };
+                if header.blob != signed.head.blob || header.size != signed.head.size {
+                    self.log.down_other += len;
+                    bail!("a chunk of another blob than the head being fetched");
+                }
+                let round = signed.head.round;
+                self.log.rounds.entry(round).or_default().down += len;
+                blob::check_chunk(&header, body)?;
+                chunks.insert(header.index, body.to_vec());
+                if chunks.len() < header.count as usize {
+                    return Ok(());
+                }
+                let bytes: Vec<u8> = chunks.values().flatten().copied().collect();
+                blob::check_blob(&bytes, &signed.head.blob, signed.head.size)?;
+                updater::update::head(&bytes)?;
+                self.fetching = None;
+                let log = self.log.rounds.entry(round).or_default();
+                if log.fetched.is_none() {
+                    log.fetched = Some(now);
+                    let _ = self.events.send(Event::Fetched(round));
+                }
+                Ok(())
+            }
+            Message::Ack(ack) => {
+                self.log.rounds.entry(ack.round).or_default().down += len;
+                let Some(outstanding) = &self.outstanding else {
+                    return Ok(()); // a redelivered ack
+                };
+                if outstanding.round != ack.round || outstanding.blob != ack.blob {
+                    bail!("ack for an update not sent (round {})", ack.round);
+                }
+                if ack.outcome == AckOutcome::Refused
+                    && ack
+                        .reason
+                        .as_deref()
+                        .unwrap_or("")
+                        .starts_with("incomplete")
+                {
+                    return self.resend();
+                }
+                self.outstanding = None;
+                let log = self.log.rounds.entry(ack.round).or_default();
+                log.acked = Some((now, ack.outcome));
+                if ack.outcome == AckOutcome::Refused {
+                    bail!(
+                        "update of round {} refused: {}",
+                        ack.round,
+                        ack.reason.unwrap_or_default()
+                    );
+                }
+                Ok(())
+            }
+            other => bail!("the server does not send {}", other.kind()),
+        }
+    }
+
+    /// This device's update of `round`: a seeded random delta on the package's head, through
+    /// the updater's own encoding, published as chunks and then the commit.
+    fn send_update(&mut self, round: &RoundAnnounce) -> Result<()> {
+        let s = &self.shared;
+        let mut rng = fl_delta::rand_chacha::ChaCha20Rng::seed_from_u64(
+            s.seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add((self.index as u64) << 24)
+                .wrapping_add(round.round),
+        );
+        let local: BTreeMap<String, Vec<f32>> = s
+            .head
+            .iter()
+            .map(|(name, values)| {
+                let moved = values
+                    .iter()
+                    .map(|v| v + rng.gen_range(-s.delta_scale..=s.delta_scale))
+                    .collect();
+                (name.clone(), moved)
+            })
+            .collect();
+        let cases = rng.gen_range(10..=100);
+        let mut accountant = fl_delta::dp::Accountant::new();
+        let update = updater::update::build(round, &local, &s.head, cases, &mut accountant)?;
+        let mut frames = Vec::new();
+        for (header, body) in blob::split(&update.blob)? {
+            frames.push(frame::encode(&Message::Chunk(header), body));
+        }
+        frames.push(frame::encode(
+            &Message::UpdateCommit(update.commit.clone()),
+            b"",
+        ));
+        self.outstanding = Some(Outstanding {
+            round: round.round,
+            blob: update.commit.blob,
+            frames,
+            sent: Instant::now(),
+        });
+        self.log.rounds.entry(round.round).or_default().sent = Some(Instant::now());
+        self.publish_outstanding()
+    }
+
+    fn publish_outstanding(&mut self) -> Result<()> {
+        let Some(outstanding) = &mut self.outstanding else {
+            return Ok(());
+        };
+        outstanding.sent = Instant::now();
+        let up = self.shared.topics.up(&self.id);
+        let mut bytes = 0;
+        for frame in &outstanding.frames {
+            bytes += frame.len() as u64;
+            self.link
+                .as_ref()
+                .expect("started")
+                .publish(&up, frame.clone(), false)?;
+        }
+        let round = outstanding.round;
+        self.log.rounds.entry(round).or_default().up_update += bytes;
+        Ok(())
+    }
+
+    fn resend(&mut self) -> Result<()> {
+        if let Some(o) = &self.outstanding {
+            let round = o.round;
+            self.log.rounds.entry(round).or_default().resends += 1;
+        }
+        self.publish_outstanding()
+    }
+
+    fn fetch(&mut self, round: u64, version: u64) -> Result<()> {
+        let fetch = Message::Fetch(Fetch {
+            model: MODEL.into(),
+            version,
+        });
+        let bytes = self.publish(&self.shared.topics.up(&self.id), frame::encode(&fetch, b""))?;
+        self.log.rounds.entry(round).or_default().up_fetch += bytes;
+        Ok(())
+    }
+}
+
+/// Whether device `index` of `n` fetches global heads: `share` of them, spread evenly.
+fn fetches(index: usize, share: f64) -> bool {
+    ((index + 1) as f64 * share).floor() > (index as f64 * share).floor()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/// The server's folder: keys, configuration, data; returns (config path, public key path).
+fn server_setup(
+    dir: &Path,
+    pki: &FleetPki,
+    broker: &Broker,
+    o: &Options,
+    ids: &[String],
+    quorum: u32,
+) -> Result<(PathBuf, PathBuf)> {
+    let cert = pki.client("federation-server");
+    let private_key = dir.join("signing.pem");
+    let public_key = dir.join("signing.pub.pem");
+    hil_tests::fleet::run(
+        "federation",
+        &[
+            "keygen",
+            "--private",
+            private_key.to_str().context("path")?,
+            "--public",
+            public_key.to_str().context("path")?,
+        ],
+    );
+    let enrolled: Vec<String> = ids.iter().map(|d| format!("{d:?}")).collect();
+    let config = dir.join("federation.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\n\
+             cert_file = {cert:?}\nkey_file = {key:?}\nsigning_key_file = \"signing.pem\"\n\
+             data_dir = \"data\"\nmodel = {MODEL:?}\ninitial_head = {head:?}\n\
+             enrolled = [{enrolled}]\nquorum = {quorum}\nround_seconds = {seconds}\n\
+             aggregator = \"fedavg\"\nencoding = {encoding:?}\nmax_rounds = {rounds}\n",
+            broker = broker.url(),
+            ca = pki.ca.cert,
+            cert = cert.cert,
+            key = cert.key,
+            head = o.head,
+            enrolled = enrolled.join(", "),
+            seconds = o.round_seconds,
+            encoding = o.encoding,
+            rounds = o.rounds,
+        ),
+    )?;
+    Ok((config, public_key))
+}
+
+/// Whether the `federation` binary's configuration takes a `secure_aggregation` key: a copy
+/// of `config` with the key (and its own data folder) is loaded by `federation rounds list`.
+fn server_takes_secure_aggregation(config: &Path, dir: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(config)?;
+    let probe = dir.join("probe.toml");
+    std::fs::write(
+        &probe,
+        format!(
+            "{}secure_aggregation = true\n",
+            text.replace("data_dir = \"data\"", "data_dir = \"probe-data\"")
+        ),
+    )?;
+    let out = Command::new(binary_named("federation"))
+        .args(["rounds", "list", "--config"])
+        .arg(&probe)
+        .output()
+        .context("run federation rounds list")?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("secure_aggregation"),
+        "federation rounds list failed for another reason: {stderr}"
+    );
+    Ok(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Nearest-rank percentile `p` (0 to 100) of `values`; NaN when empty.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+/// "mean" or "mean (min-max)" of byte counts.
+fn bytes_cell(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if min == max {
+        format!("{min:.0}")
+    } else {
+        format!("{:.0} ({min:.0}-{max:.0})", mean(values))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn run() -> Result<()> {
+    let o = parse_options()?;
+    let run_started = Instant::now();
+    let open_files = raise_open_files()?;
+    let quorum = o
+        .quorum
+        .unwrap_or(((o.devices as f64) * 0.9).ceil().max(1.0) as u32);
+    ensure!(
+        quorum >= 1 && quorum as usize <= o.devices,
+        "--quorum: 1 to --devices"
+    );
+
+    let head_bytes =
+        std::fs::read(&o.head).with_context(|| format!("read {}", o.head.display()))?;
+    let shapes = tensor_shapes(&head_bytes)?;
+    let head = updater::update::head(&head_bytes)?;
+    let values: usize = head.values().map(Vec::len).sum();
+    let ids: Vec<String> = (0..o.devices).map(|i| format!("dev-{i:03}")).collect();
+    let fetchers = (0..o.devices)
+        .filter(|&i| fetches(i, o.fetch_share))
+        .count();
+
+    println!(
+        "fleet_bench: {} light clients, {} rounds, quorum {quorum}, round_seconds {}, \
+         encoding {}, fetching the blob: {fetchers} devices ({:.0} %), open files limit {open_files}",
+        o.devices,
+        o.rounds,
+        o.round_seconds,
+        o.encoding,
+        o.fetch_share * 100.0
+    );
+    println!(
+        "machine: {} CPUs, load average at start {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "head: {} ({} tensors, {values} values): {}",
+        o.head.display(),
+        shapes.len(),
+        shapes
+            .iter()
+            .map(|(n, d, s)| format!("{n} {d} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // Certificates, broker, server configuration.
+    let setup = Instant::now();
+    let pki = FleetPki::new();
+    let broker = Broker::start(&pki);
+    let certs: Vec<Issued> = ids.iter().map(|id| pki.client(id)).collect();
+    let server_dir = tempfile::tempdir()?;
+    let (config, public_key) = server_setup(server_dir.path(), &pki, &broker, &o, &ids, quorum)?;
+    let secure_aggregation_key = server_takes_secure_aggregation(&config, server_dir.path())?;
+    if o.secure_aggregation && secure_aggregation_key {
+        bail!(
+            "the server takes `secure_aggregation`, but this benchmark's light clients do not \
+             speak its phases yet: extend fleet_bench before measuring it"
+        );
+    }
+    println!(
+        "setup: {} client certificates (openssl, RSA 2048), broker, server keys in {:.1} s",
+        certs.len() + 1,
+        secs(setup.elapsed())
+    );
+    let trusted =
+        fleet_wire::signed::verifying_key_from_pem(&std::fs::read_to_string(&public_key)?)?;
+    let shared = Arc::new(Shared {
+        topics: Topics::new(FEDERATION),
+        trusted,
+        head,
+        port: broker.port,
+        ca_file: pki.ca.cert.clone(),
+        seed: o.seed,
+        delta_scale: o.delta_scale,
+        stop: AtomicBool::new(false),
+    });
+
+    // The light clients connect, all at once.
+    let (events_tx, events) = mpsc::channel();
+    let connect_started = Instant::now();
+    let mut threads = Vec::new();
+    for (index, (id, cert)) in ids.iter().zip(certs).enumerate() {
+        let light = Light {
+            index,
+            id: id.clone(),
+            cert,
+            shared: shared.clone(),
+            events: events_tx.clone(),
+            link: None,
+            log: LightLog {
+                fetcher: fetches(index, o.fetch_share),
+                started: Instant::now(),
+                connected: None,
+                disconnects: Vec::new(),
+                refused_publishes: 0,
+                problems: Vec::new(),
+                down_other: 0,
+                up_hello: 0,
+                rounds: BTreeMap::new(),
+            },
+            installed: 1,
+            outstanding: None,
+            fetching: None,
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(id.clone())
+                .spawn(move || light.run())?,
+        );
+    }
+    drop(events_tx);
+    let mut connected = 0;
+    let connect_deadline = Instant::now() + Duration::from_secs(180);
+    while connected < o.devices {
+        let left = connect_deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Connected) => connected += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let connect_wall = connect_started.elapsed();
+    if connected < o.devices {
+        shared.stop.store(true, Ordering::Relaxed);
+        let tail: String = broker
+            .log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!(
+            "only {connected} of {} light clients connected in 180 s; broker log (last lines, newest first):\n{tail}",
+            o.devices
+        );
+    }
+
+    // The server; rounds.
+    let mut server = Process::start(
+        "federation",
+        &["serve", "--config", config.to_str().context("path")?],
+        server_dir.path().join("server.log"),
+    );
+    let pids = Pids {
+        server: child_pid("federation")?,
+        broker: child_pid("mosquitto")?,
+        ticks: clock_ticks(),
+    };
+    let server_started = Instant::now();
+    let mut boundaries: BTreeMap<u64, (Instant, Sample)> = BTreeMap::new();
+    let mut finished: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut fetched: BTreeMap<u64, usize> = BTreeMap::new();
+    let limit = Duration::from_secs(o.rounds * (2 * o.round_seconds + 30) + 60);
+    let all_done = |finished: &BTreeMap<u64, usize>, fetched: &BTreeMap<u64, usize>| {
+        (1..=o.rounds).all(|r| {
+            finished.get(&r).copied().unwrap_or(0) >= o.devices
+                && fetched.get(&r).copied().unwrap_or(0) >= fetchers
+        })
+    };
+    let mut complete = false;
+    while server_started.elapsed() < limit {
+        match events.recv_timeout(Duration::from_millis(500)) {
+            Ok(Event::Announced(round, at)) => {
+                if !boundaries.contains_key(&round) {
+                    boundaries.insert(round, (at, pids.sample()?));
+                }
+            }
+            Ok(Event::Finished(round)) => *finished.entry(round).or_default() += 1,
+            Ok(Event::Fetched(round)) => *fetched.entry(round).or_default() += 1,
+            Ok(Event::Connected) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if all_done(&finished, &fetched) {
+            complete = true;
+            break;
+        }
+        if !server.is_running() {
+            break;
+        }
+    }
+    let end = (Instant::now(), pids.sample()?);
+    let rounds_list = hil_tests::fleet::run(
+        "federation",
+        &[
+            "rounds",
+            "list",
+            "--config",
+            config.to_str().context("path")?,
+            "--json",
+        ],
+    );
+    shared.stop.store(true, Ordering::Relaxed);
+    let logs: Vec<LightLog> = threads
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a light client panicked"))
+        })
+        .collect::<Result<_>>()?;
+    let server_exit_ok = server.stop();
+
+    // Connect figures.
+    let per_client: Vec<f64> = logs
+        .iter()
+        .filter_map(|l| l.connected.map(|c| secs(c - l.started)))
+        .collect();
+    println!(
+        "connect: {} mutual-TLS MQTT connections established in {:.2} s (start of the first \
+         link to the last CONNACK); per client p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        per_client.len(),
+        secs(connect_wall),
+        percentile(&per_client, 50.0) * 1e3,
+        percentile(&per_client, 95.0) * 1e3,
+        percentile(&per_client, 100.0) * 1e3,
+    );
+
+    // The rounds table.
+    let server_rounds: BTreeMap<u64, serde_json::Value> = rounds_list
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["round"].as_u64()?, v)))
+        .collect();
+    println!();
+    println!(
+        "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "round",
+        "accepted",
+        "round s",
+        "dev p50 s",
+        "ack p50",
+        "ack max",
+        "server",
+        "server",
+        "broker",
+        "bench CPU"
+    );
+    println!(
+        "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "", "/ devices", "", "", "ms", "ms", "CPU s", "HWM MiB", "CPU s", "s (light)"
+    );
+    let mut bytes_rows = Vec::new();
+    for round in 1..=o.rounds {
+        let of_round: Vec<&RoundLog> = logs.iter().filter_map(|l| l.rounds.get(&round)).collect();
+        let accepted = of_round
+            .iter()
+            .filter(|r| matches!(r.acked, Some((_, AckOutcome::Accepted))))
+            .count();
+        let announced: Vec<Instant> = of_round.iter().filter_map(|r| r.announced).collect();
+        let heads: Vec<Instant> = of_round.iter().filter_map(|r| r.head).collect();
+        let round_s = match (announced.iter().min(), heads.iter().max()) {
+            (Some(a), Some(h)) if heads.len() == o.devices => format!("{:.2}", secs(*h - *a)),
+            (Some(a), Some(h)) => format!("{:.2}*", secs(*h - *a)),
+            _ => "-".into(),
+        };
+        let per_device: Vec<f64> = of_round
+            .iter()
+            .filter_map(|r| Some(secs(r.head? - r.announced?)))
+            .collect();
+        let ack: Vec<f64> = of_round
+            .iter()
+            .filter_map(|r| Some(secs(r.acked?.0 - r.sent?) * 1e3))
+            .collect();
+        let start = boundaries.get(&round).map(|b| b.1);
+        let stop = boundaries.get(&(round + 1)).map(|b| b.1).unwrap_or(end.1);
+        let (server_cpu, broker_cpu, bench_cpu, hwm) = match start {
+            Some(s) => (
+                format!("{:.2}", stop.server_cpu - s.server_cpu),
+                format!("{:.2}", stop.broker_cpu - s.broker_cpu),
+                format!("{:.2}", stop.bench_cpu - s.bench_cpu),
+                format!("{:.1}", stop.server_hwm_kib as f64 / 1024.0),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:>5} {:>10} {:>9} {:>9.2} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>10}",
+            round,
+            format!("{accepted}/{}", o.devices),
+            round_s,
+            percentile(&per_device, 50.0),
+            percentile(&ack, 50.0),
+            percentile(&ack, 100.0),
+            server_cpu,
+            hwm,
+            broker_cpu,
+            bench_cpu,
+        );
+        let up: Vec<f64> = of_round
+            .iter()
+            .filter(|r| r.sent.is_some())
+            .map(|r| r.up_update as f64)
+            .collect();
+        let down = |fetcher: bool| -> Vec<f64> {
+            logs.iter()
+                .filter(|l| l.fetcher == fetcher)
+                .filter_map(|l| l.rounds.get(&round))
+                .map(|r| r.down as f64)
+                .collect()
+        };
+        let fetch_s: Vec<f64> = of_round
+            .iter()
+            .filter_map(|r| Some(secs(r.fetched? - r.head?)))
+            .collect();
+        let resends: u32 = of_round.iter().map(|r| r.resends).sum();
+        let server_row = server_rounds.get(&round);
+        bytes_rows.push(format!(
+            "{:>5} {:>16} {:>18} {:>22} {:>10.0} {:>8} {:>14}",
+            round,
+            bytes_cell(&up),
+            bytes_cell(&down(false)),
+            bytes_cell(&down(true)),
+            percentile(&fetch_s, 50.0) * 1e3,
+            resends,
+            server_row
+                .and_then(|v| Some(format!(
+                    "{} {}/{}",
+                    v["state"].as_str()?,
+                    v["participants"],
+                    v["bytes_in"]
+                )))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    println!();
+    println!(
+        "{:>5} {:>16} {:>18} {:>22} {:>10} {:>8} {:>14}",
+        "round",
+        "up B/device",
+        "down B/device",
+        "down B/device",
+        "fetch p50",
+        "resends",
+        "server says"
+    );
+    println!(
+        "{:>5} {:>16} {:>18} {:>22} {:>10} {:>8} {:>14}",
+        "",
+        "chunks+commit",
+        format!("header only ({})", o.devices - fetchers),
+        format!("fetched head ({fetchers})"),
+        "ms",
+        "",
+        "state n/bytes_in"
+    );
+    for row in bytes_rows {
+        println!("{row}");
+    }
+    println!();
+    if secure_aggregation_key {
+        println!(
+            "secure aggregation: not run (the server takes the key; pass --secure-aggregation)"
+        );
+    } else {
+        println!("secure aggregation: not implemented in the server yet");
+    }
+
+    // Totals and anything that went wrong.
+    println!();
+    let (fetch_up, hello_up): (u64, u64) = logs.iter().fold((0, 0), |(f, h), l| {
+        (
+            f + l.rounds.values().map(|r| r.up_fetch).sum::<u64>(),
+            h + l.up_hello,
+        )
+    });
+    println!(
+        "server: {:.2} CPU s and VmHWM {:.1} MiB over the run ({:.1} s from its start), exit {}; \
+         broker {:.2} CPU s; this process {:.2} CPU s",
+        end.1.server_cpu,
+        end.1.server_hwm_kib as f64 / 1024.0,
+        secs(end.0 - server_started),
+        if server_exit_ok { "0" } else { "non-zero" },
+        end.1.broker_cpu,
+        end.1.bench_cpu,
+    );
+    println!(
+        "not in the up column: fetch requests {fetch_up} B in all, hellos {hello_up} B in all \
+         (sent on connect, before the server subscribed)"
+    );
+    let mut disconnects: BTreeMap<&str, usize> = BTreeMap::new();
+    for reason in logs.iter().flat_map(|l| &l.disconnects) {
+        *disconnects.entry(reason.as_str()).or_default() += 1;
+    }
+    let problems: Vec<String> = logs
+        .iter()
+        .zip(&ids)
+        .flat_map(|(l, id)| l.problems.iter().map(move |p| format!("{id}: {p}")))
+        .collect();
+    println!(
+        "disconnects (the link reconnects by itself): {}{}",
+        disconnects.values().sum::<usize>(),
+        disconnects
+            .iter()
+            .map(|(reason, n)| format!("\n  {n} x {reason}"))
+            .collect::<String>()
+    );
+    println!(
+        "problems: {}{}",
+        problems.len(),
+        problems
+            .iter()
+            .take(10)
+            .map(|p| format!("\n  {p}"))
+            .collect::<String>()
+    );
+    println!(
+        "round s: first announcement seen to the last device seeing the new head (* = not every \
+         device saw it); dev p50: per device, its announcement to its head; ack: first chunk \
+         published to ack received; CPU: from the round's announcement to the next one's (the \
+         last round: to the end), so the fetches of the round's head are in it"
+    );
+    println!("run time: {:.1} s", secs(run_started.elapsed()));
+    if !complete {
+        let log = std::fs::read_to_string(server_dir.path().join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        bail!(
+            "the run did not complete within {} s: {:?} devices finished per round, {:?} \
+             fetched; server log (newest first):\n{}",
+            limit.as_secs(),
+            finished,
+            fetched,
+            tail.join("\n")
+        );
+    }
+    drop(broker);
+    Ok(())
+}
