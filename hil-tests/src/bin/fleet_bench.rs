@@ -259,6 +259,8 @@ struct Sample {
     broker_cpu: f64,
     bench_cpu: f64,
     server_hwm_kib: u64,
+    broker_hwm_kib: u64,
+    bench_hwm_kib: u64,
 }
 
 struct Pids {
@@ -274,6 +276,8 @@ impl Pids {
             broker_cpu: cpu_seconds(&self.broker, self.ticks)?,
             bench_cpu: cpu_seconds("self", self.ticks)?,
             server_hwm_kib: peak_rss_kib(&self.server)?,
+            broker_hwm_kib: peak_rss_kib(&self.broker)?,
+            bench_hwm_kib: peak_rss_kib("self")?,
         })
     }
 }
@@ -328,7 +332,8 @@ struct Shared {
 
 /// What a light client reports to the main thread as it happens.
 enum Event {
-    Connected,
+    /// Connected for the first time, this long after the client started.
+    Connected(Duration),
     /// The first sighting of a round's announcement by any device.
     Announced(u64, Instant),
     /// The round ended for a device: the new global head's header (or the round closed).
@@ -467,7 +472,9 @@ impl Light {
     fn connected(&mut self) -> Result<()> {
         if self.log.connected.is_none() {
             self.log.connected = Some(Instant::now());
-            let _ = self.events.send(Event::Connected);
+            let _ = self
+                .events
+                .send(Event::Connected(self.log.started.elapsed()));
         }
         let hello = Message::Hello(Hello {
             device: self.id.clone(),
@@ -899,6 +906,17 @@ fn run() -> Result<()> {
         certs.len() + 1,
         secs(setup.elapsed())
     );
+    let server_binary = binary_named("federation");
+    let age = std::fs::metadata(&server_binary)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .map_or("?".into(), |d| format!("{:.0}", d.as_secs_f64()));
+    println!(
+        "server: {} (built {age} s ago), takes a secure_aggregation key: {}",
+        server_binary.display(),
+        if secure_aggregation_key { "yes" } else { "no" }
+    );
     let trusted =
         fleet_wire::signed::verifying_key_from_pem(&std::fs::read_to_string(&public_key)?)?;
     let shared = Arc::new(Shared {
@@ -946,17 +964,18 @@ fn run() -> Result<()> {
         );
     }
     drop(events_tx);
-    let mut connected = 0;
+    let mut per_client = Vec::new();
     let connect_deadline = Instant::now() + Duration::from_secs(180);
-    while connected < o.devices {
+    while per_client.len() < o.devices {
         let left = connect_deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(Event::Connected) => connected += 1,
+            Ok(Event::Connected(after)) => per_client.push(secs(after)),
             Ok(_) => {}
             Err(_) => break,
         }
     }
     let connect_wall = connect_started.elapsed();
+    let connected = per_client.len();
     if connected < o.devices {
         shared.stop.store(true, Ordering::Relaxed);
         let tail: String = broker
@@ -971,6 +990,15 @@ fn run() -> Result<()> {
             o.devices
         );
     }
+
+    println!(
+        "connect: {connected} mutual-TLS MQTT connections established in {:.2} s (start of the \
+         first link to the last CONNACK); per client p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        secs(connect_wall),
+        percentile(&per_client, 50.0) * 1e3,
+        percentile(&per_client, 95.0) * 1e3,
+        percentile(&per_client, 100.0) * 1e3,
+    );
 
     // The server; rounds.
     let mut server = Process::start(
@@ -1004,7 +1032,7 @@ fn run() -> Result<()> {
             }
             Ok(Event::Finished(round)) => *finished.entry(round).or_default() += 1,
             Ok(Event::Fetched(round)) => *fetched.entry(round).or_default() += 1,
-            Ok(Event::Connected) => {}
+            Ok(Event::Connected(_)) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -1036,21 +1064,6 @@ fn run() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let server_exit_ok = server.stop();
-
-    // Connect figures.
-    let per_client: Vec<f64> = logs
-        .iter()
-        .filter_map(|l| l.connected.map(|c| secs(c - l.started)))
-        .collect();
-    println!(
-        "connect: {} mutual-TLS MQTT connections established in {:.2} s (start of the first \
-         link to the last CONNACK); per client p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
-        per_client.len(),
-        secs(connect_wall),
-        percentile(&per_client, 50.0) * 1e3,
-        percentile(&per_client, 95.0) * 1e3,
-        percentile(&per_client, 100.0) * 1e3,
-    );
 
     // The rounds table.
     let server_rounds: BTreeMap<u64, serde_json::Value> = rounds_list
@@ -1201,13 +1214,16 @@ fn run() -> Result<()> {
     });
     println!(
         "server: {:.2} CPU s and VmHWM {:.1} MiB over the run ({:.1} s from its start), exit {}; \
-         broker {:.2} CPU s; this process {:.2} CPU s",
+         broker {:.2} CPU s and VmHWM {:.1} MiB; this process (the light clients) {:.2} CPU s \
+         and VmHWM {:.1} MiB",
         end.1.server_cpu,
         end.1.server_hwm_kib as f64 / 1024.0,
         secs(end.0 - server_started),
         if server_exit_ok { "0" } else { "non-zero" },
         end.1.broker_cpu,
+        end.1.broker_hwm_kib as f64 / 1024.0,
         end.1.bench_cpu,
+        end.1.bench_hwm_kib as f64 / 1024.0,
     );
     println!(
         "not in the up column: fetch requests {fetch_up} B in all, hellos {hello_up} B in all \
