@@ -9,55 +9,67 @@
 //!   to its hard limit first.
 //! - The server: the `federation` binary (`serve`) as its own process, its signing key from
 //!   `federation keygen`, enrolled = the N device ids, quorum `--quorum` (default 90 % of N,
-//!   180 of 200, so a few slow devices cannot block a round), `round_seconds` 120, fedavg,
-//!   `max_rounds` = `--rounds` (default 3), encoding `--encoding` (default `int8-block256`).
-//!   Its `initial_head` is the package's real head, `models/reference/head-ct/head.safetensors`
-//!   (`--head`): the rounds carry deltas of the real trainable tensors' names and shapes.
+//!   180 of 200, so a few slow devices cannot block a round), `round_seconds` 120
+//!   (`--round-seconds`), fedavg, `max_rounds` = `--rounds` (default 3), encoding `--encoding`
+//!   (default `int8-block256`). Its `initial_head` is the package's real head,
+//!   `models/reference/head-ct/head.safetensors` (`--head`): the rounds carry deltas of the real
+//!   trainable tensors' names and shapes.
 //! - N light clients in this one process: a thread each, with its own `fleet_mqtt::Link`
 //!   (rumqttc over rustls, exactly the updater's link). A light client subscribes to the round
 //!   topic, the global topic and its own down topic, as `updater::device::Device::start` does,
 //!   and sends a `hello` on every connect. On a round's `round_announce` it makes a random small
-//!   delta (every value uniform in +-`--delta-scale`, default 0.01, seeded by `--seed`, the device
-//!   and the round; 10 to 100 cases), turns it into the round's update with the updater's own
-//!   `updater::update::build` (clipping, int8 blocks with stochastic rounding), and publishes the
-//!   chunks (`fleet_wire::blob::split`) and then the `update_commit`, as the updater's
-//!   `send_update` does. It waits for its `ack` (resending after 20 s without one, or at once
-//!   on an `incomplete` refusal, as the updater does). A new `global_head` header whose
-//!   signature verifies with the server's public key ends the round for that device. A share
-//!   of the devices (`--fetch-share`, default 0.1, spread evenly over the ids) then fetches the
-//!   head's blob (`fetch`, chunks on its down topic, checked and decoded) so that the download
-//!   of a real device is measured too; the others keep only the header. Light clients take
-//!   every delta against the package's head (they do not track the global head's values);
-//!   the server checks names, dtypes, lengths and finiteness, not the values' origin.
+//!   delta (every value uniform in +-`--delta-scale`, default 0.01, seeded by `--seed`, the
+//!   device and the round; 10 to 100 cases) and sends it as the round asks (below). A new
+//!   `global_head` header whose signature verifies with the server's public key ends the round
+//!   for that device. A share of the devices (`--fetch-share`, default 0.1, spread evenly over
+//!   the ids) then fetches the head's blob (`fetch`, chunks on its down topic, checked and
+//!   decoded) so that a real device's download is measured too; the others keep the header
+//!   only. Light clients take every delta against the package's head (they do not track the
+//!   global head's values); the server checks names, dtypes, lengths and finiteness, not where
+//!   the values come from.
 //!
-//! The light clients connect first (all at once, timed), then the server starts and opens
-//! round 1. The `hello`s sent before the server subscribed are dropped by the broker (no
-//! subscriber); the rounds do not need them.
+//! # Configurations
+//! - plain (`secure_aggregation = false`): the delta becomes the round's update through the
+//!   updater's own `updater::update::build` (clipping, int8 blocks with stochastic rounding),
+//!   published as chunks (`fleet_wire::blob::split`) and then the `update_commit`, as the
+//!   updater's `send_update` does. The client waits for its `ack` (resending after 20 s without
+//!   one, or at once on an `incomplete` refusal, as the updater does).
+//! - secure aggregation, with `--secure-aggregation` (after the plain one, on a fresh broker
+//!   and server, the same certificates): the delta is clipped by `updater::update::private_delta`
+//!   and goes through the four phases with the updater's own `updater::secure::SecureRound`
+//!   (`advertise_keys`, then an answer to each of the server's `neighbour_keys`,
+//!   `relayed_shares` and `unmask_request`). The server's default `phase_seconds` (30) applies.
+//!
+//! Whether the server's configuration has a `secure_aggregation` key is asked of the
+//! `federation` binary itself (`rounds list` loads a copy of the configuration with the key).
+//! With a server that has none, the plain configuration runs without the key and the secure
+//! row of the report says "not implemented in the server yet" instead of showing numbers.
+//!
+//! In each configuration the light clients connect first (all at once, timed), then the server
+//! starts and opens round 1. The `hello`s sent before the server subscribed are dropped by the
+//! broker (no subscriber); the rounds do not need them.
 //!
 //! # What is measured
 //! - Connect: wall time from starting the N links to the last MQTT CONNACK over mutual TLS,
 //!   and each client's own time from its start to its CONNACK.
 //! - Round time: from the first device seeing the round's `round_announce` to the last device
 //!   seeing the new global head's header; per device, from its announcement to its header.
-//!   Update to ack: from publishing the first chunk to receiving the `ack`.
+//!   Update time: plain, from publishing the first chunk to receiving the `ack`; secure, from
+//!   publishing `advertise_keys` to receiving `unmask_request` (its masked input is in).
 //! - Server CPU: user + system time of the `federation` process (`/proc/<pid>/stat`, clock
 //!   ticks of `sysconf(_SC_CLK_TCK)`) from the round's announcement (first seen) to the next
 //!   round's (first seen; for the last round, to the end of the run), so it includes the
 //!   fetches of the round's head. The same for mosquitto and for this process (the light
 //!   clients, which share the machine's cores with both). Server peak memory: `VmHWM` of
 //!   `/proc/<pid>/status` at the end of each round (a high-water mark since its start).
-//! - Bytes per device per round: up = the chunk and `update_commit` frames as published (the
-//!   MQTT payloads; the fetch request is counted apart); down = every payload the device
-//!   received that belongs to the round (its announcement, its ack, the new head's header,
-//!   which the server publishes twice: on aggregation and with the next round's announcement,
-//!   and for fetching devices the head's chunks). MQTT, TLS and TCP framing are not counted.
-//!
-//! The second configuration, with secure aggregation, is not measured by this version. Whether
-//! the server's configuration has a `secure_aggregation` key is asked of the `federation` binary
-//! itself (`rounds list` loads a copy of the configuration with the key). While it has not, that
-//! row of the table says "not implemented in the server yet" instead of showing numbers. Once it
-//! has, the plain configuration sets `secure_aggregation = false` explicitly, and
-//! `--secure-aggregation` stops with an error: the light clients do not speak its phases yet.
+//! - Bytes per device per round: up = what the device published for its update (plain: the
+//!   chunk and `update_commit` frames; secure: its four `sec_agg` frames), as MQTT payloads;
+//!   the fetch requests are counted apart. Down = every payload the device received that
+//!   belongs to the round: its announcement (the retained one and the server's second
+//!   publication on connecting count for round 1), its ack or secure-aggregation messages,
+//!   the new head's header (which the server publishes on aggregation and again with the next
+//!   round's announcement) and, for fetching devices, the head's chunks. MQTT, TLS and TCP
+//!   framing are not counted.
 //!
 //! Run with `scripts/bench.sh federation [--rounds N]` (which also runs `fed_experiment`), or
 //! `target/release/fleet_bench [--devices N] [--rounds N] [--quorum N] [--round-seconds N]
@@ -67,7 +79,9 @@
 use anyhow::{bail, ensure, Context, Result};
 use fl_delta::rand::{Rng, SeedableRng};
 use fleet_mqtt::{Incoming, Link, LinkConfig};
-use fleet_wire::message::{AckOutcome, Fetch, Hello, Message, RoundAnnounce};
+use fleet_wire::message::{
+    AckOutcome, Fetch, Hello, Message, RoundAnnounce, SecAggHeader, SecAggPhase,
+};
 use fleet_wire::signed::{SignedGlobalHead, VerifyingKey};
 use fleet_wire::{blob, frame, Topics};
 use hil_tests::appliance::binary_named;
@@ -146,8 +160,8 @@ fn parse_options() -> Result<Options> {
         }
     }
     ensure!(
-        (1..=999).contains(&o.devices),
-        "--devices: 1 to 999 (ids dev-000 to dev-998)"
+        (3..=999).contains(&o.devices),
+        "--devices: 3 to 999 (ids dev-000 to dev-998; secure aggregation needs 3)"
     );
     ensure!(o.rounds >= 1, "--rounds must be at least 1");
     ensure!(
@@ -317,7 +331,7 @@ fn tensor_shapes(bytes: &[u8]) -> Result<Vec<(String, String, Vec<u64>)>> {
 // ---------------------------------------------------------------------------------------------
 // Light clients
 
-/// What every light client shares.
+/// What every light client of one configuration shares.
 struct Shared {
     topics: Topics,
     trusted: VerifyingKey,
@@ -334,8 +348,8 @@ struct Shared {
 enum Event {
     /// Connected for the first time, this long after the client started.
     Connected(Duration),
-    /// The first sighting of a round's announcement by any device.
-    Announced(u64, Instant),
+    /// A device saw a round's announcement for the first time.
+    Announced(u64),
     /// The round ended for a device: the new global head's header (or the round closed).
     Finished(u64),
     Fetched(u64),
@@ -345,8 +359,13 @@ enum Event {
 #[derive(Default)]
 struct RoundLog {
     announced: Option<Instant>,
+    /// The first frame of its update published (first chunk; `advertise_keys`).
     sent: Option<Instant>,
     acked: Option<(Instant, AckOutcome)>,
+    /// Secure aggregation: when each server message arrived, by phase.
+    phases: BTreeMap<String, Instant>,
+    /// Secure aggregation: `unmask_response` sent (the device went through every phase).
+    unmasked: Option<Instant>,
     head: Option<Instant>,
     closed: bool,
     fetched: Option<Instant>,
@@ -362,7 +381,6 @@ struct LightLog {
     started: Instant,
     connected: Option<Instant>,
     disconnects: Vec<String>,
-    refused_publishes: u32,
     /// Frames refused (undecodable, bad signature, bad chunk), with the reason.
     problems: Vec<String>,
     /// Payloads that belong to no round (the initial global head's header).
@@ -388,6 +406,7 @@ struct Light {
     log: LightLog,
     installed: u64,
     outstanding: Option<Outstanding>,
+    secure: Option<updater::secure::SecureRound>,
     /// The head being fetched and the chunks of it received.
     fetching: Option<(SignedGlobalHead, BTreeMap<u32, Vec<u8>>)>,
 }
@@ -446,11 +465,9 @@ impl Light {
                     Ok(())
                 }
                 Ok(Incoming::PublishRefused { reason }) => {
-                    self.log.refused_publishes += 1;
-                    self.log.problems.push(format!("publish refused: {reason}"));
-                    Ok(())
+                    Err(anyhow::anyhow!("publish refused: {reason}"))
                 }
-                Ok(Incoming::Message { payload, .. }) => self.handle(&payload),
+                Ok(Incoming::Message { topic, payload, .. }) => self.handle(&topic, &payload),
                 Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.log.problems.push("the MQTT link stopped".into());
@@ -498,7 +515,7 @@ impl Light {
         Ok(())
     }
 
-    fn handle(&mut self, payload: &[u8]) -> Result<()> {
+    fn handle(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
         let len = payload.len() as u64;
         let now = Instant::now();
         let (message, body) = match frame::decode(payload) {
@@ -516,7 +533,7 @@ impl Light {
                     return Ok(()); // retained and published again by the server
                 }
                 log.announced = Some(now);
-                let _ = self.events.send(Event::Announced(round.round, now));
+                let _ = self.events.send(Event::Announced(round.round));
                 ensure!(
                     round.federation == FEDERATION && round.model == MODEL,
                     "round {} is for another federation or model",
@@ -621,21 +638,56 @@ impl Light {
                 }
                 Ok(())
             }
+            Message::SecAgg(header) => {
+                ensure!(
+                    topic == self.shared.topics.down(&self.id),
+                    "secure aggregation outside this device's topic"
+                );
+                let log = self.log.rounds.entry(header.round).or_default();
+                log.down += len;
+                log.phases.entry(header.phase.clone()).or_insert(now);
+                let secure = self
+                    .secure
+                    .as_mut()
+                    .filter(|s| s.round == header.round)
+                    .with_context(|| {
+                        format!(
+                            "{} for round {}, not this device's",
+                            header.phase, header.round
+                        )
+                    })?;
+                let (phase, answer) = secure.on_message(&header.phase, body)?;
+                let reply = Message::SecAgg(SecAggHeader {
+                    round: header.round,
+                    phase: phase.into(),
+                });
+                let sent = self.publish(
+                    &self.shared.topics.up(&self.id),
+                    frame::encode(&reply, &answer),
+                )?;
+                let log = self.log.rounds.entry(header.round).or_default();
+                log.up_update += sent;
+                if phase == SecAggPhase::UNMASK_RESPONSE {
+                    log.unmasked = Some(Instant::now());
+                    self.secure = None;
+                }
+                Ok(())
+            }
             other => bail!("the server does not send {}", other.kind()),
         }
     }
 
-    /// This device's update of `round`: a seeded random delta on the package's head, through
-    /// the updater's own encoding, published as chunks and then the commit.
-    fn send_update(&mut self, round: &RoundAnnounce) -> Result<()> {
+    /// This device's seeded random local head for `round`: the package's head moved by a
+    /// small delta, and its case count.
+    fn local_head(&self, round: u64) -> (BTreeMap<String, Vec<f32>>, u32) {
         let s = &self.shared;
         let mut rng = fl_delta::rand_chacha::ChaCha20Rng::seed_from_u64(
             s.seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add((self.index as u64) << 24)
-                .wrapping_add(round.round),
+                .wrapping_add(round),
         );
-        let local: BTreeMap<String, Vec<f32>> = s
+        let local = s
             .head
             .iter()
             .map(|(name, values)| {
@@ -646,9 +698,34 @@ impl Light {
                 (name.clone(), moved)
             })
             .collect();
-        let cases = rng.gen_range(10..=100);
+        (local, rng.gen_range(10..=100))
+    }
+
+    /// This device's update of `round` as the round asks: chunks and then the commit (through
+    /// the updater's own encoding), or the first phase of secure aggregation.
+    fn send_update(&mut self, round: &RoundAnnounce) -> Result<()> {
+        let (local, cases) = self.local_head(round.round);
         let mut accountant = fl_delta::dp::Accountant::new();
-        let update = updater::update::build(round, &local, &s.head, cases, &mut accountant)?;
+        if round.secure_aggregation {
+            let (delta, _norm) =
+                updater::update::private_delta(round, &local, &self.shared.head, &mut accountant)?;
+            let (secure, body) = updater::secure::SecureRound::start(round, &self.id, &delta)?;
+            self.secure = Some(secure);
+            let advertise = Message::SecAgg(SecAggHeader {
+                round: round.round,
+                phase: SecAggPhase::ADVERTISE_KEYS.into(),
+            });
+            let log = self.log.rounds.entry(round.round).or_default();
+            log.sent = Some(Instant::now());
+            let sent = self.publish(
+                &self.shared.topics.up(&self.id),
+                frame::encode(&advertise, &body),
+            )?;
+            self.log.rounds.entry(round.round).or_default().up_update += sent;
+            return Ok(());
+        }
+        let update =
+            updater::update::build(round, &local, &self.shared.head, cases, &mut accountant)?;
         let mut frames = Vec::new();
         for (header, body) in blob::split(&update.blob)? {
             frames.push(frame::encode(&Message::Chunk(header), body));
@@ -705,86 +782,9 @@ impl Light {
     }
 }
 
-/// Whether device `index` of `n` fetches global heads: `share` of them, spread evenly.
+/// Whether device `index` fetches global heads: `share` of the devices, spread evenly.
 fn fetches(index: usize, share: f64) -> bool {
     ((index + 1) as f64 * share).floor() > (index as f64 * share).floor()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server
-
-/// The server's folder: keys, configuration, data; returns (config path, public key path).
-fn server_setup(
-    dir: &Path,
-    pki: &FleetPki,
-    broker: &Broker,
-    o: &Options,
-    ids: &[String],
-    quorum: u32,
-) -> Result<(PathBuf, PathBuf)> {
-    let cert = pki.client("federation-server");
-    let private_key = dir.join("signing.pem");
-    let public_key = dir.join("signing.pub.pem");
-    hil_tests::fleet::run(
-        "federation",
-        &[
-            "keygen",
-            "--private",
-            private_key.to_str().context("path")?,
-            "--public",
-            public_key.to_str().context("path")?,
-        ],
-    );
-    let enrolled: Vec<String> = ids.iter().map(|d| format!("{d:?}")).collect();
-    let config = dir.join("federation.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\n\
-             cert_file = {cert:?}\nkey_file = {key:?}\nsigning_key_file = \"signing.pem\"\n\
-             data_dir = \"data\"\nmodel = {MODEL:?}\ninitial_head = {head:?}\n\
-             enrolled = [{enrolled}]\nquorum = {quorum}\nround_seconds = {seconds}\n\
-             aggregator = \"fedavg\"\nencoding = {encoding:?}\nmax_rounds = {rounds}\n",
-            broker = broker.url(),
-            ca = pki.ca.cert,
-            cert = cert.cert,
-            key = cert.key,
-            head = o.head,
-            enrolled = enrolled.join(", "),
-            seconds = o.round_seconds,
-            encoding = o.encoding,
-            rounds = o.rounds,
-        ),
-    )?;
-    Ok((config, public_key))
-}
-
-/// Whether the `federation` binary's configuration takes a `secure_aggregation` key: a copy
-/// of `config` with the key (and its own data folder) is loaded by `federation rounds list`.
-fn server_takes_secure_aggregation(config: &Path, dir: &Path) -> Result<bool> {
-    let text = std::fs::read_to_string(config)?;
-    let probe = dir.join("probe.toml");
-    std::fs::write(
-        &probe,
-        format!(
-            "{}secure_aggregation = true\n",
-            text.replace("data_dir = \"data\"", "data_dir = \"probe-data\"")
-        ),
-    )?;
-    let out = Command::new(binary_named("federation"))
-        .args(["rounds", "list", "--config"])
-        .arg(&probe)
-        .output()
-        .context("run federation rounds list")?;
-    if out.status.success() {
-        return Ok(true);
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        stderr.contains("secure_aggregation"),
-        "federation rounds list failed for another reason: {stderr}"
-    );
-    Ok(false)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -828,103 +828,94 @@ fn bytes_cell(values: &[f64]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The fleet: certificates and keys, shared by the configurations
 
-fn run() -> Result<()> {
-    let o = parse_options()?;
-    let run_started = Instant::now();
-    let open_files = raise_open_files()?;
-    let quorum = o
-        .quorum
-        .unwrap_or(((o.devices as f64) * 0.9).ceil().max(1.0) as u32);
-    ensure!(
-        quorum >= 1 && quorum as usize <= o.devices,
-        "--quorum: 1 to --devices"
-    );
+struct Fleet {
+    o: Options,
+    quorum: u32,
+    pki: FleetPki,
+    ids: Vec<String>,
+    certs: Vec<Issued>,
+    server_cert: Issued,
+    /// The server's signing key pair (`federation keygen`).
+    keys: tempfile::TempDir,
+    trusted: VerifyingKey,
+    head: BTreeMap<String, Vec<f32>>,
+    fetchers: usize,
+}
 
-    let head_bytes =
-        std::fs::read(&o.head).with_context(|| format!("read {}", o.head.display()))?;
-    let shapes = tensor_shapes(&head_bytes)?;
-    let head = updater::update::head(&head_bytes)?;
-    let values: usize = head.values().map(Vec::len).sum();
-    let ids: Vec<String> = (0..o.devices).map(|i| format!("dev-{i:03}")).collect();
-    let fetchers = (0..o.devices)
-        .filter(|&i| fetches(i, o.fetch_share))
-        .count();
-
-    println!(
-        "fleet_bench: {} light clients, {} rounds, quorum {quorum}, round_seconds {}, \
-         encoding {}, fetching the blob: {fetchers} devices ({:.0} %), open files limit {open_files}",
-        o.devices,
-        o.rounds,
-        o.round_seconds,
-        o.encoding,
-        o.fetch_share * 100.0
-    );
-    println!(
-        "machine: {} CPUs, load average at start {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!(
-        "head: {} ({} tensors, {values} values): {}",
-        o.head.display(),
-        shapes.len(),
-        shapes
-            .iter()
-            .map(|(n, d, s)| format!("{n} {d} {s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
-    // Certificates, broker, server configuration.
-    let setup = Instant::now();
-    let pki = FleetPki::new();
-    let broker = Broker::start(&pki);
-    let certs: Vec<Issued> = ids.iter().map(|id| pki.client(id)).collect();
-    let server_dir = tempfile::tempdir()?;
-    let (config, public_key) = server_setup(server_dir.path(), &pki, &broker, &o, &ids, quorum)?;
-    let secure_aggregation_key = server_takes_secure_aggregation(&config, server_dir.path())?;
-    if secure_aggregation_key {
-        // The plain configuration says so, whatever the server's default.
-        let mut text = std::fs::read_to_string(&config)?;
-        text.push_str("secure_aggregation = false\n");
-        std::fs::write(&config, text)?;
-    }
-    if o.secure_aggregation && secure_aggregation_key {
-        bail!(
-            "the server takes `secure_aggregation`, but this benchmark's light clients do not \
-             speak its phases yet: extend fleet_bench before measuring it"
+impl Fleet {
+    /// The server's configuration in `dir` for the broker at `broker_url`; `secure` is the
+    /// value of its `secure_aggregation` key (None: no such key).
+    fn server_config(&self, dir: &Path, broker_url: &str, secure: Option<bool>) -> Result<PathBuf> {
+        let o = &self.o;
+        let enrolled: Vec<String> = self.ids.iter().map(|d| format!("{d:?}")).collect();
+        let config = dir.join("federation.toml");
+        let mut text = format!(
+            "federation = {FEDERATION:?}\nbroker = {broker_url:?}\nca_file = {ca:?}\n\
+             cert_file = {cert:?}\nkey_file = {key:?}\nsigning_key_file = {signing:?}\n\
+             data_dir = \"data\"\nmodel = {MODEL:?}\ninitial_head = {head:?}\n\
+             enrolled = [{enrolled}]\nquorum = {quorum}\nround_seconds = {seconds}\n\
+             aggregator = \"fedavg\"\nencoding = {encoding:?}\nmax_rounds = {rounds}\n",
+            ca = self.pki.ca.cert,
+            cert = self.server_cert.cert,
+            key = self.server_cert.key,
+            signing = self.keys.path().join("signing.pem"),
+            head = o.head,
+            enrolled = enrolled.join(", "),
+            quorum = self.quorum,
+            seconds = o.round_seconds,
+            encoding = o.encoding,
+            rounds = o.rounds,
         );
+        if let Some(secure) = secure {
+            text.push_str(&format!("secure_aggregation = {secure}\n"));
+        }
+        std::fs::write(&config, text)?;
+        Ok(config)
     }
-    println!(
-        "setup: {} client certificates (openssl, RSA 2048), broker, server keys in {:.1} s",
-        certs.len() + 1,
-        secs(setup.elapsed())
-    );
-    let server_binary = binary_named("federation");
-    let age = std::fs::metadata(&server_binary)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|m| m.elapsed().ok())
-        .map_or("?".into(), |d| format!("{:.0}", d.as_secs_f64()));
-    println!(
-        "server: {} (built {age} s ago), takes a secure_aggregation key: {}",
-        server_binary.display(),
-        if secure_aggregation_key { "yes" } else { "no" }
-    );
-    let trusted =
-        fleet_wire::signed::verifying_key_from_pem(&std::fs::read_to_string(&public_key)?)?;
+
+    /// Whether the `federation` binary's configuration takes a `secure_aggregation` key: a
+    /// configuration with it is loaded by `federation rounds list` (in a folder of its own).
+    fn server_takes_secure_aggregation(&self) -> Result<bool> {
+        let dir = tempfile::tempdir()?;
+        let config = self.server_config(dir.path(), "mqtts://127.0.0.1:8883", Some(true))?;
+        let out = Command::new(binary_named("federation"))
+            .args(["rounds", "list", "--config"])
+            .arg(&config)
+            .output()
+            .context("run federation rounds list")?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            stderr.contains("secure_aggregation"),
+            "federation rounds list failed for another reason: {stderr}"
+        );
+        Ok(false)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One configuration
+
+/// Run `--rounds` rounds with a fresh broker, server and light clients; print what was
+/// measured. False if the run did not complete in time.
+fn run_configuration(fleet: &Fleet, secure: Option<bool>, title: &str) -> Result<bool> {
+    let o = &fleet.o;
+    let secure_run = secure == Some(true);
+    println!();
+    println!("== {title}");
+    let broker = Broker::start(&fleet.pki);
+    let server_dir = tempfile::tempdir()?;
+    let config = fleet.server_config(server_dir.path(), &broker.url(), secure)?;
     let shared = Arc::new(Shared {
         topics: Topics::new(FEDERATION),
-        trusted,
-        head,
+        trusted: fleet.trusted,
+        head: fleet.head.clone(),
         port: broker.port,
-        ca_file: pki.ca.cert.clone(),
+        ca_file: fleet.pki.ca.cert.clone(),
         seed: o.seed,
         delta_scale: o.delta_scale,
         stop: AtomicBool::new(false),
@@ -934,11 +925,11 @@ fn run() -> Result<()> {
     let (events_tx, events) = mpsc::channel();
     let connect_started = Instant::now();
     let mut threads = Vec::new();
-    for (index, (id, cert)) in ids.iter().zip(certs).enumerate() {
+    for (index, (id, cert)) in fleet.ids.iter().zip(&fleet.certs).enumerate() {
         let light = Light {
             index,
             id: id.clone(),
-            cert,
+            cert: cert.clone(),
             shared: shared.clone(),
             events: events_tx.clone(),
             link: None,
@@ -947,7 +938,6 @@ fn run() -> Result<()> {
                 started: Instant::now(),
                 connected: None,
                 disconnects: Vec::new(),
-                refused_publishes: 0,
                 problems: Vec::new(),
                 down_other: 0,
                 up_hello: 0,
@@ -955,6 +945,7 @@ fn run() -> Result<()> {
             },
             installed: 1,
             outstanding: None,
+            secure: None,
             fetching: None,
         };
         threads.push(
@@ -978,19 +969,20 @@ fn run() -> Result<()> {
     let connected = per_client.len();
     if connected < o.devices {
         shared.stop.store(true, Ordering::Relaxed);
-        let tail: String = broker
+        let tail: Vec<String> = broker
             .log()
             .lines()
             .rev()
             .take(30)
-            .collect::<Vec<_>>()
-            .join("\n");
+            .map(String::from)
+            .collect();
         bail!(
-            "only {connected} of {} light clients connected in 180 s; broker log (last lines, newest first):\n{tail}",
-            o.devices
+            "only {connected} of {} light clients connected in 180 s; broker log (newest \
+             first):\n{}",
+            o.devices,
+            tail.join("\n")
         );
     }
-
     println!(
         "connect: {connected} mutual-TLS MQTT connections established in {:.2} s (start of the \
          first link to the last CONNACK); per client p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
@@ -1012,22 +1004,22 @@ fn run() -> Result<()> {
         ticks: clock_ticks(),
     };
     let server_started = Instant::now();
-    let mut boundaries: BTreeMap<u64, (Instant, Sample)> = BTreeMap::new();
+    let mut boundaries: BTreeMap<u64, Sample> = BTreeMap::new();
     let mut finished: BTreeMap<u64, usize> = BTreeMap::new();
     let mut fetched: BTreeMap<u64, usize> = BTreeMap::new();
     let limit = Duration::from_secs(o.rounds * (2 * o.round_seconds + 30) + 60);
     let all_done = |finished: &BTreeMap<u64, usize>, fetched: &BTreeMap<u64, usize>| {
         (1..=o.rounds).all(|r| {
             finished.get(&r).copied().unwrap_or(0) >= o.devices
-                && fetched.get(&r).copied().unwrap_or(0) >= fetchers
+                && fetched.get(&r).copied().unwrap_or(0) >= fleet.fetchers
         })
     };
     let mut complete = false;
     while server_started.elapsed() < limit {
         match events.recv_timeout(Duration::from_millis(500)) {
-            Ok(Event::Announced(round, at)) => {
+            Ok(Event::Announced(round)) => {
                 if !boundaries.contains_key(&round) {
-                    boundaries.insert(round, (at, pids.sample()?));
+                    boundaries.insert(round, pids.sample()?);
                 }
             }
             Ok(Event::Finished(round)) => *finished.entry(round).or_default() += 1,
@@ -1065,7 +1057,7 @@ fn run() -> Result<()> {
         .collect::<Result<_>>()?;
     let server_exit_ok = server.stop();
 
-    // The rounds table.
+    // Timing and CPU per round.
     let server_rounds: BTreeMap<u64, serde_json::Value> = rounds_list
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -1075,11 +1067,11 @@ fn run() -> Result<()> {
     println!(
         "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "round",
-        "accepted",
+        if secure_run { "all phases" } else { "accepted" },
         "round s",
         "dev p50 s",
-        "ack p50",
-        "ack max",
+        "update",
+        "update",
         "server",
         "server",
         "broker",
@@ -1087,15 +1079,20 @@ fn run() -> Result<()> {
     );
     println!(
         "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "", "/ devices", "", "", "ms", "ms", "CPU s", "HWM MiB", "CPU s", "s (light)"
+        "", "/ devices", "", "", "p50 ms", "max ms", "CPU s", "HWM MiB", "CPU s", "s (light)"
     );
     let mut bytes_rows = Vec::new();
+    let mut phase_rows = Vec::new();
     for round in 1..=o.rounds {
         let of_round: Vec<&RoundLog> = logs.iter().filter_map(|l| l.rounds.get(&round)).collect();
-        let accepted = of_round
-            .iter()
-            .filter(|r| matches!(r.acked, Some((_, AckOutcome::Accepted))))
-            .count();
+        let through = if secure_run {
+            of_round.iter().filter(|r| r.unmasked.is_some()).count()
+        } else {
+            of_round
+                .iter()
+                .filter(|r| matches!(r.acked, Some((_, AckOutcome::Accepted))))
+                .count()
+        };
         let announced: Vec<Instant> = of_round.iter().filter_map(|r| r.announced).collect();
         let heads: Vec<Instant> = of_round.iter().filter_map(|r| r.head).collect();
         let round_s = match (announced.iter().min(), heads.iter().max()) {
@@ -1107,12 +1104,19 @@ fn run() -> Result<()> {
             .iter()
             .filter_map(|r| Some(secs(r.head? - r.announced?)))
             .collect();
-        let ack: Vec<f64> = of_round
+        let update_ms: Vec<f64> = of_round
             .iter()
-            .filter_map(|r| Some(secs(r.acked?.0 - r.sent?) * 1e3))
+            .filter_map(|r| {
+                let done = if secure_run {
+                    *r.phases.get(SecAggPhase::UNMASK_REQUEST)?
+                } else {
+                    r.acked?.0
+                };
+                Some(secs(done - r.sent?) * 1e3)
+            })
             .collect();
-        let start = boundaries.get(&round).map(|b| b.1);
-        let stop = boundaries.get(&(round + 1)).map(|b| b.1).unwrap_or(end.1);
+        let start = boundaries.get(&round).copied();
+        let stop = boundaries.get(&(round + 1)).copied().unwrap_or(end.1);
         let (server_cpu, broker_cpu, bench_cpu, hwm) = match start {
             Some(s) => (
                 format!("{:.2}", stop.server_cpu - s.server_cpu),
@@ -1125,11 +1129,11 @@ fn run() -> Result<()> {
         println!(
             "{:>5} {:>10} {:>9} {:>9.2} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>10}",
             round,
-            format!("{accepted}/{}", o.devices),
+            format!("{through}/{}", o.devices),
             round_s,
             percentile(&per_device, 50.0),
-            percentile(&ack, 50.0),
-            percentile(&ack, 100.0),
+            percentile(&update_ms, 50.0),
+            percentile(&update_ms, 100.0),
             server_cpu,
             hwm,
             broker_cpu,
@@ -1147,33 +1151,54 @@ fn run() -> Result<()> {
                 .map(|r| r.down as f64)
                 .collect()
         };
-        let fetch_s: Vec<f64> = of_round
+        let fetch_ms: Vec<f64> = of_round
             .iter()
-            .filter_map(|r| Some(secs(r.fetched? - r.head?)))
+            .filter_map(|r| Some(secs(r.fetched? - r.head?) * 1e3))
             .collect();
         let resends: u32 = of_round.iter().map(|r| r.resends).sum();
-        let server_row = server_rounds.get(&round);
-        bytes_rows.push(format!(
-            "{:>5} {:>16} {:>18} {:>22} {:>10.0} {:>8} {:>14}",
-            round,
-            bytes_cell(&up),
-            bytes_cell(&down(false)),
-            bytes_cell(&down(true)),
-            percentile(&fetch_s, 50.0) * 1e3,
-            resends,
-            server_row
-                .and_then(|v| Some(format!(
+        let server_row = server_rounds
+            .get(&round)
+            .and_then(|v| {
+                Some(format!(
                     "{} {}/{}",
                     v["state"].as_str()?,
                     v["participants"],
                     v["bytes_in"]
-                )))
-                .unwrap_or_else(|| "-".into()),
+                ))
+            })
+            .unwrap_or_else(|| "-".into());
+        bytes_rows.push(format!(
+            "{:>5} {:>18} {:>18} {:>22} {:>10.0} {:>8} {:>18}",
+            round,
+            bytes_cell(&up),
+            bytes_cell(&down(false)),
+            bytes_cell(&down(true)),
+            percentile(&fetch_ms, 50.0),
+            resends,
+            server_row,
+        ));
+        let after_announce = |at: &dyn Fn(&RoundLog) -> Option<Instant>| -> f64 {
+            let v: Vec<f64> = of_round
+                .iter()
+                .filter_map(|r| Some(secs(at(r)? - r.announced?) * 1e3))
+                .collect();
+            percentile(&v, 50.0)
+        };
+        phase_rows.push(format!(
+            "{:>5} {:>15.0} {:>15.0} {:>15.0} {:>15.0} {:>15.0}",
+            round,
+            after_announce(&|r| r.phases.get(SecAggPhase::NEIGHBOUR_KEYS).copied()),
+            after_announce(&|r| r.phases.get(SecAggPhase::RELAYED_SHARES).copied()),
+            after_announce(&|r| r.phases.get(SecAggPhase::UNMASK_REQUEST).copied()),
+            after_announce(&|r| r.unmasked),
+            after_announce(&|r| r.head),
         ));
     }
+
+    // Bytes per round.
     println!();
     println!(
-        "{:>5} {:>16} {:>18} {:>22} {:>10} {:>8} {:>14}",
+        "{:>5} {:>18} {:>18} {:>22} {:>10} {:>8} {:>18}",
         "round",
         "up B/device",
         "down B/device",
@@ -1183,11 +1208,15 @@ fn run() -> Result<()> {
         "server says"
     );
     println!(
-        "{:>5} {:>16} {:>18} {:>22} {:>10} {:>8} {:>14}",
+        "{:>5} {:>18} {:>18} {:>22} {:>10} {:>8} {:>18}",
         "",
-        "chunks+commit",
-        format!("header only ({})", o.devices - fetchers),
-        format!("fetched head ({fetchers})"),
+        if secure_run {
+            "4 sec_agg frames"
+        } else {
+            "chunks+commit"
+        },
+        format!("header only ({})", o.devices - fleet.fetchers),
+        format!("fetched head ({})", fleet.fetchers),
         "ms",
         "",
         "state n/bytes_in"
@@ -1195,13 +1224,21 @@ fn run() -> Result<()> {
     for row in bytes_rows {
         println!("{row}");
     }
-    println!();
-    if secure_aggregation_key {
+    if secure_run {
+        println!();
+        println!("secure aggregation, p50 ms after the device saw the announcement:");
         println!(
-            "secure aggregation: not run (the server takes the key; pass --secure-aggregation)"
+            "{:>5} {:>15} {:>15} {:>15} {:>15} {:>15}",
+            "round",
+            "neighbour_keys",
+            "relayed_shares",
+            "unmask_request",
+            "unmask sent",
+            "new head"
         );
-    } else {
-        println!("secure aggregation: not implemented in the server yet");
+        for row in phase_rows {
+            println!("{row}");
+        }
     }
 
     // Totals and anything that went wrong.
@@ -1233,11 +1270,6 @@ fn run() -> Result<()> {
     for reason in logs.iter().flat_map(|l| &l.disconnects) {
         *disconnects.entry(reason.as_str()).or_default() += 1;
     }
-    let problems: Vec<String> = logs
-        .iter()
-        .zip(&ids)
-        .flat_map(|(l, id)| l.problems.iter().map(move |p| format!("{id}: {p}")))
-        .collect();
     println!(
         "disconnects (the link reconnects by itself): {}{}",
         disconnects.values().sum::<usize>(),
@@ -1246,6 +1278,11 @@ fn run() -> Result<()> {
             .map(|(reason, n)| format!("\n  {n} x {reason}"))
             .collect::<String>()
     );
+    let problems: Vec<String> = logs
+        .iter()
+        .zip(&fleet.ids)
+        .flat_map(|(l, id)| l.problems.iter().map(move |p| format!("{id}: {p}")))
+        .collect();
     println!(
         "problems: {}{}",
         problems.len(),
@@ -1255,25 +1292,159 @@ fn run() -> Result<()> {
             .map(|p| format!("\n  {p}"))
             .collect::<String>()
     );
-    println!(
-        "round s: first announcement seen to the last device seeing the new head (* = not every \
-         device saw it); dev p50: per device, its announcement to its head; ack: first chunk \
-         published to ack received; CPU: from the round's announcement to the next one's (the \
-         last round: to the end), so the fetches of the round's head are in it"
-    );
-    println!("run time: {:.1} s", secs(run_started.elapsed()));
     if !complete {
         let log = std::fs::read_to_string(server_dir.path().join("server.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        bail!(
-            "the run did not complete within {} s: {:?} devices finished per round, {:?} \
-             fetched; server log (newest first):\n{}",
+        println!(
+            "INCOMPLETE: not done within {} s: devices finished per round {finished:?}, fetched \
+             {fetched:?}; server log (newest first):\n{}",
             limit.as_secs(),
-            finished,
-            fetched,
             tail.join("\n")
         );
     }
-    drop(broker);
+    Ok(complete)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn run() -> Result<()> {
+    let o = parse_options()?;
+    let run_started = Instant::now();
+    let open_files = raise_open_files()?;
+    let quorum = o
+        .quorum
+        .unwrap_or(((o.devices as f64) * 0.9).ceil().max(1.0) as u32);
+    ensure!(
+        quorum >= 1 && quorum as usize <= o.devices,
+        "--quorum: 1 to --devices"
+    );
+    let head_bytes =
+        std::fs::read(&o.head).with_context(|| format!("read {}", o.head.display()))?;
+    let shapes = tensor_shapes(&head_bytes)?;
+    let head = updater::update::head(&head_bytes)?;
+    let values: usize = head.values().map(Vec::len).sum();
+    let ids: Vec<String> = (0..o.devices).map(|i| format!("dev-{i:03}")).collect();
+    let fetchers = (0..o.devices)
+        .filter(|&i| fetches(i, o.fetch_share))
+        .count();
+
+    println!(
+        "fleet_bench: {} light clients, {} rounds, quorum {quorum}, round_seconds {}, encoding \
+         {}, fetching the blob: {fetchers} devices ({:.0} %), open files limit {open_files}",
+        o.devices,
+        o.rounds,
+        o.round_seconds,
+        o.encoding,
+        o.fetch_share * 100.0
+    );
+    println!(
+        "machine: {} CPUs, load average at start {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "head: {} ({} tensors, {values} values): {}",
+        o.head.display(),
+        shapes.len(),
+        shapes
+            .iter()
+            .map(|(n, d, s)| format!("{n} {d} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // Certificates and the server's keys, for every configuration.
+    let setup = Instant::now();
+    let pki = FleetPki::new();
+    let certs: Vec<Issued> = ids.iter().map(|id| pki.client(id)).collect();
+    let server_cert = pki.client("federation-server");
+    let keys = tempfile::tempdir()?;
+    let (private_key, public_key) = (
+        keys.path().join("signing.pem"),
+        keys.path().join("signing.pub.pem"),
+    );
+    hil_tests::fleet::run(
+        "federation",
+        &[
+            "keygen",
+            "--private",
+            private_key.to_str().context("path")?,
+            "--public",
+            public_key.to_str().context("path")?,
+        ],
+    );
+    let trusted =
+        fleet_wire::signed::verifying_key_from_pem(&std::fs::read_to_string(&public_key)?)?;
+    println!(
+        "setup: {} client certificates (openssl, RSA 2048) and the server's signing key in \
+         {:.1} s",
+        certs.len() + 1,
+        secs(setup.elapsed())
+    );
+    let fleet = Fleet {
+        o,
+        quorum,
+        pki,
+        ids,
+        certs,
+        server_cert,
+        keys,
+        trusted,
+        head,
+        fetchers,
+    };
+    let secure_key = fleet.server_takes_secure_aggregation()?;
+    let server_binary = binary_named("federation");
+    let age = std::fs::metadata(&server_binary)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .map_or("?".into(), |d| format!("{:.0}", d.as_secs_f64()));
+    println!(
+        "server: {} (modified {age} s ago), takes a secure_aggregation key: {}",
+        server_binary.display(),
+        if secure_key { "yes" } else { "no" }
+    );
+
+    let mut complete = run_configuration(
+        &fleet,
+        secure_key.then_some(false),
+        &format!(
+            "plain: {} updates (chunks + update_commit), fedavg",
+            fleet.o.encoding
+        ),
+    )?;
+    println!();
+    if !secure_key {
+        println!("== secure aggregation: not implemented in the server yet");
+    } else if !fleet.o.secure_aggregation {
+        println!("== secure aggregation: not run (pass --secure-aggregation)");
+    } else {
+        complete &= run_configuration(
+            &fleet,
+            Some(true),
+            "secure aggregation: SecAgg+ (four phases, masked fixed-point inputs), mean of \
+             the survivors",
+        )?;
+    }
+    println!();
+    println!(
+        "notes: round s = first announcement seen to the last device seeing the new head (* = \
+         not every device saw it); dev p50 = per device, its announcement to its head; update = \
+         first chunk published to ack (plain), advertise_keys published to unmask_request \
+         received (secure); accepted = accepted acks (plain), all phases = devices that sent \
+         unmask_response (secure); CPU = from the round's announcement to the next one's (the \
+         last round: to the end), so the fetches of the round's head are in it"
+    );
+    println!("run time: {:.1} s", secs(run_started.elapsed()));
+    ensure!(
+        complete,
+        "a configuration did not complete (see INCOMPLETE above)"
+    );
     Ok(())
 }
