@@ -71,7 +71,8 @@
 //!   round's announcement) and, for fetching devices, the head's chunks. MQTT, TLS and TCP
 //!   framing are not counted.
 //!
-//! Run with `scripts/bench.sh federation [--rounds N]` (which also runs `fed_experiment`), or
+//! Run with `scripts/bench.sh federation [--rounds N]` (with `--secure-aggregation`, then
+//! `fed_experiment`), or
 //! `target/release/fleet_bench [--devices N] [--rounds N] [--quorum N] [--round-seconds N]
 //! [--fetch-share F] [--encoding int8-block256|f32] [--delta-scale X] [--seed N] [--head FILE]
 //! [--secure-aggregation]` after `cargo build --release -p hil-tests -p federation`.
@@ -1168,7 +1169,7 @@ fn run_configuration(fleet: &Fleet, secure: Option<bool>, title: &str) -> Result
             })
             .unwrap_or_else(|| "-".into());
         bytes_rows.push(format!(
-            "{:>5} {:>18} {:>18} {:>22} {:>10.0} {:>8} {:>18}",
+            "{:>5} {:>20} {:>20} {:>20} {:>10.0} {:>8} {:>18}",
             round,
             bytes_cell(&up),
             bytes_cell(&down(false)),
@@ -1198,7 +1199,7 @@ fn run_configuration(fleet: &Fleet, secure: Option<bool>, title: &str) -> Result
     // Bytes per round.
     println!();
     println!(
-        "{:>5} {:>18} {:>18} {:>22} {:>10} {:>8} {:>18}",
+        "{:>5} {:>20} {:>20} {:>20} {:>10} {:>8} {:>18}",
         "round",
         "up B/device",
         "down B/device",
@@ -1208,7 +1209,7 @@ fn run_configuration(fleet: &Fleet, secure: Option<bool>, title: &str) -> Result
         "server says"
     );
     println!(
-        "{:>5} {:>18} {:>18} {:>22} {:>10} {:>8} {:>18}",
+        "{:>5} {:>20} {:>20} {:>20} {:>10} {:>8} {:>18}",
         "",
         if secure_run {
             "4 sec_agg frames"
