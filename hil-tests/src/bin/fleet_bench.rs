@@ -298,38 +298,6 @@ impl Pids {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The head
-
-/// Names and shapes of the tensors of a safetensors file, from its JSON header.
-fn tensor_shapes(bytes: &[u8]) -> Result<Vec<(String, String, Vec<u64>)>> {
-    let length = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
-        .context("shorter than a safetensors header")?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
-        bytes
-            .get(8..8 + length)
-            .context("truncated safetensors header")?,
-    )
-    .context("safetensors header")?;
-    let mut shapes = Vec::new();
-    for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = info["dtype"].as_str().unwrap_or("?").to_string();
-        let shape = info["shape"]
-            .as_array()
-            .context("shape")?
-            .iter()
-            .map(|d| d.as_u64().context("dimension"))
-            .collect::<Result<Vec<u64>>>()?;
-        shapes.push((name, dtype, shape));
-    }
-    Ok(shapes)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Light clients
 
 /// What every light client of one configuration shares.
@@ -1321,7 +1289,7 @@ fn run() -> Result<()> {
     );
     let head_bytes =
         std::fs::read(&o.head).with_context(|| format!("read {}", o.head.display()))?;
-    let shapes = tensor_shapes(&head_bytes)?;
+    let shapes = fleet_wire::tensors::shapes(&head_bytes)?;
     let head = updater::update::head(&head_bytes)?;
     let values: usize = head.values().map(Vec::len).sum();
     let ids: Vec<String> = (0..o.devices).map(|i| format!("dev-{i:03}")).collect();
@@ -1349,12 +1317,12 @@ fn run() -> Result<()> {
             .join(" ")
     );
     println!(
-        "head: {} ({} tensors, {values} values): {}",
+        "head: {} ({} F32 tensors, {values} values): {}",
         o.head.display(),
         shapes.len(),
         shapes
             .iter()
-            .map(|(n, d, s)| format!("{n} {d} {s:?}"))
+            .map(|(name, shape)| format!("{name} {shape:?}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
