@@ -48,6 +48,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
+    // The results database is created, put in WAL mode and migrated here, once, before any
+    // thread opens it: SQLite answers a connection that switches a fresh file to WAL while
+    // another holds it with "database is locked" at once, busy timeout or not (seen: the
+    // outbox thread failed so at start, and the daemon stopped).
+    crate::db::open(&config.data_dir).context("results database")?;
     let metrics = Arc::new(Metrics::default());
     let appliance_metrics = Arc::new(ApplianceMetrics::default());
     // The retention watermark must come before the ingest floor on the file system data_dir
