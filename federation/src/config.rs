@@ -48,6 +48,9 @@ pub struct Config {
     /// rounding, a quarter of the bytes) or `f32`.
     #[serde(default = "default_encoding")]
     pub encoding: String,
+    /// With `encoding = "topk"`: the share of coordinates a device sends per round.
+    #[serde(default = "default_topk_fraction")]
+    pub topk_fraction: f64,
     /// Share of updates `trimmed_mean` drops at each end of every coordinate.
     #[serde(default = "default_trim_fraction")]
     pub trim_fraction: f64,
@@ -70,6 +73,9 @@ fn default_phase_seconds() -> u64 {
 }
 fn default_encoding() -> String {
     "int8-block256".into()
+}
+fn default_topk_fraction() -> f64 {
+    0.1
 }
 fn default_trim_fraction() -> f64 {
     0.1
@@ -158,10 +164,22 @@ impl Config {
         if !(1..=3600).contains(&self.phase_seconds) {
             return Err(problem("phase_seconds", "1 to 3600".into()));
         }
-        if !["int8-block256", "f32"].contains(&self.encoding.as_str()) {
+        if self.encoding == "topk" && self.secure_aggregation {
             return Err(problem(
                 "encoding",
-                format!("{:?}: int8-block256 or f32", self.encoding),
+                "topk cannot run under secure aggregation: the masks make every coordinate dense, and the indices sent would tell the server which weights the site changed".into(),
+            ));
+        }
+        if !(self.topk_fraction.is_finite()
+            && self.topk_fraction > 0.0
+            && self.topk_fraction <= 1.0)
+        {
+            return Err(problem("topk_fraction", "above 0 and at most 1".into()));
+        }
+        if !["int8-block256", "f32", "topk"].contains(&self.encoding.as_str()) {
+            return Err(problem(
+                "encoding",
+                format!("{:?}: int8-block256, f32 or topk", self.encoding),
             ));
         }
         if !(self.trim_fraction.is_finite() && (0.0..0.5).contains(&self.trim_fraction)) {

@@ -194,6 +194,7 @@ impl Server {
             } else {
                 Vec::new()
             },
+            topk_fraction: (self.config.encoding == "topk").then_some(self.config.topk_fraction),
         }
     }
 
@@ -426,6 +427,9 @@ impl Server {
     /// value finite; int8 blocks are checked (`Quantized::validate`) and decoded.
     fn check_delta(&self, bytes: &[u8]) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
         let (mut arrays, _) = tensors::decode(bytes)?;
+        if self.config.encoding == "topk" {
+            return self.sparse_delta(arrays);
+        }
         let per_tensor = if self.config.encoding == "int8-block256" {
             2
         } else {
@@ -472,6 +476,37 @@ impl Server {
             delta.insert(spec.name.clone(), values);
         }
         Ok(delta)
+    }
+
+    /// A top-k update: exactly `topk.indices` (U32) and `topk.values` (F32) over the round's
+    /// flat delta, indices strictly increasing and in range; densified into the tensors.
+    fn sparse_delta(
+        &self,
+        mut arrays: BTreeMap<String, Array>,
+    ) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+        let total: usize = self.tensors.iter().map(|t| t.len as usize).sum();
+        let (Some(Array::U32(indices)), Some(Array::F32(values))) =
+            (arrays.remove("topk.indices"), arrays.remove("topk.values"))
+        else {
+            anyhow::bail!("a topk update has U32 topk.indices and F32 topk.values");
+        };
+        if !arrays.is_empty() {
+            anyhow::bail!("a topk update has only topk.indices and topk.values");
+        }
+        let sparse = fl_delta::topk::Sparse {
+            len: total,
+            indices,
+            values,
+        };
+        sparse.validate(total)?;
+        let dense = sparse.densify()?;
+        Ok(unflatten(&self.tensors, &dense)
+            .into_iter()
+            .filter_map(|(name, array)| match array {
+                Array::F32(values) => Some((name, values)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Close the open round when everyone answered or the deadline passed.

@@ -128,6 +128,14 @@ impl Message {
                 if m.participants.windows(2).any(|w| w[0] >= w[1]) {
                     return Err(bad("participants", "not strictly increasing"));
                 }
+                if let Some(f) = m.topk_fraction {
+                    if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+                        return Err(bad("topk_fraction", "above 0 and at most 1"));
+                    }
+                }
+                if m.encoding == "topk" && m.topk_fraction.is_none() {
+                    return Err(bad("topk_fraction", "encoding topk needs it"));
+                }
                 check_sha256("seed", &m.seed)
             }
             Message::RoundClosed(m) => check_text("reason", &m.reason, 512),
@@ -275,6 +283,10 @@ pub struct RoundAnnounce {
     /// this list is its id in the masking protocol.
     #[serde(default)]
     pub participants: Vec<String>,
+    /// With encoding `topk`: the share of the delta's coordinates a device sends (the rest
+    /// waits in its error-feedback residual).
+    #[serde(default)]
+    pub topk_fraction: Option<f64>,
 }
 
 /// The phases of secure aggregation, named by the message that travels (device → server:

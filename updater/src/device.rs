@@ -486,12 +486,17 @@ impl Device {
                 &body,
             );
         }
-        let built = update::build(
+        let mut feedback: fl_delta::topk::ErrorFeedback = state::get(&self.conn, "topk_residual")?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()?
+            .unwrap_or_default();
+        let built = update::build_with(
             &round,
             &update::head(&local)?,
             &update::head(&global)?,
             meta.cases,
             &mut accountant,
+            &mut feedback,
         )?;
         let epsilon = accountant.epsilon(update::DP_DELTA)?;
         let round_epsilon = update::round_epsilon(&round)?;
@@ -502,6 +507,7 @@ impl Device {
         )?;
         state::set(&tx, "accountant", &serde_json::to_string(&accountant)?)?;
         state::set(&tx, "epsilon", &epsilon.to_string())?;
+        state::set(&tx, "topk_residual", &serde_json::to_string(&feedback)?)?;
         tx.commit()?;
         tracing::info!(
             round = round.round,

@@ -4,6 +4,7 @@
 
 use fl_delta::dp::{self, Accountant};
 use fl_delta::rand::SeedableRng;
+use fl_delta::topk::ErrorFeedback;
 use fleet_wire::message::{RoundAnnounce, UpdateCommit};
 use fleet_wire::tensors::{self, Array};
 use std::collections::BTreeMap;
@@ -12,6 +13,9 @@ use std::collections::BTreeMap;
 pub const ENCODING_F32: &str = "f32";
 /// Int8 blockwise quantisation with stochastic rounding (`T.q8`, `T.scale`).
 pub const ENCODING_INT8: &str = "int8-block256";
+/// Top-k sparsification with error feedback over the whole delta (`topk.indices` U32,
+/// `topk.values` F32); never under secure aggregation.
+pub const ENCODING_TOPK: &str = "topk";
 const INT8_BLOCK: usize = 256;
 
 /// δ of the (ε, δ) the updater reports.
@@ -76,7 +80,8 @@ pub fn private_delta(
     Ok((flat, norm))
 }
 
-/// The update of `local` (fine-tuned from the round's global head) against `global`.
+/// The update of `local` (fine-tuned from the round's global head) against `global`, with no
+/// error-feedback memory between rounds (a device keeps one: [`build_with`]).
 pub fn build(
     round: &RoundAnnounce,
     local: &BTreeMap<String, Vec<f32>>,
@@ -84,11 +89,48 @@ pub fn build(
     cases: u32,
     accountant: &mut Accountant,
 ) -> anyhow::Result<Update> {
+    build_with(
+        round,
+        local,
+        global,
+        cases,
+        accountant,
+        &mut ErrorFeedback::new(),
+    )
+}
+
+/// [`build`] with the device's error-feedback state, which the top-k encoding reads and
+/// updates (the caller stores it with the update).
+pub fn build_with(
+    round: &RoundAnnounce,
+    local: &BTreeMap<String, Vec<f32>>,
+    global: &BTreeMap<String, Vec<f32>>,
+    cases: u32,
+    accountant: &mut Accountant,
+    feedback: &mut ErrorFeedback,
+) -> anyhow::Result<Update> {
     let (flat, norm) = private_delta(round, local, global, accountant)?;
     let mut named = Vec::new();
     let mut at = 0;
     let mut rng = fl_delta::rand_chacha::ChaCha20Rng::from_entropy();
-    for spec in &round.tensors {
+    if round.encoding == ENCODING_TOPK {
+        let fraction = round
+            .topk_fraction
+            .ok_or_else(|| anyhow::anyhow!("round {} has no topk_fraction", round.round))?;
+        let k = ((flat.len() as f64 * fraction).ceil() as usize).max(1);
+        if feedback.residual.len() != flat.len() {
+            // A residual of another layout (a new model) is dropped, not applied.
+            *feedback = ErrorFeedback::new();
+        }
+        let sparse = feedback.compress(&flat, k)?;
+        named.push(("topk.indices".to_string(), Array::U32(sparse.indices)));
+        named.push(("topk.values".to_string(), Array::F32(sparse.values)));
+    }
+    for spec in round
+        .tensors
+        .iter()
+        .filter(|_| round.encoding != ENCODING_TOPK)
+    {
         let end = at + spec.len as usize;
         let values = &flat[at..end];
         match round.encoding.as_str() {
@@ -154,6 +196,7 @@ mod tests {
             ],
             seed: "0".repeat(64),
             participants: Vec::new(),
+            topk_fraction: Some(0.5),
         }
     }
 
@@ -198,6 +241,29 @@ mod tests {
         let (arrays, _) = tensors::decode(&built.blob).unwrap();
         assert!(arrays.contains_key("w.q8") && arrays.contains_key("b.scale"));
         assert!(accountant.epsilon(DP_DELTA).unwrap() > spent);
+    }
+
+    /// Top-k keeps the largest coordinates and the residual keeps the rest: what is sent plus
+    /// the residual is the delta.
+    #[test]
+    fn topk_sends_the_largest_coordinates_and_keeps_the_rest_for_later_rounds() {
+        let (local, global) = heads();
+        let mut announce = round(0.0, ENCODING_TOPK);
+        announce.clip_norm = 100.0;
+        let mut feedback = ErrorFeedback::new();
+        let built = build_with(
+            &announce,
+            &local,
+            &global,
+            2,
+            &mut Accountant::default(),
+            &mut feedback,
+        )
+        .unwrap();
+        let (arrays, _) = tensors::decode(&built.blob).unwrap();
+        assert_eq!(arrays["topk.indices"], Array::U32(vec![0, 2]));
+        assert_eq!(arrays["topk.values"], Array::F32(vec![3.0, 4.0]));
+        assert_eq!(feedback.residual, vec![0.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]
