@@ -57,6 +57,10 @@ pub struct Config {
     /// Rounds to run before the server idles (0: no limit).
     #[serde(default)]
     pub max_rounds: u64,
+    /// Bytes of chunks one device may leave waiting for their commit (chunks of unfinished
+    /// blobs are dropped when the round ends).
+    #[serde(default = "default_max_pending_bytes_per_device")]
+    pub max_pending_bytes_per_device: u64,
 }
 
 fn default_round_seconds() -> u64 {
@@ -76,6 +80,9 @@ fn default_encoding() -> String {
 }
 fn default_topk_fraction() -> f64 {
     0.1
+}
+fn default_max_pending_bytes_per_device() -> u64 {
+    2 * fleet_wire::MAX_BLOB_BYTES
 }
 fn default_trim_fraction() -> f64 {
     0.1
@@ -184,6 +191,12 @@ impl Config {
         }
         if !(self.trim_fraction.is_finite() && (0.0..0.5).contains(&self.trim_fraction)) {
             return Err(problem("trim_fraction", "at least 0 and below 0.5".into()));
+        }
+        if self.max_pending_bytes_per_device < fleet_wire::CHUNK_BYTES as u64 {
+            return Err(problem(
+                "max_pending_bytes_per_device",
+                format!("at least one chunk ({} bytes)", fleet_wire::CHUNK_BYTES),
+            ));
         }
         if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
             return Err(problem(

@@ -264,10 +264,22 @@ impl Server {
                 Ok(())
             }
             Message::Chunk(header) => {
-                let round = store::open_round(&self.conn)?
+                store::open_round(&self.conn)?
                     .ok_or_else(|| anyhow::anyhow!("chunk while no round is open"))?;
-                let _ = round;
                 blob::check_chunk(&header, body)?;
+                // What one device may keep waiting here (two whole blobs by default). Chunks
+                // of a round are dropped when it ends.
+                let pending: u64 = self.conn.query_row(
+                    "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM chunks WHERE device = ?1",
+                    [device],
+                    |r| r.get(0),
+                )?;
+                if pending + body.len() as u64 > self.config.max_pending_bytes_per_device {
+                    anyhow::bail!(
+                        "{pending} bytes of chunks already wait from this device (max_pending_bytes_per_device {})",
+                        self.config.max_pending_bytes_per_device
+                    );
+                }
                 self.conn.execute(
                     "INSERT OR IGNORE INTO chunks (blob, idx, device, body) VALUES (?1, ?2, ?3, ?4)",
                     params![header.blob, header.index, device, body],
@@ -546,6 +558,7 @@ impl Server {
 
     fn close_round(&mut self, round: &Round, reason: String) -> anyhow::Result<()> {
         self.secure = None;
+        self.conn.execute("DELETE FROM chunks", [])?;
         self.conn.execute(
             "UPDATE rounds SET state = 'closed', reason = ?2 WHERE round = ?1",
             params![round.round, reason],
@@ -648,13 +661,7 @@ impl Server {
         if let Some(adam) = &adam {
             store::set_state(&self.conn, "fedadam", adam)?;
         }
-        self.install_global(round, &combined, rows.len() as u32)?;
-        let blobs: Vec<&String> = rows.iter().map(|(b, _, _)| b).collect();
-        for b in blobs {
-            self.conn
-                .execute("DELETE FROM chunks WHERE blob = ?1", [b])?;
-        }
-        Ok(())
+        self.install_global(round, &combined, rows.len() as u32)
     }
 
     /// The new global head = the round's global + `combined`: stored, signed, announced.
@@ -688,6 +695,9 @@ impl Server {
             "UPDATE rounds SET state = 'aggregated', new_version = ?2 WHERE round = ?1",
             params![round.round, version],
         )?;
+        // A round's chunks, the refused and the unfinished included, end with it (a device
+        // whose commit comes later is told which chunks are missing and sends them again).
+        self.conn.execute("DELETE FROM chunks", [])?;
         tracing::info!(
             round = round.round,
             version,

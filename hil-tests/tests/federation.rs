@@ -628,7 +628,13 @@ fn a_poisoned_device_does_not_move_the_trimmed_mean_global_head_outside_the_hone
 #[test]
 fn malformed_oversized_replayed_out_of_round_and_tampered_messages_are_refused_and_everyone_keeps_running(
 ) {
-    let mut fleet = Fleet::new(&["site-a", "site-b"], 2, "fedavg", "");
+    // Two whole chunks of 192 KiB may wait per device, not three.
+    let mut fleet = Fleet::new(
+        &["site-a", "site-b"],
+        2,
+        "fedavg",
+        "max_pending_bytes_per_device = 400000\n",
+    );
     let observer = Observer::start(&fleet.pki, &fleet.broker);
     for site in &fleet.sites {
         site.put_local_head(1, &[0.6, -0.25, 1.0, 0.0, 2.0, -1.5], &B0, 5);
@@ -794,6 +800,31 @@ fn malformed_oversized_replayed_out_of_round_and_tampered_messages_are_refused_a
         site.put_local_head(2, &[0.6, -0.25, 1.0, 0.0, 2.0, -1.5], &B0, 5);
     }
     fleet.wait_installed(&[0, 1], 3, Duration::from_secs(90));
+
+    // Chunks of blobs never committed: the third whole chunk is over the device's allowance
+    // and refused; the server keeps running.
+    for fill in 0..3u8 {
+        let blob = vec![fill; 2 * fleet_wire::CHUNK_BYTES];
+        let chunks = fleet_wire::blob::split(&blob).unwrap();
+        let (header, body) = &chunks[0];
+        a.publish(
+            &topics.up("site-a"),
+            fleet_wire::frame::encode(&Message::Chunk(header.clone()), body),
+            false,
+        )
+        .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || fleet
+            .federation
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("393216 bytes of chunks already wait from this device")),
+        "{}",
+        fleet.logs()
+    );
+    assert!(fleet.server().is_running(), "{}", fleet.logs());
 }
 
 /// Quorum 3 of 4, rounds of 30 s. Two sites send their update; the broker restarts; the server is killed
