@@ -38,9 +38,14 @@ pub struct Config {
     #[serde(default)]
     pub noise_multiplier: f64,
     /// Secure aggregation (SecAgg+): the server sees only the sum of the devices' deltas.
-    /// Needs an aggregator of the sum (`fedavg`, unweighted under it, or `fedadam`).
+    /// Needs an aggregator of the sum (`fedavg`, weighted by `secure_case_cap`-bounded case
+    /// counts that travel masked too, or `fedadam`).
     #[serde(default = "default_true")]
     pub secure_aggregation: bool,
+    /// Under secure aggregation, FedAvg weights a device by `min(cases, secure_case_cap)`: the
+    /// weight travels masked with the delta, so its scale must be fixed for the round.
+    #[serde(default = "default_secure_case_cap")]
+    pub secure_case_cap: u32,
     /// How long each of its four phases waits for devices before they count as dropped.
     #[serde(default = "default_phase_seconds")]
     pub phase_seconds: u64,
@@ -83,6 +88,9 @@ fn default_topk_fraction() -> f64 {
 }
 fn default_max_pending_bytes_per_device() -> u64 {
     2 * fleet_wire::MAX_BLOB_BYTES
+}
+fn default_secure_case_cap() -> u32 {
+    1000
 }
 fn default_trim_fraction() -> f64 {
     0.1
@@ -167,6 +175,9 @@ impl Config {
                     "needs 3 or more enrolled devices".into(),
                 ));
             }
+        }
+        if !(1..=1_000_000).contains(&self.secure_case_cap) {
+            return Err(problem("secure_case_cap", "1 to 1000000".into()));
         }
         if !(1..=3600).contains(&self.phase_seconds) {
             return Err(problem("phase_seconds", "1 to 3600".into()));

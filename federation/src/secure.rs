@@ -1,10 +1,12 @@
 //! Secure aggregation on the server side of one round: a `secagg::Server` driven phase by
 //! phase. Each phase collects one message per device that got the previous one and closes when
 //! all are in or its deadline passes (devices that did not answer have dropped); closing it
-//! yields the next messages to send. The output is the mean of the survivors' clipped deltas:
-//! the server never sees one device's delta. Under it FedAvg is unweighted (case counts would
-//! have to travel masked too) and the server cannot bound norms (it sees no single update; the
-//! devices clip, and the fixed-point range enforces the bound per coordinate).
+//! yields the next messages to send. The output is the survivors' mean of their clipped
+//! deltas, weighted by case counts: with the round's `case_cap`, each device masks its delta
+//! times `w = min(cases, cap) / cap` and, as one more coordinate, `w · clip`, so the unmasked
+//! sum holds the weighted sum and the total weight; the server learns neither one device's
+//! delta nor its count. It cannot bound norms (it sees no single update; the devices clip, and
+//! the fixed-point range enforces the bound per coordinate).
 //!
 //! The state is in memory only: a server restarted mid-round cannot recover masked inputs, so
 //! such a round is closed with the reason and the next one opens.
@@ -29,6 +31,9 @@ pub struct Session {
     pub round: u64,
     server: Server,
     fixed: FixedPoint,
+    /// The last coordinate of the sum is the survivors' total weight (times `clip_norm`).
+    weighted: bool,
+    clip_norm: f64,
     participants: Vec<String>,
     collecting: &'static str,
     expected: BTreeSet<u32>,
@@ -45,21 +50,28 @@ pub fn fixed_point(clip_norm: f64, n: usize) -> anyhow::Result<FixedPoint> {
 }
 
 impl Session {
+    /// `vector_len`: the delta's length; with `case_cap`, one weight coordinate follows it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         round: u64,
         seed_hex: &str,
         participants: Vec<String>,
         vector_len: usize,
+        case_cap: Option<u32>,
         clip_norm: f64,
         phase_ms: u64,
         now_ms: u64,
     ) -> anyhow::Result<Session> {
         let n = participants.len();
-        let config = secagg::from_announcement(round, seed_hex, n, vector_len)?;
+        let weighted = case_cap.is_some();
+        let config =
+            secagg::from_announcement(round, seed_hex, n, vector_len + usize::from(weighted))?;
         Ok(Session {
             round,
             server: Server::new(config)?,
             fixed: fixed_point(clip_norm, n)?,
+            weighted,
+            clip_norm,
             participants,
             collecting: SecAggPhase::ADVERTISE_KEYS,
             expected: (0..n as u32).collect(),
@@ -181,9 +193,22 @@ impl Session {
                 return Ok(match self.server.finish() {
                     Ok(output) => {
                         let survivors = output.survivors.len();
-                        let sum = self.fixed.decode_sum(&output.sum);
+                        let mut sum = self.fixed.decode_sum(&output.sum);
+                        let total = if self.weighted {
+                            // Each survivor's weight is at least 1 / cap; rounding moved it by
+                            // far less than that.
+                            let w = sum.pop().unwrap_or(0.0) as f64 / self.clip_norm;
+                            if !(w.is_finite() && w > 0.0) {
+                                return Ok(Step::Failed(format!(
+                                    "secure aggregation: the survivors' total weight is {w}"
+                                )));
+                            }
+                            w
+                        } else {
+                            survivors.max(1) as f64
+                        };
                         Step::Done {
-                            mean: sum.iter().map(|v| v / survivors.max(1) as f32).collect(),
+                            mean: sum.iter().map(|v| (*v as f64 / total) as f32).collect(),
                             survivors,
                         }
                     }

@@ -195,6 +195,7 @@ impl Server {
                 Vec::new()
             },
             topk_fraction: (self.config.encoding == "topk").then_some(self.config.topk_fraction),
+            case_cap: round.secure.then_some(self.config.secure_case_cap),
         }
     }
 
@@ -228,6 +229,7 @@ impl Server {
                 &hex::encode(seed),
                 self.participants.clone(),
                 vector_len,
+                Some(self.config.secure_case_cap),
                 self.config.clip_norm,
                 self.config.phase_seconds * 1000,
                 now_ms(),

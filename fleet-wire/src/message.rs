@@ -133,6 +133,11 @@ impl Message {
                         return Err(bad("topk_fraction", "above 0 and at most 1"));
                     }
                 }
+                if let Some(cap) = m.case_cap {
+                    if !(1..=1_000_000).contains(&cap) {
+                        return Err(bad("case_cap", "1 to 1000000"));
+                    }
+                }
                 if m.encoding == "topk" && m.topk_fraction.is_none() {
                     return Err(bad("topk_fraction", "encoding topk needs it"));
                 }
@@ -287,6 +292,11 @@ pub struct RoundAnnounce {
     /// waits in its error-feedback residual).
     #[serde(default)]
     pub topk_fraction: Option<f64>,
+    /// Under secure aggregation: devices weight their delta by `min(cases, case_cap) /
+    /// case_cap` and append that weight (times `clip_norm`) as one more masked coordinate, so
+    /// the unmasked sum gives the case-weighted mean and no device's count. `None`: unweighted.
+    #[serde(default)]
+    pub case_cap: Option<u32>,
 }
 
 /// The phases of secure aggregation, named by the message that travels (device → server:

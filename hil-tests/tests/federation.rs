@@ -903,10 +903,11 @@ fn a_round_survives_broker_and_server_restarts_a_device_crash_and_an_offline_dev
 /// Secure aggregation with four enrolled devices, quorum 3: three sites run their updater; the
 /// fourth, played by the test with the `secagg` client, advertises its keys and shares them,
 /// then goes silent before its masked input. The server unmasks the three survivors' sum with
-/// the dropped device's shares and installs their mean; no update travels in clear (the
+/// the dropped device's shares and installs their mean weighted by case counts (which travel
+/// masked too); no update travels in clear (the
 /// observer sees no `update_commit`).
 #[test]
-fn secure_aggregation_recovers_the_mean_when_a_device_drops_after_sharing_keys() {
+fn secure_aggregation_recovers_the_case_weighted_mean_when_a_device_drops_after_sharing_keys() {
     let ids = ["site-a", "site-b", "site-c", "site-d"];
     let mut fleet = Fleet::new(
         &ids,
@@ -920,9 +921,11 @@ fn secure_aggregation_recovers_the_mean_when_a_device_drops_after_sharing_keys()
         [0.0, 0.3, 0.0, 0.0, -0.2, 0.0],
         [0.2, 0.0, -0.1, 0.0, 0.0, 0.4],
     ];
-    for (site, delta) in fleet.sites.iter().zip(&deltas) {
+    // Case counts differ: the masked sum carries them, and FedAvg weights by them.
+    let cases = [10u32, 30, 60];
+    for ((site, delta), n) in fleet.sites.iter().zip(&deltas).zip(cases) {
         let w: Vec<f32> = W0.iter().zip(delta).map(|(a, d)| a + d).collect();
-        site.put_local_head(1, &w, &B0, 10);
+        site.put_local_head(1, &w, &B0, n);
     }
     let topics = fleet_wire::Topics::new(FEDERATION);
     let cert = fleet.pki.client("site-d");
@@ -970,7 +973,8 @@ fn secure_aggregation_recovers_the_mean_when_a_device_drops_after_sharing_keys()
                     round.round,
                     &round.seed,
                     round.participants.len(),
-                    8,
+                    // The head's 8 weights and the case weight.
+                    9,
                 )
                 .unwrap();
                 let (state, keys) =
@@ -1015,8 +1019,14 @@ fn secure_aggregation_recovers_the_mean_when_a_device_drops_after_sharing_keys()
     assert_eq!(first["participants"], 3, "{first}");
     assert_eq!(first["secure"], true, "{first}");
     let head = read_head(&fleet.sites[0].global(2));
+    let total: u32 = cases.iter().sum();
     for k in 0..6 {
-        let mean = deltas.iter().map(|d| d[k]).sum::<f32>() / 3.0;
+        let mean = deltas
+            .iter()
+            .zip(cases)
+            .map(|(d, n)| d[k] * n as f32)
+            .sum::<f32>()
+            / total as f32;
         assert!(
             (head["w"][k] - (W0[k] + mean)).abs() < 1e-4,
             "w[{k}] = {} vs {}",

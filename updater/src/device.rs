@@ -458,7 +458,8 @@ impl Device {
                 &update::head(&global)?,
                 &mut accountant,
             )?;
-            let (secure, body) = SecureRound::start(&round, &self.config.device_id, &delta)?;
+            let (secure, body) =
+                SecureRound::start(&round, &self.config.device_id, &delta, meta.cases)?;
             let epsilon = accountant.epsilon(update::DP_DELTA)?;
             let round_epsilon = update::round_epsilon(&round)?;
             state::set(&self.conn, "secure_round", &round.round.to_string())?;

@@ -197,6 +197,7 @@ mod tests {
             seed: "0".repeat(64),
             participants: Vec::new(),
             topk_fraction: Some(0.5),
+            case_cap: None,
         }
     }
 

@@ -678,7 +678,8 @@ impl Light {
         if round.secure_aggregation {
             let (delta, _norm) =
                 updater::update::private_delta(round, &local, &self.shared.head, &mut accountant)?;
-            let (secure, body) = updater::secure::SecureRound::start(round, &self.id, &delta)?;
+            let (secure, body) =
+                updater::secure::SecureRound::start(round, &self.id, &delta, cases)?;
             self.secure = Some(secure);
             let advertise = Message::SecAgg(SecAggHeader {
                 round: round.round,
