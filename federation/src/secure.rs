@@ -8,12 +8,45 @@
 //! delta nor its count. It cannot bound norms (it sees no single update; the devices clip, and
 //! the fixed-point range enforces the bound per coordinate).
 //!
-//! The state is in memory only: a server restarted mid-round cannot recover masked inputs, so
-//! such a round is closed with the reason and the next one opens.
+//! A session is rebuilt after a restart from what the server stored as it went: its
+//! [`Params`], and in order every device message it accepted and every phase it closed
+//! ([`Event`]). Replaying them through a fresh `secagg::Server` gives the same state (the
+//! protocol's server side is deterministic given those), the phase being collected gets a new
+//! deadline, and the messages of the last close are sent again (a device that had them
+//! refuses the repeat, and one that had not goes on).
 
 use fleet_wire::message::SecAggPhase;
 use secagg::{AdvertiseKeys, FixedPoint, MaskedInput, Server, ShareKeys, UnmaskResponse};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+
+/// What a session is made of, stored with its round.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Params {
+    pub round: u64,
+    /// The round's seed (hex).
+    pub seed: String,
+    /// The device ids, sorted: a device's index is its id in the protocol.
+    pub participants: Vec<String>,
+    /// The delta's length; with `case_cap`, one weight coordinate follows it.
+    pub vector_len: usize,
+    pub case_cap: Option<u32>,
+    pub clip_norm: f64,
+    pub phase_ms: u64,
+}
+
+/// One step of a session's history, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A device's message the session accepted.
+    Message {
+        device: String,
+        phase: String,
+        body: Vec<u8>,
+    },
+    /// The phase collecting `phase` messages closed.
+    Closed { phase: String },
+}
 
 /// What the round loop does next.
 pub enum Step {
@@ -29,6 +62,7 @@ pub enum Step {
 
 pub struct Session {
     pub round: u64,
+    params: Params,
     server: Server,
     fixed: FixedPoint,
     /// The last coordinate of the sum is the survivors' total weight (times `clip_norm`).
@@ -50,36 +84,74 @@ pub fn fixed_point(clip_norm: f64, n: usize) -> anyhow::Result<FixedPoint> {
 }
 
 impl Session {
-    /// `vector_len`: the delta's length; with `case_cap`, one weight coordinate follows it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        round: u64,
-        seed_hex: &str,
-        participants: Vec<String>,
-        vector_len: usize,
-        case_cap: Option<u32>,
-        clip_norm: f64,
-        phase_ms: u64,
-        now_ms: u64,
-    ) -> anyhow::Result<Session> {
-        let n = participants.len();
-        let weighted = case_cap.is_some();
-        let config =
-            secagg::from_announcement(round, seed_hex, n, vector_len + usize::from(weighted))?;
+    pub fn new(params: Params, now_ms: u64) -> anyhow::Result<Session> {
+        let n = params.participants.len();
+        let weighted = params.case_cap.is_some();
+        let config = secagg::from_announcement(
+            params.round,
+            &params.seed,
+            n,
+            params.vector_len + usize::from(weighted),
+        )?;
         Ok(Session {
-            round,
+            round: params.round,
             server: Server::new(config)?,
-            fixed: fixed_point(clip_norm, n)?,
+            fixed: fixed_point(params.clip_norm, n)?,
             weighted,
-            clip_norm,
-            participants,
+            clip_norm: params.clip_norm,
+            participants: params.participants.clone(),
             collecting: SecAggPhase::ADVERTISE_KEYS,
             expected: (0..n as u32).collect(),
             received: BTreeSet::new(),
-            deadline_ms: now_ms + phase_ms,
-            phase_ms,
+            deadline_ms: now_ms + params.phase_ms,
+            phase_ms: params.phase_ms,
             bytes_in: 0,
+            params,
         })
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The phase whose messages are being collected.
+    pub fn collecting(&self) -> &'static str {
+        self.collecting
+    }
+
+    /// The session as it was after `events`, with a fresh deadline for the phase being
+    /// collected, and the messages its last close sent (to send again).
+    #[allow(clippy::type_complexity)]
+    pub fn resume(
+        params: Params,
+        events: Vec<Event>,
+        now_ms: u64,
+    ) -> anyhow::Result<(Session, Vec<(String, &'static str, Vec<u8>)>)> {
+        let mut session = Session::new(params, now_ms)?;
+        let mut last = Vec::new();
+        for event in events {
+            match event {
+                Event::Message {
+                    device,
+                    phase,
+                    body,
+                } => session.receive(&device, &phase, &body)?,
+                Event::Closed { phase } => {
+                    if phase != session.collecting {
+                        anyhow::bail!(
+                            "the stored history closes {phase} while {} is collected",
+                            session.collecting
+                        );
+                    }
+                    match session.close(now_ms)? {
+                        Step::Send(messages) => last = messages,
+                        _ => anyhow::bail!("the stored close of {phase} does not replay"),
+                    }
+                }
+            }
+        }
+        session.deadline_ms = now_ms + session.phase_ms;
+        Ok((session, last))
     }
 
     /// A device's message for this round; refused unless it is the phase being collected and
@@ -139,6 +211,12 @@ impl Session {
         if !complete && now_ms < self.deadline_ms {
             return Ok(Step::Wait);
         }
+        self.close(now_ms)
+    }
+
+    /// Close the phase being collected with the messages in: the next phase's messages, or
+    /// after the last phase the outcome.
+    fn close(&mut self, now_ms: u64) -> anyhow::Result<Step> {
         let to = |participants: &[String], id: u32| participants.get(id as usize).cloned();
         let outgoing: Vec<(u32, &'static str, Vec<u8>)> = match self.collecting {
             SecAggPhase::ADVERTISE_KEYS => match self.server.close_advertise_keys() {

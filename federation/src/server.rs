@@ -100,10 +100,7 @@ impl Server {
     pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         if let Some(round) = store::open_round(&self.conn)? {
             if round.secure {
-                self.close_round(
-                    &round,
-                    "the server restarted during secure aggregation; masked inputs cannot be recovered".into(),
-                )?;
+                self.resume_secure(&round)?;
             }
         }
         self.ensure_open_round()?;
@@ -224,16 +221,17 @@ impl Server {
         )?;
         if self.config.secure_aggregation {
             let vector_len = self.tensors.iter().map(|t| t.len as usize).sum();
-            self.secure = Some(Session::new(
-                next,
-                &hex::encode(seed),
-                self.participants.clone(),
+            let params = crate::secure::Params {
+                round: next,
+                seed: hex::encode(seed),
+                participants: self.participants.clone(),
                 vector_len,
-                Some(self.config.secure_case_cap),
-                self.config.clip_norm,
-                self.config.phase_seconds * 1000,
-                now_ms(),
-            )?);
+                case_cap: Some(self.config.secure_case_cap),
+                clip_norm: self.config.clip_norm,
+                phase_ms: self.config.phase_seconds * 1000,
+            };
+            store::put_secagg_session(&self.conn, &params)?;
+            self.secure = Some(Session::new(params, now_ms())?);
         }
         tracing::info!(
             round = next,
@@ -332,7 +330,17 @@ impl Server {
                         session.round
                     );
                 }
-                session.receive(device, &header.phase, body)
+                session.receive(device, &header.phase, body)?;
+                store::put_secagg_event(
+                    &self.conn,
+                    header.round,
+                    &crate::secure::Event::Message {
+                        device: device.to_string(),
+                        phase: header.phase,
+                        body: body.to_vec(),
+                    },
+                )?;
+                Ok(())
             }
             other => anyhow::bail!("a device may not send {}", other.kind()),
         }
@@ -558,9 +566,56 @@ impl Server {
         self.ensure_open_round()
     }
 
+    fn send_secure(
+        &self,
+        round: u64,
+        messages: Vec<(String, &'static str, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
+        for (device, phase, body) in messages {
+            let header = Message::SecAgg(fleet_wire::message::SecAggHeader {
+                round,
+                phase: phase.into(),
+            });
+            self.publish(&self.topics.down(&device), &header, &body, false)?;
+        }
+        Ok(())
+    }
+
+    /// After a restart: rebuild the open round's secure-aggregation session from its stored
+    /// history and send the last phase's messages again; a round whose history cannot be
+    /// replayed is closed with the reason.
+    fn resume_secure(&mut self, round: &Round) -> anyhow::Result<()> {
+        let resumed = match store::secagg_session(&self.conn, round.round)? {
+            Some((params, events)) => {
+                let count = events.len();
+                Session::resume(params, events, now_ms()).map(|(s, last)| (s, last, count))
+            }
+            None => Err(anyhow::anyhow!("no stored session")),
+        };
+        match resumed {
+            Ok((session, last, count)) => {
+                tracing::info!(
+                    round = round.round,
+                    phase = session.collecting(),
+                    events = count,
+                    "secure aggregation resumed after a restart"
+                );
+                self.secure = Some(session);
+                self.send_secure(round.round, last)
+            }
+            Err(e) => self.close_round(
+                round,
+                format!(
+                    "the server restarted during secure aggregation and could not resume it: {e:#}"
+                ),
+            ),
+        }
+    }
+
     fn close_round(&mut self, round: &Round, reason: String) -> anyhow::Result<()> {
         self.secure = None;
         self.conn.execute("DELETE FROM chunks", [])?;
+        store::clear_secagg(&self.conn)?;
         self.conn.execute(
             "UPDATE rounds SET state = 'closed', reason = ?2 WHERE round = ?1",
             params![round.round, reason],
@@ -582,17 +637,19 @@ impl Server {
         let Some(session) = self.secure.as_mut() else {
             return self.close_round(round, "no secure-aggregation session for the round".into());
         };
+        let collecting = session.collecting();
         match session.step(now_ms())? {
             Step::Wait => Ok(()),
             Step::Send(messages) => {
-                for (device, phase, body) in messages {
-                    let header = Message::SecAgg(fleet_wire::message::SecAggHeader {
-                        round: round.round,
-                        phase: phase.into(),
-                    });
-                    self.publish(&self.topics.down(&device), &header, &body, false)?;
-                }
-                Ok(())
+                // Durable before anything goes out, so a restart replays this close.
+                store::put_secagg_event(
+                    &self.conn,
+                    round.round,
+                    &crate::secure::Event::Closed {
+                        phase: collecting.to_string(),
+                    },
+                )?;
+                self.send_secure(round.round, messages)
             }
             Step::Failed(reason) => {
                 self.close_round(round, reason)?;
@@ -698,8 +755,10 @@ impl Server {
             params![round.round, version],
         )?;
         // A round's chunks, the refused and the unfinished included, end with it (a device
-        // whose commit comes later is told which chunks are missing and sends them again).
+        // whose commit comes later is told which chunks are missing and sends them again), and
+        // so does its secure-aggregation history.
         self.conn.execute("DELETE FROM chunks", [])?;
+        store::clear_secagg(&self.conn)?;
         tracing::info!(
             round = round.round,
             version,

@@ -27,7 +27,80 @@ CREATE TABLE IF NOT EXISTS server_state (key TEXT PRIMARY KEY, value TEXT NOT NU
 CREATE TABLE IF NOT EXISTS evaluations (round INTEGER NOT NULL, device TEXT NOT NULL,
     global_version INTEGER NOT NULL, cases INTEGER NOT NULL, metrics_json TEXT NOT NULL,
     PRIMARY KEY (round, device));
+CREATE TABLE IF NOT EXISTS secagg_sessions (round INTEGER PRIMARY KEY, params_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS secagg_events (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    round INTEGER NOT NULL, device TEXT, phase TEXT NOT NULL, body BLOB);
 ";
+
+/// Keep a secure-aggregation session's parameters with its round.
+pub fn put_secagg_session(conn: &Connection, params: &crate::secure::Params) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO secagg_sessions (round, params_json) VALUES (?1, ?2)",
+        rusqlite::params![params.round, serde_json::to_string(params)?],
+    )?;
+    Ok(())
+}
+
+/// Append one step of round `round`'s secure-aggregation history.
+pub fn put_secagg_event(
+    conn: &Connection,
+    round: u64,
+    event: &crate::secure::Event,
+) -> rusqlite::Result<()> {
+    let (device, phase, body) = match event {
+        crate::secure::Event::Message {
+            device,
+            phase,
+            body,
+        } => (Some(device.as_str()), phase.as_str(), Some(body.as_slice())),
+        crate::secure::Event::Closed { phase } => (None, phase.as_str(), None),
+    };
+    conn.execute(
+        "INSERT INTO secagg_events (round, device, phase, body) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![round, device, phase, body],
+    )?;
+    Ok(())
+}
+
+/// Round `round`'s secure-aggregation parameters and history, if stored.
+pub fn secagg_session(
+    conn: &Connection,
+    round: u64,
+) -> anyhow::Result<Option<(crate::secure::Params, Vec<crate::secure::Event>)>> {
+    let params: Option<String> = conn
+        .query_row(
+            "SELECT params_json FROM secagg_sessions WHERE round = ?1",
+            [round],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(params) = params else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare("SELECT device, phase, body FROM secagg_events WHERE round = ?1 ORDER BY seq")?;
+    let events = stmt
+        .query_map([round], |r| {
+            let device: Option<String> = r.get(0)?;
+            let phase: String = r.get(1)?;
+            let body: Option<Vec<u8>> = r.get(2)?;
+            Ok(match device {
+                Some(device) => crate::secure::Event::Message {
+                    device,
+                    phase,
+                    body: body.unwrap_or_default(),
+                },
+                None => crate::secure::Event::Closed { phase },
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some((serde_json::from_str(&params)?, events)))
+}
+
+/// Forget every round's secure-aggregation history (a round's ends with it).
+pub fn clear_secagg(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("DELETE FROM secagg_events; DELETE FROM secagg_sessions;")
+}
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -900,6 +900,83 @@ fn a_round_survives_broker_and_server_restarts_a_device_crash_and_an_offline_dev
     );
 }
 
+/// Secure aggregation with four enrolled devices, quorum 3, the fourth offline, so the key
+/// phase waits out its deadline. While it waits, after the three sites advertised their keys,
+/// the server is killed with SIGKILL and started again: it rebuilds the session from its
+/// store, and the round completes with the three sites' case-weighted mean.
+#[test]
+fn a_secure_round_resumes_after_the_server_is_killed_mid_round() {
+    let ids = ["site-a", "site-b", "site-c", "site-d"];
+    let mut fleet = Fleet::new(
+        &ids,
+        3,
+        "fedavg",
+        "secure_aggregation = true\nphase_seconds = 15\n",
+    );
+    let observer = Observer::start(&fleet.pki, &fleet.broker);
+    let deltas: [[f32; 6]; 3] = [
+        [0.1, 0.0, 0.0, 0.2, 0.0, 0.0],
+        [0.0, 0.3, 0.0, 0.0, -0.2, 0.0],
+        [0.2, 0.0, -0.1, 0.0, 0.0, 0.4],
+    ];
+    let cases = [20u32, 5, 40];
+    for ((site, delta), n) in fleet.sites.iter().zip(&deltas).zip(cases) {
+        let w: Vec<f32> = W0.iter().zip(delta).map(|(a, d)| a + d).collect();
+        site.put_local_head(1, &w, &B0, n);
+    }
+    fleet.start_server();
+    for i in 0..3 {
+        fleet.start_updater(i);
+    }
+    let advertised = || {
+        observer
+            .messages()
+            .iter()
+            .filter(|(_, p)| {
+                matches!(
+                    fleet_wire::frame::decode(p),
+                    Ok((Message::SecAgg(h), _)) if h.phase == "advertise_keys"
+                )
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(14), || advertised() == 3),
+        "{}",
+        fleet.logs()
+    );
+    assert!(fleet.round(1).unwrap()["state"] == "open");
+    fleet.server().kill_and_restart();
+    fleet.wait_installed(&[0, 1, 2], 2, Duration::from_secs(90));
+    let first = fleet.round(1).unwrap();
+    assert_eq!(first["state"], "aggregated", "{first}");
+    assert_eq!(first["participants"], 3, "{first}");
+    assert!(
+        fleet
+            .server()
+            .log()
+            .contains("secure aggregation resumed after a restart"),
+        "{}",
+        fleet.logs()
+    );
+    let head = read_head(&fleet.sites[0].global(2));
+    let total: u32 = cases.iter().sum();
+    for k in 0..6 {
+        let mean = deltas
+            .iter()
+            .zip(cases)
+            .map(|(d, n)| d[k] * n as f32)
+            .sum::<f32>()
+            / total as f32;
+        assert!(
+            (head["w"][k] - (W0[k] + mean)).abs() < 1e-4,
+            "w[{k}] = {} vs {}",
+            head["w"][k],
+            W0[k] + mean
+        );
+    }
+}
+
 /// Secure aggregation with four enrolled devices, quorum 3: three sites run their updater; the
 /// fourth, played by the test with the `secagg` client, advertises its keys and shares them,
 /// then goes silent before its masked input. The server unmasks the three survivors' sum with
