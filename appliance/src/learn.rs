@@ -1015,16 +1015,30 @@ impl Learner {
         let baseline_reference = evaluate::score(&self.global, &reference)?;
         let global_reference = evaluate::score(&head, &reference)?;
         let global_local = evaluate::score(&head, &holdout)?;
-        let decision = gate::decide(
-            &evaluate::score(&champion, &holdout)?,
-            &global_local,
-            &baseline_reference,
-            &global_reference,
-            &GateConfig {
-                min_local_gain: l.min_local_gain,
-                reference_margin: l.reference_margin,
-            },
-        );
+        let gate_config = GateConfig {
+            min_local_gain: l.min_local_gain,
+            reference_margin: l.reference_margin,
+        };
+        let adopt_without_local_cases = self
+            .config
+            .federation
+            .as_ref()
+            .is_some_and(|f| f.adopt_without_local_cases);
+        let decision = if holdout.is_empty() && adopt_without_local_cases {
+            tracing::info!(
+                version,
+                "no local held-out case yet: the federated global head is judged on the reference set alone"
+            );
+            gate::decide_on_reference_only(&baseline_reference, &global_reference, &gate_config)
+        } else {
+            gate::decide(
+                &evaluate::score(&champion, &holdout)?,
+                &global_local,
+                &baseline_reference,
+                &global_reference,
+                &gate_config,
+            )
+        };
         let trigger = format!(
             "federated global {version} (round {}, {} sites, {})",
             header["round"],

@@ -1335,3 +1335,165 @@ fn topk_updates_complete_a_round_with_the_exact_fedavg() {
         );
     }
 }
+
+/// A new site has no labelled case yet, so nothing of its own to judge a global head on: with
+/// `adopt_without_local_cases` (the default) its appliance takes the signed global that passes
+/// the package's reference set alone, says so in `heads list`, and runs it as its champion.
+/// The global comes from a round another site's update made (quorum 1 of 2, so the round
+/// aggregates at its 5 s deadline).
+#[test]
+fn a_site_without_held_out_cases_takes_a_global_head_that_passes_the_reference_set() {
+    use hil_tests::appliance::Appliance;
+    use hil_tests::site::heads;
+    let pki = FleetPki::new();
+    let broker = Broker::start(&pki);
+    let package_head = hil_tests::repo_root().join("models/reference/head-ct/head.safetensors");
+    let server_dir = tempfile::tempdir().unwrap();
+    let server_cert = pki.client("federation-server");
+    let (private, public) = (
+        server_dir.path().join("signing.pem"),
+        server_dir.path().join("signing.pub.pem"),
+    );
+    run(
+        "federation",
+        &[
+            "keygen",
+            "--private",
+            private.to_str().unwrap(),
+            "--public",
+            public.to_str().unwrap(),
+        ],
+    );
+    let server_config = server_dir.path().join("federation.toml");
+    std::fs::write(
+        &server_config,
+        format!(
+            "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
+             key_file = {key:?}\nsigning_key_file = \"signing.pem\"\ndata_dir = \"data\"\n\
+             model = \"head-ct-ich\"\ninitial_head = {head:?}\nenrolled = [\"site-a\", \"site-b\"]\n\
+             quorum = 1\nround_seconds = 5\nsecure_aggregation = false\nencoding = \"f32\"\n\
+             clip_norm = 1000.0\n",
+            broker = broker.url(),
+            ca = pki.ca.cert,
+            cert = server_cert.cert,
+            key = server_cert.key,
+            head = package_head,
+        ),
+    )
+    .unwrap();
+    let mut server = Process::start(
+        "federation",
+        &["serve", "--config", server_config.to_str().unwrap()],
+        server_dir.path().join("server.log"),
+    );
+    let federation_table = |id: &str| -> toml::Table {
+        let cert = pki.client(id);
+        toml::from_str(&format!(
+            "enabled = true\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
+             key_file = {key:?}\nfederation = {FEDERATION:?}\ntrusted_key = {public:?}\n\
+             model = \"head-ct-ich\"\n",
+            broker = broker.url(),
+            ca = pki.ca.cert,
+            cert = cert.cert,
+            key = cert.key,
+        ))
+        .unwrap()
+    };
+
+    // Site A: only its updater, handing over a head fine-tuned from global 1 (the package's
+    // head with a nudged lesion bias: within the reference margin).
+    let site_a = tempfile::tempdir().unwrap();
+    let mut config_a = hil_tests::appliance::example_config();
+    config_a.insert(
+        "data_dir".into(),
+        toml::Value::String(site_a.path().join("data").display().to_string()),
+    );
+    config_a.insert(
+        "federation".into(),
+        toml::Value::Table(federation_table("site-a")),
+    );
+    let config_a_path = site_a.path().join("appliance.toml");
+    std::fs::write(&config_a_path, toml::to_string(&config_a).unwrap()).unwrap();
+    let mut tensors_a = read_head(&package_head);
+    let b2 = tensors_a.get_mut("seg.b2").expect("seg.b2");
+    let last = b2.len() - 1;
+    b2[last] += 0.01;
+    let shapes = tensors::shapes(&std::fs::read(&package_head).unwrap()).unwrap();
+    let arrays: Vec<(String, Array)> = tensors_a
+        .into_iter()
+        .map(|(name, values)| (name, Array::F32(values)))
+        .collect();
+    let outgoing = fleet_wire::site::outgoing_dir(&site_a.path().join("data"));
+    fleet_wire::site::write_durably(
+        &outgoing.join("1.safetensors"),
+        &tensors::encode_shaped(&arrays, &shapes, &BTreeMap::new()).unwrap(),
+    )
+    .unwrap();
+    fleet_wire::site::write_durably(
+        &outgoing.join("1.json"),
+        serde_json::to_string(&fleet_wire::site::Outgoing {
+            model: "head-ct-ich".into(),
+            base_version: 1,
+            cases: 4,
+        })
+        .unwrap()
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut updater_a = Process::start(
+        "updater",
+        &["run", "--config", config_a_path.to_str().unwrap()],
+        site_a.path().join("updater.log"),
+    );
+
+    // Site B: a whole appliance with no labelled case, and its updater.
+    let app = Appliance::start_with_model(&|c| {
+        c.insert(
+            "federation".into(),
+            toml::Value::Table(federation_table("site-b")),
+        );
+    });
+    let mut updater_b = Process::start(
+        "updater",
+        &["run", "--config", app.config_path.to_str().unwrap()],
+        app.dir.path().join("updater.log"),
+    );
+    let logs = || {
+        format!(
+            "server:\n{}\nupdater a:\n{}\nupdater b:\n{}\nappliance:\n{}",
+            server.log(),
+            updater_a.log(),
+            updater_b.log(),
+            app.log()
+        )
+    };
+    let taken = || {
+        heads(&app).into_iter().find(|h| {
+            h["trigger"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("federated global 2"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || taken().is_some()),
+        "{}",
+        logs()
+    );
+    let row = taken().unwrap();
+    assert_eq!(row["state"], "accepted", "{row}\n{}", logs());
+    assert!(
+        app.log()
+            .contains("no local held-out case yet: the federated global head is judged on the reference set alone"),
+        "{}",
+        app.log()
+    );
+    assert!(
+        app.log()
+            .contains("federated global head accepted by the gate; it is the champion now"),
+        "{}",
+        app.log()
+    );
+    assert!(updater_a.stop(), "{}", updater_a.log());
+    assert!(updater_b.stop(), "{}", updater_b.log());
+    assert!(server.stop(), "{}", server.log());
+}

@@ -105,6 +105,69 @@ pub fn decide(
             ),
         }
     }
+    reference_conditions(
+        baseline_reference,
+        candidate_reference,
+        config,
+        &mut reasons,
+    );
+    Decision {
+        accepted: reasons.is_empty(),
+        reasons,
+        local_dice_measured,
+        local_champion: champion,
+        local_candidate: candidate,
+        local_champion_per_label: champion_local.dice.clone(),
+        local_candidate_per_label: candidate_local.dice.clone(),
+        local_auroc_champion: champion_local.auroc,
+        local_auroc_candidate: candidate_local.auroc,
+        reference_baseline: baseline_reference.dice.clone(),
+        reference_candidate: candidate_reference.dice.clone(),
+        reference_auroc_baseline: baseline_reference.auroc,
+        reference_auroc_candidate: candidate_reference.auroc,
+    }
+}
+
+/// The gate for a signed federated global head at a site with no local held-out case: there
+/// is nothing local to compare on, so only the reference-set conditions of [`decide`] apply.
+/// Never used for a site's own fine-tunes (they always have held-out cases to beat).
+pub fn decide_on_reference_only(
+    baseline_reference: &Scores,
+    candidate_reference: &Scores,
+    config: &GateConfig,
+) -> Decision {
+    let mut reasons = Vec::new();
+    reference_conditions(
+        baseline_reference,
+        candidate_reference,
+        config,
+        &mut reasons,
+    );
+    Decision {
+        accepted: reasons.is_empty(),
+        reasons,
+        local_dice_measured: false,
+        local_champion: f64::NAN,
+        local_candidate: f64::NAN,
+        local_champion_per_label: Vec::new(),
+        local_candidate_per_label: Vec::new(),
+        local_auroc_champion: None,
+        local_auroc_candidate: None,
+        reference_baseline: baseline_reference.dice.clone(),
+        reference_candidate: candidate_reference.dice.clone(),
+        reference_auroc_baseline: baseline_reference.auroc,
+        reference_auroc_candidate: candidate_reference.auroc,
+    }
+}
+
+/// The reference-set conditions: same labels, every label's Dice and the AUROC at most the
+/// margin below the baseline's, and a reference set that measures Dice at all.
+fn reference_conditions(
+    baseline_reference: &Scores,
+    candidate_reference: &Scores,
+    config: &GateConfig,
+    reasons: &mut Vec<String>,
+) {
     if baseline_reference.dice.len() != candidate_reference.dice.len() {
         reasons.push(format!(
             "reference scores for {} labels, the baseline has {}",
@@ -140,21 +203,6 @@ pub fn decide(
                 config.reference_margin
             ));
         }
-    }
-    Decision {
-        accepted: reasons.is_empty(),
-        reasons,
-        local_dice_measured,
-        local_champion: champion,
-        local_candidate: candidate,
-        local_champion_per_label: champion_local.dice.clone(),
-        local_candidate_per_label: candidate_local.dice.clone(),
-        local_auroc_champion: champion_local.auroc,
-        local_auroc_candidate: candidate_local.auroc,
-        reference_baseline: baseline_reference.dice.clone(),
-        reference_candidate: candidate_reference.dice.clone(),
-        reference_auroc_baseline: baseline_reference.auroc,
-        reference_auroc_candidate: candidate_reference.auroc,
     }
 }
 
@@ -213,6 +261,25 @@ mod tests {
             study_probabilities: Vec::new(),
             auroc,
         }
+    }
+
+    #[test]
+    fn without_local_cases_only_the_reference_set_decides() {
+        let config = GateConfig::default();
+        let base = scores(&[0.98, 0.93], Some(1.0));
+        let d = decide_on_reference_only(&base, &scores(&[0.975, 0.92], Some(0.99)), &config);
+        assert!(d.accepted, "{:?}", d.reasons);
+        assert!(!d.local_dice_measured);
+        let d = decide_on_reference_only(&base, &scores(&[0.98, 0.90], Some(1.0)), &config);
+        assert!(!d.accepted);
+        assert!(
+            d.reasons[0].contains("reference Dice of label 2"),
+            "{:?}",
+            d.reasons
+        );
+        let d = decide_on_reference_only(&base, &scores(&[0.98, 0.93], Some(0.9)), &config);
+        assert!(!d.accepted);
+        assert!(d.reasons[0].contains("reference AUROC"), "{:?}", d.reasons);
     }
 
     #[test]
