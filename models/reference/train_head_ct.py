@@ -759,7 +759,7 @@ def manifest_toml(backbone_sha: str, head_sha: str, metrics: dict) -> str:
 version = "0.1.0"
 task = "segmentation+classification"
 description = "Reference head CT model: per-slice segmentation of the intracranial space and of synthetic haemorrhage-like lesions, and a study-level lesion-present probability. Fixed filter-bank backbone, numpy-trained head, all from one real head CT with simulated sites."
-licence = "Apache-2.0 (code and weights, as the repository). Training image Cranium.inv3: GPL-2 per Debian invesalius-examples; see card.md."
+licence = "GPL-2.0-or-later"
 intended_use = "Research and engineering tests only. Not for clinical use."
 
 [provenance]
@@ -954,11 +954,16 @@ probability {lesion['study_lesion_probability']:.4f}, m =
 | backbone.onnx | {sizes['backbone.onnx']} |
 | head.safetensors | {sizes['head.safetensors']} |
 
-Code and weights: Apache-2.0, as the repository. The training image
-`Cranium.inv3` is distributed by Debian under GPL-2 (the `Files: *` stanza of
-`/usr/share/doc/invesalius-examples/copyright`); whether weights fitted to it
-carry its terms is not settled here: check before redistributing the package
-outside this repository.
+Weights and data files of this package (`backbone.onnx`, `head.safetensors`,
+`validation.safetensors`, and the heads a site fine-tunes from them):
+**GPL-2.0-or-later** (`licence` in the manifest). They are fitted to, and the
+validation set is cut from, the head CT `Cranium.inv3`, which Debian
+distributes under GPL-2 (the `Files: *` stanza of
+`/usr/share/doc/invesalius-examples/copyright`); we treat them as derived from
+it and give them its terms rather than leave the question open. The code that
+trains and runs them (`train_head_ct.py`, `make_validation_set.py`, the
+appliance) stays Apache-2.0, as the repository: the model is data the
+appliance loads, not linked into it.
 
 {carried_card_sections()}## Limitations
 

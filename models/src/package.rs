@@ -37,6 +37,8 @@ pub struct Manifest {
     pub task: String,
     #[serde(default)]
     pub description: String,
+    /// The SPDX licence expression of the package's weights and data files (the code that
+    /// runs them is the repository's); the card says why.
     pub licence: String,
     pub intended_use: String,
     #[serde(default)]
@@ -227,8 +229,13 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, PackageError>
     };
     let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     let m = &manifest;
-    let checks: [(bool, &str); 9] = [
+    let checks: [(bool, &str); 10] = [
         (is_name(&m.id), "id must be 1-64 characters of [a-z0-9-]"),
+        (
+            is_spdx_expression(&m.licence),
+            "licence must be the SPDX licence expression of the weights (e.g. Apache-2.0, \
+             GPL-2.0-or-later, MIT); explain it in the card",
+        ),
         (is_semver(&m.version), "version must be MAJOR.MINOR.PATCH"),
         (
             !m.input.channels.is_empty(),
@@ -300,6 +307,32 @@ fn is_semver(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The shape of an SPDX licence expression: identifiers (`[A-Za-z0-9][A-Za-z0-9.+-]*`,
+/// `LicenseRef-...` included) joined by AND, OR and WITH, with parentheses; at most 128 bytes.
+/// Whether an identifier is on the SPDX list is not checked.
+fn is_spdx_expression(s: &str) -> bool {
+    let spaced = s.replace('(', " ( ").replace(')', " ) ");
+    let tokens: Vec<&str> = spaced.split_whitespace().collect();
+    let identifier = |t: &str| {
+        t.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+            && !["AND", "OR", "WITH"].contains(&t)
+    };
+    let mut depth = 0i32;
+    let mut expect_operand = true;
+    for t in &tokens {
+        match *t {
+            "(" if expect_operand => depth += 1,
+            ")" if !expect_operand && depth > 0 => depth -= 1,
+            "AND" | "OR" | "WITH" if !expect_operand => expect_operand = true,
+            t if expect_operand && identifier(t) => expect_operand = false,
+            _ => return false,
+        }
+    }
+    s.len() <= 128 && !tokens.is_empty() && !expect_operand && depth == 0
+}
+
 fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -327,4 +360,37 @@ pub fn sha256_file(path: &Path) -> Result<String, PackageError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_spdx_expression;
+
+    #[test]
+    fn licence_expressions_have_the_spdx_shape() {
+        for ok in [
+            "Apache-2.0",
+            "GPL-2.0-or-later",
+            "MIT",
+            "CC0-1.0",
+            "GPL-2.0-or-later AND MIT",
+            "(MIT OR Apache-2.0) AND GPL-2.0+",
+            "GPL-2.0-or-later WITH Classpath-exception-2.0",
+            "LicenseRef-vendor-eula",
+        ] {
+            assert!(is_spdx_expression(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Apache-2.0 (code and weights, as the repository)",
+            "MIT OR",
+            "AND MIT",
+            "(MIT",
+            "MIT)",
+            "MIT; rm -rf",
+            "-MIT",
+        ] {
+            assert!(!is_spdx_expression(bad), "{bad}");
+        }
+    }
 }

@@ -83,6 +83,23 @@ fn a_missing_file_and_a_bad_manifest_are_named() {
     let err = Package::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("unknown_key"), "{err}");
 
+    write_package(dir.path(), "1.0.0", b"backbone");
+    let text = std::fs::read_to_string(dir.path().join("manifest.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("manifest.toml"),
+        text.replace(
+            "licence = \"CC0-1.0\"",
+            "licence = \"free for research (ask us)\"",
+        ),
+    )
+    .unwrap();
+    let err = Package::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("licence must be the SPDX licence expression"),
+        "{err}"
+    );
+
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(
         Package::open(empty.path()),
