@@ -166,9 +166,20 @@ pub struct LearningConfig {
     /// Judge candidates on at most this many held-out cases (the most recent ones).
     #[serde(default = "default_max_holdout_cases")]
     pub max_holdout_cases: usize,
-    /// A candidate must beat the champion's mean Dice on the held-out cases by more than this.
+    /// The lower bound (at `gate_confidence`) of a candidate's mean Dice gain over the
+    /// champion on the held-out cases must exceed this.
     #[serde(default)]
     pub min_local_gain: f64,
+    /// Held-out cases with pixel labels needed before any fine-tuned head can be accepted.
+    #[serde(default = "default_min_holdout_cases")]
+    pub min_holdout_cases: usize,
+    /// Confidence of the gate's paired bootstrap bounds.
+    #[serde(default = "default_gate_confidence")]
+    pub gate_confidence: f64,
+    /// Largest loss the lower bound of one label's held-out Dice (and the held-out AUROC) may
+    /// show against the champion (non-inferiority).
+    #[serde(default = "default_local_margin")]
+    pub local_margin: f64,
     /// A candidate may lose at most this on the reference validation set (Dice per label,
     /// AUROC) against the global head.
     #[serde(default = "default_reference_margin")]
@@ -203,6 +214,9 @@ impl Default for LearningConfig {
             max_training_cases: default_max_training_cases(),
             max_holdout_cases: default_max_holdout_cases(),
             min_local_gain: 0.0,
+            min_holdout_cases: default_min_holdout_cases(),
+            gate_confidence: default_gate_confidence(),
+            local_margin: default_local_margin(),
             reference_margin: default_reference_margin(),
             seed: default_learning_seed(),
             epochs: default_epochs(),
@@ -231,6 +245,15 @@ fn default_max_holdout_cases() -> usize {
     16
 }
 fn default_reference_margin() -> f64 {
+    0.02
+}
+fn default_min_holdout_cases() -> usize {
+    5
+}
+fn default_gate_confidence() -> f64 {
+    0.95
+}
+fn default_local_margin() -> f64 {
     0.02
 }
 fn default_learning_seed() -> u64 {
@@ -997,6 +1020,11 @@ impl Config {
                 l.max_holdout_cases,
                 1..=10_000,
             ),
+            (
+                "learning.min_holdout_cases",
+                l.min_holdout_cases,
+                1..=10_000,
+            ),
             ("learning.epochs", l.epochs, 1..=1000),
             (
                 "learning.pixels_per_class",
@@ -1017,12 +1045,28 @@ impl Config {
         for (key, value, max) in [
             ("learning.min_local_gain", l.min_local_gain, 1.0),
             ("learning.reference_margin", l.reference_margin, 1.0),
+            ("learning.local_margin", l.local_margin, 1.0),
             ("learning.learning_rate", l.learning_rate, 10.0),
             ("learning.fedprox_mu", l.fedprox_mu, 1e6),
         ] {
             if !(value.is_finite() && (0.0..=max).contains(&value)) {
                 problem(key, format!("must be a number between 0 and {max}"));
             }
+        }
+        if !(l.gate_confidence.is_finite() && (0.5..=0.999).contains(&l.gate_confidence)) {
+            problem(
+                "learning.gate_confidence",
+                "must be a number between 0.5 and 0.999".into(),
+            );
+        }
+        if l.min_holdout_cases > l.max_holdout_cases {
+            problem(
+                "learning.min_holdout_cases",
+                format!(
+                    "must be at most max_holdout_cases ({}): the gate judges on no more",
+                    l.max_holdout_cases
+                ),
+            );
         }
         if l.learning_rate == 0.0 {
             problem("learning.learning_rate", "must be above 0".into());
@@ -1439,6 +1483,9 @@ mod tests {
             fedprox_mu = nan
             class_weights = [1.0, -1.0]
             cuda = true
+            min_holdout_cases = 20
+            gate_confidence = 0.3
+            local_margin = 2.0
         "#;
         let err = Config::from_toml(text, "test", Path::new(".")).unwrap_err();
         let ConfigError::Invalid { problems, .. } = err else {
@@ -1451,7 +1498,10 @@ mod tests {
             "learning.holdout_every",
             "learning.epochs",
             "learning.reference_margin",
+            "learning.local_margin",
             "learning.fedprox_mu",
+            "learning.gate_confidence",
+            "learning.min_holdout_cases",
             "learning.learning_rate",
         ];
         // A build with the feature may fine-tune on CUDA; one without names the key.
@@ -1465,6 +1515,8 @@ mod tests {
         let config = Config::from_toml(ok, "test", Path::new(".")).unwrap();
         assert_eq!(config.learning.min_new_cases, 8);
         assert_eq!(config.learning.fedprox_mu, 1.0);
+        assert_eq!(config.learning.min_holdout_cases, 5);
+        assert_eq!(config.learning.gate_confidence, 0.95);
     }
 
     #[test]

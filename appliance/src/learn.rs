@@ -15,8 +15,10 @@
 //! - Yielding: a fine-tune (and feature extraction) runs only while no inference job waits;
 //!   a watcher raises the cancel flag as soon as one does, the run stops at its next step and
 //!   starts over once the queue is idle. A cancelled run leaves no head and no record.
-//! - Gate: the candidate and the champion are scored on the held-out cases; the candidate and
-//!   the global head on the package's reference validation set ([`learning::gate`]). Every
+//! - Gate: the candidate and the champion are scored on the held-out cases (case by case, for
+//!   the gate's paired bootstrap; nothing is accepted on fewer than `min_holdout_cases`); the
+//!   candidate and the global head on the package's reference validation set
+//!   ([`learning::gate`]). Every
 //!   candidate is recorded with its lineage ([`crate::heads`]); an accepted one becomes the
 //!   champion in the same transaction.
 //!
@@ -870,10 +872,7 @@ impl Learner {
             &evaluate::score(&candidate, &holdout)?,
             &evaluate::score(&self.global, &reference)?,
             &evaluate::score(&candidate, &reference)?,
-            &GateConfig {
-                min_local_gain: l.min_local_gain,
-                reference_margin: l.reference_margin,
-            },
+            &gate_config(&l),
         );
         let metrics_json = serde_json::json!({
             "gate": decision,
@@ -1015,19 +1014,19 @@ impl Learner {
         let baseline_reference = evaluate::score(&self.global, &reference)?;
         let global_reference = evaluate::score(&head, &reference)?;
         let global_local = evaluate::score(&head, &holdout)?;
-        let gate_config = GateConfig {
-            min_local_gain: l.min_local_gain,
-            reference_margin: l.reference_margin,
-        };
+        let gate_config = gate_config(&l);
         let adopt_without_local_cases = self
             .config
             .federation
             .as_ref()
             .is_some_and(|f| f.adopt_without_local_cases);
-        let decision = if holdout.is_empty() && adopt_without_local_cases {
+        let evidence = holdout.iter().filter(|c| c.has_pixel_labels()).count();
+        let decision = if evidence < l.min_holdout_cases && adopt_without_local_cases {
             tracing::info!(
                 version,
-                "no local held-out case yet: the federated global head is judged on the reference set alone"
+                held_out = evidence,
+                min_holdout_cases = l.min_holdout_cases,
+                "too few local held-out cases to judge on: the federated global head is judged on the reference set alone"
             );
             gate::decide_on_reference_only(&baseline_reference, &global_reference, &gate_config)
         } else {
@@ -1140,6 +1139,17 @@ impl Learner {
                 Ok(false)
             }
         }
+    }
+}
+
+/// The gate as `[learning]` configures it.
+fn gate_config(l: &crate::config::LearningConfig) -> GateConfig {
+    GateConfig {
+        min_local_gain: l.min_local_gain,
+        reference_margin: l.reference_margin,
+        min_holdout_cases: l.min_holdout_cases,
+        confidence: l.gate_confidence,
+        local_margin: l.local_margin,
     }
 }
 

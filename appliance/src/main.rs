@@ -672,8 +672,18 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&h)?);
                 } else {
                     let gate = &h.metrics["gate"];
+                    // The paired bootstrap's lower bound of the gain, when there was one.
+                    let bound = match (
+                        gate["bootstrap"]["mean_lower"].as_f64(),
+                        gate["bootstrap"]["confidence"].as_f64(),
+                    ) {
+                        (Some(lower), Some(confidence)) => {
+                            format!(" (gain >= {lower:+.4} at {confidence})")
+                        }
+                        _ => String::new(),
+                    };
                     println!(
-                        "{:<7} {:<8} parent {:<7} {:<9} {:<3} cases {:<3} held-out Dice {} {}",
+                        "{:<7} {:<8} parent {:<7} {:<9} {:<3} cases {:<3} held-out Dice {}{bound} {}",
                         appliance::heads::describe(h.id),
                         h.state,
                         if h.id.is_some() {

@@ -37,9 +37,9 @@ pub struct FederationConfig {
     /// Longest a round's work may take on this site.
     #[serde(default = "default_max_round_seconds")]
     pub max_round_seconds: u64,
-    /// A site with no labelled held-out case yet has nothing of its own to judge a global
-    /// head on: take it when it passes the reference set alone (true), or keep the package's
-    /// head until the site has held-out cases (false).
+    /// A site with fewer labelled held-out cases than its gate needs (`[learning]
+    /// min_holdout_cases`) has nothing of its own to judge a global head on: take it when it
+    /// passes the reference set alone (true), or keep its head until it has them (false).
     #[serde(default = "default_true")]
     pub adopt_without_local_cases: bool,
 }

@@ -21,6 +21,7 @@ fn a_corrected_seg_from_dcmtk_leads_to_a_validated_head_the_next_study_uses_and_
     let mut app = Appliance::start_with_model(&|c| {
         set(c, "learning", "min_new_cases", 1);
         set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "min_holdout_cases", 1);
         set(c, "learning", "interval_hours", 0);
     });
     let site = tempfile::tempdir().unwrap();
@@ -52,6 +53,14 @@ fn a_corrected_seg_from_dcmtk_leads_to_a_validated_head_the_next_study_uses_and_
     eprintln!("fine-tune: {}", tuned["metrics"]["fine_tune"]);
     assert_eq!(global["state"], "global");
     assert_eq!(tuned["state"], "accepted", "{tuned}");
+    // The gate's paired bootstrap, over the one held-out case this test allows.
+    let bootstrap = &tuned["metrics"]["gate"]["bootstrap"];
+    assert_eq!(bootstrap["cases"], 1, "{bootstrap}");
+    assert_eq!(bootstrap["confidence"], 0.95, "{bootstrap}");
+    assert!(
+        bootstrap["mean_lower"].as_f64().unwrap() > 0.0,
+        "{bootstrap}"
+    );
     assert_eq!(tuned["champion"], true);
     assert_eq!(global["champion"], false);
     assert_eq!(tuned["parent"], serde_json::Value::Null);
@@ -150,6 +159,7 @@ fn learn_now_shows_progress_yields_to_a_new_study_and_the_gate_refuses_a_poisone
     let app = Appliance::start_with_model(&|c| {
         set(c, "learning", "min_new_cases", 100);
         set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "min_holdout_cases", 1);
         set(c, "learning", "interval_hours", 0);
         set(c, "learning", "epochs", 60);
         set(c, "learning", "pixels_per_class", 100_000);
@@ -254,6 +264,7 @@ fn without_a_reference_validation_set_no_head_can_pass_and_the_run_says_why() {
     let app = Appliance::start_with_package(package.path(), &|c| {
         set(c, "learning", "min_new_cases", 100);
         set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "min_holdout_cases", 1);
     });
     let site = tempfile::tempdir().unwrap();
     for (n, (tag, offset)) in [("A", [0.0, -10.0, 6.0]), ("B", [6.0, 8.0, -6.0])]

@@ -1188,6 +1188,7 @@ fn an_appliance_hands_its_fine_tuned_head_to_the_fleet_and_takes_the_global_head
     let app = Appliance::start_with_model(&|c| {
         set(c, "learning", "min_new_cases", 1);
         set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "min_holdout_cases", 1);
         set(c, "learning", "interval_hours", 0);
         c.insert(
             "federation".into(),
@@ -1483,7 +1484,7 @@ fn a_site_without_held_out_cases_takes_a_global_head_that_passes_the_reference_s
     assert_eq!(row["state"], "accepted", "{row}\n{}", logs());
     assert!(
         app.log()
-            .contains("no local held-out case yet: the federated global head is judged on the reference set alone"),
+            .contains("too few local held-out cases to judge on: the federated global head is judged on the reference set alone"),
         "{}",
         app.log()
     );

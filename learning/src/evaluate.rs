@@ -182,6 +182,9 @@ pub struct Scores {
     pub segmentation_cases: usize,
     /// Pooled over the cases with pixel labels, per label `1..classes` (index 0 is label 1).
     pub overlaps: Vec<Overlap>,
+    /// The same per case with pixel labels, in case order: what a paired bootstrap over the
+    /// cases resamples.
+    pub per_case: Vec<Vec<Overlap>>,
     /// Dice of each pooled overlap; NaN for every label when `segmentation_cases` is 0 (no
     /// Dice was measured, and an empty overlap's 1 would pretend a perfect score).
     pub dice: Vec<f64>,
@@ -196,6 +199,7 @@ pub struct Scores {
 pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
     let mut pooled = vec![Overlap::default(); head.classes.saturating_sub(1)];
     let mut segmentation_cases = 0;
+    let mut per_case = Vec::new();
     let mut study_probabilities = Vec::with_capacity(cases.len());
     let (mut scores, mut positive) = (Vec::new(), Vec::new());
     for (index, case) in cases.iter().enumerate() {
@@ -208,13 +212,11 @@ pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
         let inputs = study_inputs(head, case);
         if case.has_pixel_labels() {
             segmentation_cases += 1;
-            for (sum, o) in
-                pooled
-                    .iter_mut()
-                    .zip(overlaps(&inputs.labels, &case.labels, head.classes)?)
-            {
-                sum.add(&o);
+            let case_overlaps = overlaps(&inputs.labels, &case.labels, head.classes)?;
+            for (sum, o) in pooled.iter_mut().zip(&case_overlaps) {
+                sum.add(o);
             }
+            per_case.push(case_overlaps);
         }
         let p = head.classify(inputs.max_probability, inputs.ml);
         study_probabilities.push(p);
@@ -237,6 +239,7 @@ pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
         segmentation_cases,
         dice,
         overlaps: pooled,
+        per_case,
         study_probabilities,
         auroc,
     })

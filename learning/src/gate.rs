@@ -1,12 +1,16 @@
 //! The validation gate (champion/challenger): whether a fine-tuned candidate head may replace
 //! the champion. Learning must never make the model worse, so a candidate is accepted only if
-//! - on the site's held-out cases its mean Dice over the labels beats the champion's by more
-//!   than `min_local_gain` (strictly better: a tie keeps the champion), no label's Dice and,
-//!   where both heads have one, not the AUROC is lower than the champion's by more than
-//!   `reference_margin` (a gain on one label cannot pay for a loss on another). Held-out
-//!   cases without any pixel label (study labels only) measure no Dice: the candidate must
-//!   then beat the champion's AUROC by more than `min_local_gain`, and nothing else counts
-//!   as better locally;
+//! - the site has at least `min_holdout_cases` held-out cases with pixel labels, and a paired
+//!   bootstrap over them (both heads scored on the same resampled cases, [`BOOTSTRAP_RESAMPLES`]
+//!   resamples, a fixed seed so a decision can be reproduced) shows, at `confidence`, an
+//!   improvement of the mean Dice over the labels by more than `min_local_gain` (the lower
+//!   bound of the gain above it: a tie, or a gain that rests on one case, keeps the champion)
+//!   and non-inferiority on every label (the lower bound of each label's change at least
+//!   `-local_margin`: a gain on one label cannot pay for a loss on another); where both heads
+//!   have a local AUROC, it is not lower than the champion's by more than `local_margin`.
+//!   Held-out cases without any pixel label (study labels only) measure no Dice: the
+//!   candidate must then beat the champion's AUROC by more than `min_local_gain`, and nothing
+//!   else counts as better locally;
 //! - on the reference validation set every label's Dice, and the AUROC where defined, is
 //!   within `reference_margin` of the baseline's (a reference set without pixel labels
 //!   cannot guard the Dice, and refuses). The caller chooses the baseline; the
@@ -15,15 +19,27 @@
 //!
 //! The decision lists every condition that failed, so a refusal says why.
 
-use crate::evaluate::Scores;
+use crate::evaluate::{Overlap, Scores};
+use radiant_core::rng::SplitMix64;
 use serde::Serialize;
+
+/// Resamples of the paired bootstrap.
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+/// Its seed: the same scores always get the same decision.
+const BOOTSTRAP_SEED: u64 = 0x6a7e_b007;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateConfig {
-    /// The candidate's mean local Dice must exceed the champion's by more than this.
+    /// The lower bound of the candidate's mean local Dice gain must exceed this.
     pub min_local_gain: f64,
     /// Largest drop allowed on the reference set (Dice per label, AUROC).
     pub reference_margin: f64,
+    /// Held-out cases with pixel labels needed before any candidate can be accepted.
+    pub min_holdout_cases: usize,
+    /// Confidence of the one-sided bootstrap bounds (0.5 to 0.999).
+    pub confidence: f64,
+    /// Largest drop of one label's local Dice (its lower bound) and of the local AUROC.
+    pub local_margin: f64,
 }
 
 impl Default for GateConfig {
@@ -31,8 +47,92 @@ impl Default for GateConfig {
         GateConfig {
             min_local_gain: 0.0,
             reference_margin: 0.02,
+            min_holdout_cases: 5,
+            confidence: 0.95,
+            local_margin: 0.02,
         }
     }
+}
+
+/// A paired bootstrap of candidate minus champion over the held-out cases.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bootstrap {
+    pub cases: usize,
+    pub resamples: usize,
+    pub confidence: f64,
+    /// Mean Dice over the labels: the change on the cases as they are, and its lower bound.
+    pub mean_change: f64,
+    pub mean_lower: f64,
+    /// Per label (index 0 is label 1): the change and its lower bound.
+    pub label_changes: Vec<f64>,
+    pub label_lowers: Vec<f64>,
+}
+
+fn pooled_dice(per_case: &[Vec<Overlap>], picks: &[usize], labels: usize) -> Vec<f64> {
+    let mut pooled = vec![Overlap::default(); labels];
+    for &c in picks {
+        for (sum, o) in pooled.iter_mut().zip(&per_case[c]) {
+            sum.add(o);
+        }
+    }
+    pooled.iter().map(Overlap::dice).collect()
+}
+
+/// Candidate minus champion, per label and on the mean over labels, on the held-out cases
+/// and on [`BOOTSTRAP_RESAMPLES`] resamples of them (the same resampled cases for both); the
+/// lower bounds are the `1 - confidence` quantiles. `None` unless both list the same number
+/// (at least one) of cases with the same labels.
+pub fn paired_bootstrap(
+    champion: &[Vec<Overlap>],
+    candidate: &[Vec<Overlap>],
+    confidence: f64,
+) -> Option<Bootstrap> {
+    let n = champion.len();
+    let labels = champion.first()?.len();
+    if n == 0
+        || candidate.len() != n
+        || labels == 0
+        || champion.iter().chain(candidate).any(|c| c.len() != labels)
+    {
+        return None;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let all: Vec<usize> = (0..n).collect();
+    let (a, b) = (
+        pooled_dice(champion, &all, labels),
+        pooled_dice(candidate, &all, labels),
+    );
+    let label_changes: Vec<f64> = b.iter().zip(&a).map(|(b, a)| b - a).collect();
+    let mean_change = mean(&b) - mean(&a);
+    let mut rng = SplitMix64::new(BOOTSTRAP_SEED);
+    let mut means = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
+    let mut per_label = vec![Vec::with_capacity(BOOTSTRAP_RESAMPLES); labels];
+    let mut picks = vec![0; n];
+    for _ in 0..BOOTSTRAP_RESAMPLES {
+        picks.iter_mut().for_each(|p| *p = rng.below(n));
+        let (a, b) = (
+            pooled_dice(champion, &picks, labels),
+            pooled_dice(candidate, &picks, labels),
+        );
+        means.push(mean(&b) - mean(&a));
+        for (k, list) in per_label.iter_mut().enumerate() {
+            list.push(b[k] - a[k]);
+        }
+    }
+    let lower = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let q = (1.0 - confidence).clamp(0.0, 1.0);
+        v[((q * (v.len() - 1) as f64).floor() as usize).min(v.len() - 1)]
+    };
+    Some(Bootstrap {
+        cases: n,
+        resamples: BOOTSTRAP_RESAMPLES,
+        confidence,
+        mean_change,
+        mean_lower: lower(&mut means),
+        label_changes,
+        label_lowers: per_label.iter_mut().map(lower).collect(),
+    })
 }
 
 /// What the gate measured and decided.
@@ -57,6 +157,8 @@ pub struct Decision {
     pub reference_candidate: Vec<f64>,
     pub reference_auroc_baseline: Option<f64>,
     pub reference_auroc_candidate: Option<f64>,
+    /// The paired bootstrap the local Dice conditions were decided on, when there was one.
+    pub bootstrap: Option<Bootstrap>,
 }
 
 /// Mean Dice over the labels: what "better on local data" compares (NaN for scores that
@@ -81,8 +183,9 @@ pub fn decide(
     let (champion, candidate) = (mean_dice(champion_local), mean_dice(candidate_local));
     let local_dice_measured =
         champion_local.segmentation_cases > 0 && candidate_local.segmentation_cases > 0;
+    let mut bootstrap = None;
     if local_dice_measured {
-        local_dice_conditions(
+        bootstrap = local_dice_conditions(
             (champion, candidate),
             champion_local,
             candidate_local,
@@ -125,6 +228,7 @@ pub fn decide(
         reference_candidate: candidate_reference.dice.clone(),
         reference_auroc_baseline: baseline_reference.auroc,
         reference_auroc_candidate: candidate_reference.auroc,
+        bootstrap,
     }
 }
 
@@ -157,6 +261,7 @@ pub fn decide_on_reference_only(
         reference_candidate: candidate_reference.dice.clone(),
         reference_auroc_baseline: baseline_reference.auroc,
         reference_auroc_candidate: candidate_reference.auroc,
+        bootstrap: None,
     }
 }
 
@@ -207,59 +312,125 @@ fn reference_conditions(
 }
 
 /// The local conditions when both heads' held-out scores measured Dice (`champion` and
-/// `candidate` their means): a mean gain, no label's Dice and not the AUROC lower by more
-/// than the margin.
+/// `candidate` their means): enough cases, then the paired bootstrap's lower bounds; the
+/// bootstrap, when the scores pair.
 fn local_dice_conditions(
     (champion, candidate): (f64, f64),
     champion_local: &Scores,
     candidate_local: &Scores,
     config: &GateConfig,
     reasons: &mut Vec<String>,
-) {
-    if !(candidate > champion + config.min_local_gain) {
+) -> Option<Bootstrap> {
+    let cases = candidate_local.segmentation_cases;
+    if cases < config.min_holdout_cases {
         reasons.push(format!(
-            "local held-out mean Dice {candidate:.4} does not beat the champion's {champion:.4} \
-             by more than {}",
-            config.min_local_gain
+            "{cases} local held-out cases with pixel labels; at least {} are needed before a \
+             head can replace the champion",
+            config.min_holdout_cases
         ));
     }
-    for (label, (before, after)) in champion_local
-        .dice
-        .iter()
-        .zip(&candidate_local.dice)
-        .enumerate()
-    {
-        if !(*after >= before - config.reference_margin) {
-            reasons.push(format!(
-                "local held-out Dice of label {} fell from {before:.4} to {after:.4}, more \
-                 than the margin {}",
-                label + 1,
-                config.reference_margin
-            ));
+    let paired = champion_local.per_case.len() == champion_local.segmentation_cases
+        && candidate_local.per_case.len() == cases
+        && champion_local.segmentation_cases == cases;
+    let bootstrap = if paired {
+        paired_bootstrap(
+            &champion_local.per_case,
+            &candidate_local.per_case,
+            config.confidence,
+        )
+    } else {
+        None
+    };
+    let confidence = config.confidence;
+    match &bootstrap {
+        None => reasons.push(
+            "the local held-out scores do not pair case by case: no bootstrap, no decision"
+                .to_string(),
+        ),
+        Some(b) => {
+            // NaN never passes: the comparisons are written to fail on it.
+            if !(b.mean_lower > config.min_local_gain) {
+                reasons.push(format!(
+                    "local held-out mean Dice {candidate:.4} does not beat the champion's \
+                     {champion:.4} with {confidence} confidence: the lower bound of the gain is \
+                     {:+.4}, not above {} (paired bootstrap over {} cases)",
+                    b.mean_lower, config.min_local_gain, b.cases
+                ));
+            }
+            for (label, (change, lower)) in b.label_changes.iter().zip(&b.label_lowers).enumerate()
+            {
+                if !(*lower >= -config.local_margin) {
+                    reasons.push(format!(
+                        "local held-out Dice of label {} changed by {change:+.4}; its lower bound \
+                         at {confidence} confidence is {lower:+.4}, below -{} (paired bootstrap \
+                         over {} cases)",
+                        label + 1,
+                        config.local_margin,
+                        b.cases
+                    ));
+                }
+            }
         }
     }
     if let (Some(before), Some(after)) = (champion_local.auroc, candidate_local.auroc) {
-        if !(after >= before - config.reference_margin) {
+        if !(after >= before - config.local_margin) {
             reasons.push(format!(
                 "local held-out AUROC {after:.4} is below the champion's {before:.4} by more \
                  than {}",
-                config.reference_margin
+                config.local_margin
             ));
         }
     }
+    bootstrap
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evaluate::Overlap;
 
-    fn scores(dice: &[f64], auroc: Option<f64>) -> Scores {
+    /// Scores on held-out cases whose Dice per label are given case by case (overlaps of a
+    /// million pixels each).
+    fn cases(per_case_dice: &[&[f64]], auroc: Option<f64>) -> Scores {
+        let per_case: Vec<Vec<Overlap>> = per_case_dice
+            .iter()
+            .map(|d| {
+                d.iter()
+                    .map(|d| Overlap {
+                        intersection: (d * 1e6).round() as u64,
+                        predicted: 1_000_000,
+                        reference: 1_000_000,
+                    })
+                    .collect()
+            })
+            .collect();
+        let labels = per_case.first().map_or(0, Vec::len);
+        let mut overlaps = vec![Overlap::default(); labels];
+        for case in &per_case {
+            for (sum, o) in overlaps.iter_mut().zip(case) {
+                sum.add(o);
+            }
+        }
         Scores {
-            segmentation_cases: 1,
-            overlaps: Vec::new(),
-            dice: dice.to_vec(),
+            segmentation_cases: per_case.len(),
+            dice: overlaps.iter().map(Overlap::dice).collect(),
+            overlaps,
+            per_case,
             study_probabilities: Vec::new(),
             auroc,
+        }
+    }
+
+    /// One case.
+    fn scores(dice: &[f64], auroc: Option<f64>) -> Scores {
+        cases(&[dice], auroc)
+    }
+
+    /// The default gate, except that one held-out case is enough.
+    fn one_case() -> GateConfig {
+        GateConfig {
+            min_holdout_cases: 1,
+            ..GateConfig::default()
         }
     }
 
@@ -289,7 +460,7 @@ mod tests {
             &scores(&[0.9, 0.6], None),
             &scores(&[0.98, 0.88], Some(0.95)),
             &scores(&[0.975, 0.87], Some(0.94)),
-            &GateConfig::default(),
+            &one_case(),
         );
         assert!(d.accepted, "{:?}", d.reasons);
         assert!((d.local_candidate - 0.75).abs() < 1e-12);
@@ -297,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_tie_a_local_loss_or_forgetting_the_reference_set_is_refused_with_each_reason() {
-        let c = GateConfig::default();
+        let c = one_case();
         let tie = decide(
             &scores(&[0.9, 0.5], None),
             &scores(&[0.9, 0.5], None),
@@ -362,7 +533,11 @@ mod tests {
         // NaN scores never pass.
         let nan = decide(
             &scores(&[0.5], None),
-            &scores(&[f64::NAN], None),
+            &Scores {
+                dice: vec![f64::NAN],
+                per_case: Vec::new(),
+                ..scores(&[0.5], None)
+            },
             &scores(&[0.5], None),
             &scores(&[0.5], None),
             &c,
@@ -374,13 +549,15 @@ mod tests {
     fn study_only(auroc: Option<f64>) -> Scores {
         Scores {
             segmentation_cases: 0,
-            ..scores(&[f64::NAN, f64::NAN], auroc)
+            dice: vec![f64::NAN, f64::NAN],
+            per_case: Vec::new(),
+            ..scores(&[0.0, 0.0], auroc)
         }
     }
 
     #[test]
     fn held_out_cases_without_pixel_labels_are_compared_on_auroc_alone() {
-        let c = GateConfig::default();
+        let c = one_case();
         let reference = scores(&[0.9, 0.8], Some(0.9));
         let decide_local = |champion: &Scores, candidate: &Scores| {
             decide(champion, candidate, &reference, &reference, &c)
@@ -420,5 +597,126 @@ mod tests {
         assert!(!d.accepted);
         assert_eq!(d.reasons.len(), 1, "{:?}", d.reasons);
         assert!(d.reasons[0].contains("reference set"), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn fewer_held_out_cases_than_the_minimum_accept_nothing() {
+        let better: Vec<&[f64]> = vec![&[0.9, 0.8]; 4];
+        let worse: Vec<&[f64]> = vec![&[0.9, 0.5]; 4];
+        let reference = scores(&[0.9, 0.8], None);
+        let d = decide(
+            &cases(&worse, None),
+            &cases(&better, None),
+            &reference,
+            &reference,
+            &GateConfig::default(),
+        );
+        assert!(!d.accepted);
+        assert!(
+            d.reasons[0].contains("4 local held-out cases with pixel labels; at least 5"),
+            "{:?}",
+            d.reasons
+        );
+        // The same gain on five cases is accepted.
+        let better: Vec<&[f64]> = vec![&[0.9, 0.8]; 5];
+        let worse: Vec<&[f64]> = vec![&[0.9, 0.5]; 5];
+        let d = decide(
+            &cases(&worse, None),
+            &cases(&better, None),
+            &reference,
+            &reference,
+            &GateConfig::default(),
+        );
+        assert!(d.accepted, "{:?}", d.reasons);
+        let b = d.bootstrap.expect("figures");
+        assert_eq!((b.cases, b.resamples), (5, BOOTSTRAP_RESAMPLES));
+        assert!((b.mean_change - 0.15).abs() < 1e-9 && (b.mean_lower - 0.15).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_gain_that_rests_on_one_case_or_on_noise_is_refused_and_a_steady_one_accepted() {
+        let reference = scores(&[0.9, 0.8], None);
+        let gate = |champion: &[&[f64]], candidate: &[&[f64]]| {
+            decide(
+                &cases(champion, None),
+                &cases(candidate, None),
+                &reference,
+                &reference,
+                &GateConfig::default(),
+            )
+        };
+        // Equal on seven cases, far better on one (a mislabelled case, say): the mean rises
+        // by 0.05, but a resample without that case shows no gain.
+        let mut champion: Vec<&[f64]> = vec![&[0.9, 0.6]; 8];
+        let mut candidate = champion.clone();
+        candidate[3] = &[0.9, 1.0];
+        champion[3] = &[0.9, 0.2];
+        let d = gate(&champion, &candidate);
+        assert!(!d.accepted);
+        assert!(d.reasons[0].contains("does not beat"), "{:?}", d.reasons);
+        let b = d.bootstrap.unwrap();
+        assert!(b.mean_change > 0.04 && b.mean_lower <= 0.0, "{b:?}");
+
+        // Better on half the cases, worse on the other half, a small gain on the mean.
+        let up: &[f64] = &[0.9, 0.8];
+        let down: &[f64] = &[0.9, 0.5];
+        let champion: Vec<&[f64]> = (0..10)
+            .map(|i| if i % 2 == 0 { down } else { up })
+            .collect();
+        let candidate: Vec<&[f64]> = (0..10)
+            .map(|i| {
+                if i % 2 == 0 {
+                    &[0.9, 0.82][..]
+                } else {
+                    &[0.9, 0.5][..]
+                }
+            })
+            .collect();
+        assert!(!gate(&champion, &candidate).accepted);
+
+        // The same small gain on every case.
+        let champion: Vec<&[f64]> = vec![&[0.9, 0.6]; 10];
+        let candidate: Vec<&[f64]> = vec![&[0.9, 0.62]; 10];
+        let d = gate(&champion, &candidate);
+        assert!(d.accepted, "{:?}", d.reasons);
+
+        // A gain on one label paid for by a steady loss on the other: non-inferiority fails.
+        let champion: Vec<&[f64]> = vec![&[0.9, 0.6]; 10];
+        let candidate: Vec<&[f64]> = vec![&[0.85, 0.75]; 10];
+        let d = gate(&champion, &candidate);
+        assert!(!d.accepted);
+        assert!(
+            d.reasons[0].contains("local held-out Dice of label 1"),
+            "{:?}",
+            d.reasons
+        );
+    }
+
+    #[test]
+    fn the_bootstrap_is_reproducible_and_refuses_unpaired_scores() {
+        let a: Vec<Vec<Overlap>> = (0..7)
+            .map(|i| {
+                vec![Overlap {
+                    intersection: 50 + i,
+                    predicted: 100,
+                    reference: 100,
+                }]
+            })
+            .collect();
+        let b: Vec<Vec<Overlap>> = a
+            .iter()
+            .map(|c| {
+                vec![Overlap {
+                    intersection: c[0].intersection + 3,
+                    ..c[0]
+                }]
+            })
+            .collect();
+        assert_eq!(
+            paired_bootstrap(&a, &b, 0.95),
+            paired_bootstrap(&a, &b, 0.95)
+        );
+        assert!(paired_bootstrap(&a, &b[..6], 0.95).is_none());
+        assert!(paired_bootstrap(&[], &[], 0.95).is_none());
     }
 }

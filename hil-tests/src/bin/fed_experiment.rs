@@ -230,6 +230,10 @@ fn appliance_defaults(path: &Path) -> Result<Defaults> {
         gate: GateConfig {
             min_local_gain: float("min_local_gain")?,
             reference_margin: float("reference_margin")?,
+            min_holdout_cases: usize::try_from(int("min_holdout_cases")?)
+                .context("learning.min_holdout_cases")?,
+            confidence: float("gate_confidence")?,
+            local_margin: float("local_margin")?,
         },
     })
 }
