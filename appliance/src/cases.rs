@@ -98,6 +98,8 @@ pub struct CaseView {
 struct Label {
     study_uid: Option<String>,
     series_uid: String,
+    /// SHA-256 (hex) of the labelled series' issuer and Patient ID, when it has one.
+    patient_key: Option<String>,
     content: Content,
 }
 
@@ -215,6 +217,7 @@ fn finding_of(
     Ok(Label {
         study_uid: Some(report.study_uid),
         series_uid,
+        patient_key: None,
         content: Content::Finding(present),
     })
 }
@@ -279,9 +282,17 @@ fn label_of(
         volume::build(&files, &Limits::default()).map_err(|e| CaseError::Volume(e.to_string()))?;
     let segments =
         seg::reproject(&decoded, &series).map_err(|e| CaseError::Geometry(e.to_string()))?;
+    let patient_key = series.patient_identity().map(|who| {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(who.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
     Ok(Label {
         study_uid: decoded.study_uid.clone().or(Some(series.study_uid.clone())),
         series_uid,
+        patient_key,
         content: Content::Segmentation(segments.iter().map(|s| map[usize::from(*s)]).collect()),
     })
 }
@@ -328,7 +339,8 @@ pub fn ingest(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (label_sop_uid) DO UPDATE SET origin = excluded.origin,
              state = excluded.state, reason = excluded.reason, model_id = excluded.model_id,
-             study_uid = NULL, series_uid = NULL, labels_path = NULL, label_voxels_json = NULL,
+             study_uid = NULL, series_uid = NULL, patient_key = NULL, labels_path = NULL,
+             label_voxels_json = NULL,
              kind = ?7, finding = NULL, created_at_ms = excluded.created_at_ms
          RETURNING id",
         params![
@@ -347,6 +359,7 @@ pub fn ingest(
             study_uid,
             series_uid,
             content: Content::Finding(present),
+            ..
         }) => {
             tx.execute(
                 "UPDATE cases SET study_uid = ?2, series_uid = ?3, kind = ?5,
@@ -362,6 +375,7 @@ pub fn ingest(
         Ok(Label {
             study_uid,
             series_uid,
+            patient_key,
             content: Content::Segmentation(labels),
         }) => {
             let mut counts = BTreeMap::new();
@@ -379,13 +393,14 @@ pub fn ingest(
             }
             tx.execute(
                 "UPDATE cases SET study_uid = ?2, series_uid = ?3, labels_path = ?4,
-                     label_voxels_json = ?5 WHERE id = ?1",
+                     label_voxels_json = ?5, patient_key = ?6 WHERE id = ?1",
                 params![
                     id,
                     study_uid,
                     series_uid,
                     dir.join("labels.u8").to_string_lossy(),
-                    serde_json::to_string(&counts)?
+                    serde_json::to_string(&counts)?,
+                    patient_key
                 ],
             )?;
             tx.commit()?;

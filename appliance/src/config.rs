@@ -155,8 +155,8 @@ pub struct LearningConfig {
     /// schedule).
     #[serde(default = "default_interval_hours")]
     pub interval_hours: u64,
-    /// Every n-th accepted case, from the first, is held out for validation and never trained
-    /// on.
+    /// Cases are grouped by patient (else series); the first and every n-th group is held out
+    /// for validation and never trained on.
     #[serde(default = "default_holdout_every")]
     pub holdout_every: usize,
     /// Train on at most this many cases (the most recent ones); only these and the held-out

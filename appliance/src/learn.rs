@@ -2,8 +2,12 @@
 //! of the head runs when it is due, and the gate decides whether its result replaces the
 //! champion that inference uses.
 //!
-//! - Split: every case gets a split the first time the learner sees it, and keeps it: a case
-//!   whose id is 1 modulo `holdout_every` is held out (never trained on), the others train.
+//! - Split: every case gets a split the first time the learner sees it, and keeps it. Cases
+//!   are grouped by patient (the key intake stored: a hash of issuer and Patient ID), else by
+//!   series, else alone; every case of a group takes the split its group already has, and a
+//!   new group is held out (never trained on) when it is the first, or every
+//!   `holdout_every`-th, group of the model. So two labels of one patient, or of one series,
+//!   never land on both sides.
 //! - Features: for each accepted case, the backbone runs once on its series (from the spool)
 //!   and its features `[slices, features, plane]` (f32, little endian) and its labels on the
 //!   model grid are written to `<data_dir>/cases/<id>/`, fsync'd before their row commits.
@@ -357,20 +361,11 @@ impl Learner {
 
     /// Give every accepted case of the model without a split its split.
     fn assign_splits(&self, conn: &Connection) -> rusqlite::Result<()> {
-        conn.execute(
-            "INSERT INTO case_splits (case_id, split)
-             SELECT id, CASE WHEN id % ?2 = 1 % ?2 THEN ?3 ELSE ?4 END
-             FROM cases WHERE state = ?5 AND model_id = ?1
-               AND id NOT IN (SELECT case_id FROM case_splits)",
-            params![
-                self.manifest().id,
-                self.config.learning.holdout_every as i64,
-                Split::Holdout,
-                Split::Train,
-                CaseState::Accepted
-            ],
-        )?;
-        Ok(())
+        assign_splits(
+            conn,
+            &self.manifest().id,
+            self.config.learning.holdout_every,
+        )
     }
 
     /// The cases whose features the learner keeps: the most recent `max_training_cases`
@@ -1142,6 +1137,63 @@ impl Learner {
     }
 }
 
+/// A case's group for the split: its patient, else its series, else itself.
+const SPLIT_GROUP: &str =
+    "COALESCE('patient:' || c.patient_key, 'series:' || c.series_uid, 'case:' || c.id)";
+
+/// Split every accepted case of `model` that has none (in id order, in one transaction): the
+/// split of its group if the group has one, else held out when the group is the first or
+/// every `holdout_every`-th group of the model.
+fn assign_splits(conn: &Connection, model: &str, holdout_every: usize) -> rusqlite::Result<()> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let pending: Vec<(i64, String)> = tx
+        .prepare(&format!(
+            "SELECT c.id, {SPLIT_GROUP} FROM cases c
+             WHERE c.state = ?2 AND c.model_id = ?1
+               AND c.id NOT IN (SELECT case_id FROM case_splits) ORDER BY c.id"
+        ))?
+        .query_map(params![model, CaseState::Accepted], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let every = holdout_every.max(1) as i64;
+    for (id, group) in pending {
+        let known: Option<Split> = tx
+            .query_row(
+                &format!(
+                    "SELECT s.split FROM case_splits s JOIN cases c ON c.id = s.case_id
+                     WHERE c.model_id = ?1 AND {SPLIT_GROUP} = ?2 LIMIT 1"
+                ),
+                params![model, group],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let split = match known {
+            Some(split) => split,
+            None => {
+                let groups: i64 = tx.query_row(
+                    &format!(
+                        "SELECT COUNT(DISTINCT {SPLIT_GROUP}) FROM case_splits s
+                         JOIN cases c ON c.id = s.case_id WHERE c.model_id = ?1"
+                    ),
+                    [model],
+                    |r| r.get(0),
+                )?;
+                if groups % every == 0 {
+                    Split::Holdout
+                } else {
+                    Split::Train
+                }
+            }
+        };
+        tx.execute(
+            "INSERT INTO case_splits (case_id, split) VALUES (?1, ?2)",
+            params![id, split],
+        )?;
+    }
+    tx.commit()
+}
+
 /// The gate as `[learning]` configures it.
 fn gate_config(l: &crate::config::LearningConfig) -> GateConfig {
     GateConfig {
@@ -1181,6 +1233,57 @@ mod tests {
             params![id, finding],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn cases_of_one_patient_or_one_series_land_on_one_side_of_the_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        let add = |id: i64, patient: Option<&str>, series: &str| {
+            conn.execute(
+                "INSERT INTO cases (id, label_sop_uid, origin, state, series_uid, patient_key,
+                     model_id, created_at_ms)
+                 VALUES (?1, ?2, 'dicom', 'accepted', ?3, ?4, 'm', ?1)",
+                params![id, format!("sop{id}"), series, patient],
+            )
+            .unwrap();
+        };
+        // Patients P1 (two series), P2, P3, P4; a series without a patient key twice; P1
+        // again later.
+        add(1, Some("P1"), "S1");
+        add(2, Some("P1"), "S2");
+        add(3, Some("P2"), "S3");
+        add(4, None, "S4");
+        add(5, None, "S4");
+        add(6, Some("P3"), "S5");
+        add(7, Some("P4"), "S6");
+        assign_splits(&conn, "m", 2).unwrap();
+        add(8, Some("P1"), "S7");
+        add(9, Some("P2"), "S8");
+        assign_splits(&conn, "m", 2).unwrap();
+        let split = |id: i64| -> Split {
+            conn.query_row(
+                "SELECT split FROM case_splits WHERE case_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        // Groups in order: P1 (held out), P2, series S4 (held out), P3, P4 (held out).
+        let expected = [
+            (1, Split::Holdout),
+            (2, Split::Holdout),
+            (3, Split::Train),
+            (4, Split::Holdout),
+            (5, Split::Holdout),
+            (6, Split::Train),
+            (7, Split::Holdout),
+            (8, Split::Holdout),
+            (9, Split::Train),
+        ];
+        for (id, want) in expected {
+            assert_eq!(split(id), want, "case {id}");
+        }
     }
 
     #[test]

@@ -113,6 +113,16 @@ pub struct SeriesVolume {
     pub sources: Vec<SliceSource>,
 }
 
+impl SeriesVolume {
+    /// Who the series is of, for grouping (never for a log): `issuer\\patient id` from its
+    /// header, or `None` when the Patient ID is empty or absent.
+    pub fn patient_identity(&self) -> Option<String> {
+        let id = text(&self.header, tags::PATIENT_ID)?;
+        let issuer = text(&self.header, tags::ISSUER_OF_PATIENT_ID).unwrap_or_default();
+        Some(format!("{issuer}\\{id}"))
+    }
+}
+
 /// One frame's geometry, before ordering.
 struct Frame {
     instance: usize,

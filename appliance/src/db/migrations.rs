@@ -37,10 +37,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 4,
         apply: intake_attempts,
     },
+    Migration {
+        version: 5,
+        apply: case_patient_key,
+    },
 ];
 
 /// The schema version this code writes and reads: the last migration's.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
 /// Migration 1: the tables of the releases before numbered migrations, created where missing;
@@ -77,6 +81,11 @@ fn protected_studies(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// retried for ever.
 fn intake_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(schema::INTAKE_ATTEMPTS)
+}
+
+/// Migration 5: cases keep a key of their patient, for a learning split by patient.
+fn case_patient_key(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(schema::CASE_PATIENT_KEY)
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {

@@ -32,6 +32,10 @@ pub(super) const JOB_ATTEMPTS: &str =
 /// `intake_attempts`: label objects whose intake as a case has started and not yet been
 /// recorded, with how often it started ([`crate::cases::begin_intake`]). A row left behind is
 /// an intake that took the process down.
+/// Cases remember whose they are (SHA-256 of issuer and Patient ID: never the ID itself), so
+/// that every case of one patient lands on the same side of the learning split.
+pub(super) const CASE_PATIENT_KEY: &str = "ALTER TABLE cases ADD COLUMN patient_key TEXT;";
+
 pub(super) const INTAKE_ATTEMPTS: &str = "
 CREATE TABLE IF NOT EXISTS intake_attempts (
     label_sop_uid   TEXT PRIMARY KEY,
