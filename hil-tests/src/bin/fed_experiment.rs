@@ -1244,11 +1244,16 @@ fn run() -> Result<()> {
         "Each site's champion starts as the shipped head; every candidate the site sees, in the \
          appliance's order (federated: per round its own fine-tune from the current global, then \
          the new global), replaces it only when `learning::gate::decide` accepts it on the \
-         site's {} gate cases and the reference set (min_local_gain {}, reference_margin \
-         {margin}). The gate cases are separate from the held-out cases scored here. Simplified: \
-         every site sends its update every round, where the appliance sends only fine-tunes \
-         its gate accepted.",
-        options.gate_cases, defaults.gate.min_local_gain
+         site's {} gate cases and the reference set (the appliance's gate: paired bootstrap at \
+         confidence {}, at least {} cases, min_local_gain {}, local_margin {}, \
+         reference_margin {margin}). The gate cases are separate from the held-out cases scored \
+         here. Simplified: every site sends its update every round, where the appliance sends \
+         only fine-tunes its gate accepted.",
+        options.gate_cases,
+        defaults.gate.confidence,
+        defaults.gate.min_holdout_cases,
+        defaults.gate.min_local_gain,
+        defaults.gate.local_margin
     );
     println!();
 
