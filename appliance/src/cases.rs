@@ -280,8 +280,18 @@ fn label_of(
         .files;
     let series =
         volume::build(&files, &Limits::default()).map_err(|e| CaseError::Volume(e.to_string()))?;
-    let segments =
-        seg::reproject(&decoded, &series).map_err(|e| CaseError::Geometry(e.to_string()))?;
+    // Overlapping segments (a lesion painted over the brain) go to the label of higher
+    // priority, as the manifest declares it.
+    let priority = |segment: u8| -> u32 {
+        let value = map[usize::from(segment)];
+        manifest
+            .labels
+            .iter()
+            .find(|l| l.value == value)
+            .map_or(u32::from(value), |l| l.priority.unwrap_or(u32::from(value)))
+    };
+    let segments = seg::reproject_resolving(&decoded, &series, Some(&priority))
+        .map_err(|e| CaseError::Geometry(e.to_string()))?;
     let patient_key = series.patient_identity().map(|who| {
         use sha2::{Digest, Sha256};
         Sha256::digest(who.as_bytes())

@@ -113,6 +113,11 @@ pub struct LabelSpec {
     /// What the label is, specifically. Needed to export a segmentation.
     #[serde(rename = "type")]
     pub property_type: Option<Code>,
+    /// Where the segments of a received correction overlap, the label of higher priority
+    /// takes the voxel (a lesion painted over the brain it lies in); default: the label's
+    /// value.
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -344,3 +344,40 @@ fn a_seg_pixel_mapping_past_the_source_slice_is_refused_not_wrapped_into_the_nex
         Ok(_) => panic!("a pixel past the last column was re-projected (into the next row)"),
     }
 }
+
+/// A reader's tool paints a lesion over the brain it lies in: segments 1 and 2 overlap. Plain
+/// re-projection refuses it with a reason about that SEG (not the export check's wording);
+/// with priorities the higher segment takes the shared voxels, and equal priorities refuse.
+#[test]
+fn overlapping_segments_go_to_the_higher_priority_or_are_refused_with_the_reason() {
+    let paths = ct_series();
+    let series = build(&paths[..10], &Limits::default()).unwrap();
+    let labels = labels_of(&series.volume);
+    let mut decoded = seg::decode(&seg_of(&series, &labels).bytes).unwrap();
+    // A copy of a segment-1 frame, claimed by segment 2: every pixel of it overlaps.
+    let mut painted = decoded
+        .frames
+        .iter()
+        .find(|f| f.segment == 1 && f.mask.iter().any(|m| *m))
+        .cloned()
+        .unwrap();
+    painted.segment = 2;
+    let overlap = painted.mask.iter().filter(|m| **m).count();
+    decoded.frames.push(painted);
+
+    let err = seg::reproject(&decoded, &series).unwrap_err();
+    assert!(matches!(err, ObjectError::Reprojection(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("segments 1 and 2 overlap on slice"), "{text}");
+    assert!(!text.contains("written SEG"), "{text}");
+
+    let by_number = |s: u8| u32::from(s);
+    let resolved = seg::reproject_resolving(&decoded, &series, Some(&by_number)).unwrap();
+    let twos_before = labels.iter().filter(|v| **v == 2).count();
+    let twos_after = resolved.iter().filter(|v| **v == 2).count();
+    assert_eq!(twos_after, twos_before + overlap);
+
+    let same = |_: u8| 7u32;
+    let err = seg::reproject_resolving(&decoded, &series, Some(&same)).unwrap_err();
+    assert!(err.to_string().contains("the same priority"), "{err}");
+}

@@ -46,6 +46,10 @@ pub enum ObjectError {
     },
     #[error("the written SEG is not what inference produced: {0}")]
     Geometry(String),
+    /// A SEG does not map onto its source series (the reason alone: the caller says whose
+    /// SEG it is).
+    #[error("{0}")]
+    Reprojection(String),
     #[error("cannot decode the SEG: {0}")]
     Decode(String),
 }

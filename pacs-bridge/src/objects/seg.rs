@@ -756,7 +756,10 @@ pub fn check_geometry(
     labels: &[u8],
 ) -> Result<(), ObjectError> {
     let v = &series.volume;
-    let reprojected = reproject(seg, series)?;
+    let reprojected = reproject(seg, series).map_err(|e| match e {
+        ObjectError::Reprojection(reason) => ObjectError::Geometry(reason),
+        other => other,
+    })?;
     if labels.len() != reprojected.len() {
         return Err(ObjectError::Geometry(format!(
             "label map has {} voxels, the source {}",
@@ -791,8 +794,19 @@ pub fn reproject(
     seg: &DecodedSeg,
     series: &crate::volume::SeriesVolume,
 ) -> Result<Vec<u8>, ObjectError> {
+    reproject_resolving(seg, series, None)
+}
+
+/// [`reproject`], except that where segments overlap, `priority` (of a segment number) picks
+/// the segment whose voxel it is: the higher wins, as readers' tools paint a lesion over the
+/// organ it lies in; segments of equal priority that overlap are refused.
+pub fn reproject_resolving(
+    seg: &DecodedSeg,
+    series: &crate::volume::SeriesVolume,
+    priority: Option<&dyn Fn(u8) -> u32>,
+) -> Result<Vec<u8>, ObjectError> {
     let v = &series.volume;
-    let bad = |reason: String| Err(ObjectError::Geometry(reason));
+    let bad = |reason: String| Err(ObjectError::Reprojection(reason));
     if seg.frame_of_reference_uid != v.frame_of_reference_uid {
         return bad("Frame of Reference UID differs from the source's".into());
     }
@@ -890,13 +904,27 @@ pub fn reproject(
             }
             let (x, y) = (x as usize, y as usize);
             let voxel = z * plane + y * v.columns + x;
-            if reprojected[voxel] != 0 && reprojected[voxel] != frame.segment {
-                return bad(format!(
-                    "segments {} and {} overlap on slice {}",
-                    reprojected[voxel],
-                    frame.segment,
-                    z + 1
-                ));
+            let held = reprojected[voxel];
+            if held != 0 && held != frame.segment {
+                match priority.map(|p| (p(held), p(frame.segment))) {
+                    Some((a, b)) if a > b => continue,
+                    Some((a, b)) if b > a => {}
+                    Some(_) => {
+                        return bad(format!(
+                            "segments {held} and {} overlap on slice {} and their labels have \
+                             the same priority",
+                            frame.segment,
+                            z + 1
+                        ))
+                    }
+                    None => {
+                        return bad(format!(
+                            "segments {held} and {} overlap on slice {}",
+                            frame.segment,
+                            z + 1
+                        ))
+                    }
+                }
             }
             reprojected[voxel] = frame.segment;
         }
