@@ -1122,6 +1122,87 @@ fn secure_aggregation_recovers_the_case_weighted_mean_when_a_device_drops_after_
     assert!(seen.iter().any(|(_, p)| matches!(fleet_wire::frame::decode(p), Ok((Message::SecAgg(h), _)) if h.phase == "masked_input")));
 }
 
+/// A federation server for the real head-CT model (`f32` updates, no secure aggregation),
+/// started, with its folder, configuration and the public half of its signing key.
+struct RealHeadServer {
+    dir: TempDir,
+    config: PathBuf,
+    public_key: PathBuf,
+    process: Process,
+}
+
+impl RealHeadServer {
+    fn start(
+        pki: &FleetPki,
+        broker: &Broker,
+        enrolled: &[&str],
+        quorum: u32,
+        round_seconds: u64,
+    ) -> RealHeadServer {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = pki.client("federation-server");
+        let (private, public_key) = (
+            dir.path().join("signing.pem"),
+            dir.path().join("signing.pub.pem"),
+        );
+        run(
+            "federation",
+            &[
+                "keygen",
+                "--private",
+                private.to_str().unwrap(),
+                "--public",
+                public_key.to_str().unwrap(),
+            ],
+        );
+        let enrolled: Vec<String> = enrolled.iter().map(|d| format!("{d:?}")).collect();
+        let config = dir.path().join("federation.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\n\
+                 cert_file = {cert:?}\nkey_file = {key:?}\nsigning_key_file = \"signing.pem\"\n\
+                 data_dir = \"data\"\nmodel = \"head-ct-ich\"\ninitial_head = {head:?}\n\
+                 enrolled = [{enrolled}]\nquorum = {quorum}\nround_seconds = {round_seconds}\n\
+                 secure_aggregation = false\nencoding = \"f32\"\nclip_norm = 1000.0\n",
+                broker = broker.url(),
+                ca = pki.ca.cert,
+                cert = cert.cert,
+                key = cert.key,
+                head = hil_tests::repo_root().join("models/reference/head-ct/head.safetensors"),
+                enrolled = enrolled.join(", "),
+            ),
+        )
+        .unwrap();
+        let process = Process::start(
+            "federation",
+            &["serve", "--config", config.to_str().unwrap()],
+            dir.path().join("server.log"),
+        );
+        RealHeadServer {
+            dir,
+            config,
+            public_key,
+            process,
+        }
+    }
+}
+
+/// The `[federation]` table of site `id` of the real head-CT model.
+fn site_federation(pki: &FleetPki, broker: &Broker, id: &str, trusted: &Path) -> toml::Table {
+    let cert = pki.client(id);
+    toml::from_str(&format!(
+        "enabled = true\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
+         key_file = {key:?}\nfederation = {FEDERATION:?}\ntrusted_key = {trusted:?}\n\
+         model = \"head-ct-ich\"\n",
+        broker = broker.url(),
+        ca = pki.ca.cert,
+        cert = cert.cert,
+        key = cert.key,
+    ))
+    .unwrap()
+}
+
 /// The whole path with a real appliance: studies and a radiologist's corrections arrive over
 /// DICOM, the learner fine-tunes and its gate accepts a head, which it hands to its updater;
 /// the server aggregates the round (one site, quorum 1) and signs global version 2; the
@@ -1137,54 +1218,13 @@ fn an_appliance_hands_its_fine_tuned_head_to_the_fleet_and_takes_the_global_head
     let pki = FleetPki::new();
     let broker = Broker::start(&pki);
     let observer = Observer::start(&pki, &broker);
-    let server_dir = tempfile::tempdir().unwrap();
-    let server_cert = pki.client("federation-server");
-    let (private, public) = (
-        server_dir.path().join("signing.pem"),
-        server_dir.path().join("signing.pub.pem"),
-    );
-    run(
-        "federation",
-        &[
-            "keygen",
-            "--private",
-            private.to_str().unwrap(),
-            "--public",
-            public.to_str().unwrap(),
-        ],
-    );
-    let server_config = server_dir.path().join("federation.toml");
-    std::fs::write(
-        &server_config,
-        format!(
-            "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
-             key_file = {key:?}\nsigning_key_file = \"signing.pem\"\ndata_dir = \"data\"\n\
-             model = \"head-ct-ich\"\ninitial_head = {head:?}\nenrolled = [\"site-a\"]\nquorum = 1\n\
-             round_seconds = 600\nsecure_aggregation = false\nencoding = \"f32\"\nclip_norm = 1000.0\n",
-            broker = broker.url(),
-            ca = pki.ca.cert,
-            cert = server_cert.cert,
-            key = server_cert.key,
-            head = hil_tests::repo_root().join("models/reference/head-ct/head.safetensors"),
-        ),
-    )
-    .unwrap();
-    let mut server = Process::start(
-        "federation",
-        &["serve", "--config", server_config.to_str().unwrap()],
-        server_dir.path().join("server.log"),
-    );
-
-    let site_cert = pki.client("site-a");
-    let federation_table: toml::Table = toml::from_str(&format!(
-        "enabled = true\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n\
-         federation = {FEDERATION:?}\ntrusted_key = {public:?}\nmodel = \"head-ct-ich\"\n",
-        broker = broker.url(),
-        ca = pki.ca.cert,
-        cert = site_cert.cert,
-        key = site_cert.key,
-    ))
-    .unwrap();
+    let RealHeadServer {
+        dir: _server_dir,
+        config: server_config,
+        public_key: public,
+        process: mut server,
+    } = RealHeadServer::start(&pki, &broker, &["site-a"], 1, 600);
+    let federation_table = site_federation(&pki, &broker, "site-a", &public);
     let app = Appliance::start_with_model(&|c| {
         set(c, "learning", "min_new_cases", 1);
         set(c, "learning", "holdout_every", 2);
@@ -1349,57 +1389,13 @@ fn a_site_without_held_out_cases_takes_a_global_head_that_passes_the_reference_s
     let pki = FleetPki::new();
     let broker = Broker::start(&pki);
     let package_head = hil_tests::repo_root().join("models/reference/head-ct/head.safetensors");
-    let server_dir = tempfile::tempdir().unwrap();
-    let server_cert = pki.client("federation-server");
-    let (private, public) = (
-        server_dir.path().join("signing.pem"),
-        server_dir.path().join("signing.pub.pem"),
-    );
-    run(
-        "federation",
-        &[
-            "keygen",
-            "--private",
-            private.to_str().unwrap(),
-            "--public",
-            public.to_str().unwrap(),
-        ],
-    );
-    let server_config = server_dir.path().join("federation.toml");
-    std::fs::write(
-        &server_config,
-        format!(
-            "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
-             key_file = {key:?}\nsigning_key_file = \"signing.pem\"\ndata_dir = \"data\"\n\
-             model = \"head-ct-ich\"\ninitial_head = {head:?}\nenrolled = [\"site-a\", \"site-b\"]\n\
-             quorum = 1\nround_seconds = 5\nsecure_aggregation = false\nencoding = \"f32\"\n\
-             clip_norm = 1000.0\n",
-            broker = broker.url(),
-            ca = pki.ca.cert,
-            cert = server_cert.cert,
-            key = server_cert.key,
-            head = package_head,
-        ),
-    )
-    .unwrap();
-    let mut server = Process::start(
-        "federation",
-        &["serve", "--config", server_config.to_str().unwrap()],
-        server_dir.path().join("server.log"),
-    );
-    let federation_table = |id: &str| -> toml::Table {
-        let cert = pki.client(id);
-        toml::from_str(&format!(
-            "enabled = true\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
-             key_file = {key:?}\nfederation = {FEDERATION:?}\ntrusted_key = {public:?}\n\
-             model = \"head-ct-ich\"\n",
-            broker = broker.url(),
-            ca = pki.ca.cert,
-            cert = cert.cert,
-            key = cert.key,
-        ))
-        .unwrap()
-    };
+    let RealHeadServer {
+        dir: _server_dir,
+        public_key: public,
+        process: mut server,
+        ..
+    } = RealHeadServer::start(&pki, &broker, &["site-a", "site-b"], 1, 5);
+    let federation_table = |id: &str| site_federation(&pki, &broker, id, &public);
 
     // Site A: only its updater, handing over a head fine-tuned from global 1 (the package's
     // head with a nudged lesion bias: within the reference margin).
