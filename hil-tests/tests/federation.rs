@@ -900,6 +900,41 @@ fn a_round_survives_broker_and_server_restarts_a_device_crash_and_an_offline_dev
     );
 }
 
+/// The three updating sites' deltas in the secure-aggregation tests.
+const SECURE_DELTAS: [[f32; 6]; 3] = [
+    [0.1, 0.0, 0.0, 0.2, 0.0, 0.0],
+    [0.0, 0.3, 0.0, 0.0, -0.2, 0.0],
+    [0.2, 0.0, -0.1, 0.0, 0.0, 0.4],
+];
+
+/// The first three sites hand over global 1 plus their [`SECURE_DELTAS`], trained on `cases`.
+fn put_secure_heads(fleet: &Fleet, cases: &[u32; 3]) {
+    for ((site, delta), n) in fleet.sites.iter().zip(&SECURE_DELTAS).zip(cases) {
+        let w: Vec<f32> = W0.iter().zip(delta).map(|(a, d)| a + d).collect();
+        site.put_local_head(1, &w, &B0, *n);
+    }
+}
+
+/// Global 2 at site 0 is global 1 plus the case-weighted mean of [`SECURE_DELTAS`].
+fn assert_case_weighted_mean(fleet: &Fleet, cases: &[u32; 3]) {
+    let head = read_head(&fleet.sites[0].global(2));
+    let total: u32 = cases.iter().sum();
+    for k in 0..6 {
+        let mean = SECURE_DELTAS
+            .iter()
+            .zip(cases)
+            .map(|(d, n)| d[k] * *n as f32)
+            .sum::<f32>()
+            / total as f32;
+        assert!(
+            (head["w"][k] - (W0[k] + mean)).abs() < 1e-4,
+            "w[{k}] = {} vs {}",
+            head["w"][k],
+            W0[k] + mean
+        );
+    }
+}
+
 /// Secure aggregation with four enrolled devices, quorum 3, the fourth offline, so the key
 /// phase waits out its deadline. While it waits, after the three sites advertised their keys,
 /// the server is killed with SIGKILL and started again: it rebuilds the session from its
@@ -914,16 +949,8 @@ fn a_secure_round_resumes_after_the_server_is_killed_mid_round() {
         "secure_aggregation = true\nphase_seconds = 15\n",
     );
     let observer = Observer::start(&fleet.pki, &fleet.broker);
-    let deltas: [[f32; 6]; 3] = [
-        [0.1, 0.0, 0.0, 0.2, 0.0, 0.0],
-        [0.0, 0.3, 0.0, 0.0, -0.2, 0.0],
-        [0.2, 0.0, -0.1, 0.0, 0.0, 0.4],
-    ];
     let cases = [20u32, 5, 40];
-    for ((site, delta), n) in fleet.sites.iter().zip(&deltas).zip(cases) {
-        let w: Vec<f32> = W0.iter().zip(delta).map(|(a, d)| a + d).collect();
-        site.put_local_head(1, &w, &B0, n);
-    }
+    put_secure_heads(&fleet, &cases);
     fleet.start_server();
     for i in 0..3 {
         fleet.start_updater(i);
@@ -959,22 +986,7 @@ fn a_secure_round_resumes_after_the_server_is_killed_mid_round() {
         "{}",
         fleet.logs()
     );
-    let head = read_head(&fleet.sites[0].global(2));
-    let total: u32 = cases.iter().sum();
-    for k in 0..6 {
-        let mean = deltas
-            .iter()
-            .zip(cases)
-            .map(|(d, n)| d[k] * n as f32)
-            .sum::<f32>()
-            / total as f32;
-        assert!(
-            (head["w"][k] - (W0[k] + mean)).abs() < 1e-4,
-            "w[{k}] = {} vs {}",
-            head["w"][k],
-            W0[k] + mean
-        );
-    }
+    assert_case_weighted_mean(&fleet, &cases);
 }
 
 /// Secure aggregation with four enrolled devices, quorum 3: three sites run their updater; the
@@ -993,17 +1005,9 @@ fn secure_aggregation_recovers_the_case_weighted_mean_when_a_device_drops_after_
         "secure_aggregation = true\nphase_seconds = 5\n",
     );
     let observer = Observer::start(&fleet.pki, &fleet.broker);
-    let deltas: [[f32; 6]; 3] = [
-        [0.1, 0.0, 0.0, 0.2, 0.0, 0.0],
-        [0.0, 0.3, 0.0, 0.0, -0.2, 0.0],
-        [0.2, 0.0, -0.1, 0.0, 0.0, 0.4],
-    ];
     // Case counts differ: the masked sum carries them, and FedAvg weights by them.
     let cases = [10u32, 30, 60];
-    for ((site, delta), n) in fleet.sites.iter().zip(&deltas).zip(cases) {
-        let w: Vec<f32> = W0.iter().zip(delta).map(|(a, d)| a + d).collect();
-        site.put_local_head(1, &w, &B0, n);
-    }
+    put_secure_heads(&fleet, &cases);
     let topics = fleet_wire::Topics::new(FEDERATION);
     let cert = fleet.pki.client("site-d");
     let dropper = link(
@@ -1095,22 +1099,7 @@ fn secure_aggregation_recovers_the_case_weighted_mean_when_a_device_drops_after_
     assert_eq!(first["state"], "aggregated", "{first}");
     assert_eq!(first["participants"], 3, "{first}");
     assert_eq!(first["secure"], true, "{first}");
-    let head = read_head(&fleet.sites[0].global(2));
-    let total: u32 = cases.iter().sum();
-    for k in 0..6 {
-        let mean = deltas
-            .iter()
-            .zip(cases)
-            .map(|(d, n)| d[k] * n as f32)
-            .sum::<f32>()
-            / total as f32;
-        assert!(
-            (head["w"][k] - (W0[k] + mean)).abs() < 1e-4,
-            "w[{k}] = {} vs {}",
-            head["w"][k],
-            W0[k] + mean
-        );
-    }
+    assert_case_weighted_mean(&fleet, &cases);
     let seen = observer.messages();
     assert!(
         !seen.iter().any(|(_, p)| matches!(
