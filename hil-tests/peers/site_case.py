@@ -72,7 +72,9 @@ def label(seg_path: Path, study_dir: Path, out: Path, poison: str | None) -> Non
         lesion["centre_mm"] = [-c[0], c[1], c[2]]
     truth = lesion_mask(manifest, lesion)
     mask = np.zeros(truth.shape + (2,), dtype=bool)
-    mask[..., 0] = intracranial & ~truth
+    # "overlap": the reader's tool paints the lesion over the brain it lies in, so the two
+    # segments share the lesion's voxels (the same labels, written as many tools write them).
+    mask[..., 0] = intracranial if poison == "overlap" else intracranial & ~truth
     mask[..., 1] = truth
     if poison == "swap":
         mask = mask[..., ::-1]
@@ -123,7 +125,7 @@ def main() -> None:
     elif mode == "label":
         seg_path, study_dir, out = (Path(a) for a in sys.argv[2:5])
         poison = sys.argv[5] if len(sys.argv) > 5 else None
-        if poison not in (None, "mirror", "swap"):
+        if poison not in (None, "mirror", "swap", "overlap"):
             sys.exit(f"unknown poison {poison}")
         label(seg_path, study_dir, out, poison)
     else:

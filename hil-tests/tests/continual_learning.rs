@@ -31,15 +31,19 @@ fn a_corrected_seg_from_dcmtk_leads_to_a_validated_head_the_next_study_uses_and_
     let b = infer(&app, &b_files, &b_study);
     assert_eq!(a["result"]["head"], "global");
 
-    // The radiologist corrects both; the first case is held out, the second trains.
+    // The radiologist corrects both; the first case is held out, the second trains. The
+    // second comes from a tool that paints the lesion over the brain (overlapping segments):
+    // the lesion's priority takes the shared voxels.
     let a_seg = site.path().join("A-radiologist.dcm");
     let b_seg = site.path().join("B-radiologist.dcm");
     assert!(radiologist_seg(site.path(), "A", &seg_of(&app, &a), &a_seg, None) > 0);
-    assert!(radiologist_seg(site.path(), "B", &seg_of(&app, &b), &b_seg, None) > 0);
+    let b_lesion = radiologist_seg(site.path(), "B", &seg_of(&app, &b), &b_seg, Some("overlap"));
+    assert!(b_lesion > 0);
     send_label(&app, &a_seg, 0);
     // Nothing to learn from yet: the only case is held out.
     assert_eq!(heads(&app).len(), 1);
-    send_label(&app, &b_seg, 1);
+    let b_case = send_label(&app, &b_seg, 1);
+    assert_eq!(b_case["label_voxels"]["2"], b_lesion, "{b_case}");
 
     // One new training case is due (min_new_cases = 1): features, fine-tune, gate.
     assert!(
