@@ -22,9 +22,8 @@
 //! - Gate: the candidate and the champion are scored on the held-out cases (case by case, for
 //!   the gate's paired bootstrap; nothing is accepted on fewer than `min_holdout_cases`); the
 //!   candidate and the global head on the package's reference validation set
-//!   ([`learning::gate`]). Every
-//!   candidate is recorded with its lineage ([`crate::heads`]); an accepted one becomes the
-//!   champion in the same transaction.
+//!   ([`learning::gate`]). Every candidate is recorded with its lineage ([`crate::heads`]); an
+//!   accepted one becomes the champion in the same transaction.
 //!
 //! One fine-tune at a time per data folder: the daemon and `appliance learn now` share the
 //! lock file `<data_dir>/learn.lock`.
