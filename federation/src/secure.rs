@@ -78,6 +78,19 @@ pub struct Session {
     pub bytes_in: u64,
 }
 
+/// The messages a closed phase yields, each with its recipient and the phase it travels as.
+#[allow(clippy::type_complexity)]
+fn addressed<M: Serialize>(
+    messages: &[M],
+    recipient: impl Fn(&M) -> u32,
+    phase: &'static str,
+) -> anyhow::Result<Vec<(u32, &'static str, Vec<u8>)>> {
+    messages
+        .iter()
+        .map(|m| Ok((recipient(m), phase, serde_json::to_vec(m)?)))
+        .collect()
+}
+
 /// The fixed-point code both sides use: values in [-clip, clip], sums of `n` that cannot wrap.
 pub fn fixed_point(clip_norm: f64, n: usize) -> anyhow::Result<FixedPoint> {
     Ok(FixedPoint::new(clip_norm as f32, n as u32)?)
@@ -222,48 +235,21 @@ impl Session {
             SecAggPhase::ADVERTISE_KEYS => match self.server.close_advertise_keys() {
                 Ok(messages) => {
                     self.collecting = SecAggPhase::SHARE_KEYS;
-                    messages
-                        .iter()
-                        .map(|m| {
-                            Ok((
-                                m.recipient,
-                                SecAggPhase::NEIGHBOUR_KEYS,
-                                serde_json::to_vec(m)?,
-                            ))
-                        })
-                        .collect::<anyhow::Result<_>>()?
+                    addressed(&messages, |m| m.recipient, SecAggPhase::NEIGHBOUR_KEYS)?
                 }
                 Err(e) => return Ok(Step::Failed(format!("secure aggregation, keys: {e}"))),
             },
             SecAggPhase::SHARE_KEYS => match self.server.close_share_keys() {
                 Ok(messages) => {
                     self.collecting = SecAggPhase::MASKED_INPUT;
-                    messages
-                        .iter()
-                        .map(|m| {
-                            Ok((
-                                m.recipient,
-                                SecAggPhase::RELAYED_SHARES,
-                                serde_json::to_vec(m)?,
-                            ))
-                        })
-                        .collect::<anyhow::Result<_>>()?
+                    addressed(&messages, |m| m.recipient, SecAggPhase::RELAYED_SHARES)?
                 }
                 Err(e) => return Ok(Step::Failed(format!("secure aggregation, shares: {e}"))),
             },
             SecAggPhase::MASKED_INPUT => match self.server.close_masked_inputs() {
                 Ok(messages) => {
                     self.collecting = SecAggPhase::UNMASK_RESPONSE;
-                    messages
-                        .iter()
-                        .map(|m| {
-                            Ok((
-                                m.recipient,
-                                SecAggPhase::UNMASK_REQUEST,
-                                serde_json::to_vec(m)?,
-                            ))
-                        })
-                        .collect::<anyhow::Result<_>>()?
+                    addressed(&messages, |m| m.recipient, SecAggPhase::UNMASK_REQUEST)?
                 }
                 Err(e) => return Ok(Step::Failed(format!("secure aggregation, inputs: {e}"))),
             },

@@ -215,8 +215,6 @@ pub fn decide(
         &mut reasons,
     );
     Decision {
-        accepted: reasons.is_empty(),
-        reasons,
         local_dice_measured,
         local_champion: champion,
         local_candidate: candidate,
@@ -224,11 +222,32 @@ pub fn decide(
         local_candidate_per_label: candidate_local.dice.clone(),
         local_auroc_champion: champion_local.auroc,
         local_auroc_candidate: candidate_local.auroc,
+        bootstrap,
+        ..decision(reasons, baseline_reference, candidate_reference)
+    }
+}
+
+/// A decision from its failed conditions and the reference scores, with no local figures.
+fn decision(
+    reasons: Vec<String>,
+    baseline_reference: &Scores,
+    candidate_reference: &Scores,
+) -> Decision {
+    Decision {
+        accepted: reasons.is_empty(),
+        reasons,
+        local_dice_measured: false,
+        local_champion: f64::NAN,
+        local_candidate: f64::NAN,
+        local_champion_per_label: Vec::new(),
+        local_candidate_per_label: Vec::new(),
+        local_auroc_champion: None,
+        local_auroc_candidate: None,
         reference_baseline: baseline_reference.dice.clone(),
         reference_candidate: candidate_reference.dice.clone(),
         reference_auroc_baseline: baseline_reference.auroc,
         reference_auroc_candidate: candidate_reference.auroc,
-        bootstrap,
+        bootstrap: None,
     }
 }
 
@@ -247,22 +266,7 @@ pub fn decide_on_reference_only(
         config,
         &mut reasons,
     );
-    Decision {
-        accepted: reasons.is_empty(),
-        reasons,
-        local_dice_measured: false,
-        local_champion: f64::NAN,
-        local_candidate: f64::NAN,
-        local_champion_per_label: Vec::new(),
-        local_candidate_per_label: Vec::new(),
-        local_auroc_champion: None,
-        local_auroc_candidate: None,
-        reference_baseline: baseline_reference.dice.clone(),
-        reference_candidate: candidate_reference.dice.clone(),
-        reference_auroc_baseline: baseline_reference.auroc,
-        reference_auroc_candidate: candidate_reference.auroc,
-        bootstrap: None,
-    }
+    decision(reasons, baseline_reference, candidate_reference)
 }
 
 /// The reference-set conditions: same labels, every label's Dice and the AUROC at most the
