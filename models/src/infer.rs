@@ -46,6 +46,9 @@ pub struct Timings {
     pub preprocess_ms: f64,
     pub inference_ms: f64,
     pub postprocess_ms: f64,
+    /// Contract-2 models: each stage's share.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::pipeline::run::StageTiming>,
 }
 
 /// What a model said about a study.

@@ -13,11 +13,13 @@
 //!   feeds slices through it.
 //! - [`head`]: the trainable head, applied in Rust.
 //! - [`infer`]: one study through one model, with label volumes and timings.
+//! - [`pipeline`]: contract-2 packages: a pipeline of ONNX graphs declared in the manifest.
 
 pub mod backbone;
 pub mod head;
 pub mod infer;
 pub mod package;
+pub mod pipeline;
 pub mod preprocess;
 pub mod registry;
 
@@ -30,6 +32,10 @@ pub enum InferError {
     WrongModality { expected: String, found: String },
     #[error("the model needs at least {min} slices, the series has {found}")]
     TooFewSlices { min: usize, found: usize },
+    #[error("geometry: {0}")]
+    Geometry(String),
+    #[error("stage {stage}: stage {from} found no foreground to crop to")]
+    EmptyRegion { stage: String, from: String },
     #[error("backend: {0}")]
     Backend(String),
     #[error("head: {0}")]

@@ -207,21 +207,73 @@ impl Package {
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest, PackageError> {
+    let text = read_manifest_text(path)?;
+    parse_manifest(path, &text)
+}
+
+/// The text of `manifest.toml`, refused above [`MAX_MANIFEST_BYTES`].
+pub fn read_manifest_text(path: &Path) -> Result<String, PackageError> {
     let meta = std::fs::metadata(path).map_err(|_| PackageError::MissingFile {
         path: path.to_path_buf(),
     })?;
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(PackageError::Manifest {
+            path: path.to_path_buf(),
+            reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| PackageError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The model contract a manifest's text declares: its `contract` key, 1 when absent (the
+/// per-slice backbone and head of the first packages), or 2 (a pipeline of graphs,
+/// [`crate::pipeline`]).
+pub fn contract_of(path: &Path, text: &str) -> Result<u32, PackageError> {
     let invalid = |reason: String| PackageError::Manifest {
         path: path.to_path_buf(),
         reason,
     };
-    if meta.len() > MAX_MANIFEST_BYTES {
-        return Err(invalid(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+    let table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    match table.get("contract") {
+        None => Ok(1),
+        Some(toml::Value::Integer(2)) => Ok(2),
+        Some(v) => Err(invalid(format!(
+            "contract = {v} is not a contract this appliance runs (absent for 1, or 2)"
+        ))),
     }
-    let text = std::fs::read_to_string(path).map_err(|e| PackageError::Io {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    parse_manifest(path, &text)
+}
+
+/// The checks every contract shares: id, version, licence and labels.
+pub fn check_common(
+    id: &str,
+    version: &str,
+    licence: &str,
+    labels: &[LabelSpec],
+) -> Result<(), String> {
+    let checks: [(bool, &str); 4] = [
+        (is_name(id), "id must be 1-64 characters of [a-z0-9-]"),
+        (
+            is_spdx_expression(licence),
+            "licence must be the SPDX licence expression of the weights (e.g. Apache-2.0, \
+             GPL-2.0-or-later, MIT); explain it in the card",
+        ),
+        (is_semver(version), "version must be MAJOR.MINOR.PATCH"),
+        (
+            labels.iter().all(|l| l.value > 0)
+                && labels
+                    .iter()
+                    .enumerate()
+                    .all(|(i, l)| labels[..i].iter().all(|o| o.value != l.value)),
+            "label values must be distinct and above 0",
+        ),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        Some((_, reason)) => Err((*reason).to_string()),
+        None => Ok(()),
+    }
 }
 
 /// Parse and check a manifest's text, field by field; `path` only names it in errors. This is
@@ -232,16 +284,15 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, PackageError>
         path: path.to_path_buf(),
         reason,
     };
+    if contract_of(path, text)? != 1 {
+        return Err(invalid(
+            "a contract-2 manifest: open it as a pipeline package (models::pipeline)".into(),
+        ));
+    }
     let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     let m = &manifest;
-    let checks: [(bool, &str); 10] = [
-        (is_name(&m.id), "id must be 1-64 characters of [a-z0-9-]"),
-        (
-            is_spdx_expression(&m.licence),
-            "licence must be the SPDX licence expression of the weights (e.g. Apache-2.0, \
-             GPL-2.0-or-later, MIT); explain it in the card",
-        ),
-        (is_semver(&m.version), "version must be MAJOR.MINOR.PATCH"),
+    check_common(&m.id, &m.version, &m.licence, &m.labels).map_err(invalid)?;
+    let checks: [(bool, &str); 7] = [
         (
             !m.input.channels.is_empty(),
             "input.channels must not be empty",
