@@ -7,7 +7,7 @@
 use crate::config::ResultsConfig;
 use anyhow::Context;
 use models::infer::Inference;
-use models::package::Manifest;
+use models::registry::Outputs;
 use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
 use pacs_bridge::objects::Creator;
@@ -38,12 +38,12 @@ pub fn export(
     job_id: i64,
     series: &SeriesVolume,
     result: &Inference,
-    manifest: &Manifest,
+    manifest: Outputs<'_>,
     config: &ResultsConfig,
     uid_seed: &str,
 ) -> anyhow::Result<Vec<ExportedObject>> {
     let creator = Creator {
-        model_name: manifest.id.clone(),
+        model_name: manifest.id.to_string(),
         // The version of what ran: "0.1.0", or "0.1.0+head.3" with a head fine-tuned here.
         model_version: result.model_version.clone(),
         backend: result.backend.clone(),
@@ -51,7 +51,7 @@ pub fn export(
         software_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let mut segments = Vec::new();
-    for label in &manifest.labels {
+    for label in manifest.labels {
         let (Some(category), Some(property_type)) = (&label.category, &label.property_type) else {
             anyhow::bail!(
                 "model {} label {:?} has no category and type codes in its manifest; \
@@ -76,7 +76,6 @@ pub fn export(
 
     let procedure = manifest
         .report
-        .as_ref()
         .map(|r| r.procedure.clone())
         .with_context(|| {
             format!(
@@ -85,10 +84,7 @@ pub fn export(
             )
         })?;
     let finding = match (
-        manifest
-            .classification
-            .as_ref()
-            .and_then(|c| c.finding.clone()),
+        manifest.classification.and_then(|c| c.finding.clone()),
         result.finding_probability,
     ) {
         (Some(code), Some(probability)) => Some(Finding {

@@ -12,10 +12,11 @@
 use crate::config::Config;
 use crate::db::{self, now_ms, CaseOrigin, JobState};
 use crate::export::ExportedObject;
+use crate::loaded::Loaded;
 use anyhow::Context;
 use models::backbone::Backend;
-use models::infer::Model;
 use models::package::Package;
+use models::registry::AnyPackage;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
 use radiant_core::log_tag;
@@ -126,7 +127,7 @@ pub fn requeue_interrupted(
 pub struct Pipeline {
     data_dir: PathBuf,
     config: Config,
-    package: Package,
+    package: AnyPackage,
     metrics: Option<Arc<crate::metrics::ApplianceMetrics>>,
 }
 
@@ -166,7 +167,7 @@ impl Pipeline {
             return Ok(None);
         }
         let registry = models::registry::Registry::new(data_dir);
-        let package = match registry.open_active(&config.inference.model) {
+        let package = match registry.open_active_any(&config.inference.model) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(model = %config.inference.model, error = %e, "inference off: model not available (install it with `appliance models install`)");
@@ -192,13 +193,13 @@ impl Pipeline {
     pub fn enqueue(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
-        let spec = &self.package.manifest.input;
+        let modality = self.package.modality();
         let conn = db::open(&self.data_dir)?;
         let mut created = 0;
         for s in series {
             // Other series (an SR, a localizer of another modality) are not the model's input;
             // too few slices is left to the job, which fails with that reason.
-            if !s.modality.eq_ignore_ascii_case(&spec.modality) {
+            if !s.modality.eq_ignore_ascii_case(modality) {
                 continue;
             }
             let state = admission(&conn, self.config.inference.max_queued_jobs)?;
@@ -214,8 +215,8 @@ impl Pipeline {
                     study_uid,
                     calling_ae,
                     s.series_uid,
-                    self.package.manifest.id,
-                    self.package.manifest.version,
+                    self.package.id(),
+                    self.package.version(),
                     s.files.len() as i64,
                     state,
                     (state == JobState::Rejected).then_some("queue full"),
@@ -229,6 +230,10 @@ impl Pipeline {
     /// Take every SEG and SR of a completed study that is new to us in as a labelled case for
     /// the model (accepted or refused, with the reason); returns how many were taken in.
     pub fn intake_labels(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
+        // Contract-2 models do not learn yet: their labelled objects stay in the spool.
+        let AnyPackage::Head(package) = &self.package else {
+            return Ok(0);
+        };
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
         let conn = db::open(&self.data_dir)?;
@@ -252,7 +257,7 @@ impl Pipeline {
                 let crashes = crate::cases::begin_intake(&conn, &sop)?;
                 if crashes < self.config.inference.max_attempts
                     && s.modality.eq_ignore_ascii_case("SR")
-                    && !crate::cases::sr_mentions_finding(file, &self.package.manifest)
+                    && !crate::cases::sr_mentions_finding(file, &package.manifest)
                 {
                     crate::cases::end_intake(&conn, &sop)?;
                     continue;
@@ -260,7 +265,7 @@ impl Pipeline {
                 if crashes >= self.config.inference.max_attempts {
                     let reason = crate::cases::refuse_crashed(
                         &conn,
-                        &self.package.manifest,
+                        &package.manifest,
                         &sop,
                         CaseOrigin::Dicom,
                         crashes,
@@ -270,7 +275,7 @@ impl Pipeline {
                     crate::cases::ingest(
                         &conn,
                         &self.data_dir,
-                        &self.package.manifest,
+                        &package.manifest,
                         file,
                         CaseOrigin::Dicom,
                     )?
@@ -314,12 +319,12 @@ impl Pipeline {
     /// covers jobs queued by another process. `done` is rung after every finished job (the
     /// outbox sender waits on it).
     pub fn work(self, stop: &Cancel, mut wake: Doorbell, done: &Doorbell) -> anyhow::Result<()> {
-        let mut model = Model::new(
-            self.package.clone(),
-            load_backend(&self.config, &self.package)?,
-        )?;
-        let global = model.head.clone();
-        tracing::info!(model = %self.package.manifest.id, version = %self.package.manifest.version, backend = model.backend.name(), "inference worker ready");
+        let mut model = Loaded::load(&self.config, &self.package)?;
+        let global = match &model {
+            Loaded::Head(m) => Some(m.head.clone()),
+            Loaded::Pipeline(_) => None,
+        };
+        tracing::info!(model = %self.package.id(), version = %self.package.version(), backend = model.backend_name(), "inference worker ready");
         let mut conn = db::open(&self.data_dir)?;
         // The head in use: `None` is the global head. Checked before every job, so a promotion
         // or a rollback (by the learner or the CLI) takes effect with the next study.
@@ -342,25 +347,8 @@ impl Pipeline {
                  WHERE id = ?1",
                 params![id, now_ms(), JobState::Running],
             )?;
-            let m = &self.package.manifest;
-            let champion = crate::heads::champion(&conn, &m.id, &m.version)?;
-            if champion != in_use {
-                let head = match champion {
-                    None => Ok(global.clone()),
-                    Some(h) => crate::heads::load(&conn, &self.data_dir, m, h),
-                };
-                match head {
-                    Ok(head) => {
-                        model.head = head;
-                        in_use = champion;
-                        self.metrics_champion(in_use);
-                        tracing::info!(head = %crate::heads::describe(in_use), "inference uses a new head");
-                    }
-                    // A champion that cannot be read is not used; the head in use stays.
-                    Err(e) => {
-                        tracing::error!(head = %crate::heads::describe(champion), error = %format!("{e:#}"), "cannot load the champion head; keeping the head in use")
-                    }
-                }
+            if let (Loaded::Head(head_model), Some(global)) = (&mut model, &global) {
+                self.swap_champion(&conn, head_model, global, &mut in_use)?;
             }
             let started = Instant::now();
             // A panic anywhere in the job (a dependency's decoder, a runtime) fails this job with
@@ -371,10 +359,7 @@ impl Pipeline {
             })) {
                 Ok(result) => result,
                 Err(panic) => {
-                    model = Model::new(
-                        self.package.clone(),
-                        load_backend(&self.config, &self.package)?,
-                    )?;
+                    model = Loaded::load(&self.config, &self.package)?;
                     in_use = None;
                     Err(anyhow::anyhow!(
                         "the job panicked: {}",
@@ -442,6 +427,39 @@ impl Pipeline {
         }
     }
 
+    /// Put the champion head in `model` when it changed since the last job (`in_use`; `None`
+    /// is the global head). A champion that cannot be read is logged and not used.
+    fn swap_champion(
+        &self,
+        conn: &Connection,
+        model: &mut models::infer::Model,
+        global: &models::head::Head,
+        in_use: &mut Option<i64>,
+    ) -> anyhow::Result<()> {
+        let m = &model.package.manifest;
+        let champion = crate::heads::champion(conn, &m.id, &m.version)?;
+        if champion == *in_use {
+            return Ok(());
+        }
+        let head = match champion {
+            None => Ok(global.clone()),
+            Some(h) => crate::heads::load(conn, &self.data_dir, m, h),
+        };
+        match head {
+            Ok(head) => {
+                model.head = head;
+                *in_use = champion;
+                self.metrics_champion(*in_use);
+                tracing::info!(head = %crate::heads::describe(*in_use), "inference uses a new head");
+            }
+            // A champion that cannot be read is not used; the head in use stays.
+            Err(e) => {
+                tracing::error!(head = %crate::heads::describe(champion), error = %format!("{e:#}"), "cannot load the champion head; keeping the head in use")
+            }
+        }
+        Ok(())
+    }
+
     fn metrics_champion(&self, head: Option<i64>) {
         if let Some(m) = &self.metrics {
             m.learning_champion_head.set(head.unwrap_or(0));
@@ -450,7 +468,7 @@ impl Pipeline {
 
     fn run_one(
         &self,
-        model: &mut Model,
+        model: &mut Loaded,
         head: Option<i64>,
         job_id: i64,
         study: &str,
@@ -466,7 +484,7 @@ impl Pipeline {
         let t = Instant::now();
         let volume = volume::build(&files, &Limits::default())?;
         let decode_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut result = models::infer::run(model, &volume.volume)?;
+        let mut result = model.run(&volume.volume)?;
         // A head fine-tuned here is part of what made the result: "0.1.0+head.3".
         if let Some(h) = head {
             result.model_version = format!("{}+head.{h}", result.model_version);
@@ -481,8 +499,8 @@ impl Pipeline {
             // The job's identity names its objects: a re-run makes the same UIDs.
             let seed = format!(
                 "{study}|{ae}|{series}|{}|{}|{}",
-                self.package.manifest.id,
-                self.package.manifest.version,
+                self.package.id(),
+                self.package.version(),
                 files.len()
             );
             objects = crate::export::export(
@@ -490,7 +508,7 @@ impl Pipeline {
                 job_id,
                 &volume,
                 &result,
-                &self.package.manifest,
+                self.package.outputs(),
                 &self.config.results,
                 &seed,
             )?;

@@ -16,6 +16,7 @@
 //! - [`file_lock`]: exclusive advisory locks in the data folder (one daemon, one learning
 //!   run).
 //! - [`heads`]: head versions with their lineage, and the champion inference uses.
+//! - [`loaded`]: a model loaded for inference, of either package contract.
 //! - [`learn`]: on-site fine-tuning of the head: features of labelled cases, when a run is
 //!   due, yielding to inference, and the validation gate.
 //! - [`metrics`]: the appliance's metrics (inference stages, outbox, learning) and the one
@@ -39,6 +40,7 @@ pub mod heads;
 pub mod http;
 pub mod jobs;
 pub mod learn;
+pub mod loaded;
 pub mod metrics;
 pub mod outbox;
 pub mod readiness;

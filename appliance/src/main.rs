@@ -94,6 +94,10 @@ enum Command {
         /// ONNX Runtime shared library (libonnxruntime.so.1.x); defaults to $ORT_DYLIB_PATH.
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_library: Option<PathBuf>,
+        /// Also write the label of every source voxel to this file, one byte each, in the
+        /// series' voxel order (slices sorted along their normal, then rows, then columns).
+        #[arg(long)]
+        label_map: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -353,10 +357,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             backend,
             ort_library,
+            label_map,
             config,
         } => {
             init_tool_logging();
-            infer_command(path, model, backend, ort_library, config)
+            infer_command(path, model, backend, ort_library, label_map, config)
         }
         Command::Studies { command } => match command {
             StudiesCommand::List { config, json } => {
@@ -825,22 +830,23 @@ fn infer_command(
     model: String,
     backend: BackendChoice,
     ort_library: Option<PathBuf>,
+    label_map: Option<PathBuf>,
     config: ConfigArgs,
 ) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let package_dir = PathBuf::from(&model);
     let package = if package_dir.join("manifest.toml").is_file() {
-        models::package::Package::open(&package_dir)?
+        models::registry::AnyPackage::open(&package_dir)?
     } else {
-        models::registry::Registry::new(&config.load()?.data_dir).open_active(&model)?
+        models::registry::Registry::new(&config.load()?.data_dir).open_active_any(&model)?
     };
     let kind = match backend {
         BackendChoice::Tract => BackendKind::Tract,
         BackendChoice::Ort => BackendKind::Ort,
         BackendChoice::OrtCpu => BackendKind::OrtCpu,
     };
-    let backend = onnx_backends::load(kind.choice(), &package, ort_library.as_deref())?;
-    let mut loaded = models::infer::Model::new(package, backend)?;
+    let mut loaded =
+        appliance::loaded::Loaded::load_with(kind.choice(), ort_library.as_deref(), &package)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
         .with_context(|| format!("cannot read {}", path.display()))?
@@ -858,7 +864,11 @@ fn infer_command(
     let t = std::time::Instant::now();
     let series = pacs_bridge::volume::build(&files, &pacs_bridge::volume::Limits::default())?;
     let decode_ms = t.elapsed().as_secs_f64() * 1e3;
-    let result = models::infer::run(&mut loaded, &series.volume)?;
+    let result = loaded.run(&series.volume)?;
+    if let Some(out) = &label_map {
+        std::fs::write(out, &result.label_map)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
     let mut json = serde_json::to_value(&result)?;
     json["series_uid"] = series.series_uid.into();
     json["slices"] = series.volume.slices.into();

@@ -3,7 +3,11 @@
 //! fsyncs, then renames, so a crash never leaves a half-installed version that looks whole;
 //! switching the active version is one atomic rename too.
 
-use crate::package::{Package, PackageError};
+use crate::package::{
+    contract_of, read_manifest_text, ClassificationSpec, LabelSpec, Package, PackageError,
+    ReportSpec,
+};
+use crate::pipeline::PipelinePackage;
 use radiant_core::durable::{fsync_dir, write_durable, DurableError};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,114 @@ pub struct Registry {
     root: PathBuf,
 }
 
+/// A verified package of either contract: 1, a per-slice backbone with a trainable head
+/// ([`Package`]), or 2, a pipeline of graphs ([`PipelinePackage`]).
+#[derive(Debug, Clone)]
+pub enum AnyPackage {
+    Head(Package),
+    Pipeline(PipelinePackage),
+}
+
+impl AnyPackage {
+    /// Open and verify the package in `dir`, whichever contract its manifest declares.
+    pub fn open(dir: &Path) -> Result<AnyPackage, PackageError> {
+        let path = dir.join("manifest.toml");
+        let text = read_manifest_text(&path)?;
+        Ok(match contract_of(&path, &text)? {
+            1 => AnyPackage::Head(Package::open(dir)?),
+            _ => AnyPackage::Pipeline(PipelinePackage::open(dir)?),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            AnyPackage::Head(p) => &p.manifest.id,
+            AnyPackage::Pipeline(p) => &p.manifest.id,
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        match self {
+            AnyPackage::Head(p) => &p.manifest.version,
+            AnyPackage::Pipeline(p) => &p.manifest.version,
+        }
+    }
+
+    pub fn task(&self) -> &str {
+        match self {
+            AnyPackage::Head(p) => &p.manifest.task,
+            AnyPackage::Pipeline(p) => &p.manifest.task,
+        }
+    }
+
+    pub fn modality(&self) -> &str {
+        match self {
+            AnyPackage::Head(p) => &p.manifest.input.modality,
+            AnyPackage::Pipeline(p) => &p.manifest.input.modality,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self {
+            AnyPackage::Head(p) => &p.dir,
+            AnyPackage::Pipeline(p) => &p.dir,
+        }
+    }
+
+    /// What results are made of: labels, the finding, the examination.
+    pub fn outputs(&self) -> Outputs<'_> {
+        match self {
+            AnyPackage::Head(p) => Outputs {
+                id: &p.manifest.id,
+                labels: &p.manifest.labels,
+                classification: p.manifest.classification.as_ref(),
+                report: p.manifest.report.as_ref(),
+            },
+            AnyPackage::Pipeline(p) => Outputs {
+                id: &p.manifest.id,
+                labels: &p.manifest.labels,
+                classification: p.manifest.classification.as_ref(),
+                report: p.manifest.report.as_ref(),
+            },
+        }
+    }
+
+    /// The package's files besides the manifest and the card.
+    fn model_files(&self) -> Vec<String> {
+        match self {
+            AnyPackage::Head(p) => {
+                let m = &p.manifest;
+                let mut files = vec![m.backbone.file.clone(), m.head.file.clone()];
+                files.extend(m.validation.as_ref().map(|v| v.file.clone()));
+                files
+            }
+            AnyPackage::Pipeline(p) => {
+                let mut files: Vec<String> =
+                    p.manifest.stages.iter().map(|s| s.file.clone()).collect();
+                files.push("LICENSE".into());
+                files
+            }
+        }
+    }
+
+    fn same_manifest(&self, other: &AnyPackage) -> bool {
+        match (self, other) {
+            (AnyPackage::Head(a), AnyPackage::Head(b)) => a.manifest == b.manifest,
+            (AnyPackage::Pipeline(a), AnyPackage::Pipeline(b)) => a.manifest == b.manifest,
+            _ => false,
+        }
+    }
+}
+
+/// The parts of a manifest, of either contract, that results are written from.
+#[derive(Debug, Clone, Copy)]
+pub struct Outputs<'a> {
+    pub id: &'a str,
+    pub labels: &'a [LabelSpec],
+    pub classification: Option<&'a ClassificationSpec>,
+    pub report: Option<&'a ReportSpec>,
+}
+
 impl Registry {
     pub fn new(data_dir: &Path) -> Registry {
         Registry {
@@ -54,33 +166,30 @@ impl Registry {
     /// active, later ones only when `activate` is set. Installing the same files again is a
     /// no-op.
     pub fn install(&self, source: &Path, activate: bool) -> Result<Installed, RegistryError> {
-        let package = Package::open(source)?;
-        let m = &package.manifest;
-        let model_dir = self.root.join(&m.id);
-        let target = model_dir.join(&m.version);
+        let package = AnyPackage::open(source)?;
+        let (id, version) = (package.id().to_string(), package.version().to_string());
+        let model_dir = self.root.join(&id);
+        let target = model_dir.join(&version);
         fs::create_dir_all(&model_dir).map_err(io(&model_dir))?;
         if target.exists() {
-            let existing = Package::open(&target)?;
-            if existing.manifest != package.manifest {
-                return Err(RegistryError::Conflict {
-                    id: m.id.clone(),
-                    version: m.version.clone(),
-                });
+            let existing = AnyPackage::open(&target)?;
+            if !existing.same_manifest(&package) {
+                return Err(RegistryError::Conflict { id, version });
             }
         } else {
-            let staging = model_dir.join(format!(".{}.partial", m.version));
+            let staging = model_dir.join(format!(".{version}.partial"));
             if staging.exists() {
                 fs::remove_dir_all(&staging).map_err(io(&staging))?;
             }
             fs::create_dir(&staging).map_err(io(&staging))?;
-            let validation = m.validation.as_ref().map(|v| v.file.as_str());
-            let files = ["manifest.toml", "card.md", &m.backbone.file, &m.head.file];
-            for name in files.into_iter().chain(validation) {
-                let from = source.join(name);
-                if !from.exists() && name == "card.md" {
+            let files = ["manifest.toml".to_string(), "card.md".to_string()];
+            for name in files.into_iter().chain(package.model_files()) {
+                let from = source.join(&name);
+                // The card is optional for contract 1, the licence notice for contract 2.
+                if !from.exists() && (name == "card.md" || name == "LICENSE") {
                     continue;
                 }
-                let to = staging.join(name);
+                let to = staging.join(&name);
                 fs::copy(&from, &to).map_err(io(&from))?;
                 fs::File::open(&to)
                     .and_then(|f| f.sync_all())
@@ -90,17 +199,17 @@ impl Registry {
             fs::rename(&staging, &target).map_err(io(&target))?;
             sync_dir(&model_dir)?;
             // The copy must still verify: a disk error must not install a broken model.
-            Package::open(&target)?;
+            AnyPackage::open(&target)?;
         }
-        let active = self.active_version(&m.id)?;
+        let active = self.active_version(&id)?;
         if activate || active.is_none() {
-            self.activate(&m.id, &m.version)?;
+            self.activate(&id, &version)?;
         }
         Ok(Installed {
-            id: m.id.clone(),
-            version: m.version.clone(),
-            active: self.active_version(&m.id)?.as_deref() == Some(m.version.as_str()),
-            task: m.task.clone(),
+            active: self.active_version(&id)?.as_deref() == Some(version.as_str()),
+            task: package.task().to_string(),
+            id,
+            version,
         })
     }
 
@@ -125,12 +234,21 @@ impl Registry {
         }
     }
 
-    /// The active version of `id`, verified.
+    /// The active version of `id`, verified; a contract-1 package (the kind that learns).
     pub fn open_active(&self, id: &str) -> Result<Package, RegistryError> {
+        Ok(Package::open(&self.active_dir(id)?)?)
+    }
+
+    /// The active version of `id`, verified, whichever its contract.
+    pub fn open_active_any(&self, id: &str) -> Result<AnyPackage, RegistryError> {
+        Ok(AnyPackage::open(&self.active_dir(id)?)?)
+    }
+
+    fn active_dir(&self, id: &str) -> Result<PathBuf, RegistryError> {
         let version = self
             .active_version(id)?
             .ok_or_else(|| RegistryError::UnknownModel(id.into()))?;
-        Ok(Package::open(&self.root.join(id).join(version))?)
+        Ok(self.root.join(id).join(version))
     }
 
     /// Every installed version, sorted by id and version.
@@ -154,14 +272,15 @@ impl Registry {
                 if !version.path().is_dir() || name.starts_with('.') {
                     continue;
                 }
-                let manifest = fs::read_to_string(version.path().join("manifest.toml"))
+                let task = fs::read_to_string(version.path().join("manifest.toml"))
                     .ok()
-                    .and_then(|t| toml::from_str::<crate::package::Manifest>(&t).ok());
+                    .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+                    .and_then(|t| t.get("task").and_then(|v| v.as_str()).map(String::from));
                 out.push(Installed {
                     id: id.clone(),
                     version: name.clone(),
                     active: active.as_deref() == Some(name.as_str()),
-                    task: manifest.map(|m| m.task).unwrap_or_else(|| "?".into()),
+                    task: task.unwrap_or_else(|| "?".into()),
                 });
             }
         }
@@ -175,7 +294,7 @@ impl Registry {
             .list()?
             .into_iter()
             .map(|i| {
-                let result = Package::open(&self.root.join(&i.id).join(&i.version)).map(|_| ());
+                let result = AnyPackage::open(&self.root.join(&i.id).join(&i.version)).map(|_| ());
                 (i, result)
             })
             .collect())

@@ -7,16 +7,17 @@
 
 use models::backbone::Backend;
 use models::package::Package;
+use models::pipeline::{Graph, PipelinePackage};
 use models::InferError;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
-/// tract: the ONNX graph is parsed once, and one optimised plan per batch size is kept.
+/// tract: the ONNX graph is parsed once, and one optimised plan per input shape is kept.
 pub struct TractBackend {
     model: InferenceModel,
-    plans: HashMap<usize, Arc<TypedRunnableModel>>,
+    plans: HashMap<Vec<usize>, Arc<TypedRunnableModel>>,
 }
 
 impl TractBackend {
@@ -30,8 +31,8 @@ impl TractBackend {
         })
     }
 
-    fn plan(&mut self, shape: [usize; 4]) -> Result<Arc<TypedRunnableModel>, InferError> {
-        if let Some(plan) = self.plans.get(&shape[0]) {
+    fn plan(&mut self, shape: &[usize]) -> Result<Arc<TypedRunnableModel>, InferError> {
+        if let Some(plan) = self.plans.get(shape) {
             return Ok(plan.clone());
         }
         let plan = self
@@ -40,8 +41,8 @@ impl TractBackend {
             .with_input_fact(0, f32::fact(shape).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
-            .map_err(|e| InferError::Backend(format!("tract cannot plan batch {shape:?}: {e}")))?;
-        self.plans.insert(shape[0], plan.clone());
+            .map_err(|e| InferError::Backend(format!("tract cannot plan input {shape:?}: {e}")))?;
+        self.plans.insert(shape.to_vec(), plan.clone());
         Ok(plan)
     }
 }
@@ -52,8 +53,18 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, InferError> {
+        Graph::run(self, input, &shape)
+    }
+}
+
+impl Graph for TractBackend {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>, InferError> {
         let plan = self.plan(shape)?;
-        let tensor = Tensor::from_shape(&shape, input)
+        let tensor = Tensor::from_shape(shape, input)
             .map_err(|e| InferError::Backend(format!("input tensor: {e}")))?;
         let outputs = plan.run(tvec!(tensor.into()));
         clear_upper_vector_state();
@@ -177,6 +188,16 @@ impl Backend for OrtBackend {
     }
 
     fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, InferError> {
+        Graph::run(self, input, &shape)
+    }
+}
+
+impl Graph for OrtBackend {
+    fn name(&self) -> &'static str {
+        self.provider
+    }
+
+    fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>, InferError> {
         let err = |e: ort::Error| InferError::Backend(format!("ONNX Runtime run: {e}"));
         let dims: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
         let tensor = ort::value::Tensor::from_array((dims, input.to_vec())).map_err(err)?;
@@ -209,15 +230,7 @@ pub fn load(
         Choice::Tract => return Ok(Box::new(TractBackend::load(&package.backbone_path())?)),
         Choice::Ort(device) => device,
     };
-    let library = library
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from))
-        .ok_or_else(|| {
-            InferError::Backend(
-                "ONNX Runtime needs its library: set onnxruntime_library (--ort-library) or ORT_DYLIB_PATH"
-                    .into(),
-            )
-        })?;
+    let library = ort_library(library)?;
     let b = &package.manifest.backbone;
     Ok(Box::new(OrtBackend::load(
         &package.backbone_path(),
@@ -226,4 +239,40 @@ pub fn load(
         &b.output,
         device,
     )?))
+}
+
+/// The ONNX Runtime library to load: `library`, else `ORT_DYLIB_PATH`.
+fn ort_library(library: Option<&Path>) -> Result<std::path::PathBuf, InferError> {
+    library
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from))
+        .ok_or_else(|| {
+            InferError::Backend(
+                "ONNX Runtime needs its library: set onnxruntime_library (--ort-library) or \
+                 ORT_DYLIB_PATH"
+                    .into(),
+            )
+        })
+}
+
+/// Load every stage graph of a contract-2 `package` with the chosen runtime, in stage order.
+pub fn load_pipeline(
+    choice: Choice,
+    package: &PipelinePackage,
+    library: Option<&Path>,
+) -> Result<Vec<Box<dyn Graph>>, InferError> {
+    let mut graphs: Vec<Box<dyn Graph>> = Vec::new();
+    for (stage, path) in package.manifest.stages.iter().zip(package.stage_paths()) {
+        graphs.push(match choice {
+            Choice::Tract => Box::new(TractBackend::load(&path)?),
+            Choice::Ort(device) => Box::new(OrtBackend::load(
+                &path,
+                &ort_library(library)?,
+                &stage.input,
+                &stage.output,
+                device,
+            )?),
+        });
+    }
+    Ok(graphs)
 }
