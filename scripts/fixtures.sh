@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the DICOM test fixtures in <repo>/fixtures/ (gitignored).
 #
-# Owns: installing the fixture inputs (apt: invesalius-examples; pip:
-# pydicom, pydicom-data, pynetdicom, numpy, highdicom) when missing, then running
-# scripts/make_fixtures.py, which returns at once when fixtures/ is complete.
+# Owns: installing the fixture inputs (apt: invesalius-examples, mricron-data; pip:
+# pydicom, pydicom-data, pynetdicom, numpy, highdicom, nibabel) when missing, then running
+# scripts/make_fixtures.py and scripts/make_mr_fixtures.py, which return at once when their
+# part of fixtures/ is complete.
 # Idempotent; runnable from any directory; needs root only to install.
 # Extra arguments go to make_fixtures.py (e.g. --force).
 set -euo pipefail
@@ -11,13 +12,16 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 
-# Debian package carrying Cranium.inv3 (source of the CT series).
-if ! dpkg -s invesalius-examples 2>/dev/null | grep -q '^Status: install ok installed'; then
-    echo "fixtures: installing invesalius-examples" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y invesalius-examples
-fi
+# Debian packages carrying Cranium.inv3 (source of the CT series) and the Colin27 T1 MRI with
+# its BET brain (source of the MR series).
+for pkg in invesalius-examples mricron-data; do
+    if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        echo "fixtures: installing $pkg" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y --no-install-recommends "$pkg"
+    fi
+done
 
 # pip requirements that are not importable (or too old) yet. Checked with
 # find_spec so nothing heavy gets imported; pydicom-data's module is data_store.
@@ -44,6 +48,8 @@ if importlib.util.find_spec("numpy") is None:
     need.append("numpy")
 if importlib.util.find_spec("highdicom") is None:
     need.append("highdicom")  # the independent reader of the SEG and SR we write
+if importlib.util.find_spec("nibabel") is None:
+    need.append("nibabel")  # reads the NIfTI sources of the MR series
 print(" ".join(need))
 PY
 )"
@@ -55,4 +61,7 @@ if [[ -n "$missing" ]]; then
         "$PYTHON" -m pip install --quiet --break-system-packages $missing
 fi
 
-exec "$PYTHON" "$REPO_ROOT/scripts/make_fixtures.py" "$@"
+"$PYTHON" "$REPO_ROOT/scripts/make_fixtures.py" "$@"
+# The T1 MRI series (fixtures/mr); the MNI152 template comes from the nilearn wheel, which the
+# script downloads without its dependencies.
+"$PYTHON" "$REPO_ROOT/scripts/make_mr_fixtures.py"

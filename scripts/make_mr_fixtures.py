@@ -244,6 +244,7 @@ def main():
     args = ap.parse_args()
     stamp = args.out / ".stamp"
     if not args.force and stamp.exists() and stamp.read_text().strip() == str(VERSION):
+        print(f"mr fixtures up to date in {args.out} (version {VERSION})")
         return
     build = Path(tempfile.mkdtemp(prefix="mr-fixtures-", dir=args.out.parent if args.out.parent.exists() else None))
     ch2, affine = load_nifti((MRICRON / "ch2.nii.gz").read_bytes())

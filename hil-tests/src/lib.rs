@@ -26,6 +26,20 @@ use std::time::{Duration, Instant};
 
 pub use test_support::repo_root;
 
+/// The shared library of the pip `onnxruntime` wheel that scripts/setup.sh installs.
+pub fn ort_library() -> std::path::PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.*'))[0])"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "onnxruntime wheel missing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// A TCP port that was free a moment ago on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

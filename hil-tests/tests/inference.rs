@@ -20,20 +20,6 @@ fn package() -> Package {
         .expect("reference package verifies")
 }
 
-/// The shared library of the pip `onnxruntime` wheel that scripts/setup.sh installs.
-fn ort_library() -> PathBuf {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.*'))[0])"])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "onnxruntime wheel missing: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 fn series(name: &str) -> SeriesVolume {
     let dir = test_support::fixtures::fixtures().join(name);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -55,7 +41,7 @@ fn ort() -> Box<dyn Backend> {
     Box::new(
         OrtBackend::load(
             &p.backbone_path(),
-            &ort_library(),
+            &hil_tests::ort_library(),
             &b.input,
             &b.output,
             OrtDevice::Cpu,
