@@ -11,8 +11,14 @@
 #           server CPU and memory, bytes per device (hil-tests/src/bin/fleet_bench.rs); then the
 #           federated-learning experiment on four simulated sites
 #           (hil-tests/src/bin/fed_experiment.rs). Not in the default set.
+#   models: deepbet per study on the MR fixtures, the appliance (ONNX Runtime and tract on the
+#           CPU) against deepbet's own PyTorch pipeline, per stage, with peak memory
+#           (models/deepbet/bench.py), then mask parity and Dice (models/deepbet/parity.py).
+#           Needs a Python with torch and deepbet 1.0.2: $DEEPBET_PYTHON, else a venv made in
+#           target/deepbet-venv (`pip install deepbet==1.0.2`; PyPI's torch, several GB). Not in
+#           the default set.
 #
-# Usage: scripts/bench.sh [ingest|infer|learn|federation] [ARGS...]
+# Usage: scripts/bench.sh [ingest|infer|learn|federation|models] [ARGS...]
 #   With no selector ingest and infer run, in that order, and ARGS (e.g. --rounds 5) go to both;
 #   with a selector only that benchmark runs and ARGS go to it (e.g. `scripts/bench.sh ingest
 #   --tcp-nodelay`, `scripts/bench.sh infer --rounds 9`); `federation` runs `fleet_bench
@@ -26,6 +32,26 @@ cd "$REPO_ROOT"
 
 benches=(ingest_bench infer_bench)
 packages=(-p appliance -p hil-tests)
+if [[ "${1:-}" == models ]]; then
+    shift
+    cargo build --release -p appliance
+    bash scripts/fixtures.sh
+    python="${DEEPBET_PYTHON:-}"
+    if [[ -z "$python" ]]; then
+        python=target/deepbet-venv/bin/python
+        if ! "$python" -c "import deepbet, torch" 2>/dev/null; then
+            python3 -m venv target/deepbet-venv
+            "$python" -m pip install --quiet deepbet==1.0.2
+        fi
+    fi
+    ort="$(python3 -c "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.*'))[0])")"
+    "$python" models/deepbet/bench.py --appliance target/release/appliance --ort-library "$ort" \
+        --deepbet-python "$python" "$@" fixtures/mr/*/
+    "$python" models/deepbet/parity.py --appliance target/release/appliance --ort-library "$ort" \
+        fixtures/mr/*/
+    exit 0
+fi
+
 case "${1:-}" in
     ingest | infer | learn)
         benches=("$1_bench")

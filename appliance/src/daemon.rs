@@ -177,6 +177,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // The learner fine-tunes the head while inference is idle (it needs the model inference
     // runs; without it there is nothing to fine-tune).
     let learner = match (&pipeline, config.learning.enabled) {
+        (Some(p), true) if !p.learns() => {
+            tracing::info!(model = %config.inference.model, "learning off: the model is a contract-2 package, which does not learn on site yet");
+            None
+        }
         (Some(_), true) => match crate::learn::Learner::new(&config) {
             Ok(learner) => {
                 let learner_metrics = appliance_metrics.clone();

@@ -183,6 +183,11 @@ impl Pipeline {
         }))
     }
 
+    /// Whether the model has a head the learner fine-tunes (contract 1).
+    pub fn learns(&self) -> bool {
+        matches!(self.package, AnyPackage::Head(_))
+    }
+
     /// Report the head in use to these metrics.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ApplianceMetrics>) -> Pipeline {
         self.metrics = Some(metrics);

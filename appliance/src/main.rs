@@ -98,6 +98,10 @@ enum Command {
         /// series' voxel order (slices sorted along their normal, then rows, then columns).
         #[arg(long)]
         label_map: Option<PathBuf>,
+        /// Also write the result's SEG and SR (checked as the daemon checks them) under
+        /// DIR/results/0/.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -358,10 +362,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             backend,
             ort_library,
             label_map,
+            export,
             config,
         } => {
             init_tool_logging();
-            infer_command(path, model, backend, ort_library, label_map, config)
+            let outputs = InferOutputs { label_map, export };
+            infer_command(path, model, backend, ort_library, outputs, config)
         }
         Command::Studies { command } => match command {
             StudiesCommand::List { config, json } => {
@@ -825,12 +831,18 @@ fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What `appliance infer` writes besides its JSON.
+struct InferOutputs {
+    label_map: Option<PathBuf>,
+    export: Option<PathBuf>,
+}
+
 fn infer_command(
     path: PathBuf,
     model: String,
     backend: BackendChoice,
     ort_library: Option<PathBuf>,
-    label_map: Option<PathBuf>,
+    outputs: InferOutputs,
     config: ConfigArgs,
 ) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
@@ -865,11 +877,25 @@ fn infer_command(
     let series = pacs_bridge::volume::build(&files, &pacs_bridge::volume::Limits::default())?;
     let decode_ms = t.elapsed().as_secs_f64() * 1e3;
     let result = loaded.run(&series.volume)?;
-    if let Some(out) = &label_map {
+    if let Some(out) = &outputs.label_map {
         std::fs::write(out, &result.label_map)
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
     let mut json = serde_json::to_value(&result)?;
+    if let Some(dir) = &outputs.export {
+        let t = std::time::Instant::now();
+        let objects = appliance::export::export(
+            dir,
+            0,
+            &series,
+            &result,
+            package.outputs(),
+            &appliance::config::ResultsConfig::default(),
+            &format!("infer|{}", series.series_uid),
+        )?;
+        json["timings"]["export_ms"] = (t.elapsed().as_secs_f64() * 1e3).into();
+        json["objects"] = serde_json::to_value(&objects)?;
+    }
     json["series_uid"] = series.series_uid.into();
     json["slices"] = series.volume.slices.into();
     json["timings"]["decode_ms"] = decode_ms.into();

@@ -52,7 +52,7 @@ pub fn apply(
                     values.iter_mut().for_each(|v| *v = 0.0);
                 }
             }
-            IntensityStep::Zscore => {
+            IntensityStep::Zscore {} => {
                 let n = values.len() as f64;
                 let mean = values.iter().map(|v| *v as f64).sum::<f64>() / n;
                 let var = values
@@ -128,7 +128,7 @@ mod tests {
                 high: 100.0,
                 from: Some("one".into()),
             },
-            IntensityStep::Zscore,
+            IntensityStep::Zscore {},
             IntensityStep::Affine {
                 factor: 2.0,
                 offset: 1.0,

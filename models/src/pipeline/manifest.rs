@@ -182,8 +182,9 @@ pub enum IntensityStep {
         high: f64,
         from: Option<String>,
     },
-    /// `(x − mean) / std` over the stage's input (`std` with N − 1).
-    Zscore,
+    /// `(x − mean) / std` over the stage's input (`std` with N − 1). (An empty struct, not a
+    /// unit variant: serde would let a unit variant ignore unknown keys.)
+    Zscore {},
     /// `(x − mean) / std` with fixed values.
     Standardise { mean: f32, std: f32 },
     /// `x · factor + offset`.
@@ -256,7 +257,7 @@ pub enum PostStep {
     /// Keep only the largest connected foreground component (6, 18 or 26 neighbours).
     LargestComponent { connectivity: u8 },
     /// Background not connected (6 neighbours) to the region's border becomes foreground.
-    FillHoles,
+    FillHoles {},
     /// Drop foreground components of fewer voxels.
     MinComponentVoxels { voxels: usize },
 }
@@ -266,7 +267,7 @@ impl PipelineManifest {
     pub fn check(&self) -> Result<(), String> {
         if self.contract != 2 {
             return Err(format!(
-                "contract {} is not supported (1 or 2)",
+                "contract = {} is not a contract this appliance runs (absent for 1, or 2)",
                 self.contract
             ));
         }
@@ -456,7 +457,7 @@ impl IntensityStep {
                     _ => Ok(()),
                 }
             }
-            IntensityStep::Zscore => Ok(()),
+            IntensityStep::Zscore {} => Ok(()),
             IntensityStep::Standardise { mean, std } if finite(&[*mean, *std]) && *std > 0.0 => {
                 Ok(())
             }

@@ -19,7 +19,7 @@ pub fn apply(labels: &mut Grid<u8>, steps: &[PostStep]) {
                     keep_largest(labels, class, *connectivity)
                 }
                 PostStep::MinComponentVoxels { voxels } => drop_small(labels, class, *voxels),
-                PostStep::FillHoles => fill_holes(labels, class),
+                PostStep::FillHoles {} => fill_holes(labels, class),
             }
         }
     }
@@ -124,20 +124,21 @@ fn drop_small(labels: &mut Grid<u8>, class: u8, min: usize) {
 /// become `class` (voxels of other classes stay).
 fn fill_holes(labels: &mut Grid<u8>, class: u8) {
     let [a, b, c] = labels.shape;
-    let (ids, _) = components(labels, |l| l != class, 6);
-    let mut outside = std::collections::HashSet::new();
+    let (ids, sizes) = components(labels, |l| l != class, 6);
+    // Indexed by component id (0 = a voxel of the class).
+    let mut outside = vec![false; sizes.len() + 1];
     for i in 0..a {
         for j in 0..b {
             for k in 0..c {
                 let border = i == 0 || j == 0 || k == 0 || i == a - 1 || j == b - 1 || k == c - 1;
                 if border {
-                    outside.insert(ids[(i * b + j) * c + k]);
+                    outside[ids[(i * b + j) * c + k] as usize] = true;
                 }
             }
         }
     }
     for (l, id) in labels.data.iter_mut().zip(&ids) {
-        if *l == 0 && *id != 0 && !outside.contains(id) {
+        if *l == 0 && *id != 0 && !outside[*id as usize] {
             *l = class;
         }
     }
@@ -185,7 +186,7 @@ mod tests {
             }
         }
         let mut g = grid([5, 5, 5], &on);
-        apply(&mut g, &[PostStep::FillHoles]);
+        apply(&mut g, &[PostStep::FillHoles {}]);
         assert_eq!(g.data[g.index(2, 2, 2)], 1);
         let mut cup = grid(
             [3, 3, 3],
@@ -197,7 +198,7 @@ mod tests {
         cup.data[at] = 0;
         let centre = cup.index(1, 1, 1);
         // The centre touches the emptied voxel, which lies on the border.
-        apply(&mut cup, &[PostStep::FillHoles]);
+        apply(&mut cup, &[PostStep::FillHoles {}]);
         assert_eq!(cup.data[centre], 0);
     }
 

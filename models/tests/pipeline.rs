@@ -1,0 +1,418 @@
+//! Contract-2 packages: the manifest is refused key by key and field by field, the shipped
+//! deepbet package verifies, and the runner's spatial modes, layouts, crop stage, decisions
+//! and post-processing give exactly the labels they should, on series in several orientations,
+//! through graphs whose output is known.
+
+use models::pipeline::run::{run, PipelineModel};
+use models::pipeline::{parse_manifest, Graph, PipelinePackage};
+use models::registry::{AnyPackage, Registry};
+use models::InferError;
+use radiant_core::Volume;
+use std::path::{Path, PathBuf};
+
+fn deepbet_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deepbet/package")
+}
+
+fn deepbet_manifest() -> String {
+    std::fs::read_to_string(deepbet_dir().join("manifest.toml")).unwrap()
+}
+
+fn refusal(text: &str) -> String {
+    parse_manifest(Path::new("manifest.toml"), text)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn the_shipped_deepbet_package_verifies_and_installs_with_its_licence() {
+    let package = PipelinePackage::open(&deepbet_dir()).unwrap();
+    let m = &package.manifest;
+    assert_eq!((m.id.as_str(), m.licence.as_str()), ("deepbet", "MIT"));
+    assert_eq!(m.stages.len(), 2);
+    assert_eq!(m.segmentation_stage(), Some(1));
+    let data = tempfile::tempdir().unwrap();
+    let registry = Registry::new(data.path());
+    let installed = registry.install(&deepbet_dir(), false).unwrap();
+    assert!(installed.active);
+    assert!(matches!(
+        registry.open_active_any("deepbet").unwrap(),
+        AnyPackage::Pipeline(_)
+    ));
+    let copy = data.path().join("models/deepbet/1.0.2");
+    assert!(std::fs::read_to_string(copy.join("LICENSE"))
+        .unwrap()
+        .contains("University of Münster"));
+    // A contract-1 opener says what the package is instead of failing on a key.
+    let err = models::package::Package::open(&deepbet_dir()).unwrap_err();
+    assert!(err.to_string().contains("contract-2"), "{err}");
+}
+
+#[test]
+fn a_tampered_graph_is_refused_with_both_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(deepbet_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let graph = dir.path().join("brain_256.onnx");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&graph, bytes).unwrap();
+    let err = AnyPackage::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("brain_256.onnx") && err.contains("the manifest says"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name_wherever_they_are() {
+    let text = deepbet_manifest();
+    for (from, to, key) in [
+        ("contract = 2\n", "contract = 2\nspeed = 1\n", "speed"),
+        (
+            "grid = \"model\"",
+            "grid = \"model\"\ncolour_map = 1",
+            "colour_map",
+        ),
+        (
+            "{ op = \"zscore\" }",
+            "{ op = \"zscore\", scale = 2 }",
+            "scale",
+        ),
+        (
+            "orientation = \"RAS\"",
+            "orientation = \"RAS\"\nflip = true",
+            "flip",
+        ),
+        ("margin = 0.1 }", "margin = 0.1, padding = 3 }", "padding"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let err = refusal(&text.replacen(from, to, 1));
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn fields_that_cannot_work_are_refused_naming_the_field() {
+    let text = deepbet_manifest();
+    for (from, to, expect) in [
+        (
+            "region = { stage = \"bbox\"",
+            "region = { stage = \"brain\"",
+            "region.stage \"brain\" is not an earlier stage",
+        ),
+        (
+            "high = 99.5, from = \"bbox\"",
+            "high = 99.5, from = \"nope\"",
+            "from \"nope\" is not an earlier stage",
+        ),
+        (
+            "layout = \"NCDHW\"",
+            "layout = \"NCHW\"",
+            "does not fit spatial",
+        ),
+        (
+            "shape = [128, 128, 128]",
+            "shape = [128, 128]",
+            "shape must be 3 sizes",
+        ),
+        (
+            "shape = [128, 128, 128]",
+            "shape = [128, 0, 128]",
+            "shape must be 3 sizes",
+        ),
+        (
+            "threshold = 0.5\ngrid = \"region\"",
+            "grid = \"region\"",
+            "decision",
+        ),
+        (
+            "low = 0.5, high = 99.5 }",
+            "low = 99.5, high = 0.5 }",
+            "0 <= low < high",
+        ),
+        ("margin = 0.1", "margin = -0.1", "region.margin"),
+        ("contract = 2", "contract = 3", "contract = 3"),
+        ("min_slices = 16", "min_slices = 0", "min_slices"),
+        (
+            "{ op = \"largest-component\", connectivity = 26 }, { op = \"fill-holes\" }",
+            "{ op = \"largest-component\", connectivity = 5 }",
+            "connectivity must be 6, 18 or 26",
+        ),
+        ("licence = \"MIT\"", "licence = \"MIT and more\"", "licence"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let err = refusal(&text.replacen(from, to, 1));
+        assert!(err.contains(expect), "{expect}: {err}");
+    }
+    // The segmentation stage must decide as many classes as there are labels.
+    let two_labels = text.replace(
+        "[report]",
+        "[[labels]]\nvalue = 2\nname = \"more\"\ncolour = [1, 2, 3]\n\n[report]",
+    );
+    assert!(refusal(&two_labels).contains("decides 1 classes but the manifest has 2 labels"));
+}
+
+/// Gives its input back (one channel in, one out), or a transform of it.
+struct Fixed {
+    f: fn(&[f32], &[usize]) -> Vec<f32>,
+}
+
+impl Graph for Fixed {
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+    fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>, InferError> {
+        Ok((self.f)(input, shape))
+    }
+}
+
+fn identity(input: &[f32], _: &[usize]) -> Vec<f32> {
+    input.to_vec()
+}
+
+/// NHWC with one channel in, two logits out per pixel: background 0, foreground 10·x − 5.
+fn two_logits_nhwc(input: &[f32], _: &[usize]) -> Vec<f32> {
+    input.iter().flat_map(|x| [0.0, 10.0 * x - 5.0]).collect()
+}
+
+fn mean(input: &[f32], _: &[usize]) -> Vec<f32> {
+    vec![input.iter().sum::<f32>() / input.len() as f32]
+}
+
+const SIZE: [usize; 3] = [16, 24, 20]; // columns, rows, slices
+
+/// A volume of `SIZE` with 100 inside the box (columns 4..10, rows 6..18, slices 5..13) and 0
+/// elsewhere, in the orientation given by its row and column directions.
+fn volume(row: [f64; 3], column: [f64; 3]) -> (Volume, Vec<u8>) {
+    let normal = [
+        row[1] * column[2] - row[2] * column[1],
+        row[2] * column[0] - row[0] * column[2],
+        row[0] * column[1] - row[1] * column[0],
+    ];
+    let [nc, nr, ns] = SIZE;
+    let mut voxels = vec![0f32; nc * nr * ns];
+    let mut truth = vec![0u8; voxels.len()];
+    for s in 5..13 {
+        for r in 6..18 {
+            for c in 4..10 {
+                voxels[(s * nr + r) * nc + c] = 100.0;
+                truth[(s * nr + r) * nc + c] = 1;
+            }
+        }
+    }
+    let volume = Volume {
+        columns: nc,
+        rows: nr,
+        slices: ns,
+        spacing: [1.0, 1.5, 2.0],
+        origin: [0.0; 3],
+        row_direction: row,
+        column_direction: column,
+        normal,
+        voxels,
+        modality: "MR".into(),
+        frame_of_reference_uid: None,
+    };
+    (volume, truth)
+}
+
+const ORIENTATIONS: [([f64; 3], [f64; 3]); 3] = [
+    ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]),  // axial
+    ([0.0, 1.0, 0.0], [0.0, 0.0, -1.0]), // sagittal
+    ([1.0, 0.0, 0.0], [0.0, 0.0, -1.0]), // coronal
+];
+
+const HEADER: &str = r#"contract = 2
+id = "synthetic"
+version = "0.0.1"
+task = "segmentation"
+licence = "CC0-1.0"
+intended_use = "Tests only."
+[input]
+modality = "MR"
+min_slices = 4
+orientation = "RAS"
+"#;
+
+const LABEL: &str = r#"
+[[labels]]
+value = 7
+name = "box"
+colour = [255, 0, 0]
+"#;
+
+fn model(stages: &str, graphs: Vec<Box<dyn Graph>>, extra: &str) -> PipelineModel {
+    let text = format!("{HEADER}{stages}{LABEL}{extra}");
+    let manifest = parse_manifest(Path::new("manifest.toml"), &text).unwrap();
+    PipelineModel::new(
+        PipelinePackage {
+            dir: PathBuf::new(),
+            manifest,
+        },
+        graphs,
+    )
+    .unwrap()
+}
+
+fn stage(name: &str, body: &str) -> String {
+    format!(
+        "[[stages]]\nname = \"{name}\"\nfile = \"{name}.onnx\"\nsha256 = \"{}\"\ninput = \"x\"\noutput = \"y\"\n{body}\n",
+        "0".repeat(64)
+    )
+}
+
+const WINDOW: &str = r#"channels = [[{ op = "window", center = 50.0, width = 100.0 }]]"#;
+
+#[test]
+fn a_crop_stage_after_a_coarse_stage_finds_the_box_exactly_in_every_orientation() {
+    let coarse = stage(
+        "coarse",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"volume\"\nshape = [8, 8, 8]\n{WINDOW}\n\
+             postprocess = [{{ op = \"largest-component\", connectivity = 26 }}]\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5\ngrid = \"model\""
+        ),
+    );
+    let fine = stage(
+        "fine",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"patches\"\nshape = [4, 4, 4]\noverlap = 0.5\n\
+             region = {{ stage = \"coarse\", margin = 0.5 }}\n{WINDOW}\n\
+             postprocess = [{{ op = \"fill-holes\" }}]\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5"
+        ),
+    );
+    for (row, column) in ORIENTATIONS {
+        let (v, truth) = volume(row, column);
+        let mut m = model(
+            &format!("{coarse}{fine}"),
+            vec![
+                Box::new(Fixed { f: identity }),
+                Box::new(Fixed { f: identity }),
+            ],
+            "",
+        );
+        let result = run(&mut m, &v).unwrap();
+        let expected: Vec<u8> = truth.iter().map(|t| t * 7).collect();
+        assert_eq!(result.label_map, expected, "orientation {row:?} {column:?}");
+        assert_eq!(result.labels[0].voxels, 6 * 12 * 8);
+        let stages = &result.timings.stages;
+        assert_eq!(stages.len(), 2);
+        // The crop is smaller than the volume on some axis and still holds the box.
+        let whole: usize = SIZE.iter().product();
+        let crop: usize = stages[1].region.iter().map(|[lo, hi]| hi - lo).product();
+        assert!(crop < whole, "{:?}", stages[1].region);
+    }
+}
+
+#[test]
+fn slices_in_channels_last_layout_with_softmax_argmax_give_the_box() {
+    let slices = stage(
+        "slices",
+        &format!(
+            "layout = \"NHWC\"\nspatial = \"slice\"\nshape = [16, 24]\nslice_axis = 2\n{WINDOW}\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"softmax\"\nchannels = 2\n\
+             decision = \"argmax\""
+        ),
+    );
+    let (v, truth) = volume(ORIENTATIONS[0].0, ORIENTATIONS[0].1);
+    let mut m = model(&slices, vec![Box::new(Fixed { f: two_logits_nhwc })], "");
+    let result = run(&mut m, &v).unwrap();
+    let expected: Vec<u8> = truth.iter().map(|t| t * 7).collect();
+    assert_eq!(result.label_map, expected);
+}
+
+#[test]
+fn a_study_stage_gives_the_finding_probability() {
+    let seg = stage(
+        "seg",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"volume\"\nshape = [16, 24, 20]\n{WINDOW}\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5"
+        ),
+    );
+    let study = stage(
+        "study",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"volume\"\nshape = [16, 24, 20]\n{WINDOW}\n\
+             [stages.scores]\nper = \"study\"\nactivation = \"none\"\nchannels = 1\n\
+             codes = [{{ scheme = \"SCT\", value = \"12738006\", meaning = \"Brain\" }}]"
+        ),
+    );
+    let (v, _) = volume(ORIENTATIONS[0].0, ORIENTATIONS[0].1);
+    let mut m = model(
+        &format!("{seg}{study}"),
+        vec![Box::new(Fixed { f: identity }), Box::new(Fixed { f: mean })],
+        "[classification]\nname = \"box present\"\n",
+    );
+    let result = run(&mut m, &v).unwrap();
+    let expected = (6 * 12 * 8) as f64 / (16 * 24 * 20) as f64;
+    let p = result.finding_probability.unwrap();
+    assert!((p - expected).abs() < 1e-6, "{p} vs {expected}");
+    assert_eq!(result.finding.as_deref(), Some("box present"));
+}
+
+#[test]
+fn a_graph_that_misbehaves_or_finds_nothing_fails_the_study_with_the_reason() {
+    let one = |f: fn(&[f32], &[usize]) -> Vec<f32>| -> Vec<Box<dyn Graph>> {
+        vec![Box::new(Fixed { f })]
+    };
+    let seg = stage(
+        "seg",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"volume\"\nshape = [8, 8, 8]\n{WINDOW}\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5"
+        ),
+    );
+    let (v, _) = volume(ORIENTATIONS[0].0, ORIENTATIONS[0].1);
+    let short = run(&mut model(&seg, one(mean), ""), &v).unwrap_err();
+    assert!(
+        short
+            .to_string()
+            .contains("stage seg: the graph gave 1 values"),
+        "{short}"
+    );
+    let nan = run(
+        &mut model(&seg, one(|i, _| vec![f32::NAN; i.len()]), ""),
+        &v,
+    )
+    .unwrap_err();
+    assert!(nan.to_string().contains("non-finite"), "{nan}");
+    // A crop after a stage that found nothing is a named error, not a panic.
+    let crop = stage(
+        "crop",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"volume\"\nshape = [8, 8, 8]\n\
+             region = {{ stage = \"seg\" }}\n{WINDOW}\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5"
+        ),
+    );
+    let mut empty = model(
+        &format!("{seg}{crop}"),
+        vec![
+            Box::new(Fixed {
+                f: |i, _| vec![0.0; i.len()],
+            }),
+            Box::new(Fixed { f: identity }),
+        ],
+        "",
+    );
+    let err = run(&mut empty, &v).unwrap_err();
+    assert!(matches!(err, InferError::EmptyRegion { .. }), "{err}");
+    // The wrong modality is refused before anything runs.
+    let mut ct = v.clone();
+    ct.modality = "CT".into();
+    assert!(matches!(
+        run(&mut model(&seg, one(identity), ""), &ct).unwrap_err(),
+        InferError::WrongModality { .. }
+    ));
+}
