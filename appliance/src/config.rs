@@ -67,6 +67,10 @@ pub struct Config {
     /// Where results (SEG, SR) are sent.
     #[serde(default)]
     pub destinations: Vec<DestinationConfig>,
+    /// Which models a series goes to ([`crate::routes`]); none: `[inference] model` takes
+    /// every series of its modality.
+    #[serde(default)]
+    pub routes: Vec<crate::routes::RouteConfig>,
     #[serde(default)]
     pub outbox: OutboxConfig,
     #[serde(default)]
@@ -427,6 +431,15 @@ pub struct InferenceConfig {
     /// then fails (the case is refused) with the count.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Resident memory the loaded models may hold together, MiB: a model is loaded by its
+    /// first job, and the least recently used others are unloaded while the total is above
+    /// this (the one a job needs always stays).
+    #[serde(default = "default_model_memory_mb")]
+    pub model_memory_mb: u64,
+}
+
+fn default_model_memory_mb() -> u64 {
+    8192
 }
 
 impl Default for InferenceConfig {
@@ -438,6 +451,7 @@ impl Default for InferenceConfig {
             onnxruntime_library: None,
             max_queued_jobs: default_max_queued_jobs(),
             max_attempts: default_max_attempts(),
+            model_memory_mb: default_model_memory_mb(),
         }
     }
 }
@@ -922,6 +936,15 @@ impl Config {
             if self.http.enabled && self.http.port == t.port && self.http.bind == d.bind {
                 problem("http.port", "must differ from dicom.tls.port".into());
             }
+        }
+        for (key, message) in crate::routes::problems(&self.routes) {
+            problem(&key, message);
+        }
+        if !(64..=1 << 20).contains(&self.inference.model_memory_mb) {
+            problem(
+                "inference.model_memory_mb",
+                "must be between 64 and 1048576".into(),
+            );
         }
         if !(1..=100).contains(&self.inference.max_attempts) {
             problem("inference.max_attempts", "must be between 1 and 100".into());

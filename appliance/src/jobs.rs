@@ -12,7 +12,7 @@
 use crate::config::Config;
 use crate::db::{self, now_ms, CaseOrigin, JobState};
 use crate::export::ExportedObject;
-use crate::loaded::Loaded;
+use crate::loaded::{Loaded, LoadedModels};
 use anyhow::Context;
 use models::backbone::Backend;
 use models::package::Package;
@@ -122,12 +122,15 @@ pub fn requeue_interrupted(
     Ok((requeued, given_up))
 }
 
-/// Creates jobs for completed studies and runs them.
+/// Creates jobs for completed studies, one per series and model its routes send it to, and
+/// runs them.
 #[derive(Clone)]
 pub struct Pipeline {
     data_dir: PathBuf,
     config: Config,
-    package: AnyPackage,
+    /// The active version of every routed model that is installed.
+    packages: Vec<AnyPackage>,
+    router: crate::routes::Router,
     metrics: Option<Arc<crate::metrics::ApplianceMetrics>>,
 }
 
@@ -158,34 +161,56 @@ fn admission(conn: &Connection, max_queued: usize) -> rusqlite::Result<JobState>
 }
 
 impl Pipeline {
-    /// The pipeline for the configured model, or `None` (logged) when inference is off or the
-    /// model is not installed.
+    /// The pipeline for the configured routes, or `None` (logged) when inference is off or no
+    /// routed model is installed. A routed model that is not installed is logged and left out.
     pub fn new(config: &Config) -> anyhow::Result<Option<Pipeline>> {
         let data_dir = &config.data_dir;
         if !config.inference.enabled {
             tracing::info!("inference disabled in the configuration");
             return Ok(None);
         }
+        let router = crate::routes::Router::new(&config.routes, &config.inference.model)
+            .map_err(|e| anyhow::anyhow!("routes: {e}"))?;
         let registry = models::registry::Registry::new(data_dir);
-        let package = match registry.open_active_any(&config.inference.model) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(model = %config.inference.model, error = %e, "inference off: model not available (install it with `appliance models install`)");
-                return Ok(None);
+        let mut packages = Vec::new();
+        for id in router.models() {
+            match registry.open_active_any(&id) {
+                Ok(p) => packages.push(p),
+                Err(e) => {
+                    tracing::warn!(model = %id, error = %e, "model not available: series routed to it are left alone (install it with `appliance models install`)")
+                }
             }
-        };
+        }
+        if packages.is_empty() {
+            tracing::warn!("inference off: no routed model is installed");
+            return Ok(None);
+        }
         db::open(data_dir)?;
         Ok(Some(Pipeline {
             data_dir: data_dir.to_path_buf(),
             config: config.clone(),
-            package,
+            packages,
+            router,
             metrics: None,
         }))
     }
 
-    /// Whether the model has a head the learner fine-tunes (contract 1).
+    /// The contract-1 package of `[inference] model`, whose head the learner fine-tunes and
+    /// whose labelled cases are taken in; `None` when it is not installed or is contract 2.
+    fn learning_package(&self) -> Option<&Package> {
+        self.packages.iter().find_map(|p| match p {
+            AnyPackage::Head(h) if h.manifest.id == self.config.inference.model => Some(h),
+            _ => None,
+        })
+    }
+
+    /// Whether `[inference] model` has a head the learner fine-tunes (contract 1).
     pub fn learns(&self) -> bool {
-        matches!(self.package, AnyPackage::Head(_))
+        self.learning_package().is_some()
+    }
+
+    fn package(&self, id: &str) -> Option<&AnyPackage> {
+        self.packages.iter().find(|p| p.id() == id)
     }
 
     /// Report the head in use to these metrics.
@@ -194,49 +219,91 @@ impl Pipeline {
         self
     }
 
-    /// Queue one job per series of a completed study that the model takes.
+    /// Queue one job per series of a completed study and model its routes send it to; a series
+    /// no route takes is stored and left alone, and counted.
     pub fn enqueue(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
+        self.enqueue_routed(study_uid, calling_ae, true)
+    }
+
+    fn enqueue_routed(
+        &self,
+        study_uid: &str,
+        calling_ae: &str,
+        count_unrouted: bool,
+    ) -> anyhow::Result<usize> {
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let series = index::series_of_study(&index, &self.data_dir, study_uid, calling_ae)?;
-        let modality = self.package.modality();
         let conn = db::open(&self.data_dir)?;
         let mut created = 0;
         for s in series {
-            // Other series (an SR, a localizer of another modality) are not the model's input;
-            // too few slices is left to the job, which fails with that reason.
-            if !s.modality.eq_ignore_ascii_case(modality) {
+            // Radiologists' SEGs and SRs are labels, taken in by `intake_labels`.
+            if s.modality.eq_ignore_ascii_case("SEG") || s.modality.eq_ignore_ascii_case("SR") {
                 continue;
             }
-            let state = admission(&conn, self.config.inference.max_queued_jobs)?;
-            if state == JobState::Rejected {
-                tracing::warn!(study = %log_tag(study_uid), "inference queue full; job rejected");
+            let models = self.models_for(&s, calling_ae);
+            if models.is_empty() {
+                if count_unrouted {
+                    if let Some(m) = &self.metrics {
+                        m.series_unrouted.inc();
+                    }
+                    tracing::info!(study = %log_tag(study_uid), series = %log_tag(&s.series_uid), modality = %s.modality, "no route takes the series; stored and left alone");
+                }
+                continue;
             }
-            let now = now_ms();
-            created += conn.execute(
-                "INSERT OR IGNORE INTO jobs (study_uid, calling_ae, series_uid, model_id,
-                     model_version, instances, state, error, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-                params![
-                    study_uid,
-                    calling_ae,
-                    s.series_uid,
-                    self.package.id(),
-                    self.package.version(),
-                    s.files.len() as i64,
-                    state,
-                    (state == JobState::Rejected).then_some("queue full"),
-                    now
-                ],
-            )?;
+            for package in models {
+                let state = admission(&conn, self.config.inference.max_queued_jobs)?;
+                if state == JobState::Rejected {
+                    tracing::warn!(study = %log_tag(study_uid), "inference queue full; job rejected");
+                }
+                let now = now_ms();
+                created += conn.execute(
+                    "INSERT OR IGNORE INTO jobs (study_uid, calling_ae, series_uid, model_id,
+                         model_version, instances, state, error, created_at_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                    params![
+                        study_uid,
+                        calling_ae,
+                        s.series_uid,
+                        package.id(),
+                        package.version(),
+                        s.files.len() as i64,
+                        state,
+                        (state == JobState::Rejected).then_some("queue full"),
+                        now
+                    ],
+                )?;
+            }
         }
         Ok(created)
+    }
+
+    /// The installed models the routes send `series` to. A model only takes series of its
+    /// modality (a localizer of another modality is not its input); too few slices is left to
+    /// the job, which fails with that reason.
+    fn models_for(&self, series: &index::SeriesFiles, calling_ae: &str) -> Vec<&AnyPackage> {
+        let Some(first) = series.files.first() else {
+            return Vec::new();
+        };
+        let attributes = match volume::series_attributes(first, &Limits::default()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(series = %log_tag(&series.series_uid), error = %e, "cannot read the series' attributes; not routed");
+                return Vec::new();
+            }
+        };
+        self.router
+            .route(&attributes, calling_ae)
+            .iter()
+            .filter_map(|id| self.package(id))
+            .filter(|p| p.modality().eq_ignore_ascii_case(&attributes.modality))
+            .collect()
     }
 
     /// Take every SEG and SR of a completed study that is new to us in as a labelled case for
     /// the model (accepted or refused, with the reason); returns how many were taken in.
     pub fn intake_labels(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
         // Contract-2 models do not learn yet: their labelled objects stay in the spool.
-        let AnyPackage::Head(package) = &self.package else {
+        let Some(package) = self.learning_package() else {
             return Ok(0);
         };
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
@@ -313,37 +380,37 @@ impl Pipeline {
             if study.state != "complete" {
                 continue;
             }
-            self.enqueue(&study.study_uid, &study.calling_ae)?;
+            // Counted once, when the study completed; not again at every start.
+            self.enqueue_routed(&study.study_uid, &study.calling_ae, false)?;
             self.intake_labels(&study.study_uid, &study.calling_ae)?;
         }
         Ok(())
     }
 
-    /// Run queued jobs one at a time until `stop` is raised. The model is loaded once. The
-    /// worker waits on `wake`, which [`Pipeline::enqueue`]'s caller rings; the timeout only
-    /// covers jobs queued by another process. `done` is rung after every finished job (the
-    /// outbox sender waits on it).
+    /// Run queued jobs one at a time until `stop` is raised. Routed models are loaded at start
+    /// while they fit `inference.model_memory_mb`, the others by their first job. The worker
+    /// waits on `wake`, which [`Pipeline::enqueue`]'s caller rings; the timeout only covers
+    /// jobs queued by another process. `done` is rung after every finished job (the outbox
+    /// sender waits on it).
     pub fn work(self, stop: &Cancel, mut wake: Doorbell, done: &Doorbell) -> anyhow::Result<()> {
-        let mut model = Loaded::load(&self.config, &self.package)?;
-        let global = match &model {
-            Loaded::Head(m) => Some(m.head.clone()),
-            Loaded::Pipeline(_) => None,
-        };
-        tracing::info!(model = %self.package.id(), version = %self.package.version(), backend = model.backend_name(), "inference worker ready");
+        let mut loaded = LoadedModels::new(self.config.inference.model_memory_mb);
+        for package in &self.packages {
+            if loaded.charged() < self.config.inference.model_memory_mb << 20 {
+                loaded.get(&self.config, package)?;
+            }
+        }
+        tracing::info!(models = ?loaded.ids(), "inference worker ready");
         let mut conn = db::open(&self.data_dir)?;
-        // The head in use: `None` is the global head. Checked before every job, so a promotion
-        // or a rollback (by the learner or the CLI) takes effect with the next study.
-        let mut in_use: Option<i64> = None;
         while !stop.is_cancelled() {
-            let next: Option<(i64, String, String, String)> = conn
+            let next: Option<(i64, String, String, String, String)> = conn
                 .query_row(
-                    "SELECT id, study_uid, calling_ae, series_uid FROM jobs
+                    "SELECT id, study_uid, calling_ae, series_uid, model_id FROM jobs
                      WHERE state = ?1 ORDER BY id LIMIT 1",
                     [JobState::Queued],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
-            let Some((id, study, ae, series)) = next else {
+            let Some((id, study, ae, series, model_id)) = next else {
                 wake.wait(QUEUE_RECHECK);
                 continue;
             };
@@ -352,25 +419,49 @@ impl Pipeline {
                  WHERE id = ?1",
                 params![id, now_ms(), JobState::Running],
             )?;
-            if let (Loaded::Head(head_model), Some(global)) = (&mut model, &global) {
-                self.swap_champion(&conn, head_model, global, &mut in_use)?;
-            }
             let started = Instant::now();
-            // A panic anywhere in the job (a dependency's decoder, a runtime) fails this job with
-            // its message; the worker reloads the model, whose state the panic may have cut
-            // short, and goes on with the next job.
-            let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_one(&mut model, in_use, id, &study, &ae, &series)
-            })) {
-                Ok(result) => result,
-                Err(panic) => {
-                    model = Loaded::load(&self.config, &self.package)?;
-                    in_use = None;
-                    Err(anyhow::anyhow!(
-                        "the job panicked: {}",
-                        radiant_core::panic_message(panic.as_ref())
-                    ))
-                }
+            let before = crate::loaded::resident_bytes();
+            let outcome = match self.package(&model_id) {
+                None => Err(anyhow::anyhow!(
+                    "model {model_id} is not installed or no route names it any more"
+                )),
+                Some(package) => match loaded.get(&self.config, package) {
+                    Err(e) => Err(e.context(format!("cannot load model {model_id}"))),
+                    Ok(entry) => {
+                        if let (Loaded::Head(head_model), Some(global)) =
+                            (&mut entry.model, &entry.global)
+                        {
+                            self.swap_champion(&conn, head_model, global, &mut entry.in_use)?;
+                        }
+                        let in_use = entry.in_use;
+                        // A panic anywhere in the job (a dependency's decoder, a runtime) fails
+                        // this job with its message; the model, whose state the panic may have
+                        // cut short, is unloaded and loaded again by the next job that needs it.
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.run_one(
+                                &mut entry.model,
+                                package,
+                                in_use,
+                                id,
+                                &study,
+                                &ae,
+                                &series,
+                            )
+                        })) {
+                            Ok(result) => {
+                                loaded.count_first_run(&model_id, before);
+                                result
+                            }
+                            Err(panic) => {
+                                loaded.unload(&model_id);
+                                Err(anyhow::anyhow!(
+                                    "the job panicked: {}",
+                                    radiant_core::panic_message(panic.as_ref())
+                                ))
+                            }
+                        }
+                    }
+                },
             };
             match outcome {
                 Ok((json, objects)) => {
@@ -471,9 +562,11 @@ impl Pipeline {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_one(
         &self,
         model: &mut Loaded,
+        package: &AnyPackage,
         head: Option<i64>,
         job_id: i64,
         study: &str,
@@ -504,8 +597,8 @@ impl Pipeline {
             // The job's identity names its objects: a re-run makes the same UIDs.
             let seed = format!(
                 "{study}|{ae}|{series}|{}|{}|{}",
-                self.package.id(),
-                self.package.version(),
+                package.id(),
+                package.version(),
                 files.len()
             );
             objects = crate::export::export(
@@ -513,7 +606,7 @@ impl Pipeline {
                 job_id,
                 &volume,
                 &result,
-                self.package.outputs(),
+                package.outputs(),
                 &self.config.results,
                 &seed,
             )?;

@@ -22,6 +22,7 @@
 //! - [`metrics`]: the appliance's metrics (inference stages, outbox, learning) and the one
 //!   OpenMetrics registry `/metrics` renders, DICOM side included.
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
+//! - [`routes`]: which installed models a series goes to (`[[routes]]`).
 //! - [`supervisor`]: the daemon's threads under one shutdown signal; a panic is logged,
 //!   fails readiness and stops the daemon with an error.
 //! - [`retention`]: which studies leave the spool and when (age, disk watermarks, never one
@@ -45,5 +46,6 @@ pub mod metrics;
 pub mod outbox;
 pub mod readiness;
 pub mod retention;
+pub mod routes;
 pub mod studies;
 pub mod supervisor;

@@ -320,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
+            check_routed_models(&config)?;
             println!(
                 "configuration is valid: AE title {} on {}:{}, {} peer(s), data_dir {}",
                 config.dicom.ae_title,
@@ -785,13 +786,31 @@ fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
 fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
     match command {
         ModelsCommand::List { config, json } => {
-            let registry = models::registry::Registry::new(&config.load()?.data_dir);
+            let config = config.load()?;
+            let registry = models::registry::Registry::new(&config.data_dir);
             for m in registry.list()? {
                 if json {
                     println!("{}", serde_json::to_string(&m)?);
                 } else {
                     let active = if m.active { "active" } else { "" };
                     println!("{:<24} {:<10} {:<28} {active}", m.id, m.version, m.task);
+                }
+            }
+            let router = appliance::routes::Router::new(&config.routes, &config.inference.model)
+                .map_err(|e| anyhow::anyhow!("routes: {e}"))?;
+            if json {
+                for route in router.routes() {
+                    println!("{}", serde_json::json!({ "route": route }));
+                }
+            } else if config.routes.is_empty() {
+                println!(
+                    "routes: none; {} takes every series of its modality",
+                    config.inference.model
+                );
+            } else {
+                println!("routes (a series goes to every model one of its routes takes it to):");
+                for (i, route) in router.routes().enumerate() {
+                    println!("  {i:<3} {:<24} {}", route.model, describe_route(route));
                 }
             }
             Ok(())
@@ -828,6 +847,63 @@ fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Every model `[[routes]]` names must be installed (its active version verifies) and take a
+/// modality the route allows; without routes, `[inference] model` not being installed is only
+/// a warning (inference stays off until it is).
+fn check_routed_models(config: &appliance::config::Config) -> anyhow::Result<()> {
+    if !config.inference.enabled {
+        return Ok(());
+    }
+    let registry = models::registry::Registry::new(&config.data_dir);
+    if config.routes.is_empty() {
+        if let Err(e) = registry.open_active_any(&config.inference.model) {
+            eprintln!("warning: inference.model: {e}; inference stays off until it is installed");
+        }
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        match registry.open_active_any(&route.model) {
+            Err(e) => problems.push(format!("routes[{i}].model: {e}")),
+            Ok(package) => {
+                if let Some(m) = &route.modality {
+                    if !m.eq_ignore_ascii_case(package.modality()) {
+                        problems.push(format!(
+                            "routes[{i}].modality: {m} series never reach {}, which takes {}",
+                            route.model,
+                            package.modality()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
+/// A route's conditions as `key=value` words ("any series" when it has none).
+fn describe_route(route: &appliance::routes::RouteConfig) -> String {
+    let value = serde_json::to_value(route).unwrap_or_default();
+    let words: Vec<String> = value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| *k != "model" && !v.is_null())
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => format!("{k}={s}"),
+            None => format!("{k}={v}"),
+        })
+        .collect();
+    if words.is_empty() {
+        "any series".into()
+    } else {
+        words.join(" ")
     }
 }
 

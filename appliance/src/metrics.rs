@@ -101,6 +101,8 @@ pub struct ApplianceMetrics {
     pub inference_stage: Family<Stage, Histogram, fn() -> Histogram>,
     pub jobs_done: Counter,
     pub jobs_failed: Counter,
+    /// Series of completed studies no route sent to a model (stored and left alone).
+    pub series_unrouted: Counter,
     /// Result objects waiting in the outbox (set by the sender each round).
     pub outbox_pending: Gauge,
     pub outbox_sent: Counter,
@@ -124,6 +126,7 @@ impl Default for ApplianceMetrics {
             inference_stage: Family::new_with_constructor(stage_histogram),
             jobs_done: Counter::default(),
             jobs_failed: Counter::default(),
+            series_unrouted: Counter::default(),
             outbox_pending: Gauge::default(),
             outbox_sent: Counter::default(),
             outbox_retries: Counter::default(),
@@ -167,6 +170,11 @@ impl ApplianceMetrics {
             "radiant_jobs_failed",
             "Inference jobs failed (the reason is in the job)",
             self.jobs_failed.clone(),
+        );
+        registry.register(
+            "radiant_series_unrouted",
+            "Series of completed studies that no route sent to a model (stored and left alone)",
+            self.series_unrouted.clone(),
         );
         registry.register(
             "radiant_outbox_pending",

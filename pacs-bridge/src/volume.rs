@@ -123,6 +123,42 @@ impl SeriesVolume {
     }
 }
 
+/// The attributes routing rules look at, from one instance of a series.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesAttributes {
+    pub modality: String,
+    pub body_part_examined: String,
+    pub series_description: String,
+    /// Image Type's values, in order.
+    pub image_type: Vec<String>,
+    /// Slice Thickness, mm, when present and a number.
+    pub slice_thickness_mm: Option<f64>,
+}
+
+/// Read the routing attributes of the instance at `path` (checked as [`build`] checks every
+/// file before parsing it).
+pub fn series_attributes(path: &Path, limits: &Limits) -> Result<SeriesAttributes, VolumeError> {
+    let object = read(path, limits)?;
+    let image_type = object
+        .element_opt(tags::IMAGE_TYPE)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_str().ok().map(|v| v.to_vec()))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.trim_end_matches(['\0', ' ']).trim().to_string())
+        .collect();
+    Ok(SeriesAttributes {
+        modality: text(&object, tags::MODALITY).unwrap_or_default(),
+        body_part_examined: text(&object, tags::BODY_PART_EXAMINED).unwrap_or_default(),
+        series_description: text(&object, tags::SERIES_DESCRIPTION).unwrap_or_default(),
+        image_type,
+        slice_thickness_mm: text(&object, tags::SLICE_THICKNESS)
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|t| t.is_finite()),
+    })
+}
+
 /// One frame's geometry, before ordering.
 struct Frame {
     instance: usize,
