@@ -68,6 +68,50 @@ def run_deepbet(args, source: Path, out: Path):
     return float(inner), wall, int(peak_kib)
 
 
+PROBABILITIES = r"""
+import json, sys
+import numpy as np, nibabel as nib, onnxruntime as ort, torch
+import torch.nn.functional as F
+torch.set_num_threads(int(sys.argv[3]))
+from deepbet.bet import BrainExtraction
+from deepbet.utils import normalize, keep_largest_connected_component
+bet = BrainExtraction(no_gpu=True)
+options = ort.SessionOptions(); options.intra_op_num_threads = int(sys.argv[3])
+graphs = {name: ort.InferenceSession(f"{sys.argv[2]}/{name}.onnx", options, providers=["CPUExecutionProvider"])
+          for name in ("bbox_128", "brain_256")}
+x = torch.nan_to_num(torch.from_numpy(nib.as_closest_canonical(nib.load(sys.argv[1])).get_fdata(dtype=np.float32)))
+small = F.interpolate(x[None, None], (128, 128, 128), mode="nearest-exact")[0, 0]
+low, high = small.quantile(.005), small.quantile(.995)
+out = {}
+def compare(name, model, tensor):
+    with torch.no_grad():
+        theirs = model(tensor)[0, 1].numpy()
+    ours = graphs[name].run(None, {"input": tensor.numpy()})[0][0, 0]
+    diff = np.abs(theirs - ours)
+    at = np.unravel_index(int(diff.argmax()), diff.shape)
+    out[name] = {"max_abs_difference": float(diff.max()), "at": [int(i) for i in at],
+                 "torch_there": float(theirs[at]), "onnx_there": float(ours[at]),
+                 "flipped_at_0.5": int(((theirs > .5) != (ours > .5)).sum())}
+    return theirs
+p_small = compare("bbox_128", bet.bbox_model, normalize(small, low, high)[None, None])
+mask = keep_largest_connected_component((p_small > .5).astype(np.float32))
+box = bet.get_bbox_with_margin(torch.from_numpy(mask), x.shape, .1)
+crop = F.interpolate(x[box][None, None], (256, 256, 256), mode="nearest-exact")[0, 0]
+compare("brain_256", bet.model, normalize(crop, low, high)[None, None])
+print(json.dumps(out))
+"""
+
+
+def probabilities(args, source: Path):
+    """The package's graphs (ONNX Runtime) against deepbet's TorchScript models on the exact
+    tensors deepbet's pipeline feeds them: the largest probability difference and where."""
+    done = subprocess.run([sys.executable, "-c", PROBABILITIES, str(source), str(HERE / "package"),
+                           str(args.threads)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"probabilities {source}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     import nibabel as nib
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -89,6 +133,7 @@ def main():
         # The NIfTI is [column, row, slice]; the label map [slice, row, column].
         theirs = np.transpose(np.asarray(nib.load(str(tmp / "deepbet.nii.gz")).dataobj), (2, 1, 0))
         differ = np.argwhere(ours.astype(bool) != theirs.astype(bool))
+        probs = probabilities(args, series / "source.nii.gz")
         row = {
             "series": series.name,
             "dice_ours_truth": round(dice(ours, truth), 4),
@@ -96,6 +141,7 @@ def main():
             "dice_ours_deepbet": round(dice(ours, theirs), 6),
             "voxels_differing": int(len(differ)),
             "first_differences": differ[:5].tolist(),
+            "probabilities": probs,
             "ours_s": round(wall, 2),
             "ours_peak_mib": round(peak / 1024),
             "deepbet_s": round(db_wall, 2),
@@ -106,6 +152,13 @@ def main():
         }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k not in ("stages", "timings")}), file=sys.stderr)
+    print("| series | stage | largest probability difference | at (voxel of the graph's grid) | PyTorch / ONNX there | voxels on the other side of 0.5 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        for name, p in r["probabilities"].items():
+            print(f"| {r['series']} | {name} | {p['max_abs_difference']:.2e} | {p['at']} | "
+                  f"{p['torch_there']:.6f} / {p['onnx_there']:.6f} | {p['flipped_at_0.5']} |")
+    print()
     print("| series | Dice ours vs truth | Dice deepbet vs truth | Dice ours vs deepbet | voxels differing | ours s (peak MiB) | deepbet s (peak MiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
