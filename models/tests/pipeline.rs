@@ -408,6 +408,17 @@ fn a_graph_that_misbehaves_or_finds_nothing_fails_the_study_with_the_reason() {
     );
     let err = run(&mut empty, &v).unwrap_err();
     assert!(matches!(err, InferError::EmptyRegion { .. }), "{err}");
+    // Patches so small that a study would take hours are refused with the count.
+    let tiny = stage(
+        "tiny",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"patches\"\nshape = [1, 1, 1]\noverlap = 0.5\n{WINDOW}\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5"
+        ),
+    );
+    let many = run(&mut model(&tiny, one(identity), ""), &v).unwrap_err();
+    assert!(many.to_string().contains("7680 patches"), "{many}");
     // The wrong modality is refused before anything runs.
     let mut ct = v.clone();
     ct.modality = "CT".into();

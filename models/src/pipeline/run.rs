@@ -21,6 +21,9 @@ use std::time::Instant;
 
 /// Slices per graph run for slice and slab stages.
 pub const SLICE_BATCH: usize = 16;
+/// Most patches one stage may run on one study: a tiny patch with a large overlap over a large
+/// region is refused with the count instead of running for hours.
+pub const MAX_PATCHES: usize = 4096;
 
 /// A loaded contract-2 model: its package and one graph per stage.
 pub struct PipelineModel {
@@ -646,6 +649,14 @@ fn run_patches(
             s
         })
         .collect();
+    let count: usize = starts.iter().map(Vec::len).product();
+    if count > MAX_PATCHES {
+        return Err(InferError::Backend(format!(
+            "stage {}: {count} patches of {patch:?} over a region of {shape:?}, more than \
+             {MAX_PATCHES}",
+            stage.name
+        )));
+    }
     let weights: Vec<f32> = {
         let axis = |n: usize| -> Vec<f64> {
             let sigma = n as f64 / 8.0;
