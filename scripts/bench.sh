@@ -13,7 +13,9 @@
 #           (hil-tests/src/bin/fed_experiment.rs). Not in the default set.
 #   models: deepbet per study on the MR fixtures, the appliance (ONNX Runtime and tract on the
 #           CPU) against deepbet's own PyTorch pipeline, per stage, with peak memory
-#           (models/deepbet/bench.py), then mask parity and Dice (models/deepbet/parity.py).
+#           (models/deepbet/bench.py), a random-weight 100 M-parameter network's latency and
+#           memory (models/synthetic/make_package.py), then mask parity and Dice
+#           (models/deepbet/parity.py).
 #           Needs a Python with torch and deepbet 1.0.2: $DEEPBET_PYTHON, else a venv made in
 #           target/deepbet-venv (`pip install deepbet==1.0.2`; PyPI's torch, several GB). Not in
 #           the default set.
@@ -45,8 +47,11 @@ if [[ "${1:-}" == models ]]; then
         fi
     fi
     ort="$(python3 -c "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.*'))[0])")"
+    # The random-weight 100 M-parameter network, exported once into target/.
+    [[ -f target/synthetic-100m/manifest.toml ]] ||
+        "$python" models/synthetic/make_package.py --out target/synthetic-100m
     "$python" models/deepbet/bench.py --appliance target/release/appliance --ort-library "$ort" \
-        --deepbet-python "$python" "$@" fixtures/mr/*/
+        --deepbet-python "$python" --synthetic target/synthetic-100m "$@" fixtures/mr/*/
     "$python" models/deepbet/parity.py --appliance target/release/appliance --ort-library "$ort" \
         fixtures/mr/*/
     exit 0

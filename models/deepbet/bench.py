@@ -132,6 +132,38 @@ def deepbet(args, series: Path):
     return t
 
 
+def synthetic(args, package: Path, series: Path):
+    """The random-weight 100 M-parameter package (models/synthetic/make_package.py) on one
+    series through the appliance: latency, peak memory, and what a learning cache of its last
+    hidden layer (1024 channels on a 8x8 token grid per slice) would hold per case."""
+    manifest = (package / "manifest.toml").read_text()
+    params = int(manifest.split("parameters = ")[1].split()[0])
+    rows = []
+    for backend in ["ort-cpu"] + ([] if args.no_tract else ["tract"]):
+        start = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", args.appliance, "infer", str(series),
+                               "--model", str(package), "--backend", backend,
+                               "--ort-library", args.ort_library], capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            rows.append(f"| {backend} | failed: {done.stderr.strip().splitlines()[-2][-200:]} | | | |")
+            continue
+        r = json.loads(done.stdout)
+        slices = r["slices"]
+        graph = r["timings"]["inference_ms"]
+        peak = int(done.stderr.strip().splitlines()[-1]) / 1024
+        rows.append(f"| {backend} | {wall:.1f} | {graph / slices:.0f} | {r['timings']['model_load_ms']:.0f} | {peak:.0f} |")
+    cache_tokens = slices * 64 * 1024 * 4
+    cache_dense = slices * 128 * 128 * 1024 * 4
+    print(f"\n### synthetic backbone: {params:,} parameters, RANDOM WEIGHTS ({series.name}, {slices} slices of 128x128)\n")
+    print("| backend | wall s | graph ms per slice | model load ms | peak MiB |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    print(f"\nA learning cache of its last hidden layer per case (computed, not run): "
+          f"{cache_tokens / 2**20:.1f} MiB at token resolution, "
+          f"{cache_dense / 2**30:.1f} GiB upsampled to the 128x128 label grid.")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("series", nargs="+", type=Path)
@@ -142,6 +174,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-tract", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--synthetic", type=Path, help="also run this synthetic package on the first series")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     runners = {"ort-cpu": lambda s: ours(args, s, "ort-cpu"), "deepbet": lambda s: deepbet(args, s)}
@@ -166,6 +199,8 @@ def main():
         print(f"\nappliance (ONNX Runtime) end to end is {ratio:.2f}x as fast as deepbet's own pipeline (wall).")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+    if args.synthetic:
+        synthetic(args, args.synthetic, args.series[0])
 
 
 if __name__ == "__main__":
