@@ -396,7 +396,10 @@ impl Pipeline {
         let mut loaded = LoadedModels::new(self.config.inference.model_memory_mb);
         for package in &self.packages {
             if loaded.charged() < self.config.inference.model_memory_mb << 20 {
-                loaded.get(&self.config, package)?;
+                // A model that cannot load fails its jobs with the reason; the others run.
+                if let Err(e) = loaded.get(&self.config, package) {
+                    tracing::error!(model = %package.id(), error = %format!("{e:#}"), "cannot load the model; its jobs fail until it loads");
+                }
             }
         }
         tracing::info!(models = ?loaded.ids(), "inference worker ready");
