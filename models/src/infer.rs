@@ -48,7 +48,21 @@ pub struct Timings {
     pub postprocess_ms: f64,
     /// Contract-2 models: each stage's share.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub stages: Vec<crate::pipeline::run::StageTiming>,
+    pub stages: Vec<StageTiming>,
+}
+
+/// Where one stage spent its time.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct StageTiming {
+    pub stage: String,
+    /// Region, resize and intensity steps.
+    pub prepare_ms: f64,
+    /// The graph.
+    pub graph_ms: f64,
+    /// Activation, decisions, resizing back and post-processing.
+    pub decide_ms: f64,
+    /// The region the stage read, on the working grid: `[lo, hi)` per axis.
+    pub region: [[usize; 2]; 3],
 }
 
 /// What a model said about a study.

@@ -12,10 +12,9 @@ use super::manifest::{
     ScoreLevel, Spatial, Stage,
 };
 use super::{Graph, PipelinePackage};
-use crate::infer::{Inference, LabelVolume, Timings};
+use crate::infer::{Inference, LabelVolume, StageTiming, Timings};
 use crate::InferError;
 use radiant_core::Volume;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -50,20 +49,6 @@ impl PipelineModel {
     pub fn backend_name(&self) -> &'static str {
         self.graphs.first().map(|g| g.name()).unwrap_or("none")
     }
-}
-
-/// Where one stage spent its time.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct StageTiming {
-    pub stage: String,
-    /// Region, resize and intensity steps.
-    pub prepare_ms: f64,
-    /// The graph.
-    pub graph_ms: f64,
-    /// Activation, decisions, resizing back and post-processing.
-    pub decide_ms: f64,
-    /// The region the stage read, on the working grid: `[lo, hi)` per axis.
-    pub region: [[usize; 2]; 3],
 }
 
 /// What a stage left for later stages: its labels on its decision grid and the region that
