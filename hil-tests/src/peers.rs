@@ -176,6 +176,13 @@ pub fn start_orthanc(appliance_ae: &str, appliance_port: u16) -> PeerProcess {
     start_orthanc_at(appliance_ae, appliance_port, free_port(), free_port())
 }
 
+/// GET `path` from Orthanc's REST API, which must answer 200 with JSON.
+pub fn orthanc_json(orthanc: &PeerProcess, path: &str) -> serde_json::Value {
+    let (status, body) = crate::http_get(orthanc.http_port, path).expect("Orthanc REST");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("Orthanc JSON")
+}
+
 /// [`start_orthanc`] on chosen DICOM and HTTP ports (for an appliance configured before
 /// Orthanc starts).
 pub fn start_orthanc_at(

@@ -6,10 +6,10 @@
 //! own pipeline does on the same images (0.936 on Colin27, 0.971 on MNI152; within 0.01).
 
 use hil_tests::appliance::{set, set_destination, Appliance};
-use hil_tests::peers::{start_orthanc_at, storescu, PeerProcess};
-use hil_tests::{http_get, http_get_bytes, repo_root, wait_until};
-use std::path::PathBuf;
+use hil_tests::peers::{orthanc_json, start_orthanc_at, storescu, PeerProcess};
+use hil_tests::{http_get_bytes, repo_root, wait_until};
 use std::time::Duration;
+use test_support::fixtures::{mr_series, mr_series_dir};
 
 /// Fixture series and the Dice deepbet's own PyTorch pipeline reaches on it.
 const SERIES: [(&str, f64); 4] = [
@@ -18,16 +18,6 @@ const SERIES: [(&str, f64); 4] = [
     ("colin27-oblique", 0.936),
     ("mni152-axial", 0.971),
 ];
-
-fn fixture(name: &str) -> PathBuf {
-    test_support::fixtures::fixtures().join("mr").join(name)
-}
-
-fn orthanc_json(orthanc: &PeerProcess, path: &str) -> serde_json::Value {
-    let (status, body) = http_get(orthanc.http_port, path).expect("Orthanc REST");
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).expect("Orthanc JSON")
-}
 
 /// (Study Instance UID, modality, instance ids) of every series Orthanc holds.
 fn orthanc_series(orthanc: &PeerProcess) -> Vec<(String, String, Vec<String>)> {
@@ -74,16 +64,11 @@ fn deepbet_masks_of_real_t1_mris_sent_by_dcmtk_reach_orthanc_and_match_the_indep
     let orthanc = start_orthanc_at(&app.ae_title, app.port, orthanc_port, orthanc_http);
     let mut studies = Vec::new();
     for (name, _) in SERIES {
-        let dir = fixture(name);
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-                .unwrap();
-        let files: Vec<PathBuf> = manifest["slices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| dir.join(s["file"].as_str().unwrap()))
-            .collect();
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(mr_series_dir(name).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let files = mr_series(name);
         let out = storescu("STORESCU", &app.ae_title, app.port, &[], &files);
         assert!(
             out.status.success(),
@@ -139,7 +124,7 @@ fn deepbet_masks_of_real_t1_mris_sent_by_dcmtk_reach_orthanc_and_match_the_indep
         let out = std::process::Command::new("python3")
             .arg(repo_root().join("hil-tests/peers/seg_dice.py"))
             .arg(seg_path.unwrap())
-            .arg(fixture(name))
+            .arg(mr_series_dir(name))
             .output()
             .expect("python3 with highdicom");
         assert!(

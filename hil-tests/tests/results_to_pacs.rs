@@ -6,16 +6,12 @@
 
 use hil_tests::appliance::{set, set_destination, set_peers, Appliance};
 use hil_tests::fixtures::lesion_series;
-use hil_tests::peers::{orthanc_push, orthanc_upload, start_orthanc_at, storescu, PeerProcess};
-use hil_tests::{free_port, http_get, http_get_bytes, wait_until};
+use hil_tests::peers::{
+    orthanc_json, orthanc_push, orthanc_upload, start_orthanc_at, storescu, PeerProcess,
+};
+use hil_tests::{free_port, http_get_bytes, wait_until};
 use std::path::PathBuf;
 use std::time::Duration;
-
-fn orthanc_json(orthanc: &PeerProcess, path: &str) -> serde_json::Value {
-    let (status, body) = http_get(orthanc.http_port, path).expect("Orthanc REST");
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).expect("Orthanc JSON")
-}
 
 /// Orthanc's series of a study: (modality, instance ids).
 fn orthanc_series(orthanc: &PeerProcess) -> Vec<(String, Vec<String>)> {

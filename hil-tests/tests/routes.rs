@@ -11,6 +11,7 @@ use hil_tests::peers::storescu;
 use hil_tests::{repo_root, wait_until};
 use std::path::PathBuf;
 use std::time::Duration;
+use test_support::fixtures::mr_series;
 
 fn route(pairs: &[(&str, &str)]) -> toml::Value {
     toml::Value::Table(
@@ -19,17 +20,6 @@ fn route(pairs: &[(&str, &str)]) -> toml::Value {
             .map(|(k, v)| (k.to_string(), toml::Value::from(*v)))
             .collect(),
     )
-}
-
-fn mr_series(name: &str) -> Vec<PathBuf> {
-    let dir = test_support::fixtures::fixtures().join("mr").join(name);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn send(app: &Appliance, files: &[PathBuf]) {

@@ -1,7 +1,8 @@
 //! Paths of the fixture files `scripts/fixtures.sh` builds in `<repo>/fixtures/` (gitignored):
 //! the 108-slice head CT (`ct-series`), the same CT with an implanted lesion
-//! (`ct-series-lesion`) and pip's pydicom / pydicom-data test files (`pydicom`), each folder
-//! with a `manifest.json`. Every function fails with what to run when they are missing.
+//! (`ct-series-lesion`), pip's pydicom / pydicom-data test files (`pydicom`), and the T1 MRI
+//! series (`mr/<name>`, `scripts/make_mr_fixtures.py`), each folder with a `manifest.json`.
+//! Every function fails with what to run when they are missing.
 
 use std::path::PathBuf;
 
@@ -56,6 +57,27 @@ pub fn pydicom(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The folder of one T1 MRI series (`colin27-axial`, `colin27-sagittal`, `colin27-oblique`,
+/// `mni152-axial`), with `truth.u8` and `source.nii.gz` beside its slices.
+pub fn mr_series_dir(name: &str) -> PathBuf {
+    let dir = fixtures().join("mr").join(name);
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "MR fixture {name} missing: run `bash scripts/fixtures.sh` first"
+    );
+    dir
+}
+
+/// The slices of one T1 MRI series, in slice order (`slice_NNN.dcm`).
+pub fn mr_series(name: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(mr_series_dir(name))
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "dcm"));
+    files.sort();
+    files
 }
 
 fn slices(dir: PathBuf) -> Vec<PathBuf> {
