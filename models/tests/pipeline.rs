@@ -179,6 +179,17 @@ fn two_logits_nhwc(input: &[f32], _: &[usize]) -> Vec<f32> {
     input.iter().flat_map(|x| [0.0, 10.0 * x - 5.0]).collect()
 }
 
+/// NCHW with the slab's slices as channels: gives the middle one back.
+fn middle_channel(input: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (n, c, plane) = (shape[0], shape[1], shape[2] * shape[3]);
+    (0..n)
+        .flat_map(|i| {
+            let at = (i * c + c / 2) * plane;
+            input[at..at + plane].to_vec()
+        })
+        .collect()
+}
+
 fn mean(input: &[f32], _: &[usize]) -> Vec<f32> {
     vec![input.iter().sum::<f32>() / input.len() as f32]
 }
@@ -364,6 +375,23 @@ fn slices_in_channels_last_layout_with_softmax_argmax_give_the_box() {
     );
     let (v, truth) = volume(ORIENTATIONS[0].0, ORIENTATIONS[0].1);
     let mut m = model(&slices, vec![Box::new(Fixed { f: two_logits_nhwc })], "");
+    let result = run(&mut m, &v).unwrap();
+    let expected: Vec<u8> = truth.iter().map(|t| t * 7).collect();
+    assert_eq!(result.label_map, expected);
+}
+
+#[test]
+fn a_slab_stage_sees_each_slice_between_its_neighbours() {
+    let slab = stage(
+        "slab",
+        &format!(
+            "layout = \"NCHW\"\nspatial = \"slab\"\nslab = 3\nshape = [16, 24]\n{WINDOW}\n\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5"
+        ),
+    );
+    let (v, truth) = volume(ORIENTATIONS[0].0, ORIENTATIONS[0].1);
+    let mut m = model(&slab, vec![Box::new(Fixed { f: middle_channel })], "");
     let result = run(&mut m, &v).unwrap();
     let expected: Vec<u8> = truth.iter().map(|t| t * 7).collect();
     assert_eq!(result.label_map, expected);
