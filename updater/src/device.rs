@@ -402,6 +402,9 @@ impl Device {
         if self.last_resend.elapsed() >= RESEND_AFTER {
             self.last_resend = std::time::Instant::now();
             self.send_outbox()?;
+            // A fetch nobody answered (sent in the moment before the server subscribed, or
+            // lost) is asked again; chunks that then come twice are ignored.
+            self.fetch_pending()?;
         }
         if state::get(&self.conn, "connected")?.as_deref() == Some("true") {
             self.send_evaluations()?;
