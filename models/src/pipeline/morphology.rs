@@ -47,7 +47,8 @@ fn offsets(connectivity: u8) -> Vec<[isize; 3]> {
 }
 
 /// Components of the voxels where `member` holds: one id per voxel (0 = not a member) and the
-/// size of each component (index = id − 1). Ids follow the C-order scan.
+/// size of each component (index = id − 1). Ids follow the C-order scan. Interior voxels take
+/// their neighbours by flat offsets; only voxels on the grid's faces check bounds.
 fn components(
     grid: &Grid<u8>,
     member: impl Fn(u8) -> bool,
@@ -55,9 +56,13 @@ fn components(
 ) -> (Vec<u32>, Vec<usize>) {
     let [a, b, c] = grid.shape;
     let neighbours = offsets(connectivity);
+    let flat: Vec<isize> = neighbours
+        .iter()
+        .map(|[di, dj, dk]| (di * b as isize + dj) * c as isize + dk)
+        .collect();
     let mut ids = vec![0u32; grid.data.len()];
     let mut sizes = Vec::new();
-    let mut stack = Vec::new();
+    let mut stack: Vec<u32> = Vec::new();
     for start in 0..grid.data.len() {
         if ids[start] != 0 || !member(grid.data[start]) {
             continue;
@@ -65,10 +70,22 @@ fn components(
         let id = sizes.len() as u32 + 1;
         let mut size = 0;
         ids[start] = id;
-        stack.push(start);
+        stack.push(start as u32);
         while let Some(v) = stack.pop() {
+            let v = v as usize;
             size += 1;
             let (i, j, k) = (v / (b * c), (v / c) % b, v % c);
+            let interior = i > 0 && j > 0 && k > 0 && i + 1 < a && j + 1 < b && k + 1 < c;
+            if interior {
+                for d in &flat {
+                    let n = (v as isize + d) as usize;
+                    if ids[n] == 0 && member(grid.data[n]) {
+                        ids[n] = id;
+                        stack.push(n as u32);
+                    }
+                }
+                continue;
+            }
             for [di, dj, dk] in &neighbours {
                 let (ni, nj, nk) = (i as isize + di, j as isize + dj, k as isize + dk);
                 if ni < 0 || nj < 0 || nk < 0 {
@@ -81,7 +98,7 @@ fn components(
                 let n = (ni * b + nj) * c + nk;
                 if ids[n] == 0 && member(grid.data[n]) {
                     ids[n] = id;
-                    stack.push(n);
+                    stack.push(n as u32);
                 }
             }
         }
@@ -121,24 +138,53 @@ fn drop_small(labels: &mut Grid<u8>, class: u8, min: usize) {
 }
 
 /// Background voxels that no 6-connected path of non-`class` voxels links to the grid's border
-/// become `class` (voxels of other classes stay).
+/// become `class` (voxels of other classes stay): one flood from every face voxel that is not
+/// of the class.
 fn fill_holes(labels: &mut Grid<u8>, class: u8) {
     let [a, b, c] = labels.shape;
-    let (ids, sizes) = components(labels, |l| l != class, 6);
-    // Indexed by component id (0 = a voxel of the class).
-    let mut outside = vec![false; sizes.len() + 1];
+    let mut reached = vec![false; labels.data.len()];
+    let mut stack: Vec<u32> = Vec::new();
     for i in 0..a {
         for j in 0..b {
             for k in 0..c {
-                let border = i == 0 || j == 0 || k == 0 || i == a - 1 || j == b - 1 || k == c - 1;
-                if border {
-                    outside[ids[(i * b + j) * c + k] as usize] = true;
+                let face = i == 0 || j == 0 || k == 0 || i + 1 == a || j + 1 == b || k + 1 == c;
+                let v = (i * b + j) * c + k;
+                if face && labels.data[v] != class && !reached[v] {
+                    reached[v] = true;
+                    stack.push(v as u32);
                 }
             }
         }
     }
-    for (l, id) in labels.data.iter_mut().zip(&ids) {
-        if *l == 0 && *id != 0 && !outside[*id as usize] {
+    let steps: [(usize, isize); 6] = [
+        (0, -((b * c) as isize)),
+        (0, (b * c) as isize),
+        (1, -(c as isize)),
+        (1, c as isize),
+        (2, -1),
+        (2, 1),
+    ];
+    while let Some(v) = stack.pop() {
+        let v = v as usize;
+        let at = [v / (b * c), (v / c) % b, v % c];
+        for (axis, step) in steps {
+            let inside = if step < 0 {
+                at[axis] > 0
+            } else {
+                at[axis] + 1 < labels.shape[axis]
+            };
+            if !inside {
+                continue;
+            }
+            let n = (v as isize + step) as usize;
+            if !reached[n] && labels.data[n] != class {
+                reached[n] = true;
+                stack.push(n as u32);
+            }
+        }
+    }
+    for (l, r) in labels.data.iter_mut().zip(&reached) {
+        if *l == 0 && !*r {
             *l = class;
         }
     }
