@@ -423,7 +423,6 @@ impl Pipeline {
                 params![id, now_ms(), JobState::Running],
             )?;
             let started = Instant::now();
-            let before = crate::loaded::resident_bytes();
             let outcome = match self.package(&model_id) {
                 None => Err(anyhow::anyhow!(
                     "model {model_id} is not installed or no route names it any more"
@@ -437,6 +436,9 @@ impl Pipeline {
                             self.swap_champion(&conn, head_model, global, &mut entry.in_use)?;
                         }
                         let in_use = entry.in_use;
+                        // What the job adds to the resident set; a load just now is already
+                        // charged to the model.
+                        let before = crate::loaded::resident_bytes();
                         // A panic anywhere in the job (a dependency's decoder, a runtime) fails
                         // this job with its message; the model, whose state the panic may have
                         // cut short, is unloaded and loaded again by the next job that needs it.

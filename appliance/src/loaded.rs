@@ -194,3 +194,36 @@ fn files_bytes(package: &AnyPackage) -> u64 {
         .map(|m| m.len())
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(dir: &str) -> AnyPackage {
+        AnyPackage::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir)).unwrap()
+    }
+
+    #[test]
+    fn a_model_a_job_needs_is_loaded_and_the_least_recently_used_others_leave_above_the_budget() {
+        let config = Config::embedded_default().unwrap();
+        let head_ct = package("models/reference/head-ct");
+        let deepbet = package("models/deepbet/package");
+        // A budget nothing fits in: only the model in use stays.
+        let mut tight = LoadedModels::new(0);
+        tight.get(&config, &head_ct).unwrap();
+        assert_eq!(tight.ids(), ["head-ct-ich"]);
+        tight.get(&config, &deepbet).unwrap();
+        assert_eq!(tight.ids(), ["deepbet"]);
+        assert!(tight.charged() >= 17_000_000, "{}", tight.charged());
+        tight.get(&config, &head_ct).unwrap();
+        assert_eq!(tight.ids(), ["head-ct-ich"]);
+        // A budget both fit in: both stay, and using one again loads nothing.
+        let mut roomy = LoadedModels::new(1 << 20);
+        roomy.get(&config, &head_ct).unwrap();
+        roomy.get(&config, &deepbet).unwrap();
+        let charged = roomy.charged();
+        roomy.get(&config, &head_ct).unwrap();
+        assert_eq!(roomy.ids(), ["head-ct-ich", "deepbet"]);
+        assert_eq!(roomy.charged(), charged);
+    }
+}
