@@ -336,9 +336,9 @@ mod tests {
 
     #[test]
     fn a_sagittal_series_is_permuted_to_the_canonical_order() {
-        // Rows run anterior to posterior (+y), columns head to feet (-z), slices left to
-        // right (-x): canonical R is the slices reversed... the normal is -x, so R (=-x in
-        // LPS) follows the slices unflipped.
+        // Columns run anterior to posterior (+y), rows head to feet (-z), slices right-ward
+        // (-x): R (-x in LPS) follows the slices unflipped, A (-y) the columns reversed, S
+        // (+z) the rows reversed.
         let v = volume(
             [0.0, 1.0, 0.0],
             [0.0, 0.0, -1.0],
