@@ -140,16 +140,22 @@ impl Appliance {
             String::from_utf8_lossy(&out.stderr)
         );
         // The daemon picks the model up at start.
-        app.terminate(Duration::from_secs(15));
-        app.launch();
+        app.restart_with_models();
+        app
+    }
+
+    /// Stop and start the daemon, returning once the inference worker has loaded the
+    /// installed models (the daemon reads them at start).
+    pub fn restart_with_models(&mut self) {
+        self.terminate(Duration::from_secs(15));
+        self.launch();
         assert!(
-            wait_until(Duration::from_secs(30), || app
+            wait_until(Duration::from_secs(60), || self
                 .log()
                 .contains("inference worker ready")),
             "{}",
-            app.log()
+            self.log()
         );
-        app
     }
 
     /// `results show STUDY --json`: one object per job.

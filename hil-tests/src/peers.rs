@@ -183,6 +183,34 @@ pub fn orthanc_json(orthanc: &PeerProcess, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).expect("Orthanc JSON")
 }
 
+/// (Study Instance UID, modality, instance ids) of every series Orthanc holds, sorted.
+pub fn orthanc_series(orthanc: &PeerProcess) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for study in orthanc_json(orthanc, "/studies").as_array().unwrap() {
+        let id = study.as_str().unwrap();
+        let uid = orthanc_json(orthanc, &format!("/studies/{id}"))["MainDicomTags"]
+            ["StudyInstanceUID"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for s in orthanc_json(orthanc, &format!("/studies/{id}/series"))
+            .as_array()
+            .unwrap()
+        {
+            let modality = s["MainDicomTags"]["Modality"].as_str().unwrap_or("");
+            let instances = s["Instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string())
+                .collect();
+            out.push((uid.clone(), modality.to_string(), instances));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// [`start_orthanc`] on chosen DICOM and HTTP ports (for an appliance configured before
 /// Orthanc starts).
 pub fn start_orthanc_at(

@@ -6,7 +6,7 @@
 //! own pipeline does on the same images (0.936 on Colin27, 0.971 on MNI152; within 0.01).
 
 use hil_tests::appliance::{set, set_destination, Appliance};
-use hil_tests::peers::{orthanc_json, start_orthanc_at, storescu, PeerProcess};
+use hil_tests::peers::{orthanc_series, start_orthanc_at, storescu};
 use hil_tests::{http_get_bytes, repo_root, wait_until};
 use std::time::Duration;
 use test_support::fixtures::{mr_series, mr_series_dir};
@@ -18,33 +18,6 @@ const SERIES: [(&str, f64); 4] = [
     ("colin27-oblique", 0.936),
     ("mni152-axial", 0.971),
 ];
-
-/// (Study Instance UID, modality, instance ids) of every series Orthanc holds.
-fn orthanc_series(orthanc: &PeerProcess) -> Vec<(String, String, Vec<String>)> {
-    let mut out = Vec::new();
-    for study in orthanc_json(orthanc, "/studies").as_array().unwrap() {
-        let id = study.as_str().unwrap();
-        let uid = orthanc_json(orthanc, &format!("/studies/{id}"))["MainDicomTags"]
-            ["StudyInstanceUID"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        for s in orthanc_json(orthanc, &format!("/studies/{id}/series"))
-            .as_array()
-            .unwrap()
-        {
-            let modality = s["MainDicomTags"]["Modality"].as_str().unwrap_or("");
-            let instances = s["Instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i.as_str().unwrap().to_string())
-                .collect();
-            out.push((uid.clone(), modality.to_string(), instances));
-        }
-    }
-    out
-}
 
 #[test]
 fn deepbet_masks_of_real_t1_mris_sent_by_dcmtk_reach_orthanc_and_match_the_independent_masks() {

@@ -7,36 +7,18 @@
 use hil_tests::appliance::{set, set_destination, set_peers, Appliance};
 use hil_tests::fixtures::lesion_series;
 use hil_tests::peers::{
-    orthanc_json, orthanc_push, orthanc_upload, start_orthanc_at, storescu, PeerProcess,
+    self, orthanc_json, orthanc_push, orthanc_upload, start_orthanc_at, storescu, PeerProcess,
 };
 use hil_tests::{free_port, http_get_bytes, wait_until};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Orthanc's series of a study: (modality, instance ids).
+/// Orthanc's series (one study here): (modality, instance ids).
 fn orthanc_series(orthanc: &PeerProcess) -> Vec<(String, Vec<String>)> {
-    let mut out = Vec::new();
-    for study in orthanc_json(orthanc, "/studies").as_array().unwrap() {
-        let series = orthanc_json(
-            orthanc,
-            &format!("/studies/{}/series", study.as_str().unwrap()),
-        );
-        for s in series.as_array().unwrap() {
-            let modality = s["MainDicomTags"]["Modality"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let instances = s["Instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i.as_str().unwrap().to_string())
-                .collect();
-            out.push((modality, instances));
-        }
-    }
-    out.sort();
-    out
+    peers::orthanc_series(orthanc)
+        .into_iter()
+        .map(|(_, modality, instances)| (modality, instances))
+        .collect()
 }
 
 fn modalities(orthanc: &PeerProcess) -> Vec<String> {

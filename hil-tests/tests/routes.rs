@@ -93,15 +93,7 @@ fn each_series_goes_to_the_models_its_routes_name_and_an_unrouted_series_is_coun
         "{}",
         String::from_utf8_lossy(&checked.stderr)
     );
-    app.terminate(Duration::from_secs(15));
-    app.launch();
-    assert!(
-        wait_until(Duration::from_secs(60), || app
-            .log()
-            .contains("inference worker ready")),
-        "{}",
-        app.log()
-    );
+    app.restart_with_models();
     let listed = String::from_utf8_lossy(&app.cli(&["models", "list"]).stdout).to_string();
     assert!(
         listed.contains("deepbet") && listed.contains("series_description=(?i)axial"),
