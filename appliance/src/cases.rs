@@ -15,7 +15,7 @@
 //! to `<data_dir>/cases/<id>/labels.u8`, fsync'd before its row commits.
 
 use crate::db::{self, CaseKind, CaseOrigin, CaseState};
-use models::package::Manifest;
+use models::learnable::Learnable;
 use pacs_bridge::objects::{seg, sr_read};
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
@@ -146,7 +146,7 @@ fn read_label_object(path: &Path) -> Result<LabelObject, CaseError> {
 /// Whether an SR that arrived over DICOM speaks about the model's finding at all (stated either
 /// way, or both): only those become cases. Other SRs (a scanner's dose report, a report on
 /// something else) are not labels and are left alone, not recorded as refused.
-pub fn sr_mentions_finding(path: &Path, manifest: &Manifest) -> bool {
+pub fn sr_mentions_finding(path: &Path, manifest: &Learnable) -> bool {
     let Some(code) = manifest
         .classification
         .as_ref()
@@ -163,7 +163,7 @@ pub fn sr_mentions_finding(path: &Path, manifest: &Manifest) -> bool {
 /// Turn a decoded SR into a classification label for `manifest`'s model, or say why not.
 fn finding_of(
     data_dir: &Path,
-    manifest: &Manifest,
+    manifest: &Learnable,
     report: sr_read::DecodedReport,
 ) -> Result<Label, CaseError> {
     if !report.verified {
@@ -185,7 +185,7 @@ fn finding_of(
         .ok_or_else(|| {
             CaseError::NoStatement(format!("{} ({} {})", code.meaning, code.scheme, code.value))
         })?;
-    let modality = &manifest.input.modality;
+    let modality = &manifest.modality;
     let unknown = |e: &dyn std::fmt::Display| CaseError::UnknownStudy {
         study: Uid::new(report.study_uid.as_str()),
         modality: modality.clone(),
@@ -225,7 +225,7 @@ fn finding_of(
 /// Turn a decoded SEG into a label for `manifest`'s model, or say why not.
 fn label_of(
     data_dir: &Path,
-    manifest: &Manifest,
+    manifest: &Learnable,
     decoded: seg::DecodedSeg,
 ) -> Result<Label, CaseError> {
     // Segment number -> model label value.
@@ -313,7 +313,7 @@ fn label_of(
 pub fn ingest(
     conn: &Connection,
     data_dir: &Path,
-    manifest: &Manifest,
+    manifest: &Learnable,
     path: &Path,
     origin: CaseOrigin,
 ) -> anyhow::Result<Result<CaseView, CaseError>> {
@@ -518,7 +518,7 @@ pub fn end_intake(conn: &Connection, sop_uid: &str) -> rusqlite::Result<()> {
 /// `crashes` times.
 pub fn refuse_crashed(
     conn: &Connection,
-    manifest: &Manifest,
+    manifest: &Learnable,
     sop_uid: &str,
     origin: CaseOrigin,
     crashes: u32,
@@ -596,11 +596,11 @@ mod tests {
         assert_eq!(begin_intake(&conn, "1.2.3").unwrap(), 1);
         assert_eq!(begin_intake(&conn, "1.2.3").unwrap(), 2);
         assert!(!known(&conn, "1.2.3").unwrap());
-        let package = models::package::Package::open(
+        let package = models::registry::AnyPackage::open(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/head-ct"),
         )
         .unwrap();
-        let manifest = package.manifest;
+        let manifest = Learnable::of(&package).unwrap();
         let reason = refuse_crashed(&conn, &manifest, "1.2.3", CaseOrigin::Dicom, 2).unwrap();
         end_intake(&conn, "1.2.3").unwrap();
         assert!(known(&conn, "1.2.3").unwrap());

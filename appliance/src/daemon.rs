@@ -178,7 +178,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // runs; without it there is nothing to fine-tune).
     let learner = match (&pipeline, config.learning.enabled) {
         (Some(p), true) if !p.learns() => {
-            tracing::info!(model = %config.inference.model, "learning off: the model is a contract-2 package, which does not learn on site yet");
+            tracing::info!(model = %config.inference.model, "learning off: the model has no trainable part (a contract-2 package without [stages.trainable])");
             None
         }
         (Some(_), true) => match crate::learn::Learner::new(&config) {

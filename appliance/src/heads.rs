@@ -11,7 +11,7 @@
 use crate::db::{self, now_ms, HeadState};
 use anyhow::Context;
 use models::head::Head;
-use models::package::Manifest;
+use models::learnable::Learnable;
 use radiant_core::durable::{fsync_dir, write_synced};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
@@ -28,7 +28,7 @@ pub struct CaseRef {
 
 /// A fine-tuned head about to be recorded.
 pub struct NewHead<'a> {
-    pub manifest: &'a Manifest,
+    pub model: &'a Learnable,
     pub parent: Option<i64>,
     pub head: &'a Head,
     pub accepted: bool,
@@ -131,7 +131,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 pub fn record(conn: &Connection, data_dir: &Path, new: &NewHead) -> anyhow::Result<i64> {
     let bytes = new.head.to_safetensors()?;
     let sha = sha256_hex(&bytes);
-    let m = new.manifest;
+    let m = new.model;
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let id: i64 = tx.query_row(
         "INSERT INTO heads (model_id, global_version, parent_id, sha256, path, state,
@@ -181,7 +181,7 @@ pub fn record(conn: &Connection, data_dir: &Path, new: &NewHead) -> anyhow::Resu
 pub fn load(
     conn: &Connection,
     data_dir: &Path,
-    manifest: &Manifest,
+    manifest: &Learnable,
     id: i64,
 ) -> anyhow::Result<Head> {
     let (path, sha): (String, String) = conn
@@ -200,19 +200,14 @@ pub fn load(
         "{}: SHA-256 is {actual}, recorded {sha}",
         path.display()
     );
-    Ok(Head::from_safetensors(
-        &bytes,
-        manifest.backbone.features,
-        manifest.head.hidden,
-        manifest.labels.len() + 1,
-    )?)
+    Ok(manifest.head_from(&bytes)?)
 }
 
 /// Make the champion's parent the champion again (or `to`: a given accepted head, `None`
 /// for the global head); returns the new champion. The head rolled back from is marked so.
 pub fn rollback(
     conn: &Connection,
-    manifest: &Manifest,
+    manifest: &Learnable,
     to: Option<Target>,
 ) -> anyhow::Result<Option<i64>> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
@@ -293,14 +288,14 @@ pub fn describe(head: Option<i64>) -> String {
 
 /// Every head of `manifest`'s model and global version, the global head first. A head whose
 /// stored lineage, reasons or metrics are not valid JSON is an error naming it.
-pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadView>> {
+pub fn list(conn: &Connection, manifest: &Learnable) -> anyhow::Result<Vec<HeadView>> {
     let champion = champion(conn, &manifest.id, &manifest.version)?;
     let mut out = vec![HeadView {
         id: None,
         model_id: manifest.id.clone(),
         global_version: manifest.version.clone(),
         parent: None,
-        sha256: manifest.head.sha256.clone(),
+        sha256: manifest.head_sha256.clone(),
         state: HeadStatus::Global,
         champion: champion.is_none(),
         reasons: Vec::new(),
@@ -354,8 +349,9 @@ pub fn list(conn: &Connection, manifest: &Manifest) -> anyhow::Result<Vec<HeadVi
 mod tests {
     use super::*;
 
-    fn manifest() -> Manifest {
-        toml::from_str(include_str!("../../models/reference/head-ct/manifest.toml")).unwrap()
+    fn manifest() -> Learnable {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/head-ct");
+        Learnable::of(&models::registry::AnyPackage::open(&dir).unwrap()).unwrap()
     }
 
     #[test]

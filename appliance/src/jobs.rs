@@ -15,6 +15,7 @@ use crate::export::ExportedObject;
 use crate::loaded::{Loaded, LoadedModels};
 use anyhow::Context;
 use models::backbone::Backend;
+use models::learnable::Learnable;
 use models::package::Package;
 use models::registry::AnyPackage;
 use pacs_bridge::store::index;
@@ -195,18 +196,17 @@ impl Pipeline {
         }))
     }
 
-    /// The contract-1 package of `[inference] model`, whose head the learner fine-tunes and
-    /// whose labelled cases are taken in; `None` when it is not installed or is contract 2.
-    fn learning_package(&self) -> Option<&Package> {
-        self.packages.iter().find_map(|p| match p {
-            AnyPackage::Head(h) if h.manifest.id == self.config.inference.model => Some(h),
-            _ => None,
-        })
+    /// `[inference] model`, whose head the learner fine-tunes and whose labelled cases are
+    /// taken in; `None` when it is not installed or has no trainable part (a contract-2
+    /// package without `[stages.trainable]`).
+    fn learning_model(&self) -> Option<Learnable> {
+        self.package(&self.config.inference.model)
+            .and_then(Learnable::of)
     }
 
-    /// Whether `[inference] model` has a head the learner fine-tunes (contract 1).
+    /// Whether `[inference] model` has a head the learner fine-tunes.
     pub fn learns(&self) -> bool {
-        self.learning_package().is_some()
+        self.learning_model().is_some()
     }
 
     fn package(&self, id: &str) -> Option<&AnyPackage> {
@@ -302,8 +302,8 @@ impl Pipeline {
     /// Take every SEG and SR of a completed study that is new to us in as a labelled case for
     /// the model (accepted or refused, with the reason); returns how many were taken in.
     pub fn intake_labels(&self, study_uid: &str, calling_ae: &str) -> anyhow::Result<usize> {
-        // Contract-2 models do not learn yet: their labelled objects stay in the spool.
-        let Some(package) = self.learning_package() else {
+        // A model without a trainable part learns nothing: labelled objects stay in the spool.
+        let Some(model) = self.learning_model() else {
             return Ok(0);
         };
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
@@ -329,7 +329,7 @@ impl Pipeline {
                 let crashes = crate::cases::begin_intake(&conn, &sop)?;
                 if crashes < self.config.inference.max_attempts
                     && s.modality.eq_ignore_ascii_case("SR")
-                    && !crate::cases::sr_mentions_finding(file, &package.manifest)
+                    && !crate::cases::sr_mentions_finding(file, &model)
                 {
                     crate::cases::end_intake(&conn, &sop)?;
                     continue;
@@ -337,21 +337,15 @@ impl Pipeline {
                 if crashes >= self.config.inference.max_attempts {
                     let reason = crate::cases::refuse_crashed(
                         &conn,
-                        &package.manifest,
+                        &model,
                         &sop,
                         CaseOrigin::Dicom,
                         crashes,
                     )?;
                     tracing::error!(object = %log_tag(&sop), reason = %reason, "labelled case refused");
                 } else {
-                    crate::cases::ingest(
-                        &conn,
-                        &self.data_dir,
-                        &package.manifest,
-                        file,
-                        CaseOrigin::Dicom,
-                    )?
-                    .ok();
+                    crate::cases::ingest(&conn, &self.data_dir, &model, file, CaseOrigin::Dicom)?
+                        .ok();
                 }
                 crate::cases::end_intake(&conn, &sop)?;
                 taken += 1;
@@ -430,10 +424,8 @@ impl Pipeline {
                 Some(package) => match loaded.get(&self.config, package) {
                     Err(e) => Err(e.context(format!("cannot load model {model_id}"))),
                     Ok(entry) => {
-                        if let (Loaded::Head(head_model), Some(global)) =
-                            (&mut entry.model, &entry.global)
-                        {
-                            self.swap_champion(&conn, head_model, global, &mut entry.in_use)?;
+                        if let Some(learnable) = Learnable::of(package) {
+                            self.swap_champion(&conn, entry, &learnable)?;
                         }
                         let in_use = entry.in_use;
                         // What the job adds to the resident set; a load just now is already
@@ -528,30 +520,28 @@ impl Pipeline {
         }
     }
 
-    /// Put the champion head in `model` when it changed since the last job (`in_use`; `None`
-    /// is the global head). A champion that cannot be read is logged and not used.
+    /// Put the champion head in the loaded model when it changed since the last job
+    /// (`entry.in_use`; `None` is the global head). A champion that cannot be read is logged
+    /// and not used.
     fn swap_champion(
         &self,
         conn: &Connection,
-        model: &mut models::infer::Model,
-        global: &models::head::Head,
-        in_use: &mut Option<i64>,
+        entry: &mut crate::loaded::Entry,
+        model: &Learnable,
     ) -> anyhow::Result<()> {
-        let m = &model.package.manifest;
-        let champion = crate::heads::champion(conn, &m.id, &m.version)?;
-        if champion == *in_use {
+        let champion = crate::heads::champion(conn, &model.id, &model.version)?;
+        if champion == entry.in_use {
             return Ok(());
         }
         let head = match champion {
-            None => Ok(global.clone()),
-            Some(h) => crate::heads::load(conn, &self.data_dir, m, h),
+            None => Ok(None),
+            Some(h) => crate::heads::load(conn, &self.data_dir, model, h).map(Some),
         };
-        match head {
-            Ok(head) => {
-                model.head = head;
-                *in_use = champion;
-                self.metrics_champion(*in_use);
-                tracing::info!(head = %crate::heads::describe(*in_use), "inference uses a new head");
+        match head.and_then(|h| entry.use_head(h)) {
+            Ok(()) => {
+                entry.in_use = champion;
+                self.metrics_champion(entry.in_use);
+                tracing::info!(head = %crate::heads::describe(entry.in_use), "inference uses a new head");
             }
             // A champion that cannot be read is not used; the head in use stays.
             Err(e) => {

@@ -33,14 +33,16 @@ use crate::db::{self, now_ms, CaseKind, CaseState, LearnOutcome, Split};
 use crate::file_lock::FileLock;
 use crate::heads::{self, CaseRef};
 use crate::jobs::inference_busy;
+use crate::loaded::Loaded;
 use crate::metrics::ApplianceMetrics;
 use anyhow::Context;
 use learning::case::Case;
 use learning::evaluate;
 use learning::finetune::{self, FineTuneConfig, FineTuneError, TrainingSet};
 use learning::gate::{self, GateConfig};
-use models::backbone::{self, Backend, BatchShape, Completion};
+use models::backbone::{self, BatchShape, Completion};
 use models::head::Head;
+use models::learnable::{Learnable, LearningData};
 use models::package::Package;
 use models::preprocess;
 use pacs_bridge::store::index;
@@ -222,6 +224,8 @@ struct StoredCase {
     features_path: String,
     labels_path: String,
     labels_sha256: String,
+    /// JSON: a sampled case's class counts on its whole grid.
+    class_counts: Option<String>,
 }
 
 /// The most recent `limit` cases of `split` with features of this backbone, oldest first: each
@@ -236,7 +240,7 @@ fn stored_cases(
 ) -> rusqlite::Result<Vec<StoredCase>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT f.case_id, f.slices, f.plane, f.pixel_ml, {FINDING}, f.features_path,
-                f.labels_path, f.labels_sha256
+                f.labels_path, f.labels_sha256, f.class_counts
          FROM case_features f JOIN case_splits s ON s.case_id = f.case_id
          JOIN cases c ON c.id = f.case_id
          WHERE s.split = :split AND c.state = :accepted AND c.model_id = :model_id
@@ -263,6 +267,7 @@ fn stored_cases(
                 features_path: r.get(5)?,
                 labels_path: r.get(6)?,
                 labels_sha256: r.get(7)?,
+                class_counts: r.get(8)?,
             })
         },
     )?;
@@ -275,9 +280,13 @@ fn stored_cases(
 pub struct Learner {
     data_dir: PathBuf,
     config: Config,
-    package: Package,
+    /// What learning knows of the model, whichever its contract.
+    model: Learnable,
+    /// What computes the head's inputs, frozen: a contract-1 backbone, or a contract-2
+    /// pipeline (run up to its trainable stage).
+    frozen: Loaded,
+    /// The head the package shipped.
     global: Head,
-    backend: Box<dyn Backend>,
     /// The reference validation set's cases (features computed once).
     reference: Option<Vec<Case>>,
     /// The daemon's stop signal (never raised for the CLI's `learn now`); every run's cancel
@@ -317,21 +326,96 @@ fn watch_inference(data_dir: &Path, cancel: &Cancel, done: &Cancel) -> anyhow::R
     Ok(())
 }
 
+/// What a case's learning data are before they are written.
+struct StoredFeatures {
+    slices: usize,
+    plane: usize,
+    /// f32 little endian, `[slices, features, plane]`.
+    features: Vec<u8>,
+    labels: Vec<u8>,
+    finding: Option<bool>,
+    pixel_ml: f64,
+    class_counts: Option<Vec<u64>>,
+}
+
+/// A contract-1 case: the backbone's features of every slice and the labels on the model
+/// grid; `None` when cancelled.
+fn slice_features(
+    model: &mut models::infer::Model,
+    volume: &radiant_core::Volume,
+    source_classes: Option<&[u8]>,
+    finding: Option<bool>,
+    cancel: &Cancel,
+) -> anyhow::Result<Option<StoredFeatures>> {
+    let manifest = model.package.manifest.clone();
+    let spec = &manifest.input;
+    preprocess::check(volume, spec)?;
+    // A classification label has no pixels: its case trains the study classifier only.
+    let labels: Vec<u8> = match source_classes {
+        Some(classes) => preprocess::labels_to_model_grid(volume, spec, classes),
+        None => Vec::new(),
+    };
+    let [rows, columns] = spec.size;
+    let plane = rows * columns;
+    let mut features = Vec::with_capacity(volume.slices * manifest.backbone.features * plane * 4);
+    let shape = BatchShape::of(&manifest, volume.slices);
+    let completion = backbone::run_in_batches::<anyhow::Error>(
+        model.backend.as_mut(),
+        shape,
+        Some(cancel),
+        |range| Ok(preprocess::tensor(volume, spec, range)),
+        |_, out| {
+            for v in out {
+                features.extend_from_slice(&v.to_le_bytes());
+            }
+            Ok(())
+        },
+    )?;
+    if completion == Completion::Cancelled {
+        return Ok(None);
+    }
+    let last_class = manifest.labels.len() as u8;
+    // A segmentation tells whether the finding (the last label) is there.
+    let finding = match source_classes {
+        Some(_) => Some(labels.contains(&last_class)),
+        None => finding,
+    };
+    Ok(Some(StoredFeatures {
+        slices: volume.slices,
+        plane,
+        features,
+        labels,
+        finding,
+        pixel_ml: spec.spacing_mm * spec.spacing_mm * volume.spacing[2] / 1000.0,
+        class_counts: None,
+    }))
+}
+
 impl Learner {
-    /// The learner for the configured model's active version, with its own backend.
+    /// The learner for the configured model's active version, with its own runtime.
     pub fn new(config: &Config) -> anyhow::Result<Learner> {
         let registry = models::registry::Registry::new(&config.data_dir);
         let package = registry
-            .open_active(&config.inference.model)
+            .open_active_any(&config.inference.model)
             .with_context(|| format!("model {}", config.inference.model))?;
-        let backend = crate::jobs::load_backend(config, &package)?;
-        let bytes = std::fs::read(package.head_path())
-            .with_context(|| format!("read {}", package.head_path().display()))?;
-        let global = Head::load(&bytes, &package.manifest)?;
+        let model = Learnable::of(&package).with_context(|| {
+            format!(
+                "model {} has no trainable part (a contract-2 package without \
+                 [stages.trainable]): nothing to learn",
+                config.inference.model
+            )
+        })?;
+        let global = model.shipped_head()?;
+        let frozen = Loaded::load(config, &package)?;
         db::open(&config.data_dir)?;
-        let federated = match config.federation.as_ref().filter(|f| f.enabled) {
-            None => None,
-            Some(_) => {
+        let federated = match (config.federation.as_ref().filter(|f| f.enabled), &frozen) {
+            (None, _) => None,
+            (Some(_), Loaded::Pipeline(_)) => {
+                tracing::warn!(model = %model.id, "the federation exchanges contract-1 heads only: this model learns on site and takes no part in rounds");
+                None
+            }
+            (Some(_), Loaded::Head(frozen)) => {
+                let package = &frozen.package;
                 let version = crate::federated::adopted(&config.data_dir);
                 let path = fleet_wire::site::global_dir(&config.data_dir)
                     .join(format!("{version}.safetensors"));
@@ -344,9 +428,9 @@ impl Learner {
         Ok(Learner {
             data_dir: config.data_dir.clone(),
             config: config.clone(),
-            package,
+            model,
+            frozen,
             global,
-            backend,
             reference: None,
             stop: Cancel::new(),
             federated,
@@ -354,17 +438,18 @@ impl Learner {
         })
     }
 
-    fn manifest(&self) -> &models::package::Manifest {
-        &self.package.manifest
+    /// The contract-1 package, when the model is one (its backbone, reference set and
+    /// federation belong to that contract).
+    fn head_package(&self) -> Option<&Package> {
+        match &self.frozen {
+            Loaded::Head(m) => Some(&m.package),
+            Loaded::Pipeline(_) => None,
+        }
     }
 
     /// Give every accepted case of the model without a split its split.
     fn assign_splits(&self, conn: &Connection) -> rusqlite::Result<()> {
-        assign_splits(
-            conn,
-            &self.manifest().id,
-            self.config.learning.holdout_every,
-        )
+        assign_splits(conn, &self.model.id, self.config.learning.holdout_every)
     }
 
     /// The cases whose features the learner keeps: the most recent `max_training_cases`
@@ -376,7 +461,7 @@ impl Learner {
             (Split::Train, l.max_training_cases),
             (Split::Holdout, l.max_holdout_cases),
         ] {
-            out.extend(window(conn, &self.manifest().id, split, limit)?);
+            out.extend(window(conn, &self.model.id, split, limit)?);
         }
         Ok(out)
     }
@@ -391,11 +476,7 @@ impl Learner {
              ORDER BY c.id",
         )?;
         let rows = stmt.query_map(
-            params![
-                self.manifest().id,
-                self.manifest().backbone.sha256,
-                CaseState::Accepted
-            ],
+            params![self.model.id, self.model.features_key, CaseState::Accepted],
             |r| r.get::<_, i64>(0),
         )?;
         let mut out = Vec::new();
@@ -473,16 +554,13 @@ impl Learner {
             .files;
         let series = volume::build(&files, &Limits::default())?;
         let volume = &series.volume;
-        let manifest = self.package.manifest.clone();
-        let spec = &manifest.input;
-        preprocess::check(volume, spec)?;
-        // Label values of the manifest -> head classes (1-based, in manifest order).
+        // The case's label map on the source voxels, as head classes (label values of the
+        // manifest -> 1-based classes, in manifest order); `None` for a classification label.
         let mut class_of = [0u8; 256];
-        for (index, label) in manifest.labels.iter().enumerate() {
+        for (index, label) in self.model.labels.iter().enumerate() {
             class_of[usize::from(label.value)] = (index + 1) as u8;
         }
-        // A classification label has no pixels: its case trains the study classifier only.
-        let labels: Vec<u8> = match &labels_path {
+        let source_classes: Option<Vec<u8>> = match &labels_path {
             Some(path) => {
                 let source = std::fs::read(self.data_dir.join(path))
                     .with_context(|| format!("read {path}"))?;
@@ -492,74 +570,91 @@ impl Learner {
                     source.len(),
                     volume.voxels.len()
                 );
-                preprocess::labels_to_model_grid(volume, spec, &source)
-                    .into_iter()
-                    .map(|v| class_of[usize::from(v)])
-                    .collect()
+                Some(source.iter().map(|v| class_of[usize::from(*v)]).collect())
             }
-            None => Vec::new(),
+            None => None,
         };
-        let [rows, columns] = spec.size;
-        let plane = rows * columns;
-        let mut features =
-            Vec::with_capacity(volume.slices * manifest.backbone.features * plane * 4);
-        let shape = BatchShape::of(&manifest, volume.slices);
-        let completion = backbone::run_in_batches::<anyhow::Error>(
-            self.backend.as_mut(),
-            shape,
-            Some(cancel),
-            |range| Ok(preprocess::tensor(volume, spec, range)),
-            |_, out| {
-                for v in out {
-                    features.extend_from_slice(&v.to_le_bytes());
+        let seed = self.config.learning.seed ^ (id as u64);
+        let stored = match &mut self.frozen {
+            Loaded::Head(m) => {
+                match slice_features(m, volume, source_classes.as_deref(), finding, cancel)? {
+                    Some(stored) => stored,
+                    None => return Ok(false),
                 }
-                Ok(())
-            },
-        )?;
-        if completion == Completion::Cancelled {
-            return Ok(false);
-        }
-        let last_class = manifest.labels.len() as u8;
-        // A segmentation tells whether the finding (the last label) is there.
-        let finding = match labels_path {
-            Some(_) => Some(labels.contains(&last_class)),
-            None => finding,
+            }
+            Loaded::Pipeline(m) => {
+                let LearningData::Sampled { samples_per_class } = self.model.data else {
+                    anyhow::bail!("a contract-2 model keeps sampled learning data");
+                };
+                let classes = source_classes
+                    .context("a classification label: this model learns from segmentations only")?;
+                if cancel.is_cancelled() {
+                    return Ok(false);
+                }
+                let inputs = models::pipeline::run::trainable_inputs(m, volume, &classes)?;
+                if cancel.is_cancelled() {
+                    return Ok(false);
+                }
+                let case = learning::sampled::sample_case(
+                    format!("case-{id}"),
+                    &inputs,
+                    samples_per_class,
+                    seed,
+                    volume.voxel_ml(),
+                )?;
+                StoredFeatures {
+                    slices: 1,
+                    plane: case.plane,
+                    features: case.features.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    labels: case.labels,
+                    finding: None,
+                    pixel_ml: case.pixel_ml,
+                    class_counts: case.class_counts,
+                }
+            }
         };
-        let pixel_ml = spec.spacing_mm * spec.spacing_mm * volume.spacing[2] / 1000.0;
         let dir = PathBuf::from("cases").join(id.to_string());
         let absolute = self.data_dir.join(&dir);
         std::fs::create_dir_all(&absolute)?;
-        write_synced(&absolute.join("features.f32"), &features)?;
-        write_synced(&absolute.join("model_labels.u8"), &labels)?;
+        write_synced(&absolute.join("features.f32"), &stored.features)?;
+        write_synced(&absolute.join("model_labels.u8"), &stored.labels)?;
         fsync_dir(&absolute)?;
         let mut hasher = Sha256::new();
         hasher.update(series_uid.as_bytes());
-        hasher.update(&labels);
+        hasher.update(&stored.labels);
         let labels_sha: String = hasher
             .finalize()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        let class_counts = stored
+            .class_counts
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
         conn.execute(
             "INSERT OR REPLACE INTO case_features (case_id, backbone_sha256, slices, plane,
-                 pixel_ml, finding, features_path, labels_path, labels_sha256, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 pixel_ml, finding, features_path, labels_path, labels_sha256, created_at_ms,
+                 class_counts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 id,
-                manifest.backbone.sha256,
-                volume.slices as i64,
-                plane as i64,
-                pixel_ml,
-                finding,
+                self.model.features_key,
+                stored.slices as i64,
+                stored.plane as i64,
+                stored.pixel_ml,
+                stored.finding,
                 dir.join("features.f32").to_string_lossy(),
                 dir.join("model_labels.u8").to_string_lossy(),
                 labels_sha,
-                now_ms()
+                now_ms(),
+                class_counts
             ],
         )?;
         tracing::info!(
             case = id,
             slices = volume.slices,
+            bytes = stored.features.len() + stored.labels.len(),
             "labelled case features stored"
         );
         Ok(true)
@@ -570,7 +665,7 @@ impl Learner {
         conn.query_row(
             "SELECT last_case_id, finished_at_ms FROM learn_runs
              WHERE model_id = ?1 AND global_version = ?2 ORDER BY id DESC LIMIT 1",
-            params![self.manifest().id, self.manifest().version],
+            params![self.model.id, self.model.version],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
@@ -585,7 +680,7 @@ impl Learner {
             "SELECT COUNT(*), MIN(c.created_at_ms) FROM cases c
              JOIN case_splits s ON s.case_id = c.id
              WHERE c.state = ?3 AND c.model_id = ?1 AND s.split = ?4 AND c.id > ?2",
-            params![self.manifest().id, since, CaseState::Accepted, Split::Train],
+            params![self.model.id, since, CaseState::Accepted, Split::Train],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         // The schedule counts from the last finished run, or from the oldest new case.
@@ -600,14 +695,8 @@ impl Learner {
         split: Split,
         limit: usize,
     ) -> anyhow::Result<(Vec<Case>, Vec<CaseRef>)> {
-        let rows = stored_cases(
-            conn,
-            &self.manifest().id,
-            &self.manifest().backbone.sha256,
-            split,
-            limit,
-        )?;
-        let features_per_pixel = self.manifest().backbone.features;
+        let rows = stored_cases(conn, &self.model.id, &self.model.features_key, split, limit)?;
+        let features_per_pixel = self.model.features;
         let mut cases = Vec::new();
         let mut refs = Vec::new();
         for StoredCase {
@@ -619,8 +708,15 @@ impl Learner {
             features_path,
             labels_path,
             labels_sha256: sha,
+            class_counts,
         } in rows
         {
+            let class_counts: Option<Vec<u64>> = class_counts
+                .map(|json| {
+                    serde_json::from_str(&json)
+                        .with_context(|| format!("case {id}: class_counts {json:?} is corrupt"))
+                })
+                .transpose()?;
             let (slices, plane) = (slices as usize, plane as usize);
             let bytes = std::fs::read(self.data_dir.join(&features_path))
                 .with_context(|| format!("case {id}: read {features_path}"))?;
@@ -643,6 +739,7 @@ impl Learner {
                 labels,
                 finding,
                 pixel_ml,
+                class_counts,
             });
             // What the case taught: its series and pixel labels (hashed when stored) and the
             // finding it carries now (a later verified SR may have set it).
@@ -666,17 +763,86 @@ impl Learner {
         if let Some(cases) = &self.reference {
             return Ok(cases.clone());
         }
-        let set = learning::validation::ReferenceSet::load(&self.package)?.with_context(|| {
-            format!(
-                "model {} {} ships no reference validation set; no candidate can pass the gate",
-                self.manifest().id,
-                self.manifest().version
+        let (id, version, features) = (&self.model.id, &self.model.version, self.model.features);
+        let Loaded::Head(frozen) = &mut self.frozen else {
+            anyhow::bail!("model {id} is not contract 1: it ships no reference validation set");
+        };
+        let set =
+            learning::validation::ReferenceSet::load(&frozen.package)?.with_context(|| {
+                format!(
+                "model {id} {version} ships no reference validation set; no candidate can pass \
+                 the gate"
             )
-        })?;
-        let features = self.manifest().backbone.features;
-        let cases = set.cases(self.backend.as_mut(), features)?;
+            })?;
+        let cases = set.cases(frozen.backend.as_mut(), features)?;
         self.reference = Some(cases.clone());
         Ok(cases)
+    }
+
+    /// A contract-2 model's heads scored on held-out cases over their whole grid (a sample
+    /// would not do: Dice is decided at the mask's edge): each case's series runs through the
+    /// pipeline once, up to the trainable stage, and every head decides every voxel there.
+    /// `None` when cancelled.
+    fn score_whole_grids<const N: usize>(
+        &mut self,
+        conn: &Connection,
+        cases: &[CaseRef],
+        heads: [&Head; N],
+        cancel: &Cancel,
+    ) -> anyhow::Result<Option<[evaluate::Scores; N]>> {
+        let Loaded::Pipeline(model) = &mut self.frozen else {
+            anyhow::bail!("whole-grid scoring is for contract-2 models");
+        };
+        let mut class_of = [0u8; 256];
+        for (index, label) in self.model.labels.iter().enumerate() {
+            class_of[usize::from(label.value)] = (index + 1) as u8;
+        }
+        let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
+        let mut per_case: [Vec<Vec<learning::evaluate::Overlap>>; N] =
+            std::array::from_fn(|_| Vec::new());
+        for case in cases {
+            if cancel.is_cancelled() {
+                return Ok(None);
+            }
+            let (series_uid, labels_path): (String, Option<String>) = conn.query_row(
+                "SELECT series_uid, labels_path FROM cases WHERE id = ?1",
+                [case.case],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let labels_path = labels_path
+                .with_context(|| format!("held-out case {} has no label map", case.case))?;
+            let files = index::series_files(&spool, &self.data_dir, &series_uid)?
+                .with_context(|| {
+                    format!(
+                        "held-out case {}: its series is no longer in the spool",
+                        case.case
+                    )
+                })?
+                .files;
+            let series = volume::build(&files, &Limits::default())?;
+            let source = std::fs::read(self.data_dir.join(&labels_path))
+                .with_context(|| format!("read {labels_path}"))?;
+            anyhow::ensure!(
+                source.len() == series.volume.voxels.len(),
+                "held-out case {}: its label map has {} voxels, the series {}",
+                case.case,
+                source.len(),
+                series.volume.voxels.len()
+            );
+            let classes: Vec<u8> = source.iter().map(|v| class_of[usize::from(*v)]).collect();
+            let inputs = models::pipeline::run::trainable_inputs(model, &series.volume, &classes)?;
+            for (scores, head) in per_case.iter_mut().zip(heads) {
+                scores.push(learning::sampled::overlaps(
+                    &model.package.manifest,
+                    head,
+                    &inputs,
+                )?);
+            }
+        }
+        let labels = self.model.labels.len();
+        Ok(Some(per_case.map(|cases| {
+            evaluate::scores_from_overlaps(cases, labels)
+        })))
     }
 
     fn fine_tune_config(&self) -> FineTuneConfig {
@@ -689,6 +855,11 @@ impl Learner {
             pixels_per_class: l.pixels_per_class,
             class_weights: (!l.class_weights.is_empty()).then(|| l.class_weights.clone()),
             cuda: l.cuda,
+            // A contract-2 model has no study classifier to fit.
+            classifier_steps: match self.frozen {
+                Loaded::Head(_) => FineTuneConfig::default().classifier_steps,
+                Loaded::Pipeline(_) => 0,
+            },
             ..FineTuneConfig::default()
         }
     }
@@ -709,7 +880,7 @@ impl Learner {
         // Cases accepted from here on are new to the next run.
         let last_case_id: i64 = conn.query_row(
             "SELECT COALESCE(MAX(id), 0) FROM cases WHERE state = ?2 AND model_id = ?1",
-            params![self.manifest().id, CaseState::Accepted],
+            params![self.model.id, CaseState::Accepted],
             |r| r.get(0),
         )?;
         let cancel = self.stop.child();
@@ -762,8 +933,8 @@ impl Learner {
                  head_id, detail, started_at_ms, finished_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
-                self.manifest().id,
-                self.manifest().version,
+                self.model.id,
+                self.model.version,
                 trigger,
                 last_case_id,
                 report.outcome,
@@ -798,10 +969,14 @@ impl Learner {
                 holdout.len()
             ))));
         }
-        let reference = self.reference_cases()?;
-        let parent = heads::champion(conn, &self.manifest().id, &self.manifest().version)?;
+        // A contract-2 package ships no reference set: its gate is the held-out cases alone.
+        let reference = match self.frozen {
+            Loaded::Head(_) => Some(self.reference_cases()?),
+            Loaded::Pipeline(_) => None,
+        };
+        let parent = heads::champion(conn, &self.model.id, &self.model.version)?;
         let champion = match parent {
-            Some(id) => heads::load(conn, &self.data_dir, self.manifest(), id)?,
+            Some(id) => heads::load(conn, &self.data_dir, &self.model, id)?,
             None => self.global.clone(),
         };
         progress(Progress::Started {
@@ -845,7 +1020,7 @@ impl Learner {
             reasons,
             train_cases,
             holdout_cases,
-            reference_cases: reference.len(),
+            reference_cases: reference.as_ref().map_or(0, Vec::len),
             decision: None,
             fine_tune_seconds,
             seconds: 0.0,
@@ -861,13 +1036,23 @@ impl Learner {
             }
         };
         progress(Progress::Validating);
-        let decision = gate::decide(
-            &evaluate::score(&champion, &holdout)?,
-            &evaluate::score(&candidate, &holdout)?,
-            &evaluate::score(&self.global, &reference)?,
-            &evaluate::score(&candidate, &reference)?,
-            &gate_config(&l),
-        );
+        let decision = match &reference {
+            Some(reference) => gate::decide(
+                &evaluate::score(&champion, &holdout)?,
+                &evaluate::score(&candidate, &holdout)?,
+                &evaluate::score(&self.global, reference)?,
+                &evaluate::score(&candidate, reference)?,
+                &gate_config(&l),
+            ),
+            None => {
+                let Some([before, after]) =
+                    self.score_whole_grids(conn, &held_out, [&champion, &candidate], cancel)?
+                else {
+                    return Ok(Err(NotRun::Yielded));
+                };
+                gate::decide_without_reference(&before, &after, &gate_config(&l))
+            }
+        };
         let metrics_json = serde_json::json!({
             "gate": decision,
             "fine_tune": {
@@ -887,7 +1072,7 @@ impl Learner {
             conn,
             &self.data_dir,
             &heads::NewHead {
-                manifest: self.manifest(),
+                model: &self.model,
                 parent,
                 head: &candidate,
                 accepted: decision.accepted,
@@ -901,9 +1086,12 @@ impl Learner {
         )?;
         if decision.accepted {
             if let Some((base, _)) = &self.federated {
+                let Some(package) = self.head_package() else {
+                    anyhow::bail!("a federated learner without a contract-1 package");
+                };
                 crate::federated::offer_local(
                     &self.data_dir,
-                    self.manifest(),
+                    &package.manifest,
                     &candidate,
                     *base,
                     trained_on.len(),
@@ -986,7 +1174,10 @@ impl Learner {
         let Some(_lock) = LearnLock::try_take(&self.data_dir)? else {
             return Ok(false);
         };
-        let head = match crate::federated::load_global(&path, self.manifest()) {
+        let Some(package) = self.head_package() else {
+            return Ok(false);
+        };
+        let head = match crate::federated::load_global(&path, &package.manifest) {
             Ok(head) => head,
             Err(e) => {
                 tracing::error!(version, reason = %format!("{e:#}"), "federated global head does not fit the model; not taken");
@@ -1000,9 +1191,9 @@ impl Learner {
         let l = self.config.learning.clone();
         let (holdout, held_out) = self.load_cases(conn, Split::Holdout, l.max_holdout_cases)?;
         let reference = self.reference_cases()?;
-        let parent = heads::champion(conn, &self.manifest().id, &self.manifest().version)?;
+        let parent = heads::champion(conn, &self.model.id, &self.model.version)?;
         let champion = match parent {
-            Some(id) => heads::load(conn, &self.data_dir, self.manifest(), id)?,
+            Some(id) => heads::load(conn, &self.data_dir, &self.model, id)?,
             None => self.global.clone(),
         };
         let baseline_reference = evaluate::score(&self.global, &reference)?;
@@ -1042,7 +1233,7 @@ impl Learner {
             conn,
             &self.data_dir,
             &heads::NewHead {
-                manifest: self.manifest(),
+                model: &self.model,
                 parent,
                 head: &head,
                 accepted: decision.accepted,

@@ -73,6 +73,24 @@ pub struct Entry {
     last_used: u64,
 }
 
+impl Entry {
+    /// Run with `head` (`None`: the global head: a contract-1 package's own head, or a
+    /// contract-2 stage's graph output, which its shipped head reproduces).
+    pub fn use_head(&mut self, head: Option<models::head::Head>) -> anyhow::Result<()> {
+        match &mut self.model {
+            Loaded::Head(m) => {
+                m.head = match (head, &self.global) {
+                    (Some(h), _) => h,
+                    (None, Some(global)) => global.clone(),
+                    (None, None) => anyhow::bail!("model {} has no global head", self.id),
+                };
+            }
+            Loaded::Pipeline(m) => m.set_head(head)?,
+        }
+        Ok(())
+    }
+}
+
 /// The models inference has loaded, within a memory budget: a model is loaded when a job
 /// needs it, and the least recently used others are unloaded while the total is above the
 /// budget (the model a job needs is never unloaded for it).

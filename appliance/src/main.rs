@@ -486,8 +486,7 @@ fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
     match command {
         CasesCommand::Import { path, config } => {
             let config = config.load()?;
-            let package = models::registry::Registry::new(&config.data_dir)
-                .open_active(&config.inference.model)?;
+            let package = learnable_model(&config, &config.inference.model)?;
             let conn = appliance::db::open(&config.data_dir)?;
             let files: Vec<PathBuf> = if path.is_dir() {
                 let mut f: Vec<PathBuf> = std::fs::read_dir(&path)
@@ -505,7 +504,7 @@ fn cases_command(command: CasesCommand) -> anyhow::Result<()> {
                 match appliance::cases::ingest(
                     &conn,
                     &config.data_dir,
-                    &package.manifest,
+                    &package,
                     &file,
                     appliance::db::CaseOrigin::Import,
                 )? {
@@ -668,6 +667,21 @@ fn bar(done: usize, total: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), ".".repeat(WIDTH - filled))
 }
 
+/// The active version of installed model `id`, as learning sees it; an error when it has no
+/// trainable part.
+fn learnable_model(
+    config: &appliance::config::Config,
+    id: &str,
+) -> anyhow::Result<models::learnable::Learnable> {
+    let package = models::registry::Registry::new(&config.data_dir).open_active_any(id)?;
+    models::learnable::Learnable::of(&package).with_context(|| {
+        format!(
+            "model {id} has no trainable part (a contract-2 package without \
+             [stages.trainable]): it has no cases or heads"
+        )
+    })
+}
+
 fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
     match command {
         HeadsCommand::List {
@@ -677,9 +691,9 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
         } => {
             let config = config.load()?;
             let model = model.unwrap_or_else(|| config.inference.model.clone());
-            let package = models::registry::Registry::new(&config.data_dir).open_active(&model)?;
+            let package = learnable_model(&config, &model)?;
             let conn = appliance::db::open(&config.data_dir)?;
-            for h in appliance::heads::list(&conn, &package.manifest)? {
+            for h in appliance::heads::list(&conn, &package)? {
                 if json {
                     println!("{}", serde_json::to_string(&h)?);
                 } else {
@@ -721,15 +735,14 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
         }
         HeadsCommand::Rollback { model, to, config } => {
             let config = config.load()?;
-            let package = models::registry::Registry::new(&config.data_dir).open_active(&model)?;
+            let package = learnable_model(&config, &model)?;
             let conn = appliance::db::open(&config.data_dir)?;
-            let before =
-                appliance::heads::champion(&conn, &package.manifest.id, &package.manifest.version)?;
-            let after = appliance::heads::rollback(&conn, &package.manifest, to)?;
+            let before = appliance::heads::champion(&conn, &package.id, &package.version)?;
+            let after = appliance::heads::rollback(&conn, &package, to)?;
             println!(
                 "{} {}: champion head {} (was {}); the next study uses it",
-                package.manifest.id,
-                package.manifest.version,
+                package.id,
+                package.version,
                 appliance::heads::describe(after),
                 appliance::heads::describe(before)
             );

@@ -21,6 +21,10 @@ pub struct Case {
     /// Volume of one model-grid pixel in millilitres (model spacing² × slice spacing / 1000),
     /// as inference measures the lesion volume the study classifier sees.
     pub pixel_ml: f64,
+    /// For a case that keeps a sample of its pixels (a contract-2 model's class-balanced
+    /// sample): how many pixels of each class the whole grid has, so that fine-tuning weighs
+    /// each sampled pixel back to its class's share. `None`: the case holds every pixel.
+    pub class_counts: Option<Vec<u64>>,
 }
 
 impl Case {
@@ -57,6 +61,24 @@ impl Case {
         }
         if let Some(bad) = self.labels.iter().find(|l| usize::from(**l) >= classes) {
             return Err(format!("label {bad} but the head has {classes} classes"));
+        }
+        if let Some(counts) = &self.class_counts {
+            if counts.len() != classes {
+                return Err(format!(
+                    "class counts for {} classes, the head has {classes}",
+                    counts.len()
+                ));
+            }
+            let mut sampled = vec![0u64; classes];
+            for l in &self.labels {
+                sampled[usize::from(*l)] += 1;
+            }
+            if let Some(c) = (0..classes).find(|c| sampled[*c] > counts[*c]) {
+                return Err(format!(
+                    "{} pixels of class {c} sampled from a grid that has {}",
+                    sampled[c], counts[c]
+                ));
+            }
         }
         if !self.pixel_ml.is_finite() || self.pixel_ml <= 0.0 {
             return Err(format!("pixel volume {} ml", self.pixel_ml));

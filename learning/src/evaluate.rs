@@ -194,6 +194,31 @@ pub struct Scores {
     pub auroc: Option<f64>,
 }
 
+/// Scores from per-case overlaps measured elsewhere (a contract-2 model's held-out cases,
+/// scored on their whole grid by running the model): Dice pooled over the cases, no study
+/// probability.
+pub fn scores_from_overlaps(per_case: Vec<Vec<Overlap>>, labels: usize) -> Scores {
+    let mut pooled = vec![Overlap::default(); labels];
+    for case in &per_case {
+        for (sum, o) in pooled.iter_mut().zip(case) {
+            sum.add(o);
+        }
+    }
+    let dice = if per_case.is_empty() {
+        vec![f64::NAN; labels]
+    } else {
+        pooled.iter().map(Overlap::dice).collect()
+    };
+    Scores {
+        segmentation_cases: per_case.len(),
+        overlaps: pooled,
+        per_case,
+        dice,
+        study_probabilities: Vec::new(),
+        auroc: None,
+    }
+}
+
 /// Score `head` on `cases`: Dice per label pooled over the cases with pixel labels, and AUROC
 /// of the study probability over the cases with a study label.
 pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {

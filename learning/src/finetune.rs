@@ -550,7 +550,13 @@ fn sample_pixels(
                 let j = i + rng.below(pixels.len() - i);
                 pixels.swap(i, j);
             }
-            let weight = class_weights[class] * pixels.len() as f32 / k as f32;
+            // What the pixels of this class stand for: all of the class's pixels in the case,
+            // or in the whole grid when the case keeps only a sample.
+            let represented = case
+                .class_counts
+                .as_ref()
+                .map_or(pixels.len() as f32, |counts| counts[class] as f32);
+            let weight = class_weights[class] * represented / k as f32;
             for &i in &pixels[..k] {
                 let (slice, p) = (i / case.plane, i % case.plane);
                 let base = slice * f * case.plane + p;

@@ -180,17 +180,91 @@ pub fn decide(
     config: &GateConfig,
 ) -> Decision {
     let mut reasons = Vec::new();
+    let local = local_part(champion_local, candidate_local, config, &mut reasons);
+    reference_conditions(
+        baseline_reference,
+        candidate_reference,
+        config,
+        &mut reasons,
+    );
+    local.into_decision(decision(reasons, baseline_reference, candidate_reference))
+}
+
+/// The gate for a model whose package ships no reference validation set (a contract-2
+/// model): the local conditions of [`decide`] alone, on held-out cases that must carry pixel
+/// labels (no study classifier there to fall back on).
+pub fn decide_without_reference(
+    champion_local: &Scores,
+    candidate_local: &Scores,
+    config: &GateConfig,
+) -> Decision {
+    let mut reasons = Vec::new();
+    let local = local_part(champion_local, candidate_local, config, &mut reasons);
+    if !local.dice_measured {
+        reasons.clear();
+        reasons.push(
+            "no local held-out case has pixel labels: nothing shows the candidate is better"
+                .to_string(),
+        );
+    }
+    let none = Scores {
+        segmentation_cases: 0,
+        overlaps: Vec::new(),
+        per_case: Vec::new(),
+        dice: Vec::new(),
+        study_probabilities: Vec::new(),
+        auroc: None,
+    };
+    local.into_decision(decision(reasons, &none, &none))
+}
+
+/// What the local conditions found.
+struct LocalPart {
+    dice_measured: bool,
+    champion: f64,
+    candidate: f64,
+    champion_per_label: Vec<f64>,
+    candidate_per_label: Vec<f64>,
+    auroc_champion: Option<f64>,
+    auroc_candidate: Option<f64>,
+    bootstrap: Option<Bootstrap>,
+}
+
+impl LocalPart {
+    fn into_decision(self, base: Decision) -> Decision {
+        Decision {
+            local_dice_measured: self.dice_measured,
+            local_champion: self.champion,
+            local_candidate: self.candidate,
+            local_champion_per_label: self.champion_per_label,
+            local_candidate_per_label: self.candidate_per_label,
+            local_auroc_champion: self.auroc_champion,
+            local_auroc_candidate: self.auroc_candidate,
+            bootstrap: self.bootstrap,
+            ..base
+        }
+    }
+}
+
+/// The local conditions: on Dice (enough cases, the paired bootstrap) when both heads'
+/// held-out scores measured it, else on the AUROC.
+fn local_part(
+    champion_local: &Scores,
+    candidate_local: &Scores,
+    config: &GateConfig,
+    reasons: &mut Vec<String>,
+) -> LocalPart {
     let (champion, candidate) = (mean_dice(champion_local), mean_dice(candidate_local));
-    let local_dice_measured =
+    let dice_measured =
         champion_local.segmentation_cases > 0 && candidate_local.segmentation_cases > 0;
     let mut bootstrap = None;
-    if local_dice_measured {
+    if dice_measured {
         bootstrap = local_dice_conditions(
             (champion, candidate),
             champion_local,
             candidate_local,
             config,
-            &mut reasons,
+            reasons,
         );
     } else {
         match (champion_local.auroc, candidate_local.auroc) {
@@ -208,22 +282,15 @@ pub fn decide(
             ),
         }
     }
-    reference_conditions(
-        baseline_reference,
-        candidate_reference,
-        config,
-        &mut reasons,
-    );
-    Decision {
-        local_dice_measured,
-        local_champion: champion,
-        local_candidate: candidate,
-        local_champion_per_label: champion_local.dice.clone(),
-        local_candidate_per_label: candidate_local.dice.clone(),
-        local_auroc_champion: champion_local.auroc,
-        local_auroc_candidate: candidate_local.auroc,
+    LocalPart {
+        dice_measured,
+        champion,
+        candidate,
+        champion_per_label: champion_local.dice.clone(),
+        candidate_per_label: candidate_local.dice.clone(),
+        auroc_champion: champion_local.auroc,
+        auroc_candidate: candidate_local.auroc,
         bootstrap,
-        ..decision(reasons, baseline_reference, candidate_reference)
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`evaluate`]: Dice per label, AUROC, and a head scored on labelled cases as inference
 //!   would run it.
 //! - [`gate`]: the champion/challenger decision on a fine-tuned head.
+//! - [`sampled`]: a contract-2 model's learning data: a class-balanced sample of a case's
+//!   voxels, and held-out cases scored on their whole grid.
 //! - [`validation`]: the reference validation set a package ships, read with bounds checks
 //!   and run through the backbone into cases the gate scores.
 
@@ -17,4 +19,5 @@ pub mod case;
 pub mod evaluate;
 pub mod finetune;
 pub mod gate;
+pub mod sampled;
 pub mod validation;

@@ -252,6 +252,7 @@ impl ReferenceSet {
                 labels: case.labels.clone(),
                 finding: Some(case.finding),
                 pixel_ml: case.pixel_ml,
+                class_counts: None,
             });
         }
         Ok(out)

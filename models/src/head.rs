@@ -165,21 +165,26 @@ impl Head {
                 for (k, fk) in f.iter_mut().enumerate() {
                     *fk = features[base + k * plane + p];
                 }
-                for (r, hr) in h.iter_mut().enumerate() {
-                    let row = &self.w1[r * self.features..(r + 1) * self.features];
-                    let s: f32 = row.iter().zip(&f).map(|(w, x)| w * x).sum::<f32>() + self.b1[r];
-                    *hr = s.max(0.0);
-                }
-                let logits =
-                    &mut out[(b * plane + p) * self.classes..(b * plane + p + 1) * self.classes];
-                for (c, l) in logits.iter_mut().enumerate() {
-                    let row = &self.w2[c * self.hidden..(c + 1) * self.hidden];
-                    *l = row.iter().zip(&h).map(|(w, x)| w * x).sum::<f32>() + self.b2[c];
-                }
-                softmax(logits);
+                let at = (b * plane + p) * self.classes;
+                self.probabilities_of(&f, &mut h, &mut out[at..at + self.classes]);
             }
         }
         out
+    }
+
+    /// Class probabilities of one pixel's `features` into `out` (`classes` long); `hidden` is
+    /// scratch space of `hidden` values.
+    pub fn probabilities_of(&self, features: &[f32], hidden: &mut [f32], out: &mut [f32]) {
+        for (r, hr) in hidden.iter_mut().enumerate() {
+            let row = &self.w1[r * self.features..(r + 1) * self.features];
+            let s: f32 = row.iter().zip(features).map(|(w, x)| w * x).sum::<f32>() + self.b1[r];
+            *hr = s.max(0.0);
+        }
+        for (c, l) in out.iter_mut().enumerate() {
+            let row = &self.w2[c * self.hidden..(c + 1) * self.hidden];
+            *l = row.iter().zip(&*hidden).map(|(w, x)| w * x).sum::<f32>() + self.b2[c];
+        }
+        softmax(out);
     }
 
     /// Study-level probability from the maximum lesion probability and the lesion volume (ml).

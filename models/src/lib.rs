@@ -13,11 +13,13 @@
 //!   feeds slices through it.
 //! - [`head`]: the trainable head, applied in Rust.
 //! - [`infer`]: one study through one model, with label volumes and timings.
+//! - [`learnable`]: what learning needs of a model of either contract.
 //! - [`pipeline`]: contract-2 packages: a pipeline of ONNX graphs declared in the manifest.
 
 pub mod backbone;
 pub mod head;
 pub mod infer;
+pub mod learnable;
 pub mod package;
 pub mod pipeline;
 pub mod preprocess;

@@ -131,6 +131,7 @@ impl AnyPackage {
             AnyPackage::Pipeline(p) => {
                 let mut files: Vec<String> =
                     p.manifest.stages.iter().map(|s| s.file.clone()).collect();
+                files.extend(p.trainable().map(|(_, t)| t.head.clone()));
                 files.push("LICENSE".into());
                 files
             }

@@ -3,7 +3,8 @@
 //! and post-processing give exactly the labels they should, on series in several orientations,
 //! through graphs whose output is known.
 
-use models::pipeline::run::{run, PipelineModel};
+use models::head::Head;
+use models::pipeline::run::{head_labels, run, trainable_inputs, PipelineModel};
 use models::pipeline::{parse_manifest, Graph, PipelinePackage};
 use models::registry::{AnyPackage, Registry};
 use models::InferError;
@@ -167,6 +168,14 @@ impl Graph for Fixed {
     }
     fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>, InferError> {
         Ok((self.f)(input, shape))
+    }
+    fn run_outputs(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &[&str],
+    ) -> Result<Vec<Vec<f32>>, InferError> {
+        Ok(outputs.iter().map(|_| (self.f)(input, shape)).collect())
     }
 }
 
@@ -495,4 +504,188 @@ fn a_graph_that_misbehaves_or_finds_nothing_fails_the_study_with_the_reason() {
         run(&mut model(&seg, one(identity), ""), &ct).unwrap_err(),
         InferError::WrongModality { .. }
     ));
+}
+
+/// A trainable stage's graph: its declared output is sigmoid(l1 − l0), and it also gives the
+/// class logits (l0 = 0, l1 = 10·x − 5) and one feature per 2×2×2 cell (the cell's mean).
+struct WithHeadInputs;
+
+impl WithHeadInputs {
+    fn logits(input: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; input.len()];
+        out.extend(input.iter().map(|x| 10.0 * x - 5.0));
+        out
+    }
+
+    fn cells(input: &[f32], shape: &[usize]) -> Vec<f32> {
+        let (d, h, w) = (shape[2], shape[3], shape[4]);
+        let mut out = vec![0f32; d * h * w / 8];
+        for i in 0..d {
+            for j in 0..h {
+                for k in 0..w {
+                    out[((i / 2) * (h / 2) + j / 2) * (w / 2) + k / 2] +=
+                        input[(i * h + j) * w + k] / 8.0;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Graph for WithHeadInputs {
+    fn name(&self) -> &'static str {
+        "with-head-inputs"
+    }
+    fn run(&mut self, input: &[f32], _: &[usize]) -> Result<Vec<f32>, InferError> {
+        Ok(input
+            .iter()
+            .map(|x| 1.0 / (1.0 + (-(10.0 * x - 5.0)).exp()))
+            .collect())
+    }
+    fn run_outputs(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &[&str],
+    ) -> Result<Vec<Vec<f32>>, InferError> {
+        outputs
+            .iter()
+            .map(|name| match *name {
+                "class_logits" => Ok(Self::logits(input)),
+                "features" => Ok(Self::cells(input, shape)),
+                other => Err(InferError::Backend(format!("no output {other}"))),
+            })
+            .collect()
+    }
+}
+
+const TRAINABLE: &str = r#"[stages.trainable]
+head = "head.safetensors"
+head_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+logits = "class_logits"
+features = "features"
+channels = 1
+stride = 2
+hidden = 4
+samples_per_class = 64
+"#;
+
+fn trainable_stage(spatial: &str, trainable: &str) -> String {
+    stage(
+        "seg",
+        &format!(
+            "layout = \"NCDHW\"\nspatial = \"{spatial}\"\nshape = [8, 8, 8]\n{WINDOW}\n\
+             {trainable}\
+             [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
+             decision = \"threshold\"\nthreshold = 0.5\ngrid = \"region\""
+        ),
+    )
+}
+
+/// The head that gives the graph's logits back: hidden units +l0, −l0, +l1, −l1.
+fn identity_head() -> Head {
+    Head {
+        features: 3,
+        hidden: 4,
+        classes: 2,
+        w1: vec![
+            1.0, 0.0, 0.0, //
+            -1.0, 0.0, 0.0, //
+            0.0, 1.0, 0.0, //
+            0.0, -1.0, 0.0,
+        ],
+        b1: vec![0.0; 4],
+        w2: vec![1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0],
+        b2: vec![0.0; 2],
+        cls_w: [0.0; 2],
+        cls_b: 0.0,
+    }
+}
+
+#[test]
+fn a_trainable_stage_runs_its_head_in_place_of_the_graph_output_and_hands_learning_its_inputs() {
+    for (row, column) in ORIENTATIONS {
+        let (v, truth) = volume(row, column);
+        let mut m = model(
+            &trainable_stage("volume", TRAINABLE),
+            vec![Box::new(WithHeadInputs)],
+            "",
+        );
+        // No head: the graph's own output (the box, as well as 8 voxels a side can say).
+        let graph_only = run(&mut m, &v).unwrap().label_map;
+        assert!(graph_only.contains(&7) && graph_only.contains(&0));
+        // The head that reproduces the graph decides the same voxels.
+        m.set_head(Some(identity_head())).unwrap();
+        assert!(run(&mut m, &v).unwrap().label_map == graph_only);
+        // The head is what decides: one that favours the label everywhere labels everything.
+        let mut everywhere = identity_head();
+        everywhere.b2 = vec![0.0, 100.0];
+        m.set_head(Some(everywhere)).unwrap();
+        assert!(run(&mut m, &v).unwrap().label_map.iter().all(|l| *l == 7));
+
+        // Learning's inputs: the truth lands on the graph grid exactly where the image's
+        // box does (the same reorientation, crop and resize), and the features are the cells'.
+        let inputs = trainable_inputs(&mut m, &v, &truth).unwrap();
+        assert_eq!(
+            (inputs.shape, inputs.classes, inputs.channels),
+            ([8; 3], 2, 1)
+        );
+        let voxels = inputs.voxels();
+        for (i, label) in inputs.labels.iter().enumerate() {
+            let inside = inputs.logits[voxels + i] > 0.0;
+            assert_eq!(
+                *label == 1,
+                inside,
+                "voxel {i}, orientation {row:?} {column:?}"
+            );
+        }
+        assert!(inputs.labels.contains(&1) && inputs.labels.contains(&0));
+        let mut x = [0f32; 3];
+        inputs.inputs_of(0, &mut x);
+        assert_eq!(x[2], inputs.features[0]);
+        // With the identity head, deciding on the inputs gives back the graph grid's truth.
+        let decided = head_labels(&m.package.manifest, &identity_head(), &inputs).unwrap();
+        assert_eq!(decided, inputs.labels);
+    }
+}
+
+#[test]
+fn a_head_or_a_trainable_section_that_cannot_fit_is_refused_by_name() {
+    let mut m = model(
+        &trainable_stage("volume", TRAINABLE),
+        vec![Box::new(WithHeadInputs)],
+        "",
+    );
+    let mut wide = identity_head();
+    wide.features = 4;
+    wide.w1 = vec![0.0; 16];
+    let err = m.set_head(Some(wide)).unwrap_err().to_string();
+    assert!(err.contains("4/4/2") && err.contains("3/4/2"), "{err}");
+    // A model without a trainable stage takes no head.
+    let (v, truth) = volume(ORIENTATIONS[0].0, ORIENTATIONS[0].1);
+    let mut plain = model(
+        &trainable_stage("volume", ""),
+        vec![Box::new(WithHeadInputs)],
+        "",
+    );
+    assert!(plain.set_head(Some(identity_head())).is_err());
+    assert!(trainable_inputs(&mut plain, &v, &truth)
+        .unwrap_err()
+        .to_string()
+        .contains("no trainable stage"));
+    let text = |stages: String| format!("{HEADER}{stages}{LABEL}");
+    assert!(refusal(&text(
+        trainable_stage("volume", TRAINABLE).replace("NCDHW", "NDHWC")
+    ))
+    .contains("trainable needs spatial = \"volume\" and layout NCDHW"));
+    assert!(refusal(&text(trainable_stage(
+        "volume",
+        &TRAINABLE.replace("stride = 2", "stride = 3")
+    )))
+    .contains("trainable.stride"));
+    assert!(refusal(&text(trainable_stage(
+        "volume",
+        &TRAINABLE.replace("hidden = 4", "hidden = 4\nlayers = 2")
+    )))
+    .contains("layers"));
 }

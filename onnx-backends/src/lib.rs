@@ -17,7 +17,10 @@ use tract_onnx::prelude::*;
 /// tract: the ONNX graph is parsed once, and one optimised plan per input shape is kept.
 pub struct TractBackend {
     model: InferenceModel,
-    plans: HashMap<Vec<usize>, Arc<TypedRunnableModel>>,
+    /// The output a plain run returns: the graph's first, or the stage's named one.
+    output: Option<String>,
+    /// One plan per input shape and set of outputs.
+    plans: HashMap<(Vec<usize>, Vec<String>), Arc<TypedRunnableModel>>,
 }
 
 impl TractBackend {
@@ -27,23 +30,63 @@ impl TractBackend {
         })?;
         Ok(Self {
             model,
+            output: None,
             plans: HashMap::new(),
         })
     }
 
-    fn plan(&mut self, shape: &[usize]) -> Result<Arc<TypedRunnableModel>, InferError> {
-        if let Some(plan) = self.plans.get(shape) {
+    /// Load a stage graph whose plain run returns the output named `output`.
+    pub fn load_stage(path: &Path, output: &str) -> Result<Self, InferError> {
+        let mut backend = Self::load(path)?;
+        backend.output = Some(output.to_string());
+        Ok(backend)
+    }
+
+    /// The plan for input `shape` computing `outputs` (none: the graph's declared outputs).
+    fn plan(
+        &mut self,
+        shape: &[usize],
+        outputs: &[String],
+    ) -> Result<Arc<TypedRunnableModel>, InferError> {
+        let key = (shape.to_vec(), outputs.to_vec());
+        if let Some(plan) = self.plans.get(&key) {
             return Ok(plan.clone());
         }
-        let plan = self
-            .model
-            .clone()
+        let mut model = self.model.clone();
+        if !outputs.is_empty() {
+            model.select_outputs_by_name(outputs).map_err(|e| {
+                InferError::Backend(format!("tract: graph outputs {outputs:?}: {e}"))
+            })?;
+        }
+        let plan = model
             .with_input_fact(0, f32::fact(shape).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| InferError::Backend(format!("tract cannot plan input {shape:?}: {e}")))?;
-        self.plans.insert(shape.to_vec(), plan.clone());
+        self.plans.insert(key, plan.clone());
         Ok(plan)
+    }
+
+    fn run_plan(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &[String],
+    ) -> Result<Vec<Vec<f32>>, InferError> {
+        let plan = self.plan(shape, outputs)?;
+        let tensor = Tensor::from_shape(shape, input)
+            .map_err(|e| InferError::Backend(format!("input tensor: {e}")))?;
+        let results = plan.run(tvec!(tensor.into()));
+        clear_upper_vector_state();
+        let results = results.map_err(|e| InferError::Backend(format!("tract run: {e}")))?;
+        results
+            .iter()
+            .map(|r| {
+                r.to_plain_array_view::<f32>()
+                    .map(|view| view.iter().copied().collect())
+                    .map_err(|e| InferError::Backend(format!("graph output: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -63,16 +106,21 @@ impl Graph for TractBackend {
     }
 
     fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>, InferError> {
-        let plan = self.plan(shape)?;
-        let tensor = Tensor::from_shape(shape, input)
-            .map_err(|e| InferError::Backend(format!("input tensor: {e}")))?;
-        let outputs = plan.run(tvec!(tensor.into()));
-        clear_upper_vector_state();
-        let outputs = outputs.map_err(|e| InferError::Backend(format!("tract run: {e}")))?;
-        let view = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| InferError::Backend(format!("backbone output: {e}")))?;
-        Ok(view.iter().copied().collect())
+        let outputs: Vec<String> = self.output.iter().cloned().collect();
+        self.run_plan(input, shape, &outputs)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| InferError::Backend("the graph gave no output".into()))
+    }
+
+    fn run_outputs(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &[&str],
+    ) -> Result<Vec<Vec<f32>>, InferError> {
+        let names: Vec<String> = outputs.iter().map(|o| o.to_string()).collect();
+        self.run_plan(input, shape, &names)
     }
 }
 
@@ -198,17 +246,45 @@ impl Graph for OrtBackend {
     }
 
     fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>, InferError> {
+        let output = self.output.clone();
+        self.run_outputs(input, shape, &[output.as_str()])?
+            .pop()
+            .ok_or_else(|| InferError::Backend("the graph gave no output".into()))
+    }
+
+    /// Only the outputs asked for are fetched (a graph may declare more: a trainable stage's
+    /// logits and features are not copied out on a plain run).
+    fn run_outputs(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &[&str],
+    ) -> Result<Vec<Vec<f32>>, InferError> {
         let err = |e: ort::Error| InferError::Backend(format!("ONNX Runtime run: {e}"));
         let dims: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
         let tensor = ort::value::Tensor::from_array((dims, input.to_vec())).map_err(err)?;
-        let outputs = self
+        let selector = outputs
+            .iter()
+            .fold(ort::session::OutputSelector::no_default(), |s, name| {
+                s.with(*name)
+            });
+        let options = ort::session::RunOptions::new()
+            .map_err(err)?
+            .with_outputs(selector);
+        let results = self
             .session
-            .run(ort::inputs![self.input.as_str() => tensor])
+            .run_with_options(ort::inputs![self.input.as_str() => tensor], &options)
             .map_err(err)?;
-        let (_, data) = outputs[self.output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(err)?;
-        Ok(data.to_vec())
+        outputs
+            .iter()
+            .map(|name| {
+                let value = results.get(*name).ok_or_else(|| {
+                    InferError::Backend(format!("ONNX Runtime: the graph has no output {name}"))
+                })?;
+                let (_, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+                Ok(data.to_vec())
+            })
+            .collect()
     }
 }
 
@@ -264,7 +340,7 @@ pub fn load_pipeline(
     let mut graphs: Vec<Box<dyn Graph>> = Vec::new();
     for (stage, path) in package.manifest.stages.iter().zip(package.stage_paths()) {
         graphs.push(match choice {
-            Choice::Tract => Box::new(TractBackend::load(&path)?),
+            Choice::Tract => Box::new(TractBackend::load_stage(&path, &stage.output)?),
             Choice::Ort(device) => Box::new(OrtBackend::load(
                 &path,
                 &ort_library(library)?,

@@ -41,10 +41,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 5,
         apply: case_patient_key,
     },
+    Migration {
+        version: 6,
+        apply: case_class_counts,
+    },
 ];
 
 /// The schema version this code writes and reads: the last migration's.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
 /// Migration 1: the tables of the releases before numbered migrations, created where missing;
@@ -86,6 +90,12 @@ fn intake_attempts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// Migration 5: cases keep a key of their patient, for a learning split by patient.
 fn case_patient_key(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(schema::CASE_PATIENT_KEY)
+}
+
+/// Migration 6: a contract-2 model's cases keep a sample of their voxels, with the class
+/// counts of the whole grid.
+fn case_class_counts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(schema::CASE_CLASS_COUNTS)
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {

@@ -36,6 +36,11 @@ pub(super) const JOB_ATTEMPTS: &str =
 /// that every case of one patient lands on the same side of the learning split.
 pub(super) const CASE_PATIENT_KEY: &str = "ALTER TABLE cases ADD COLUMN patient_key TEXT;";
 
+/// A sampled case's class counts on its whole grid (a JSON array, background first); NULL for
+/// a case that keeps every pixel.
+pub(super) const CASE_CLASS_COUNTS: &str =
+    "ALTER TABLE case_features ADD COLUMN class_counts TEXT;";
+
 pub(super) const INTAKE_ATTEMPTS: &str = "
 CREATE TABLE IF NOT EXISTS intake_attempts (
     label_sop_uid   TEXT PRIMARY KEY,

@@ -447,6 +447,7 @@ impl Anatomy<'_> {
             labels,
             finding: Some(lesion),
             pixel_ml,
+            class_counts: None,
         })
     }
 }

@@ -213,6 +213,7 @@ pub fn build_site(site: &SiteSpec) -> Site {
             labels,
             finding: Some(lesion),
             pixel_ml,
+            class_counts: None,
         });
     }
     let test = cases.split_off(site.train_cases);

@@ -141,6 +141,97 @@ pub struct Stage {
     pub scores: Scores,
     #[serde(default)]
     pub postprocess: Vec<PostStep>,
+    /// The part of the segmentation stage that learns on site: a head over the graph's class
+    /// logits and a named intermediate output.
+    pub trainable: Option<Trainable>,
+}
+
+/// Most channels of the intermediate output a head may read.
+pub const MAX_HEAD_CHANNELS: usize = 4096;
+/// Most voxels of each class a case keeps for learning.
+pub const MAX_SAMPLES_PER_CLASS: usize = 65_536;
+
+/// A head trained on site, applied per voxel of the stage's graph grid in place of the graph's
+/// own output: its inputs are the class logits of the voxel (`logits`, one per class,
+/// background first) followed by the `channels` values of `features`, an intermediate output
+/// `stride` times coarser on every axis (a voxel reads the cell it lies in); its output is a
+/// softmax over background and the labels (`models::head::Head`, without its study
+/// classifier). The shipped `head` reproduces the graph's declared output, so the package
+/// computes what it computed without one until a fine-tuned head is in use.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Trainable {
+    /// The shipped head's weights, a safetensors file of the package.
+    pub head: String,
+    pub head_sha256: String,
+    /// Graph output: per-voxel class scores before any activation, `[1, classes, D, H, W]`.
+    pub logits: String,
+    /// Graph output: the intermediate features, `[1, channels, D/stride, H/stride, W/stride]`.
+    pub features: String,
+    pub channels: usize,
+    pub stride: usize,
+    /// Hidden units of the head.
+    pub hidden: usize,
+    /// Voxels of each class a labelled case keeps for learning (a class-balanced sample):
+    /// a case's learning data is at most `samples_per_class * classes * (classes + channels)`
+    /// floats.
+    pub samples_per_class: usize,
+}
+
+impl Trainable {
+    /// Inputs of the head per voxel: the class logits, then the features.
+    pub fn head_inputs(&self, classes: usize) -> usize {
+        classes + self.channels
+    }
+
+    /// Most bytes one case's learning data takes: every sampled voxel's inputs as f32 and
+    /// its class as one byte.
+    pub fn case_bytes(&self, classes: usize) -> usize {
+        self.samples_per_class * classes * (4 * self.head_inputs(classes) + 1)
+    }
+
+    fn check(&self, stage: &Stage, segmentation: bool) -> Result<(), String> {
+        if !segmentation {
+            return Err("trainable is for the segmentation stage (the last per-voxel one)".into());
+        }
+        if stage.spatial != Spatial::Volume || !matches!(stage.layout, Layout::NCDHW) {
+            return Err(
+                "trainable needs spatial = \"volume\" and layout NCDHW (the head reads the \
+                 whole graph grid at once)"
+                    .into(),
+            );
+        }
+        if self.head.is_empty() || self.head.contains('/') || self.head.contains("..") {
+            return Err(format!(
+                "trainable.head {:?} must be a plain file name",
+                self.head
+            ));
+        }
+        if self.head_sha256.len() != 64 || !self.head_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("trainable.head_sha256 must be 64 hex digits".into());
+        }
+        if self.logits.is_empty() || self.features.is_empty() || self.logits == self.features {
+            return Err("trainable.logits and trainable.features name two graph outputs".into());
+        }
+        if !(1..=MAX_HEAD_CHANNELS).contains(&self.channels) {
+            return Err(format!(
+                "trainable.channels must be between 1 and {MAX_HEAD_CHANNELS}"
+            ));
+        }
+        if !(1..=64).contains(&self.stride) || stage.shape.iter().any(|s| s % self.stride != 0) {
+            return Err("trainable.stride must be 1 to 64 and divide every side of shape".into());
+        }
+        if !(1..=1024).contains(&self.hidden) {
+            return Err("trainable.hidden must be between 1 and 1024".into());
+        }
+        if !(1..=MAX_SAMPLES_PER_CLASS).contains(&self.samples_per_class) {
+            return Err(format!(
+                "trainable.samples_per_class must be between 1 and {MAX_SAMPLES_PER_CLASS}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn nearest_exact() -> Interpolation {
@@ -406,6 +497,9 @@ impl Stage {
             step.check(earlier)?;
         }
         self.scores.check(segmentation, labels)?;
+        if let Some(t) = &self.trainable {
+            t.check(self, segmentation)?;
+        }
         if !self.postprocess.is_empty() && self.scores.per != ScoreLevel::Voxel {
             return Err("postprocess is for per-voxel scores only".into());
         }

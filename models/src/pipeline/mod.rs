@@ -8,12 +8,14 @@
 //! - [`intensity`]: intensity steps.
 //! - [`morphology`]: post-processing of label grids.
 //! - [`run`]: one study through the stages, with a crop between them.
+//! - [`trainable`]: the head a segmentation stage learns on site, applied per voxel.
 
 pub mod grid;
 pub mod intensity;
 pub mod manifest;
 pub mod morphology;
 pub mod run;
+pub mod trainable;
 
 use crate::package::{read_manifest_text, sha256_file, PackageError};
 use crate::InferError;
@@ -25,8 +27,17 @@ use std::path::{Path, PathBuf};
 pub trait Graph: Send {
     /// Short name recorded with every result ("tract", "ort-cpu", "ort-cuda").
     fn name(&self) -> &'static str;
-    /// Run the graph on `input` of `shape`; returns its (single) output, flattened.
+    /// Run the graph on `input` of `shape`; returns its output (the stage's `output`),
+    /// flattened.
     fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<f32>, InferError>;
+    /// Run the graph on `input` of `shape`; returns the named outputs, flattened, in the order
+    /// asked (a trainable stage's class logits and features).
+    fn run_outputs(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &[&str],
+    ) -> Result<Vec<Vec<f32>>, InferError>;
 }
 
 /// A contract-2 package whose manifest parsed and checked and whose graph files match their
@@ -59,14 +70,38 @@ impl PipelinePackage {
             .collect()
     }
 
-    /// Check every stage's graph against its SHA-256.
+    /// The segmentation stage's index and its trainable part, when it has one.
+    pub fn trainable(&self) -> Option<(usize, &manifest::Trainable)> {
+        let index = self.manifest.segmentation_stage()?;
+        self.manifest.stages[index]
+            .trainable
+            .as_ref()
+            .map(|t| (index, t))
+    }
+
+    /// The shipped head's file, when the package has a trainable stage.
+    pub fn head_path(&self) -> Option<PathBuf> {
+        self.trainable().map(|(_, t)| self.dir.join(&t.head))
+    }
+
+    /// Check every stage's graph, and the shipped head, against its SHA-256.
     pub fn verify(&self) -> Result<(), PackageError> {
-        for (stage, path) in self.manifest.stages.iter().zip(self.stage_paths()) {
+        let mut files: Vec<(PathBuf, &str)> = self
+            .manifest
+            .stages
+            .iter()
+            .zip(self.stage_paths())
+            .map(|(stage, path)| (path, stage.sha256.as_str()))
+            .collect();
+        if let (Some(path), Some((_, t))) = (self.head_path(), self.trainable()) {
+            files.push((path, t.head_sha256.as_str()));
+        }
+        for (path, expected) in files {
             let actual = sha256_file(&path)?;
-            if !actual.eq_ignore_ascii_case(&stage.sha256) {
+            if !actual.eq_ignore_ascii_case(expected) {
                 return Err(PackageError::HashMismatch {
                     path,
-                    expected: stage.sha256.clone(),
+                    expected: expected.to_string(),
                     actual,
                 });
             }

@@ -9,9 +9,11 @@ use super::grid::{resize, AxisMap, Grid};
 use super::intensity::{self, Windows};
 use super::manifest::{
     Activation, Decision, DecisionGrid, Interpolation, Layout, PipelineManifest, RegionFrom,
-    ScoreLevel, Spatial, Stage,
+    ScoreLevel, Spatial, Stage, Trainable,
 };
+use super::trainable::{self, TrainableInputs};
 use super::{Graph, PipelinePackage};
+use crate::head::Head;
 use crate::infer::{Inference, LabelVolume, StageTiming, Timings};
 use crate::InferError;
 use radiant_core::Volume;
@@ -28,6 +30,9 @@ pub const MAX_PATCHES: usize = 4096;
 pub struct PipelineModel {
     pub package: PipelinePackage,
     pub graphs: Vec<Box<dyn Graph>>,
+    /// The head the trainable stage applies instead of its graph's own output: a fine-tuned
+    /// one. `None`: the graph's output, which the shipped head reproduces.
+    head: Option<Head>,
 }
 
 impl PipelineModel {
@@ -42,7 +47,45 @@ impl PipelineModel {
                 package.manifest.stages.len()
             )));
         }
-        Ok(PipelineModel { package, graphs })
+        Ok(PipelineModel {
+            package,
+            graphs,
+            head: None,
+        })
+    }
+
+    /// Use `head` in the trainable stage (`None`: the graph's own output); a head whose shape
+    /// does not fit the stage is refused.
+    pub fn set_head(&mut self, head: Option<Head>) -> Result<(), InferError> {
+        if let Some(h) = &head {
+            let Some((index, t)) = self.package.trainable() else {
+                return Err(InferError::Head(format!(
+                    "model {} has no trainable stage",
+                    self.package.manifest.id
+                )));
+            };
+            let classes = stage_classes(&self.package.manifest.stages[index]);
+            h.check()?;
+            if (h.features, h.hidden, h.classes) != (t.head_inputs(classes), t.hidden, classes) {
+                return Err(InferError::Head(format!(
+                    "a head of {}/{}/{} (inputs/hidden/classes) does not fit stage {}, which \
+                     needs {}/{}/{classes}",
+                    h.features,
+                    h.hidden,
+                    h.classes,
+                    self.package.manifest.stages[index].name,
+                    t.head_inputs(classes),
+                    t.hidden
+                )));
+            }
+        }
+        self.head = head;
+        Ok(())
+    }
+
+    /// The head in use (`None`: the graph's own output).
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
     }
 
     /// The runtime of the first graph ("tract", "ort-cpu", "ort-cuda").
@@ -59,9 +102,103 @@ struct StageMask {
     hi: [usize; 3],
 }
 
+/// Classes of a per-voxel stage's decisions, background included.
+fn stage_classes(stage: &Stage) -> usize {
+    match stage.scores.decision {
+        Some(Decision::Argmax) => stage.scores.channels,
+        _ => stage.scores.channels + 1,
+    }
+}
+
+/// How far a run went.
+enum Ran {
+    Inference(Inference),
+    /// Stopped at the trainable stage, with its inputs.
+    Tapped(TrainableInputs),
+}
+
 /// Run `model` on `volume`.
 pub fn run(model: &mut PipelineModel, volume: &Volume) -> Result<Inference, InferError> {
+    match run_stages(model, volume, None)? {
+        Ran::Inference(inference) => Ok(inference),
+        Ran::Tapped(_) => Err(InferError::Backend(
+            "the run stopped at the trainable stage unasked".into(),
+        )),
+    }
+}
+
+/// Run `model` on `volume` through its trainable stage and return that stage's head inputs,
+/// with `labels` (a class per source voxel, 0 background) brought onto its graph grid by the
+/// same reorientation, resampling, crop and resize as the image (nearest voxel).
+pub fn trainable_inputs(
+    model: &mut PipelineModel,
+    volume: &Volume,
+    labels: &[u8],
+) -> Result<TrainableInputs, InferError> {
+    if labels.len() != volume.voxels.len() {
+        return Err(InferError::Geometry(format!(
+            "a label map of {} voxels for a series of {}",
+            labels.len(),
+            volume.voxels.len()
+        )));
+    }
+    if model.package.trainable().is_none() {
+        return Err(InferError::Head(format!(
+            "model {} has no trainable stage",
+            model.package.manifest.id
+        )));
+    }
+    match run_stages(model, volume, Some(labels))? {
+        Ran::Tapped(inputs) => Ok(inputs),
+        Ran::Inference(_) => Err(InferError::Backend(
+            "the run never reached the trainable stage".into(),
+        )),
+    }
+}
+
+/// The class of every voxel of the trainable stage's graph grid that `head` decides, as the
+/// stage decides on its scores (before post-processing).
+pub fn head_labels(
+    manifest: &PipelineManifest,
+    head: &Head,
+    inputs: &TrainableInputs,
+) -> Result<Vec<u8>, InferError> {
+    let stage = manifest
+        .segmentation_stage()
+        .map(|i| &manifest.stages[i])
+        .filter(|s| s.trainable.is_some())
+        .ok_or_else(|| InferError::Head(format!("model {} has no trainable stage", manifest.id)))?;
+    let first = usize::from(stage.scores.channels != inputs.classes);
+    let probabilities = trainable::probabilities(head, inputs, first)?;
+    let grids = channel_grids(probabilities, stage.scores.channels, inputs.shape);
+    Ok(decide(stage, &grids, inputs.shape).data)
+}
+
+/// Split channel-major scores into one grid per channel.
+fn channel_grids(scores: Vec<f32>, channels: usize, shape: [usize; 3]) -> Vec<Grid<f32>> {
+    if channels == 1 {
+        return vec![Grid {
+            shape,
+            data: scores,
+        }];
+    }
+    let spatial: usize = shape.iter().product();
+    scores
+        .chunks_exact(spatial)
+        .map(|c| Grid {
+            shape,
+            data: c.to_vec(),
+        })
+        .collect()
+}
+
+fn run_stages(
+    model: &mut PipelineModel,
+    volume: &Volume,
+    tap: Option<&[u8]>,
+) -> Result<Ran, InferError> {
     let manifest = model.package.manifest.clone();
+    let trainable_stage = model.package.trainable().map(|(i, _)| i);
     check_volume(volume, &manifest)?;
     let mut timings = Timings::default();
     let t = Instant::now();
@@ -100,12 +237,14 @@ pub fn run(model: &mut PipelineModel, volume: &Volume) -> Result<Inference, Infe
     let mut seg_model_counts = Vec::new();
     let mut max_last_probability = 0f32;
     let mut finding_probability = None;
+    let head = model.head.as_ref();
     for (index, (stage, graph)) in manifest
         .stages
         .iter()
         .zip(model.graphs.iter_mut())
         .enumerate()
     {
+        let tapped = tap.is_some() && Some(index) == trainable_stage;
         let mut timing = StageTiming {
             stage: stage.name.clone(),
             ..StageTiming::default()
@@ -118,9 +257,36 @@ pub fn run(model: &mut PipelineModel, volume: &Volume) -> Result<Inference, Infe
         timing.region = std::array::from_fn(|a| [lo[a], hi[a]]);
         let region = work.crop(lo, hi);
         timing.prepare_ms += t.elapsed().as_secs_f64() * 1e3;
-        let outcome = run_stage(stage, graph.as_mut(), &region, &mut windows, &mut timing)?;
+        let uses = StageUses {
+            head: head.filter(|_| Some(index) == trainable_stage),
+            tapped,
+        };
+        let outcome = run_stage(
+            stage,
+            graph.as_mut(),
+            &region,
+            &mut windows,
+            &mut timing,
+            uses,
+        )?;
         let t = Instant::now();
         match outcome {
+            StageOutcome::Tapped(mut inputs) => {
+                let labels = tap.unwrap_or(&[]);
+                let on_canonical = axes.from_source(volume, labels);
+                let on_work = if work.shape == canonical.shape {
+                    on_canonical
+                } else {
+                    resize(&on_canonical, work.shape, Interpolation::NearestExact)
+                };
+                let on_graph = resize(
+                    &on_work.crop(lo, hi),
+                    inputs.shape,
+                    Interpolation::NearestExact,
+                );
+                inputs.labels = on_graph.data;
+                return Ok(Ran::Tapped(inputs));
+            }
             StageOutcome::Voxels {
                 labels,
                 decision_grid,
@@ -193,7 +359,7 @@ pub fn run(model: &mut PipelineModel, volume: &Volume) -> Result<Inference, Infe
         .map(|c| values.get(c as usize).copied().unwrap_or(0))
         .collect();
     timings.postprocess_ms += t.elapsed().as_secs_f64() * 1e3;
-    Ok(Inference {
+    Ok(Ran::Inference(Inference {
         model_id: manifest.id.clone(),
         model_version: manifest.version.clone(),
         backend: model.backend_name().to_string(),
@@ -203,7 +369,7 @@ pub fn run(model: &mut PipelineModel, volume: &Volume) -> Result<Inference, Infe
         max_label_probability: max_last_probability,
         timings,
         label_map,
-    })
+    }))
 }
 
 fn check_volume(volume: &Volume, manifest: &PipelineManifest) -> Result<(), InferError> {
@@ -315,6 +481,16 @@ enum StageOutcome {
     },
     /// One probability per channel.
     Classes(Vec<f32>),
+    /// The trainable stage's head inputs, for learning (the run stops there).
+    Tapped(TrainableInputs),
+}
+
+/// What a stage run uses beyond its graph: the head in place of the graph's output, and
+/// whether it only hands its head inputs back.
+#[derive(Clone, Copy)]
+struct StageUses<'a> {
+    head: Option<&'a Head>,
+    tapped: bool,
 }
 
 fn run_stage(
@@ -323,6 +499,7 @@ fn run_stage(
     region: &Grid<f32>,
     windows: &mut Windows,
     timing: &mut StageTiming,
+    uses: StageUses<'_>,
 ) -> Result<StageOutcome, InferError> {
     let channels = stage.scores.channels;
     // Patches are blended as probabilities, so their scores come back activated.
@@ -334,9 +511,26 @@ fn run_stage(
             let input = channel_inputs(stage, &resized.data, windows)?;
             timing.prepare_ms += t.elapsed().as_secs_f64() * 1e3;
             let t = Instant::now();
-            let out = run_graph(stage, graph, input, 1, &shape)?;
-            timing.graph_ms += t.elapsed().as_secs_f64() * 1e3;
-            (out, shape, false)
+            match (&stage.trainable, uses) {
+                (Some(trainable), uses) if uses.tapped || uses.head.is_some() => {
+                    let inputs = run_trainable(stage, trainable, graph, input, shape)?;
+                    timing.graph_ms += t.elapsed().as_secs_f64() * 1e3;
+                    let head = match uses.head {
+                        Some(head) if !uses.tapped => head,
+                        _ => return Ok(StageOutcome::Tapped(inputs)),
+                    };
+                    let t = Instant::now();
+                    let first = usize::from(channels != inputs.classes);
+                    let probabilities = trainable::probabilities(head, &inputs, first)?;
+                    timing.decide_ms += t.elapsed().as_secs_f64() * 1e3;
+                    (probabilities, shape, true)
+                }
+                _ => {
+                    let out = run_graph(stage, graph, input, 1, &shape)?;
+                    timing.graph_ms += t.elapsed().as_secs_f64() * 1e3;
+                    (out, shape, false)
+                }
+            }
         }
         Spatial::Patches => {
             let t = Instant::now();
@@ -446,20 +640,7 @@ fn run_stage(
         DecisionGrid::Region => region.shape,
     };
     // One channel is the scores themselves; several are split without resizing yet.
-    let channel_grids: Vec<Grid<f32>> = if channels == 1 {
-        vec![Grid {
-            shape: score_shape,
-            data: scores,
-        }]
-    } else {
-        scores
-            .chunks_exact(spatial)
-            .map(|c| Grid {
-                shape: score_shape,
-                data: c.to_vec(),
-            })
-            .collect()
-    };
+    let channel_grids = channel_grids(scores, channels, score_shape);
     let max_last = channel_grids
         .last()
         .map(|g| g.data.iter().copied().fold(0f32, f32::max))
@@ -493,6 +674,52 @@ fn run_stage(
         decision_grid: decided,
         max_last,
     })
+}
+
+/// Run a trainable stage's graph for its class logits and features (NCDHW, one item).
+fn run_trainable(
+    stage: &Stage,
+    trainable: &Trainable,
+    graph: &mut dyn Graph,
+    input: Vec<f32>,
+    shape: [usize; 3],
+) -> Result<TrainableInputs, InferError> {
+    let dims = [1, stage.input_channels(), shape[0], shape[1], shape[2]];
+    let mut outputs =
+        graph.run_outputs(&input, &dims, &[&trainable.logits, &trainable.features])?;
+    if outputs.len() != 2 {
+        return Err(InferError::Backend(format!(
+            "stage {}: asked for 2 outputs, the graph gave {}",
+            stage.name,
+            outputs.len()
+        )));
+    }
+    let features = outputs.pop().unwrap_or_default();
+    let logits = outputs.pop().unwrap_or_default();
+    let inputs = TrainableInputs {
+        shape,
+        classes: stage_classes(stage),
+        logits,
+        channels: trainable.channels,
+        stride: trainable.stride,
+        features,
+        labels: Vec::new(),
+    };
+    inputs.check().map_err(|e| {
+        InferError::Backend(format!("stage {}: the graph's outputs: {e}", stage.name))
+    })?;
+    if let Some(bad) = inputs
+        .logits
+        .iter()
+        .chain(&inputs.features)
+        .find(|v| !v.is_finite())
+    {
+        return Err(InferError::Backend(format!(
+            "stage {}: the graph gave a non-finite logit or feature ({bad})",
+            stage.name
+        )));
+    }
+    Ok(inputs)
 }
 
 /// The stage's input channels, each a copy of `values` through its intensity steps,

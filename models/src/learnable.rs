@@ -1,0 +1,113 @@
+//! What on-site learning needs to know of a model, whichever its package contract: who it is,
+//! its labels and finding, the shape of its head and where the shipped head lies, and the key
+//! that says when stored learning data no longer fits the frozen part that computed it.
+
+use crate::head::Head;
+use crate::package::{ClassificationSpec, LabelSpec};
+use crate::registry::AnyPackage;
+use crate::InferError;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// How a model's learning data are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LearningData {
+    /// Contract 1: the backbone features of every slice, on the model grid.
+    Slices,
+    /// Contract 2: a class-balanced sample of at most `samples_per_class` voxels of each
+    /// class, with the class counts of the whole grid (so the loss can be weighted back).
+    Sampled { samples_per_class: usize },
+}
+
+/// A model that learns on site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learnable {
+    pub id: String,
+    pub version: String,
+    pub modality: String,
+    pub labels: Vec<LabelSpec>,
+    pub classification: Option<ClassificationSpec>,
+    /// The head's inputs per pixel or voxel, hidden units; its classes are the labels and
+    /// background.
+    pub features: usize,
+    pub hidden: usize,
+    pub head_path: PathBuf,
+    pub head_sha256: String,
+    /// Changes whenever what computes the head's inputs changes (the backbone, or every graph
+    /// up to the trainable stage): stored learning data of another key are stale.
+    pub features_key: String,
+    pub data: LearningData,
+    /// Most bytes of learning data one case keeps; `None` for contract 1, whose slices grow
+    /// with the series.
+    pub case_bytes: Option<usize>,
+}
+
+impl Learnable {
+    /// The learnable part of `package`: always for contract 1, for contract 2 when its
+    /// segmentation stage is trainable.
+    pub fn of(package: &AnyPackage) -> Option<Learnable> {
+        match package {
+            AnyPackage::Head(p) => {
+                let m = &p.manifest;
+                Some(Learnable {
+                    id: m.id.clone(),
+                    version: m.version.clone(),
+                    modality: m.input.modality.clone(),
+                    labels: m.labels.clone(),
+                    classification: m.classification.clone(),
+                    features: m.backbone.features,
+                    hidden: m.head.hidden,
+                    head_path: p.head_path(),
+                    head_sha256: m.head.sha256.clone(),
+                    features_key: m.backbone.sha256.clone(),
+                    data: LearningData::Slices,
+                    case_bytes: None,
+                })
+            }
+            AnyPackage::Pipeline(p) => {
+                let (index, t) = p.trainable()?;
+                let m = &p.manifest;
+                let classes = m.labels.len() + 1;
+                let mut key = Sha256::new();
+                for stage in &m.stages[..=index] {
+                    key.update(stage.sha256.as_bytes());
+                    key.update(b"\n");
+                }
+                Some(Learnable {
+                    id: m.id.clone(),
+                    version: m.version.clone(),
+                    modality: m.input.modality.clone(),
+                    labels: m.labels.clone(),
+                    classification: m.classification.clone(),
+                    features: t.head_inputs(classes),
+                    hidden: t.hidden,
+                    head_path: p.dir.join(&t.head),
+                    head_sha256: t.head_sha256.clone(),
+                    features_key: key.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+                    data: LearningData::Sampled {
+                        samples_per_class: t.samples_per_class,
+                    },
+                    case_bytes: Some(t.case_bytes(classes)),
+                })
+            }
+        }
+    }
+
+    /// Background and the labels.
+    pub fn classes(&self) -> usize {
+        self.labels.len() + 1
+    }
+
+    /// Read a head of this model from safetensors bytes, checking every tensor's shape.
+    pub fn head_from(&self, bytes: &[u8]) -> Result<Head, InferError> {
+        Head::from_safetensors(bytes, self.features, self.hidden, self.classes())
+    }
+
+    /// The head the package shipped.
+    pub fn shipped_head(&self) -> Result<Head, InferError> {
+        let bytes = std::fs::read(&self.head_path).map_err(|e| {
+            InferError::Head(format!("cannot read {}: {e}", self.head_path.display()))
+        })?;
+        self.head_from(&bytes)
+    }
+}
