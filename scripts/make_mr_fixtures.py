@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MRICRON = Path("/usr/share/mricron/templates")
 NILEARN_DATA = "nilearn/datasets/data/"
@@ -185,7 +185,9 @@ def write_series(dest: Path, name: str, pixels, truth, geo, patient: str, descri
         ds.SeriesDescription = description
         ds.ManufacturerModelName = "make_mr_fixtures.py"
         ds.PatientName = patient
-        ds.PatientID = name.upper()[:16]
+        # One patient per source volume: the three Colin27 acquisitions are one person's
+        # (learning splits its held-out cases by patient, never by series or slice).
+        ds.PatientID = patient.split("^")[-1].upper()[:16]
         ds.PatientBirthDate = ""
         ds.PatientSex = "O"
         ds.BodyPartExamined = "BRAIN"

@@ -321,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("warning: {warning}");
             }
             check_routed_models(&config)?;
+            check_learning_model(&config)?;
             println!(
                 "configuration is valid: AE title {} on {}:{}, {} peer(s), data_dir {}",
                 config.dicom.ae_title,
@@ -896,6 +897,30 @@ fn check_routed_models(config: &appliance::config::Config) -> anyhow::Result<()>
     }
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
+/// `[learning] class_weights`, when given, must weigh every class of the model that learns
+/// (background and its labels): the reference head-CT model's three weights do not fit a
+/// brain mask's two.
+fn check_learning_model(config: &appliance::config::Config) -> anyhow::Result<()> {
+    let weights = config.learning.class_weights.len();
+    if !config.learning.enabled || weights == 0 {
+        return Ok(());
+    }
+    let registry = models::registry::Registry::new(&config.data_dir);
+    let Ok(package) = registry.open_active_any(&config.inference.model) else {
+        return Ok(());
+    };
+    if let Some(model) = models::learnable::Learnable::of(&package) {
+        anyhow::ensure!(
+            weights == model.classes(),
+            "learning.class_weights: {weights} weights, but model {} has {} classes \
+             (background and its labels); give one weight per class, or none",
+            model.id,
+            model.classes()
+        );
     }
     Ok(())
 }

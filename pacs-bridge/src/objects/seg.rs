@@ -679,12 +679,23 @@ fn decode_unguarded(bytes: &[u8]) -> Result<DecodedSeg, ObjectError> {
             pixels.len()
         )));
     }
-    let mut frames = Vec::with_capacity(count);
-    for (f, item) in per_frame.iter().enumerate() {
-        let segment = items(item, tags::SEGMENT_IDENTIFICATION_SEQUENCE)
+    // A SEG of one segment may name it once for all frames (highdicom does).
+    let referenced_segment = |groups: &InMemDicomObject| {
+        items(groups, tags::SEGMENT_IDENTIFICATION_SEQUENCE)
             .first()
             .and_then(|s| uint(s, tags::REFERENCED_SEGMENT_NUMBER))
-            .ok_or_else(|| fail("Referenced Segment Number"))? as u8;
+    };
+    let shared_segment = shared.and_then(referenced_segment);
+    let mut frames = Vec::with_capacity(count);
+    for (f, item) in per_frame.iter().enumerate() {
+        let segment = referenced_segment(item)
+            .or(shared_segment)
+            .ok_or_else(|| fail("Referenced Segment Number"))?;
+        let segment = u8::try_from(segment).map_err(|_| {
+            ObjectError::Decode(format!(
+                "frame {f}: referenced segment number {segment} above 255"
+            ))
+        })?;
         let position = nested_floats(
             item,
             tags::PLANE_POSITION_SEQUENCE,
