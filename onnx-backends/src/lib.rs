@@ -156,6 +156,9 @@ pub struct OrtBackend {
     output: String,
     provider: &'static str,
     intra_threads: usize,
+    /// Where bound outputs land: host memory on the CPU provider; on CUDA, pinned host memory
+    /// the device copies into directly (no pageable staging copy).
+    output_memory: ort::memory::MemoryInfo<'static>,
 }
 
 static ORT_ENVIRONMENT: std::sync::OnceLock<Result<ort::environment::Environment, String>> =
@@ -215,12 +218,30 @@ impl OrtBackend {
             Some(s) => s,
             None => builder()?.commit_from_file(model).map_err(err)?,
         };
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let output_memory = if provider == "ort-cuda" {
+            MemoryInfo::new(
+                AllocationDevice::CUDA_PINNED,
+                0,
+                AllocatorType::Device,
+                MemoryType::CPUOutput,
+            )
+        } else {
+            MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Arena,
+                MemoryType::Default,
+            )
+        }
+        .map_err(err)?;
         Ok(Self {
             session,
             input: input.to_string(),
             output: output.to_string(),
             provider,
             intra_threads: threads,
+            output_memory,
         })
     }
 
@@ -252,8 +273,9 @@ impl Graph for OrtBackend {
             .ok_or_else(|| InferError::Backend("the graph gave no output".into()))
     }
 
-    /// Only the outputs asked for are fetched (a graph may declare more: a trainable stage's
-    /// logits and features are not copied out on a plain run).
+    /// Through an I/O binding: the input is bound once, and only the outputs asked for are
+    /// bound (a graph may declare more: a trainable stage's logits and features are not
+    /// computed into outputs on a plain run), into [`OrtBackend::output_memory`].
     fn run_outputs(
         &mut self,
         input: &[f32],
@@ -263,18 +285,16 @@ impl Graph for OrtBackend {
         let err = |e: ort::Error| InferError::Backend(format!("ONNX Runtime run: {e}"));
         let dims: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
         let tensor = ort::value::Tensor::from_array((dims, input.to_vec())).map_err(err)?;
-        let selector = outputs
-            .iter()
-            .fold(ort::session::OutputSelector::no_default(), |s, name| {
-                s.with(*name)
-            });
-        let options = ort::session::RunOptions::new()
-            .map_err(err)?
-            .with_outputs(selector);
-        let results = self
-            .session
-            .run_with_options(ort::inputs![self.input.as_str() => tensor], &options)
+        let mut binding = self.session.create_binding().map_err(err)?;
+        binding
+            .bind_input(self.input.as_str(), &tensor)
             .map_err(err)?;
+        for name in outputs {
+            binding
+                .bind_output_to_device(*name, &self.output_memory)
+                .map_err(err)?;
+        }
+        let results = self.session.run_binding(&binding).map_err(err)?;
         outputs
             .iter()
             .map(|name| {
