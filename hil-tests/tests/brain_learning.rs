@@ -156,6 +156,14 @@ fn corrected_brain_masks_fine_tune_deepbets_head_through_the_gate_and_the_next_s
         format!("1.0.2+head.{head}"),
         "{job}"
     );
+    // What the head costs: the brain stage's graph and decision times, shipped head (graph
+    // output) against the fine-tuned head (applied to every voxel of the 256³ grid).
+    let brain_stage = |job: &serde_json::Value| job["result"]["timings"]["stages"][1].clone();
+    eprintln!(
+        "brain stage, shipped head (colin27-axial): {}; fine-tuned head (colin27-oblique): {}",
+        brain_stage(&global_jobs[1]),
+        brain_stage(&job)
+    );
     let shipped = brain_voxels(&global_jobs[1]);
     let tuned = brain_voxels(&job);
     eprintln!("Colin27 brain voxels: shipped head (axial) {shipped}, fine-tuned (oblique) {tuned}");

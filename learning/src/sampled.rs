@@ -119,7 +119,7 @@ mod tests {
             classes: 2,
             logits,
             channels: 1,
-            stride: 2,
+            stride: [2; 3],
             features: (0..8).map(|c| 100.0 + c as f32).collect(),
             labels: (0..voxels).map(|v| u8::from(v < 8)).collect(),
         }

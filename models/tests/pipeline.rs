@@ -511,24 +511,44 @@ fn a_graph_that_misbehaves_or_finds_nothing_fails_the_study_with_the_reason() {
 struct WithHeadInputs;
 
 impl WithHeadInputs {
-    fn logits(input: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; input.len()];
-        out.extend(input.iter().map(|x| 10.0 * x - 5.0));
-        out
+    /// Per item (one channel in): its logits l0 then l1.
+    fn logits(input: &[f32], shape: &[usize]) -> Vec<f32> {
+        let size: usize = shape[2..].iter().product();
+        input
+            .chunks(size)
+            .flat_map(|item| {
+                let mut out = vec![0f32; size];
+                out.extend(item.iter().map(|x| 10.0 * x - 5.0));
+                out
+            })
+            .collect()
     }
 
+    /// Per item: the mean of every 2×2(×2) cell; a 4D input is a batch of slices.
     fn cells(input: &[f32], shape: &[usize]) -> Vec<f32> {
-        let (d, h, w) = (shape[2], shape[3], shape[4]);
-        let mut out = vec![0f32; d * h * w / 8];
-        for i in 0..d {
-            for j in 0..h {
-                for k in 0..w {
-                    out[((i / 2) * (h / 2) + j / 2) * (w / 2) + k / 2] +=
-                        input[(i * h + j) * w + k] / 8.0;
+        let volume = shape.len() == 5;
+        let (d, h, w) = if volume {
+            (shape[2], shape[3], shape[4])
+        } else {
+            (1, shape[2], shape[3])
+        };
+        let (cd, weight) = if volume { (d / 2, 8.0) } else { (1, 4.0) };
+        input
+            .chunks(d * h * w)
+            .flat_map(|item| {
+                let mut out = vec![0f32; cd * (h / 2) * (w / 2)];
+                for i in 0..d {
+                    for j in 0..h {
+                        for k in 0..w {
+                            let ci = if volume { i / 2 } else { 0 };
+                            out[(ci * (h / 2) + j / 2) * (w / 2) + k / 2] +=
+                                item[(i * h + j) * w + k] / weight;
+                        }
+                    }
                 }
-            }
-        }
-        out
+                out
+            })
+            .collect()
     }
 }
 
@@ -551,7 +571,7 @@ impl Graph for WithHeadInputs {
         outputs
             .iter()
             .map(|name| match *name {
-                "class_logits" => Ok(Self::logits(input)),
+                "class_logits" => Ok(Self::logits(input, shape)),
                 "features" => Ok(Self::cells(input, shape)),
                 other => Err(InferError::Backend(format!("no output {other}"))),
             })
@@ -571,10 +591,14 @@ samples_per_class = 64
 "#;
 
 fn trainable_stage(spatial: &str, trainable: &str) -> String {
+    let (layout, shape) = match spatial {
+        "volume" => ("NCDHW", "[8, 8, 8]"),
+        _ => ("NCHW", "[8, 8]"),
+    };
     stage(
         "seg",
         &format!(
-            "layout = \"NCDHW\"\nspatial = \"{spatial}\"\nshape = [8, 8, 8]\n{WINDOW}\n\
+            "layout = \"{layout}\"\nspatial = \"{spatial}\"\nshape = {shape}\n{WINDOW}\n\
              {trainable}\
              [stages.scores]\nper = \"voxel\"\nactivation = \"none\"\nchannels = 1\n\
              decision = \"threshold\"\nthreshold = 0.5\ngrid = \"region\""
@@ -604,10 +628,13 @@ fn identity_head() -> Head {
 
 #[test]
 fn a_trainable_stage_runs_its_head_in_place_of_the_graph_output_and_hands_learning_its_inputs() {
-    for (row, column) in ORIENTATIONS {
+    for ((row, column), spatial) in ORIENTATIONS
+        .iter()
+        .flat_map(|o| [(*o, "volume"), (*o, "slice")])
+    {
         let (v, truth) = volume(row, column);
         let mut m = model(
-            &trainable_stage("volume", TRAINABLE),
+            &trainable_stage(spatial, TRAINABLE),
             vec![Box::new(WithHeadInputs)],
             "",
         );
@@ -626,17 +653,22 @@ fn a_trainable_stage_runs_its_head_in_place_of_the_graph_output_and_hands_learni
         // Learning's inputs: the truth lands on the graph grid exactly where the image's
         // box does (the same reorientation, crop and resize), and the features are the cells'.
         let inputs = trainable_inputs(&mut m, &v, &truth).unwrap();
-        assert_eq!(
-            (inputs.shape, inputs.classes, inputs.channels),
-            ([8; 3], 2, 1)
-        );
+        assert_eq!((inputs.classes, inputs.channels), (2, 1));
+        match spatial {
+            "volume" => assert_eq!((inputs.shape, inputs.stride), ([8; 3], [2; 3])),
+            // The region's slices along the slice axis, each resized to 8×8.
+            _ => assert_eq!(
+                (&inputs.shape[1..], inputs.stride),
+                (&[8, 8][..], [1, 2, 2])
+            ),
+        }
         let voxels = inputs.voxels();
         for (i, label) in inputs.labels.iter().enumerate() {
             let inside = inputs.logits[voxels + i] > 0.0;
             assert_eq!(
                 *label == 1,
                 inside,
-                "voxel {i}, orientation {row:?} {column:?}"
+                "voxel {i}, {spatial}, orientation {row:?} {column:?}"
             );
         }
         assert!(inputs.labels.contains(&1) && inputs.labels.contains(&0));
@@ -677,7 +709,7 @@ fn a_head_or_a_trainable_section_that_cannot_fit_is_refused_by_name() {
     assert!(refusal(&text(
         trainable_stage("volume", TRAINABLE).replace("NCDHW", "NDHWC")
     ))
-    .contains("trainable needs spatial = \"volume\" and layout NCDHW"));
+    .contains("a channels-first layout (NCDHW, NCHW)"));
     assert!(refusal(&text(trainable_stage(
         "volume",
         &TRAINABLE.replace("stride = 2", "stride = 3")

@@ -194,10 +194,15 @@ impl Trainable {
         if !segmentation {
             return Err("trainable is for the segmentation stage (the last per-voxel one)".into());
         }
-        if stage.spatial != Spatial::Volume || !matches!(stage.layout, Layout::NCDHW) {
+        if !matches!(stage.layout, Layout::NCDHW | Layout::NCHW)
+            || !matches!(
+                stage.spatial,
+                Spatial::Volume | Spatial::Slice | Spatial::Slab
+            )
+        {
             return Err(
-                "trainable needs spatial = \"volume\" and layout NCDHW (the head reads the \
-                 whole graph grid at once)"
+                "trainable needs spatial = \"volume\", \"slice\" or \"slab\" and a \
+                 channels-first layout (NCDHW, NCHW)"
                     .into(),
             );
         }

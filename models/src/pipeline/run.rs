@@ -257,9 +257,22 @@ fn run_stages(
         timing.region = std::array::from_fn(|a| [lo[a], hi[a]]);
         let region = work.crop(lo, hi);
         timing.prepare_ms += t.elapsed().as_secs_f64() * 1e3;
+        // The label map on this stage's region, when the run taps it.
+        let region_labels = match tap {
+            Some(labels) if tapped => {
+                let on_canonical = axes.from_source(volume, labels);
+                let on_work = if work.shape == canonical.shape {
+                    on_canonical
+                } else {
+                    resize(&on_canonical, work.shape, Interpolation::NearestExact)
+                };
+                Some(on_work.crop(lo, hi))
+            }
+            _ => None,
+        };
         let uses = StageUses {
             head: head.filter(|_| Some(index) == trainable_stage),
-            tapped,
+            tap: region_labels.as_ref(),
         };
         let outcome = run_stage(
             stage,
@@ -271,22 +284,7 @@ fn run_stages(
         )?;
         let t = Instant::now();
         match outcome {
-            StageOutcome::Tapped(mut inputs) => {
-                let labels = tap.unwrap_or(&[]);
-                let on_canonical = axes.from_source(volume, labels);
-                let on_work = if work.shape == canonical.shape {
-                    on_canonical
-                } else {
-                    resize(&on_canonical, work.shape, Interpolation::NearestExact)
-                };
-                let on_graph = resize(
-                    &on_work.crop(lo, hi),
-                    inputs.shape,
-                    Interpolation::NearestExact,
-                );
-                inputs.labels = on_graph.data;
-                return Ok(Ran::Tapped(inputs));
-            }
+            StageOutcome::Tapped(inputs) => return Ok(Ran::Tapped(inputs)),
             StageOutcome::Voxels {
                 labels,
                 decision_grid,
@@ -485,12 +483,20 @@ enum StageOutcome {
     Tapped(TrainableInputs),
 }
 
-/// What a stage run uses beyond its graph: the head in place of the graph's output, and
-/// whether it only hands its head inputs back.
+/// What a stage run uses beyond its graph: the head in place of the graph's output, or a
+/// label map on the stage's region, when it only hands its head inputs (with those labels on
+/// its grid) back.
 #[derive(Clone, Copy)]
 struct StageUses<'a> {
     head: Option<&'a Head>,
-    tapped: bool,
+    tap: Option<&'a Grid<u8>>,
+}
+
+impl StageUses<'_> {
+    /// Whether the stage runs its trainable part instead of its graph's declared output.
+    fn trainable(&self, stage: &Stage) -> bool {
+        stage.trainable.is_some() && (self.tap.is_some() || self.head.is_some())
+    }
 }
 
 fn run_stage(
@@ -511,17 +517,22 @@ fn run_stage(
             let input = channel_inputs(stage, &resized.data, windows)?;
             timing.prepare_ms += t.elapsed().as_secs_f64() * 1e3;
             let t = Instant::now();
-            match (&stage.trainable, uses) {
-                (Some(trainable), uses) if uses.tapped || uses.head.is_some() => {
-                    let inputs = run_trainable(stage, trainable, graph, input, shape)?;
+            match &stage.trainable {
+                Some(trainable) if uses.trainable(stage) => {
+                    let dims = [1, stage.input_channels(), shape[0], shape[1], shape[2]];
+                    let (logits, features) =
+                        run_trainable_graph(stage, trainable, graph, &input, &dims)?;
                     timing.graph_ms += t.elapsed().as_secs_f64() * 1e3;
-                    let head = match uses.head {
-                        Some(head) if !uses.tapped => head,
-                        _ => return Ok(StageOutcome::Tapped(inputs)),
-                    };
+                    let s = trainable.stride;
+                    let inputs =
+                        trainable_inputs_of(stage, trainable, logits, features, shape, [s, s, s])?;
                     let t = Instant::now();
-                    let first = usize::from(channels != inputs.classes);
-                    let probabilities = trainable::probabilities(head, &inputs, first)?;
+                    let probabilities = match trainable_outcome(stage, inputs, uses, |labels| {
+                        resize(labels, shape, Interpolation::NearestExact)
+                    })? {
+                        Ok(probabilities) => probabilities,
+                        Err(tapped) => return Ok(tapped),
+                    };
                     timing.decide_ms += t.elapsed().as_secs_f64() * 1e3;
                     (probabilities, shape, true)
                 }
@@ -556,7 +567,15 @@ fn run_stage(
             } else {
                 channels
             };
-            let mut out = Vec::with_capacity(n * out_per_slice);
+            // A trainable stage run for its head: class logits and features of every slice,
+            // channel-major over the stack of slices.
+            let trainable = stage.trainable.as_ref().filter(|_| uses.trainable(stage));
+            let mut head_inputs = trainable.map(|_| (Vec::new(), Vec::new(), Vec::new()));
+            let mut out = Vec::with_capacity(if trainable.is_some() {
+                0
+            } else {
+                n * out_per_slice
+            });
             let mut start = 0;
             while start < n {
                 let end = (start + SLICE_BATCH).min(n);
@@ -578,17 +597,44 @@ fn run_stage(
                 }
                 timing.prepare_ms += t.elapsed().as_secs_f64() * 1e3;
                 let t = Instant::now();
-                out.extend(run_graph(
-                    stage,
-                    graph,
-                    batch,
-                    end - start,
-                    &[shape[1], shape[2]],
-                )?);
+                match (trainable, head_inputs.as_mut()) {
+                    (Some(trainable), Some((logits, features, items))) => {
+                        let dims = [end - start, per_slice_channels, shape[1], shape[2]];
+                        let (l, f) = run_trainable_graph(stage, trainable, graph, &batch, &dims)?;
+                        logits.push(l);
+                        features.push(f);
+                        items.push(end - start);
+                    }
+                    _ => out.extend(run_graph(
+                        stage,
+                        graph,
+                        batch,
+                        end - start,
+                        &[shape[1], shape[2]],
+                    )?),
+                }
                 timing.graph_ms += t.elapsed().as_secs_f64() * 1e3;
                 start = end;
             }
             prepared.clear();
+            let mut head_scores = None;
+            if let (Some(trainable), Some((logits, features, items))) = (trainable, head_inputs) {
+                let t = Instant::now();
+                let classes = stage_classes(stage);
+                let s = trainable.stride;
+                let cells = plane / (s * s);
+                let logits = by_channel_of(&logits, &items, classes, plane);
+                let features = by_channel_of(&features, &items, trainable.channels, cells);
+                let inputs =
+                    trainable_inputs_of(stage, trainable, logits, features, shape, [1, s, s])?;
+                match trainable_outcome(stage, inputs, uses, |labels| {
+                    resize(&to_stack(labels, axis), shape, Interpolation::NearestExact)
+                })? {
+                    Ok(probabilities) => head_scores = Some(probabilities),
+                    Err(tapped) => return Ok(tapped),
+                }
+                timing.decide_ms += t.elapsed().as_secs_f64() * 1e3;
+            }
             if !per_voxel {
                 // Per slice: the study's probability of a channel is its largest over slices.
                 let t = Instant::now();
@@ -599,15 +645,13 @@ fn run_stage(
                 timing.decide_ms += t.elapsed().as_secs_f64() * 1e3;
                 return Ok(StageOutcome::Classes(result));
             }
-            // [n, K, h, w] -> [K, n, h, w], then each channel back to the region's axis order.
-            let mut by_channel = vec![0f32; out.len()];
-            for z in 0..n {
-                for c in 0..channels {
-                    let from = (z * channels + c) * plane;
-                    let to = (c * n + z) * plane;
-                    by_channel[to..to + plane].copy_from_slice(&out[from..from + plane]);
-                }
-            }
+            // [n, K, h, w] -> [K, n, h, w] (a head's scores are already so), then each channel
+            // back to the region's axis order.
+            let activated = head_scores.is_some();
+            let by_channel = match head_scores {
+                Some(scores) => scores,
+                None => by_channel_of(&[out], &[n], channels, plane),
+            };
             let volume = n * plane;
             let mut regrouped = Vec::with_capacity(by_channel.len());
             let mut grid_shape = shape;
@@ -622,7 +666,7 @@ fn run_stage(
                 grid_shape = g.shape;
                 regrouped.extend(g.data);
             }
-            (regrouped, grid_shape, false)
+            (regrouped, grid_shape, activated)
         }
     };
     let t = Instant::now();
@@ -676,50 +720,101 @@ fn run_stage(
     })
 }
 
-/// Run a trainable stage's graph for its class logits and features (NCDHW, one item).
-fn run_trainable(
+/// Run a trainable stage's graph on `input` of `dims` (`[n, C, spatial...]`) for its class
+/// logits and features, each item-major as the graph gives them; their lengths are checked.
+fn run_trainable_graph(
     stage: &Stage,
     trainable: &Trainable,
     graph: &mut dyn Graph,
-    input: Vec<f32>,
-    shape: [usize; 3],
-) -> Result<TrainableInputs, InferError> {
-    let dims = [1, stage.input_channels(), shape[0], shape[1], shape[2]];
-    let mut outputs =
-        graph.run_outputs(&input, &dims, &[&trainable.logits, &trainable.features])?;
-    if outputs.len() != 2 {
+    input: &[f32],
+    dims: &[usize],
+) -> Result<(Vec<f32>, Vec<f32>), InferError> {
+    let mut outputs = graph.run_outputs(input, dims, &[&trainable.logits, &trainable.features])?;
+    let (n, spatial) = (dims[0], dims[2..].iter().product::<usize>());
+    let cells = spatial / trainable.stride.pow(dims.len() as u32 - 2);
+    let expected = [
+        n * stage_classes(stage) * spatial,
+        n * trainable.channels * cells,
+    ];
+    if outputs.len() != 2 || outputs.iter().zip(expected).any(|(o, e)| o.len() != e) {
         return Err(InferError::Backend(format!(
-            "stage {}: asked for 2 outputs, the graph gave {}",
+            "stage {}: the graph gave outputs of {:?} values for input {dims:?}, expected \
+             {expected:?} (class logits, features)",
             stage.name,
-            outputs.len()
+            outputs.iter().map(Vec::len).collect::<Vec<_>>()
+        )));
+    }
+    if let Some(bad) = outputs.iter().flatten().find(|v| !v.is_finite()) {
+        return Err(InferError::Backend(format!(
+            "stage {}: the graph gave a non-finite logit or feature ({bad})",
+            stage.name
         )));
     }
     let features = outputs.pop().unwrap_or_default();
     let logits = outputs.pop().unwrap_or_default();
+    Ok((logits, features))
+}
+
+/// Item-major batches `[items, K, size]` as one channel-major block `[K, all items, size]`.
+fn by_channel_of(batches: &[Vec<f32>], items: &[usize], k: usize, size: usize) -> Vec<f32> {
+    let n: usize = items.iter().sum();
+    let mut out = vec![0f32; k * n * size];
+    let mut z0 = 0;
+    for (batch, count) in batches.iter().zip(items) {
+        for z in 0..*count {
+            for c in 0..k {
+                let from = (z * k + c) * size;
+                let to = (c * n + z0 + z) * size;
+                out[to..to + size].copy_from_slice(&batch[from..from + size]);
+            }
+        }
+        z0 += count;
+    }
+    out
+}
+
+/// The head inputs of a trainable stage on its grid `shape` (features `stride` times coarser).
+fn trainable_inputs_of(
+    stage: &Stage,
+    trainable: &Trainable,
+    logits: Vec<f32>,
+    features: Vec<f32>,
+    shape: [usize; 3],
+    stride: [usize; 3],
+) -> Result<TrainableInputs, InferError> {
     let inputs = TrainableInputs {
         shape,
         classes: stage_classes(stage),
         logits,
         channels: trainable.channels,
-        stride: trainable.stride,
+        stride,
         features,
         labels: Vec::new(),
     };
     inputs.check().map_err(|e| {
         InferError::Backend(format!("stage {}: the graph's outputs: {e}", stage.name))
     })?;
-    if let Some(bad) = inputs
-        .logits
-        .iter()
-        .chain(&inputs.features)
-        .find(|v| !v.is_finite())
-    {
-        return Err(InferError::Backend(format!(
-            "stage {}: the graph gave a non-finite logit or feature ({bad})",
-            stage.name
-        )));
-    }
     Ok(inputs)
+}
+
+/// A trainable stage's head scores (channel-major, as the stage's scores), or, when the run
+/// only taps its inputs, the outcome that hands them back with the region's labels brought
+/// onto the stage's grid by `onto_grid` (the image's own steps, nearest voxel).
+fn trainable_outcome(
+    stage: &Stage,
+    mut inputs: TrainableInputs,
+    uses: StageUses<'_>,
+    onto_grid: impl Fn(&Grid<u8>) -> Grid<u8>,
+) -> Result<Result<Vec<f32>, StageOutcome>, InferError> {
+    if let Some(labels) = uses.tap {
+        inputs.labels = onto_grid(labels).data;
+        return Ok(Err(StageOutcome::Tapped(inputs)));
+    }
+    let head = uses
+        .head
+        .ok_or_else(|| InferError::Head(format!("stage {}: no head to run", stage.name)))?;
+    let first = usize::from(stage.scores.channels != inputs.classes);
+    Ok(Ok(trainable::probabilities(head, &inputs, first)?))
 }
 
 /// The stage's input channels, each a copy of `values` through its intensity steps,

@@ -9,14 +9,16 @@ use crate::InferError;
 /// The head's inputs on one stage's graph grid, as the graph gave them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainableInputs {
-    /// The graph grid (the stage's `shape`).
+    /// The graph grid: the stage's `shape` for a volume stage; slices × the stage's 2D
+    /// `shape` for a slice or slab stage.
     pub shape: [usize; 3],
     /// Background and the labels.
     pub classes: usize,
     /// Class logits, channel-major `[classes, voxels]`.
     pub logits: Vec<f32>,
     pub channels: usize,
-    pub stride: usize,
+    /// How much coarser the features are on each axis (1 across the slices of a slice stage).
+    pub stride: [usize; 3],
     /// Intermediate features, channel-major `[channels, cells]` on the grid `shape / stride`.
     pub features: Vec<f32>,
     /// Class of every voxel of the graph grid (a label map brought onto it, nearest voxel);
@@ -35,14 +37,14 @@ impl TrainableInputs {
     }
 
     fn cells(&self) -> [usize; 3] {
-        self.shape.map(|s| s / self.stride)
+        std::array::from_fn(|a| self.shape[a] / self.stride[a].max(1))
     }
 
     /// Check the lengths against the shape, stride and counts.
     pub fn check(&self) -> Result<(), InferError> {
         let cells: usize = self.cells().iter().product();
-        let ok = self.stride > 0
-            && self.shape.iter().all(|s| s % self.stride == 0)
+        let ok = self.stride.iter().all(|s| *s > 0)
+            && (0..3).all(|a| self.shape[a] % self.stride[a] == 0)
             && self.logits.len() == self.classes * self.voxels()
             && self.features.len() == self.channels * cells
             && (self.labels.is_empty() || self.labels.len() == self.voxels());
@@ -51,7 +53,7 @@ impl TrainableInputs {
         } else {
             Err(InferError::Head(format!(
                 "trainable inputs: {} logits, {} features and {} labels do not fit grid {:?}, \
-                 stride {}, {} classes and {} channels",
+                 stride {:?}, {} classes and {} channels",
                 self.logits.len(),
                 self.features.len(),
                 self.labels.len(),
@@ -72,8 +74,8 @@ impl TrainableInputs {
         let [_, h, w] = self.shape;
         let (i, j, k) = (v / (h * w), (v / w) % h, v % w);
         let [_, ch, cw] = self.cells();
-        let s = self.stride;
-        let cell = ((i / s) * ch + j / s) * cw + k / s;
+        let [si, sj, sk] = self.stride;
+        let cell = ((i / si) * ch + j / sj) * cw + k / sk;
         let cells: usize = self.cells().iter().product();
         for (c, o) in out[self.classes..].iter_mut().enumerate() {
             *o = self.features[c * cells + cell];
