@@ -14,10 +14,12 @@
 #   models: deepbet per study on the MR fixtures, the appliance (ONNX Runtime and tract on the
 #           CPU) against deepbet's own PyTorch pipeline, per stage, with peak memory
 #           (models/deepbet/bench.py), a random-weight 100 M-parameter network's latency and
-#           memory (models/synthetic/make_package.py), then mask parity and Dice
+#           memory (models/synthetic/make_package.py), one labelled case's learning data of
+#           each (hil-tests/src/bin/sampled_cache_bench.rs: bytes against the bound, time to
+#           the trainable stage, sampling, a fine-tune), then mask parity and Dice
 #           (models/deepbet/parity.py).
-#           Needs a Python with torch and deepbet 1.0.2: $DEEPBET_PYTHON, else a venv made in
-#           target/deepbet-venv (`pip install deepbet==1.0.2`; PyPI's torch, several GB). Not in
+#           Needs a Python with torch, safetensors and deepbet 1.0.2: $DEEPBET_PYTHON, else a
+#           venv made in target/deepbet-venv (PyPI's torch, several GB). Not in
 #           the default set.
 #
 # Usage: scripts/bench.sh [ingest|infer|learn|federation|models] [ARGS...]
@@ -36,22 +38,23 @@ benches=(ingest_bench infer_bench)
 packages=(-p appliance -p hil-tests)
 if [[ "${1:-}" == models ]]; then
     shift
-    cargo build --release -p appliance
+    cargo build --release -p appliance -p hil-tests --bin appliance --bin sampled_cache_bench
     bash scripts/fixtures.sh
     python="${DEEPBET_PYTHON:-}"
     if [[ -z "$python" ]]; then
         python=target/deepbet-venv/bin/python
         if ! "$python" -c "import deepbet, torch" 2>/dev/null; then
             python3 -m venv target/deepbet-venv
-            "$python" -m pip install --quiet deepbet==1.0.2
+            "$python" -m pip install --quiet deepbet==1.0.2 safetensors
         fi
     fi
     ort="$(python3 -c "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.*'))[0])")"
     # The random-weight 100 M-parameter network, exported once into target/.
-    [[ -f target/synthetic-100m/manifest.toml ]] ||
+    grep -qs '^\[stages.trainable\]' target/synthetic-100m/manifest.toml ||
         "$python" models/synthetic/make_package.py --out target/synthetic-100m
     "$python" models/deepbet/bench.py --appliance target/release/appliance --ort-library "$ort" \
-        --deepbet-python "$python" --synthetic target/synthetic-100m "$@" fixtures/mr/*/
+        --deepbet-python "$python" --synthetic target/synthetic-100m \
+        --cache-bench target/release/sampled_cache_bench "$@" fixtures/mr/*/
     "$python" models/deepbet/parity.py --appliance target/release/appliance --ort-library "$ort" \
         fixtures/mr/*/
     exit 0

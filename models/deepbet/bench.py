@@ -153,15 +153,30 @@ def synthetic(args, package: Path, series: Path):
         graph = r["timings"]["inference_ms"]
         peak = int(done.stderr.strip().splitlines()[-1]) / 1024
         rows.append(f"| {backend} | {wall:.1f} | {graph / slices:.0f} | {r['timings']['model_load_ms']:.0f} | {peak:.0f} |")
-    cache_tokens = slices * 64 * 1024 * 4
-    cache_dense = slices * 128 * 128 * 1024 * 4
     print(f"\n### synthetic backbone: {params:,} parameters, RANDOM WEIGHTS ({series.name}, {slices} slices of 128x128)\n")
     print("| backend | wall s | graph ms per slice | model load ms | peak MiB |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))
-    print(f"\nA learning cache of its last hidden layer per case (computed, not run): "
-          f"{cache_tokens / 2**20:.1f} MiB at token resolution, "
-          f"{cache_dense / 2**30:.1f} GiB upsampled to the 128x128 label grid.")
+
+
+def learning_cache(args, packages, series: Path):
+    """One labelled case of each package as the learner stores it (sampled_cache_bench: the
+    series to the trainable stage, the class-balanced sample, a 10-epoch fine-tune of the
+    head), with the fixture's independent mask as the label."""
+    print(f"\n### learning data of one case ({series.name}, ONNX Runtime CPU)\n")
+    print("| model | head inputs | case bytes (bound) | head inputs on every voxel | to the trainable stage ms | sample ms | fine-tune 10 epochs ms | peak MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for package in packages:
+        done = subprocess.run([args.cache_bench, "--model", str(package), "--series", str(series),
+                               "--labels", str(series / "truth.u8"), "--ort-library", args.ort_library],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"| {package.name} | failed: {done.stderr.strip()[-200:]} |")
+            continue
+        r = json.loads(done.stdout)
+        print(f"| {r['model']} | {r['head_inputs']} | {r['case_bytes']:,} ({r['case_bytes_bound']:,}) "
+              f"| {r['dense_head_inputs_bytes'] / 2**20:,.0f} MiB | {r['extract_ms']:.0f} | {r['sample_ms']:.0f} "
+              f"| {r['fine_tune_ms']:.0f} | {r['peak_rss_mib']} |")
 
 
 def main():
@@ -175,6 +190,10 @@ def main():
     ap.add_argument("--no-tract", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--synthetic", type=Path, help="also run this synthetic package on the first series")
+    ap.add_argument("--cache-bench", help="sampled_cache_bench: measure one case's learning data "
+                    "of deepbet (and of the synthetic package) on the first series")
+    ap.add_argument("--deepbet-package", type=Path,
+                    default=Path(__file__).resolve().parent / "package")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     runners = {"ort-cpu": lambda s: ours(args, s, "ort-cpu"), "deepbet": lambda s: deepbet(args, s)}
@@ -201,6 +220,9 @@ def main():
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     if args.synthetic:
         synthetic(args, args.synthetic, args.series[0])
+    if args.cache_bench:
+        learning_cache(args, [args.deepbet_package] + ([args.synthetic] if args.synthetic else []),
+                       args.series[0])
 
 
 if __name__ == "__main__":

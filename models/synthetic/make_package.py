@@ -5,7 +5,12 @@ learning cache would hold); its masks mean nothing and it is never shipped.
 
 The graph is a per-slice vision transformer: 16x16 patches of a 128x128 slice (64 tokens),
 8 pre-norm blocks of width 1024 (16 heads, MLP 4096), and a linear layer back to two logits per
-pixel. Exported from PyTorch (opset 17, the TorchScript exporter) with a fixed seed.
+pixel. Exported from PyTorch (opset 17, the TorchScript exporter) with a fixed seed. The last
+block's tokens are a second graph output (`features`, 1024 channels on the 8x8 token grid, 1/16
+of the slice), and the package declares a trainable head over them and the class logits, so
+that the learning data of a case of such a backbone can be measured
+(`hil-tests/src/bin/sampled_cache_bench.rs`). The head (`head.safetensors`) starts as the
+identity on the logits.
 
     python models/synthetic/make_package.py --out target/synthetic-100m
 """
@@ -45,10 +50,11 @@ class Synthetic(nn.Module):
 
     def forward(self, x):
         n, grid = x.shape[0], SIZE // PATCH
-        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.position
-        y = self.out(self.blocks(tokens))
+        tokens = self.blocks(self.embed(x).flatten(2).transpose(1, 2) + self.position)
+        y = self.out(tokens)
         y = y.reshape(n, grid, grid, CLASSES, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
-        return y.reshape(n, CLASSES, SIZE, SIZE)
+        features = tokens.transpose(1, 2).reshape(n, WIDTH, grid, grid)
+        return y.reshape(n, CLASSES, SIZE, SIZE), features
 
 
 MANIFEST = """# RANDOM WEIGHTS: a synthetic network for measurements only (models/synthetic/make_package.py).
@@ -83,6 +89,15 @@ shape = [{size}, {size}]
 resize = "linear"
 slice_axis = 2
 channels = [[{{ op = "zscore" }}]]
+[stages.trainable]
+head = "head.safetensors"
+head_sha256 = "{head_sha256}"
+logits = "logits"
+features = "features"
+channels = {width}
+stride = {patch}
+hidden = {hidden}
+samples_per_class = 4096
 [stages.scores]
 per = "voxel"
 activation = "softmax"
@@ -101,6 +116,25 @@ procedure = {{ scheme = "LN", value = "24590-2", meaning = "MR Brain" }}
 """
 
 
+HIDDEN = 16
+
+
+def write_identity_head(path):
+    """A head whose output logits are the graph's (hidden units +l0, -l0, +l1, -l1; the rest
+    read the features with zero output weights): it reproduces the graph until fine-tuned."""
+    from safetensors.torch import save_file
+    inputs = CLASSES + WIDTH
+    w1 = torch.zeros(HIDDEN, inputs)
+    w2 = torch.zeros(CLASSES, HIDDEN)
+    for c in range(CLASSES):
+        w1[2 * c, c], w1[2 * c + 1, c] = 1.0, -1.0
+        w2[c, 2 * c], w2[c, 2 * c + 1] = 1.0, -1.0
+    generator = torch.Generator().manual_seed(1)
+    w1[2 * CLASSES:, CLASSES:] = torch.randn(HIDDEN - 2 * CLASSES, WIDTH, generator=generator) * (2.0 / WIDTH) ** 0.5
+    save_file({"seg.w1": w1, "seg.b1": torch.zeros(HIDDEN), "seg.w2": w2, "seg.b2": torch.zeros(CLASSES),
+               "cls.w": torch.zeros(2), "cls.b": torch.zeros(1)}, path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -112,11 +146,15 @@ def main():
     path = os.path.join(args.out, "synthetic.onnx")
     with torch.no_grad():
         torch.onnx.export(model, (torch.zeros(1, 1, SIZE, SIZE),), path, dynamo=False,
-                          opset_version=17, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}})
+                          opset_version=17, input_names=["image"], output_names=["logits", "features"],
+                          dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}})
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    head = os.path.join(args.out, "head.safetensors")
+    write_identity_head(head)
+    head_digest = hashlib.sha256(open(head, "rb").read()).hexdigest()
     with open(os.path.join(args.out, "manifest.toml"), "w") as f:
-        f.write(MANIFEST.format(params=params, sha256=digest, size=SIZE, classes=CLASSES))
+        f.write(MANIFEST.format(params=params, sha256=digest, size=SIZE, classes=CLASSES,
+                                head_sha256=head_digest, width=WIDTH, patch=PATCH, hidden=HIDDEN))
     with open(os.path.join(args.out, "card.md"), "w") as f:
         f.write(f"# synthetic-100m\n\nRandom weights ({params:,} parameters), for benchmarks only; "
                 "written by models/synthetic/make_package.py.\n")
