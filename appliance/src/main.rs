@@ -905,15 +905,28 @@ fn check_routed_models(config: &appliance::config::Config) -> anyhow::Result<()>
 /// (background and its labels): the reference head-CT model's three weights do not fit a
 /// brain mask's two.
 fn check_learning_model(config: &appliance::config::Config) -> anyhow::Result<()> {
-    let weights = config.learning.class_weights.len();
-    if !config.learning.enabled || weights == 0 {
+    if !config.learning.enabled {
         return Ok(());
     }
     let registry = models::registry::Registry::new(&config.data_dir);
     let Ok(package) = registry.open_active_any(&config.inference.model) else {
         return Ok(());
     };
-    if let Some(model) = models::learnable::Learnable::of(&package) {
+    let Some(model) = models::learnable::Learnable::of(&package) else {
+        return Ok(());
+    };
+    if !config.retention.keep_pixel_data_of_cases
+        && matches!(model.data, models::learnable::LearningData::Sampled { .. })
+    {
+        eprintln!(
+            "warning: retention.keep_pixel_data_of_cases = false: model {} scores its held-out \
+             cases on their series, so a purged held-out study fails every fine-tune until \
+             that case is pruned",
+            model.id
+        );
+    }
+    let weights = config.learning.class_weights.len();
+    if weights > 0 {
         anyhow::ensure!(
             weights == model.classes(),
             "learning.class_weights: {weights} weights, but model {} has {} classes \
