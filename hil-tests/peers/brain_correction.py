@@ -10,7 +10,6 @@ voxels the correction labels.
 
     python3 brain_correction.py OUR_SEG.dcm FIXTURE_DIR OUT.dcm ERODE
 """
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+
+from fixture_seg import mask_on_fixture
 
 
 def erode(mask: np.ndarray, steps: int) -> np.ndarray:
@@ -37,19 +38,8 @@ def erode(mask: np.ndarray, steps: int) -> np.ndarray:
 
 def main():
     seg_path, fixture, out, steps = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-    manifest = json.loads((fixture / "manifest.json").read_text())
-    shape = tuple(manifest["shape"])
+    ours, _, manifest = mask_on_fixture(seg_path, fixture)
     sources = [pydicom.dcmread(fixture / s["file"]) for s in manifest["slices"]]
-    uids = [str(d.SOPInstanceUID) for d in sources]
-    seg = hd.seg.segread(seg_path)
-    referenced = {item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-                  for item in seg.PerFrameFunctionalGroupsSequence}
-    present = [u for u in uids if u in referenced]
-    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=present,
-                                              segment_numbers=[1], combine_segments=False)
-    ours = np.zeros(shape, dtype=bool)
-    for k, uid in enumerate(present):
-        ours[uids.index(uid)] = masks[k, :, :, 0] > 0
     corrected = erode(ours, steps)
     description = hd.seg.SegmentDescription(
         segment_number=1,

@@ -126,6 +126,16 @@ impl Appliance {
         Appliance::start_with_package(&repo_root().join("models/reference/head-ct"), tweak)
     }
 
+    /// Start with deepbet (`models/deepbet/package`) installed as `[inference] model`, run by
+    /// ONNX Runtime on the CPU; returns once the inference worker has loaded it.
+    pub fn start_with_deepbet(tweak: Tweak<'_>) -> Appliance {
+        Appliance::start_with_package(&repo_root().join("models/deepbet/package"), &|c| {
+            set(c, "inference", "model", "deepbet");
+            use_ort_cpu(c);
+            tweak(c);
+        })
+    }
+
     /// Start with inference on and the model package in `package` installed; returns once the
     /// inference worker has loaded it.
     pub fn start_with_package(package: &std::path::Path, tweak: Tweak<'_>) -> Appliance {
@@ -359,6 +369,17 @@ pub fn set_destination(config: &mut toml::Table, name: &str, ae_title: &str, por
 }
 
 /// Set `[section] key = value`.
+/// Run inference on ONNX Runtime's CPU provider, from the library of Python's `onnxruntime`.
+pub fn use_ort_cpu(config: &mut toml::Table) {
+    set(config, "inference", "backend", "ort-cpu");
+    set(
+        config,
+        "inference",
+        "onnxruntime_library",
+        crate::ort_library().to_string_lossy().as_ref(),
+    );
+}
+
 pub fn set(config: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
     table(config, section).insert(key.into(), value.into());
 }

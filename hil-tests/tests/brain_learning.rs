@@ -8,7 +8,6 @@
 
 use hil_tests::appliance::{set, Appliance};
 use hil_tests::peers::python_peer;
-use hil_tests::repo_root;
 use hil_tests::site::{heads, infer, seg_of, send_label};
 use test_support::fixtures::{mr_series, mr_series_dir};
 
@@ -29,15 +28,7 @@ fn brain_voxels(job: &serde_json::Value) -> u64 {
 
 #[test]
 fn corrected_brain_masks_fine_tune_deepbets_head_through_the_gate_and_the_next_study_uses_it() {
-    let app = Appliance::start_with_package(&repo_root().join("models/deepbet/package"), &|c| {
-        set(c, "inference", "model", "deepbet");
-        set(c, "inference", "backend", "ort-cpu");
-        set(
-            c,
-            "inference",
-            "onnxruntime_library",
-            hil_tests::ort_library().to_string_lossy().as_ref(),
-        );
+    let app = Appliance::start_with_deepbet(&|c| {
         // No automatic trigger: `learn now` runs the fine-tune.
         set(c, "learning", "min_new_cases", 100);
         set(c, "learning", "interval_hours", 0);

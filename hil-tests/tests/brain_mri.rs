@@ -5,7 +5,7 @@
 //! highdicom onto the source grid, matches the independent brain masks as closely as deepbet's
 //! own pipeline does on the same images (0.936 on Colin27, 0.971 on MNI152; within 0.01).
 
-use hil_tests::appliance::{set, set_destination, Appliance};
+use hil_tests::appliance::{set_destination, Appliance};
 use hil_tests::peers::{orthanc_series, start_orthanc_at, storescu};
 use hil_tests::{http_get_bytes, repo_root, wait_until};
 use std::time::Duration;
@@ -23,15 +23,7 @@ const SERIES: [(&str, f64); 4] = [
 fn deepbet_masks_of_real_t1_mris_sent_by_dcmtk_reach_orthanc_and_match_the_independent_masks() {
     let orthanc_port = hil_tests::free_port();
     let orthanc_http = hil_tests::free_port();
-    let app = Appliance::start_with_package(&repo_root().join("models/deepbet/package"), &|c| {
-        set(c, "inference", "model", "deepbet");
-        set(c, "inference", "backend", "ort-cpu");
-        set(
-            c,
-            "inference",
-            "onnxruntime_library",
-            hil_tests::ort_library().to_string_lossy().as_ref(),
-        );
+    let app = Appliance::start_with_deepbet(&|c| {
         set_destination(c, "pacs", "ORTHANC", orthanc_port);
     });
     let orthanc = start_orthanc_at(&app.ae_title, app.port, orthanc_port, orthanc_http);

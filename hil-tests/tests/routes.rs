@@ -5,7 +5,7 @@
 //! `models list` shows the routes and `check-config` refuses a route to a model that is not
 //! installed, naming the route.
 
-use hil_tests::appliance::{set, Appliance};
+use hil_tests::appliance::{use_ort_cpu, Appliance};
 use hil_tests::fixtures::lesion_series;
 use hil_tests::peers::storescu;
 use hil_tests::{repo_root, wait_until};
@@ -46,13 +46,7 @@ fn study_uid(file: &PathBuf) -> String {
 #[test]
 fn each_series_goes_to_the_models_its_routes_name_and_an_unrouted_series_is_counted() {
     let mut app = Appliance::start_with_model(&|c| {
-        set(c, "inference", "backend", "ort-cpu");
-        set(
-            c,
-            "inference",
-            "onnxruntime_library",
-            hil_tests::ort_library().to_string_lossy().as_ref(),
-        );
+        use_ort_cpu(c);
         c.insert(
             "routes".into(),
             toml::Value::Array(vec![
