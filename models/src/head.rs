@@ -180,9 +180,14 @@ impl Head {
             let s: f32 = row.iter().zip(features).map(|(w, x)| w * x).sum::<f32>() + self.b1[r];
             *hr = s.max(0.0);
         }
+        self.probabilities_from_hidden(hidden, out);
+    }
+
+    /// Class probabilities into `out` from the hidden layer's activations (after the ReLU).
+    pub fn probabilities_from_hidden(&self, hidden: &[f32], out: &mut [f32]) {
         for (c, l) in out.iter_mut().enumerate() {
             let row = &self.w2[c * self.hidden..(c + 1) * self.hidden];
-            *l = row.iter().zip(&*hidden).map(|(w, x)| w * x).sum::<f32>() + self.b2[c];
+            *l = row.iter().zip(hidden).map(|(w, x)| w * x).sum::<f32>() + self.b2[c];
         }
         softmax(out);
     }
