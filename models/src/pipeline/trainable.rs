@@ -44,7 +44,7 @@ impl TrainableInputs {
     pub fn check(&self) -> Result<(), InferError> {
         let cells: usize = self.cells().iter().product();
         let ok = self.stride.iter().all(|s| *s > 0)
-            && (0..3).all(|a| self.shape[a] % self.stride[a] == 0)
+            && (0..3).all(|a| self.shape[a].is_multiple_of(self.stride[a]))
             && self.logits.len() == self.classes * self.voxels()
             && self.features.len() == self.channels * cells
             && (self.labels.is_empty() || self.labels.len() == self.voxels());
