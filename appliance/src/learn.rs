@@ -8,12 +8,15 @@
 //!   new group is held out (never trained on) when it is the first, or every
 //!   `holdout_every`-th, group of the model. So two labels of one patient, or of one series,
 //!   never land on both sides.
-//! - Features: for each accepted case, the backbone runs once on its series (from the spool)
-//!   and its features `[slices, features, plane]` (f32, little endian) and its labels on the
-//!   model grid are written to `<data_dir>/cases/<id>/`, fsync'd before their row commits.
-//!   They are recomputed when the model's backbone changes, and kept only for the most recent
-//!   `max_training_cases` training and `max_holdout_cases` held-out cases (disk and memory
-//!   stay bounded; older cases keep their labels).
+//! - Features: for each accepted case, the frozen part runs once on its series (from the
+//!   spool) and what the head learns from is written to `<data_dir>/cases/<id>/`, fsync'd
+//!   before its row commits: for a contract-1 model the backbone's features of every slice
+//!   `[slices, features, plane]` (f32, little endian) and the labels on the model grid; for a
+//!   contract-2 model a class-balanced sample of its trainable stage's voxels (head inputs
+//!   and labels, with the grid's class counts; `learning::sampled`). They are recomputed when
+//!   the frozen part changes, and kept only for the most recent `max_training_cases` training
+//!   and `max_holdout_cases` held-out cases (disk and memory stay bounded; older cases keep
+//!   their labels).
 //! - Due: `min_new_cases` new training cases since the last finished fine-tune, or
 //!   `interval_hours` since it with at least one; `appliance learn now` runs one at once.
 //! - Yielding: a fine-tune (and feature extraction) runs only while no inference job waits;
@@ -22,8 +25,10 @@
 //! - Gate: the candidate and the champion are scored on the held-out cases (case by case, for
 //!   the gate's paired bootstrap; nothing is accepted on fewer than `min_holdout_cases`); the
 //!   candidate and the global head on the package's reference validation set
-//!   ([`learning::gate`]). Every candidate is recorded with its lineage ([`crate::heads`]); an
-//!   accepted one becomes the champion in the same transaction.
+//!   ([`learning::gate`]). A contract-2 model's held-out cases are scored on every voxel of
+//!   their grid (each series runs to the trainable stage again), and it has no reference
+//!   set. Every candidate is recorded with its lineage ([`crate::heads`]); an accepted one
+//!   becomes the champion in the same transaction.
 //!
 //! One fine-tune at a time per data folder: the daemon and `appliance learn now` share the
 //! lock file `<data_dir>/learn.lock`.
