@@ -330,10 +330,13 @@ impl Fleet {
 
     /// Wait until every site in `sites` installed global `version`.
     fn wait_installed(&self, sites: &[usize], version: u64, timeout: Duration) {
+        // The updater hands the weights over first and the signed header last: the header
+        // marks the hand-over complete (as the appliance's learner reads it).
         let done = wait_until(timeout, || {
-            sites
-                .iter()
-                .all(|&i| self.sites[i].global(version).is_file())
+            sites.iter().all(|&i| {
+                let head = self.sites[i].global(version);
+                head.is_file() && head.with_extension("json").is_file()
+            })
         });
         assert!(
             done,
