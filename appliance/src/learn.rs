@@ -331,6 +331,58 @@ fn watch_inference(data_dir: &Path, cancel: &Cancel, done: &Cancel) -> anyhow::R
     Ok(())
 }
 
+/// A case's series and its label map, as learning reads them from the spool and the case
+/// folder.
+struct CaseSeries {
+    series_uid: String,
+    volume: radiant_core::Volume,
+    /// The label map on the source voxels as head classes ([`Learnable::class_of_values`]);
+    /// `None` for a classification label.
+    classes: Option<Vec<u8>>,
+    finding: Option<bool>,
+}
+
+/// Read case `id`'s series from the spool and its label map from its folder.
+fn case_series(
+    conn: &Connection,
+    spool: &Connection,
+    data_dir: &Path,
+    model: &Learnable,
+    id: i64,
+) -> anyhow::Result<CaseSeries> {
+    let (series_uid, labels_path, finding): (String, Option<String>, Option<bool>) = conn
+        .query_row(
+            "SELECT series_uid, labels_path, finding FROM cases WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+    let files = index::series_files(spool, data_dir, &series_uid)?
+        .context("its series is no longer in the spool")?
+        .files;
+    let volume = volume::build(&files, &Limits::default())?.volume;
+    let classes = match &labels_path {
+        Some(path) => {
+            let source =
+                std::fs::read(data_dir.join(path)).with_context(|| format!("read {path}"))?;
+            anyhow::ensure!(
+                source.len() == volume.voxels.len(),
+                "its label map has {} voxels, the series {}",
+                source.len(),
+                volume.voxels.len()
+            );
+            let class_of = model.class_of_values();
+            Some(source.iter().map(|v| class_of[usize::from(*v)]).collect())
+        }
+        None => None,
+    };
+    Ok(CaseSeries {
+        series_uid,
+        volume,
+        classes,
+        finding,
+    })
+}
+
 /// What a case's learning data are before they are written.
 struct StoredFeatures {
     slices: usize,
@@ -547,38 +599,14 @@ impl Learner {
         id: i64,
         cancel: &Cancel,
     ) -> anyhow::Result<bool> {
-        let (series_uid, labels_path, finding): (String, Option<String>, Option<bool>) = conn
-            .query_row(
-                "SELECT series_uid, labels_path, finding FROM cases WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
         let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
-        let files = index::series_files(&spool, &self.data_dir, &series_uid)?
-            .context("its series is no longer in the spool")?
-            .files;
-        let series = volume::build(&files, &Limits::default())?;
-        let volume = &series.volume;
-        // The case's label map on the source voxels, as head classes (label values of the
-        // manifest -> 1-based classes, in manifest order); `None` for a classification label.
-        let mut class_of = [0u8; 256];
-        for (index, label) in self.model.labels.iter().enumerate() {
-            class_of[usize::from(label.value)] = (index + 1) as u8;
-        }
-        let source_classes: Option<Vec<u8>> = match &labels_path {
-            Some(path) => {
-                let source = std::fs::read(self.data_dir.join(path))
-                    .with_context(|| format!("read {path}"))?;
-                anyhow::ensure!(
-                    source.len() == volume.voxels.len(),
-                    "its label map has {} voxels, the series {}",
-                    source.len(),
-                    volume.voxels.len()
-                );
-                Some(source.iter().map(|v| class_of[usize::from(*v)]).collect())
-            }
-            None => None,
-        };
+        let CaseSeries {
+            series_uid,
+            volume,
+            classes: source_classes,
+            finding,
+        } = case_series(conn, &spool, &self.data_dir, &self.model, id)?;
+        let volume = &volume;
         let seed = self.config.learning.seed ^ (id as u64);
         let stored = match &mut self.frozen {
             Loaded::Head(m) => {
@@ -798,10 +826,6 @@ impl Learner {
         let Loaded::Pipeline(model) = &mut self.frozen else {
             anyhow::bail!("whole-grid scoring is for contract-2 models");
         };
-        let mut class_of = [0u8; 256];
-        for (index, label) in self.model.labels.iter().enumerate() {
-            class_of[usize::from(label.value)] = (index + 1) as u8;
-        }
         let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let mut per_case: [Vec<Vec<learning::evaluate::Overlap>>; N] =
             std::array::from_fn(|_| Vec::new());
@@ -809,32 +833,9 @@ impl Learner {
             if cancel.is_cancelled() {
                 return Ok(None);
             }
-            let (series_uid, labels_path): (String, Option<String>) = conn.query_row(
-                "SELECT series_uid, labels_path FROM cases WHERE id = ?1",
-                [case.case],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let labels_path = labels_path
-                .with_context(|| format!("held-out case {} has no label map", case.case))?;
-            let files = index::series_files(&spool, &self.data_dir, &series_uid)?
-                .with_context(|| {
-                    format!(
-                        "held-out case {}: its series is no longer in the spool",
-                        case.case
-                    )
-                })?
-                .files;
-            let series = volume::build(&files, &Limits::default())?;
-            let source = std::fs::read(self.data_dir.join(&labels_path))
-                .with_context(|| format!("read {labels_path}"))?;
-            anyhow::ensure!(
-                source.len() == series.volume.voxels.len(),
-                "held-out case {}: its label map has {} voxels, the series {}",
-                case.case,
-                source.len(),
-                series.volume.voxels.len()
-            );
-            let classes: Vec<u8> = source.iter().map(|v| class_of[usize::from(*v)]).collect();
+            let series = case_series(conn, &spool, &self.data_dir, &self.model, case.case)
+                .with_context(|| format!("held-out case {}", case.case))?;
+            let classes = series.classes.context("it has no label map")?;
             let inputs = models::pipeline::run::trainable_inputs(model, &series.volume, &classes)?;
             for (scores, head) in per_case.iter_mut().zip(heads) {
                 scores.push(learning::sampled::overlaps(

@@ -46,51 +46,60 @@ impl Learnable {
     /// The learnable part of `package`: always for contract 1, for contract 2 when its
     /// segmentation stage is trainable.
     pub fn of(package: &AnyPackage) -> Option<Learnable> {
+        let outputs = package.outputs();
+        let mut model = Learnable {
+            id: package.id().to_string(),
+            version: package.version().to_string(),
+            modality: package.modality().to_string(),
+            labels: outputs.labels.to_vec(),
+            classification: outputs.classification.cloned(),
+            features: 0,
+            hidden: 0,
+            head_path: PathBuf::new(),
+            head_sha256: String::new(),
+            features_key: String::new(),
+            data: LearningData::Slices,
+            case_bytes: None,
+        };
         match package {
             AnyPackage::Head(p) => {
                 let m = &p.manifest;
-                Some(Learnable {
-                    id: m.id.clone(),
-                    version: m.version.clone(),
-                    modality: m.input.modality.clone(),
-                    labels: m.labels.clone(),
-                    classification: m.classification.clone(),
-                    features: m.backbone.features,
-                    hidden: m.head.hidden,
-                    head_path: p.head_path(),
-                    head_sha256: m.head.sha256.clone(),
-                    features_key: m.backbone.sha256.clone(),
-                    data: LearningData::Slices,
-                    case_bytes: None,
-                })
+                model.features = m.backbone.features;
+                model.hidden = m.head.hidden;
+                model.head_path = p.head_path();
+                model.head_sha256 = m.head.sha256.clone();
+                model.features_key = m.backbone.sha256.clone();
             }
             AnyPackage::Pipeline(p) => {
                 let (index, t) = p.trainable()?;
-                let m = &p.manifest;
-                let classes = m.labels.len() + 1;
+                let classes = model.classes();
                 let mut key = Sha256::new();
-                for stage in &m.stages[..=index] {
+                for stage in &p.manifest.stages[..=index] {
                     key.update(stage.sha256.as_bytes());
                     key.update(b"\n");
                 }
-                Some(Learnable {
-                    id: m.id.clone(),
-                    version: m.version.clone(),
-                    modality: m.input.modality.clone(),
-                    labels: m.labels.clone(),
-                    classification: m.classification.clone(),
-                    features: t.head_inputs(classes),
-                    hidden: t.hidden,
-                    head_path: p.dir.join(&t.head),
-                    head_sha256: t.head_sha256.clone(),
-                    features_key: key.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-                    data: LearningData::Sampled {
-                        samples_per_class: t.samples_per_class,
-                    },
-                    case_bytes: Some(t.case_bytes(classes)),
-                })
+                model.features = t.head_inputs(classes);
+                model.hidden = t.hidden;
+                model.head_path = p.dir.join(&t.head);
+                model.head_sha256 = t.head_sha256.clone();
+                model.features_key = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                model.data = LearningData::Sampled {
+                    samples_per_class: t.samples_per_class,
+                };
+                model.case_bytes = Some(t.case_bytes(classes));
             }
         }
+        Some(model)
+    }
+
+    /// The head class of every label value (1-based, in manifest order; 0 for background and
+    /// any value the model does not have).
+    pub fn class_of_values(&self) -> [u8; 256] {
+        let mut class_of = [0u8; 256];
+        for (index, label) in self.labels.iter().enumerate() {
+            class_of[usize::from(label.value)] = (index + 1) as u8;
+        }
+        class_of
     }
 
     /// Background and the labels.
