@@ -10,13 +10,14 @@
 //!   never land on both sides.
 //! - Features: for each accepted case, the frozen part runs once on its series (from the
 //!   spool) and what the head learns from is written to `<data_dir>/cases/<id>/`, fsync'd
-//!   before its row commits: for a contract-1 model the backbone's features of every slice
-//!   `[slices, features, plane]` (f32, little endian) and the labels on the model grid; for a
-//!   contract-2 model a class-balanced sample of its trainable stage's voxels (head inputs
-//!   and labels, with the grid's class counts; `learning::sampled`). They are recomputed when
-//!   the frozen part changes, and kept only for the most recent `max_training_cases` training
-//!   and `max_holdout_cases` held-out cases (disk and memory stay bounded; older cases keep
-//!   their labels).
+//!   before its row commits: a class-balanced sample of the grid (`learning::sampled`: at most
+//!   the package's `samples_per_class` pixels of each class of the model grid with their
+//!   backbone features, contract 1, or voxels of the trainable stage with their head inputs,
+//!   contract 2; with the grid's class counts), f32 little endian `[features, samples]`, and
+//!   their labels; a study label alone keeps nothing per pixel. They are recomputed when the
+//!   frozen part or `samples_per_class` changes, and kept only for the most recent
+//!   `max_training_cases` training and `max_holdout_cases` held-out cases (disk and memory
+//!   stay bounded; older cases keep their labels).
 //! - Due: `min_new_cases` new training cases since the last finished fine-tune, or
 //!   `interval_hours` since it with at least one; `appliance learn now` runs one at once.
 //! - Yielding: a fine-tune (and feature extraction) runs only while no inference job waits;
@@ -25,9 +26,10 @@
 //! - Gate: the candidate and the champion are scored on the held-out cases (case by case, for
 //!   the gate's paired bootstrap; nothing is accepted on fewer than `min_holdout_cases`); the
 //!   candidate and the global head on the package's reference validation set
-//!   ([`learning::gate`]). A contract-2 model's held-out cases are scored on every voxel of
-//!   their grid (each series runs to the trainable stage again), and it has no reference
-//!   set. Every candidate is recorded with its lineage ([`crate::heads`]); an accepted one
+//!   ([`learning::gate`]). Held-out cases are scored on every pixel of their grid: each
+//!   series runs through the frozen part again (one case in memory at a time), and so do the
+//!   training cases with a study label for the study classifier (contract 1). A contract-2
+//!   model has no reference set and no study classifier. Every candidate is recorded with its lineage ([`crate::heads`]); an accepted one
 //!   becomes the champion in the same transaction.
 //!
 //! One fine-tune at a time per data folder: the daemon and `appliance learn now` share the
@@ -43,11 +45,11 @@ use crate::metrics::ApplianceMetrics;
 use anyhow::Context;
 use learning::case::Case;
 use learning::evaluate;
-use learning::finetune::{self, FineTuneConfig, FineTuneError, TrainingSet};
+use learning::finetune::{self, FineTuneConfig, FineTuneError, StudyExample, TrainingSet};
 use learning::gate::{self, GateConfig};
 use models::backbone::{self, BatchShape, Completion};
 use models::head::Head;
-use models::learnable::{Learnable, LearningData};
+use models::learnable::Learnable;
 use models::package::Package;
 use models::preprocess;
 use pacs_bridge::store::index;
@@ -342,23 +344,25 @@ struct CaseSeries {
     finding: Option<bool>,
 }
 
-/// Read case `id`'s series from the spool and its label map from its folder.
+/// Read case `id`'s series from the spool and its label map from its folder; `None` when the
+/// series is no longer in the spool (retention purged it: `keep_pixel_data_of_cases` off).
 fn case_series(
     conn: &Connection,
     spool: &Connection,
     data_dir: &Path,
     model: &Learnable,
     id: i64,
-) -> anyhow::Result<CaseSeries> {
+) -> anyhow::Result<Option<CaseSeries>> {
     let (series_uid, labels_path, finding): (String, Option<String>, Option<bool>) = conn
         .query_row(
             "SELECT series_uid, labels_path, finding FROM cases WHERE id = ?1",
             [id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-    let files = index::series_files(spool, data_dir, &series_uid)?
-        .context("its series is no longer in the spool")?
-        .files;
+    let Some(files) = index::series_files(spool, data_dir, &series_uid)? else {
+        return Ok(None);
+    };
+    let files = files.files;
     let volume = volume::build(&files, &Limits::default())?.volume;
     let classes = match &labels_path {
         Some(path) => {
@@ -375,15 +379,16 @@ fn case_series(
         }
         None => None,
     };
-    Ok(CaseSeries {
+    Ok(Some(CaseSeries {
         series_uid,
         volume,
         classes,
         finding,
-    })
+    }))
 }
 
-/// What a case's learning data are before they are written.
+/// What a case's learning data are before they are written: a class-balanced sample of its
+/// pixels (one slice of `plane` samples), or nothing per pixel for a study label alone.
 struct StoredFeatures {
     slices: usize,
     plane: usize,
@@ -395,15 +400,44 @@ struct StoredFeatures {
     class_counts: Option<Vec<u64>>,
 }
 
-/// A contract-1 case: the backbone's features of every slice and the labels on the model
-/// grid; `None` when cancelled.
-fn slice_features(
+impl StoredFeatures {
+    fn of(case: &Case) -> StoredFeatures {
+        StoredFeatures {
+            slices: case.slices,
+            plane: case.plane,
+            features: case.features.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            labels: case.labels.clone(),
+            finding: case.finding,
+            pixel_ml: case.pixel_ml,
+            class_counts: case.class_counts.clone(),
+        }
+    }
+
+    /// A study label alone: nothing per pixel to keep.
+    fn study_label_only(case: &Case) -> StoredFeatures {
+        StoredFeatures {
+            slices: 0,
+            plane: 0,
+            features: Vec::new(),
+            labels: Vec::new(),
+            finding: case.finding,
+            pixel_ml: case.pixel_ml,
+            class_counts: None,
+        }
+    }
+}
+
+/// A contract-1 case whole: the backbone's features of every slice and the labels on the
+/// model grid, in memory (never stored: a case keeps a sample of them); `None` when cancelled.
+/// `finding` is the case's study label; a segmentation sets it from its labels.
+fn whole_slices(
     model: &mut models::infer::Model,
+    id: i64,
     volume: &radiant_core::Volume,
     source_classes: Option<&[u8]>,
     finding: Option<bool>,
     cancel: &Cancel,
-) -> anyhow::Result<Option<StoredFeatures>> {
+) -> anyhow::Result<Option<Case>> {
     let manifest = model.package.manifest.clone();
     let spec = &manifest.input;
     preprocess::check(volume, spec)?;
@@ -414,7 +448,7 @@ fn slice_features(
     };
     let [rows, columns] = spec.size;
     let plane = rows * columns;
-    let mut features = Vec::with_capacity(volume.slices * manifest.backbone.features * plane * 4);
+    let mut features = Vec::with_capacity(volume.slices * manifest.backbone.features * plane);
     let shape = BatchShape::of(&manifest, volume.slices);
     let completion = backbone::run_in_batches::<anyhow::Error>(
         model.backend.as_mut(),
@@ -422,9 +456,7 @@ fn slice_features(
         Some(cancel),
         |range| Ok(preprocess::tensor(volume, spec, range)),
         |_, out| {
-            for v in out {
-                features.extend_from_slice(&v.to_le_bytes());
-            }
+            features.extend_from_slice(&out);
             Ok(())
         },
     )?;
@@ -434,10 +466,11 @@ fn slice_features(
     let last_class = manifest.labels.len() as u8;
     // A segmentation tells whether the finding (the last label) is there.
     let finding = match source_classes {
-        Some(_) => Some(labels.contains(&last_class)),
-        None => finding,
+        Some(_) if finding.is_none() => Some(labels.contains(&last_class)),
+        _ => finding,
     };
-    Ok(Some(StoredFeatures {
+    Ok(Some(Case {
+        id: format!("case-{id}"),
         slices: volume.slices,
         plane,
         features,
@@ -446,6 +479,112 @@ fn slice_features(
         pixel_ml: spec.spacing_mm * spec.spacing_mm * volume.spacing[2] / 1000.0,
         class_counts: None,
     }))
+}
+
+/// Two heads' scores on the held-out cases ([`Learner::score_held_out`]).
+struct HeldOutScores {
+    first: evaluate::Scores,
+    second: evaluate::Scores,
+    /// Held-out cases left out: their series are no longer in the spool.
+    without_series: Vec<i64>,
+}
+
+/// A contract-1 case read whole again.
+enum Whole {
+    Case(Case),
+    /// Its series is no longer in the spool: it cannot be scored or fed to the classifier.
+    SeriesGone,
+    Cancelled,
+}
+
+/// Contract-1 case `id` whole: its series read again from the spool and run through the
+/// backbone, with `finding` (its current study label: a later verified SR outranks what its
+/// segmentation implies).
+#[allow(clippy::too_many_arguments)]
+fn whole_case(
+    frozen: &mut models::infer::Model,
+    conn: &Connection,
+    spool: &Connection,
+    data_dir: &Path,
+    model: &Learnable,
+    id: i64,
+    finding: Option<bool>,
+    cancel: &Cancel,
+) -> anyhow::Result<Whole> {
+    let Some(series) = case_series(conn, spool, data_dir, model, id)? else {
+        return Ok(Whole::SeriesGone);
+    };
+    let whole = whole_slices(
+        frozen,
+        id,
+        &series.volume,
+        series.classes.as_deref(),
+        finding,
+        cancel,
+    )?;
+    Ok(whole.map_or(Whole::Cancelled, Whole::Case))
+}
+
+/// Contract-1 case `id` whole from the features it stored before cases kept a sample (a
+/// database of before 2026-12-02, features of this backbone); `None` when it has none. Lets
+/// the upgrade sample a case whose series retention has purged.
+fn stored_whole(
+    conn: &Connection,
+    data_dir: &Path,
+    model: &Learnable,
+    backbone_sha256: &str,
+    id: i64,
+) -> anyhow::Result<Option<Case>> {
+    let row: Option<(i64, i64, f64, Option<bool>, String, String)> = conn
+        .query_row(
+            "SELECT slices, plane, pixel_ml, finding, features_path, labels_path
+             FROM case_features WHERE case_id = ?1 AND backbone_sha256 = ?2
+               AND class_counts IS NULL AND slices > 0",
+            params![id, backbone_sha256],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((slices, plane, pixel_ml, finding, features_path, labels_path)) = row else {
+        return Ok(None);
+    };
+    let (slices, plane) = (usize::try_from(slices)?, usize::try_from(plane)?);
+    let bytes = std::fs::read(data_dir.join(&features_path))
+        .with_context(|| format!("read {features_path}"))?;
+    let expected = slices
+        .checked_mul(plane)
+        .and_then(|n| n.checked_mul(model.features * 4))
+        .context("its stored shape overflows")?;
+    anyhow::ensure!(
+        bytes.len() == expected,
+        "{features_path} has {} bytes, expected {expected}",
+        bytes.len()
+    );
+    let case = Case {
+        id: format!("case-{id}"),
+        slices,
+        plane,
+        features: bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        labels: std::fs::read(data_dir.join(&labels_path))
+            .with_context(|| format!("read {labels_path}"))?,
+        finding,
+        pixel_ml,
+        class_counts: None,
+    };
+    case.check(model.features, model.classes())
+        .map_err(|e| anyhow::anyhow!("its stored features: {e}"))?;
+    Ok(Some(case))
 }
 
 impl Learner {
@@ -600,25 +739,67 @@ impl Learner {
         cancel: &Cancel,
     ) -> anyhow::Result<bool> {
         let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
+        let seed = self.config.learning.seed ^ (id as u64);
+        let samples_per_class = self.model.samples_per_class;
+        let Some(series) = case_series(conn, &spool, &self.data_dir, &self.model, id)? else {
+            // A case stored whole before cases kept a sample is sampled from what it stored.
+            let backbone = match &self.frozen {
+                Loaded::Head(m) => Some(m.package.manifest.backbone.sha256.clone()),
+                Loaded::Pipeline(_) => None,
+            };
+            let whole = match backbone {
+                Some(sha) => stored_whole(conn, &self.data_dir, &self.model, &sha, id)?,
+                None => None,
+            };
+            let whole = whole.context("its series is no longer in the spool")?;
+            let series_uid: String =
+                conn.query_row("SELECT series_uid FROM cases WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            let stored = if whole.has_pixel_labels() {
+                StoredFeatures::of(&learning::sampled::sample_dense(
+                    &whole,
+                    self.model.features,
+                    self.model.classes(),
+                    samples_per_class,
+                    seed,
+                )?)
+            } else {
+                StoredFeatures::study_label_only(&whole)
+            };
+            self.store_features(conn, id, &series_uid, whole.slices, stored)?;
+            return Ok(true);
+        };
         let CaseSeries {
             series_uid,
             volume,
             classes: source_classes,
             finding,
-        } = case_series(conn, &spool, &self.data_dir, &self.model, id)?;
+        } = series;
         let volume = &volume;
-        let seed = self.config.learning.seed ^ (id as u64);
         let stored = match &mut self.frozen {
             Loaded::Head(m) => {
-                match slice_features(m, volume, source_classes.as_deref(), finding, cancel)? {
-                    Some(stored) => stored,
-                    None => return Ok(false),
+                // A segmentation's finding comes from its labels.
+                let finding = finding.filter(|_| source_classes.is_none());
+                let Some(whole) =
+                    whole_slices(m, id, volume, source_classes.as_deref(), finding, cancel)?
+                else {
+                    return Ok(false);
+                };
+                if whole.has_pixel_labels() {
+                    let case = learning::sampled::sample_dense(
+                        &whole,
+                        self.model.features,
+                        self.model.classes(),
+                        samples_per_class,
+                        seed,
+                    )?;
+                    StoredFeatures::of(&case)
+                } else {
+                    StoredFeatures::study_label_only(&whole)
                 }
             }
             Loaded::Pipeline(m) => {
-                let LearningData::Sampled { samples_per_class } = self.model.data else {
-                    anyhow::bail!("a contract-2 model keeps sampled learning data");
-                };
                 let classes = source_classes
                     .context("a classification label: this model learns from segmentations only")?;
                 if cancel.is_cancelled() {
@@ -628,29 +809,35 @@ impl Learner {
                 if cancel.is_cancelled() {
                     return Ok(false);
                 }
-                let case = learning::sampled::sample_case(
+                StoredFeatures::of(&learning::sampled::sample_case(
                     format!("case-{id}"),
                     &inputs,
                     samples_per_class,
                     seed,
                     volume.voxel_ml(),
-                )?;
-                StoredFeatures {
-                    slices: 1,
-                    plane: case.plane,
-                    features: case.features.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    labels: case.labels,
-                    finding: None,
-                    pixel_ml: case.pixel_ml,
-                    class_counts: case.class_counts,
-                }
+                )?)
             }
         };
+        self.store_features(conn, id, &series_uid, volume.slices, stored)?;
+        Ok(true)
+    }
+
+    /// Write case `id`'s learning data (fsync'd), then its row; then remove what an earlier
+    /// row named under other file names (whole features of before 2026-12-02).
+    fn store_features(
+        &self,
+        conn: &Connection,
+        id: i64,
+        series_uid: &str,
+        slices: usize,
+        stored: StoredFeatures,
+    ) -> anyhow::Result<()> {
         let dir = PathBuf::from("cases").join(id.to_string());
         let absolute = self.data_dir.join(&dir);
         std::fs::create_dir_all(&absolute)?;
-        write_synced(&absolute.join("features.f32"), &stored.features)?;
-        write_synced(&absolute.join("model_labels.u8"), &stored.labels)?;
+        let (features_path, labels_path) = (dir.join("sample.f32"), dir.join("sample_labels.u8"));
+        write_synced(&self.data_dir.join(&features_path), &stored.features)?;
+        write_synced(&self.data_dir.join(&labels_path), &stored.labels)?;
         fsync_dir(&absolute)?;
         let mut hasher = Sha256::new();
         hasher.update(series_uid.as_bytes());
@@ -665,6 +852,17 @@ impl Learner {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
+        let (features_path, labels_path) = (
+            features_path.to_string_lossy().into_owned(),
+            labels_path.to_string_lossy().into_owned(),
+        );
+        let earlier: Option<(String, String)> = conn
+            .query_row(
+                "SELECT features_path, labels_path FROM case_features WHERE case_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
         conn.execute(
             "INSERT OR REPLACE INTO case_features (case_id, backbone_sha256, slices, plane,
                  pixel_ml, finding, features_path, labels_path, labels_sha256, created_at_ms,
@@ -677,20 +875,31 @@ impl Learner {
                 stored.plane as i64,
                 stored.pixel_ml,
                 stored.finding,
-                dir.join("features.f32").to_string_lossy(),
-                dir.join("model_labels.u8").to_string_lossy(),
+                features_path,
+                labels_path,
                 labels_sha,
                 now_ms(),
                 class_counts
             ],
         )?;
+        for old in earlier.into_iter().flat_map(|(f, l)| [f, l]) {
+            if old != features_path && old != labels_path {
+                match std::fs::remove_file(self.data_dir.join(&old)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(case = id, file = %old, error = %e, "earlier learning data not removed")
+                    }
+                }
+            }
+        }
         tracing::info!(
             case = id,
-            slices = volume.slices,
+            slices,
             bytes = stored.features.len() + stored.labels.len(),
-            "labelled case features stored"
+            "labelled case learning data stored"
         );
-        Ok(true)
+        Ok(())
     }
 
     /// The highest accepted case id the last finished run saw, and when it finished.
@@ -812,43 +1021,86 @@ impl Learner {
         Ok(cases)
     }
 
-    /// A contract-2 model's heads scored on held-out cases over their whole grid (a sample
-    /// would not do: Dice is decided at the mask's edge): each case's series runs through the
-    /// pipeline once, up to the trainable stage, and every head decides every voxel there.
-    /// `None` when cancelled.
-    fn score_whole_grids<const N: usize>(
+    /// Two heads (the champion and a challenger) scored on the held-out cases over their whole
+    /// grid (a case keeps only a sample, and Dice is decided at the mask's edge): each case's
+    /// series runs again through the backbone (contract 1; the study classifier is scored too)
+    /// or through the pipeline up to its trainable stage (contract 2), and both heads decide
+    /// every pixel. `held_out` gives each case's id and current study label. A case whose
+    /// series retention purged is left out of both. `None` when cancelled.
+    fn score_held_out(
         &mut self,
         conn: &Connection,
-        cases: &[CaseRef],
-        heads: [&Head; N],
+        held_out: &[(i64, Option<bool>)],
+        heads: [&Head; 2],
         cancel: &Cancel,
-    ) -> anyhow::Result<Option<[evaluate::Scores; N]>> {
-        let Loaded::Pipeline(model) = &mut self.frozen else {
-            anyhow::bail!("whole-grid scoring is for contract-2 models");
-        };
+    ) -> anyhow::Result<Option<HeldOutScores>> {
         let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
-        let mut per_case: [Vec<Vec<learning::evaluate::Overlap>>; N] =
-            std::array::from_fn(|_| Vec::new());
-        for case in cases {
+        let mut per_case: [Vec<evaluate::CaseScore>; 2] = [Vec::new(), Vec::new()];
+        let mut without_series = Vec::new();
+        for &(id, finding) in held_out {
             if cancel.is_cancelled() {
                 return Ok(None);
             }
-            let series = case_series(conn, &spool, &self.data_dir, &self.model, case.case)
-                .with_context(|| format!("held-out case {}", case.case))?;
-            let classes = series.classes.context("it has no label map")?;
-            let inputs = models::pipeline::run::trainable_inputs(model, &series.volume, &classes)?;
-            for (scores, head) in per_case.iter_mut().zip(heads) {
-                scores.push(learning::sampled::overlaps(
-                    &model.package.manifest,
-                    head,
-                    &inputs,
-                )?);
+            let context = || format!("held-out case {id}");
+            match &mut self.frozen {
+                Loaded::Head(m) => {
+                    let whole = whole_case(
+                        m,
+                        conn,
+                        &spool,
+                        &self.data_dir,
+                        &self.model,
+                        id,
+                        finding,
+                        cancel,
+                    )
+                    .with_context(context)?;
+                    let whole = match whole {
+                        Whole::Case(case) => case,
+                        Whole::SeriesGone => {
+                            without_series.push(id);
+                            continue;
+                        }
+                        Whole::Cancelled => return Ok(None),
+                    };
+                    for (scores, head) in per_case.iter_mut().zip(heads) {
+                        scores.push(
+                            evaluate::score_case(head, &whole)
+                                .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?,
+                        );
+                    }
+                }
+                Loaded::Pipeline(model) => {
+                    let series = case_series(conn, &spool, &self.data_dir, &self.model, id)
+                        .with_context(context)?;
+                    let Some(series) = series else {
+                        without_series.push(id);
+                        continue;
+                    };
+                    let classes = series.classes.context("it has no label map")?;
+                    let inputs =
+                        models::pipeline::run::trainable_inputs(model, &series.volume, &classes)?;
+                    for (scores, head) in per_case.iter_mut().zip(heads) {
+                        let overlaps =
+                            learning::sampled::overlaps(&model.package.manifest, head, &inputs)?;
+                        scores.push(evaluate::CaseScore {
+                            overlaps: Some(overlaps),
+                            study: None,
+                        });
+                    }
+                }
             }
         }
+        if !without_series.is_empty() {
+            tracing::warn!(cases = ?without_series, "held-out cases left out of the gate: their series are no longer in the spool (retention.keep_pixel_data_of_cases is off)");
+        }
         let labels = self.model.labels.len();
-        Ok(Some(per_case.map(|cases| {
-            evaluate::scores_from_overlaps(cases, labels)
-        })))
+        let [first, second] = per_case;
+        Ok(Some(HeldOutScores {
+            first: evaluate::scores_of(first, labels)?,
+            second: evaluate::scores_of(second, labels)?,
+            without_series,
+        }))
     }
 
     fn fine_tune_config(&self) -> FineTuneConfig {
@@ -998,11 +1250,49 @@ impl Learner {
             .as_ref()
             .map(|(_, head)| head.clone())
             .unwrap_or_else(|| self.global.clone());
-        let tuned = finetune::fine_tune_with(
+        // The study classifier learns from whole cases: each training case with a study label
+        // runs through the backbone again, under the freshly trained segmentation MLP.
+        let study: Vec<(i64, bool)> = trained_on
+            .iter()
+            .zip(&train)
+            .filter_map(|(r, case)| case.finding.map(|finding| (r.case, finding)))
+            .collect();
+        let pixels = TrainingSet {
+            cases: train.into_iter().filter(Case::has_pixel_labels).collect(),
+        };
+        let fine_tune_config = self.fine_tune_config();
+        let (frozen, data_dir, model) = (&mut self.frozen, &self.data_dir, &self.model);
+        let mut examples = |head: &Head| -> Result<Option<Vec<StudyExample>>, String> {
+            let Loaded::Head(m) = &mut *frozen else {
+                return Ok(Some(Vec::new()));
+            };
+            let spool = index::open_read_only(&pacs_bridge::store::index_path(data_dir))
+                .map_err(|e| format!("the spool index: {e}"))?;
+            let mut out = Vec::with_capacity(study.len());
+            for &(id, finding) in &study {
+                let whole = whole_case(m, conn, &spool, data_dir, model, id, Some(finding), cancel)
+                    .map_err(|e| format!("training case {id}: {e:#}"))?;
+                let whole = match whole {
+                    Whole::Case(case) => case,
+                    Whole::SeriesGone => {
+                        tracing::warn!(case = id, "training case left out of the study classifier's fit: its series is no longer in the spool");
+                        continue;
+                    }
+                    Whole::Cancelled => return Ok(None),
+                };
+                out.extend(
+                    StudyExample::of(head, &whole)
+                        .map_err(|e| format!("training case {id}: {e}"))?,
+                );
+            }
+            Ok(Some(out))
+        };
+        let tuned = finetune::fine_tune_from_samples(
             &champion,
             &anchor,
-            &TrainingSet { cases: train },
-            &self.fine_tune_config(),
+            &pixels,
+            &mut examples,
+            &fine_tune_config,
             |epoch, loss| {
                 metrics
                     .learning_progress_percent
@@ -1042,25 +1332,33 @@ impl Learner {
             }
         };
         progress(Progress::Validating);
+        let held_out_labels: Vec<(i64, Option<bool>)> = held_out
+            .iter()
+            .zip(&holdout)
+            .map(|(r, case)| (r.case, case.finding))
+            .collect();
+        let Some(HeldOutScores {
+            first: before,
+            second: after,
+            without_series,
+        }) = self.score_held_out(conn, &held_out_labels, [&champion, &candidate], cancel)?
+        else {
+            return Ok(Err(NotRun::Yielded));
+        };
         let decision = match &reference {
             Some(reference) => gate::decide(
-                &evaluate::score(&champion, &holdout)?,
-                &evaluate::score(&candidate, &holdout)?,
+                &before,
+                &after,
                 &evaluate::score(&self.global, reference)?,
                 &evaluate::score(&candidate, reference)?,
                 &gate_config(&l),
             ),
-            None => {
-                let Some([before, after]) =
-                    self.score_whole_grids(conn, &held_out, [&champion, &candidate], cancel)?
-                else {
-                    return Ok(Err(NotRun::Yielded));
-                };
-                gate::decide_without_reference(&before, &after, &gate_config(&l))
-            }
+            // A contract-2 package ships no reference set: its gate is the held-out cases alone.
+            None => gate::decide_without_reference(&before, &after, &gate_config(&l)),
         };
         let metrics_json = serde_json::json!({
             "gate": decision,
+            "held_out_without_series": without_series,
             "fine_tune": {
                 "epoch_losses": fine_tune_report.epoch_losses,
                 "steps": fine_tune_report.steps,
@@ -1204,14 +1502,32 @@ impl Learner {
         };
         let baseline_reference = evaluate::score(&self.global, &reference)?;
         let global_reference = evaluate::score(&head, &reference)?;
-        let global_local = evaluate::score(&head, &holdout)?;
+        let held_out_labels: Vec<(i64, Option<bool>)> = held_out
+            .iter()
+            .zip(&holdout)
+            .map(|(r, case)| (r.case, case.finding))
+            .collect();
+        // Taken again after a restart when the daemon stops in between.
+        let Some(HeldOutScores {
+            first: champion_local,
+            second: global_local,
+            without_series,
+        }) = self.score_held_out(
+            conn,
+            &held_out_labels,
+            [&champion, &head],
+            &self.stop.child(),
+        )?
+        else {
+            return Ok(false);
+        };
         let gate_config = gate_config(&l);
         let adopt_without_local_cases = self
             .config
             .federation
             .as_ref()
             .is_some_and(|f| f.adopt_without_local_cases);
-        let evidence = holdout.iter().filter(|c| c.has_pixel_labels()).count();
+        let evidence = global_local.segmentation_cases;
         let decision = if evidence < l.min_holdout_cases && adopt_without_local_cases {
             tracing::info!(
                 version,
@@ -1222,7 +1538,7 @@ impl Learner {
             gate::decide_on_reference_only(&baseline_reference, &global_reference, &gate_config)
         } else {
             gate::decide(
-                &evaluate::score(&champion, &holdout)?,
+                &champion_local,
                 &global_local,
                 &baseline_reference,
                 &global_reference,
@@ -1247,7 +1563,11 @@ impl Learner {
                 trigger: &trigger,
                 trained_on: &[],
                 held_out: &held_out,
-                metrics: serde_json::json!({ "gate": decision, "federated": header }),
+                metrics: serde_json::json!({
+                    "gate": decision,
+                    "federated": header,
+                    "held_out_without_series": without_series,
+                }),
                 seconds: 0.0,
             },
         )?;
@@ -1260,7 +1580,12 @@ impl Learner {
         if let Some(auroc) = global_local.auroc.filter(|a| a.is_finite()) {
             scores.insert("auroc".to_string(), auroc);
         }
-        crate::federated::write_evaluation(&self.data_dir, version, held_out.len(), &scores)?;
+        crate::federated::write_evaluation(
+            &self.data_dir,
+            version,
+            held_out.len() - without_series.len(),
+            &scores,
+        )?;
         crate::federated::set_adopted(&self.data_dir, version)?;
         if decision.accepted {
             metrics.learning_champion_head.set(id);

@@ -915,14 +915,19 @@ fn check_learning_model(config: &appliance::config::Config) -> anyhow::Result<()
     let Some(model) = models::learnable::Learnable::of(&package) else {
         return Ok(());
     };
-    if !config.retention.keep_pixel_data_of_cases
-        && matches!(model.data, models::learnable::LearningData::Sampled { .. })
-    {
+    if !config.retention.keep_pixel_data_of_cases {
         eprintln!(
             "warning: retention.keep_pixel_data_of_cases = false: model {} scores its held-out \
-             cases on their series, so a purged held-out study fails every fine-tune until \
-             that case is pruned",
+             cases (and fits its study classifier) on their series again, so a purged case's study \
+             fails every fine-tune until that case is pruned",
             model.id
+        );
+    }
+    if config.learning.pixels_per_class > model.samples_per_class {
+        eprintln!(
+            "warning: learning.pixels_per_class = {}, but a case of model {} keeps {} of each \
+             class (its package's samples_per_class): a fine-tune takes at most those",
+            config.learning.pixels_per_class, model.id, model.samples_per_class
         );
     }
     let weights = config.learning.class_weights.len();

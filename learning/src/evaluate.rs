@@ -188,66 +188,70 @@ pub struct Scores {
     /// Dice of each pooled overlap; NaN for every label when `segmentation_cases` is 0 (no
     /// Dice was measured, and an empty overlap's 1 would pretend a perfect score).
     pub dice: Vec<f64>,
-    /// Study-level probability of every case, in case order.
+    /// Study-level probability of every case, in case order; empty for a model without a
+    /// study classifier.
     pub study_probabilities: Vec<f64>,
     /// AUROC over the cases with a study label; `None` unless both outcomes occur.
     pub auroc: Option<f64>,
 }
 
-/// Scores from per-case overlaps measured elsewhere (a contract-2 model's held-out cases,
-/// scored on their whole grid by running the model): Dice pooled over the cases, no study
-/// probability.
-pub fn scores_from_overlaps(per_case: Vec<Vec<Overlap>>, labels: usize) -> Scores {
-    let mut pooled = vec![Overlap::default(); labels];
-    for case in &per_case {
-        for (sum, o) in pooled.iter_mut().zip(case) {
-            sum.add(o);
-        }
-    }
-    let dice = if per_case.is_empty() {
-        vec![f64::NAN; labels]
-    } else {
-        pooled.iter().map(Overlap::dice).collect()
-    };
-    Scores {
-        segmentation_cases: per_case.len(),
-        overlaps: pooled,
-        per_case,
-        dice,
-        study_probabilities: Vec::new(),
-        auroc: None,
-    }
+/// What a head makes of one case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseScore {
+    /// Overlap of every label; `None` for a case without pixel labels.
+    pub overlaps: Option<Vec<Overlap>>,
+    /// The study-level probability and the case's study label; `None` for a model without a
+    /// study classifier.
+    pub study: Option<(f64, Option<bool>)>,
 }
 
-/// Score `head` on `cases`: Dice per label pooled over the cases with pixel labels, and AUROC
-/// of the study probability over the cases with a study label.
-pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
-    let mut pooled = vec![Overlap::default(); head.classes.saturating_sub(1)];
-    let mut segmentation_cases = 0;
+/// Score `head` on one whole case (which must fit it, and not be a sample of a grid: Dice and
+/// the study inputs are decided over every pixel).
+pub fn score_case(head: &Head, case: &Case) -> Result<CaseScore, String> {
+    case.check(head.features, head.classes)?;
+    if case.class_counts.is_some() {
+        return Err("it keeps a sample of its grid; scoring needs every pixel".into());
+    }
+    let inputs = study_inputs(head, case);
+    let overlaps = if case.has_pixel_labels() {
+        Some(overlaps(&inputs.labels, &case.labels, head.classes).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let p = head.classify(inputs.max_probability, inputs.ml);
+    Ok(CaseScore {
+        overlaps,
+        study: Some((p, case.finding)),
+    })
+}
+
+/// A head's scores from its scores on each case ([`score_case`], or overlaps measured on a
+/// contract-2 model's grid): Dice per label `1..=labels` pooled over the cases with pixel
+/// labels, AUROC of the study probability over the cases with a study label.
+pub fn scores_of(cases: Vec<CaseScore>, labels: usize) -> Result<Scores, EvalError> {
+    let mut pooled = vec![Overlap::default(); labels];
     let mut per_case = Vec::new();
-    let mut study_probabilities = Vec::with_capacity(cases.len());
+    let mut study_probabilities = Vec::new();
     let (mut scores, mut positive) = (Vec::new(), Vec::new());
-    for (index, case) in cases.iter().enumerate() {
-        case.check(head.features, head.classes)
-            .map_err(|reason| EvalError::Case {
-                index,
-                id: case.id.clone(),
-                reason,
-            })?;
-        let inputs = study_inputs(head, case);
-        if case.has_pixel_labels() {
-            segmentation_cases += 1;
-            let case_overlaps = overlaps(&inputs.labels, &case.labels, head.classes)?;
+    for case in cases {
+        if let Some(case_overlaps) = case.overlaps {
+            if case_overlaps.len() != labels {
+                return Err(EvalError::LengthMismatch {
+                    predicted: case_overlaps.len(),
+                    reference: labels,
+                });
+            }
             for (sum, o) in pooled.iter_mut().zip(&case_overlaps) {
                 sum.add(o);
             }
             per_case.push(case_overlaps);
         }
-        let p = head.classify(inputs.max_probability, inputs.ml);
-        study_probabilities.push(p);
-        if let Some(finding) = case.finding {
-            scores.push(p);
-            positive.push(finding);
+        if let Some((p, finding)) = case.study {
+            study_probabilities.push(p);
+            if let Some(finding) = finding {
+                scores.push(p);
+                positive.push(finding);
+            }
         }
     }
     let auroc = match auroc(&scores, &positive) {
@@ -255,19 +259,36 @@ pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
         Err(EvalError::OneClass { .. }) => None,
         Err(e) => return Err(e),
     };
-    let dice = if segmentation_cases == 0 {
-        vec![f64::NAN; pooled.len()]
+    let dice = if per_case.is_empty() {
+        vec![f64::NAN; labels]
     } else {
         pooled.iter().map(Overlap::dice).collect()
     };
     Ok(Scores {
-        segmentation_cases,
+        segmentation_cases: per_case.len(),
         dice,
         overlaps: pooled,
         per_case,
         study_probabilities,
         auroc,
     })
+}
+
+/// Score `head` on `cases` (all whole): Dice per label pooled over the cases with pixel
+/// labels, and AUROC of the study probability over the cases with a study label.
+pub fn score(head: &Head, cases: &[Case]) -> Result<Scores, EvalError> {
+    let per_case = cases
+        .iter()
+        .enumerate()
+        .map(|(index, case)| {
+            score_case(head, case).map_err(|reason| EvalError::Case {
+                index,
+                id: case.id.clone(),
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    scores_of(per_case, head.classes.saturating_sub(1))
 }
 
 #[cfg(test)]

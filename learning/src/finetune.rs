@@ -1,6 +1,8 @@
-//! Fine-tuning of the trainable head with candle, on cached backbone features. Only the head
-//! learns (the backbone is frozen), so a fine-tune needs the features of each case's slices
-//! on the model grid, never the images.
+//! Fine-tuning of the trainable head with candle. Only the head learns (the backbone is
+//! frozen), so a fine-tune needs the head's inputs on the model grid, never the images: a
+//! class-balanced sample of each case's pixels for the segmentation MLP (`crate::sampled`), and
+//! for the study classifier what the caller computes of each whole case under the new MLP
+//! ([`StudyExamples`]; the appliance runs the case's series through the backbone again).
 //!
 //! What is trained, and how:
 //! - the per-pixel segmentation MLP of [`Head`], on the cases with pixel labels, with
@@ -12,8 +14,8 @@
 //!   the start head ([`SegmentationOutcome::Kept`]);
 //! - then the study classifier (logistic on the maximum last-label probability and
 //!   ln(1 + last-label ml)), on every case with a study label, pixel-labelled or not, with its
-//!   inputs computed by the (freshly trained or kept) segmentation head exactly as inference
-//!   computes them;
+//!   inputs computed on the whole case by the (freshly trained or kept) segmentation head
+//!   exactly as inference computes them;
 //! - both with a FedProx proximal term `mu / 2 * ||w - w_global||^2` toward the global head,
 //!   so that what is learnt locally stays close to what the federation shares.
 //!
@@ -168,6 +170,9 @@ pub enum FineTuneError {
     /// configured epoch count and `step` the classifier's step.
     #[error("cancelled at epoch {epoch}, step {step}")]
     Cancelled { epoch: usize, step: usize },
+    /// The study classifier's examples could not be computed (a case's series unreadable).
+    #[error("study examples: {0}")]
+    StudyExamples(String),
     #[error("device: {0}")]
     Device(String),
     #[error("candle: {0}")]
@@ -184,23 +189,89 @@ pub fn fine_tune(
     fine_tune_with(start, global, data, config, |_, _| {}, &Cancel::new())
 }
 
-/// Fine-tune `start` on `data`, pulled toward `global` by the proximal term. `progress` gets
-/// (epoch number from 1, mean loss of that epoch) after every epoch of the segmentation MLP
-/// (never when it is kept); `cancel` is read before every optimizer step and, once true, ends
-/// the fine-tune with [`FineTuneError::Cancelled`]. A set from which neither the MLP nor the
-/// classifier can learn is [`FineTuneError::NothingToTrain`].
+/// Fine-tune `start` on `data`, whole cases held in memory, pulled toward `global` by the
+/// proximal term: [`fine_tune_from_samples`] with the study classifier's examples computed from
+/// the cases themselves. An empty set is [`FineTuneError::EmptySet`].
 pub fn fine_tune_with(
     start: &Head,
     global: &Head,
     data: &TrainingSet,
     config: &FineTuneConfig,
+    progress: impl FnMut(usize, f32),
+    cancel: &Cancel,
+) -> Result<(Head, FineTuneReport), FineTuneError> {
+    if data.cases.is_empty() {
+        return Err(FineTuneError::EmptySet);
+    }
+    let mut examples = |head: &Head| -> Result<Option<Vec<StudyExample>>, String> {
+        let mut out = Vec::new();
+        for case in &data.cases {
+            out.extend(StudyExample::of(head, case).map_err(|e| format!("{}: {e}", case.id))?);
+        }
+        Ok(Some(out))
+    };
+    fine_tune_from_samples(start, global, data, &mut examples, config, progress, cancel)
+}
+
+/// One example for the study classifier: what inference computes of a whole case under a
+/// head (its largest last-label probability and its last-label volume) and the case's study
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StudyExample {
+    pub max_probability: f32,
+    pub ml: f64,
+    pub finding: bool,
+}
+
+impl StudyExample {
+    /// The example of `case` (whole, not a sample) under `head`; `None` when the case has no
+    /// study label.
+    pub fn of(head: &Head, case: &Case) -> Result<Option<StudyExample>, String> {
+        let Some(finding) = case.finding else {
+            return Ok(None);
+        };
+        case.check(head.features, head.classes)?;
+        if case.class_counts.is_some() {
+            return Err("it keeps a sample of its grid; the study inputs need every pixel".into());
+        }
+        let inputs = evaluate::study_inputs(head, case);
+        Ok(Some(StudyExample {
+            max_probability: inputs.max_probability,
+            ml: inputs.ml,
+            finding,
+        }))
+    }
+}
+
+/// Computes the study classifier's examples under a head: every training case with a study
+/// label, run through the head on its whole grid as inference runs it. `Ok(None)`: cancelled.
+pub type StudyExamples<'a> = dyn FnMut(&Head) -> Result<Option<Vec<StudyExample>>, String> + 'a;
+
+/// Fine-tune `start`, pulled toward `global` by the proximal term: the segmentation MLP on the
+/// pixels of `pixels` (whole cases or class-balanced samples of them, `crate::sampled`), then
+/// the study classifier on what `examples` computes under the freshly trained MLP (called once,
+/// only when the classifier trains). `progress` gets (epoch number from 1, mean loss of that
+/// epoch) after every epoch of the segmentation MLP (never when it is kept); `cancel` is read
+/// before every optimizer step and, once true, ends the fine-tune with
+/// [`FineTuneError::Cancelled`]. When neither part can learn, the result is
+/// [`FineTuneError::NothingToTrain`].
+pub fn fine_tune_from_samples(
+    start: &Head,
+    global: &Head,
+    pixels: &TrainingSet,
+    examples: &mut StudyExamples,
+    config: &FineTuneConfig,
     mut progress: impl FnMut(usize, f32),
     cancel: &Cancel,
 ) -> Result<(Head, FineTuneReport), FineTuneError> {
     let began = Instant::now();
-    check_inputs(start, global, data, config)?;
+    check_inputs(start, global, pixels, config)?;
     let device = device(config)?;
-    let segmented: Vec<&Case> = data.cases.iter().filter(|c| c.has_pixel_labels()).collect();
+    let segmented: Vec<&Case> = pixels
+        .cases
+        .iter()
+        .filter(|c| c.has_pixel_labels())
+        .collect();
     let (mut head, segmentation) = if segmented.is_empty() {
         let kept = SegmentationRun {
             outcome: SegmentationOutcome::Kept("no case has pixel labels".into()),
@@ -220,7 +291,7 @@ pub fn fine_tune_with(
             cancel,
         )?
     };
-    let classifier = train_classifier(&mut head, global, data, config, &device, cancel)?;
+    let classifier = train_classifier(&mut head, global, examples, config, &device, cancel)?;
     if let (SegmentationOutcome::Kept(segmentation), ClassifierOutcome::Kept(classifier)) =
         (&segmentation.outcome, &classifier)
     {
@@ -496,9 +567,6 @@ fn check_inputs(
             ));
         }
     }
-    if data.cases.is_empty() {
-        return Err(FineTuneError::EmptySet);
-    }
     for (index, case) in data.cases.iter().enumerate() {
         case.check(start.features, start.classes)
             .map_err(|reason| FineTuneError::Case {
@@ -575,13 +643,12 @@ fn sample_pixels(
     Ok(out)
 }
 
-/// Logistic fit of the study classifier on every case with a study label, inputs computed
-/// with the segmentation weights in `head` (as inference computes them), proximal toward
-/// `global`.
+/// Logistic fit of the study classifier on the examples `examples` computes with the
+/// segmentation weights in `head` (as inference computes them), proximal toward `global`.
 fn train_classifier(
     head: &mut Head,
     global: &Head,
-    data: &TrainingSet,
+    examples: &mut StudyExamples,
     config: &FineTuneConfig,
     device: &Device,
     cancel: &Cancel,
@@ -589,8 +656,17 @@ fn train_classifier(
     if config.classifier_steps == 0 {
         return Ok(ClassifierOutcome::Kept("classifier_steps is 0".into()));
     }
-    let labelled: Vec<&Case> = data.cases.iter().filter(|c| c.finding.is_some()).collect();
-    let positives = labelled.iter().filter(|c| c.finding == Some(true)).count();
+    let cancelled = FineTuneError::Cancelled {
+        epoch: config.epochs,
+        step: 0,
+    };
+    if cancel.is_cancelled() {
+        return Err(cancelled);
+    }
+    let Some(labelled) = examples(head).map_err(FineTuneError::StudyExamples)? else {
+        return Err(cancelled);
+    };
+    let positives = labelled.iter().filter(|e| e.finding).count();
     if positives == 0 || positives == labelled.len() {
         return Ok(ClassifierOutcome::Kept(format!(
             "{} study labels, {positives} positive: both outcomes are needed",
@@ -599,14 +675,15 @@ fn train_classifier(
     }
     let mut x = Vec::with_capacity(labelled.len() * 2);
     let mut y = Vec::with_capacity(labelled.len());
-    for case in &labelled {
-        let inputs = evaluate::study_inputs(head, case);
-        x.extend_from_slice(&[inputs.max_probability, (1.0 + inputs.ml).ln() as f32]);
-        y.push(if case.finding == Some(true) {
-            1f32
-        } else {
-            0f32
-        });
+    for example in &labelled {
+        if !example.max_probability.is_finite() || !example.ml.is_finite() || example.ml < 0.0 {
+            return Err(FineTuneError::StudyExamples(format!(
+                "a study example is not finite: maximum probability {}, {} ml",
+                example.max_probability, example.ml
+            )));
+        }
+        x.extend_from_slice(&[example.max_probability, (1.0 + example.ml).ln() as f32]);
+        y.push(if example.finding { 1f32 } else { 0f32 });
     }
     let m = labelled.len();
     let xs = Tensor::from_vec(x, (m, 2), device)?;

@@ -1,10 +1,12 @@
-//! Learning data of a contract-2 model, whose head reads a graph's class logits and
-//! intermediate features (`models::pipeline::trainable`): a labelled case keeps a
-//! class-balanced sample of its voxels' head inputs, bounded by the package's
-//! `samples_per_class` (dense features of a large backbone would not fit: 16.7 M voxels of
-//! 10 inputs are 671 MB), with the class counts of the whole grid so that fine-tuning weighs
-//! each sample back to its class's share. Held-out cases are scored on every voxel of the
-//! grid by running the model again, never on a sample.
+//! Learning data bounded per case, whichever the model's contract: a labelled case keeps a
+//! class-balanced sample of its grid's pixels or voxels, at most the package's
+//! `samples_per_class` of each class, each with its head inputs, and the class counts of the
+//! whole grid, so that fine-tuning weighs each sample back to its class's share. Dense head
+//! inputs would not fit: 16.7 M voxels of 10 inputs are 671 MB, and a contract-1 case of 107
+//! slices of 16 features at 64x64 is 28 MB where its sample is 200 KB. A contract-1 case is
+//! sampled from its dense features ([`sample_dense`]), a contract-2 case from its trainable
+//! stage's inputs ([`sample_case`]). Held-out cases are scored, and the study classifier fed,
+//! on every pixel of the grid by running the frozen part again, never on a sample.
 
 use crate::case::Case;
 use crate::evaluate::{self, EvalError, Overlap};
@@ -26,6 +28,8 @@ pub enum SampleError {
     LabelOutOfRange { label: u8, classes: usize },
     #[error("evaluation: {0}")]
     Eval(#[from] EvalError),
+    #[error("the case: {0}")]
+    Case(String),
 }
 
 /// A case of at most `samples_per_class` voxels of each class of `inputs`, drawn uniformly
@@ -39,52 +43,111 @@ pub fn sample_case(
     voxel_ml: f64,
 ) -> Result<Case, SampleError> {
     inputs.check()?;
-    if inputs.labels.is_empty() {
-        return Err(SampleError::NoLabels);
+    let grid = Grid {
+        labels: &inputs.labels,
+        classes: inputs.classes,
+        width: inputs.width(),
+    };
+    let mut case = grid.sample(id, samples_per_class, seed, |v, x| inputs.inputs_of(v, x))?;
+    case.pixel_ml = voxel_ml;
+    Ok(case)
+}
+
+/// A contract-1 case reduced to at most `samples_per_class` pixels of each class of its
+/// labels (see [`sample_case`]); it keeps its study label and pixel volume. `features` are the
+/// head's inputs per pixel, `classes` its classes.
+pub fn sample_dense(
+    case: &Case,
+    features: usize,
+    classes: usize,
+    samples_per_class: usize,
+    seed: u64,
+) -> Result<Case, SampleError> {
+    case.check(features, classes).map_err(SampleError::Case)?;
+    if case.class_counts.is_some() {
+        return Err(SampleError::Case("it is a sample already".into()));
     }
-    let classes = inputs.classes;
-    let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
-    for (v, label) in inputs.labels.iter().enumerate() {
-        let list = by_class
-            .get_mut(usize::from(*label))
-            .ok_or(SampleError::LabelOutOfRange {
-                label: *label,
-                classes,
-            })?;
-        list.push(v as u32);
-    }
-    let counts: Vec<u64> = by_class.iter().map(|l| l.len() as u64).collect();
-    let mut rng = SplitMix64::new(seed);
-    let mut chosen: Vec<(u8, u32)> = Vec::new();
-    for (class, voxels) in by_class.iter_mut().enumerate() {
-        let k = voxels.len().min(samples_per_class);
-        // Partial Fisher-Yates: the first k entries become a uniform sample.
-        for i in 0..k {
-            let j = i + rng.below(voxels.len() - i);
-            voxels.swap(i, j);
+    let grid = Grid {
+        labels: &case.labels,
+        classes,
+        width: features,
+    };
+    let per_slice = features * case.plane;
+    let mut sampled = grid.sample(case.id.clone(), samples_per_class, seed, |p, x| {
+        let base = (p / case.plane) * per_slice + p % case.plane;
+        for (f, value) in x.iter_mut().enumerate() {
+            *value = case.features[base + f * case.plane];
         }
-        chosen.extend(voxels[..k].iter().map(|v| (class as u8, *v)));
-    }
-    let n = chosen.len();
-    let width = inputs.width();
-    let mut features = vec![0f32; width * n];
-    let mut x = vec![0f32; width];
-    for (p, (_, v)) in chosen.iter().enumerate() {
-        inputs.inputs_of(*v as usize, &mut x);
-        for (f, value) in x.iter().enumerate() {
-            features[f * n + p] = *value;
+    })?;
+    sampled.finding = case.finding;
+    sampled.pixel_ml = case.pixel_ml;
+    Ok(sampled)
+}
+
+/// A label map and the width of each element's head inputs.
+struct Grid<'a> {
+    labels: &'a [u8],
+    classes: usize,
+    width: usize,
+}
+
+impl Grid<'_> {
+    /// Sample at most `per_class` elements of each class; `inputs_of(element, out)` writes an
+    /// element's head inputs.
+    fn sample(
+        &self,
+        id: String,
+        per_class: usize,
+        seed: u64,
+        inputs_of: impl Fn(usize, &mut [f32]),
+    ) -> Result<Case, SampleError> {
+        if self.labels.is_empty() {
+            return Err(SampleError::NoLabels);
         }
+        let classes = self.classes;
+        let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
+        for (v, label) in self.labels.iter().enumerate() {
+            let list =
+                by_class
+                    .get_mut(usize::from(*label))
+                    .ok_or(SampleError::LabelOutOfRange {
+                        label: *label,
+                        classes,
+                    })?;
+            list.push(v as u32);
+        }
+        let counts: Vec<u64> = by_class.iter().map(|l| l.len() as u64).collect();
+        let mut rng = SplitMix64::new(seed);
+        let mut chosen: Vec<(u8, u32)> = Vec::new();
+        for (class, elements) in by_class.iter_mut().enumerate() {
+            let k = elements.len().min(per_class);
+            // Partial Fisher-Yates: the first k entries become a uniform sample.
+            for i in 0..k {
+                let j = i + rng.below(elements.len() - i);
+                elements.swap(i, j);
+            }
+            chosen.extend(elements[..k].iter().map(|v| (class as u8, *v)));
+        }
+        let n = chosen.len();
+        let mut features = vec![0f32; self.width * n];
+        let mut x = vec![0f32; self.width];
+        for (p, (_, v)) in chosen.iter().enumerate() {
+            inputs_of(*v as usize, &mut x);
+            for (f, value) in x.iter().enumerate() {
+                features[f * n + p] = *value;
+            }
+        }
+        Ok(Case {
+            id,
+            slices: 1,
+            plane: n,
+            features,
+            labels: chosen.iter().map(|(c, _)| *c).collect(),
+            finding: None,
+            pixel_ml: 1.0,
+            class_counts: Some(counts),
+        })
     }
-    Ok(Case {
-        id,
-        slices: 1,
-        plane: n,
-        features,
-        labels: chosen.iter().map(|(c, _)| *c).collect(),
-        finding: None,
-        pixel_ml: voxel_ml,
-        class_counts: Some(counts),
-    })
 }
 
 /// The overlap of every label between what `head` decides on the whole grid of `inputs` and
@@ -157,6 +220,53 @@ mod tests {
                 .plane,
             64
         );
+    }
+
+    #[test]
+    fn a_dense_case_keeps_at_most_k_pixels_a_class_with_their_own_features() {
+        // 2 slices of 6 pixels, 2 features: feature 0 is the pixel's index, feature 1 its
+        // negation; class 1 on the first 3 pixels of the second slice.
+        let (slices, plane, features) = (2, 6, 2);
+        let mut values = vec![0f32; slices * features * plane];
+        for z in 0..slices {
+            for p in 0..plane {
+                let i = (z * plane + p) as f32;
+                values[(z * features) * plane + p] = i;
+                values[(z * features + 1) * plane + p] = -i;
+            }
+        }
+        let dense = Case {
+            id: "d".into(),
+            slices,
+            plane,
+            features: values,
+            labels: (0..slices * plane)
+                .map(|i| u8::from((6..9).contains(&i)))
+                .collect(),
+            finding: Some(true),
+            pixel_ml: 0.5,
+            class_counts: None,
+        };
+        let case = sample_dense(&dense, features, 2, 2, 3).unwrap();
+        assert_eq!(case.class_counts, Some(vec![9, 3]));
+        assert_eq!((case.slices, case.plane), (1, 4));
+        assert_eq!((case.finding, case.pixel_ml), (Some(true), 0.5));
+        case.check(features, 2).unwrap();
+        for p in 0..case.plane {
+            let i = case.features[p];
+            assert_eq!(case.features[case.plane + p], -i);
+            assert_eq!(dense.labels[i as usize], case.labels[p]);
+        }
+        assert_eq!(case, sample_dense(&dense, features, 2, 2, 3).unwrap());
+        // A sample is not sampled again, and a case must fit the head.
+        assert!(matches!(
+            sample_dense(&case, features, 2, 2, 3),
+            Err(SampleError::Case(_))
+        ));
+        assert!(matches!(
+            sample_dense(&dense, 3, 2, 2, 3),
+            Err(SampleError::Case(_))
+        ));
     }
 
     #[test]

@@ -21,19 +21,30 @@
 //! untouched) are each fine-tuned alone on top of the mu-1 champion; the gate must refuse
 //! both.
 //!
-//! Run `cargo test --release -p models --test site_experiment -- --nocapture` for the table.
+//! Each arm runs twice: on whole cases (every pixel's features, as the appliance kept them
+//! until 2026-12-02) and on cases kept as the appliance keeps them now (a class-balanced sample
+//! of the package's `samples_per_class` pixels a class, drawn once per case, with the study
+//! classifier fitted and every head scored on whole cases). Whole cases with two more
+//! fine-tune seeds measure what another pixel draw alone changes; every sampled candidate's
+//! lesion Dice must lie within that range, give or take 0.01.
+//!
+//! Run `cargo test --release -p learning --test site_experiment -- --nocapture` for the tables.
 
 mod common;
 
 use common::{build_site, fine_tune_config, SiteSpec};
 use learning::case::Case;
 use learning::evaluate::{self, Scores};
-use learning::finetune::{fine_tune, FineTuneConfig, TrainingSet};
+use learning::finetune::{
+    fine_tune, fine_tune_from_samples, FineTuneConfig, StudyExample, TrainingSet,
+};
 use learning::gate::{self, GateConfig};
+use learning::sampled::sample_dense;
 use learning::validation::ReferenceSet;
 use models::head::Head;
 use models::package::Package;
 use onnx_backends::TractBackend;
+use radiant_core::Cancel;
 use std::time::Instant;
 use test_support::repo_root;
 
@@ -102,9 +113,18 @@ fn swapped(case: &Case) -> Case {
     out
 }
 
+/// A case's sampling seed, from its id (the appliance seeds with the case's row id).
+fn seed_of(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// One run of the protocol with FedProx weight `mu`.
 struct Arm {
     table: Vec<String>,
+    /// Each batch's candidate: site and reference scores.
+    candidates: Vec<(Scores, Scores)>,
     accepted: usize,
     champion: Head,
     champion_local: Scores,
@@ -128,12 +148,25 @@ fn verdict(decision: &gate::Decision) -> String {
     }
 }
 
+/// How the training cases are kept between their arrival and a fine-tune.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Whole: every pixel's features (what the appliance kept before 2026-12-02).
+    Whole,
+    /// A class-balanced sample of at most this many pixels of each class, drawn once per case
+    /// (what the appliance keeps); the study classifier still sees every pixel.
+    Sampled(usize),
+}
+
 struct Setting<'a> {
     shipped: &'a Head,
     site_train: &'a [Case],
     site_test: &'a [Case],
     reference: &'a [Case],
     baseline_reference: &'a Scores,
+    keep: Keep,
+    /// The fine-tune's seed (pixel draws and batch order).
+    seed: u64,
 }
 
 impl Setting<'_> {
@@ -147,11 +180,40 @@ impl Setting<'_> {
     ) -> (Head, Scores, Scores, f64, gate::Decision) {
         let config = FineTuneConfig {
             mu,
+            seed: self.seed,
             ..fine_tune_config()
         };
         let t = Instant::now();
-        let (candidate, _) =
-            fine_tune(champion, self.shipped, &TrainingSet { cases }, &config).unwrap();
+        let (candidate, _) = match self.keep {
+            Keep::Whole => {
+                fine_tune(champion, self.shipped, &TrainingSet { cases }, &config).unwrap()
+            }
+            Keep::Sampled(per_class) => {
+                let (features, classes) = (self.shipped.features, self.shipped.classes);
+                // One draw per case, fixed when the case arrives (its id seeds it).
+                let pixels = cases
+                    .iter()
+                    .map(|c| sample_dense(c, features, classes, per_class, seed_of(&c.id)).unwrap())
+                    .collect();
+                let mut examples = |head: &Head| -> Result<Option<Vec<StudyExample>>, String> {
+                    let mut out = Vec::new();
+                    for case in &cases {
+                        out.extend(StudyExample::of(head, case)?);
+                    }
+                    Ok(Some(out))
+                };
+                fine_tune_from_samples(
+                    champion,
+                    self.shipped,
+                    &TrainingSet { cases: pixels },
+                    &mut examples,
+                    &config,
+                    |_, _| {},
+                    &Cancel::new(),
+                )
+                .unwrap()
+            }
+        };
         let seconds = t.elapsed().as_secs_f64();
         let local = evaluate::score(&candidate, self.site_test).unwrap();
         let on_reference = evaluate::score(&candidate, self.reference).unwrap();
@@ -169,6 +231,7 @@ impl Setting<'_> {
         let shipped_local = evaluate::score(self.shipped, self.site_test).unwrap();
         let mut arm = Arm {
             table: header(),
+            candidates: Vec::new(),
             accepted: 0,
             champion: self.shipped.clone(),
             champion_local: shipped_local.clone(),
@@ -193,6 +256,7 @@ impl Setting<'_> {
                 seconds,
                 &verdict(&decision),
             ));
+            arm.candidates.push((local.clone(), on_reference.clone()));
             if decision.accepted {
                 arm.accepted += 1;
                 arm.champion = candidate;
@@ -223,21 +287,40 @@ fn site_updates_pass_the_gate_and_improve_the_site_and_mislabelled_batches_are_r
         .cases(&mut backend, package.manifest.backbone.features)
         .unwrap();
     let baseline_reference = evaluate::score(&site.head, &reference).unwrap();
-    let setting = Setting {
+    let setting = |keep: Keep, seed: u64| Setting {
         shipped: &site.head,
         site_train: &site.train,
         site_test: &site.test,
         reference: &reference,
         baseline_reference: &baseline_reference,
+        keep,
+        seed,
     };
+    let weak_mu = fine_tune_config().mu;
+    let samples_per_class = package.manifest.head.samples_per_class;
 
-    // The fine-tuning tests' FedProx weight, then a 100 times stronger pull to the global head.
-    let weak = setting.run(fine_tune_config().mu);
-    let strong = setting.run(STRONG_MU);
+    // Whole cases, then cases kept as the appliance keeps them (a sample of each, drawn once),
+    // both with the fine-tune seed of the tests; whole cases with two other seeds measure
+    // what a different pixel draw alone changes (the noise the sampled figures are held to).
+    // Each: the fine-tuning tests' FedProx weight, then a 100 times stronger pull.
+    let mut arms: Vec<(String, Keep, Arm, Arm)> = Vec::new();
+    for (name, keep, seed) in [
+        ("whole cases".to_string(), Keep::Whole, 7),
+        (
+            format!("sampled cases ({samples_per_class} pixels a class)"),
+            Keep::Sampled(samples_per_class),
+            7,
+        ),
+        ("whole cases, fine-tune seed 8".to_string(), Keep::Whole, 8),
+        ("whole cases, fine-tune seed 9".to_string(), Keep::Whole, 9),
+    ] {
+        let arm = setting(keep, seed);
+        arms.push((name, keep, arm.run(weak_mu), arm.run(STRONG_MU)));
+    }
 
     // Two poisoned batches of 4 spare cases with a lesion, fine-tuned alone on top of the
     // strong arm's champion: lesion labels moved onto healthy brain, and lesion and
-    // background swapped.
+    // background swapped. Whole and sampled.
     let columns = package.manifest.input.size[1];
     let lesioned: Vec<&Case> = spare
         .iter()
@@ -245,53 +328,131 @@ fn site_updates_pass_the_gate_and_improve_the_site_and_mislabelled_batches_are_r
         .take(BATCH_CASES)
         .collect();
     assert_eq!(lesioned.len(), BATCH_CASES);
-    let mut poison_table = header();
+    let mut poison_tables = Vec::new();
     let mut poison_decisions = Vec::new();
-    for (name, cases) in [
-        (
-            "lesions moved onto healthy brain",
-            lesioned.iter().map(|c| mislabelled(c, columns)).collect(),
-        ),
-        (
-            "lesion and background swapped",
-            lesioned.iter().map(|c| swapped(c)).collect::<Vec<_>>(),
-        ),
-    ] {
-        let (_, local, on_reference, seconds, decision) =
-            setting.try_update(&strong.champion, &strong.champion_local, cases, STRONG_MU);
-        poison_table.push(row(
-            name,
-            &local,
-            &on_reference,
-            seconds,
-            &verdict(&decision),
+    for (name, keep, _, strong) in &arms[..2] {
+        let mut table = header();
+        for (poison, cases) in [
+            (
+                "lesions moved onto healthy brain",
+                lesioned.iter().map(|c| mislabelled(c, columns)).collect(),
+            ),
+            (
+                "lesion and background swapped",
+                lesioned.iter().map(|c| swapped(c)).collect::<Vec<_>>(),
+            ),
+        ] {
+            let (_, local, on_reference, seconds, decision) = setting(*keep, 7).try_update(
+                &strong.champion,
+                &strong.champion_local,
+                cases,
+                STRONG_MU,
+            );
+            table.push(row(
+                poison,
+                &local,
+                &on_reference,
+                seconds,
+                &verdict(&decision),
+            ));
+            poison_decisions.push((format!("{name}: {poison}"), decision));
+        }
+        poison_tables.push(format!(
+            "Poisoned batches on the mu {STRONG_MU} champion, {name}:\n{}",
+            table.join("\n")
         ));
-        poison_decisions.push((name, decision));
     }
-    let summary = format!(
-        "FedProx mu {}:\n{}\n\nFedProx mu {STRONG_MU}:\n{}\n\nPoisoned batches on the mu \
-         {STRONG_MU} champion:\n{}\n\n(site: {} held-out cases; reference set: {} cases; \
-         total {:.1} s)",
-        fine_tune_config().mu,
-        weak.table.join("\n"),
-        strong.table.join("\n"),
-        poison_table.join("\n"),
+
+    // Sampled against whole: each candidate's site and reference lesion Dice.
+    let mut comparison = vec![
+        "| mu | batch | site lesion Dice: whole, seed 7 / 8 / 9 | sampled | reference lesion \
+         Dice: whole, seed 7 / 8 / 9 | sampled |"
+            .to_string(),
+        "| --- | --- | --- | --- | --- | --- |".to_string(),
+    ];
+    // Per mu and batch: how far the sampled candidate lies outside the whole-case seeds' range.
+    let mut outside = Vec::new();
+    for (mu, pick) in [(weak_mu, 0usize), (STRONG_MU, 1)] {
+        let arm_of = |i: usize| if pick == 0 { &arms[i].2 } else { &arms[i].3 };
+        for batch in 0..BATCHES {
+            let mut cells = Vec::new();
+            for which in [0usize, 1] {
+                let value = |i: usize| {
+                    let (local, on_reference) = &arm_of(i).candidates[batch];
+                    [local, on_reference][which].dice[1]
+                };
+                let whole: Vec<f64> = [0, 2, 3].iter().map(|i| value(*i)).collect();
+                let (low, high) = whole
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+                let sampled = value(1);
+                outside.push((
+                    mu,
+                    batch + 1,
+                    which,
+                    (low - sampled).max(sampled - high).max(0.0),
+                ));
+                cells.push(format!(
+                    "{:.4} / {:.4} / {:.4} | {sampled:.4}",
+                    whole[0], whole[1], whole[2]
+                ));
+            }
+            comparison.push(format!("| {mu} | {} | {} |", batch + 1, cells.join(" | ")));
+        }
+    }
+
+    let mut summary = String::new();
+    for (name, _, weak, strong) in &arms[..2] {
+        summary.push_str(&format!(
+            "{name}, FedProx mu {weak_mu}:\n{}\n\n{name}, FedProx mu {STRONG_MU}:\n{}\n\n",
+            weak.table.join("\n"),
+            strong.table.join("\n"),
+        ));
+    }
+    summary.push_str(&format!(
+        "{}\n\nSampled against whole cases (lesion Dice of each batch's candidate):\n{}\n\n\
+         (site: {} held-out cases; reference set: {} cases; total {:.1} s)",
+        poison_tables.join("\n\n"),
+        comparison.join("\n"),
         site.test.len(),
         reference.len(),
         began.elapsed().as_secs_f64()
-    );
+    ));
     eprintln!("{summary}");
 
     let shipped_local = evaluate::score(&site.head, &site.test).unwrap();
-    assert!(strong.accepted >= 1, "no update accepted\n{summary}");
-    // Measured: site lesion Dice 0.6842 -> 0.7549; the threshold leaves slack for other CPUs'
-    // float sums.
-    assert!(
-        strong.champion_local.dice[1] > shipped_local.dice[1] + 0.04,
-        "{summary}"
-    );
-    for arm in [&weak, &strong] {
-        for (label, (before, after)) in baseline_reference
+    for (_, _, weak, strong) in &arms[..2] {
+        assert!(strong.accepted >= 1, "no update accepted\n{summary}");
+        // Measured: site lesion Dice 0.6842 -> 0.7549 (whole), -> 0.7563 (sampled); the
+        // threshold leaves slack for other CPUs' float sums.
+        assert!(
+            strong.champion_local.dice[1] > shipped_local.dice[1] + 0.04,
+            "{summary}"
+        );
+        check_reference_kept(&baseline_reference, weak, &site.head, &summary);
+        check_reference_kept(&baseline_reference, strong, &site.head, &summary);
+    }
+    for (name, decision) in &poison_decisions {
+        assert!(!decision.accepted, "{name} accepted\n{summary}");
+    }
+    // Keeping a sample learns as well as keeping every pixel: every sampled candidate's lesion
+    // Dice lies within the whole-case seeds' range, give or take 0.01.
+    for (mu, batch, which, beyond) in outside {
+        assert!(
+            beyond <= 0.01,
+            "mu {mu}, batch {batch}: the sampled candidate's {} lesion Dice lies {beyond:.4} \
+             outside the whole-case seeds' range\n{summary}",
+            ["site", "reference"][which]
+        );
+    }
+}
+
+/// An arm's champion kept the reference set's Dice within the gate's margin, and moved from
+/// the shipped head exactly when an update was accepted.
+fn check_reference_kept(baseline: &Scores, arm: &Arm, shipped: &Head, summary: &str) {
+    {
+        let arm = &arm;
+        for (label, (before, after)) in baseline
             .dice
             .iter()
             .zip(&arm.champion_reference.dice)
@@ -304,11 +465,8 @@ fn site_updates_pass_the_gate_and_improve_the_site_and_mislabelled_batches_are_r
             );
         }
         assert_eq!(
-            arm.champion.distance(&site.head).unwrap() == 0.0,
+            arm.champion.distance(shipped).unwrap() == 0.0,
             arm.accepted == 0
         );
-    }
-    for (name, decision) in &poison_decisions {
-        assert!(!decision.accepted, "{name} accepted\n{summary}");
     }
 }

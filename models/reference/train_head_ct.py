@@ -80,6 +80,9 @@ OUTSIDE_HU = -1024.0
 WINDOWS = [("brain", 40.0, 80.0), ("subdural", 75.0, 215.0), ("bone", 600.0, 2800.0)]
 FEATURES = 16
 HIDDEN = 16
+# Pixels of each class a labelled case keeps for on-site learning (the manifest's
+# head.samples_per_class; the appliance's default pixels per class for a fine-tune).
+SAMPLES_PER_CLASS = 1024
 CLASSES = 3  # 0 background, 1 intracranial space, 2 lesion
 LABELS = [(1, "intracranial space", (64, 160, 255)), (2, "lesion", (255, 64, 32))]
 
@@ -789,6 +792,7 @@ features = {FEATURES}
 file = "head.safetensors"
 sha256 = "{head_sha}"
 hidden = {HIDDEN}
+samples_per_class = {SAMPLES_PER_CLASS}
 {labels}
 [classification]
 name = "lesion present"

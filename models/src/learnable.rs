@@ -9,16 +9,6 @@ use crate::InferError;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
-/// How a model's learning data are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LearningData {
-    /// Contract 1: the backbone features of every slice, on the model grid.
-    Slices,
-    /// Contract 2: a class-balanced sample of at most `samples_per_class` voxels of each
-    /// class, with the class counts of the whole grid (so the loss can be weighted back).
-    Sampled { samples_per_class: usize },
-}
-
 /// A model that learns on site.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Learnable {
@@ -34,12 +24,13 @@ pub struct Learnable {
     pub head_path: PathBuf,
     pub head_sha256: String,
     /// Changes whenever what computes the head's inputs changes (the backbone, or every graph
-    /// up to the trainable stage): stored learning data of another key are stale.
+    /// up to the trainable stage) or how much of a case is kept: stored learning data of
+    /// another key are stale.
     pub features_key: String,
-    pub data: LearningData,
-    /// Most bytes of learning data one case keeps; `None` for contract 1, whose slices grow
-    /// with the series.
-    pub case_bytes: Option<usize>,
+    /// A labelled case keeps a class-balanced sample of at most this many pixels (contract 1)
+    /// or voxels (contract 2) of each class, with the class counts of the whole grid, so that
+    /// fine-tuning weighs each sample back to its class's share.
+    pub samples_per_class: usize,
 }
 
 impl Learnable {
@@ -58,9 +49,9 @@ impl Learnable {
             head_path: PathBuf::new(),
             head_sha256: String::new(),
             features_key: String::new(),
-            data: LearningData::Slices,
-            case_bytes: None,
+            samples_per_class: 0,
         };
+        let mut key = Sha256::new();
         match package {
             AnyPackage::Head(p) => {
                 let m = &p.manifest;
@@ -68,12 +59,13 @@ impl Learnable {
                 model.hidden = m.head.hidden;
                 model.head_path = p.head_path();
                 model.head_sha256 = m.head.sha256.clone();
-                model.features_key = m.backbone.sha256.clone();
+                model.samples_per_class = m.head.samples_per_class;
+                key.update(m.backbone.sha256.as_bytes());
+                key.update(b"\n");
             }
             AnyPackage::Pipeline(p) => {
                 let (index, t) = p.trainable()?;
                 let classes = model.classes();
-                let mut key = Sha256::new();
                 for stage in &p.manifest.stages[..=index] {
                     key.update(stage.sha256.as_bytes());
                     key.update(b"\n");
@@ -82,13 +74,11 @@ impl Learnable {
                 model.hidden = t.hidden;
                 model.head_path = p.dir.join(&t.head);
                 model.head_sha256 = t.head_sha256.clone();
-                model.features_key = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
-                model.data = LearningData::Sampled {
-                    samples_per_class: t.samples_per_class,
-                };
-                model.case_bytes = Some(t.case_bytes(classes));
+                model.samples_per_class = t.samples_per_class;
             }
         }
+        key.update(format!("sampled {}", model.samples_per_class).as_bytes());
+        model.features_key = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Some(model)
     }
 
@@ -100,6 +90,12 @@ impl Learnable {
             class_of[usize::from(label.value)] = (index + 1) as u8;
         }
         class_of
+    }
+
+    /// Most bytes of learning data one labelled case keeps: every sampled pixel's head
+    /// inputs as f32 and its class as one byte.
+    pub fn case_bytes(&self) -> usize {
+        self.samples_per_class * self.classes() * (4 * self.features + 1)
     }
 
     /// Background and the labels.

@@ -98,6 +98,21 @@ pub struct HeadSpec {
     pub file: String,
     pub sha256: String,
     pub hidden: usize,
+    /// Pixels of each class a labelled case keeps for learning (a class-balanced sample of
+    /// the model grid, `learning::sampled`); 1 to [`MAX_SAMPLES_PER_CLASS`].
+    #[serde(default = "default_samples_per_class")]
+    pub samples_per_class: usize,
+}
+
+/// Most pixels or voxels of each class a case keeps for learning (either contract).
+pub const MAX_SAMPLES_PER_CLASS: usize = 65_536;
+
+/// What a contract-1 case keeps of each class when the manifest does not say: the fine-tune's
+/// default pixels per class and case (`learning::finetune::FineTuneConfig`).
+pub const DEFAULT_SAMPLES_PER_CLASS: usize = 1024;
+
+fn default_samples_per_class() -> usize {
+    DEFAULT_SAMPLES_PER_CLASS
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -324,6 +339,11 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, PackageError>
     ];
     if let Some((_, reason)) = checks.iter().find(|(ok, _)| !ok) {
         return Err(invalid((*reason).to_string()));
+    }
+    if !(1..=MAX_SAMPLES_PER_CLASS).contains(&m.head.samples_per_class) {
+        return Err(invalid(format!(
+            "head.samples_per_class must be between 1 and {MAX_SAMPLES_PER_CLASS}"
+        )));
     }
     if let Some(v) = &m.validation {
         if !is_hex64(&v.sha256) {

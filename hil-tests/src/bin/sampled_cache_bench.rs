@@ -46,10 +46,7 @@ fn main() -> Result<()> {
     let AnyPackage::Pipeline(pipeline) = package else {
         bail!("a contract-2 package is needed");
     };
-    let samples_per_class = match learnable.data {
-        models::learnable::LearningData::Sampled { samples_per_class } => samples_per_class,
-        models::learnable::LearningData::Slices => bail!("a contract-2 package is needed"),
-    };
+    let samples_per_class = learnable.samples_per_class;
     let choice = match backend.as_str() {
         "tract" => onnx_backends::Choice::Tract,
         "ort-cpu" => onnx_backends::Choice::Ort(onnx_backends::OrtDevice::Cpu),
@@ -120,7 +117,7 @@ fn main() -> Result<()> {
             "class_counts": case.class_counts,
             "samples": case.plane,
             "case_bytes": case_bytes,
-            "case_bytes_bound": learnable.case_bytes,
+            "case_bytes_bound": learnable.case_bytes(),
             "graph_outputs_bytes": dense_bytes,
             "dense_head_inputs_bytes": dense_on_grid_bytes,
             "extract_ms": extract_ms,

@@ -3,7 +3,7 @@
 //! steps, score decoding and post-processing, all declared in TOML. Parsing refuses unknown
 //! keys (the error names the key) and checks every count, size and float before anything runs.
 
-use crate::package::{ClassificationSpec, LabelSpec, ReportSpec};
+use crate::package::{ClassificationSpec, LabelSpec, ReportSpec, MAX_SAMPLES_PER_CLASS};
 use serde::Deserialize;
 
 /// Most stages a pipeline may declare.
@@ -148,8 +148,6 @@ pub struct Stage {
 
 /// Most channels of the intermediate output a head may read.
 pub const MAX_HEAD_CHANNELS: usize = 4096;
-/// Most voxels of each class a case keeps for learning.
-pub const MAX_SAMPLES_PER_CLASS: usize = 65_536;
 
 /// A head trained on site, applied per voxel of the stage's graph grid in place of the graph's
 /// own output: its inputs are the class logits of the voxel (`logits`, one per class,
@@ -182,12 +180,6 @@ impl Trainable {
     /// Inputs of the head per voxel: the class logits, then the features.
     pub fn head_inputs(&self, classes: usize) -> usize {
         classes + self.channels
-    }
-
-    /// Most bytes one case's learning data takes: every sampled voxel's inputs as f32 and
-    /// its class as one byte.
-    pub fn case_bytes(&self, classes: usize) -> usize {
-        self.samples_per_class * classes * (4 * self.head_inputs(classes) + 1)
     }
 
     fn check(&self, stage: &Stage, segmentation: bool) -> Result<(), String> {
