@@ -107,8 +107,9 @@ pub struct RetentionConfig {
     /// An operator-protected study keeps its spool files (else only what learning needs).
     #[serde(default = "default_true")]
     pub keep_pixel_data_of_protected: bool,
-    /// A study a labelled case refers to keeps its spool files (else only what learning needs,
-    /// once the case's features are stored).
+    /// A study a labelled case refers to keeps its spool files (else only the case's labels
+    /// and learning sample, once that is stored; the gate then leaves such a held-out case
+    /// out, and the study classifier such a training case).
     #[serde(default = "default_true")]
     pub keep_pixel_data_of_cases: bool,
 }

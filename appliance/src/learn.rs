@@ -481,6 +481,16 @@ fn whole_slices(
     }))
 }
 
+/// A refusal names the held-out cases the gate could not score (their series purged).
+fn say_left_out(decision: &mut gate::Decision, without_series: &[i64]) {
+    if !decision.accepted && !without_series.is_empty() {
+        decision.reasons.push(format!(
+            "held-out cases {without_series:?} were left out: their series are no longer in \
+             the spool (retention.keep_pixel_data_of_cases is off)"
+        ));
+    }
+}
+
 /// Two heads' scores on the held-out cases ([`Learner::score_held_out`]).
 struct HeldOutScores {
     first: evaluate::Scores,
@@ -1025,19 +1035,22 @@ impl Learner {
     /// grid (a case keeps only a sample, and Dice is decided at the mask's edge): each case's
     /// series runs again through the backbone (contract 1; the study classifier is scored too)
     /// or through the pipeline up to its trainable stage (contract 2), and both heads decide
-    /// every pixel. `held_out` gives each case's id and current study label. A case whose
-    /// series retention purged is left out of both. `None` when cancelled.
+    /// every pixel. `refs` and `stored` are the held-out cases as [`Learner::load_cases`] gives
+    /// them (the stored case carries the current study label). A case whose series retention
+    /// purged is left out of both. `None` when cancelled.
     fn score_held_out(
         &mut self,
         conn: &Connection,
-        held_out: &[(i64, Option<bool>)],
+        refs: &[CaseRef],
+        stored: &[Case],
         heads: [&Head; 2],
         cancel: &Cancel,
     ) -> anyhow::Result<Option<HeldOutScores>> {
         let spool = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let mut per_case: [Vec<evaluate::CaseScore>; 2] = [Vec::new(), Vec::new()];
         let mut without_series = Vec::new();
-        for &(id, finding) in held_out {
+        for (r, case) in refs.iter().zip(stored) {
+            let (id, finding) = (r.case, case.finding);
             if cancel.is_cancelled() {
                 return Ok(None);
             }
@@ -1332,20 +1345,15 @@ impl Learner {
             }
         };
         progress(Progress::Validating);
-        let held_out_labels: Vec<(i64, Option<bool>)> = held_out
-            .iter()
-            .zip(&holdout)
-            .map(|(r, case)| (r.case, case.finding))
-            .collect();
         let Some(HeldOutScores {
             first: before,
             second: after,
             without_series,
-        }) = self.score_held_out(conn, &held_out_labels, [&champion, &candidate], cancel)?
+        }) = self.score_held_out(conn, &held_out, &holdout, [&champion, &candidate], cancel)?
         else {
             return Ok(Err(NotRun::Yielded));
         };
-        let decision = match &reference {
+        let mut decision = match &reference {
             Some(reference) => gate::decide(
                 &before,
                 &after,
@@ -1356,6 +1364,7 @@ impl Learner {
             // A contract-2 package ships no reference set: its gate is the held-out cases alone.
             None => gate::decide_without_reference(&before, &after, &gate_config(&l)),
         };
+        say_left_out(&mut decision, &without_series);
         let metrics_json = serde_json::json!({
             "gate": decision,
             "held_out_without_series": without_series,
@@ -1502,11 +1511,6 @@ impl Learner {
         };
         let baseline_reference = evaluate::score(&self.global, &reference)?;
         let global_reference = evaluate::score(&head, &reference)?;
-        let held_out_labels: Vec<(i64, Option<bool>)> = held_out
-            .iter()
-            .zip(&holdout)
-            .map(|(r, case)| (r.case, case.finding))
-            .collect();
         // Taken again after a restart when the daemon stops in between.
         let Some(HeldOutScores {
             first: champion_local,
@@ -1514,7 +1518,8 @@ impl Learner {
             without_series,
         }) = self.score_held_out(
             conn,
-            &held_out_labels,
+            &held_out,
+            &holdout,
             [&champion, &head],
             &self.stop.child(),
         )?
@@ -1528,7 +1533,7 @@ impl Learner {
             .as_ref()
             .is_some_and(|f| f.adopt_without_local_cases);
         let evidence = global_local.segmentation_cases;
-        let decision = if evidence < l.min_holdout_cases && adopt_without_local_cases {
+        let mut decision = if evidence < l.min_holdout_cases && adopt_without_local_cases {
             tracing::info!(
                 version,
                 held_out = evidence,
@@ -1545,6 +1550,7 @@ impl Learner {
                 &gate_config,
             )
         };
+        say_left_out(&mut decision, &without_series);
         let trigger = format!(
             "federated global {version} (round {}, {} sites, {})",
             header["round"],
@@ -1754,6 +1760,50 @@ mod tests {
             params![id, finding],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_case_stored_whole_before_cases_kept_samples_is_read_back_to_be_sampled() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(dir.path()).unwrap();
+        let package = models::registry::AnyPackage::open(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/head-ct"),
+        )
+        .unwrap();
+        let model = Learnable::of(&package).unwrap();
+        // 2 slices of 4 pixels, 16 features each: value = index; labels 0, 1, 2, 0, ...
+        let (slices, plane) = (2usize, 4usize);
+        let values: Vec<f32> = (0..slices * plane * model.features)
+            .map(|v| v as f32)
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::create_dir_all(dir.path().join("cases/1")).unwrap();
+        std::fs::write(dir.path().join("cases/1/features.f32"), &bytes).unwrap();
+        let labels: Vec<u8> = (0..slices * plane).map(|p| (p % 3) as u8).collect();
+        std::fs::write(dir.path().join("cases/1/model_labels.u8"), &labels).unwrap();
+        case(&conn, 1, CaseKind::Segmentation, "S1", None);
+        conn.execute(
+            "INSERT INTO case_features (case_id, backbone_sha256, slices, plane, pixel_ml,
+                 finding, features_path, labels_path, labels_sha256, created_at_ms)
+             VALUES (1, 'old', 2, 4, 0.5, 1, 'cases/1/features.f32', 'cases/1/model_labels.u8',
+                 'h', 0)",
+            [],
+        )
+        .unwrap();
+        let whole = stored_whole(&conn, dir.path(), &model, "old", 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!((whole.slices, whole.plane), (slices, plane));
+        assert_eq!((whole.features, whole.labels), (values, labels));
+        assert_eq!((whole.finding, whole.pixel_ml), (Some(true), 0.5));
+        // Another backbone's features, or a sample, are not read as whole.
+        assert!(stored_whole(&conn, dir.path(), &model, "other", 1)
+            .unwrap()
+            .is_none());
+        // A file that does not hold what its row says is refused with the reason.
+        std::fs::write(dir.path().join("cases/1/features.f32"), &bytes[4..]).unwrap();
+        let err = stored_whole(&conn, dir.path(), &model, "old", 1).unwrap_err();
+        assert!(format!("{err:#}").contains("expected 512"), "{err:#}");
     }
 
     #[test]

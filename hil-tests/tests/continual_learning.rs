@@ -296,3 +296,111 @@ fn without_a_reference_validation_set_no_head_can_pass_and_the_run_says_why() {
     let (files, study) = site_study(site.path(), "C", [-4.0, 0.0, 12.0]);
     assert_eq!(infer(&app, &files, &study)["result"]["head"], "global");
 }
+
+/// A case keeps a bounded sample of its pixels, never its dense features; and with
+/// `keep_pixel_data_of_cases` off, retention purges a case's study once that sample is stored.
+/// The next fine-tune cannot score the held-out case whose series is gone: it leaves it out of
+/// the gate with the reason, and the gate, left without evidence, promotes nothing.
+#[test]
+fn a_case_keeps_a_bounded_sample_and_a_purged_held_out_series_is_left_out_of_the_gate() {
+    let app = Appliance::start_with_model(&|c| {
+        set(c, "learning", "min_new_cases", 100);
+        set(c, "learning", "holdout_every", 2);
+        set(c, "learning", "min_holdout_cases", 1);
+        set(c, "learning", "pixels_per_class", 2048);
+        set(c, "retention", "keep_pixel_data_of_cases", false);
+        set(c, "retention", "interval_seconds", 3600i64);
+        set(c, "retention", "grace_seconds", 0i64);
+    });
+    // check-config warns about both settings, and still accepts them.
+    let out = app.cli(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("keep_pixel_data_of_cases = false: model head-ct-ich scores"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pixels_per_class = 2048, but a case of model head-ct-ich keeps 1024"),
+        "{stderr}"
+    );
+    let site = tempfile::tempdir().unwrap();
+    for (n, (tag, offset)) in [("A", [0.0, -10.0, 6.0]), ("B", [6.0, 8.0, -6.0])]
+        .into_iter()
+        .enumerate()
+    {
+        let (files, study) = site_study(site.path(), tag, offset);
+        let job = infer(&app, &files, &study);
+        let seg = site.path().join(format!("{tag}.dcm"));
+        assert!(radiologist_seg(site.path(), tag, &seg_of(&app, &job), &seg, None) > 0);
+        send_label(&app, &seg, n);
+    }
+    // The learner stores each case's sample while idle: at most samples_per_class (1024)
+    // pixels of each of 3 classes, 16 features of 4 bytes each, where the 108-slice study's
+    // features were 28 MB.
+    let sample = |id: i64| app.data_dir.join(format!("cases/{id}/sample.f32"));
+    assert!(
+        wait_until(Duration::from_secs(60), || sample(1).is_file()
+            && sample(2).is_file()),
+        "{}",
+        app.log()
+    );
+    for id in [1, 2] {
+        let bytes = std::fs::metadata(sample(id)).unwrap().len();
+        let labels = std::fs::metadata(app.data_dir.join(format!("cases/{id}/sample_labels.u8")))
+            .unwrap()
+            .len();
+        assert!(
+            labels > 1024 && labels <= 3 * 1024,
+            "case {id}: {labels} samples"
+        );
+        assert_eq!(bytes, labels * 16 * 4, "case {id}");
+        assert!(!app
+            .data_dir
+            .join(format!("cases/{id}/features.f32"))
+            .exists());
+    }
+    // Retention takes the studies once their cases' learning data are stored (their rows
+    // commit just after the files).
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let out = app.cli(&["studies", "purge", "--all", "--json"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            app.studies().is_empty()
+        }),
+        "{:?}",
+        app.studies()
+    );
+
+    let out = app.cli(&["learn", "now"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("held-out cases left out of the gate"),
+        "{said}"
+    );
+    let all = heads(&app);
+    assert_eq!(all.len(), 2, "{said}");
+    let candidate = &all[1];
+    assert_eq!(candidate["state"], "refused", "{candidate}");
+    assert_eq!(
+        candidate["metrics"]["held_out_without_series"],
+        serde_json::json!([1]),
+        "{candidate}"
+    );
+    assert!(
+        candidate["reasons"].as_array().unwrap().iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .contains("held-out cases [1] were left out")),
+        "{candidate}"
+    );
+    assert_eq!(all[0]["champion"], true);
+}

@@ -100,6 +100,42 @@ fn a_missing_file_and_a_bad_manifest_are_named() {
         "{err}"
     );
 
+    // samples_per_class: 1024 when absent, bounded when given.
+    write_package(dir.path(), "1.0.0", b"backbone");
+    assert_eq!(
+        Package::open(dir.path())
+            .unwrap()
+            .manifest
+            .head
+            .samples_per_class,
+        1024
+    );
+    let text = std::fs::read_to_string(dir.path().join("manifest.toml")).unwrap();
+    for (value, ok) in [("1", true), ("65536", true), ("0", false), ("65537", false)] {
+        std::fs::write(
+            dir.path().join("manifest.toml"),
+            text.replace(
+                "hidden = 16",
+                &format!("hidden = 16\nsamples_per_class = {value}"),
+            ),
+        )
+        .unwrap();
+        match Package::open(dir.path()) {
+            Ok(p) => {
+                assert!(ok, "{value} accepted");
+                assert_eq!(p.manifest.head.samples_per_class.to_string(), value);
+            }
+            Err(err) => {
+                assert!(!ok, "{value}: {err}");
+                assert!(
+                    err.to_string()
+                        .contains("head.samples_per_class must be between 1 and 65536"),
+                    "{err}"
+                );
+            }
+        }
+    }
+
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(
         Package::open(empty.path()),
