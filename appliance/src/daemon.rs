@@ -259,8 +259,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     })?;
 
     readiness.scp_listening.store(true, Ordering::SeqCst);
+    let watchdog = crate::systemd::watchdog(&supervisor, readiness.clone())?;
+    crate::systemd::ready();
     server.run();
+    crate::systemd::stopping();
     readiness.scp_listening.store(false, Ordering::SeqCst);
+    if let Some(w) = watchdog {
+        supervisor.stop(w);
+    }
 
     supervisor.stop(assembly);
     if let Some(r) = retention {

@@ -28,6 +28,8 @@
 //! - [`retention`]: which studies leave the spool and when (age, disk watermarks, never one
 //!   unfinished, protected or needed by the learner), and the crash-safe purge.
 //! - [`readiness`]: what `/health/ready` answers from (parts up, shutting down, failed).
+//! - [`systemd`]: `sd_notify` (ready, stopping) and the watchdog fed while the daemon is
+//!   healthy.
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
 pub mod cases;
@@ -49,3 +51,4 @@ pub mod retention;
 pub mod routes;
 pub mod studies;
 pub mod supervisor;
+pub mod systemd;

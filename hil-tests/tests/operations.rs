@@ -4,6 +4,8 @@
 use hil_tests::appliance::Appliance;
 use hil_tests::fixtures::CtSeries;
 use hil_tests::peers::{echoscu, storescu};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
 
 #[test]
 fn health_and_metrics_report_what_happened() {
@@ -107,4 +109,58 @@ fn a_second_serve_on_the_same_data_folder_exits_with_the_reason_and_the_first_ke
     .status
     .success());
     assert_eq!(app.studies()[0]["instances"], 6, "{:?}", app.studies());
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec`): the daemon says READY=1 once the SCP accepts
+/// associations, pings the watchdog every half interval, and says STOPPING=1 on SIGTERM. The
+/// test plays systemd's side of the protocol: a datagram socket named by `NOTIFY_SOCKET`.
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_feeds_its_watchdog_and_says_when_it_stops() {
+    let mut app = Appliance::start(&|_| {});
+    assert!(app.terminate(Duration::from_secs(30)).is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut child = std::process::Command::new(hil_tests::appliance::binary())
+        .args(["serve", "--config"])
+        .arg(&app.config_path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut heard: Vec<String> = Vec::new();
+    listen(&socket, &mut heard, "READY=1", Duration::from_secs(20));
+    assert!(
+        heard.iter().any(|m| m == "READY=1"),
+        "no READY=1: {heard:?}"
+    );
+    assert!(
+        hil_tests::port_open(app.port),
+        "READY=1 before the SCP listens"
+    );
+    // 0.4 s watchdog: a ping every 0.2 s, so at least 5 in 1.5 s.
+    listen(&socket, &mut heard, "never", Duration::from_millis(1500));
+    let pings = heard.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 5, "{pings} watchdog pings in 1.5 s: {heard:?}");
+    hil_tests::signal(child.id(), libc::SIGTERM);
+    listen(&socket, &mut heard, "STOPPING=1", Duration::from_secs(20));
+    assert!(heard.iter().any(|m| m == "STOPPING=1"), "{heard:?}");
+    assert!(child.wait().unwrap().success());
+}
+
+/// Append every `sd_notify` line `socket` receives to `heard`, until one equals `until` or
+/// `limit` passed.
+fn listen(socket: &UnixDatagram, heard: &mut Vec<String>, until: &str, limit: Duration) {
+    let end = Instant::now() + limit;
+    let mut buf = [0u8; 512];
+    while Instant::now() < end && !heard.iter().any(|m| m == until) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            heard.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from));
+        }
+    }
 }
