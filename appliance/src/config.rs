@@ -80,6 +80,9 @@ pub struct Config {
     /// The site's policy for federated learning; read by the `updater` process too.
     #[serde(default)]
     pub federation: Option<fleet_wire::site::FederationConfig>,
+    /// Firmware updates; read by the `updater` process only.
+    #[serde(default)]
+    pub update: Option<fleet_wire::site::UpdateConfig>,
 }
 
 /// When studies leave the spool ([`crate::retention`]).
@@ -719,6 +722,9 @@ impl Config {
         if let Some(f) = config.federation.as_mut() {
             f.resolve(base);
         }
+        if let Some(u) = config.update.as_mut() {
+            u.resolve(base);
+        }
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -1141,6 +1147,9 @@ impl Config {
             problem("retention.grace_seconds", "must be at most 604800".into());
         }
         for (key, reason) in self.federation.iter().flat_map(|f| f.problems()) {
+            problem(&key, reason);
+        }
+        for (key, reason) in self.update.iter().flat_map(|u| u.problems()) {
             problem(&key, reason);
         }
         if !(1..=86_400).contains(&r.interval_seconds) {

@@ -146,3 +146,41 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// `[update]` in the appliance configuration: where the updater finds firmware bundles and
+/// what it trusts them through (`updater fetch`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The fleet's update repository: `<repository>/metadata/` (TUF metadata) and
+    /// `<repository>/targets/`. A `file://` URL (a mirror on a mounted volume).
+    pub repository: String,
+    /// The root metadata the firmware shipped with (the repository's `1.root.json`, or a later
+    /// one): the trust anchor of every update. Later roots are taken only when this one's
+    /// keys sign them.
+    pub trusted_root: PathBuf,
+}
+
+impl UpdateConfig {
+    /// Every problem as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if !self.repository.starts_with("file:///") {
+            problems.push((
+                "update.repository".to_string(),
+                "a file:///... URL (an absolute path): the only transport this updater has"
+                    .to_string(),
+            ));
+        }
+        problems
+    }
+
+    /// Resolve a relative `trusted_root` against the folder of the configuration file.
+    pub fn resolve(&mut self, base: &Path) {
+        if self.trusted_root.is_relative() {
+            self.trusted_root = base.join(&self.trusted_root);
+        }
+    }
+}

@@ -16,6 +16,40 @@ pub struct UpdaterConfig {
 struct ApplianceFile {
     data_dir: PathBuf,
     federation: Option<toml::Value>,
+    update: Option<toml::Value>,
+}
+
+/// What `updater fetch` reads of the appliance configuration: `data_dir` and `[update]`.
+#[derive(Debug, Clone)]
+pub struct FirmwareConfig {
+    pub data_dir: PathBuf,
+    pub update: fleet_wire::site::UpdateConfig,
+}
+
+impl FirmwareConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FirmwareConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let file: ApplianceFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let table = file
+            .update
+            .ok_or_else(|| anyhow::anyhow!("{}: no [update] table", path.display()))?;
+        let mut update: fleet_wire::site::UpdateConfig = table
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("{}: [update]: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        update.resolve(base);
+        if let Some((key, reason)) = update.problems().first() {
+            anyhow::bail!("{}: {key}: {reason}", path.display());
+        }
+        let data_dir = if file.data_dir.is_relative() {
+            base.join(&file.data_dir)
+        } else {
+            file.data_dir
+        };
+        Ok(FirmwareConfig { data_dir, update })
+    }
 }
 
 impl UpdaterConfig {

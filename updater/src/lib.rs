@@ -5,7 +5,8 @@
 //! Layout: `config` (the appliance configuration's `[federation]` table and data folder),
 //! `state` (SQLite: outbox, global chunks, installed version, accountant, status), `device`
 //! (the loop), `secure` (this device's side of secure aggregation), `update` (turning a local head into the round's update blob: delta, clipping,
-//! noise).
+//! noise), `firmware` (`updater fetch`: firmware bundles verified through the fleet's TUF trust
+//! root, downloaded and checked file by file, then staged).
 //!
 //! It runs as its own process, not a thread of the appliance daemon: the device's TLS key and
 //! the trust key stay out of the process that parses DICOM from the network, the async
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod device;
+pub mod firmware;
 pub mod secure;
 pub mod state;
 pub mod update;

@@ -23,6 +23,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check the update repository through the trust root and fetch, verify and stage the
+    /// newest firmware bundle for this device ([update]); prints JSON. Exit status 1 with the
+    /// reason when anything does not verify.
+    Fetch {
+        #[arg(long)]
+        config: PathBuf,
+        /// The running firmware version (default: this updater's).
+        #[arg(long)]
+        running: Option<String>,
+    },
     /// Connection, installed global version, last round, queued updates and bytes, ε spent.
     Status {
         #[arg(long)]
@@ -52,6 +62,33 @@ fn main() -> anyhow::Result<()> {
             }
             let mut device = updater::device::Device::start(config)?;
             device.run(&stop)
+        }
+        Command::Fetch { config, running } => {
+            let config = updater::config::FirmwareConfig::load(&config)?;
+            if !config.update.enabled {
+                println!("{}", serde_json::json!({"state": "disabled"}));
+                return Ok(());
+            }
+            let running = running.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+            match updater::firmware::fetch(
+                &config.data_dir,
+                &config.update,
+                &running,
+                std::env::consts::ARCH,
+            ) {
+                Ok(fetched) => {
+                    println!("{}", serde_json::to_string(&fetched)?);
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(reason = %e, "update refused; nothing installed");
+                    println!(
+                        "{}",
+                        serde_json::json!({"state": "refused", "reason": e.to_string()})
+                    );
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Status { config, json } => {
             let config = UpdaterConfig::load(&config)?;

@@ -1,0 +1,250 @@
+//! Firmware bundles through the fleet's trust root: the repository's TUF metadata is verified
+//! (`tough`: signatures and thresholds from the shipped root through every later root, expiry,
+//! versions that never go down, kept in `<data_dir>/update/tuf/`), the newest bundle for this
+//! hardware and running version is chosen from signed metadata alone, downloaded into
+//! `<data_dir>/update/downloads/` (no byte past its signed length, its signed SHA-256), and
+//! unpacked there with every file checked against its `bundle.json`; only then is it moved to
+//! `<data_dir>/update/staged/<version>/`. Nothing outside the download folder is written before
+//! all of that holds, and every refusal is typed and says why.
+
+use image::bundle::{self, BundleError};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tough::{ExpirationEnforcement, FilesystemTransport, Limits, RepositoryLoader, TargetName};
+
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The repository's metadata did not verify (signatures, thresholds, expiry, versions).
+    #[error("the repository's metadata is not trusted: {0}")]
+    Metadata(String),
+    /// The target did not match its signed length or hash.
+    #[error("{target}: {reason}")]
+    Target { target: String, reason: String },
+    /// The bundle itself (its manifest, a file, its compatibility).
+    #[error("{target}: {source}")]
+    Bundle {
+        target: String,
+        #[source]
+        source: BundleError,
+    },
+}
+
+/// What `fetch` did.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Fetched {
+    /// No signed bundle is newer than the running version for this hardware.
+    UpToDate { running: String },
+    /// A bundle verified and unpacked into `path`.
+    Staged {
+        target: String,
+        version: String,
+        path: PathBuf,
+    },
+}
+
+/// The update folder's parts.
+pub fn update_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("update")
+}
+
+/// Most bytes of each metadata file the updater reads (endless-data attacks on metadata).
+fn limits() -> Limits {
+    Limits {
+        max_root_size: 1 << 20,
+        max_targets_size: 16 << 20,
+        max_timestamp_size: 64 << 10,
+        max_snapshot_size: 1 << 20,
+        max_root_updates: 64,
+    }
+}
+
+/// A signed firmware target as its `custom` metadata describes it.
+struct Candidate {
+    name: TargetName,
+    version: semver::Version,
+}
+
+/// Check the repository, and fetch and stage the newest bundle newer than `running` for
+/// `arch`.
+pub fn fetch(
+    data_dir: &Path,
+    config: &fleet_wire::site::UpdateConfig,
+    running: &str,
+    arch: &str,
+) -> Result<Fetched, FetchError> {
+    let running_v = semver::Version::parse(running)
+        .map_err(|e| FetchError::Config(format!("running version {running:?}: {e}")))?;
+    let base = url::Url::parse(&config.repository)
+        .map_err(|e| FetchError::Config(format!("update.repository: {e}")))?;
+    let base = if base.path().ends_with('/') {
+        base
+    } else {
+        url::Url::parse(&format!("{base}/"))
+            .map_err(|e| FetchError::Config(format!("update.repository: {e}")))?
+    };
+    let join = |p: &str| {
+        base.join(p)
+            .map_err(|e| FetchError::Config(format!("update.repository: {e}")))
+    };
+    let (metadata_url, targets_url) = (join("metadata/")?, join("targets/")?);
+    let root = std::fs::read(&config.trusted_root).map_err(|e| {
+        FetchError::Config(format!(
+            "update.trusted_root {}: {e}",
+            config.trusted_root.display()
+        ))
+    })?;
+    let dir = update_dir(data_dir);
+    let (tuf, downloads) = (dir.join("tuf"), dir.join("downloads"));
+    std::fs::create_dir_all(&tuf)?;
+    std::fs::create_dir_all(&downloads)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let repo = RepositoryLoader::new(&root, metadata_url, targets_url)
+            .transport(FilesystemTransport)
+            .datastore(&tuf)
+            .limits(limits())
+            .expiration_enforcement(ExpirationEnforcement::Safe)
+            .load()
+            .await
+            .map_err(|e| FetchError::Metadata(chain(&e)))?;
+        let Some(candidate) = newest(&repo, &running_v, arch) else {
+            return Ok(Fetched::UpToDate {
+                running: running.to_string(),
+            });
+        };
+        let target = candidate.name.raw().to_string();
+        let target_error = |reason: String| FetchError::Target {
+            target: target.clone(),
+            reason,
+        };
+        // Names are checked by tough (no separators that leave the folder); the file name
+        // used here is the plain name with anything but [A-Za-z0-9._-] replaced.
+        let file: String = target
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let part = downloads.join(format!("{file}.part"));
+        let done = downloads.join(&file);
+        let mut stream = repo
+            .read_target(&candidate.name)
+            .await
+            .map_err(|e| target_error(chain(&e)))?
+            .ok_or_else(|| target_error("listed, then not found".into()))?;
+        let mut out = tokio::fs::File::create(&part).await?;
+        use futures_util::StreamExt;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => out.write_all(&bytes).await?,
+                Err(e) => {
+                    drop(out);
+                    let _ = std::fs::remove_file(&part);
+                    return Err(target_error(chain(&e)));
+                }
+            }
+        }
+        out.sync_all().await?;
+        drop(out);
+        std::fs::rename(&part, &done)?;
+        // Unpacked inside the download folder, every file checked; then staged.
+        let unpacked = downloads.join(format!("{file}.d"));
+        if unpacked.exists() {
+            std::fs::remove_dir_all(&unpacked)?;
+        }
+        let bundle_error = |source: BundleError| FetchError::Bundle {
+            target: target.clone(),
+            source,
+        };
+        let manifest = match bundle::unpack(&done, &unpacked) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&unpacked);
+                return Err(bundle_error(e));
+            }
+        };
+        // The bundle must be the release the signed metadata describes (not another
+        // release's archive under this name), and fit this device.
+        if manifest.version != candidate.version.to_string() {
+            let _ = std::fs::remove_dir_all(&unpacked);
+            return Err(target_error(format!(
+                "its bundle.json says version {}, the signed metadata {}",
+                manifest.version, candidate.version
+            )));
+        }
+        if let Err(e) = manifest.check_compatible(running, arch) {
+            let _ = std::fs::remove_dir_all(&unpacked);
+            return Err(bundle_error(e));
+        }
+        let staged = dir.join("staged").join(&manifest.version);
+        std::fs::create_dir_all(dir.join("staged"))?;
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged)?;
+        }
+        std::fs::rename(&unpacked, &staged)?;
+        std::fs::File::open(dir.join("staged"))?.sync_all()?;
+        Ok(Fetched::Staged {
+            target,
+            version: manifest.version,
+            path: staged,
+        })
+    })
+}
+
+/// The newest signed firmware for `arch` that can replace `running`.
+fn newest(repo: &tough::Repository, running: &semver::Version, arch: &str) -> Option<Candidate> {
+    let mut best: Option<Candidate> = None;
+    for (name, target) in repo.all_targets() {
+        let custom = &target.custom;
+        if custom.get("kind").and_then(|k| k.as_str()) != Some("firmware") {
+            continue;
+        }
+        let Some(version) = custom
+            .get("version")
+            .and_then(|v| v.as_str())
+            .and_then(|v| semver::Version::parse(v).ok())
+        else {
+            continue;
+        };
+        let fits = custom
+            .get("hardware")
+            .and_then(|h| h.as_array())
+            .is_some_and(|h| h.iter().any(|a| a.as_str() == Some(arch)));
+        let from_ok = custom
+            .get("min_from_version")
+            .and_then(|v| v.as_str())
+            .and_then(|v| semver::Version::parse(v).ok())
+            .is_some_and(|min| *running >= min);
+        if fits && from_ok && version > *running && best.as_ref().is_none_or(|b| version > b.version) {
+            best = Some(Candidate {
+                name: name.clone(),
+                version,
+            });
+        }
+    }
+    best
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
