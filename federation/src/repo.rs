@@ -226,10 +226,7 @@ impl Repo {
             )
             .await
             .map_err(tuf)?;
-            signed
-                .write(self.metadata_dir(), true)
-                .await
-                .map_err(tuf)?;
+            signed.write(self.metadata_dir(), true).await.map_err(tuf)?;
             let (_, root_path) = self.latest_root()?;
             let mut editor = RepositoryEditor::new(&root_path).await.map_err(tuf)?;
             let one = NonZeroU64::MIN;
@@ -243,10 +240,7 @@ impl Repo {
                 .snapshot_expires(now + expiry.snapshot)
                 .timestamp_version(one)
                 .timestamp_expires(now + expiry.timestamp);
-            let signed = editor
-                .sign(&self.keys_of(&TOP_ROLES)?)
-                .await
-                .map_err(tuf)?;
+            let signed = editor.sign(&self.keys_of(&TOP_ROLES)?).await.map_err(tuf)?;
             signed.write(self.metadata_dir()).await.map_err(tuf)
         })
     }
@@ -261,11 +255,7 @@ impl Repo {
     ) -> Result<(), RepoError> {
         let mut keyids = Vec::new();
         for file in files {
-            let key = source(file.clone())
-                .as_sign()
-                .await
-                .map_err(tuf)?
-                .tuf_key();
+            let key = source(file.clone()).as_sign().await.map_err(tuf)?.tuf_key();
             let id = key.key_id().map_err(tuf)?;
             root.keys.insert(id.clone(), key);
             keyids.push(id);
@@ -335,10 +325,7 @@ impl Repo {
             .snapshot_expires(now + expiry.snapshot)
             .timestamp_version(timestamp_v)
             .timestamp_expires(now + expiry.timestamp);
-        let signed = editor
-            .sign(&self.keys_of(&TOP_ROLES)?)
-            .await
-            .map_err(tuf)?;
+        let signed = editor.sign(&self.keys_of(&TOP_ROLES)?).await.map_err(tuf)?;
         if let Some((file, name, _)) = add {
             let name = TargetName::new(name).map_err(tuf)?;
             signed
@@ -421,7 +408,8 @@ impl Repo {
                 serde_json::from_slice(&std::fs::read(&root_path)?)
                     .map_err(|e| RepoError::Invalid(format!("{}: {e}", root_path.display())))?;
             let mut root = current.signed.clone();
-            root.version = NonZeroU64::new(stamp).ok_or_else(|| RepoError::Invalid("version".into()))?;
+            root.version =
+                NonZeroU64::new(stamp).ok_or_else(|| RepoError::Invalid("version".into()))?;
             root.expires = jiff::Timestamp::now() + expiry.root;
             self.assign(&mut root, role, &fresh, threshold).await?;
             // Signed by the old root's keys (the device trusts them) and, when the root key

@@ -38,14 +38,25 @@ pub enum FetchError {
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Fetched {
-    /// No signed bundle is newer than the running version for this hardware.
-    UpToDate { running: String },
+    /// No signed bundle is newer than the running version for this hardware; `skipped` says
+    /// why each firmware target was not taken.
+    UpToDate {
+        running: String,
+        skipped: Vec<Skipped>,
+    },
     /// A bundle verified and unpacked into `path`.
     Staged {
         target: String,
         version: String,
         path: PathBuf,
     },
+}
+
+/// A signed firmware target this device does not take, and why.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Skipped {
+    pub target: String,
+    pub reason: String,
 }
 
 /// The update folder's parts.
@@ -114,10 +125,12 @@ pub fn fetch(
             .expiration_enforcement(ExpirationEnforcement::Safe)
             .load()
             .await
-            .map_err(|e| FetchError::Metadata(chain(&e)))?;
-        let Some(candidate) = newest(&repo, &running_v, arch) else {
+            .map_err(|e| FetchError::Metadata(e.to_string()))?;
+        let (candidate, skipped) = newest(&repo, &running_v, arch);
+        let Some(candidate) = candidate else {
             return Ok(Fetched::UpToDate {
                 running: running.to_string(),
+                skipped,
             });
         };
         let target = candidate.name.raw().to_string();
@@ -142,7 +155,7 @@ pub fn fetch(
         let mut stream = repo
             .read_target(&candidate.name)
             .await
-            .map_err(|e| target_error(chain(&e)))?
+            .map_err(|e| target_error(e.to_string()))?
             .ok_or_else(|| target_error("listed, then not found".into()))?;
         let mut out = tokio::fs::File::create(&part).await?;
         use futures_util::StreamExt;
@@ -152,7 +165,7 @@ pub fn fetch(
                 Err(e) => {
                     drop(out);
                     let _ = std::fs::remove_file(&part);
-                    return Err(target_error(chain(&e)));
+                    return Err(target_error(e.to_string()));
                 }
             }
         }
@@ -203,48 +216,77 @@ pub fn fetch(
     })
 }
 
-/// The newest signed firmware for `arch` that can replace `running`.
-fn newest(repo: &tough::Repository, running: &semver::Version, arch: &str) -> Option<Candidate> {
+/// The newest signed firmware for `arch` that can replace `running`, and why each other
+/// firmware target is not taken.
+fn newest(
+    repo: &tough::Repository,
+    running: &semver::Version,
+    arch: &str,
+) -> (Option<Candidate>, Vec<Skipped>) {
     let mut best: Option<Candidate> = None;
+    let mut skipped = Vec::new();
     for (name, target) in repo.all_targets() {
         let custom = &target.custom;
         if custom.get("kind").and_then(|k| k.as_str()) != Some("firmware") {
             continue;
         }
-        let Some(version) = custom
-            .get("version")
-            .and_then(|v| v.as_str())
-            .and_then(|v| semver::Version::parse(v).ok())
-        else {
-            continue;
-        };
-        let fits = custom
+        let text = |key: &str| custom.get(key).and_then(|v| v.as_str());
+        let version = text("version").and_then(|v| semver::Version::parse(v).ok());
+        let min_from = text("min_from_version").and_then(|v| semver::Version::parse(v).ok());
+        let hardware: Vec<&str> = custom
             .get("hardware")
             .and_then(|h| h.as_array())
-            .is_some_and(|h| h.iter().any(|a| a.as_str() == Some(arch)));
-        let from_ok = custom
-            .get("min_from_version")
-            .and_then(|v| v.as_str())
-            .and_then(|v| semver::Version::parse(v).ok())
-            .is_some_and(|min| *running >= min);
-        if fits && from_ok && version > *running && best.as_ref().is_none_or(|b| version > b.version) {
+            .map(|h| h.iter().filter_map(|a| a.as_str()).collect())
+            .unwrap_or_default();
+        let reason = match (&version, &min_from) {
+            (None, _) | (_, None) => Some("its signed metadata has no valid version".to_string()),
+            _ if !hardware.contains(&arch) => Some(format!(
+                "built for hardware {hardware:?}, this device is {arch}"
+            )),
+            (Some(v), _) if v <= running => {
+                Some(format!("version {v} is not newer than {running}"))
+            }
+            (_, Some(min)) if running < min => Some(format!(
+                "it updates from {min} or later; this device runs {running}"
+            )),
+            _ => None,
+        };
+        let (Some(version), None) = (version, &reason) else {
+            skipped.push(Skipped {
+                target: name.raw().to_string(),
+                reason: reason.unwrap_or_default(),
+            });
+            continue;
+        };
+        if let Some(b) = best.take() {
+            let (keep, drop) = if version > b.version {
+                (
+                    Candidate {
+                        name: name.clone(),
+                        version,
+                    },
+                    b,
+                )
+            } else {
+                (
+                    b,
+                    Candidate {
+                        name: name.clone(),
+                        version,
+                    },
+                )
+            };
+            skipped.push(Skipped {
+                target: drop.name.raw().to_string(),
+                reason: format!("{} is newer", keep.version),
+            });
+            best = Some(keep);
+        } else {
             best = Some(Candidate {
                 name: name.clone(),
                 version,
             });
         }
     }
-    best
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    (best, skipped)
 }

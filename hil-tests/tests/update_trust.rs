@@ -1,0 +1,379 @@
+//! Firmware updates through the fleet's trust root, attacked. The operator's side is the real
+//! `fleet repo` command (TUF metadata signed by `tough`), the device's the real `updater fetch`;
+//! each fixture is named after the attack it is. Every attack is refused with its reason, and
+//! nothing is staged: the download folder holds no partial file and no unpacked bundle.
+
+use hil_tests::appliance::binary_named;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A repository with one published bundle (0.2.0 for this machine), and a device trusting its
+/// first root.
+struct Fleet {
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let fleet = Fleet::empty();
+        fleet.publish("0.2.0", std::env::consts::ARCH, &[]);
+        fleet
+    }
+
+    /// A repository with nothing published yet.
+    fn empty() -> Fleet {
+        let fleet = Fleet {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fleet.fleet(&["repo", "init"], &[&fleet.repo()]);
+        fleet
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    fn metadata(&self) -> PathBuf {
+        self.repo().join("repository/metadata")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("device")
+    }
+
+    /// Run `fleet ARGS... PATHS... EXTRA...`; it must succeed.
+    fn fleet(&self, args: &[&str], paths: &[&Path]) -> String {
+        self.fleet_with(args, paths, &[])
+    }
+
+    fn fleet_with(&self, args: &[&str], paths: &[&Path], extra: &[&str]) -> String {
+        let out = Command::new(binary_named("fleet"))
+            .args(args)
+            .args(paths)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fleet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Make and publish a bundle of `version` for `arch`.
+    fn publish(&self, version: &str, arch: &str, expiry: &[&str]) -> PathBuf {
+        let stage = self.dir.path().join(format!("stage-{version}"));
+        std::fs::create_dir_all(&stage).unwrap();
+        std::fs::write(stage.join("appliance"), format!("appliance {version}\n")).unwrap();
+        let bundle = self
+            .dir
+            .path()
+            .join(format!("radiant-edge-{version}-{arch}.tar"));
+        let out = Command::new(binary_named("bundle"))
+            .args(["make", "--version", version, "--min-from", "0.1.0"])
+            .args(["--hardware", arch, "--out"])
+            .arg(&bundle)
+            .arg(format!(
+                "--file=bin/appliance={}:755",
+                stage.join("appliance").display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.fleet_with(&["repo", "publish"], &[&self.repo(), &bundle], expiry);
+        bundle
+    }
+
+    /// `updater fetch` on the device: (exit success, its JSON line).
+    fn fetch(&self) -> (bool, serde_json::Value) {
+        let config = self.dir.path().join("appliance.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[update]\nenabled = true\nrepository = \"file://{}/\"\n\
+                 trusted_root = {:?}\n",
+                self.data(),
+                self.repo().join("repository").display(),
+                self.metadata().join("1.root.json")
+            ),
+        )
+        .unwrap();
+        let out = Command::new(binary_named("updater"))
+            .args(["fetch", "--config"])
+            .arg(&config)
+            .args(["--running", "0.1.0"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), json)
+    }
+
+    /// The fetch is refused with a reason containing `says`, and nothing is staged.
+    fn refused(&self, attack: &str, says: &str) -> String {
+        let (ok, json) = self.fetch();
+        assert!(!ok, "{attack}: accepted: {json}");
+        assert_eq!(json["state"], "refused", "{attack}: {json}");
+        let reason = json["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains(says), "{attack}: {reason}");
+        self.nothing_staged(attack);
+        eprintln!("{attack}: refused: {reason}");
+        reason
+    }
+
+    fn nothing_staged(&self, attack: &str) {
+        let update = self.data().join("update");
+        let staged = update.join("staged");
+        assert!(
+            !staged.exists() || std::fs::read_dir(&staged).unwrap().next().is_none(),
+            "{attack}: something was staged"
+        );
+        if let Ok(entries) = std::fs::read_dir(update.join("downloads")) {
+            for entry in entries {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(
+                    !name.ends_with(".part") && !name.ends_with(".d"),
+                    "{attack}: {name} left in the download folder"
+                );
+            }
+        }
+    }
+
+    /// The only file in the targets folder (the published bundle).
+    fn target_file(&self) -> PathBuf {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.repo().join("repository/targets"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1);
+        files.remove(0)
+    }
+
+    fn edit_json(&self, file: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(file, serde_json::to_vec(&json).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn a_signed_bundle_for_this_device_is_verified_and_staged_and_the_next_check_is_up_to_date() {
+    let fleet = Fleet::new();
+    let (ok, json) = fleet.fetch();
+    assert!(ok, "{json}");
+    assert_eq!(json["state"], "staged", "{json}");
+    assert_eq!(json["version"], "0.2.0");
+    let staged = PathBuf::from(json["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(staged.join("bin/appliance")).unwrap(),
+        "appliance 0.2.0\n"
+    );
+    // A bundle for other hardware is signed too, and skipped with the reason.
+    fleet.publish("0.3.0", "riscv64", &[]);
+    let (ok, json) = fleet.fetch();
+    assert!(ok, "{json}");
+    assert_eq!(json["state"], "staged", "{json}");
+    assert_eq!(json["version"], "0.2.0");
+}
+
+#[test]
+fn wrong_hardware_is_not_taken_and_says_why() {
+    let fleet = Fleet::empty();
+    fleet.publish("0.2.0", "riscv64", &[]);
+    let (ok, json) = fleet.fetch();
+    assert!(ok, "{json}");
+    assert_eq!(json["state"], "up_to_date", "{json}");
+    fleet.nothing_staged("wrong hardware");
+    let skipped = json["skipped"].as_array().cloned().unwrap_or_default();
+    let riscv = skipped
+        .iter()
+        .find(|s| s["target"].as_str().unwrap().contains("riscv64"))
+        .unwrap_or_else(|| panic!("{json}"));
+    assert!(
+        riscv["reason"].as_str().unwrap().contains(&format!(
+            "built for hardware [\"riscv64\"], this device is {}",
+            std::env::consts::ARCH
+        )),
+        "{json}"
+    );
+}
+
+#[test]
+fn bad_signature_is_refused() {
+    let fleet = Fleet::new();
+    fleet.edit_json(&fleet.metadata().join("timestamp.json"), |j| {
+        let sig = j["signatures"][0]["sig"].as_str().unwrap().to_string();
+        let flipped = if sig.starts_with('0') { "1" } else { "0" };
+        j["signatures"][0]["sig"] = format!("{flipped}{}", &sig[1..]).into();
+    });
+    fleet.refused(
+        "bad signature",
+        "Signature threshold of 1 not met for role timestamp",
+    );
+}
+
+#[test]
+fn wrong_key_id_is_refused() {
+    // A timestamp signed by a key the root does not name: another repository's.
+    let fleet = Fleet::new();
+    let other = tempfile::tempdir().unwrap();
+    fleet.fleet(&["repo", "init"], &[&other.path().join("r")]);
+    std::fs::copy(
+        other.path().join("r/repository/metadata/timestamp.json"),
+        fleet.metadata().join("timestamp.json"),
+    )
+    .unwrap();
+    fleet.refused(
+        "wrong key id",
+        "Signature threshold of 1 not met for role timestamp",
+    );
+}
+
+#[test]
+fn expired_timestamp_is_refused() {
+    let fleet = Fleet::new();
+    fleet.fleet_with(
+        &["repo", "refresh"],
+        &[&fleet.repo()],
+        &["--timestamp-seconds", "-60"],
+    );
+    fleet.refused("expired timestamp", "expired");
+}
+
+#[test]
+fn freeze_attack_with_stale_metadata_is_refused_once_it_expires() {
+    // The mirror keeps serving what was fresh a moment ago, past its expiry.
+    let fleet = Fleet::new();
+    fleet.fleet_with(
+        &["repo", "refresh"],
+        &[&fleet.repo()],
+        &["--timestamp-seconds", "3"],
+    );
+    let (ok, json) = fleet.fetch();
+    assert!(ok, "{json}");
+    std::fs::remove_dir_all(fleet.data().join("update/staged")).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    fleet.refused("freeze attack", "expired");
+}
+
+#[test]
+fn rolled_back_version_is_refused() {
+    // The device saw newer metadata; the mirror goes back to an older, validly signed set.
+    let fleet = Fleet::new();
+    let old = fleet.dir.path().join("old-metadata");
+    copy_dir(&fleet.metadata(), &old);
+    fleet.fleet(&["repo", "refresh"], &[&fleet.repo()]);
+    let (ok, json) = fleet.fetch();
+    assert!(ok, "{json}");
+    std::fs::remove_dir_all(fleet.data().join("update/staged")).unwrap();
+    std::fs::remove_dir_all(fleet.metadata()).unwrap();
+    copy_dir(&old, &fleet.metadata());
+    fleet.refused(
+        "rolled-back version",
+        "Found version 2 of timestamp metadata when we had previously fetched version 3",
+    );
+}
+
+#[test]
+fn threshold_not_met_for_a_new_root_is_refused() {
+    // A new root version signed by one root key where two must sign (one stolen key).
+    let fleet = Fleet::new();
+    let keys = fleet.repo().join("keys");
+    let aside = fleet.dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for k in ["root-2.pk8", "root-3.pk8"] {
+        std::fs::rename(keys.join(k), aside.join(k)).unwrap();
+    }
+    fleet.fleet(
+        &["repo", "rotate-key"],
+        &[&fleet.repo(), Path::new("timestamp")],
+    );
+    fleet.refused(
+        "threshold not met",
+        "Signature threshold of 2 not met for role root",
+    );
+}
+
+#[test]
+fn a_rotated_key_is_followed_through_the_root_chain() {
+    // The timestamp key rotated (say, a stolen online key): root 2 names the new one, signed
+    // by the root keys the device trusts; the device follows.
+    let fleet = Fleet::new();
+    fleet.fleet(
+        &["repo", "rotate-key"],
+        &[&fleet.repo(), Path::new("timestamp")],
+    );
+    let (ok, json) = fleet.fetch();
+    assert!(ok, "{json}");
+    assert_eq!(json["state"], "staged", "{json}");
+    let root: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fleet.data().join("update/tuf/root.json")).unwrap())
+            .unwrap();
+    assert_eq!(root["signed"]["version"], 2);
+}
+
+#[test]
+fn truncated_bundle_is_refused() {
+    let fleet = Fleet::new();
+    let target = fleet.target_file();
+    let bytes = std::fs::read(&target).unwrap();
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    fleet.refused("truncated bundle", "Hash mismatch");
+}
+
+#[test]
+fn endless_data_a_target_larger_than_its_declared_length_is_refused() {
+    let fleet = Fleet::new();
+    let target = fleet.target_file();
+    let mut bytes = std::fs::read(&target).unwrap();
+    bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
+    std::fs::write(&target, &bytes).unwrap();
+    fleet.refused(
+        "endless data (target)",
+        "(specified by targets.json) exceeded",
+    );
+}
+
+#[test]
+fn endless_data_in_metadata_is_refused() {
+    let fleet = Fleet::new();
+    fleet.edit_json(&fleet.metadata().join("timestamp.json"), |j| {
+        j["padding"] = "x".repeat(1 << 20).into();
+    });
+    fleet.refused(
+        "endless data (metadata)",
+        "Maximum size 65536 (specified by max_timestamp_size argument) exceeded",
+    );
+}
+
+#[test]
+fn mix_and_match_of_metadata_from_two_releases_is_refused() {
+    // Targets metadata of release 0.2.0 served under the name of release 0.3.0's.
+    let fleet = Fleet::new();
+    fleet.publish("0.3.0", std::env::consts::ARCH, &[]);
+    std::fs::copy(
+        fleet.metadata().join("2.targets.json"),
+        fleet.metadata().join("3.targets.json"),
+    )
+    .unwrap();
+    fleet.refused("mix-and-match", "3.targets.json': Hash mismatch");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
