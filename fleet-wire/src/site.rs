@@ -161,6 +161,21 @@ pub struct UpdateConfig {
     /// one): the trust anchor of every update. Later roots are taken only when this one's
     /// keys sign them.
     pub trusted_root: PathBuf,
+    /// Where the A/B slots live: `slots/a`, `slots/b`, the `current` link the units start
+    /// from, and `state.json`.
+    #[serde(default = "default_install_root")]
+    pub install_root: PathBuf,
+    /// Starts a new version gets to pass its self-test; one more and it rolls back.
+    #[serde(default = "default_max_boot_attempts")]
+    pub max_boot_attempts: u32,
+}
+
+fn default_install_root() -> PathBuf {
+    PathBuf::from("/opt/radiant-edge")
+}
+
+fn default_max_boot_attempts() -> u32 {
+    3
 }
 
 impl UpdateConfig {
@@ -174,13 +189,21 @@ impl UpdateConfig {
                     .to_string(),
             ));
         }
+        if !(1..=100).contains(&self.max_boot_attempts) {
+            problems.push((
+                "update.max_boot_attempts".to_string(),
+                "1 to 100".to_string(),
+            ));
+        }
         problems
     }
 
     /// Resolve a relative `trusted_root` against the folder of the configuration file.
     pub fn resolve(&mut self, base: &Path) {
-        if self.trusted_root.is_relative() {
-            self.trusted_root = base.join(&self.trusted_root);
+        for p in [&mut self.trusted_root, &mut self.install_root] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
     }
 }

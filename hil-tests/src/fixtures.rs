@@ -112,3 +112,34 @@ pub fn lesion_series() -> (Vec<PathBuf>, String) {
         .to_string();
     (files, study)
 }
+
+/// The first `count` slices of `series` copied into `dir/study-N/` as a new study (its own
+/// Study and Series Instance UIDs, new SOP Instance UIDs, by DCMTK's `dcmodify`). Returns the
+/// Study Instance UID and the files.
+pub fn new_study(series: &CtSeries, count: usize, dir: &Path, n: usize) -> (String, Vec<PathBuf>) {
+    let study = format!("1.2.826.0.1.3680043.10.1138.{}.{n}", std::process::id());
+    let folder = dir.join(format!("study-{n}"));
+    std::fs::create_dir_all(&folder).expect("study folder");
+    let files: Vec<PathBuf> = series.paths()[..count]
+        .iter()
+        .enumerate()
+        .map(|(i, src)| {
+            let dst = folder.join(format!("{i}.dcm"));
+            std::fs::copy(src, &dst).expect("copy a slice");
+            dst
+        })
+        .collect();
+    let out = std::process::Command::new("/usr/bin/dcmodify")
+        .args(["-nb", "-gin"])
+        .args(["-m", &format!("(0020,000D)={study}")])
+        .args(["-m", &format!("(0020,000E)={study}.1")])
+        .args(&files)
+        .output()
+        .expect("run dcmodify (apt-get install dcmtk)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (study, files)
+}

@@ -7,7 +7,7 @@ use hil_tests::appliance::{set, Appliance};
 use hil_tests::fixtures::CtSeries;
 use hil_tests::peers::storescu;
 use hil_tests::wait_until;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -74,33 +74,6 @@ impl Drop for SmallFs {
 
 /// `count` slices of the fixture CT series as a study of its own: new Study and Series
 /// Instance UIDs, new SOP Instance UIDs (DCMTK `dcmodify`), in `dir`.
-fn make_study(series: &CtSeries, count: usize, dir: &Path, n: usize) -> (String, Vec<PathBuf>) {
-    let study = format!("1.2.826.0.1.3680043.10.1138.{}.{n}", std::process::id());
-    let folder = dir.join(format!("study-{n}"));
-    std::fs::create_dir_all(&folder).expect("study folder");
-    let files: Vec<PathBuf> = series.paths()[..count]
-        .iter()
-        .enumerate()
-        .map(|(i, src)| {
-            let dst = folder.join(format!("{i}.dcm"));
-            std::fs::copy(src, &dst).expect("copy a slice");
-            dst
-        })
-        .collect();
-    let out = Command::new("/usr/bin/dcmodify")
-        .args(["-nb", "-gin"])
-        .args(["-m", &format!("(0020,000D)={study}")])
-        .args(["-m", &format!("(0020,000E)={study}.1")])
-        .args(&files)
-        .output()
-        .expect("run dcmodify (apt-get install dcmtk)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (study, files)
-}
 
 fn send(app: &Appliance, calling_ae: &str, files: &[PathBuf]) {
     let out = storescu(calling_ae, &app.ae_title, app.port, &[], files);
@@ -164,18 +137,19 @@ fn a_steady_stream_into_a_small_disk_stays_between_the_watermarks_and_keeps_prot
     const SLICES: usize = 12;
 
     // Protected before it arrives; and one study that never completes.
-    let (protected, protected_files) = make_study(&series, SLICES, work.path(), 0);
+    let (protected, protected_files) =
+        hil_tests::fixtures::new_study(&series, SLICES, work.path(), 0);
     let said = cli_ok(&app, &["studies", "protect", &protected, "--json"]);
     assert!(said.contains("\"in_spool\":false"), "{said}");
     send(&app, "STORESCU", &protected_files);
-    let (open, open_files) = make_study(&series, SLICES, work.path(), 1);
+    let (open, open_files) = hil_tests::fixtures::new_study(&series, SLICES, work.path(), 1);
     send(&app, "SLOW", &open_files);
 
     let mut streamed = Vec::new();
     let mut max_used = 0.0f64;
     let started = Instant::now();
     for n in 2..52 {
-        let (study, files) = make_study(&series, SLICES, work.path(), n);
+        let (study, files) = hil_tests::fixtures::new_study(&series, SLICES, work.path(), n);
         send(&app, "STORESCU", &files);
         streamed.push(study);
         std::thread::sleep(Duration::from_millis(1200));
@@ -264,8 +238,8 @@ fn a_dry_run_shows_what_an_operator_purge_then_takes_and_a_protected_study_stays
     });
     let series = CtSeries::load();
     let work = tempfile::tempdir().expect("temp dir");
-    let (old, old_files) = make_study(&series, 4, work.path(), 0);
-    let (kept, kept_files) = make_study(&series, 4, work.path(), 1);
+    let (old, old_files) = hil_tests::fixtures::new_study(&series, 4, work.path(), 0);
+    let (kept, kept_files) = hil_tests::fixtures::new_study(&series, 4, work.path(), 1);
     send(&app, "STORESCU", &old_files);
     send(&app, "STORESCU", &kept_files);
     assert!(wait_until(Duration::from_secs(20), || {

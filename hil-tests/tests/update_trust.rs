@@ -63,9 +63,24 @@ impl Fleet {
 
     /// Make and publish a bundle of `version` for `arch`.
     fn publish(&self, version: &str, arch: &str, expiry: &[&str]) -> PathBuf {
+        self.publish_sized(version, arch, expiry, 0)
+    }
+
+    /// The same with a model file of `model_bytes` bytes in the bundle too.
+    fn publish_sized(
+        &self,
+        version: &str,
+        arch: &str,
+        expiry: &[&str],
+        model_bytes: usize,
+    ) -> PathBuf {
         let stage = self.dir.path().join(format!("stage-{version}"));
         std::fs::create_dir_all(&stage).unwrap();
         std::fs::write(stage.join("appliance"), format!("appliance {version}\n")).unwrap();
+        let model: Vec<u8> = (0..model_bytes)
+            .map(|i| (i * 7 + version.len()) as u8)
+            .collect();
+        std::fs::write(stage.join("model.onnx"), &model).unwrap();
         let bundle = self
             .dir
             .path()
@@ -77,6 +92,10 @@ impl Fleet {
             .arg(format!(
                 "--file=bin/appliance={}:755",
                 stage.join("appliance").display()
+            ))
+            .arg(format!(
+                "--file=models/model.onnx={}:644",
+                stage.join("model.onnx").display()
             ))
             .output()
             .unwrap();
@@ -376,4 +395,172 @@ fn copy_dir(from: &Path, to: &Path) {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
+}
+
+/// Power cuts during an update, while the appliance receives a study: `updater update --now`
+/// (verify, download, unpack, install into the inactive slot, snapshot the databases, switch)
+/// of a 32 MiB bundle is killed with SIGKILL at 20 points spread over its run (measured on a
+/// first, uninterrupted one). After each kill, `current` points at
+/// a complete slot whose every file verifies against its bundle.json, the state says the same
+/// thing, and at the end every instance the appliance acknowledged is in its spool.
+#[test]
+fn kill_9_at_any_point_of_an_update_leaves_a_verified_slot_and_loses_no_instance() {
+    use hil_tests::appliance::{set, Appliance};
+    use std::time::{Duration, Instant};
+    const MODEL_BYTES: usize = 32 << 20;
+    let fleet = Fleet::empty();
+    fleet.publish_sized("0.2.0", std::env::consts::ARCH, &[], MODEL_BYTES);
+    let app = Appliance::start(&|c| set(c, "dicom", "study_quiet_seconds", 1i64));
+    let root = fleet.dir.path().join("install");
+    let config = fleet.dir.path().join("device.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[update]\nenabled = true\nrepository = \"file://{}/\"\n\
+             trusted_root = {:?}\ninstall_root = {:?}\nmax_boot_attempts = 3\n",
+            app.data_dir,
+            fleet.repo().join("repository").display(),
+            fleet.metadata().join("1.root.json"),
+            root
+        ),
+    )
+    .unwrap();
+    let updater = |args: &[&str]| {
+        let mut command = Command::new(binary_named("updater"));
+        command.args(args).arg("--config").arg(&config);
+        command
+    };
+    // 0.2.0 installed and committed first; every later release is a trial.
+    let out = updater(&["update", "--now"])
+        .args(["--running", "0.1.0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let series = hil_tests::fixtures::CtSeries::load();
+    let studies = fleet.dir.path().join("studies");
+    let mut sent = 0usize;
+    let mut running = semver::Version::new(0, 2, 0);
+    // How long an uninterrupted update takes here, measured on the first release.
+    let mut full = Duration::from_millis(300);
+    for run in 0..20u64 {
+        let next = semver::Version::new(0, 3 + run, 0);
+        fleet.publish_sized(&next.to_string(), std::env::consts::ARCH, &[], MODEL_BYTES);
+        let (_, files) = hil_tests::fixtures::new_study(&series, 4, &studies, run as usize);
+        let sender = {
+            let (ae, port, files) = (app.ae_title.clone(), app.port, files.clone());
+            std::thread::spawn(move || {
+                hil_tests::peers::storescu("STORESCU", &ae, port, &[], &files)
+                    .status
+                    .success()
+            })
+        };
+        // Kill points spread over the whole run (the first run is not killed: it measures).
+        let delay = full.mul_f64(run as f64 / 19.0);
+        let began = Instant::now();
+        let mut child = updater(&["update", "--now"])
+            .args(["--running", &running.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let killed = if run == 0 {
+            false
+        } else {
+            std::thread::sleep(delay);
+            hil_tests::signal(child.id(), libc::SIGKILL);
+            true
+        };
+        let status = child.wait().unwrap();
+        if run == 0 {
+            assert!(status.success());
+            full = began.elapsed();
+        }
+        assert!(sender.join().unwrap(), "run {run}: storescu failed");
+        sent += files.len();
+        // Where the kill landed, from what it left.
+        let update_dir = app.data_dir.join("update");
+        let since = std::time::SystemTime::now() - began.elapsed();
+        let left = |dir: &str, suffix: &str| {
+            std::fs::read_dir(update_dir.join(dir))
+                .map(|d| {
+                    d.filter_map(Result::ok).any(|e| {
+                        e.file_name().to_string_lossy().ends_with(suffix)
+                            && e.metadata()
+                                .and_then(|m| m.modified())
+                                .is_ok_and(|t| t >= since)
+                    })
+                })
+                .unwrap_or(false)
+        };
+        let phase = if left("downloads", ".part") {
+            "downloading"
+        } else if left("downloads", ".d") {
+            "unpacking"
+        } else if left("staged", "") {
+            "staged, not installed"
+        } else if killed && !slots_trial_before_kill(&root) {
+            "verifying metadata"
+        } else {
+            "installing, switching or done"
+        };
+        // What a start after the power cut sees.
+        let out = updater(&["slots"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "run {run}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let slots: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let current = root.join("current");
+        let manifest = image::bundle::verify_dir(&current)
+            .unwrap_or_else(|e| panic!("run {run} (killed {killed}, {delay:?}): {e}; {slots}"));
+        let trial = &slots["trial"];
+        if trial.is_null() {
+            assert_eq!(
+                slots["committed"][1],
+                manifest.version.as_str(),
+                "run {run}: {slots}"
+            );
+        } else {
+            assert_eq!(
+                trial["version"],
+                manifest.version.as_str(),
+                "run {run}: {slots}"
+            );
+            assert_eq!(manifest.version, next.to_string());
+            let out = updater(&["commit"]).output().unwrap();
+            assert!(out.status.success());
+        }
+        running = semver::Version::parse(&manifest.version).unwrap();
+        // A staged bundle the kill left is installed by the next run, or replaced by a newer.
+        eprintln!(
+            "run {run}: killed {killed} after {delay:?} (a full update took {full:?}) while \
+             {phase}: runs {}, trial {}",
+            manifest.version, slots["trial"]
+        );
+    }
+    // Every acknowledged instance is in the spool.
+    assert!(
+        hil_tests::wait_until(Duration::from_secs(30), || {
+            app.studies()
+                .iter()
+                .map(|s| s["instances"].as_u64().unwrap_or(0) as usize)
+                .sum::<usize>()
+                == sent
+        }),
+        "{:?}",
+        app.studies()
+    );
+}
+
+/// Whether `state.json` names a trial (read before the updater's own recovery runs).
+fn slots_trial_before_kill(root: &Path) -> bool {
+    std::fs::read(root.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|s| !s["trial"].is_null())
 }

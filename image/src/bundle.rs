@@ -331,7 +331,43 @@ pub fn unpack(archive: &Path, dir: &Path) -> Result<Manifest, BundleError> {
             reason: "named in bundle.json but not in the archive".into(),
         });
     }
+    // The manifest goes with the files, so a slot can be checked again later (`verify_dir`).
+    let mut out = std::fs::File::create(dir.join(MANIFEST))?;
+    std::io::Write::write_all(&mut out, &json)?;
+    out.sync_all()?;
     sync_tree(dir)?;
+    Ok(manifest)
+}
+
+/// Check an unpacked bundle in `dir` against its own `bundle.json`: every file there, with its
+/// size and SHA-256. Returns the manifest.
+pub fn verify_dir(dir: &Path) -> Result<Manifest, BundleError> {
+    let mut json = Vec::new();
+    std::fs::File::open(dir.join(MANIFEST))?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut json)?;
+    let manifest = Manifest::parse(&json)?;
+    for (path, entry) in &manifest.files {
+        let file_error = |reason: String| BundleError::File {
+            path: path.clone(),
+            reason,
+        };
+        let f = std::fs::File::open(dir.join(path)).map_err(|e| file_error(e.to_string()))?;
+        let size = f.metadata()?.len();
+        if size != entry.size {
+            return Err(file_error(format!(
+                "{size} bytes, bundle.json says {}",
+                entry.size
+            )));
+        }
+        let sha = sha256_hex(f)?;
+        if sha != entry.sha256 {
+            return Err(file_error(format!(
+                "SHA-256 {sha}, bundle.json says {}",
+                entry.sha256
+            )));
+        }
+    }
     Ok(manifest)
 }
 
@@ -371,6 +407,11 @@ mod tests {
         let made = make("0.2.0", &arch(), "0.1.0", &files, &archive).unwrap();
         let slot = dir.path().join("slot");
         assert_eq!(unpack(&archive, &slot).unwrap(), made);
+        assert_eq!(verify_dir(&slot).unwrap(), made);
+        std::fs::write(slot.join("bin/appliance"), b"appliance BINARY").unwrap();
+        let err = verify_dir(&slot).unwrap_err().to_string();
+        assert!(err.contains("bin/appliance: SHA-256"), "{err}");
+        std::fs::write(slot.join("bin/appliance"), b"appliance binary").unwrap();
         assert_eq!(
             std::fs::read(slot.join("bin/appliance")).unwrap(),
             b"appliance binary"

@@ -6,7 +6,8 @@
 //! `state` (SQLite: outbox, global chunks, installed version, accountant, status), `device`
 //! (the loop), `secure` (this device's side of secure aggregation), `update` (turning a local head into the round's update blob: delta, clipping,
 //! noise), `firmware` (`updater fetch`: firmware bundles verified through the fleet's TUF trust
-//! root, downloaded and checked file by file, then staged).
+//! root, downloaded and checked file by file, then staged), `slots` (A/B install of a staged
+//! bundle on trial, the boot counter, commit and rollback with the databases' snapshot).
 //!
 //! It runs as its own process, not a thread of the appliance daemon: the device's TLS key and
 //! the trust key stay out of the process that parses DICOM from the network, the async
@@ -17,5 +18,6 @@ pub mod config;
 pub mod device;
 pub mod firmware;
 pub mod secure;
+pub mod slots;
 pub mod state;
 pub mod update;

@@ -33,6 +33,45 @@ enum Command {
         #[arg(long)]
         running: Option<String>,
     },
+    /// Check, fetch and stage the newest bundle (as `fetch`), then install it into the inactive
+    /// slot on trial (as `install`); prints JSON.
+    Update {
+        #[arg(long)]
+        config: PathBuf,
+        /// Now, whatever the schedule (the only mode so far).
+        #[arg(long)]
+        now: bool,
+        #[arg(long)]
+        running: Option<String>,
+    },
+    /// Install the newest staged bundle into the inactive slot and switch to it on trial.
+    Install {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Count a start of the appliance (its unit's ExecStartPre): a trial that started more than
+    /// max_boot_attempts times without a commit rolls back.
+    Boot {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The version on trial passed: keep it.
+    Commit {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Go back to the committed version and its databases.
+    Rollback {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "rolled back by the operator")]
+        reason: String,
+    },
+    /// Slots: committed version, trial, last error (JSON).
+    Slots {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Connection, installed global version, last round, queued updates and bytes, ε spent.
     Status {
         #[arg(long)]
@@ -80,15 +119,81 @@ fn main() -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&fetched)?);
                     Ok(())
                 }
-                Err(e) => {
-                    tracing::error!(reason = %e, "update refused; nothing installed");
-                    println!(
-                        "{}",
-                        serde_json::json!({"state": "refused", "reason": e.to_string()})
-                    );
-                    std::process::exit(1);
-                }
+                Err(e) => refuse(&e.to_string()),
             }
+        }
+        Command::Update {
+            config,
+            now: _,
+            running,
+        } => {
+            let config = updater::config::FirmwareConfig::load(&config)?;
+            let running = running.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+            let fetched = updater::firmware::fetch(
+                &config.data_dir,
+                &config.update,
+                &running,
+                std::env::consts::ARCH,
+            );
+            match fetched {
+                Ok(updater::firmware::Fetched::Staged { .. }) => {
+                    println!("{}", serde_json::to_string(&install(&config)?)?);
+                    Ok(())
+                }
+                Ok(other) => {
+                    println!("{}", serde_json::to_string(&other)?);
+                    Ok(())
+                }
+                Err(e) => refuse(&e.to_string()),
+            }
+        }
+        Command::Install { config } => {
+            let config = updater::config::FirmwareConfig::load(&config)?;
+            println!("{}", serde_json::to_string(&install(&config)?)?);
+            Ok(())
+        }
+        Command::Boot { config } => {
+            let config = updater::config::FirmwareConfig::load(&config)?;
+            let boot = slots(&config).boot()?;
+            if let updater::slots::Boot::RolledBack { reason } = &boot {
+                tracing::error!(reason = %reason, "rolled back to the committed version");
+            }
+            println!("{}", serde_json::to_string(&boot)?);
+            Ok(())
+        }
+        Command::Commit { config } => {
+            let config = updater::config::FirmwareConfig::load(&config)?;
+            let version = slots(&config).commit()?;
+            println!(
+                "{}",
+                serde_json::json!({"state": "committed", "version": version})
+            );
+            Ok(())
+        }
+        Command::Rollback { config, reason } => {
+            let config = updater::config::FirmwareConfig::load(&config)?;
+            slots(&config).rollback(&reason)?;
+            println!(
+                "{}",
+                serde_json::json!({"state": "rolled_back", "reason": reason})
+            );
+            Ok(())
+        }
+        Command::Slots { config } => {
+            let config = updater::config::FirmwareConfig::load(&config)?;
+            let slots = slots(&config);
+            slots.recover()?;
+            let state = slots.state()?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "running": slots.running(),
+                    "committed": state.committed,
+                    "trial": state.trial,
+                    "last_error": state.last_error,
+                })
+            );
+            Ok(())
         }
         Command::Status { config, json } => {
             let config = UpdaterConfig::load(&config)?;
@@ -117,4 +222,48 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Print the refusal as JSON and exit 1: nothing was installed.
+fn refuse(reason: &str) -> anyhow::Result<()> {
+    tracing::error!(reason = %reason, "update refused; nothing installed");
+    println!(
+        "{}",
+        serde_json::json!({"state": "refused", "reason": reason})
+    );
+    std::process::exit(1);
+}
+
+fn slots(config: &updater::config::FirmwareConfig) -> updater::slots::Slots {
+    updater::slots::Slots::new(
+        &config.update.install_root,
+        &config.data_dir,
+        config.update.max_boot_attempts,
+    )
+}
+
+/// Install the newest staged bundle on trial; the staged copy is removed once installed.
+fn install(config: &updater::config::FirmwareConfig) -> anyhow::Result<updater::slots::Installed> {
+    let staged_dir = updater::firmware::update_dir(&config.data_dir).join("staged");
+    let mut newest: Option<(semver::Version, std::path::PathBuf)> = None;
+    for entry in std::fs::read_dir(&staged_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (nothing fetched)", staged_dir.display()))?
+    {
+        let path = entry?.path();
+        let Some(version) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| semver::Version::parse(n).ok())
+        else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(v, _)| version > *v) {
+            newest = Some((version, path));
+        }
+    }
+    let (_, path) = newest.ok_or_else(|| anyhow::anyhow!("no staged bundle to install"))?;
+    let installed = slots(config).install(&path)?;
+    std::fs::remove_dir_all(&path)?;
+    tracing::info!(version = %installed.version, state = installed.state, "installed");
+    Ok(installed)
 }
