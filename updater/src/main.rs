@@ -72,7 +72,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Connection, installed global version, last round, queued updates and bytes, ε spent.
+    /// Federation: connection, installed global version, last round, queued updates and bytes,
+    /// ε spent ([federation]); firmware: version, slot, state (committed, on trial), last error
+    /// ([update]).
     Status {
         #[arg(long)]
         config: PathBuf,
@@ -196,28 +198,74 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { config, json } => {
-            let config = UpdaterConfig::load(&config)?;
-            let conn = updater::state::open(&config.data_dir)?;
-            let status = updater::state::status(&conn, &config.device_id)?;
+            // The federation's part when [federation] is there, the firmware's when [update] is.
+            let table: toml::Table = std::fs::read_to_string(&config)?
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let federation = match table.contains_key("federation") {
+                true => {
+                    let config = UpdaterConfig::load(&config)?;
+                    let conn = updater::state::open(&config.data_dir)?;
+                    Some(updater::state::status(&conn, &config.device_id)?)
+                }
+                false => None,
+            };
+            let firmware = match updater::config::FirmwareConfig::load(&config) {
+                Ok(config) => {
+                    let slots = slots(&config);
+                    slots.recover()?;
+                    let state = slots.state()?;
+                    let (version, slot, status) = match (&state.trial, &state.committed) {
+                        (Some(t), _) => (Some(t.version.clone()), Some(t.slot), "on_trial"),
+                        (None, Some((slot, v))) => (Some(v.clone()), Some(*slot), "committed"),
+                        (None, None) => (None, None, "not_installed"),
+                    };
+                    Some(serde_json::json!({
+                        "version": version,
+                        "slot": slot,
+                        "state": status,
+                        "committed": state.committed,
+                        "last_error": state.last_error,
+                    }))
+                }
+                Err(_) => None,
+            };
             if json {
-                println!("{}", serde_json::to_string(&status)?);
+                let mut out = match &federation {
+                    Some(status) => serde_json::to_value(status)?,
+                    None => serde_json::json!({}),
+                };
+                out["firmware"] = firmware.clone().unwrap_or(serde_json::Value::Null);
+                println!("{out}");
             } else {
-                println!(
-                    "device {}: {}, global version {}, last round {}, {} updates ({} bytes) queued",
-                    status.device,
-                    if status.connected {
-                        "connected"
-                    } else {
-                        "not connected"
-                    },
-                    status.global_version,
-                    status
-                        .last_round
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "none".into()),
-                    status.queued_updates,
-                    status.queued_bytes
-                );
+                if let Some(status) = &federation {
+                    println!(
+                        "device {}: {}, global version {}, last round {}, {} updates ({} bytes) \
+                         queued",
+                        status.device,
+                        if status.connected {
+                            "connected"
+                        } else {
+                            "not connected"
+                        },
+                        status.global_version,
+                        status
+                            .last_round
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| "none".into()),
+                        status.queued_updates,
+                        status.queued_bytes
+                    );
+                }
+                if let Some(f) = &firmware {
+                    println!(
+                        "firmware {} in slot {} ({}); last error: {}",
+                        f["version"].as_str().unwrap_or("none"),
+                        f["slot"].as_str().unwrap_or("none"),
+                        f["state"].as_str().unwrap_or("?"),
+                        f["last_error"].as_str().unwrap_or("none")
+                    );
+                }
             }
             Ok(())
         }
