@@ -545,10 +545,18 @@ fn kill_9_at_any_point_of_an_update_leaves_a_verified_slot_and_loses_no_instance
     }
     // `updater status` says what runs.
     let out = updater(&["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["firmware"]["state"], "committed", "{status}");
-    assert_eq!(status["firmware"]["version"], running.to_string(), "{status}");
+    assert_eq!(
+        status["firmware"]["version"],
+        running.to_string(),
+        "{status}"
+    );
     // Every acknowledged instance is in the spool.
     assert!(
         hil_tests::wait_until(Duration::from_secs(30), || {

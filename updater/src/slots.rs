@@ -87,6 +87,10 @@ pub struct SlotState {
     pub committed: Option<(Slot, String)>,
     pub trial: Option<Trial>,
     pub last_error: Option<String>,
+    /// A rollback in progress, and why: set before `current` switches back, cleared once the
+    /// databases are restored, so a crash in between finishes the rollback.
+    #[serde(default)]
+    pub rolling_back: Option<String>,
 }
 
 /// What [`Slots::boot`] decided.
@@ -149,6 +153,7 @@ impl Slots {
                 committed: None,
                 trial: None,
                 last_error: None,
+                rolling_back: None,
             }),
             Err(e) => Err(e.into()),
         }
@@ -182,6 +187,9 @@ impl Slots {
     pub fn recover(&self) -> Result<(), SlotError> {
         std::fs::create_dir_all(self.root.join("slots"))?;
         let mut state = self.state()?;
+        if let Some(reason) = state.rolling_back.clone() {
+            return self.rollback(&reason);
+        }
         let running = self.running();
         if let Some(trial) = &state.trial {
             if running != Some(trial.slot) {
@@ -340,6 +348,10 @@ impl Slots {
             .committed
             .clone()
             .ok_or_else(|| SlotError::State("a trial without a committed version".into()))?;
+        if state.rolling_back.is_none() {
+            state.rolling_back = Some(reason.to_string());
+            self.write_state(&state)?;
+        }
         self.switch(committed)?;
         for name in DATABASES {
             let saved = trial.snapshot.join(name);
@@ -357,6 +369,7 @@ impl Slots {
         }
         sync_dir(&self.data_dir)?;
         state.trial = None;
+        state.rolling_back = None;
         state.last_error = Some(reason.to_string());
         self.write_state(&state)
     }
@@ -495,6 +508,38 @@ mod tests {
         );
         slots.install(&staged(dir.path(), "0.3.0")).unwrap();
         assert_eq!(slots.running(), Some(Slot::A));
+    }
+
+    #[test]
+    fn a_rollback_a_crash_cut_short_is_finished_databases_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let slots = Slots::new(&dir.path().join("root"), &data, 3);
+        slots.install(&staged(dir.path(), "0.1.0")).unwrap();
+        let db = rusqlite::Connection::open(data.join("results.sqlite")).unwrap();
+        db.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(db);
+        slots.install(&staged(dir.path(), "0.2.0")).unwrap();
+        let db = rusqlite::Connection::open(data.join("results.sqlite")).unwrap();
+        db.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        drop(db);
+        // As if the power went right after the link went back: intent written, link switched,
+        // databases not restored yet.
+        let mut state = slots.state().unwrap();
+        state.rolling_back = Some("self-test failed".into());
+        slots.write_state(&state).unwrap();
+        slots.switch(Slot::A).unwrap();
+        assert_eq!(slots.boot().unwrap(), Boot::Committed);
+        let state = slots.state().unwrap();
+        assert_eq!((state.trial, state.rolling_back), (None, None));
+        assert_eq!(state.last_error.as_deref(), Some("self-test failed"));
+        let db = rusqlite::Connection::open(data.join("results.sqlite")).unwrap();
+        let rows: i64 = db
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
     }
 
     #[test]
