@@ -29,8 +29,9 @@
 //!   ([`learning::gate`]). Held-out cases are scored on every pixel of their grid: each
 //!   series runs through the frozen part again (one case in memory at a time), and so do the
 //!   training cases with a study label for the study classifier (contract 1). A contract-2
-//!   model has no reference set and no study classifier. Every candidate is recorded with its lineage ([`crate::heads`]); an accepted one
-//!   becomes the champion in the same transaction.
+//!   model has no reference set and no study classifier. Every candidate is recorded with
+//!   its lineage ([`crate::heads`]); an accepted one becomes the champion in the same
+//!   transaction.
 //!
 //! One fine-tune at a time per data folder: the daemon and `appliance learn now` share the
 //! lock file `<data_dir>/learn.lock`.
