@@ -208,6 +208,15 @@ pub fn fetch(
         }
         std::fs::rename(&unpacked, &staged)?;
         std::fs::File::open(dir.join("staged"))?.sync_all()?;
+        // The archive is unpacked and every file checked: it is not needed any more, nor is a
+        // bundle staged earlier and not installed (this one is newer).
+        std::fs::remove_file(&done)?;
+        for entry in std::fs::read_dir(dir.join("staged"))? {
+            let path = entry?.path();
+            if path != staged {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
         Ok(Fetched::Staged {
             target,
             version: manifest.version,
