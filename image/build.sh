@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the firmware bundle: the release binaries (appliance, updater), the systemd units, the
-# default configuration and the reference model package, with bundle.json (SHA-256, size and
-# mode of every file, version, hardware, the oldest version it can update from).
+# default configuration, the reference model package, and the clinical self-test's golden study
+# (fixtures/ct-series-lesion with what this build's `appliance infer` says of it, which the
+# device's `appliance self-test` must reproduce), with bundle.json (SHA-256, size and mode of
+# every file, version, hardware, the oldest version it can update from).
 #
 # Usage: image/build.sh [--version V] [--min-from V] [--out FILE]
 #   --version   defaults to the workspace version (Cargo.toml)
@@ -36,6 +38,9 @@ trap 'rm -rf "$staging"' EXIT
 for bin in appliance updater; do
     strip --strip-debug -o "$staging/$bin" "target/release/$bin"
 done
+bash scripts/fixtures.sh >&2
+target/release/appliance infer fixtures/ct-series-lesion --model models/reference/head-ct \
+    > "$staging/expected.json"
 
 target/release/bundle make --version "$version" --min-from "$min_from" --hardware "$arch" \
     --out "$out" \
@@ -44,5 +49,7 @@ target/release/bundle make --version "$version" --min-from "$min_from" --hardwar
     --file systemd/radiant-edge.service=image/systemd/radiant-edge.service:644 \
     --file systemd/radiant-updater.service=image/systemd/radiant-updater.service:644 \
     --file etc/appliance.toml=image/etc/appliance.toml:644 \
-    --folder models/head-ct-ich=models/reference/head-ct >&2
+    --folder models/head-ct-ich=models/reference/head-ct \
+    --folder selftest/study=fixtures/ct-series-lesion \
+    --file selftest/expected.json="$staging/expected.json":644 >&2
 echo "$out"

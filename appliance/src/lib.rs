@@ -23,6 +23,7 @@
 //!   OpenMetrics registry `/metrics` renders, DICOM side included.
 //! - [`outbox`]: durable delivery of result objects to the configured destinations.
 //! - [`routes`]: which installed models a series goes to (`[[routes]]`).
+//! - [`self_test`]: the clinical self-test a firmware version passes before it is committed.
 //! - [`supervisor`]: the daemon's threads under one shutdown signal; a panic is logged,
 //!   fails readiness and stops the daemon with an error.
 //! - [`retention`]: which studies leave the spool and when (age, disk watermarks, never one
@@ -49,6 +50,7 @@ pub mod outbox;
 pub mod readiness;
 pub mod retention;
 pub mod routes;
+pub mod self_test;
 pub mod studies;
 pub mod supervisor;
 pub mod systemd;

@@ -105,6 +105,20 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// The clinical self-test of this binary: a golden study through the SCP, inference, the
+    /// SEG and SR and the outbox to a loopback sink, compared with the golden result; on
+    /// loopback daemons with their own data, never the site's. Exit status 1 when it fails.
+    SelfTest {
+        /// The site's configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The golden folder: study/*.dcm and expected.json.
+        #[arg(long)]
+        golden: PathBuf,
+        /// Most seconds from sending the study to the SEG and SR at the sink.
+        #[arg(long, default_value_t = 120.0)]
+        budget_seconds: f64,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -355,6 +369,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     println!("{}", serde_json::to_string_pretty(&job)?);
                 }
+            }
+            Ok(())
+        }
+        Command::SelfTest {
+            config,
+            golden,
+            budget_seconds,
+        } => {
+            anyhow::ensure!(
+                budget_seconds.is_finite() && (1.0..=3600.0).contains(&budget_seconds),
+                "--budget-seconds must be between 1 and 3600"
+            );
+            let outcome = appliance::self_test::run(
+                &config,
+                &golden,
+                std::time::Duration::from_secs_f64(budget_seconds),
+            )?;
+            println!("{}", serde_json::to_string(&outcome)?);
+            if !outcome.passed {
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -168,6 +168,17 @@ pub struct UpdateConfig {
     /// Starts a new version gets to pass its self-test; one more and it rolls back.
     #[serde(default = "default_max_boot_attempts")]
     pub max_boot_attempts: u32,
+    /// Run the new version's clinical self-test after the switch (`appliance self-test` with the
+    /// bundle's `selftest/` golden study), then commit it or roll it back by itself.
+    #[serde(default = "default_true")]
+    pub self_test: bool,
+    /// Most seconds from sending the golden study to its SEG and SR at the sink.
+    #[serde(default = "default_self_test_budget")]
+    pub self_test_budget_seconds: f64,
+}
+
+fn default_self_test_budget() -> f64 {
+    120.0
 }
 
 fn default_install_root() -> PathBuf {
@@ -187,6 +198,14 @@ impl UpdateConfig {
                 "update.repository".to_string(),
                 "a file:///... URL (an absolute path): the only transport this updater has"
                     .to_string(),
+            ));
+        }
+        if !(self.self_test_budget_seconds.is_finite()
+            && (1.0..=3600.0).contains(&self.self_test_budget_seconds))
+        {
+            problems.push((
+                "update.self_test_budget_seconds".to_string(),
+                "1 to 3600".to_string(),
             ));
         }
         if !(1..=100).contains(&self.max_boot_attempts) {

@@ -61,6 +61,25 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Make and publish a bundle of `version` for this machine from `bundle make` arguments.
+    fn publish_with(&self, version: &str, files: &[String]) -> PathBuf {
+        let bundle = self.dir.path().join(format!("radiant-edge-{version}.tar"));
+        let out = Command::new(binary_named("bundle"))
+            .args(["make", "--version", version, "--min-from", "0.1.0"])
+            .args(["--hardware", std::env::consts::ARCH, "--out"])
+            .arg(&bundle)
+            .args(files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.fleet(&["repo", "publish"], &[&self.repo(), &bundle]);
+        bundle
+    }
+
     /// Make and publish a bundle of `version` for `arch`.
     fn publish(&self, version: &str, arch: &str, expiry: &[&str]) -> PathBuf {
         self.publish_sized(version, arch, expiry, 0)
@@ -417,7 +436,8 @@ fn kill_9_at_any_point_of_an_update_leaves_a_verified_slot_and_loses_no_instance
         &config,
         format!(
             "data_dir = {:?}\n[update]\nenabled = true\nrepository = \"file://{}/\"\n\
-             trusted_root = {:?}\ninstall_root = {:?}\nmax_boot_attempts = 3\n",
+             trusted_root = {:?}\ninstall_root = {:?}\nmax_boot_attempts = 3\n\
+             self_test = false\n",
             app.data_dir,
             fleet.repo().join("repository").display(),
             fleet.metadata().join("1.root.json"),
@@ -577,4 +597,141 @@ fn slots_trial_before_kill(root: &Path) -> bool {
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|s| !s["trial"].is_null())
+}
+
+/// The clinical self-test decides a trial by itself. Real bundles (this build's appliance,
+/// the reference model installed on the site, the golden study `ct-series-lesion` with what
+/// `appliance infer` says of it): a release whose result matches is committed after its
+/// self-test; a release whose result does not match the golden one (here: its golden result
+/// says the lesion is 20 % larger, as a regressed model would differ) rolls back by itself,
+/// with the reason, and the site keeps running the committed version.
+#[test]
+fn a_release_passing_its_self_test_is_committed_and_one_failing_it_rolls_back_by_itself() {
+    use hil_tests::appliance::Appliance;
+    let fleet = Fleet::empty();
+    let app = Appliance::start_with_model(&|_| {});
+    let work = fleet.dir.path();
+    // This build's appliance without debug info, as image/build.sh bundles it.
+    let binary = work.join("appliance");
+    let out = Command::new("strip")
+        .args(["--strip-debug", "-o"])
+        .arg(&binary)
+        .arg(hil_tests::appliance::binary())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let golden = test_support::fixtures::lesion_series_dir();
+    let out = Command::new(&binary)
+        .args(["infer"])
+        .arg(&golden)
+        .args(["--model"])
+        .arg(hil_tests::repo_root().join("models/reference/head-ct"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let good = work.join("expected.json");
+    std::fs::write(&good, &out.stdout).unwrap();
+    let mut wrong: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lesion = wrong["labels"][1]["voxels"].as_f64().unwrap();
+    wrong["labels"][1]["voxels"] = ((lesion * 1.2).round() as i64).into();
+    let bad = work.join("expected-wrong.json");
+    std::fs::write(&bad, serde_json::to_vec(&wrong).unwrap()).unwrap();
+    let files = |expected: &Path| {
+        vec![
+            format!("--file=bin/appliance={}:755", binary.display()),
+            format!("--folder=selftest/study={}", golden.display()),
+            format!("--file=selftest/expected.json={}:644", expected.display()),
+        ]
+    };
+    // The site's configuration with [update].
+    let mut config: toml::Table = std::fs::read_to_string(&app.config_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut update = toml::Table::new();
+    update.insert("enabled".into(), true.into());
+    update.insert(
+        "repository".into(),
+        format!("file://{}/", fleet.repo().join("repository").display()).into(),
+    );
+    update.insert(
+        "trusted_root".into(),
+        fleet
+            .metadata()
+            .join("1.root.json")
+            .to_string_lossy()
+            .as_ref()
+            .into(),
+    );
+    update.insert(
+        "install_root".into(),
+        work.join("install").to_string_lossy().as_ref().into(),
+    );
+    config.insert("update".into(), update.into());
+    let config_path = work.join("site.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let update_now = |running: &str| {
+        let out = Command::new(binary_named("updater"))
+            .args(["update", "--now", "--running", running, "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), json)
+    };
+
+    // The first install has nothing to go back to: committed as it lands.
+    fleet.publish_with("0.2.0", &files(&good));
+    let (ok, json) = update_now("0.1.0");
+    assert!(ok, "{json}");
+    assert_eq!(json["state"], "committed", "{json}");
+    // A good release: on trial, self-tested, committed.
+    fleet.publish_with("0.3.0", &files(&good));
+    let (ok, json) = update_now("0.2.0");
+    assert!(ok, "{json}");
+    assert_eq!(json["state"], "committed", "{json}");
+    assert_eq!(json["version"], "0.3.0");
+    assert_eq!(json["self_test"]["passed"], true, "{json}");
+    assert_eq!(
+        json["self_test"]["received"],
+        serde_json::json!(["SEG", "SR"])
+    );
+    let seconds = json["self_test"]["seconds"].as_f64().unwrap();
+    eprintln!(
+        "self-test of 0.3.0 passed in {seconds:.2} s (golden study to SEG and SR at the sink)"
+    );
+    // A release whose result differs from its golden one: rolled back by itself.
+    fleet.publish_with("0.4.0", &files(&bad));
+    let (ok, json) = update_now("0.3.0");
+    assert!(!ok, "{json}");
+    assert_eq!(json["state"], "rolled_back", "{json}");
+    let reason = json["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("version 0.4.0 failed its self-test") && reason.contains("label 2"),
+        "{reason}"
+    );
+    eprintln!("0.4.0: {reason}");
+    let out = Command::new(binary_named("updater"))
+        .args(["status", "--json", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["firmware"]["version"], "0.3.0", "{status}");
+    assert_eq!(status["firmware"]["state"], "committed", "{status}");
+    assert_eq!(status["firmware"]["last_error"], reason, "{status}");
+    // The self-test's loopback daemons left nothing in the site's data folder.
+    for entry in std::fs::read_dir(&app.data_dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with("selftest-"), "{name} left behind");
+    }
 }

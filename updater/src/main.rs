@@ -73,8 +73,8 @@ enum Command {
         config: PathBuf,
     },
     /// Federation: connection, installed global version, last round, queued updates and bytes,
-    /// ε spent ([federation]); firmware: version, slot, state (committed, on trial), last error
-    /// ([update]).
+    /// ε spent (when [federation] is enabled); firmware: version, slot, state (committed, on
+    /// trial), last error ([update]).
     Status {
         #[arg(long)]
         config: PathBuf,
@@ -129,7 +129,8 @@ fn main() -> anyhow::Result<()> {
             now: _,
             running,
         } => {
-            let config = updater::config::FirmwareConfig::load(&config)?;
+            let config_path = config;
+            let config = updater::config::FirmwareConfig::load(&config_path)?;
             let running = running.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
             let fetched = updater::firmware::fetch(
                 &config.data_dir,
@@ -139,8 +140,34 @@ fn main() -> anyhow::Result<()> {
             );
             match fetched {
                 Ok(updater::firmware::Fetched::Staged { .. }) => {
-                    println!("{}", serde_json::to_string(&install(&config)?)?);
-                    Ok(())
+                    let installed = install(&config)?;
+                    if installed.state != "on_trial" || !config.update.self_test {
+                        println!("{}", serde_json::to_string(&installed)?);
+                        return Ok(());
+                    }
+                    let outcome = self_test(&config, &config_path)?;
+                    let slots = slots(&config);
+                    if outcome["passed"] == true {
+                        let version = slots.commit()?;
+                        tracing::info!(version = %version, seconds = %outcome["seconds"], "self-test passed; committed");
+                        println!(
+                            "{}",
+                            serde_json::json!({"state": "committed", "version": version, "self_test": outcome})
+                        );
+                        Ok(())
+                    } else {
+                        let reason = format!(
+                            "version {} failed its self-test: {}",
+                            installed.version, outcome["reasons"]
+                        );
+                        slots.rollback(&reason)?;
+                        tracing::error!(reason = %reason, "rolled back");
+                        println!(
+                            "{}",
+                            serde_json::json!({"state": "rolled_back", "reason": reason, "self_test": outcome})
+                        );
+                        std::process::exit(1);
+                    }
                 }
                 Ok(other) => {
                     println!("{}", serde_json::to_string(&other)?);
@@ -202,7 +229,12 @@ fn main() -> anyhow::Result<()> {
             let table: toml::Table = std::fs::read_to_string(&config)?
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            let federation = match table.contains_key("federation") {
+            let federated = table
+                .get("federation")
+                .and_then(|f| f.get("enabled"))
+                .and_then(|e| e.as_bool())
+                .unwrap_or(false);
+            let federation = match federated {
                 true => {
                     let config = UpdaterConfig::load(&config)?;
                     let conn = updater::state::open(&config.data_dir)?;
@@ -314,4 +346,37 @@ fn install(config: &updater::config::FirmwareConfig) -> anyhow::Result<updater::
     std::fs::remove_dir_all(&path)?;
     tracing::info!(version = %installed.version, state = installed.state, "installed");
     Ok(installed)
+}
+
+/// Run the clinical self-test of the version `current` now points at: its own `appliance
+/// self-test` with its bundle's golden study. A self-test that cannot even run is a failure
+/// with the reason.
+fn self_test(
+    config: &updater::config::FirmwareConfig,
+    config_path: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    let current = slots(config).current_link();
+    let out = std::process::Command::new(current.join("bin/appliance"))
+        .args(["self-test", "--config"])
+        .arg(config_path)
+        .arg("--golden")
+        .arg(current.join("selftest"))
+        .arg("--budget-seconds")
+        .arg(config.update.self_test_budget_seconds.to_string())
+        .output();
+    let failed = |reason: String| serde_json::json!({"passed": false, "reasons": [reason]});
+    Ok(match out {
+        Err(e) => failed(format!("cannot run the new version's appliance: {e}")),
+        Ok(out) => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            Ok(v) if v.get("passed").is_some() => v,
+            _ => failed(format!(
+                "the new version's self-test did not report (exit {}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            )),
+        },
+    })
 }
