@@ -296,12 +296,14 @@ fn freeze_attack_with_stale_metadata_is_refused_once_it_expires() {
     fleet.fleet_with(
         &["repo", "refresh"],
         &[&fleet.repo()],
-        &["--timestamp-seconds", "3"],
+        &["--timestamp-seconds", "10"],
     );
+    let signed = std::time::Instant::now();
     let (ok, json) = fleet.fetch();
     assert!(ok, "{json}");
     std::fs::remove_dir_all(fleet.data().join("update/staged")).unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    // Past the timestamp's expiry (10 s after it was signed, which was before `signed`).
+    std::thread::sleep(std::time::Duration::from_secs(11).saturating_sub(signed.elapsed()));
     fleet.refused("freeze attack", "expired");
 }
 
