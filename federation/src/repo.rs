@@ -230,16 +230,7 @@ impl Repo {
             let (_, root_path) = self.latest_root()?;
             let mut editor = RepositoryEditor::new(&root_path).await.map_err(tuf)?;
             let one = NonZeroU64::MIN;
-            let now = jiff::Timestamp::now();
-            editor
-                .targets_version(one)
-                .map_err(tuf)?
-                .targets_expires(now + expiry.targets)
-                .map_err(tuf)?
-                .snapshot_version(one)
-                .snapshot_expires(now + expiry.snapshot)
-                .timestamp_version(one)
-                .timestamp_expires(now + expiry.timestamp);
+            stamp(&mut editor, [one; 3], expiry)?;
             let signed = editor.sign(&self.keys_of(&TOP_ROLES)?).await.map_err(tuf)?;
             signed.write(self.metadata_dir()).await.map_err(tuf)
         })
@@ -315,16 +306,7 @@ impl Repo {
             target.custom.extend(custom.clone());
             editor.add_target(*name, target).map_err(tuf)?;
         }
-        let now = jiff::Timestamp::now();
-        editor
-            .targets_version(targets_v)
-            .map_err(tuf)?
-            .targets_expires(now + expiry.targets)
-            .map_err(tuf)?
-            .snapshot_version(snapshot_v)
-            .snapshot_expires(now + expiry.snapshot)
-            .timestamp_version(timestamp_v)
-            .timestamp_expires(now + expiry.timestamp);
+        stamp(&mut editor, [targets_v, snapshot_v, timestamp_v], expiry)?;
         let signed = editor.sign(&self.keys_of(&TOP_ROLES)?).await.map_err(tuf)?;
         if let Some((file, name, _)) = add {
             let name = TargetName::new(name).map_err(tuf)?;
@@ -444,6 +426,26 @@ impl Repo {
         }
         self.refresh(expiry)
     }
+}
+
+/// Set the targets, snapshot and timestamp versions (in that order) and their expiries from
+/// now.
+fn stamp(
+    editor: &mut RepositoryEditor,
+    [targets, snapshot, timestamp]: [NonZeroU64; 3],
+    expiry: Expiry,
+) -> Result<(), RepoError> {
+    let now = jiff::Timestamp::now();
+    editor
+        .targets_version(targets)
+        .map_err(tuf)?
+        .targets_expires(now + expiry.targets)
+        .map_err(tuf)?
+        .snapshot_version(snapshot)
+        .snapshot_expires(now + expiry.snapshot)
+        .timestamp_version(timestamp)
+        .timestamp_expires(now + expiry.timestamp);
+    Ok(())
 }
 
 /// The `bundle.json` of a firmware bundle (the archive's first member), checked.

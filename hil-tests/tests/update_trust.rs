@@ -64,18 +64,7 @@ impl Fleet {
     /// Make and publish a bundle of `version` for this machine from `bundle make` arguments.
     fn publish_with(&self, version: &str, files: &[String]) -> PathBuf {
         let bundle = self.dir.path().join(format!("radiant-edge-{version}.tar"));
-        let out = Command::new(binary_named("bundle"))
-            .args(["make", "--version", version, "--min-from", "0.1.0"])
-            .args(["--hardware", std::env::consts::ARCH, "--out"])
-            .arg(&bundle)
-            .args(files)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        make_bundle(version, std::env::consts::ARCH, &bundle, files);
         self.fleet(&["repo", "publish"], &[&self.repo(), &bundle]);
         bundle
     }
@@ -104,24 +93,20 @@ impl Fleet {
             .dir
             .path()
             .join(format!("radiant-edge-{version}-{arch}.tar"));
-        let out = Command::new(binary_named("bundle"))
-            .args(["make", "--version", version, "--min-from", "0.1.0"])
-            .args(["--hardware", arch, "--out"])
-            .arg(&bundle)
-            .arg(format!(
-                "--file=bin/appliance={}:755",
-                stage.join("appliance").display()
-            ))
-            .arg(format!(
-                "--file=models/model.onnx={}:644",
-                stage.join("model.onnx").display()
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        make_bundle(
+            version,
+            arch,
+            &bundle,
+            &[
+                format!(
+                    "--file=bin/appliance={}:755",
+                    stage.join("appliance").display()
+                ),
+                format!(
+                    "--file=models/model.onnx={}:644",
+                    stage.join("model.onnx").display()
+                ),
+            ],
         );
         self.fleet_with(&["repo", "publish"], &[&self.repo(), &bundle], expiry);
         bundle
@@ -736,4 +721,21 @@ fn a_release_passing_its_self_test_is_committed_and_one_failing_it_rolls_back_by
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!name.starts_with("selftest-"), "{name} left behind");
     }
+}
+
+/// `bundle make` of `version` for `arch` into `out` with `files` (its --file/--folder
+/// arguments); it must succeed.
+fn make_bundle(version: &str, arch: &str, out: &Path, files: &[String]) {
+    let made = Command::new(binary_named("bundle"))
+        .args(["make", "--version", version, "--min-from", "0.1.0"])
+        .args(["--hardware", arch, "--out"])
+        .arg(out)
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 }

@@ -178,24 +178,6 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// SHA-256 of a reader, hex.
-pub fn sha256_hex(mut r: impl Read) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 /// Make a bundle of `files` (path in the bundle, file on disk, mode): the archive at `out`,
 /// `bundle.json` first. Returns its manifest.
 pub fn make(
@@ -212,7 +194,7 @@ pub fn make(
         entries.insert(
             path.clone(),
             FileEntry {
-                sha256: sha256_hex(f)?,
+                sha256: radiant_core::digest::sha256_hex(f)?,
                 size,
                 mode: *mode,
             },
@@ -360,7 +342,7 @@ pub fn verify_dir(dir: &Path) -> Result<Manifest, BundleError> {
                 entry.size
             )));
         }
-        let sha = sha256_hex(f)?;
+        let sha = radiant_core::digest::sha256_hex(f)?;
         if sha != entry.sha256 {
             return Err(file_error(format!(
                 "SHA-256 {sha}, bundle.json says {}",

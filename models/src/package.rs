@@ -4,7 +4,6 @@
 //! by field and every model file against its SHA-256 before anything runs.
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -415,27 +414,13 @@ fn is_hex64(s: &str) -> bool {
 
 /// SHA-256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, PackageError> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|_| PackageError::MissingFile {
+    let file = std::fs::File::open(path).map_err(|_| PackageError::MissingFile {
         path: path.to_path_buf(),
     })?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| PackageError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    radiant_core::digest::sha256_hex(file).map_err(|e| PackageError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

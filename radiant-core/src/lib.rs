@@ -8,6 +8,7 @@
 //!   of sleep-polling.
 //! - [`code`]: a coded concept (scheme, value, meaning), as model packages and result objects
 //!   carry them.
+//! - [`digest`]: SHA-256 of a stream, as hex.
 //! - [`durable`]: write-temp, fdatasync, rename, fsync the directory: the one way a file
 //!   becomes durable.
 //! - [`panic`]: the message of a caught panic.
@@ -17,6 +18,7 @@
 
 pub mod cancel;
 pub mod code;
+pub mod digest;
 pub mod durable;
 pub mod panic;
 pub mod rng;
