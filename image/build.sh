@@ -48,6 +48,8 @@ target/release/bundle make --version "$version" --min-from "$min_from" --hardwar
     --file bin/updater="$staging/updater":755 \
     --file systemd/radiant-edge.service=image/systemd/radiant-edge.service:644 \
     --file systemd/radiant-updater.service=image/systemd/radiant-updater.service:644 \
+    --file systemd/radiant-edge-restart.path=image/systemd/radiant-edge-restart.path:644 \
+    --file systemd/radiant-edge-restart.service=image/systemd/radiant-edge-restart.service:644 \
     --file etc/appliance.toml=image/etc/appliance.toml:644 \
     --folder models/head-ct-ich=models/reference/head-ct \
     --folder selftest/study=fixtures/ct-series-lesion \

@@ -83,6 +83,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             Exposition::new(&metrics, &appliance_metrics),
             readiness.clone(),
             disk,
+            crate::activity::ActivityProbe::new(config.data_dir.clone(), metrics.clone()),
             &supervisor,
         )?)
     } else {

@@ -1,5 +1,5 @@
-//! The operations endpoint: liveness, readiness (with the reason when not ready) and Prometheus
-//! metrics, on a loopback port by default.
+//! The operations endpoint: liveness, readiness (with the reason when not ready), Prometheus
+//! metrics and the activity the updater waits on, on a loopback port by default.
 
 use crate::metrics::{Exposition, CONTENT_TYPE};
 use crate::readiness::Readiness;
@@ -16,12 +16,16 @@ pub struct HttpEndpoint {
 /// Something that tells whether free disk is above the floor: `Err(reason)` when not.
 pub type DiskCheck = Box<dyn Fn() -> Result<(), String> + Send>;
 
+/// What `GET /activity` answers, and what reads it.
+pub use crate::activity::ActivityProbe;
+
 impl HttpEndpoint {
     pub fn start(
         addr: SocketAddr,
         metrics: Exposition,
         readiness: Arc<Readiness>,
         disk: DiskCheck,
+        activity: ActivityProbe,
         supervisor: &Supervisor,
     ) -> anyhow::Result<Self> {
         let server = Arc::new(
@@ -30,7 +34,7 @@ impl HttpEndpoint {
         );
         let worker = server.clone();
         let thread = supervisor.spawn("http", move |_stop| {
-            serve(&worker, &metrics, &readiness, &disk);
+            serve(&worker, &metrics, &readiness, &disk, &activity);
             Ok(())
         })?;
         tracing::info!(%addr, "health and metrics endpoint listening");
@@ -50,6 +54,7 @@ fn serve(
     metrics: &Exposition,
     readiness: &Readiness,
     disk: &DiskCheck,
+    activity: &ActivityProbe,
 ) {
     while let Ok(request) = server.recv() {
         let (code, body, content_type) = match (request.method(), request.url()) {
@@ -59,6 +64,14 @@ fn serve(
                 Err(reason) => (503, format!("not ready: {reason}\n"), "text/plain"),
             },
             (tiny_http::Method::Get, "/metrics") => (200, metrics.render(), CONTENT_TYPE),
+            (tiny_http::Method::Get, "/activity") => match activity.read() {
+                Ok(a) => (
+                    200,
+                    serde_json::to_string(&a).unwrap_or_default(),
+                    "application/json",
+                ),
+                Err(reason) => (503, format!("activity unknown: {reason}\n"), "text/plain"),
+            },
             _ => (404, "not found\n".to_string(), "text/plain"),
         };
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes());

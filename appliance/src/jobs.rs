@@ -136,7 +136,7 @@ pub struct Pipeline {
 }
 
 /// How many jobs wait for or hold the worker.
-fn waiting_jobs(conn: &Connection) -> rusqlite::Result<i64> {
+pub fn waiting_jobs(conn: &Connection) -> rusqlite::Result<i64> {
     let [queued, running] = JobState::WAITING;
     conn.query_row(
         "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2)",

@@ -33,6 +33,7 @@
 //!   healthy.
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
+pub mod activity;
 pub mod cases;
 pub mod config;
 pub mod daemon;

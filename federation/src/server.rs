@@ -73,6 +73,7 @@ impl Server {
                 cert_file: config.cert_file.clone(),
                 key_file: config.key_file.clone(),
                 keep_alive: Duration::from_secs(30),
+                persistent_session: true,
             },
             vec![topics.all_up()],
         )?;

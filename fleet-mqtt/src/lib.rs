@@ -3,9 +3,9 @@
 //! events. Only `updater` and `federation` use it; the async runtime rumqttc runs on stays
 //! inside rumqttc's own connection thread.
 //!
-//! Choices (see `updater/PROTOCOL.md`): QoS 1 for everything, a persistent session
-//! (`clean_start = false`, 7 days' expiry) so messages wait at the broker for a client that is
-//! away, packets up to [`fleet_wire::MAX_FRAME_BYTES`] in both directions (rumqttc's default cap
+//! Choices (see `updater/PROTOCOL.md`): QoS 1 for everything, a persistent session for
+//! devices and the server (`clean_start = false`, 7 days' expiry) so messages wait at the
+//! broker for a client that is away (the operator's one-shot command starts clean), packets up to [`fleet_wire::MAX_FRAME_BYTES`] in both directions (rumqttc's default cap
 //! is 10 KiB), and a reconnect loop with a bounded back-off. Subscriptions are made again on
 //! every connection.
 
@@ -42,6 +42,9 @@ pub struct LinkConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub keep_alive: Duration,
+    /// Keep the session at the broker between connections (devices and the server: messages
+    /// wait for them); `false` for a one-shot client such as the operator's command.
+    pub persistent_session: bool,
 }
 
 /// What the link reports.
@@ -115,8 +118,8 @@ impl Link {
         let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
         options
             .set_keep_alive(config.keep_alive)
-            .set_clean_start(false)
-            .set_session_expiry_interval(Some(7 * 24 * 3600))
+            .set_clean_start(!config.persistent_session)
+            .set_session_expiry_interval(config.persistent_session.then_some(7 * 24 * 3600))
             .set_max_packet_size(Some(MAX_PACKET_BYTES))
             .set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
         let (client, mut connection) = Client::new(options, 256);

@@ -8,6 +8,8 @@
 //! - [`bounds`]: the limits every received field keeps.
 //! - [`message`]: every header type, with the bounds each field must keep.
 //! - [`blob`]: cutting a blob into chunks and checking chunks and whole blobs by SHA-256.
+//! - [`release`]: firmware release announcements per fleet group, staged waves, and the
+//!   status each device reports.
 //! - [`signed`]: the global head header, signed with ed25519, and the checks a device makes.
 //! - [`site`]: the appliance's `[federation]` table and the folder the appliance and the
 //!   updater hand heads through.
@@ -18,6 +20,7 @@ pub mod blob;
 pub mod bounds;
 pub mod frame;
 pub mod message;
+pub mod release;
 pub mod signed;
 pub mod site;
 pub mod tensors;
@@ -62,6 +65,18 @@ impl Topics {
     }
     pub fn down(&self, device: &str) -> String {
         format!("{}/device/{device}/down", self.prefix)
+    }
+    /// The retained release announcement of a fleet group.
+    pub fn release(&self, group: &str) -> String {
+        format!("{}/release/{group}", self.prefix)
+    }
+    /// A device's retained firmware status.
+    pub fn status(&self, device: &str) -> String {
+        format!("{}/device/{device}/status", self.prefix)
+    }
+    /// What the operator subscribes to: every device's status.
+    pub fn all_status(&self) -> String {
+        format!("{}/device/+/status", self.prefix)
     }
     /// What the server subscribes to: every device's `up` topic.
     pub fn all_up(&self) -> String {

@@ -25,6 +25,10 @@ pub enum Message {
     /// A secure-aggregation message; its body is the phase's message (JSON of the `secagg`
     /// crate's type for `phase`).
     SecAgg(SecAggHeader),
+    /// A firmware release announced to a fleet group (`fleet rollout start`; retained).
+    Release(crate::release::Release),
+    /// A device's firmware status (retained on its `status` topic).
+    DeviceStatus(crate::release::DeviceStatus),
 }
 
 impl Message {
@@ -41,6 +45,8 @@ impl Message {
             Message::RoundClosed(_) => "round_closed",
             Message::GlobalHead(_) => "global_head",
             Message::SecAgg(_) => "sec_agg",
+            Message::Release(_) => "release",
+            Message::DeviceStatus(_) => "device_status",
         }
     }
 
@@ -145,6 +151,8 @@ impl Message {
             }
             Message::RoundClosed(m) => check_text("reason", &m.reason, 512),
             Message::GlobalHead(m) => m.head.validate(),
+            Message::Release(m) => m.validate(),
+            Message::DeviceStatus(m) => m.validate(),
             Message::SecAgg(m) => {
                 if SecAggPhase::ALL.contains(&m.phase.as_str()) {
                     Ok(())

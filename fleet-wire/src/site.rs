@@ -7,6 +7,9 @@
 //! current head fine-tuned from global version `<base>`, written by the appliance.
 //! `<data_dir>/federation/global/<version>.safetensors` (+ `.json`, the signed header): a
 //! global head the updater verified, for the appliance to put through its gate.
+//!
+//! Also the `[update]` table (firmware updates) and [`Activity`], what the appliance's
+//! `GET /activity` tells the updater before it switches versions.
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -155,8 +158,14 @@ pub struct UpdateConfig {
     #[serde(default)]
     pub enabled: bool,
     /// The fleet's update repository: `<repository>/metadata/` (TUF metadata) and
-    /// `<repository>/targets/`. A `file://` URL (a mirror on a mounted volume).
+    /// `<repository>/targets/`. An `https://` URL (a static HTTPS server: the vendor's, or a
+    /// mirror inside the hospital) or a `file://` one (a mirror on a mounted volume).
     pub repository: String,
+    /// The CA an `https://` repository's server certificate must chain to (a private mirror's);
+    /// without it, Mozilla's roots. TLS keeps the bytes private and the server genuine; their
+    /// integrity comes from the trust root either way.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The root metadata the firmware shipped with (the repository's `1.root.json`, or a later
     /// one): the trust anchor of every update. Later roots are taken only when this one's
     /// keys sign them.
@@ -175,6 +184,64 @@ pub struct UpdateConfig {
     /// Most seconds from sending the golden study to its SEG and SR at the sink.
     #[serde(default = "default_self_test_budget")]
     pub self_test_budget_seconds: f64,
+    /// The fleet group whose release announcements this device follows (`updater run`).
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// `HH:MM-HH:MM`, the appliance's local time: a release is switched to only inside it (it
+    /// may span midnight, `22:00-04:00`). Without it, at any time. Either way only once the
+    /// appliance is idle (no association, no study waiting, no job); `update --now` waits for
+    /// neither.
+    #[serde(default)]
+    pub maintenance_window: Option<String>,
+    /// What restarts the appliance on the new slot after the switch, as argv. Empty (the
+    /// default): the updater asks for it by writing `<data_dir>/update/restart-appliance`,
+    /// which the image's `radiant-edge-restart.path` unit turns into a restart of the
+    /// appliance's unit, so the updater itself needs no privilege over systemd.
+    #[serde(default)]
+    pub restart_command: Vec<String>,
+}
+
+/// What the appliance is busy with (`GET /activity` on its operations endpoint, JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// DICOM associations open now.
+    pub associations_active: u64,
+    /// Studies whose instances are arriving (not complete yet).
+    pub studies_receiving: u64,
+    /// Inference jobs queued or running.
+    pub jobs_waiting: u64,
+}
+
+impl Activity {
+    pub fn is_idle(&self) -> bool {
+        self.associations_active == 0 && self.studies_receiving == 0 && self.jobs_waiting == 0
+    }
+}
+
+fn default_group() -> String {
+    "default".to_string()
+}
+
+/// A maintenance window `HH:MM-HH:MM` as minutes of the day (start, end); end before start
+/// spans midnight.
+pub fn parse_window(window: &str) -> Option<(u32, u32)> {
+    let minutes = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
+    };
+    let (start, end) = window.split_once('-')?;
+    let (start, end) = (minutes(start)?, minutes(end)?);
+    (start != end).then_some((start, end))
+}
+
+/// Whether `minute` of the day lies in the window `(start, end)` of [`parse_window`].
+pub fn in_window((start, end): (u32, u32), minute: u32) -> bool {
+    if start < end {
+        (start..end).contains(&minute)
+    } else {
+        minute >= start || minute < end
+    }
 }
 
 fn default_self_test_budget() -> f64 {
@@ -193,10 +260,10 @@ impl UpdateConfig {
     /// Every problem as (key, reason).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        if !self.repository.starts_with("file:///") {
+        if !(self.repository.starts_with("file:///") || self.repository.starts_with("https://")) {
             problems.push((
                 "update.repository".to_string(),
-                "a file:///... URL (an absolute path): the only transport this updater has"
+                "an https://... URL, or file:///... (an absolute path); plain http is refused"
                     .to_string(),
             ));
         }
@@ -207,6 +274,20 @@ impl UpdateConfig {
                 "update.self_test_budget_seconds".to_string(),
                 "1 to 3600".to_string(),
             ));
+        }
+        if crate::message::check_id(&self.group).is_err() {
+            problems.push((
+                "update.group".to_string(),
+                "1 to 64 of A-Z a-z 0-9 . _ -".to_string(),
+            ));
+        }
+        if let Some(w) = &self.maintenance_window {
+            if parse_window(w).is_none() {
+                problems.push((
+                    "update.maintenance_window".to_string(),
+                    format!("{w:?}: HH:MM-HH:MM (24-hour local time, start and end differ)"),
+                ));
+            }
         }
         if !(1..=100).contains(&self.max_boot_attempts) {
             problems.push((
@@ -219,10 +300,37 @@ impl UpdateConfig {
 
     /// Resolve a relative `trusted_root` against the folder of the configuration file.
     pub fn resolve(&mut self, base: &Path) {
-        for p in [&mut self.trusted_root, &mut self.install_root] {
+        for p in [&mut self.trusted_root, &mut self.install_root]
+            .into_iter()
+            .chain(self.ca_file.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_windows_parse_and_may_span_midnight() {
+        assert_eq!(parse_window("02:00-04:30"), Some((120, 270)));
+        let night = parse_window("22:00-04:00").unwrap();
+        assert!(in_window(night, 23 * 60) && in_window(night, 60) && !in_window(night, 4 * 60));
+        let day = parse_window("09:15-10:00").unwrap();
+        assert!(in_window(day, 9 * 60 + 15) && !in_window(day, 10 * 60));
+        for bad in [
+            "",
+            "2:00-4:00",
+            "24:00-01:00",
+            "02:00-02:00",
+            "02:00",
+            "aa:bb-cc:dd",
+        ] {
+            assert_eq!(parse_window(bad), None, "{bad}");
         }
     }
 }

@@ -16,8 +16,13 @@ pattern read radiant/v1/+/round
 pattern read radiant/v1/+/global/#
 pattern write radiant/v1/+/device/%u/up
 pattern read radiant/v1/+/device/%u/down
+pattern read radiant/v1/+/release/#
+pattern write radiant/v1/+/device/%u/status
 user federation-server
 topic readwrite radiant/v1/#
+user fleet-operator
+topic readwrite radiant/v1/+/release/#
+topic read radiant/v1/+/device/+/status
 user observer
 topic read #
 ";

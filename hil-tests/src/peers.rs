@@ -170,6 +170,33 @@ pub fn start_pynetdicom(write_files: bool) -> PeerProcess {
     }
 }
 
+/// A static HTTPS server (`hil-tests/peers/https_static.py`: Python's `http.server` behind TLS)
+/// serving `root` on loopback with `cert`/`key`; `port` is where it listens.
+pub fn start_https_static(root: &Path, cert: &Path, key: &Path) -> PeerProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new("python3")
+        .arg(repo_root().join("hil-tests/peers/https_static.py"))
+        .args([root, cert, key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn python3 https_static.py");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut first);
+    let port = first
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the HTTPS server did not start: {first:?}"));
+    PeerProcess {
+        name: "https-static",
+        dir,
+        port,
+        http_port: port,
+        child,
+    }
+}
+
 /// Orthanc with a throw-away configuration: DICOM and HTTP on loopback, AE title ORTHANC, one
 /// modality `appliance` pointing at (`appliance_ae`, `appliance_port`).
 pub fn start_orthanc(appliance_ae: &str, appliance_port: u16) -> PeerProcess {

@@ -199,6 +199,7 @@ fn link(
             cert_file: cert.cert.clone(),
             key_file: cert.key.clone(),
             keep_alive: Duration::from_secs(30),
+            persistent_session: true,
         },
         subscriptions,
     )

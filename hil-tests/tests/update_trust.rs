@@ -4,13 +4,19 @@
 //! nothing is staged: the download folder holds no partial file and no unpacked bundle.
 
 use hil_tests::appliance::binary_named;
+use hil_tests::peers::{start_https_static, PeerProcess};
+use hil_tests::pki::{Issued, Pki};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-/// A repository with one published bundle (0.2.0 for this machine), and a device trusting its
-/// first root.
+/// A repository with one published bundle (0.2.0 for this machine), served by a static HTTPS
+/// server on loopback, and a device trusting its first root and the server's CA.
 struct Fleet {
     dir: tempfile::TempDir,
+    pki: Pki,
+    ca: Issued,
+    server: PeerProcess,
 }
 
 impl Fleet {
@@ -22,11 +28,32 @@ impl Fleet {
 
     /// A repository with nothing published yet.
     fn empty() -> Fleet {
-        let fleet = Fleet {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        fleet.fleet(&["repo", "init"], &[&fleet.repo()]);
-        fleet
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let ca = pki.ca("updates");
+        let cert = pki.issue(&ca, "repository", "updates.example", &["localhost"]);
+        let init = Command::new(binary_named("fleet"))
+            .args(["repo", "init"])
+            .arg(dir.path().join("repo"))
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let server = start_https_static(&dir.path().join("repo/repository"), &cert.cert, &cert.key);
+        Fleet {
+            dir,
+            pki,
+            ca,
+            server,
+        }
+    }
+
+    /// The repository as the device reaches it.
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.server.port)
     }
 
     fn repo(&self) -> PathBuf {
@@ -84,7 +111,16 @@ impl Fleet {
     ) -> PathBuf {
         let stage = self.dir.path().join(format!("stage-{version}"));
         std::fs::create_dir_all(&stage).unwrap();
-        std::fs::write(stage.join("appliance"), format!("appliance {version}\n")).unwrap();
+        // A stand-in `appliance` whose self-test takes a moment and passes: these fixtures are
+        // about the trust root and the slots; the real self-test has its own test below.
+        std::fs::write(
+            stage.join("appliance"),
+            format!(
+                "#!/bin/sh\n# appliance {version}\nsleep 0.3\n[ \"$1\" = self-test ] && \
+                 echo '{{\"passed\": true, \"seconds\": 0.3, \"reasons\": []}}'\n"
+            ),
+        )
+        .unwrap();
         let model: Vec<u8> = (0..model_bytes)
             .map(|i| (i * 7 + version.len()) as u8)
             .collect();
@@ -112,26 +148,14 @@ impl Fleet {
         bundle
     }
 
-    /// `updater fetch` on the device: (exit success, its JSON line).
+    /// `updater fetch` on the device over HTTPS: (exit success, its JSON line).
     fn fetch(&self) -> (bool, serde_json::Value) {
-        let config = self.dir.path().join("appliance.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\n[update]\nenabled = true\nrepository = \"file://{}/\"\n\
-                 trusted_root = {:?}\n",
-                self.data(),
-                self.repo().join("repository").display(),
-                self.metadata().join("1.root.json")
-            ),
-        )
-        .unwrap();
-        let out = Command::new(binary_named("updater"))
-            .args(["fetch", "--config"])
-            .arg(&config)
-            .args(["--running", "0.1.0"])
-            .output()
-            .unwrap();
+        self.fetch_from(&self.url(), &self.ca.cert)
+    }
+
+    /// `updater fetch` from `repository`, trusting `ca` for its TLS certificate.
+    fn fetch_from(&self, repository: &str, ca: &Path) -> (bool, serde_json::Value) {
+        let out = self.run_fetch(repository, ca);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
             panic!(
@@ -142,9 +166,33 @@ impl Fleet {
         (out.status.success(), json)
     }
 
+    fn run_fetch(&self, repository: &str, ca: &Path) -> std::process::Output {
+        let config = self.dir.path().join("appliance.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[update]\nenabled = true\nrepository = {repository:?}\n\
+                 ca_file = {ca:?}\ntrusted_root = {:?}\n",
+                self.data(),
+                self.metadata().join("1.root.json")
+            ),
+        )
+        .unwrap();
+        Command::new(binary_named("updater"))
+            .args(["fetch", "--config"])
+            .arg(&config)
+            .args(["--running", "0.1.0"])
+            .output()
+            .unwrap()
+    }
+
     /// The fetch is refused with a reason containing `says`, and nothing is staged.
     fn refused(&self, attack: &str, says: &str) -> String {
-        let (ok, json) = self.fetch();
+        self.refused_from(attack, says, self.fetch())
+    }
+
+    fn refused_from(&self, attack: &str, says: &str, fetched: (bool, serde_json::Value)) -> String {
+        let (ok, json) = fetched;
         assert!(!ok, "{attack}: accepted: {json}");
         assert_eq!(json["state"], "refused", "{attack}: {json}");
         let reason = json["reason"].as_str().unwrap().to_string();
@@ -198,16 +246,38 @@ fn a_signed_bundle_for_this_device_is_verified_and_staged_and_the_next_check_is_
     assert_eq!(json["state"], "staged", "{json}");
     assert_eq!(json["version"], "0.2.0");
     let staged = PathBuf::from(json["path"].as_str().unwrap());
-    assert_eq!(
-        std::fs::read_to_string(staged.join("bin/appliance")).unwrap(),
-        "appliance 0.2.0\n"
-    );
+    let appliance = std::fs::read_to_string(staged.join("bin/appliance")).unwrap();
+    assert!(appliance.contains("# appliance 0.2.0\n"), "{appliance}");
     // A bundle for other hardware is signed too, and skipped with the reason.
     fleet.publish("0.3.0", "riscv64", &[]);
     let (ok, json) = fleet.fetch();
     assert!(ok, "{json}");
     assert_eq!(json["state"], "staged", "{json}");
     assert_eq!(json["version"], "0.2.0");
+}
+
+#[test]
+fn a_repository_server_whose_certificate_is_not_from_the_configured_ca_is_refused() {
+    // Someone on the path answers for the repository with a certificate of another CA.
+    let fleet = Fleet::new();
+    let other = fleet.pki.ca("impostor");
+    let reason = fleet.refused_from(
+        "impostor server",
+        "UnknownIssuer",
+        fleet.fetch_from(&fleet.url(), &other.cert),
+    );
+    assert!(reason.contains("metadata"), "{reason}");
+}
+
+#[test]
+fn a_plain_http_repository_is_refused_by_the_configuration() {
+    let fleet = Fleet::new();
+    let url = format!("http://127.0.0.1:{}/", fleet.server.port);
+    let out = fleet.run_fetch(&url, &fleet.ca.cert);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("update.repository: an https://"), "{text}");
+    fleet.nothing_staged("plain http");
 }
 
 #[test]
@@ -404,15 +474,17 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Power cuts during an update, while the appliance receives a study: `updater update --now`
-/// (verify, download, unpack, install into the inactive slot, snapshot the databases, switch)
-/// of a 32 MiB bundle is killed with SIGKILL at 20 points spread over its run (measured on a
-/// first, uninterrupted one). After each kill, `current` points at
-/// a complete slot whose every file verifies against its bundle.json, the state says the same
-/// thing, and at the end every instance the appliance acknowledged is in its spool.
+/// (verify, download over HTTPS, unpack, install into the inactive slot, snapshot the
+/// databases, switch, restart request, self-test, commit) of a 32 MiB bundle is killed with
+/// SIGKILL at 20 points spread over its run (measured on a first, uninterrupted one). After
+/// each kill, `current` points at a complete slot whose every file verifies against its
+/// bundle.json, the state says the same thing, a trial the kill interrupted is finished by the
+/// next run (its self-test again, then the commit), and at the end every instance the
+/// appliance acknowledged is in its spool.
 #[test]
 fn kill_9_at_any_point_of_an_update_leaves_a_verified_slot_and_loses_no_instance() {
     use hil_tests::appliance::{set, Appliance};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     const MODEL_BYTES: usize = 32 << 20;
     let fleet = Fleet::empty();
     fleet.publish_sized("0.2.0", std::env::consts::ARCH, &[], MODEL_BYTES);
@@ -422,11 +494,12 @@ fn kill_9_at_any_point_of_an_update_leaves_a_verified_slot_and_loses_no_instance
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[update]\nenabled = true\nrepository = \"file://{}/\"\n\
+            "data_dir = {:?}\n[update]\nenabled = true\nrepository = {:?}\nca_file = {:?}\n\
              trusted_root = {:?}\ninstall_root = {:?}\nmax_boot_attempts = 3\n\
-             self_test = false\n",
+             self_test = true\n",
             app.data_dir,
-            fleet.repo().join("repository").display(),
+            fleet.url(),
+            fleet.ca.cert,
             fleet.metadata().join("1.root.json"),
             root
         ),
@@ -509,10 +582,12 @@ fn kill_9_at_any_point_of_an_update_leaves_a_verified_slot_and_loses_no_instance
             "unpacking"
         } else if left("staged", "") {
             "staged, not installed"
+        } else if killed && slots_trial_before_kill(&root) {
+            "switched, self-testing"
         } else if killed && !slots_trial_before_kill(&root) {
-            "verifying metadata"
+            "verifying metadata, installing, or done"
         } else {
-            "installing, switching or done"
+            "done"
         };
         // What a start after the power cut sees.
         let out = updater(&["slots"]).output().unwrap();
@@ -539,8 +614,14 @@ fn kill_9_at_any_point_of_an_update_leaves_a_verified_slot_and_loses_no_instance
                 "run {run}: {slots}"
             );
             assert_eq!(manifest.version, next.to_string());
-            let out = updater(&["commit"]).output().unwrap();
-            assert!(out.status.success());
+            // The next start finishes the interrupted trial: its self-test, then the commit.
+            let out = updater(&["update", "--now"])
+                .args(["--running", &running.to_string()])
+                .output()
+                .unwrap();
+            let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert_eq!(said["state"], "committed", "run {run}: {said}");
+            assert_eq!(said["version"], next.to_string(), "run {run}: {said}");
         }
         running = semver::Version::parse(&manifest.version).unwrap();
         // A staged bundle the kill left is installed by the next run, or replaced by a newer.
@@ -655,12 +736,12 @@ fn a_release_passing_its_self_test_is_committed_and_one_failing_it_rolls_back_by
             .metadata()
             .join("1.root.json")
             .to_string_lossy()
-            .as_ref()
+            .into_owned()
             .into(),
     );
     update.insert(
         "install_root".into(),
-        work.join("install").to_string_lossy().as_ref().into(),
+        work.join("install").to_string_lossy().into_owned().into(),
     );
     config.insert("update".into(), update.into());
     let config_path = work.join("site.toml");
@@ -738,4 +819,142 @@ fn make_bundle(version: &str, arch: &str, out: &Path, files: &[String]) {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+}
+
+/// Minutes since midnight UTC now.
+fn utc_minute_now() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ((secs % 86_400) / 60) as u32
+}
+
+fn hhmm(minute: u32) -> String {
+    let m = minute % 1440;
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+/// A device configuration for `updater update` (without `--now`) against this repository.
+fn scheduled_config(fleet: &Fleet, extra_update: &str, http: &str) -> PathBuf {
+    let config = fleet.dir.path().join("scheduled.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[http]\n{http}\n[update]\nenabled = true\nrepository = {:?}\n\
+             ca_file = {:?}\ntrusted_root = {:?}\ninstall_root = {:?}\n{extra_update}\n",
+            fleet.data(),
+            fleet.url(),
+            fleet.ca.cert,
+            fleet.metadata().join("1.root.json"),
+            fleet.dir.path().join("install"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn an_update_waits_for_its_maintenance_window_and_switches_inside_it() {
+    let fleet = Fleet::new();
+    let now = utc_minute_now();
+    // A window two hours from now (the updater's local time is UTC here): it waits.
+    let closed = format!(
+        "maintenance_window = \"{}-{}\"",
+        hhmm(now + 120),
+        hhmm(now + 180)
+    );
+    let config = scheduled_config(&fleet, &closed, "enabled = false");
+    let log = fleet.dir.path().join("updater.log");
+    let mut child = Command::new(binary_named("updater"))
+        .args(["update", "--config"])
+        .arg(&config)
+        .env("TZ", "UTC")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let waited = hil_tests::wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("outside the maintenance window"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let still_waiting = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(waited && still_waiting, "{said}");
+    assert!(
+        !fleet.dir.path().join("install/current").exists(),
+        "switched outside its window"
+    );
+    // The bundle it fetched while waiting stays staged for the window.
+    assert!(fleet.data().join("update/staged/0.2.0").is_dir(), "{said}");
+
+    // A window that is open now: it switches.
+    let open = format!(
+        "maintenance_window = \"{}-{}\"",
+        hhmm(now + 1440 - 5),
+        hhmm(now + 60)
+    );
+    let config = scheduled_config(&fleet, &open, "enabled = false");
+    let out = Command::new(binary_named("updater"))
+        .args(["update", "--config"])
+        .arg(&config)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{json} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json["state"], "committed", "{json}");
+    assert_eq!(json["version"], "0.2.0", "{json}");
+}
+
+#[test]
+fn an_update_waits_until_no_study_is_being_received_or_inferred() {
+    use hil_tests::appliance::{set, Appliance};
+    let fleet = Fleet::new();
+    let app = Appliance::start_with_model(&|c| set(c, "dicom", "study_quiet_seconds", 3i64));
+    // Idle: the activity the updater reads says so.
+    let (code, body) = app.http("/activity");
+    assert_eq!(code, 200, "{body}");
+    let idle: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        idle,
+        serde_json::json!({"associations_active": 0, "studies_receiving": 0, "jobs_waiting": 0})
+    );
+    // A study arrives; the update is asked for while it waits for completion and inference.
+    let series = hil_tests::fixtures::CtSeries::load();
+    let (study, files) =
+        hil_tests::fixtures::new_study(&series, 24, &fleet.dir.path().join("studies"), 0);
+    let sent = hil_tests::peers::storescu("STORESCU", &app.ae_title, app.port, &[], &files);
+    assert!(sent.status.success());
+    let config = scheduled_config(
+        &fleet,
+        "",
+        &format!("bind = \"127.0.0.1\"\nport = {}", app.http_port),
+    );
+    let out = Command::new(binary_named("updater"))
+        .args(["update", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(out.status.success(), "{json} {said}");
+    assert_eq!(json["state"], "committed", "{json}");
+    assert!(said.contains("the appliance is working"), "{said}");
+    // It switched only once the study was complete and its job no longer queued or running.
+    let jobs = app.jobs(&study);
+    assert!(!jobs.is_empty(), "no job for the study");
+    for job in &jobs {
+        let state = job["state"].as_str().unwrap_or_default();
+        assert!(state != "queued" && state != "running", "{job}");
+    }
+    assert_eq!(app.studies()[0]["state"], "complete", "{:?}", app.studies());
 }

@@ -16,8 +16,8 @@ fn unit(name: &str) -> String {
 /// A copy of the unit in `dir` with its binaries replaced by /usr/bin/true.
 fn runnable_copy(dir: &Path, name: &str) -> PathBuf {
     let text = unit(name)
-        .replace("/usr/bin/appliance", "/usr/bin/true")
-        .replace("/usr/bin/updater", "/usr/bin/true");
+        .replace("/opt/radiant-edge/current/bin/appliance", "/usr/bin/true")
+        .replace("/opt/radiant-edge/current/bin/updater", "/usr/bin/true");
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -48,6 +48,45 @@ fn the_units_verify_and_their_sandbox_exposure_stays_low() {
         let (ok, said) = analyze(&["security", "--offline=yes", "--threshold=20"], &copy);
         assert!(ok, "{name}: exposure above 2.0:\n{said}");
     }
+}
+
+#[test]
+fn the_restart_path_unit_watches_the_file_the_updater_writes_and_restarts_the_appliance() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["radiant-edge-restart.path", "radiant-edge-restart.service"] {
+        std::fs::write(dir.path().join(name), unit(name)).unwrap();
+    }
+    // Verified together, so the path unit's Unit= resolves.
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("radiant-edge-restart.path"))
+        .arg(dir.path().join("radiant-edge-restart.service"))
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // radiant-edge.service is not installed in this check; nothing else may be reported.
+    let problems: Vec<&str> = said
+        .lines()
+        .filter(|l| !l.contains("radiant-edge.service"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(out.status.success() || problems.is_empty(), "{said}");
+    assert!(problems.is_empty(), "{said}");
+    assert!(unit("radiant-edge-restart.path")
+        .contains("PathChanged=/var/lib/radiant-edge/update/restart-appliance"));
+    assert!(unit("radiant-edge-restart.service")
+        .contains("ExecStart=/bin/systemctl restart radiant-edge.service"));
+    // The appliance unit counts boots before anything else starts.
+    let appliance = unit("radiant-edge.service");
+    let first_pre = appliance
+        .lines()
+        .find(|l| l.starts_with("ExecStartPre="))
+        .unwrap();
+    assert!(first_pre.contains("updater boot"), "{first_pre}");
 }
 
 #[test]

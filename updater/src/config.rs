@@ -1,6 +1,6 @@
-//! What the updater reads of the appliance configuration: `data_dir` and `[federation]`
-//! (`fleet_wire::site::FederationConfig`), with the device id defaulting to the CN of the
-//! device certificate.
+//! What the updater reads of the appliance configuration: `data_dir`, `[federation]`
+//! (`fleet_wire::site::FederationConfig`, with the device id defaulting to the CN of the
+//! device certificate), `[update]`, and where `[http]` puts the appliance's activity.
 
 use fleet_wire::site::FederationConfig;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,54 @@ struct ApplianceFile {
     data_dir: PathBuf,
     federation: Option<toml::Value>,
     update: Option<toml::Value>,
+    #[serde(default)]
+    http: HttpTable,
+}
+
+/// The appliance's `[http]` (its operations endpoint), as far as the updater needs it.
+#[derive(serde::Deserialize)]
+struct HttpTable {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "loopback")]
+    bind: String,
+    #[serde(default = "http_port")]
+    port: u16,
+}
+
+impl Default for HttpTable {
+    fn default() -> Self {
+        HttpTable {
+            enabled: true,
+            bind: loopback(),
+            port: http_port(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn loopback() -> String {
+    "127.0.0.1".into()
+}
+fn http_port() -> u16 {
+    8480
+}
+
+impl HttpTable {
+    /// Where the appliance answers `GET /activity` (a wildcard bind is reached on loopback).
+    fn activity_url(&self) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        let host = match self.bind.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => self.bind.clone(),
+        };
+        Some(format!("http://{host}:{}/activity", self.port))
+    }
 }
 
 /// What `updater fetch` reads of the appliance configuration: `data_dir` and `[update]`.
@@ -24,6 +72,8 @@ struct ApplianceFile {
 pub struct FirmwareConfig {
     pub data_dir: PathBuf,
     pub update: fleet_wire::site::UpdateConfig,
+    /// The appliance's `GET /activity` (`None`: its operations endpoint is off).
+    pub activity_url: Option<String>,
 }
 
 impl FirmwareConfig {
@@ -48,7 +98,11 @@ impl FirmwareConfig {
         } else {
             file.data_dir
         };
-        Ok(FirmwareConfig { data_dir, update })
+        Ok(FirmwareConfig {
+            data_dir,
+            update,
+            activity_url: file.http.activity_url(),
+        })
     }
 }
 

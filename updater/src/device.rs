@@ -3,15 +3,18 @@
 //! becomes an update (queued durably, then sent: chunks, then the commit) that stays queued
 //! until the server's `ack`; a signed global head newer than the installed one is fetched,
 //! checked and handed to the appliance (`fleet_wire::site`). Everything refused is logged
-//! with the reason, and the loop goes on.
+//! with the reason, and the loop goes on. With `[update]` enabled it also follows its fleet
+//! group's firmware releases and reports its firmware status (`releases`).
 
 use crate::config::UpdaterConfig;
+use crate::releases::Releases;
 use crate::secure::SecureRound;
 use crate::state::{self, now_ms};
 use crate::update;
 use fl_delta::dp::Accountant;
 use fleet_mqtt::{Incoming, Link, LinkConfig};
 use fleet_wire::message::{AckOutcome, Fetch, Hello, Message, RoundAnnounce, UpdateCommit};
+use fleet_wire::release::DeviceStatus;
 use fleet_wire::signed::{SignedGlobalHead, VerifyingKey};
 use fleet_wire::site::{self, broker_address, Outgoing};
 use fleet_wire::{blob, frame, Topics};
@@ -34,10 +37,13 @@ pub struct Device {
     secure: Option<SecureRound>,
     /// When the open round was announced to this device (`max_round_seconds` counts from it).
     round_seen: std::time::Instant,
+    /// Firmware releases for this device's group, when `[update]` is enabled.
+    releases: Option<Releases>,
 }
 
 impl Device {
-    pub fn start(config: UpdaterConfig) -> anyhow::Result<Device> {
+    /// Start the link; with `releases`, firmware releases are followed too.
+    pub fn start(config: UpdaterConfig, releases: Option<Releases>) -> anyhow::Result<Device> {
         let pem = std::fs::read_to_string(&config.federation.trusted_key)
             .map_err(|e| anyhow::anyhow!("{}: {e}", config.federation.trusted_key.display()))?;
         let trusted = fleet_wire::signed::verifying_key_from_pem(&pem)?;
@@ -53,12 +59,16 @@ impl Device {
                 cert_file: config.federation.cert_file.clone(),
                 key_file: config.federation.key_file.clone(),
                 keep_alive: Duration::from_secs(30),
+                persistent_session: true,
             },
             vec![
                 topics.round(),
                 topics.global(&config.federation.model),
                 topics.down(&config.device_id),
-            ],
+            ]
+            .into_iter()
+            .chain(releases.as_ref().map(|r| topics.release(r.group())))
+            .collect(),
         )?;
         Ok(Device {
             config,
@@ -70,11 +80,17 @@ impl Device {
             last_resend: std::time::Instant::now(),
             secure: None,
             round_seen: std::time::Instant::now(),
+            releases,
         })
     }
 
     pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         state::set(&self.conn, "connected", "false")?;
+        if let Some(releases) = self.releases.as_mut() {
+            if let Err(reason) = releases.resume_interrupted() {
+                tracing::error!(%reason, "cannot finish the interrupted firmware trial");
+            }
+        }
         while !stop.load(Ordering::Relaxed) {
             match self.link.events().recv_timeout(Duration::from_millis(200)) {
                 Ok(Incoming::Connected) => {
@@ -84,6 +100,7 @@ impl Device {
                     self.hello()?;
                     self.send_outbox()?;
                     self.fetch_pending()?;
+                    self.publish_firmware_status()?;
                 }
                 Ok(Incoming::Disconnected(reason)) => {
                     tracing::warn!(%reason, "fleet broker connection lost; reconnecting");
@@ -106,6 +123,14 @@ impl Device {
             if let Err(e) = self.work() {
                 tracing::warn!(reason = %e, "round work failed; trying again later");
             }
+            if let Some(releases) = self.releases.as_mut() {
+                for status in releases.poll(&self.conn)? {
+                    self.publish_status(&status)?;
+                }
+            }
+        }
+        if let Some(releases) = self.releases.as_mut() {
+            releases.stop();
         }
         self.link.close();
         state::set(&self.conn, "connected", "false")?;
@@ -115,6 +140,24 @@ impl Device {
     fn publish(&self, topic: &str, message: &Message, body: &[u8]) -> anyhow::Result<()> {
         self.link
             .publish(topic, frame::encode(message, body), false)?;
+        Ok(())
+    }
+
+    /// This device's firmware status, retained on its `status` topic.
+    fn publish_firmware_status(&self) -> anyhow::Result<()> {
+        match &self.releases {
+            Some(releases) => self.publish_status(&releases.status(&self.conn)?),
+            None => Ok(()),
+        }
+    }
+
+    fn publish_status(&self, status: &DeviceStatus) -> anyhow::Result<()> {
+        let message = Message::DeviceStatus(status.clone());
+        self.link.publish(
+            &self.topics.status(&self.config.device_id),
+            frame::encode(&message, b""),
+            true,
+        )?;
         Ok(())
     }
 
@@ -134,6 +177,21 @@ impl Device {
 
     fn handle(&mut self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
         let (message, body) = frame::decode(payload)?;
+        if let Some(releases) = self.releases.as_mut() {
+            if topic == self.topics.release(releases.group()) {
+                let Message::Release(release) = message else {
+                    anyhow::bail!("not a release on the release topic");
+                };
+                let version = release.version.clone();
+                match releases.announced(&self.conn, release) {
+                    Ok(()) => return self.publish_firmware_status(),
+                    Err(why) => {
+                        tracing::info!(release = %version, %why, "release not taken");
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let from_server = topic == self.topics.round()
             || topic == self.topics.global(&self.config.federation.model)
             || topic == self.topics.down(&self.config.device_id);

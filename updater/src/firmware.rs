@@ -7,11 +7,12 @@
 //! `<data_dir>/update/staged/<version>/`. Nothing outside the download folder is written before
 //! all of that holds, and every refusal is typed and says why.
 
+use crate::transport::RepositoryTransport;
 use image::bundle::{self, BundleError};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
-use tough::{ExpirationEnforcement, FilesystemTransport, Limits, RepositoryLoader, TargetName};
+use tough::{ExpirationEnforcement, Limits, RepositoryLoader, TargetName};
 
 #[derive(Debug, Error)]
 pub enum FetchError {
@@ -88,6 +89,7 @@ pub fn fetch(
     config: &fleet_wire::site::UpdateConfig,
     running: &str,
     arch: &str,
+    wanted: Option<&semver::Version>,
 ) -> Result<Fetched, FetchError> {
     let running_v = semver::Version::parse(running)
         .map_err(|e| FetchError::Config(format!("running version {running:?}: {e}")))?;
@@ -114,19 +116,21 @@ pub fn fetch(
     let (tuf, downloads) = (dir.join("tuf"), dir.join("downloads"));
     std::fs::create_dir_all(&tuf)?;
     std::fs::create_dir_all(&downloads)?;
+    let transport = RepositoryTransport::new(config.ca_file.as_deref())
+        .map_err(|e| FetchError::Config(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let repo = RepositoryLoader::new(&root, metadata_url, targets_url)
-            .transport(FilesystemTransport)
+            .transport(transport)
             .datastore(&tuf)
             .limits(limits())
             .expiration_enforcement(ExpirationEnforcement::Safe)
             .load()
             .await
             .map_err(|e| FetchError::Metadata(e.to_string()))?;
-        let (candidate, skipped) = newest(&repo, &running_v, arch);
+        let (candidate, skipped) = newest(&repo, &running_v, arch, wanted);
         let Some(candidate) = candidate else {
             return Ok(Fetched::UpToDate {
                 running: running.to_string(),
@@ -225,12 +229,13 @@ pub fn fetch(
     })
 }
 
-/// The newest signed firmware for `arch` that can replace `running`, and why each other
-/// firmware target is not taken.
+/// The newest signed firmware for `arch` that can replace `running` (exactly `wanted` when a
+/// release announced one), and why each other firmware target is not taken.
 fn newest(
     repo: &tough::Repository,
     running: &semver::Version,
     arch: &str,
+    wanted: Option<&semver::Version>,
 ) -> (Option<Candidate>, Vec<Skipped>) {
     let mut best: Option<Candidate> = None;
     let mut skipped = Vec::new();
@@ -257,6 +262,10 @@ fn newest(
             }
             (_, Some(min)) if running < min => Some(format!(
                 "it updates from {min} or later; this device runs {running}"
+            )),
+            (Some(v), _) if wanted.is_some_and(|w| w != v) => Some(format!(
+                "the release announced is {}",
+                wanted.map(|w| w.to_string()).unwrap_or_default()
             )),
             _ => None,
         };

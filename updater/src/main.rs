@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use updater::apply;
 use updater::config::UpdaterConfig;
 
 #[derive(Parser)]
@@ -33,12 +34,13 @@ enum Command {
         #[arg(long)]
         running: Option<String>,
     },
-    /// Check, fetch and stage the newest bundle (as `fetch`), then install it into the inactive
-    /// slot on trial (as `install`); prints JSON.
+    /// Check, fetch and stage the newest bundle (as `fetch`); wait for the maintenance window
+    /// and an idle appliance; install it into the inactive slot on trial, restart the
+    /// appliance on it, run its clinical self-test, and commit or roll back; prints JSON.
     Update {
         #[arg(long)]
         config: PathBuf,
-        /// Now, whatever the schedule (the only mode so far).
+        /// Switch at once: do not wait for the maintenance window or an idle appliance.
         #[arg(long)]
         now: bool,
         #[arg(long)]
@@ -92,7 +94,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run { config } => {
-            let config = UpdaterConfig::load(&config)?;
+            let config_path = config;
+            let config = UpdaterConfig::load(&config_path)?;
             if !config.federation.enabled {
                 tracing::info!("[federation] enabled = false: nothing to do");
                 return Ok(());
@@ -101,7 +104,20 @@ fn main() -> anyhow::Result<()> {
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(signal, stop.clone())?;
             }
-            let mut device = updater::device::Device::start(config)?;
+            let releases = match has_update_table(&config_path)? {
+                true => {
+                    let firmware = updater::config::FirmwareConfig::load(&config_path)?;
+                    firmware.update.enabled.then(|| {
+                        updater::releases::Releases::new(
+                            firmware,
+                            config_path.clone(),
+                            config.device_id.clone(),
+                        )
+                    })
+                }
+                false => None,
+            };
+            let mut device = updater::device::Device::start(config, releases)?;
             device.run(&stop)
         }
         Command::Fetch { config, running } => {
@@ -110,12 +126,13 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({"state": "disabled"}));
                 return Ok(());
             }
-            let running = running.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+            let running = running.unwrap_or_else(|| apply::running_version(&config));
             match updater::firmware::fetch(
                 &config.data_dir,
                 &config.update,
                 &running,
                 std::env::consts::ARCH,
+                None,
             ) {
                 Ok(fetched) => {
                     println!("{}", serde_json::to_string(&fetched)?);
@@ -126,64 +143,42 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Update {
             config,
-            now: _,
+            now,
             running,
         } => {
             let config_path = config;
             let config = updater::config::FirmwareConfig::load(&config_path)?;
-            let running = running.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
-            let fetched = updater::firmware::fetch(
-                &config.data_dir,
-                &config.update,
-                &running,
-                std::env::consts::ARCH,
-            );
-            match fetched {
-                Ok(updater::firmware::Fetched::Staged { .. }) => {
-                    let installed = install(&config)?;
-                    if installed.state != "on_trial" || !config.update.self_test {
-                        println!("{}", serde_json::to_string(&installed)?);
-                        return Ok(());
-                    }
-                    let outcome = self_test(&config, &config_path)?;
-                    let slots = slots(&config);
-                    if outcome["passed"] == true {
-                        let version = slots.commit()?;
-                        tracing::info!(version = %version, seconds = %outcome["seconds"], "self-test passed; committed");
-                        println!(
-                            "{}",
-                            serde_json::json!({"state": "committed", "version": version, "self_test": outcome})
-                        );
-                        Ok(())
-                    } else {
-                        let reason = format!(
-                            "version {} failed its self-test: {}",
-                            installed.version, outcome["reasons"]
-                        );
-                        slots.rollback(&reason)?;
-                        tracing::error!(reason = %reason, "rolled back");
-                        println!(
-                            "{}",
-                            serde_json::json!({"state": "rolled_back", "reason": reason, "self_test": outcome})
-                        );
-                        std::process::exit(1);
-                    }
+            let running = running.unwrap_or_else(|| apply::running_version(&config));
+            let outcome = apply::run(
+                &config,
+                &config_path,
+                apply::Options {
+                    running,
+                    wanted: None,
+                    now,
+                    progress: &mut |step, why| match why {
+                        Some(why) => tracing::info!(step = step.as_str(), why, "update"),
+                        None => tracing::info!(step = step.as_str(), "update"),
+                    },
+                    stop: &|| false,
+                },
+            )?;
+            println!("{}", serde_json::to_string(&outcome)?);
+            match outcome {
+                apply::Outcome::Refused { .. } | apply::Outcome::RolledBack { .. } => {
+                    std::process::exit(1)
                 }
-                Ok(other) => {
-                    println!("{}", serde_json::to_string(&other)?);
-                    Ok(())
-                }
-                Err(e) => refuse(&e.to_string()),
+                _ => Ok(()),
             }
         }
         Command::Install { config } => {
             let config = updater::config::FirmwareConfig::load(&config)?;
-            println!("{}", serde_json::to_string(&install(&config)?)?);
+            println!("{}", serde_json::to_string(&apply::install(&config)?)?);
             Ok(())
         }
         Command::Boot { config } => {
             let config = updater::config::FirmwareConfig::load(&config)?;
-            let boot = slots(&config).boot()?;
+            let boot = apply::slots(&config).boot()?;
             if let updater::slots::Boot::RolledBack { reason } = &boot {
                 tracing::error!(reason = %reason, "rolled back to the committed version");
             }
@@ -192,7 +187,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Commit { config } => {
             let config = updater::config::FirmwareConfig::load(&config)?;
-            let version = slots(&config).commit()?;
+            let version = apply::slots(&config).commit()?;
             println!(
                 "{}",
                 serde_json::json!({"state": "committed", "version": version})
@@ -201,7 +196,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Rollback { config, reason } => {
             let config = updater::config::FirmwareConfig::load(&config)?;
-            slots(&config).rollback(&reason)?;
+            apply::slots(&config).rollback(&reason)?;
             println!(
                 "{}",
                 serde_json::json!({"state": "rolled_back", "reason": reason})
@@ -210,7 +205,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Slots { config } => {
             let config = updater::config::FirmwareConfig::load(&config)?;
-            let slots = slots(&config);
+            let slots = apply::slots(&config);
             slots.recover()?;
             let state = slots.state()?;
             println!(
@@ -244,7 +239,7 @@ fn main() -> anyhow::Result<()> {
             };
             let firmware = match updater::config::FirmwareConfig::load(&config) {
                 Ok(config) => {
-                    let slots = slots(&config);
+                    let slots = apply::slots(&config);
                     slots.recover()?;
                     let state = slots.state()?;
                     let (version, slot, status) = match (&state.trial, &state.committed) {
@@ -314,69 +309,10 @@ fn refuse(reason: &str) -> anyhow::Result<()> {
     std::process::exit(1);
 }
 
-fn slots(config: &updater::config::FirmwareConfig) -> updater::slots::Slots {
-    updater::slots::Slots::new(
-        &config.update.install_root,
-        &config.data_dir,
-        config.update.max_boot_attempts,
-    )
-}
-
-/// Install the newest staged bundle on trial; the staged copy is removed once installed.
-fn install(config: &updater::config::FirmwareConfig) -> anyhow::Result<updater::slots::Installed> {
-    let staged_dir = updater::firmware::update_dir(&config.data_dir).join("staged");
-    let mut newest: Option<(semver::Version, std::path::PathBuf)> = None;
-    for entry in std::fs::read_dir(&staged_dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e} (nothing fetched)", staged_dir.display()))?
-    {
-        let path = entry?.path();
-        let Some(version) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| semver::Version::parse(n).ok())
-        else {
-            continue;
-        };
-        if newest.as_ref().is_none_or(|(v, _)| version > *v) {
-            newest = Some((version, path));
-        }
-    }
-    let (_, path) = newest.ok_or_else(|| anyhow::anyhow!("no staged bundle to install"))?;
-    let installed = slots(config).install(&path)?;
-    std::fs::remove_dir_all(&path)?;
-    tracing::info!(version = %installed.version, state = installed.state, "installed");
-    Ok(installed)
-}
-
-/// Run the clinical self-test of the version `current` now points at: its own `appliance
-/// self-test` with its bundle's golden study. A self-test that cannot even run is a failure
-/// with the reason.
-fn self_test(
-    config: &updater::config::FirmwareConfig,
-    config_path: &std::path::Path,
-) -> anyhow::Result<serde_json::Value> {
-    let current = slots(config).current_link();
-    let out = std::process::Command::new(current.join("bin/appliance"))
-        .args(["self-test", "--config"])
-        .arg(config_path)
-        .arg("--golden")
-        .arg(current.join("selftest"))
-        .arg("--budget-seconds")
-        .arg(config.update.self_test_budget_seconds.to_string())
-        .output();
-    let failed = |reason: String| serde_json::json!({"passed": false, "reasons": [reason]});
-    Ok(match out {
-        Err(e) => failed(format!("cannot run the new version's appliance: {e}")),
-        Ok(out) => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            Ok(v) if v.get("passed").is_some() => v,
-            _ => failed(format!(
-                "the new version's self-test did not report (exit {}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            )),
-        },
-    })
+/// Whether the configuration has an `[update]` table.
+fn has_update_table(path: &std::path::Path) -> anyhow::Result<bool> {
+    let table: toml::Table = std::fs::read_to_string(path)?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(table.contains_key("update"))
 }

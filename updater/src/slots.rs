@@ -140,6 +140,28 @@ impl Slots {
         self.root.join("current")
     }
 
+    /// One change of the slots at a time, across processes: the updater's update, the
+    /// appliance unit's `updater boot` (which a restart during an update runs) and the
+    /// operator's commands. An exclusive lock on `<install_root>/lock`, released when the
+    /// returned file closes (also by a crash).
+    fn lock(&self) -> Result<std::fs::File, SlotError> {
+        std::fs::create_dir_all(&self.root)?;
+        let path = self.root.join("lock");
+        // Opened for reading when it exists: the boot counter runs as root and the updater as
+        // its own user, and a lock needs no write access.
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?,
+            Err(e) => return Err(e.into()),
+        };
+        file.lock()?;
+        Ok(file)
+    }
+
     fn state_path(&self) -> PathBuf {
         self.root.join("state.json")
     }
@@ -185,10 +207,15 @@ impl Slots {
     /// abandoned (its slot is not what runs); a link to a slot that is neither committed nor
     /// on trial goes back to the committed one.
     pub fn recover(&self) -> Result<(), SlotError> {
+        let _lock = self.lock()?;
+        self.recover_unlocked()
+    }
+
+    fn recover_unlocked(&self) -> Result<(), SlotError> {
         std::fs::create_dir_all(self.root.join("slots"))?;
         let mut state = self.state()?;
         if let Some(reason) = state.rolling_back.clone() {
-            return self.rollback(&reason);
+            return self.rollback_unlocked(&reason);
         }
         let running = self.running();
         if let Some(trial) = &state.trial {
@@ -213,7 +240,8 @@ impl Slots {
     /// it on trial (the very first install, with nothing to go back to, is committed at once).
     /// Refused while another trial runs.
     pub fn install(&self, staged: &Path) -> Result<Installed, SlotError> {
-        self.recover()?;
+        let _lock = self.lock()?;
+        self.recover_unlocked()?;
         let mut state = self.state()?;
         if let Some(trial) = &state.trial {
             return Err(SlotError::Refused(format!(
@@ -299,7 +327,8 @@ impl Slots {
 
     /// Count a start of the appliance; a trial past `max_boot_attempts` starts rolls back.
     pub fn boot(&self) -> Result<Boot, SlotError> {
-        self.recover()?;
+        let _lock = self.lock()?;
+        self.recover_unlocked()?;
         let mut state = self.state()?;
         let Some(trial) = state.trial.as_mut() else {
             return Ok(Boot::Committed);
@@ -310,7 +339,7 @@ impl Slots {
                 "version {} started {} times without passing its self-test",
                 trial.version, self.max_boot_attempts
             );
-            self.rollback(&reason)?;
+            self.rollback_unlocked(&reason)?;
             return Ok(Boot::RolledBack { reason });
         }
         let boot = Boot::Trial {
@@ -323,7 +352,8 @@ impl Slots {
 
     /// The trial passed: it becomes the committed version.
     pub fn commit(&self) -> Result<String, SlotError> {
-        self.recover()?;
+        let _lock = self.lock()?;
+        self.recover_unlocked()?;
         let mut state = self.state()?;
         let trial = state
             .trial
@@ -339,6 +369,11 @@ impl Slots {
     /// snapshotted before the switch are put back (the spool's files are the truth: its
     /// recovery indexes what arrived since at the next start).
     pub fn rollback(&self, reason: &str) -> Result<(), SlotError> {
+        let _lock = self.lock()?;
+        self.rollback_unlocked(reason)
+    }
+
+    fn rollback_unlocked(&self, reason: &str) -> Result<(), SlotError> {
         let mut state = self.state()?;
         let trial = state
             .trial
@@ -440,6 +475,34 @@ mod tests {
 
     fn runs(slots: &Slots) -> String {
         std::fs::read_to_string(slots.current_link().join("bin/appliance")).unwrap()
+    }
+
+    #[test]
+    fn starts_counted_from_several_processes_at_once_are_each_counted_once() {
+        // The appliance unit's `updater boot` may run while the updater itself changes the
+        // state (a restart during an update): without the lock, one write loses the other.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let root = dir.path().join("root");
+        let slots = Slots::new(&root, &data, 100);
+        slots.install(&staged(dir.path(), "0.1.0")).unwrap();
+        slots.install(&staged(dir.path(), "0.2.0")).unwrap();
+        let counters: Vec<_> = (0..4)
+            .map(|_| {
+                let (root, data) = (root.clone(), data.clone());
+                std::thread::spawn(move || {
+                    let slots = Slots::new(&root, &data, 100);
+                    for _ in 0..20 {
+                        assert!(matches!(slots.boot().unwrap(), Boot::Trial { .. }));
+                    }
+                })
+            })
+            .collect();
+        for c in counters {
+            c.join().unwrap();
+        }
+        assert_eq!(slots.state().unwrap().trial.unwrap().boots, 80);
     }
 
     #[test]

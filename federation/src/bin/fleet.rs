@@ -1,10 +1,15 @@
 //! `fleet`: the fleet operator's command. `fleet repo ...` keeps the update repository, the
-//! one TUF trust root of firmware bundles and model packages (`federation::repo`).
+//! one TUF trust root of firmware bundles and model packages (`federation::repo`);
+//! `fleet rollout start` announces a release to a share of a group and `fleet devices list`
+//! shows what each device runs (`federation::rollout`, over the fleet broker).
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use federation::repo::{Expiry, Repo};
+use federation::rollout::{self, OperatorConfig};
+use fleet_wire::release::Release;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "fleet", about = "The Radiant fleet operator's command")]
@@ -19,6 +24,47 @@ enum Command {
     Repo {
         #[command(subcommand)]
         command: RepoCommand,
+    },
+    /// Firmware rollouts over the fleet broker.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// The devices' firmware, as each reports it over the fleet broker.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Announce VERSION (a firmware target published in the repository) to PERCENT % of the
+    /// devices of GROUP; run again with a larger percent to widen the same wave, 0 to pause.
+    Start {
+        /// federation, broker, ca_file, cert_file, key_file (the server's file will do).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        group: String,
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+        #[arg(long)]
+        version: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Every device's version, slot, state, health, last error and when it last reported.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Most seconds to collect statuses.
+        #[arg(long, default_value_t = 10)]
+        wait_seconds: u64,
     },
 }
 
@@ -157,6 +203,89 @@ fn main() -> anyhow::Result<()> {
                 println!("root version {version} names the new key; the old one is retired");
             }
         },
+        Command::Rollout {
+            command:
+                RolloutCommand::Start {
+                    config,
+                    group,
+                    percent,
+                    version,
+                },
+        } => {
+            let config = OperatorConfig::load(&config)?;
+            let issued_at_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+            let release = Release {
+                group,
+                version,
+                percent,
+                issued_at_ms,
+            };
+            rollout::announce(&config, &release, Duration::from_secs(20))?;
+            println!(
+                "announced {} to {} % of group {}",
+                release.version, release.percent, release.group
+            );
+        }
+        Command::Devices {
+            command:
+                DevicesCommand::List {
+                    config,
+                    json,
+                    wait_seconds,
+                },
+        } => {
+            let config = OperatorConfig::load(&config)?;
+            let devices = rollout::devices(
+                &config,
+                Duration::from_secs(wait_seconds),
+                Duration::from_millis(1500),
+            )?;
+            let last_seen = |ms: u64| {
+                jiff::Timestamp::from_millisecond(ms.min(i64::MAX as u64) as i64)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            };
+            if json {
+                let rows: Vec<serde_json::Value> = devices
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "device": d.device,
+                            "group": d.group,
+                            "version": d.version,
+                            "slot": d.slot,
+                            "state": d.state,
+                            "health": d.health,
+                            "last_error": d.last_error,
+                            "release": d.release,
+                            "last_seen": last_seen(d.at_ms),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<24} {:<16} {:<10} {:<4} {:<13} {:<11} last seen",
+                    "device", "group", "version", "slot", "state", "health"
+                );
+                for d in &devices {
+                    println!(
+                        "{:<24} {:<16} {:<10} {:<4} {:<13} {:<11} {}{}",
+                        d.device,
+                        d.group,
+                        d.version.as_deref().unwrap_or("-"),
+                        d.slot.as_deref().unwrap_or("-"),
+                        d.state,
+                        d.health,
+                        last_seen(d.at_ms),
+                        d.last_error
+                            .as_deref()
+                            .map(|e| format!("  ({e})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -403,6 +403,7 @@ impl Light {
                 cert_file: self.cert.cert.clone(),
                 key_file: self.cert.key.clone(),
                 keep_alive: Duration::from_secs(30),
+                persistent_session: true,
             },
             vec![
                 s.topics.round(),

@@ -132,6 +132,16 @@ pub fn instance_path(
     .optional()
 }
 
+/// Studies still receiving: instances came in and the study is not complete yet.
+pub fn receiving_studies(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM studies WHERE state = 'receiving'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
+
 /// Number of instances and their total bytes.
 pub fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
     conn.query_row(
