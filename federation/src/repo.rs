@@ -14,6 +14,9 @@
 //!   `N.snapshot.json`, `N.targets.json`: consistent snapshots).
 //! - `repository/targets/`: the targets, named by their SHA-256 (`<sha256>.<name>`).
 //!
+//! `fleet repo delegate-federation` delegates the `federation` role (paths `heads/*`) to the
+//! federation server's key, which signs global heads.
+//!
 //! A target's `custom` metadata says what it is, so a device picks what to download from
 //! signed metadata alone: `{"kind": "firmware", "version", "hardware", "min_from_version"}`.
 
@@ -276,6 +279,7 @@ impl Repo {
     async fn resign(
         &self,
         add: Option<(&Path, &str, serde_json::Map<String, serde_json::Value>)>,
+        edit: impl FnOnce(&mut tough::schema::Targets) -> Result<(), RepoError>,
         expiry: Expiry,
     ) -> Result<(), RepoError> {
         // The operator's own metadata, read as written (not verified: after a key rotation the
@@ -288,9 +292,10 @@ impl Repo {
         let timestamp_v = timestamp["signed"]["version"]
             .as_u64()
             .ok_or_else(|| RepoError::Invalid("timestamp.json has no version".into()))?;
-        let targets: tough::schema::Signed<tough::schema::Targets> =
+        let mut targets: tough::schema::Signed<tough::schema::Targets> =
             serde_json::from_slice(&std::fs::read(&targets_path)?)
                 .map_err(|e| RepoError::Invalid(format!("{}: {e}", targets_path.display())))?;
+        edit(&mut targets.signed)?;
         let next = |v: u64| {
             v.checked_add(1)
                 .and_then(NonZeroU64::new)
@@ -340,13 +345,71 @@ impl Repo {
             "min_from_version".into(),
             manifest.min_from_version.clone().into(),
         );
-        runtime()?.block_on(self.resign(Some((bundle, &name, custom)), expiry))?;
+        runtime()?.block_on(self.resign(Some((bundle, &name, custom)), |_| Ok(()), expiry))?;
         Ok(name)
+    }
+
+    /// Delegate the `federation` role (global heads, paths `heads/*`) to the federation
+    /// server's ed25519 public key (`federation keygen`'s PEM), replacing the key it had: the
+    /// targets key signs which key speaks for the federation, so devices configured with
+    /// `trusted_key = "repository"` take it through the trust root, and rotating or revoking
+    /// it is this command with another key. Only the public key is needed here. Returns the
+    /// key id.
+    pub fn delegate_federation(
+        &self,
+        public_key: &Path,
+        expiry: Expiry,
+    ) -> Result<String, RepoError> {
+        let pem = std::fs::read_to_string(public_key)?;
+        let key = fleet_wire::signed::verifying_key_from_pem(&pem)
+            .map_err(|e| RepoError::Invalid(format!("{}: {e}", public_key.display())))?;
+        let key: tough::schema::key::Key = serde_json::from_value(serde_json::json!({
+            "keytype": "ed25519",
+            "scheme": "ed25519",
+            "keyval": {"public": hex::encode(key.as_bytes())},
+        }))
+        .map_err(tuf)?;
+        let id = key.key_id().map_err(tuf)?;
+        let keyid = hex::encode(id.as_ref() as &[u8]);
+        let role = tough::schema::DelegatedRole {
+            name: fleet_wire::site::FEDERATION_ROLE.to_string(),
+            keyids: vec![id.clone()],
+            threshold: NonZeroU64::MIN,
+            paths: tough::schema::PathSet::Paths(vec![
+                tough::schema::PathPattern::new("heads/*").map_err(tuf)?
+            ]),
+            terminating: true,
+            targets: None,
+        };
+        let edit = |targets: &mut tough::schema::Targets| {
+            let delegations =
+                targets
+                    .delegations
+                    .get_or_insert_with(|| tough::schema::Delegations {
+                        keys: Default::default(),
+                        roles: Vec::new(),
+                    });
+            delegations
+                .roles
+                .retain(|r| r.name != fleet_wire::site::FEDERATION_ROLE);
+            delegations.roles.push(role);
+            delegations.keys.insert(id, key);
+            // Keys no delegated role names any more leave the metadata.
+            let used: std::collections::HashSet<_> = delegations
+                .roles
+                .iter()
+                .flat_map(|r| r.keyids.iter().cloned())
+                .collect();
+            delegations.keys.retain(|id, _| used.contains(id));
+            Ok(())
+        };
+        runtime()?.block_on(self.resign(None, edit, expiry))?;
+        Ok(keyid)
     }
 
     /// Re-sign targets, snapshot and timestamp with fresh expiries.
     pub fn refresh(&self, expiry: Expiry) -> Result<(), RepoError> {
-        runtime()?.block_on(self.resign(None, expiry))
+        runtime()?.block_on(self.resign(None, |_| Ok(()), expiry))
     }
 
     /// Replace `role`'s keys by one new key (`count` new keys and `threshold` for the root), in a

@@ -30,7 +30,10 @@ pub struct FederationConfig {
     /// Default: the CN of `cert_file`.
     #[serde(default)]
     pub device_id: Option<String>,
-    /// The federation server's ed25519 public key (PEM) that global heads must verify with.
+    /// The federation server's ed25519 public key (PEM) that global heads must verify with,
+    /// or `"repository"`: the key the fleet's update repository delegates the `federation` role
+    /// to (its targets metadata, verified through the trust root of `[update]`), so the
+    /// federation key is rotated and revoked through the one trust root.
     pub trusted_key: PathBuf,
     /// The model whose head is federated.
     pub model: String,
@@ -46,6 +49,13 @@ pub struct FederationConfig {
     #[serde(default = "default_true")]
     pub adopt_without_local_cases: bool,
 }
+
+/// `trusted_key = "repository"`: the federation key comes from the update repository's
+/// delegation (the `federation` role).
+pub const TRUSTED_KEY_FROM_REPOSITORY: &str = "repository";
+
+/// The delegated role of the update repository whose key signs global heads.
+pub const FEDERATION_ROLE: &str = "federation";
 
 fn default_true() -> bool {
     true
@@ -81,14 +91,23 @@ impl FederationConfig {
         problems
     }
 
+    /// Whether global heads verify with the key the update repository delegates to.
+    pub fn trusts_repository(&self) -> bool {
+        self.trusted_key == Path::new(TRUSTED_KEY_FROM_REPOSITORY)
+    }
+
     /// Resolve relative paths against the folder of the configuration file.
     pub fn resolve(&mut self, base: &Path) {
+        let from_repository = self.trusts_repository();
         for p in [
             &mut self.ca_file,
             &mut self.cert_file,
             &mut self.key_file,
             &mut self.trusted_key,
         ] {
+            if from_repository && *p == Path::new(TRUSTED_KEY_FROM_REPOSITORY) {
+                continue;
+            }
             if p.is_relative() {
                 *p = base.join(&*p);
             }

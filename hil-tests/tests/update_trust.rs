@@ -958,3 +958,129 @@ fn an_update_waits_until_no_study_is_being_received_or_inferred() {
     }
     assert_eq!(app.studies()[0]["state"], "complete", "{:?}", app.studies());
 }
+
+/// The federation's signing key under the one trust root: the targets role delegates the
+/// `federation` role (global heads) to it, a device with `trusted_key = "repository"` takes
+/// the key from verified metadata only, follows a rotation, keeps it across later releases,
+/// and refuses a delegation changed by anyone but the targets key's holder.
+#[test]
+fn the_federation_key_is_the_one_the_repository_delegates_to_and_follows_its_rotation() {
+    let fleet = Fleet::new();
+    let keygen = |name: &str| -> (PathBuf, String) {
+        let (private, public) = (
+            fleet.dir.path().join(format!("{name}.pem")),
+            fleet.dir.path().join(format!("{name}.pub.pem")),
+        );
+        let out = Command::new(binary_named("federation"))
+            .args(["keygen", "--private"])
+            .arg(&private)
+            .arg("--public")
+            .arg(&public)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key =
+            fleet_wire::signed::verifying_key_from_pem(&std::fs::read_to_string(&public).unwrap())
+                .unwrap();
+        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        (public, hex)
+    };
+    let (first, first_hex) = keygen("federation-1");
+    let (second, second_hex) = keygen("federation-2");
+    let config = fleet.dir.path().join("site.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[federation]\nenabled = true\nbroker = \"mqtts://127.0.0.1:8883\"\n\
+             ca_file = \"ca.pem\"\ncert_file = \"site.pem\"\nkey_file = \"site.key\"\n\
+             federation = \"fleet\"\ndevice_id = \"site-1\"\ntrusted_key = \"repository\"\n\
+             model = \"head-ct-ich\"\n[update]\nenabled = true\nrepository = {:?}\n\
+             ca_file = {:?}\ntrusted_root = {:?}\n",
+            fleet.data(),
+            fleet.url(),
+            fleet.ca.cert,
+            fleet.metadata().join("1.root.json"),
+        ),
+    )
+    .unwrap();
+    let key_of_device = || {
+        let out = Command::new(binary_named("updater"))
+            .args(["federation-key", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        match out.status.success() {
+            true => {
+                let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(json["source"], "repository", "{json}");
+                Ok(json["ed25519"].as_str().unwrap().to_string())
+            }
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    };
+    // Nothing delegated yet: no key, and the reason.
+    let refused = key_of_device().unwrap_err();
+    assert!(refused.contains("the federation role"), "{refused}");
+
+    let out = Command::new(binary_named("fleet"))
+        .args(["repo", "delegate-federation"])
+        .arg(fleet.repo())
+        .arg("--key")
+        .arg(&first)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(key_of_device().unwrap(), first_hex);
+
+    // A later release keeps the delegation.
+    fleet.publish("0.3.0", std::env::consts::ARCH, &[]);
+    assert_eq!(key_of_device().unwrap(), first_hex);
+
+    // Rotation: the operator delegates to the new key; the device follows.
+    let out = Command::new(binary_named("fleet"))
+        .args(["repo", "delegate-federation"])
+        .arg(fleet.repo())
+        .arg("--key")
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(key_of_device().unwrap(), second_hex);
+
+    // Someone with the mirror but not the targets key puts the old key back: refused.
+    let mut newest: Vec<PathBuf> = std::fs::read_dir(fleet.metadata())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".targets.json"))
+        .collect();
+    newest.sort_by_key(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .split('.')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    });
+    let targets = newest.pop().unwrap();
+    let text = std::fs::read_to_string(&targets).unwrap();
+    assert!(text.contains(&second_hex));
+    std::fs::write(&targets, text.replace(&second_hex, &first_hex)).unwrap();
+    // A device that has not seen this repository yet (it must read every file afresh).
+    std::fs::remove_dir_all(fleet.data().join("update/tuf")).unwrap();
+    let refused = key_of_device().unwrap_err();
+    assert!(refused.contains("not trusted"), "{refused}");
+}

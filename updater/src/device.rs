@@ -43,10 +43,13 @@ pub struct Device {
 
 impl Device {
     /// Start the link; with `releases`, firmware releases are followed too.
-    pub fn start(config: UpdaterConfig, releases: Option<Releases>) -> anyhow::Result<Device> {
-        let pem = std::fs::read_to_string(&config.federation.trusted_key)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", config.federation.trusted_key.display()))?;
-        let trusted = fleet_wire::signed::verifying_key_from_pem(&pem)?;
+    /// `trusted` is the key global heads must be signed with (`[federation] trusted_key`, or
+    /// the update repository's delegation).
+    pub fn start(
+        config: UpdaterConfig,
+        trusted: VerifyingKey,
+        releases: Option<Releases>,
+    ) -> anyhow::Result<Device> {
         let conn = state::open(&config.data_dir)?;
         let topics = Topics::new(&config.federation.federation);
         let (host, port) = broker_address(&config.federation.broker).map_err(anyhow::Error::msg)?;

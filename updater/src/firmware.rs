@@ -93,6 +93,24 @@ pub fn fetch(
 ) -> Result<Fetched, FetchError> {
     let running_v = semver::Version::parse(running)
         .map_err(|e| FetchError::Config(format!("running version {running:?}: {e}")))?;
+    let dir = update_dir(data_dir);
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let repo = load(data_dir, config).await?;
+        stage(&repo, &dir, running, &running_v, arch, wanted).await
+    })
+}
+
+/// Load and verify the repository's metadata through the trust root (`<data_dir>/update/tuf/`
+/// keeps what was seen: versions never go down).
+async fn load(
+    data_dir: &Path,
+    config: &fleet_wire::site::UpdateConfig,
+) -> Result<tough::Repository, FetchError> {
     let base = url::Url::parse(&config.repository)
         .map_err(|e| FetchError::Config(format!("update.repository: {e}")))?;
     let base = if base.path().ends_with('/') {
@@ -112,25 +130,72 @@ pub fn fetch(
             config.trusted_root.display()
         ))
     })?;
-    let dir = update_dir(data_dir);
-    let (tuf, downloads) = (dir.join("tuf"), dir.join("downloads"));
+    let tuf = update_dir(data_dir).join("tuf");
     std::fs::create_dir_all(&tuf)?;
-    std::fs::create_dir_all(&downloads)?;
     let transport = RepositoryTransport::new(config.ca_file.as_deref())
         .map_err(|e| FetchError::Config(e.to_string()))?;
+    RepositoryLoader::new(&root, metadata_url, targets_url)
+        .transport(transport)
+        .datastore(&tuf)
+        .limits(limits())
+        .expiration_enforcement(ExpirationEnforcement::Safe)
+        .load()
+        .await
+        .map_err(|e| FetchError::Metadata(e.to_string()))
+}
+
+/// The key the repository's targets role delegates the `federation` role to: the one key
+/// global heads must be signed with (`[federation] trusted_key = "repository"`).
+pub fn federation_key(
+    data_dir: &Path,
+    config: &fleet_wire::site::UpdateConfig,
+) -> Result<fleet_wire::signed::VerifyingKey, FetchError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let repo = RepositoryLoader::new(&root, metadata_url, targets_url)
-            .transport(transport)
-            .datastore(&tuf)
-            .limits(limits())
-            .expiration_enforcement(ExpirationEnforcement::Safe)
-            .load()
-            .await
-            .map_err(|e| FetchError::Metadata(e.to_string()))?;
-        let (candidate, skipped) = newest(&repo, &running_v, arch, wanted);
+    let repo = rt.block_on(load(data_dir, config))?;
+    let role_name = fleet_wire::site::FEDERATION_ROLE;
+    let not_delegated = |why: &str| FetchError::Metadata(format!("the {role_name} role: {why}"));
+    let delegations = repo
+        .targets()
+        .signed
+        .delegations
+        .as_ref()
+        .ok_or_else(|| not_delegated("the targets metadata delegates nothing"))?;
+    let role = delegations
+        .roles
+        .iter()
+        .find(|r| r.name == role_name)
+        .ok_or_else(|| not_delegated("not delegated"))?;
+    let [keyid] = role.keyids.as_slice() else {
+        return Err(not_delegated("it must have exactly one key"));
+    };
+    match delegations.keys.get(keyid) {
+        Some(tough::schema::key::Key::Ed25519 { keyval, .. }) => {
+            let bytes: &[u8] = keyval.public.as_ref();
+            let bytes: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| not_delegated("its key is not 32 bytes"))?;
+            fleet_wire::signed::VerifyingKey::from_bytes(&bytes)
+                .map_err(|e| not_delegated(&format!("its key: {e}")))
+        }
+        Some(_) => Err(not_delegated("its key is not ed25519")),
+        None => Err(not_delegated("its key is not listed")),
+    }
+}
+
+/// Choose, download, check, unpack and stage the bundle to take from a verified repository.
+async fn stage(
+    repo: &tough::Repository,
+    dir: &Path,
+    running: &str,
+    running_v: &semver::Version,
+    arch: &str,
+    wanted: Option<&semver::Version>,
+) -> Result<Fetched, FetchError> {
+    let downloads = dir.join("downloads");
+    {
+        let (candidate, skipped) = newest(repo, running_v, arch, wanted);
         let Some(candidate) = candidate else {
             return Ok(Fetched::UpToDate {
                 running: running.to_string(),
@@ -226,7 +291,7 @@ pub fn fetch(
             version: manifest.version,
             path: staged,
         })
-    })
+    }
 }
 
 /// The newest signed firmware for `arch` that can replace `running` (exactly `wanted` when a

@@ -24,6 +24,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The key global heads must be signed with, as this device trusts it ([federation]
+    /// trusted_key: a PEM file, or "repository": the update repository's delegation); prints
+    /// JSON with its hex.
+    FederationKey {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Check the update repository through the trust root and fetch, verify and stage the
     /// newest firmware bundle for this device ([update]); prints JSON. Exit status 1 with the
     /// reason when anything does not verify.
@@ -117,8 +124,22 @@ fn main() -> anyhow::Result<()> {
                 }
                 false => None,
             };
-            let mut device = updater::device::Device::start(config, releases)?;
+            let trusted = trusted_federation_key(&config, &config_path)?;
+            let mut device = updater::device::Device::start(config, trusted, releases)?;
             device.run(&stop)
+        }
+        Command::FederationKey { config } => {
+            let path = config;
+            let config = UpdaterConfig::load(&path)?;
+            let key = trusted_federation_key(&config, &path)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "source": if config.federation.trusts_repository() { "repository" } else { "file" },
+                    "ed25519": hex_of(key.as_bytes()),
+                })
+            );
+            Ok(())
         }
         Command::Fetch { config, running } => {
             let config = updater::config::FirmwareConfig::load(&config)?;
@@ -315,4 +336,26 @@ fn has_update_table(path: &std::path::Path) -> anyhow::Result<bool> {
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(table.contains_key("update"))
+}
+
+/// The key global heads must verify with: the PEM file `[federation] trusted_key` names, or,
+/// with `trusted_key = "repository"`, the key the update repository delegates the federation
+/// role to (verified through the trust root of `[update]`).
+fn trusted_federation_key(
+    config: &UpdaterConfig,
+    path: &std::path::Path,
+) -> anyhow::Result<fleet_wire::signed::VerifyingKey> {
+    if config.federation.trusts_repository() {
+        let firmware = updater::config::FirmwareConfig::load(path)?;
+        return updater::firmware::federation_key(&firmware.data_dir, &firmware.update)
+            .map_err(|e| anyhow::anyhow!("the federation key from the update repository: {e}"));
+    }
+    let file = &config.federation.trusted_key;
+    let pem =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok(fleet_wire::signed::verifying_key_from_pem(&pem)?)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -89,6 +89,15 @@ enum RepoCommand {
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
+    /// Delegate the `federation` role (global heads) to the federation server's public key
+    /// (`federation keygen --public`); again with another key to rotate or revoke it.
+    DelegateFederation {
+        dir: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
     /// Re-sign targets, snapshot and timestamp with fresh expiries (run daily: a device refuses
     /// a timestamp past its expiry).
     Refresh {
@@ -178,6 +187,12 @@ fn main() -> anyhow::Result<()> {
                     .publish_bundle(&bundle, expiry.expiry())
                     .with_context(|| format!("publish {}", bundle.display()))?;
                 println!("published {name}");
+            }
+            RepoCommand::DelegateFederation { dir, key, expiry } => {
+                let id = Repo::new(&dir)
+                    .delegate_federation(&key, expiry.expiry())
+                    .with_context(|| format!("delegate to {}", key.display()))?;
+                println!("the federation role is delegated to key {id}");
             }
             RepoCommand::Refresh { dir, expiry } => {
                 Repo::new(&dir).refresh(expiry.expiry())?;
