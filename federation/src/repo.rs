@@ -18,7 +18,8 @@
 //! federation server's key, which signs global heads.
 //!
 //! A target's `custom` metadata says what it is, so a device picks what to download from
-//! signed metadata alone: `{"kind": "firmware", "version", "hardware", "min_from_version"}`.
+//! signed metadata alone: `{"kind": "firmware", "version", "hardware", "min_from_version"}`
+//! or `{"kind": "model", "model", "version"}`.
 
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -346,6 +347,53 @@ impl Repo {
             manifest.min_from_version.clone().into(),
         );
         runtime()?.block_on(self.resign(Some((bundle, &name, custom)), |_| Ok(()), expiry))?;
+        Ok(name)
+    }
+
+    /// Publish a model package folder (its `manifest.toml` names `id` and `version`): every
+    /// file of the folder goes into one archive in the firmware bundle's format (each file's
+    /// SHA-256 checked when a device unpacks it), added as `model-<id>-<version>.tar` with
+    /// `{"kind": "model", "model": id, "version"}` in its signed metadata.
+    pub fn publish_model(&self, package: &Path, expiry: Expiry) -> Result<String, RepoError> {
+        let manifest_path = package.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest_path)?;
+        let manifest: toml::Table = text
+            .parse()
+            .map_err(|e| RepoError::Invalid(format!("{}: {e}", manifest_path.display())))?;
+        let field = |key: &str| {
+            manifest
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| RepoError::Invalid(format!("{}: no {key}", manifest_path.display())))
+        };
+        let (id, version) = (field("id")?, field("version")?);
+        fleet_wire::message::check_id(&id)
+            .map_err(|e| RepoError::Invalid(format!("model id {id:?}: {e}")))?;
+        semver::Version::parse(&version)
+            .map_err(|e| RepoError::Invalid(format!("model version {version:?}: {e}")))?;
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(package)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                return Err(RepoError::Invalid(format!(
+                    "{}: a model package holds plain files only",
+                    entry.path().display()
+                )));
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            files.push((name, entry.path(), 0o644));
+        }
+        let work = tempfile::tempdir()?;
+        let name = format!("model-{id}-{version}.tar");
+        let archive = work.path().join(&name);
+        image::bundle::make(&version, &["any".to_string()], "0.0.0", &files, &archive)
+            .map_err(|e| RepoError::Invalid(format!("{}: {e}", package.display())))?;
+        let mut custom = serde_json::Map::new();
+        custom.insert("kind".into(), "model".into());
+        custom.insert("model".into(), id.into());
+        custom.insert("version".into(), version.into());
+        runtime()?.block_on(self.resign(Some((&archive, &name, custom)), |_| Ok(()), expiry))?;
         Ok(name)
     }
 

@@ -218,6 +218,14 @@ pub struct UpdateConfig {
     /// appliance's unit, so the updater itself needs no privilege over systemd.
     #[serde(default)]
     pub restart_command: Vec<String>,
+    /// Model ids whose newer signed packages `updater models` installs (inactive: an admin
+    /// activates a version, as with any installed one). Empty: none.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// The appliance binary that installs a model package (`appliance models install`).
+    /// Default: `<install_root>/current/bin/appliance`, the active slot's.
+    #[serde(default)]
+    pub appliance_binary: Option<PathBuf>,
 }
 
 /// What the appliance is busy with (`GET /activity` on its operations endpoint, JSON).
@@ -300,6 +308,14 @@ impl UpdateConfig {
                 "1 to 64 of A-Z a-z 0-9 . _ -".to_string(),
             ));
         }
+        for id in &self.models {
+            if crate::message::check_id(id).is_err() {
+                problems.push((
+                    "update.models".to_string(),
+                    format!("{id:?}: not a model id"),
+                ));
+            }
+        }
         if let Some(w) = &self.maintenance_window {
             if parse_window(w).is_none() {
                 problems.push((
@@ -322,6 +338,7 @@ impl UpdateConfig {
         for p in [&mut self.trusted_root, &mut self.install_root]
             .into_iter()
             .chain(self.ca_file.as_mut())
+            .chain(self.appliance_binary.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -1084,3 +1084,117 @@ fn the_federation_key_is_the_one_the_repository_delegates_to_and_follows_its_rot
     let refused = key_of_device().unwrap_err();
     assert!(refused.contains("not trusted"), "{refused}");
 }
+
+/// Model packages under the same trust root: the operator publishes a package folder, the
+/// device installs a signed version newer than its own (inactive: activating stays an admin's
+/// decision) through the appliance's own install, says it is up to date the next time, and
+/// refuses a package whose bytes on the mirror are not the signed ones.
+#[test]
+fn a_signed_model_package_newer_than_the_installed_one_is_installed_inactive_and_a_tampered_one_is_refused(
+) {
+    use hil_tests::appliance::Appliance;
+    let fleet = Fleet::new();
+    let app = Appliance::start_with_model(&|_| {});
+    let publish = |version: &str| {
+        let package = fleet.dir.path().join(format!("head-ct-{version}"));
+        copy_dir(
+            &hil_tests::repo_root().join("models/reference/head-ct"),
+            &package,
+        );
+        let manifest = package.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(text.contains("\nversion = \"0.1.0\"\n"));
+        std::fs::write(
+            &manifest,
+            text.replacen(
+                "\nversion = \"0.1.0\"\n",
+                &format!("\nversion = \"{version}\"\n"),
+                1,
+            ),
+        )
+        .unwrap();
+        fleet.fleet(&["repo", "publish"], &[&fleet.repo(), &package]);
+    };
+    publish("0.2.0");
+    let mut config: toml::Table = std::fs::read_to_string(&app.config_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut update = toml::Table::new();
+    update.insert("enabled".into(), true.into());
+    update.insert("repository".into(), fleet.url().into());
+    update.insert(
+        "ca_file".into(),
+        fleet.ca.cert.to_string_lossy().into_owned().into(),
+    );
+    update.insert(
+        "trusted_root".into(),
+        fleet
+            .metadata()
+            .join("1.root.json")
+            .to_string_lossy()
+            .into_owned()
+            .into(),
+    );
+    update.insert(
+        "models".into(),
+        vec![toml::Value::from("head-ct-ich")].into(),
+    );
+    update.insert(
+        "appliance_binary".into(),
+        binary_named("appliance")
+            .to_string_lossy()
+            .into_owned()
+            .into(),
+    );
+    config.insert("update".into(), update.into());
+    let device = fleet.dir.path().join("device-models.toml");
+    std::fs::write(&device, toml::to_string(&config).unwrap()).unwrap();
+    let models = || {
+        let out = Command::new(binary_named("updater"))
+            .args(["models", "--config"])
+            .arg(&device)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), json)
+    };
+    let (ok, json) = models();
+    assert!(ok, "{json}");
+    assert_eq!(json[0]["state"], "installed", "{json}");
+    assert_eq!(json[0]["version"], "0.2.0", "{json}");
+    let listed =
+        String::from_utf8_lossy(&app.cli(&["models", "list", "--json"]).stdout).into_owned();
+    assert!(listed.contains("0.2.0"), "{listed}");
+    let active = app.data_dir.join("models/head-ct-ich/active");
+    assert_eq!(std::fs::read_to_string(&active).unwrap().trim(), "0.1.0");
+    let (ok, json) = models();
+    assert!(ok, "{json}");
+    assert_eq!(json[0]["state"], "up_to_date", "{json}");
+    assert_eq!(json[0]["installed"], "0.2.0", "{json}");
+
+    // 0.3.0 is signed, but the mirror serves other bytes under its name.
+    publish("0.3.0");
+    let target = std::fs::read_dir(fleet.repo().join("repository/targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("model-head-ct-ich-0.3.0.tar"))
+        .unwrap();
+    let mut bytes = std::fs::read(&target).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&target, bytes).unwrap();
+    let (ok, json) = models();
+    assert!(!ok, "{json}");
+    assert_eq!(json[0]["state"], "refused", "{json}");
+    assert!(
+        json[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Hash mismatch"),
+        "{json}"
+    );
+    assert!(!app.data_dir.join("models/head-ct-ich/0.3.0").exists());
+    fleet.nothing_staged("tampered model package");
+}

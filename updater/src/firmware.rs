@@ -107,7 +107,7 @@ pub fn fetch(
 
 /// Load and verify the repository's metadata through the trust root (`<data_dir>/update/tuf/`
 /// keeps what was seen: versions never go down).
-async fn load(
+pub(crate) async fn load(
     data_dir: &Path,
     config: &fleet_wire::site::UpdateConfig,
 ) -> Result<tough::Repository, FetchError> {
@@ -184,6 +184,56 @@ pub fn federation_key(
     }
 }
 
+/// Download `name` into `downloads` through `<file>.part` (tough stops at its signed length
+/// and checks its signed hash); returns the finished file and its plain name. A failure
+/// leaves no partial file.
+pub(crate) async fn download(
+    repo: &tough::Repository,
+    name: &TargetName,
+    downloads: &Path,
+) -> Result<(PathBuf, String), FetchError> {
+    let target_error = |reason: String| FetchError::Target {
+        target: name.raw().to_string(),
+        reason,
+    };
+    // Names are checked by tough (no separators that leave the folder); the file name used
+    // here is the plain name with anything but [A-Za-z0-9._-] replaced.
+    let file: String = name
+        .raw()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let part = downloads.join(format!("{file}.part"));
+    let done = downloads.join(&file);
+    let mut stream = repo
+        .read_target(name)
+        .await
+        .map_err(|e| target_error(e.to_string()))?
+        .ok_or_else(|| target_error("listed, then not found".into()))?;
+    let mut out = tokio::fs::File::create(&part).await?;
+    use futures_util::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => out.write_all(&bytes).await?,
+            Err(e) => {
+                drop(out);
+                let _ = std::fs::remove_file(&part);
+                return Err(target_error(e.to_string()));
+            }
+        }
+    }
+    out.sync_all().await?;
+    drop(out);
+    std::fs::rename(&part, &done)?;
+    Ok((done, file))
+}
+
 /// Choose, download, check, unpack and stage the bundle to take from a verified repository.
 async fn stage(
     repo: &tough::Repository,
@@ -207,40 +257,7 @@ async fn stage(
             target: target.clone(),
             reason,
         };
-        // Names are checked by tough (no separators that leave the folder); the file name
-        // used here is the plain name with anything but [A-Za-z0-9._-] replaced.
-        let file: String = target
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let part = downloads.join(format!("{file}.part"));
-        let done = downloads.join(&file);
-        let mut stream = repo
-            .read_target(&candidate.name)
-            .await
-            .map_err(|e| target_error(e.to_string()))?
-            .ok_or_else(|| target_error("listed, then not found".into()))?;
-        let mut out = tokio::fs::File::create(&part).await?;
-        use futures_util::StreamExt;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => out.write_all(&bytes).await?,
-                Err(e) => {
-                    drop(out);
-                    let _ = std::fs::remove_file(&part);
-                    return Err(target_error(e.to_string()));
-                }
-            }
-        }
-        out.sync_all().await?;
-        drop(out);
-        std::fs::rename(&part, &done)?;
+        let (done, file) = download(repo, &candidate.name, &downloads).await?;
         // Unpacked inside the download folder, every file checked; then staged.
         let unpacked = downloads.join(format!("{file}.d"));
         if unpacked.exists() {

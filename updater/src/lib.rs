@@ -9,7 +9,8 @@
 //! (turning a local head into the round's update blob: delta, clipping, noise), `firmware`
 //! (firmware bundles verified through the fleet's TUF trust root, downloaded and checked file
 //! by file, then staged), `transport` (the repository over HTTPS or from a mounted folder),
-//! `slots` (A/B install of a staged bundle on trial, the boot counter, commit and rollback
+//! `model_updates` (model packages through the same trust root, installed inactive by the
+//! appliance), `slots` (A/B install of a staged bundle on trial, the boot counter, commit and rollback
 //! with the databases' snapshot), `schedule` (the maintenance window and the appliance's
 //! idleness a switch waits for), `apply` (one update from fetch to commit or rollback), and
 //! `releases` (release announcements of this device's fleet group over MQTT, and the status
@@ -24,6 +25,7 @@ pub mod apply;
 pub mod config;
 pub mod device;
 pub mod firmware;
+pub mod model_updates;
 pub mod releases;
 pub mod schedule;
 pub mod secure;

@@ -31,6 +31,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Install newer signed model packages of the models [update] models names (inactive);
+    /// prints JSON. Exit status 1 when one was refused.
+    Models {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Check the update repository through the trust root and fetch, verify and stage the
     /// newest firmware bundle for this device ([update]); prints JSON. Exit status 1 with the
     /// reason when anything does not verify.
@@ -140,6 +146,24 @@ fn main() -> anyhow::Result<()> {
                 })
             );
             Ok(())
+        }
+        Command::Models { config } => {
+            let path = config;
+            let config = updater::config::FirmwareConfig::load(&path)?;
+            let done = updater::model_updates::update(&config.data_dir, &config.update, &path);
+            match done {
+                Ok(updates) => {
+                    println!("{}", serde_json::to_string(&updates)?);
+                    if updates
+                        .iter()
+                        .any(|u| matches!(u, updater::model_updates::ModelUpdate::Refused { .. }))
+                    {
+                        std::process::exit(1);
+                    }
+                    Ok(())
+                }
+                Err(e) => refuse(&e.to_string()),
+            }
         }
         Command::Fetch { config, running } => {
             let config = updater::config::FirmwareConfig::load(&config)?;

@@ -82,7 +82,8 @@ enum RepoCommand {
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
-    /// Publish a firmware bundle (image/build.sh) as a signed target.
+    /// Publish a firmware bundle (image/build.sh), or a model package folder, as a signed
+    /// target.
     Publish {
         dir: PathBuf,
         bundle: PathBuf,
@@ -183,9 +184,13 @@ fn main() -> anyhow::Result<()> {
                 bundle,
                 expiry,
             } => {
-                let name = Repo::new(&dir)
-                    .publish_bundle(&bundle, expiry.expiry())
-                    .with_context(|| format!("publish {}", bundle.display()))?;
+                let repo = Repo::new(&dir);
+                let name = if bundle.is_dir() {
+                    repo.publish_model(&bundle, expiry.expiry())
+                } else {
+                    repo.publish_bundle(&bundle, expiry.expiry())
+                }
+                .with_context(|| format!("publish {}", bundle.display()))?;
                 println!("published {name}");
             }
             RepoCommand::DelegateFederation { dir, key, expiry } => {
