@@ -50,6 +50,8 @@ target/release/bundle make --version "$version" --min-from "$min_from" --hardwar
     --file systemd/radiant-updater.service=image/systemd/radiant-updater.service:644 \
     --file systemd/radiant-edge-restart.path=image/systemd/radiant-edge-restart.path:644 \
     --file systemd/radiant-edge-restart.service=image/systemd/radiant-edge-restart.service:644 \
+    --file systemd/radiant-edge-models.service=image/systemd/radiant-edge-models.service:644 \
+    --file systemd/radiant-edge-models.timer=image/systemd/radiant-edge-models.timer:644 \
     --file etc/appliance.toml=image/etc/appliance.toml:644 \
     --folder models/head-ct-ich=models/reference/head-ct \
     --folder selftest/study=fixtures/ct-series-lesion \

@@ -235,6 +235,13 @@ enum ModelsCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Make an installed version the active one (the daemon takes it at its next job).
+    Activate {
+        id: String,
+        version: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Verify and install a model package folder.
     Install {
         /// The package folder (manifest.toml, backbone, head, card).
@@ -878,6 +885,16 @@ fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
             if failed > 0 {
                 anyhow::bail!("{failed} installed model version(s) failed verification");
             }
+            Ok(())
+        }
+        ModelsCommand::Activate {
+            id,
+            version,
+            config,
+        } => {
+            let registry = models::registry::Registry::new(&config.load()?.data_dir);
+            registry.activate(&id, &version)?;
+            println!("activated {id} {version}");
             Ok(())
         }
         ModelsCommand::Install {

@@ -1169,6 +1169,14 @@ fn a_signed_model_package_newer_than_the_installed_one_is_installed_inactive_and
     assert!(listed.contains("0.2.0"), "{listed}");
     let active = app.data_dir.join("models/head-ct-ich/active");
     assert_eq!(std::fs::read_to_string(&active).unwrap().trim(), "0.1.0");
+    // The admin's step.
+    let activated = app.cli(&["models", "activate", "head-ct-ich", "0.2.0"]);
+    assert!(
+        activated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&activated.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&active).unwrap().trim(), "0.2.0");
     let (ok, json) = models();
     assert!(ok, "{json}");
     assert_eq!(json[0]["state"], "up_to_date", "{json}");

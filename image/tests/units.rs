@@ -40,7 +40,11 @@ fn analyze(args: &[&str], unit: &Path) -> (bool, String) {
 #[test]
 fn the_units_verify_and_their_sandbox_exposure_stays_low() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["radiant-edge.service", "radiant-updater.service"] {
+    for name in [
+        "radiant-edge.service",
+        "radiant-updater.service",
+        "radiant-edge-models.service",
+    ] {
         let copy = runnable_copy(dir.path(), name);
         let (ok, said) = analyze(&["verify"], &copy);
         assert!(ok && said.trim().is_empty(), "{name}: {said}");
@@ -48,6 +52,31 @@ fn the_units_verify_and_their_sandbox_exposure_stays_low() {
         let (ok, said) = analyze(&["security", "--offline=yes", "--threshold=20"], &copy);
         assert!(ok, "{name}: exposure above 2.0:\n{said}");
     }
+}
+
+#[test]
+fn the_model_timer_starts_the_model_service_daily() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("radiant-edge-models.timer"),
+        unit("radiant-edge-models.timer"),
+    )
+    .unwrap();
+    let service = runnable_copy(dir.path(), "radiant-edge-models.service");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("radiant-edge-models.timer"))
+        .arg(&service)
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    assert!(unit("radiant-edge-models.timer").contains("OnCalendar=daily"));
+    assert!(unit("radiant-edge-models.service").contains("updater models --config"));
 }
 
 #[test]

@@ -214,7 +214,7 @@ impl Registry {
         })
     }
 
-    /// Make `version` the active version of `id`.
+    /// Make `version` the active version of `id`; it must still verify against its manifest.
     pub fn activate(&self, id: &str, version: &str) -> Result<(), RegistryError> {
         let model_dir = self.root.join(id);
         if !model_dir.join(version).is_dir() {
@@ -223,6 +223,7 @@ impl Registry {
                 version: version.into(),
             });
         }
+        AnyPackage::open(&model_dir.join(version))?;
         write_durable(&model_dir.join("active"), version.as_bytes()).map_err(durable)
     }
 
