@@ -3,8 +3,8 @@
 //! device is in the wave and the version is newer than the one it runs; the update itself is
 //! `apply` (trust root, window and idle wait, A/B switch, self-test, commit or rollback). Every
 //! step and outcome becomes this device's retained status, which `fleet devices list` reads.
-//! A version that failed here (refused or rolled back) is not tried again when its
-//! announcement comes back on the next connection; a newer one is.
+//! A version that failed its self-test here is not tried again when its announcement comes
+//! back on the next connection (a newer one is); a refused one is, as its cause may pass.
 
 use crate::apply::{self, Outcome, Step};
 use crate::config::FirmwareConfig;
@@ -35,6 +35,8 @@ pub struct Releases {
     stop: Arc<AtomicBool>,
     /// The step of the update in progress, and the release it is for.
     step: Option<(Step, String)>,
+    /// The newest announcement heard while an update ran.
+    pending: Option<Release>,
 }
 
 impl Releases {
@@ -49,6 +51,7 @@ impl Releases {
             worker: None,
             stop: Arc::new(AtomicBool::new(false)),
             step: None,
+            pending: None,
         }
     }
 
@@ -63,7 +66,10 @@ impl Releases {
             return Err(format!("for group {}, not this one", release.group));
         }
         if self.worker.is_some() {
-            return Err("an update is already running".into());
+            // Looked at again once the update in progress ends (a wider wave, a newer
+            // version): the retained announcement is not delivered twice on one connection.
+            self.pending = Some(release);
+            return Err("an update is running; this announcement waits for its end".into());
         }
         if !in_wave(&self.device, &release.version, release.percent) {
             return Err(format!(
@@ -181,6 +187,15 @@ impl Releases {
             }
             out.push(self.status(conn)?);
         }
+        if self.worker.is_none() {
+            if let Some(release) = self.pending.take() {
+                let version = release.version.clone();
+                match self.announced(conn, release) {
+                    Ok(()) => out.push(self.status(conn)?),
+                    Err(why) => tracing::info!(release = %version, %why, "release not taken"),
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -201,7 +216,10 @@ impl Releases {
         state::set(conn, "firmware_release", release)?;
         state::set(conn, "firmware_health", health)?;
         state::set(conn, "firmware_error", error.unwrap_or(""))?;
-        if health != "ok" {
+        // A release that failed its self-test here is not tried again; a refusal (the
+        // repository unreachable, metadata that did not verify) is, at the announcement's next
+        // delivery, as the cause may pass.
+        if health == "rolled_back" {
             state::set(conn, "firmware_failed_release", release)?;
         }
         Ok(())
