@@ -1,6 +1,7 @@
 //! The Radiant Edge daemon and its CLI, as a library so that tests can drive the same code.
 //!
 //! # Layout
+//! - [`activity`]: what the daemon is doing now (`/activity`), for the updater's idle wait.
 //! - [`cases`]: labelled cases: a SEG about a held series becomes a label for fine-tuning.
 //! - [`config`]: the TOML configuration, its defaults and validation by key.
 //! - [`daemon`]: `appliance serve`: starts the spool, the DICOM SCP, study assembly and the
@@ -8,7 +9,8 @@
 //! - [`db`]: `results.sqlite`: the only module that opens it; every table's schema, the
 //!   numbered migrations (`PRAGMA user_version`), the clock rows are stamped with, and the
 //!   stored states as enums.
-//! - [`http`]: `/health/live`, `/health/ready`, `/metrics`.
+//! - [`doctor`]: `appliance doctor`: every check an install needs, each with its fix.
+//! - [`http`]: `/health/live`, `/health/ready`, `/metrics`, `/activity`.
 //! - [`jobs`]: durable inference jobs for completed studies, and their results.
 //! - [`export`]: a result as SEG and SR files, geometry-checked and fsync'd.
 //! - [`federated`]: the learner's side of the federation hand-over folder: its champion out,
@@ -38,6 +40,7 @@ pub mod cases;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod doctor;
 pub mod export;
 pub mod federated;
 pub mod file_lock;

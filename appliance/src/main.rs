@@ -47,6 +47,15 @@ enum Command {
     Serve(ConfigArgs),
     /// Validate a configuration file and explain each problem by key.
     CheckConfig(ConfigArgs),
+    /// Check everything the appliance needs (configuration, data folder, disk, models and
+    /// their runtime, a C-ECHO to every destination) and say how to fix what is wrong; exit
+    /// status 1 when something is.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Studies received by the appliance.
     Studies {
         #[command(subcommand)]
@@ -351,6 +360,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.dicom.peers.len(),
                 config.data_dir.display()
             );
+            Ok(())
+        }
+        Command::Doctor { config, json } => {
+            let findings = appliance::doctor::examine(config.load());
+            use appliance::doctor::Verdict;
+            for f in &findings {
+                if json {
+                    println!("{}", serde_json::to_string(f)?);
+                } else {
+                    let mark = match f.verdict {
+                        Verdict::Ok => "ok     ",
+                        Verdict::Warning => "WARNING",
+                        Verdict::Problem => "PROBLEM",
+                    };
+                    println!("{mark}  {}: {}", f.check, f.detail);
+                    if let Some(fix) = &f.fix {
+                        println!("         fix: {fix}");
+                    }
+                }
+            }
+            let problems = findings
+                .iter()
+                .filter(|f| f.verdict == Verdict::Problem)
+                .count();
+            if problems > 0 {
+                if !json {
+                    eprintln!("{problems} problem(s)");
+                }
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Models { command } => models_command(command),

@@ -164,3 +164,87 @@ fn listen(socket: &UnixDatagram, heard: &mut Vec<String>, until: &str, limit: Du
         }
     }
 }
+
+/// `appliance doctor --json`: one finding per line, and its exit status.
+fn doctor(app: &Appliance) -> (bool, Vec<serde_json::Value>) {
+    let out = app.cli(&["doctor", "--json"]);
+    let findings = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out.status.success(), findings)
+}
+
+fn find<'a>(findings: &'a [serde_json::Value], check: &str) -> &'a serde_json::Value {
+    findings
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no finding for {check}: {findings:#?}"))
+}
+
+#[test]
+fn the_doctor_passes_a_working_install_after_echoing_its_destination_through_dcmtk() {
+    let pacs = hil_tests::peers::start_storescp();
+    let app = Appliance::start_with_model(&|c| {
+        hil_tests::appliance::set_destination(c, "pacs", "STORESCP", pacs.port)
+    });
+    let (ok, findings) = doctor(&app);
+    assert!(ok, "{findings:#?}");
+    let echo = find(&findings, "destination pacs");
+    assert_eq!(echo["verdict"], "ok", "{echo}");
+    assert!(
+        echo["detail"]
+            .as_str()
+            .unwrap()
+            .contains("C-ECHO to STORESCP@127.0.0.1"),
+        "{echo}"
+    );
+    assert_eq!(find(&findings, "model head-ct-ich 0.1.0")["verdict"], "ok");
+    let runtime = find(&findings, "runtime head-ct-ich");
+    assert_eq!(runtime["detail"], "loads on tract", "{runtime}");
+    assert_eq!(find(&findings, "data_dir")["verdict"], "ok");
+    assert_eq!(find(&findings, "disk")["verdict"], "ok");
+}
+
+#[test]
+fn the_doctor_names_an_unreachable_destination_and_a_damaged_model_with_their_fixes_and_fails() {
+    // A port nothing listens on, and a model file changed on disk after its install.
+    let closed = hil_tests::free_port();
+    let app = Appliance::start_with_model(&|c| {
+        hil_tests::appliance::set_destination(c, "pacs", "ORTHANC", closed)
+    });
+    let head = app
+        .data_dir
+        .join("models/head-ct-ich/0.1.0/head.safetensors");
+    let mut bytes = std::fs::read(&head).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&head, bytes).unwrap();
+    let (ok, findings) = doctor(&app);
+    assert!(!ok, "{findings:#?}");
+    let echo = find(&findings, "destination pacs");
+    assert_eq!(echo["verdict"], "problem", "{echo}");
+    assert!(
+        echo["fix"].as_str().unwrap().contains("AE title ORTHANC"),
+        "{echo}"
+    );
+    let model = find(&findings, "model head-ct-ich 0.1.0");
+    assert_eq!(model["verdict"], "problem", "{model}");
+    assert!(
+        model["detail"]
+            .as_str()
+            .unwrap()
+            .contains("head.safetensors"),
+        "{model}"
+    );
+    assert!(
+        model["fix"].as_str().unwrap().contains("models install"),
+        "{model}"
+    );
+    // The text form says the same to a person.
+    let out = app.cli(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PROBLEM  destination pacs"), "{text}");
+    assert!(text.contains("fix: "), "{text}");
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -211,6 +211,23 @@ impl StoreRequest<'_> {
     }
 }
 
+/// A C-ECHO-RQ command set to encode (PS3.7 section 9.3.5.1): no dataset follows.
+#[derive(Debug, Clone)]
+pub struct EchoRequest {
+    pub message_id: u16,
+}
+
+impl EchoRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(64);
+        put_text(&mut body, 0x0002, crate::uids::VERIFICATION, 0);
+        put_us(&mut body, 0x0100, C_ECHO_RQ);
+        put_us(&mut body, 0x0110, self.message_id);
+        put_us(&mut body, 0x0800, NO_DATASET);
+        with_group_length(body)
+    }
+}
+
 /// Prefix a command body with its Command Group Length (0000,0000), UL.
 fn with_group_length(body: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 12);

@@ -402,6 +402,47 @@ pub fn send(
     Ok(outcomes)
 }
 
+/// C-ECHO (PS3.7 section 9.1.5): associate proposing only the Verification SOP Class in
+/// Implicit VR Little Endian (PS3.4 annex A), send one C-ECHO-RQ, read its C-ECHO-RSP, and
+/// release. Returns the response's status (0x0000: success) and how long it took.
+pub fn echo(dest: &Destination, config: &ScuConfig) -> Result<(u16, Duration), ScuError> {
+    check_config(dest, config)?;
+    let started = Instant::now();
+    let proposals = Proposals {
+        contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: uids::VERIFICATION.to_string(),
+            transfer_syntaxes: vec![uids::IMPLICIT_VR_LE.to_string()],
+        }],
+        by_key: HashMap::new(),
+    };
+    let mut association = Association::open(dest, config, &proposals)?;
+    if !association.accepted.contains_key(&1) {
+        let reason = association
+            .refused
+            .get(&1)
+            .cloned()
+            .unwrap_or_else(|| "no result for the proposed context".into());
+        association.release();
+        return Err(ScuError::Protocol {
+            peer: dest.to_string(),
+            detail: format!("the Verification SOP Class was not accepted: {reason}"),
+        });
+    }
+    let message_id = association.next_message_id;
+    let command = dimse::EchoRequest { message_id }.encode();
+    association.write_message(1, &command, None)?;
+    let rsp = association.read_response("C-ECHO-RSP", 1)?;
+    if rsp.command_field != dimse::C_ECHO_RSP || rsp.message_id_being_responded_to != message_id {
+        return Err(association.protocol(format!(
+            "answered C-ECHO-RQ {message_id} with command {:#06x} for message {}",
+            rsp.command_field, rsp.message_id_being_responded_to
+        )));
+    }
+    association.release();
+    Ok((rsp.status, started.elapsed()))
+}
+
 /// A failure's kind for logs, without paths or UIDs.
 fn failure_kind(failure: &StoreFailure) -> String {
     match failure {
@@ -854,9 +895,9 @@ impl<'a> Association<'a> {
             affected_sop_instance_uid: &meta.sop_instance_uid,
         }
         .encode();
-        self.write_message(context_id, &command, dataset)?;
+        self.write_message(context_id, &command, Some(dataset))?;
         outcome.transfer_syntax = Some(target);
-        let rsp = self.read_response(context_id)?;
+        let rsp = self.read_response("C-STORE-RSP", context_id)?;
         // PS3.7 section 9.3.1.2: the response answers our message, for our instance.
         if rsp.command_field != dimse::C_STORE_RSP
             || rsp.message_id_being_responded_to != message_id
@@ -908,7 +949,7 @@ impl<'a> Association<'a> {
         &mut self,
         context_id: u8,
         command: &[u8],
-        dataset: &[u8],
+        dataset: Option<&[u8]>,
     ) -> Result<(), ScuError> {
         let max = self.max_fragment;
         let peer = self.peer.clone();
@@ -926,11 +967,14 @@ impl<'a> Association<'a> {
         Ok(())
     }
 
-    /// Read the C-STORE-RSP command on `context_id`, within `io_timeout`.
-    fn read_response(&mut self, context_id: u8) -> Result<ResponseFields, ScuError> {
-        const AWAITING: &str = "C-STORE-RSP";
+    /// Read the response command (`awaiting`) on `context_id`, within `io_timeout`.
+    fn read_response(
+        &mut self,
+        awaiting: &'static str,
+        context_id: u8,
+    ) -> Result<ResponseFields, ScuError> {
         let deadline = Instant::now() + self.config.io_timeout;
-        let result = self.read_command(AWAITING, context_id, deadline);
+        let result = self.read_command(awaiting, context_id, deadline);
         if let Err(e) = &result {
             self.abort_if_ours(e);
         }
@@ -1094,10 +1138,14 @@ fn write_fragments(
     out: &mut impl Write,
     context_id: u8,
     command: &[u8],
-    dataset: &[u8],
+    dataset: Option<&[u8]>,
     max: usize,
 ) -> std::io::Result<()> {
-    for (data, is_command) in [(command, true), (dataset, false)] {
+    // A message without a dataset (C-ECHO-RQ) is its command's fragments only.
+    for (data, is_command) in [(Some(command), true), (dataset, false)] {
+        let Some(data) = data else {
+            continue;
+        };
         if data.is_empty() {
             write_pdv(out, context_id, is_command, true, &[])?;
         }
@@ -1285,7 +1333,7 @@ mod tests {
             for len in [1usize, max - 1, max, max + 1, 3 * max, 3 * max + 7] {
                 let dataset: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
                 let mut wire = Vec::new();
-                write_fragments(&mut wire, 5, &command, &dataset, max).unwrap();
+                write_fragments(&mut wire, 5, &command, Some(&dataset), max).unwrap();
                 let (mut got_command, mut got_dataset) = (Vec::<u8>::new(), Vec::<u8>::new());
                 let (mut command_done, mut dataset_done) = (false, false);
                 let mut pos = 0;
