@@ -265,3 +265,37 @@ pub fn run(binary: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `bundle make` of `version` for `arch` into `out` with `files` (its --file/--folder
+/// arguments), updating from 0.1.0; it must succeed.
+pub fn make_bundle(version: &str, arch: &str, out: &Path, files: &[String]) {
+    let made = Command::new(binary_named("bundle"))
+        .args(["make", "--version", version, "--min-from", "0.1.0"])
+        .args(["--hardware", arch, "--out"])
+        .arg(out)
+        .args(files)
+        .output()
+        .expect("run bundle");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// A stand-in `bin/appliance` for bundles in tests of the updater's orchestration: a script
+/// whose `self-test` takes `seconds` and passes or fails (naming a SEG that differs). The
+/// real self-test (the golden study through the real appliance) has its own test.
+pub fn stand_in_appliance(version: &str, passes: bool, seconds: f64) -> String {
+    let report = if passes {
+        format!(r#"{{"passed": true, "seconds": {seconds}, "reasons": []}}"#)
+    } else {
+        format!(
+            r#"{{"passed": false, "seconds": {seconds}, "reasons": ["SEG differs from the golden one"]}}"#
+        )
+    };
+    format!(
+        "#!/bin/sh\n# appliance {version} (a test's stand-in)\nsleep {seconds}\n\
+         [ \"$1\" = self-test ] && echo '{report}'\n"
+    )
+}

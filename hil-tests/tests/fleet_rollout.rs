@@ -11,7 +11,7 @@
 //! `a_release_passing_its_self_test_is_committed_and_one_failing_it_rolls_back_by_itself`.
 
 use hil_tests::appliance::binary_named;
-use hil_tests::fleet::{run, Broker, FleetPki, Process};
+use hil_tests::fleet::{make_bundle, run, stand_in_appliance, Broker, FleetPki, Process};
 use hil_tests::peers::{start_https_static, PeerProcess};
 use hil_tests::pki::Issued;
 use hil_tests::wait_until;
@@ -94,31 +94,20 @@ impl Fleet {
     fn publish(&self, version: &str, self_test_passes: bool) {
         let stage = self.dir.path().join(format!("stage-{version}"));
         std::fs::create_dir_all(&stage).unwrap();
-        let report = if self_test_passes {
-            r#"{"passed": true, "seconds": 0.1, "reasons": []}"#
-        } else {
-            r#"{"passed": false, "seconds": 0.1, "reasons": ["SEG differs from the golden one"]}"#
-        };
-        let script = format!(
-            "#!/bin/sh\n# appliance {version} (rollout test stand-in)\n\
-             [ \"$1\" = self-test ] && echo '{report}'\n"
-        );
-        std::fs::write(stage.join("appliance"), script).unwrap();
+        std::fs::write(
+            stage.join("appliance"),
+            stand_in_appliance(version, self_test_passes, 0.1),
+        )
+        .unwrap();
         let bundle = self.dir.path().join(format!("radiant-edge-{version}.tar"));
-        let made = Command::new(binary_named("bundle"))
-            .args(["make", "--version", version, "--min-from", "0.1.0"])
-            .args(["--hardware", std::env::consts::ARCH, "--out"])
-            .arg(&bundle)
-            .arg(format!(
+        make_bundle(
+            version,
+            std::env::consts::ARCH,
+            &bundle,
+            &[format!(
                 "--file=bin/appliance={}:755",
                 stage.join("appliance").display()
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
+            )],
         );
         run(
             "fleet",

@@ -4,6 +4,7 @@
 //! nothing is staged: the download folder holds no partial file and no unpacked bundle.
 
 use hil_tests::appliance::binary_named;
+use hil_tests::fleet::{make_bundle, stand_in_appliance};
 use hil_tests::peers::{start_https_static, PeerProcess};
 use hil_tests::pki::{Issued, Pki};
 use std::path::{Path, PathBuf};
@@ -111,14 +112,11 @@ impl Fleet {
     ) -> PathBuf {
         let stage = self.dir.path().join(format!("stage-{version}"));
         std::fs::create_dir_all(&stage).unwrap();
-        // A stand-in `appliance` whose self-test takes a moment and passes: these fixtures are
-        // about the trust root and the slots; the real self-test has its own test below.
+        // These fixtures are about the trust root and the slots: a self-test that takes a
+        // moment and passes.
         std::fs::write(
             stage.join("appliance"),
-            format!(
-                "#!/bin/sh\n# appliance {version}\nsleep 0.3\n[ \"$1\" = self-test ] && \
-                 echo '{{\"passed\": true, \"seconds\": 0.3, \"reasons\": []}}'\n"
-            ),
+            stand_in_appliance(version, true, 0.3),
         )
         .unwrap();
         let model: Vec<u8> = (0..model_bytes)
@@ -247,7 +245,7 @@ fn a_signed_bundle_for_this_device_is_verified_and_staged_and_the_next_check_is_
     assert_eq!(json["version"], "0.2.0");
     let staged = PathBuf::from(json["path"].as_str().unwrap());
     let appliance = std::fs::read_to_string(staged.join("bin/appliance")).unwrap();
-    assert!(appliance.contains("# appliance 0.2.0\n"), "{appliance}");
+    assert!(appliance.contains("# appliance 0.2.0 "), "{appliance}");
     // A bundle for other hardware is signed too, and skipped with the reason.
     fleet.publish("0.3.0", "riscv64", &[]);
     let (ok, json) = fleet.fetch();
@@ -804,23 +802,6 @@ fn a_release_passing_its_self_test_is_committed_and_one_failing_it_rolls_back_by
     }
 }
 
-/// `bundle make` of `version` for `arch` into `out` with `files` (its --file/--folder
-/// arguments); it must succeed.
-fn make_bundle(version: &str, arch: &str, out: &Path, files: &[String]) {
-    let made = Command::new(binary_named("bundle"))
-        .args(["make", "--version", version, "--min-from", "0.1.0"])
-        .args(["--hardware", arch, "--out"])
-        .arg(out)
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-}
-
 /// Minutes since midnight UTC now.
 fn utc_minute_now() -> u32 {
     let secs = std::time::SystemTime::now()
@@ -1026,17 +1007,10 @@ fn the_federation_key_is_the_one_the_repository_delegates_to_and_follows_its_rot
     let refused = key_of_device().unwrap_err();
     assert!(refused.contains("the federation role"), "{refused}");
 
-    let out = Command::new(binary_named("fleet"))
-        .args(["repo", "delegate-federation"])
-        .arg(fleet.repo())
-        .arg("--key")
-        .arg(&first)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    fleet.fleet_with(
+        &["repo", "delegate-federation"],
+        &[&fleet.repo()],
+        &["--key", first.to_str().unwrap()],
     );
     assert_eq!(key_of_device().unwrap(), first_hex);
 
@@ -1045,17 +1019,10 @@ fn the_federation_key_is_the_one_the_repository_delegates_to_and_follows_its_rot
     assert_eq!(key_of_device().unwrap(), first_hex);
 
     // Rotation: the operator delegates to the new key; the device follows.
-    let out = Command::new(binary_named("fleet"))
-        .args(["repo", "delegate-federation"])
-        .arg(fleet.repo())
-        .arg("--key")
-        .arg(&second)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    fleet.fleet_with(
+        &["repo", "delegate-federation"],
+        &[&fleet.repo()],
+        &["--key", second.to_str().unwrap()],
     );
     assert_eq!(key_of_device().unwrap(), second_hex);
 
