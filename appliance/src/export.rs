@@ -16,6 +16,20 @@ use radiant_core::durable::{fsync_dir, write_synced};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// The SOP classes of the objects a result is written as (the SCU's abstract syntaxes).
+pub const CREATED_SOP_CLASSES: &[&str] = &[seg::SEGMENTATION_STORAGE, sr::COMPREHENSIVE_SR_STORAGE];
+
+/// What a created object of SOP class `uid` holds, in words.
+pub fn created_object_role(uid: &str) -> &'static str {
+    match uid {
+        seg::SEGMENTATION_STORAGE => "the segmentation, on the source series' geometry",
+        sr::COMPREHENSIVE_SR_STORAGE => {
+            "the findings and measurements (TID 1500), referencing the SEG"
+        }
+        _ => "(not created)",
+    }
+}
+
 /// One object written for a result.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportedObject {

@@ -38,6 +38,7 @@
 pub mod activity;
 pub mod cases;
 pub mod config;
+pub mod conformance;
 pub mod daemon;
 pub mod db;
 pub mod doctor;

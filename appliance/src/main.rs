@@ -56,6 +56,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the DICOM Conformance Statement (PS3.2) of this build, as Markdown.
+    Conformance {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Studies received by the appliance.
     Studies {
         #[command(subcommand)]
@@ -360,6 +366,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.dicom.peers.len(),
                 config.data_dir.display()
             );
+            Ok(())
+        }
+        Command::Conformance { output } => {
+            let config = appliance::config::Config::embedded_default()?;
+            let doc = appliance::conformance::render(&config);
+            match output {
+                Some(path) => std::fs::write(&path, doc)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{doc}"),
+            }
             Ok(())
         }
         Command::Doctor { config, json } => {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Entries one association carries at most.
-const BATCH: usize = 64;
+pub const BATCH: usize = 64;
 /// How often the sender looks for due entries.
 const POLL: Duration = Duration::from_millis(500);
 

@@ -95,6 +95,29 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// The protocol versions we speak, newest first, by their IANA names (for the conformance
+/// statement).
+pub fn protocol_versions() -> Vec<String> {
+    VERSIONS
+        .iter()
+        .map(|v| format!("{:?}", v.version))
+        .collect()
+}
+
+/// The cipher suites we offer and accept, in preference order, by their IANA names.
+pub fn cipher_suites() -> Vec<String> {
+    provider()
+        .cipher_suites
+        .iter()
+        .filter(|suite| {
+            VERSIONS
+                .iter()
+                .any(|v| v.version == suite.version().version)
+        })
+        .map(|suite| format!("{:?}", suite.suite()))
+        .collect()
+}
+
 fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
     let read = |source| TlsError::Read {
         path: path.to_path_buf(),

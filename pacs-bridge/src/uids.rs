@@ -4,8 +4,10 @@
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 /// DICOM Application Context Name (PS3.7 annex A.2.1).
 pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
-/// Our implementation class UID, sent in A-ASSOCIATE-AC and written into file meta groups.
-pub const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1104.1";
+/// Our implementation class UID (PS3.7 D.3.3.2), sent in every A-ASSOCIATE-RQ and -AC and
+/// written into the file meta group of every file we write; under the UUID-derived root 2.25
+/// (PS3.5 B.2), which needs no registration.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.231452345906431196318719405683374716801";
 /// Our implementation version name (at most 16 characters).
 pub const IMPLEMENTATION_VERSION_NAME: &str = "RADIANT_EDGE_01";
 
@@ -86,6 +88,22 @@ pub fn storage_class_name(sop_class: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The standard's name of a SOP class (PS3.6 annex A), e.g. "CT Image Storage".
+pub fn sop_class_name(uid: &str) -> Option<&'static str> {
+    use dicom_core::dictionary::UidDictionary;
+    dicom_dictionary_std::StandardSopClassDictionary
+        .by_uid(uid)
+        .map(|entry| entry.name)
+}
+
+/// The name of a transfer syntax, e.g. "JPEG 2000 Image Compression (Lossless Only)".
+pub fn transfer_syntax_name(uid: &str) -> Option<&'static str> {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(uid)
+        .map(|ts| ts.name())
+}
+
 /// Whether `uid` is a syntactically valid UID (PS3.5 section 9.1): 1 to 64 characters, digits and
 /// dots, no empty component. Leading zeros in a component are invalid too but common in the
 /// field, so they are tolerated. We also use UIDs as file names, so this check is what keeps path
@@ -119,5 +137,16 @@ mod tests {
             assert!(encoding_of(ts).is_some(), "{ts}");
         }
         assert_eq!(encoding_of("1.2.840.10008.1.2.4.100"), None);
+    }
+
+    #[test]
+    fn every_uid_we_accept_has_its_standard_name() {
+        for (uid, _) in STORAGE_SOP_CLASSES {
+            assert!(sop_class_name(uid).is_some(), "{uid}");
+        }
+        for ts in TRANSFER_SYNTAXES {
+            assert!(transfer_syntax_name(ts).is_some(), "{ts}");
+        }
+        assert_eq!(sop_class_name(VERIFICATION), Some("Verification SOP Class"));
     }
 }

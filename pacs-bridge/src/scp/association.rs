@@ -4,7 +4,7 @@
 //! handshake (PS3.15 annex B), under the same ARTIM deadline as the A-ASSOCIATE-RQ.
 
 use super::budget::Charge;
-use super::reject::RejectReason;
+use super::reject::{Answer, RejectReason};
 use super::{Admission, Peer, Shared};
 use crate::dataset::{self, DatasetError, Identity};
 use crate::dimse::{self, status, Command, Response};
@@ -14,7 +14,6 @@ use crate::uids;
 use crate::ul::{self, PduError, PduStream};
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
-    AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
     AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, Pdu,
     PresentationContextResult, PresentationContextResultReason, UserVariableItem,
 };
@@ -41,43 +40,14 @@ struct Refusal {
     reason: RejectReason,
 }
 
+/// The A-ASSOCIATE-RJ for `reason` (see [`RejectReason::answer`]); a reason that is not
+/// answered with one at the association level gets a permanent "no reason given".
 fn refusal(reason: RejectReason) -> Refusal {
-    use AssociationRJResult::{Permanent, Transient};
-    use AssociationRJSource::*;
-    let (result, source) = match reason {
-        RejectReason::CalledAeTitle => (
-            Permanent,
-            ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized),
-        ),
-        RejectReason::CallingAeTitle | RejectReason::CallingHost | RejectReason::TlsIdentity => (
-            Permanent,
-            ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized),
-        ),
-        RejectReason::ApplicationContext => (
-            Permanent,
-            ServiceUser(AssociationRJServiceUserReason::ApplicationContextNameNotSupported),
-        ),
-        RejectReason::ProtocolVersion => (
-            Permanent,
-            ServiceProviderASCE(
-                AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
-            ),
-        ),
-        RejectReason::AssociationLimit => (
-            Transient,
-            ServiceProviderPresentation(
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-            ),
-        ),
-        RejectReason::DiskFloor => (
-            Transient,
-            ServiceProviderPresentation(
-                AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
-            ),
-        ),
+    let (result, source) = match reason.answer() {
+        Answer::Reject(result, source) => (result, source),
         _ => (
-            Permanent,
-            ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
         ),
     };
     Refusal {
@@ -682,7 +652,6 @@ impl Association<'_> {
         let (field, outcome) = if command.command_field == dimse::C_STORE_RQ {
             let outcome = match overflowed {
                 Some(Overflow::TooLarge) => Err((
-                    status::OUT_OF_RESOURCES,
                     RejectReason::TooLarge,
                     format!(
                         "instance exceeds max_instance_bytes ({})",
@@ -690,7 +659,6 @@ impl Association<'_> {
                     ),
                 )),
                 Some(Overflow::Budget) => Err((
-                    status::OUT_OF_RESOURCES,
                     RejectReason::MemoryBudget,
                     format!(
                         "datasets in flight fill the memory budget ({} bytes); retry later",
@@ -704,15 +672,15 @@ impl Association<'_> {
             (
                 command.command_field | 0x8000,
                 Err((
-                    status::UNRECOGNIZED_OPERATION,
-                    RejectReason::Protocol,
+                    RejectReason::UnrecognizedCommand,
                     format!("command {:#06x} is not served", command.command_field),
                 )),
             )
         };
         let (status, comment) = match outcome {
             Ok(()) => (status::SUCCESS, None),
-            Err((status, reason, comment)) => {
+            Err((reason, comment)) => {
+                let status = reason.store_status();
                 self.shared.metrics.reject(reason.label());
                 tracing::warn!(
                     peer = %self.peer,
@@ -747,33 +715,24 @@ impl Association<'_> {
         context_id: u8,
         dataset: &[u8],
         charge: &mut Charge,
-    ) -> Result<(), (u16, RejectReason, String)> {
+    ) -> Result<(), (RejectReason, String)> {
         let received = Instant::now();
         let Some(context) = self.contexts.get(&context_id) else {
             return Err((
-                status::CANNOT_UNDERSTAND,
                 RejectReason::Protocol,
                 "unknown presentation context".into(),
             ));
         };
-        let mismatch = |detail: String| {
-            (
-                status::DATASET_DOES_NOT_MATCH,
-                RejectReason::SopMismatch,
-                detail,
-            )
-        };
+        let mismatch = |detail: String| (RejectReason::SopMismatch, detail);
         let class = command.affected_sop_class_uid.as_deref().unwrap_or("");
         if class != context.abstract_syntax || !uids::is_storage_class(class) {
             return Err((
-                status::SOP_CLASS_NOT_SUPPORTED,
-                RejectReason::SopMismatch,
+                RejectReason::SopClassNotNegotiated,
                 format!("SOP class {class} not negotiated on this context"),
             ));
         }
         let Some(encoding) = uids::encoding_of(&context.transfer_syntax) else {
             return Err((
-                status::CANNOT_UNDERSTAND,
                 RejectReason::Protocol,
                 "transfer syntax not supported".into(),
             ));
@@ -786,18 +745,13 @@ impl Association<'_> {
         )
         .map_err(|e| match e {
             DatasetError::InflateOverBudget { .. } => (
-                status::OUT_OF_RESOURCES,
                 RejectReason::MemoryBudget,
                 format!(
                     "inflating: memory budget of {} bytes full; retry later",
                     self.shared.budget.limit()
                 ),
             ),
-            _ => (
-                status::CANNOT_UNDERSTAND,
-                RejectReason::Malformed,
-                e.to_string(),
-            ),
+            _ => (RejectReason::Malformed, e.to_string()),
         })?;
         let Identity {
             sop_class_uid,
@@ -831,7 +785,6 @@ impl Association<'_> {
         }
         if below_disk_floor(self.shared) {
             return Err((
-                status::OUT_OF_RESOURCES,
                 RejectReason::DiskFloor,
                 "free disk space below the configured floor".into(),
             ));
@@ -853,7 +806,6 @@ impl Association<'_> {
             .map_err(|e| {
                 tracing::error!(error = %e, "storing an instance failed");
                 (
-                    status::OUT_OF_RESOURCES,
                     RejectReason::StoreFailed,
                     "could not store the instance".to_string(),
                 )

@@ -20,7 +20,7 @@ mod association;
 pub mod budget;
 mod reject;
 
-pub use reject::RejectReason;
+pub use reject::{Answer, RejectReason};
 
 use crate::metrics::Metrics;
 use crate::store::Spool;

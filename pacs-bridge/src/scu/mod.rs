@@ -27,7 +27,7 @@ mod part10;
 mod status;
 
 pub use part10::FileError;
-pub use status::{classify, StatusClass};
+pub use status::{classify, meaning, StatusClass};
 
 use crate::dimse::{self, ResponseFields, StoreRequest};
 use crate::tls::{self, ClientTls, TlsError};
@@ -105,7 +105,14 @@ const MAX_PDU_LENGTH: u32 = 64 * 1024 * 1024;
 const MAX_ASSOCIATE_AC: u32 = ul::MAX_ASSOCIATE_RQ;
 
 /// PS3.8 section 9.3.2.2: presentation context IDs are odd numbers 1 to 255.
-const MAX_CONTEXTS: usize = 128;
+pub const MAX_CONTEXTS: usize = 128;
+
+/// Proposed after a file's own transfer syntax when that one is native: the peer may take any,
+/// and we re-encode between native syntaxes.
+pub const FALLBACK_SYNTAXES: [&str; 2] = [uids::EXPLICIT_VR_LE, uids::IMPLICIT_VR_LE];
+
+/// The one transfer syntax a C-ECHO proposes: the default every DICOM peer accepts.
+pub const ECHO_SYNTAX: &str = uids::IMPLICIT_VR_LE;
 
 /// The association could not be used: nothing was sent (before A-ASSOCIATE-AC), or, inside a
 /// [`StoreFailure::Association`], the association was lost while sending.
@@ -412,7 +419,7 @@ pub fn echo(dest: &Destination, config: &ScuConfig) -> Result<(u16, Duration), S
         contexts: vec![PresentationContextProposed {
             id: 1,
             abstract_syntax: uids::VERIFICATION.to_string(),
-            transfer_syntaxes: vec![uids::IMPLICIT_VR_LE.to_string()],
+            transfer_syntaxes: vec![ECHO_SYNTAX.to_string()],
         }],
         by_key: HashMap::new(),
     };
@@ -541,7 +548,7 @@ impl Proposals {
             // The files' own syntaxes first, so a peer that takes the first acceptable one
             // (as ours does) gets the bytes unchanged; native fallbacks after them.
             if key.encapsulated.is_none() {
-                for fallback in [uids::EXPLICIT_VR_LE, uids::IMPLICIT_VR_LE] {
+                for fallback in FALLBACK_SYNTAXES {
                     if !syntaxes.iter().any(|s| s == fallback) {
                         syntaxes.push(fallback.to_string());
                     }
