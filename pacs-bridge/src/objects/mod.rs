@@ -11,7 +11,11 @@
 //! - [`sr`]: the Comprehensive SR IOD (PS3.3 A.35.3) with TID 1500 content (PS3.16).
 //! - [`sr_read`]: the other direction: the Yes/No, Present/Absent findings of an SR a
 //!   radiologist sends back (usually an edited copy of ours), read with bounded work.
+//! - [`sc`]: a Multi-frame True Color Secondary Capture (PS3.3 A.8.5.3) of the source slices
+//!   with the outlines and a "not for diagnostic use" banner burned in ([`glyphs`]: its font).
 
+pub mod glyphs;
+pub mod sc;
 pub mod seg;
 pub mod sr;
 pub mod sr_read;
@@ -27,9 +31,9 @@ use thiserror::Error;
 
 /// Explicit VR Little Endian: what we write.
 pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
-/// Our implementation class UID (PS3.7 D.3.3.2), under the UUID-derived root 2.25.
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.231452345906431196318719405683374716801";
-pub const IMPLEMENTATION_VERSION: &str = "RADIANT_EDGE_01";
+use crate::uids::{
+    IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME as IMPLEMENTATION_VERSION,
+};
 pub const MANUFACTURER: &str = "Radiant Edge";
 pub const MODEL_NAME: &str = "Radiant Edge appliance";
 
