@@ -4,7 +4,7 @@
 
 use pacs_bridge::scp::{Peer, ScpConfig, TlsListener};
 use pacs_bridge::tls;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -83,6 +83,9 @@ pub struct Config {
     /// Firmware updates; read by the `updater` process only.
     #[serde(default)]
     pub update: Option<fleet_wire::site::UpdateConfig>,
+    /// The web console ([`crate::console`]).
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 /// When studies leave the spool ([`crate::retention`]).
@@ -333,6 +336,41 @@ pub struct DestinationConfig {
     /// not set.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// The result objects this destination gets: `SEG`, `SR`, `SC` (the source slices with
+    /// the outlines burned in, for viewers that show no SEG).
+    #[serde(default = "default_result_objects")]
+    pub objects: Vec<ResultObject>,
+    /// Send results of negative studies too (no finding, nothing segmented).
+    #[serde(default = "default_true")]
+    pub negative_studies: bool,
+}
+
+/// A kind of object a result is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ResultObject {
+    /// Segmentation (the result itself).
+    #[serde(rename = "SEG")]
+    Seg,
+    /// TID 1500 measurement report, referencing the SEG.
+    #[serde(rename = "SR")]
+    Sr,
+    /// Multi-frame true colour Secondary Capture with the outlines burned in.
+    #[serde(rename = "SC")]
+    Sc,
+}
+
+impl ResultObject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Seg => "SEG",
+            Self::Sr => "SR",
+            Self::Sc => "SC",
+        }
+    }
+}
+
+fn default_result_objects() -> Vec<ResultObject> {
+    vec![ResultObject::Seg, ResultObject::Sr]
 }
 
 impl DestinationConfig {
@@ -725,6 +763,9 @@ impl Config {
         if let Some(u) = config.update.as_mut() {
             u.resolve(base);
         }
+        if let Some(c) = config.console.as_mut() {
+            c.resolve(base);
+        }
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -775,6 +816,17 @@ impl Config {
         for (i, dest) in self.destinations.iter().enumerate() {
             let local = dest.host == "localhost"
                 || dest.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if dest.objects.contains(&ResultObject::Sr)
+                && !dest.objects.contains(&ResultObject::Seg)
+            {
+                out.push(Problem {
+                    key: format!("destinations[{i}].objects"),
+                    message: format!(
+                        "SR without SEG: the report {:?} gets references a SEG it never receives",
+                        dest.name
+                    ),
+                });
+            }
             if !local && !dest.tls {
                 out.push(Problem {
                     key: format!("destinations[{i}].tls"),
@@ -1008,6 +1060,20 @@ impl Config {
             for (field, message) in destination_tls_problems(dest) {
                 problem(&format!("{key}.{field}"), message);
             }
+            if dest.objects.is_empty() {
+                problem(
+                    &format!("{key}.objects"),
+                    "must name at least one of \"SEG\", \"SR\", \"SC\"".into(),
+                );
+            }
+            for (j, object) in dest.objects.iter().enumerate() {
+                if dest.objects[..j].contains(object) {
+                    problem(
+                        &format!("{key}.objects[{j}]"),
+                        format!("{:?} is named twice", object.as_str()),
+                    );
+                }
+            }
         }
         let o = &self.outbox;
         if !(1..=86_400).contains(&o.retry_initial_seconds) {
@@ -1152,6 +1218,9 @@ impl Config {
         for (key, reason) in self.update.iter().flat_map(|u| u.problems()) {
             problem(&key, reason);
         }
+        for (key, reason) in self.console.iter().flat_map(|c| c.problems(self)) {
+            problem(&key, reason);
+        }
         if !(1..=86_400).contains(&r.interval_seconds) {
             problem(
                 "retention.interval_seconds",
@@ -1263,6 +1332,14 @@ impl Config {
 
     /// The destinations that get the results of a study from `calling_ae`: those that name it,
     /// or else the defaults (those that name no calling AE).
+    /// Whether a destination of a study from `calling_ae` will be sent `object` of a result
+    /// (negative or not): an object nobody gets is not written.
+    pub fn sends(&self, calling_ae: &str, object: ResultObject, negative: bool) -> bool {
+        self.destinations_for(calling_ae)
+            .iter()
+            .any(|d| d.objects.contains(&object) && (d.negative_studies || !negative))
+    }
+
     pub fn destinations_for(&self, calling_ae: &str) -> Vec<&DestinationConfig> {
         let named: Vec<_> = self
             .destinations
@@ -1649,6 +1726,57 @@ mod tests {
                 "outbox.retry_max_seconds"
             ]
         );
+    }
+
+    #[test]
+    fn each_destination_names_its_objects_once_and_an_sr_without_its_seg_is_warned_of() {
+        let base = "data_dir = \"d\"\n[dicom]\nae_title = \"X\"\nport = 104\n\
+                    [[dicom.peers]]\nae_title = \"P\"\nhost = \"127.0.0.1\"\n";
+        let dest = |objects: &str| {
+            format!(
+                "{base}[[destinations]]\nname = \"p\"\nae_title = \"P\"\nhost = \"127.0.0.1\"\n\
+                 port = 1\nobjects = {objects}\n"
+            )
+        };
+        let keys = |objects: &str| match Config::from_toml(&dest(objects), "t", Path::new(".")) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.key).collect::<Vec<_>>()
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(keys("[]"), ["destinations[0].objects"]);
+        assert_eq!(keys("[\"SC\", \"SC\"]"), ["destinations[0].objects[1]"]);
+        let err = Config::from_toml(&dest("[\"PNG\"]"), "t", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("PNG"), "{err}");
+
+        let sr_only = Config::from_toml(&dest("[\"SR\"]"), "t", Path::new(".")).unwrap();
+        let warned: Vec<_> = sr_only.warnings().into_iter().map(|p| p.key).collect();
+        assert!(
+            warned.contains(&"destinations[0].objects".to_string()),
+            "{warned:?}"
+        );
+        let sc = Config::from_toml(&dest("[\"SEG\", \"SR\"]"), "t", Path::new(".")).unwrap();
+        let warned: Vec<_> = sc.warnings().into_iter().map(|p| p.key).collect();
+        assert!(
+            !warned.contains(&"destinations[0].objects".to_string()),
+            "{warned:?}"
+        );
+        let sc = Config::from_toml(&dest("[\"SC\"]"), "t", Path::new(".")).unwrap();
+        assert!(sc.sends("ANY", ResultObject::Sc, true));
+        assert!(!sc.sends("ANY", ResultObject::Seg, false));
+        // The default: SEG and SR, negative studies included.
+        let default = Config::from_toml(
+            &format!("{base}[[destinations]]\nname = \"p\"\nae_title = \"P\"\nhost = \"127.0.0.1\"\nport = 1\n"),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            default.destinations[0].objects,
+            [ResultObject::Seg, ResultObject::Sr]
+        );
+        assert!(default.sends("ANY", ResultObject::Sr, true));
+        assert!(!default.sends("ANY", ResultObject::Sc, false));
     }
 
     #[test]

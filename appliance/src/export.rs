@@ -1,13 +1,16 @@
-//! One inference result as DICOM objects on disk: a SEG on the source geometry and a TID 1500
-//! SR that references it, under `<data_dir>/results/<job id>/`. The SEG is read back and
-//! checked against the label map before anything is kept; both files are fsync'd (file, then
-//! directory) before the job that made them may commit, so the outbox never points at a file
-//! a crash could lose.
+//! One inference result as DICOM objects on disk: a SEG on the source geometry, a TID 1500
+//! SR that references it, and, when a destination takes it, a Secondary Capture of the source
+//! slices with the outlines burned in; under `<data_dir>/results/<job id>/`. The SEG is read
+//! back and checked against the label map before anything is kept; every file is fsync'd
+//! (file, then directory) before the job that made them may commit, so the outbox never
+//! points at a file a crash could lose. Whether the result is negative (no finding, nothing
+//! segmented) is decided here too, for destinations that do not want negative studies.
 
-use crate::config::ResultsConfig;
+use crate::config::{ResultObject, ResultsConfig};
 use anyhow::Context;
 use models::infer::Inference;
 use models::registry::Outputs;
+use pacs_bridge::objects::sc;
 use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
 use pacs_bridge::objects::Creator;
@@ -17,7 +20,11 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// The SOP classes of the objects a result is written as (the SCU's abstract syntaxes).
-pub const CREATED_SOP_CLASSES: &[&str] = &[seg::SEGMENTATION_STORAGE, sr::COMPREHENSIVE_SR_STORAGE];
+pub const CREATED_SOP_CLASSES: &[&str] = &[
+    seg::SEGMENTATION_STORAGE,
+    sr::COMPREHENSIVE_SR_STORAGE,
+    sc::MULTI_FRAME_TRUE_COLOR_SC_STORAGE,
+];
 
 /// What a created object of SOP class `uid` holds, in words.
 pub fn created_object_role(uid: &str) -> &'static str {
@@ -26,6 +33,10 @@ pub fn created_object_role(uid: &str) -> &'static str {
         sr::COMPREHENSIVE_SR_STORAGE => {
             "the findings and measurements (TID 1500), referencing the SEG"
         }
+        sc::MULTI_FRAME_TRUE_COLOR_SC_STORAGE => {
+            "the source slices with the outlines and a NOT FOR DIAGNOSTIC USE banner burned in, \
+             referencing each source slice"
+        }
         _ => "(not created)",
     }
 }
@@ -33,8 +44,7 @@ pub fn created_object_role(uid: &str) -> &'static str {
 /// One object written for a result.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportedObject {
-    /// "SEG" or "SR".
-    pub kind: &'static str,
+    pub kind: ResultObject,
     pub sop_instance_uid: String,
     /// Relative to the data directory.
     pub path: PathBuf,
@@ -45,8 +55,19 @@ pub fn job_dir(job_id: i64) -> PathBuf {
     PathBuf::from("results").join(job_id.to_string())
 }
 
-/// Write, check and fsync the SEG and SR of `result`. `uid_seed` names the job: the same job
-/// gives the same UIDs.
+/// The objects of one result, and whether it is negative.
+#[derive(Debug, Clone, Default)]
+pub struct Exported {
+    pub objects: Vec<ExportedObject>,
+    /// No finding at or above the threshold (for a model that classifies), or no voxel
+    /// segmented (for one that does not).
+    pub negative: bool,
+}
+
+/// Write, check and fsync the SEG and SR of `result`, and its SC when `sc_wanted` says so for
+/// a result that is (`true`) or is not negative. `uid_seed` names the job: the same job gives
+/// the same UIDs.
+#[allow(clippy::too_many_arguments)]
 pub fn export(
     data_dir: &Path,
     job_id: i64,
@@ -55,7 +76,8 @@ pub fn export(
     manifest: Outputs<'_>,
     config: &ResultsConfig,
     uid_seed: &str,
-) -> anyhow::Result<Vec<ExportedObject>> {
+    sc_wanted: &dyn Fn(bool) -> bool,
+) -> anyhow::Result<Exported> {
     let creator = Creator {
         model_name: manifest.id.to_string(),
         // The version of what ran: "0.1.0", or "0.1.0+head.3" with a head fine-tuned here.
@@ -128,7 +150,22 @@ pub fn export(
             .collect(),
         finding,
     };
+    let negative = match &report.finding {
+        Some(f) => f.probability < f.threshold,
+        None => result.label_map.iter().all(|&label| label == 0),
+    };
     let sr = sr::build(series, &report, &creator, uid_seed)?;
+    let outlines = if sc_wanted(negative) {
+        Some(sc::build(
+            series,
+            &result.label_map,
+            &segments,
+            &creator,
+            uid_seed,
+        )?)
+    } else {
+        None
+    };
 
     let dir = job_dir(job_id);
     let absolute = data_dir.join(&dir);
@@ -136,20 +173,31 @@ pub fn export(
         .with_context(|| format!("cannot create {}", absolute.display()))?;
     write_synced(&absolute.join("seg.dcm"), &written.bytes)?;
     write_synced(&absolute.join("sr.dcm"), &sr.bytes)?;
+    if let Some(outlines) = &outlines {
+        write_synced(&absolute.join("sc.dcm"), &outlines.bytes)?;
+    }
     fsync_dir(&absolute)?;
     if let Some(parent) = absolute.parent() {
         fsync_dir(parent)?;
     }
-    Ok(vec![
+    let mut objects = vec![
         ExportedObject {
-            kind: "SEG",
+            kind: ResultObject::Seg,
             sop_instance_uid: written.sop_instance_uid,
             path: dir.join("seg.dcm"),
         },
         ExportedObject {
-            kind: "SR",
+            kind: ResultObject::Sr,
             sop_instance_uid: sr.sop_instance_uid,
             path: dir.join("sr.dcm"),
         },
-    ])
+    ];
+    if let Some(outlines) = outlines {
+        objects.push(ExportedObject {
+            kind: ResultObject::Sc,
+            sop_instance_uid: outlines.sop_instance_uid,
+            path: dir.join("sc.dcm"),
+        });
+    }
+    Ok(Exported { objects, negative })
 }

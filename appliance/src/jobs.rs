@@ -9,9 +9,9 @@
 //! result. With export on, the job also writes its SEG and SR (checked and fsync'd) and queues
 //! them in the outbox in that same transaction.
 
-use crate::config::Config;
+use crate::config::{Config, ResultObject};
 use crate::db::{self, now_ms, CaseOrigin, JobState};
-use crate::export::ExportedObject;
+use crate::export::Exported;
 use crate::loaded::{Loaded, LoadedModels};
 use anyhow::Context;
 use models::backbone::Backend;
@@ -461,7 +461,7 @@ impl Pipeline {
                 },
             };
             match outcome {
-                Ok((json, objects)) => {
+                Ok((json, exported)) => {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     tx.execute(
                         "INSERT OR REPLACE INTO results (job_id, result_json, created_at_ms) VALUES (?1, ?2, ?3)",
@@ -477,7 +477,7 @@ impl Pipeline {
                         id,
                         &study,
                         &ae,
-                        &objects,
+                        &exported,
                         now_ms(),
                     )?;
                     tx.commit()?;
@@ -485,7 +485,7 @@ impl Pipeline {
                         done.ring();
                     }
                     self.observe(&json);
-                    tracing::info!(study = %log_tag(&study), job = id, seconds = started.elapsed().as_secs_f64(), finding = ?json["finding_probability"].as_f64(), objects = objects.len(), queued, "inference done");
+                    tracing::info!(study = %log_tag(&study), job = id, seconds = started.elapsed().as_secs_f64(), finding = ?json["finding_probability"].as_f64(), objects = exported.objects.len(), negative = exported.negative, queued, "inference done");
                 }
                 Err(e) => {
                     if let Some(m) = &self.metrics {
@@ -567,7 +567,7 @@ impl Pipeline {
         study: &str,
         ae: &str,
         series: &str,
-    ) -> anyhow::Result<(serde_json::Value, Vec<ExportedObject>)> {
+    ) -> anyhow::Result<(serde_json::Value, Exported)> {
         let index = index::open_read_only(&pacs_bridge::store::index_path(&self.data_dir))?;
         let files = index::series_of_study(&index, &self.data_dir, study, ae)?
             .into_iter()
@@ -586,7 +586,7 @@ impl Pipeline {
         json["head"] = crate::heads::describe(head).into();
         json["timings"]["decode_ms"] = decode_ms.into();
         json["slices"] = volume.volume.slices.into();
-        let mut objects = Vec::new();
+        let mut exported = Exported::default();
         if self.config.results.export {
             let t = Instant::now();
             // The job's identity names its objects: a re-run makes the same UIDs.
@@ -596,7 +596,7 @@ impl Pipeline {
                 package.version(),
                 files.len()
             );
-            objects = crate::export::export(
+            exported = crate::export::export(
                 &self.data_dir,
                 job_id,
                 &volume,
@@ -604,11 +604,13 @@ impl Pipeline {
                 package.outputs(),
                 &self.config.results,
                 &seed,
+                &|negative| self.config.sends(ae, ResultObject::Sc, negative),
             )?;
             json["timings"]["export_ms"] = (t.elapsed().as_secs_f64() * 1e3).into();
-            json["objects"] = serde_json::to_value(&objects)?;
+            json["objects"] = serde_json::to_value(&exported.objects)?;
+            json["negative"] = exported.negative.into();
         }
-        Ok((json, objects))
+        Ok((json, exported))
     }
 }
 

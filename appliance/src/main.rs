@@ -1122,7 +1122,7 @@ fn infer_command(
     let mut json = serde_json::to_value(&result)?;
     if let Some(dir) = &outputs.export {
         let t = std::time::Instant::now();
-        let objects = appliance::export::export(
+        let exported = appliance::export::export(
             dir,
             0,
             &series,
@@ -1130,9 +1130,11 @@ fn infer_command(
             package.outputs(),
             &appliance::config::ResultsConfig::default(),
             &format!("infer|{}", series.series_uid),
+            &|_| true,
         )?;
         json["timings"]["export_ms"] = (t.elapsed().as_secs_f64() * 1e3).into();
-        json["objects"] = serde_json::to_value(&objects)?;
+        json["objects"] = serde_json::to_value(&exported.objects)?;
+        json["negative"] = exported.negative.into();
     }
     json["series_uid"] = series.series_uid.into();
     json["slices"] = series.volume.slices.into();

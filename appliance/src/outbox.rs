@@ -14,7 +14,7 @@
 
 use crate::config::{Config, DestinationConfig, OutboxConfig};
 use crate::db::{self, OutboxState};
-use crate::export::ExportedObject;
+use crate::export::Exported;
 use crate::metrics::ApplianceMetrics;
 use pacs_bridge::scu::{self, Destination, ScuConfig};
 use radiant_core::log_tag;
@@ -30,21 +30,30 @@ pub const BATCH: usize = 64;
 /// How often the sender looks for due entries.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Queue `objects` of job `job_id` for every destination of a study from `calling_ae`, inside
-/// the transaction that stores the job's result. An object already queued for a destination
-/// (the same SOP Instance UID: UIDs derive from the job) is left as it is.
+/// Queue the objects of job `job_id` for every destination of a study from `calling_ae`,
+/// inside the transaction that stores the job's result: each destination gets the kinds it
+/// takes (`objects`), and nothing of a negative result when it does not want negative
+/// studies. An object already queued for a destination (the same SOP Instance UID: UIDs
+/// derive from the job) is left as it is.
 pub fn enqueue(
     tx: &Transaction<'_>,
     config: &Config,
     job_id: i64,
     study_uid: &str,
     calling_ae: &str,
-    objects: &[ExportedObject],
+    exported: &Exported,
     now_ms: i64,
 ) -> rusqlite::Result<usize> {
     let mut queued = 0;
     for dest in config.destinations_for(calling_ae) {
-        for object in objects {
+        if exported.negative && !dest.negative_studies {
+            continue;
+        }
+        for object in exported
+            .objects
+            .iter()
+            .filter(|o| dest.objects.contains(&o.kind))
+        {
             queued += tx.execute(
                 "INSERT INTO outbox (job_id, study_uid, destination, kind, sop_instance_uid,
                      path, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
@@ -54,7 +63,7 @@ pub fn enqueue(
                     job_id,
                     study_uid,
                     dest.name,
-                    object.kind,
+                    object.kind.as_str(),
                     object.sop_instance_uid,
                     object.path.to_string_lossy(),
                     now_ms,
