@@ -89,6 +89,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The web console (HTTPS, accounts), when configured; stopped just before HTTP.
+    let console = match &config.console {
+        Some(c) if c.enabled => Some(crate::console::Console::start(
+            &config,
+            readiness.clone(),
+            &supervisor,
+        )?),
+        _ => None,
+    };
 
     let signals_shutdown = shutdown.clone();
     let signal_readiness = readiness.clone();
@@ -283,6 +292,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     supervisor.stop(outbox);
     if let Err(e) = spool.close() {
         supervisor.record_failure("spool-committer", &e.to_string());
+    }
+    if let Some(console) = console {
+        console.stop(&supervisor);
     }
     if let Some(http) = http {
         http.stop(&supervisor);

@@ -39,6 +39,7 @@ pub mod activity;
 pub mod cases;
 pub mod config;
 pub mod conformance;
+pub mod console;
 pub mod daemon;
 pub mod db;
 pub mod doctor;

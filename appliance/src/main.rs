@@ -56,6 +56,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Accounts of the web console.
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
     /// Print the DICOM Conformance Statement (PS3.2) of this build, as Markdown.
     Conformance {
         /// Write it to this file instead of standard output.
@@ -184,6 +189,31 @@ enum LearnCommand {
     Now {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Create an account or set its role and password; the password (at least 12
+    /// characters) is read from the first line of standard input.
+    SetUser {
+        name: String,
+        /// viewer (reads every page) or admin (also rolls back heads).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Remove an account (its open sessions end).
+    RemoveUser {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// The accounts and their roles.
+    Users {
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -368,6 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Console { command } => console_command(command),
         Command::Conformance { output } => {
             let config = appliance::config::Config::embedded_default()?;
             let doc = appliance::conformance::render(&config);
@@ -843,6 +874,40 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
                 appliance::heads::describe(after),
                 appliance::heads::describe(before)
             );
+            Ok(())
+        }
+    }
+}
+
+fn console_command(command: ConsoleCommand) -> anyhow::Result<()> {
+    use appliance::console::users;
+    match command {
+        ConsoleCommand::SetUser { name, role, config } => {
+            let config = config.load()?;
+            let role: users::Role = role.parse()?;
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            match users::set_password(&config.data_dir, &name, role, password)? {
+                users::Change::Created => println!("account {name} created ({role})"),
+                users::Change::Updated => println!("account {name} updated ({role})"),
+            }
+            Ok(())
+        }
+        ConsoleCommand::RemoveUser { name, config } => {
+            let config = config.load()?;
+            if !users::remove_user(&config.data_dir, &name)? {
+                anyhow::bail!("no account {name}");
+            }
+            println!("account {name} removed");
+            Ok(())
+        }
+        ConsoleCommand::Users { config } => {
+            for (name, role) in users::list(&config.load()?.data_dir)? {
+                println!("{name:<24} {role}");
+            }
             Ok(())
         }
     }

@@ -263,6 +263,28 @@ impl Appliance {
             .expect("run appliance CLI")
     }
 
+    /// Run the appliance CLI with this configuration and `input` on its standard input.
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run appliance CLI");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .expect("write the CLI's input");
+        }
+        child
+            .wait_with_output()
+            .expect("wait for the appliance CLI")
+    }
+
     /// `studies list --json`, parsed.
     pub fn studies(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["studies", "list", "--json"]);
