@@ -85,7 +85,7 @@ pub struct Config {
     pub update: Option<fleet_wire::site::UpdateConfig>,
     /// The web console ([`crate::console`]).
     #[serde(default)]
-    pub console: Option<crate::console::ConsoleConfig>,
+    pub console: Option<ConsoleConfig>,
 }
 
 /// When studies leave the spool ([`crate::retention`]).
@@ -1481,6 +1481,187 @@ fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
         return Err(format!("{host:?} resolves to no address"));
     }
     Ok(addrs)
+}
+
+/// `[console]`: the web console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Address the console listens on.
+    #[serde(default = "default_console_bind")]
+    pub bind: String,
+    #[serde(default = "default_console_port")]
+    pub port: u16,
+    /// The appliance's certificate chain (PEM, end entity first) and its private key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Serve plain HTTP, allowed only when `bind` is a loopback address (tests, or a reverse
+    /// proxy on this machine that terminates TLS).
+    #[serde(default)]
+    pub insecure_loopback_http: bool,
+    /// A session ends after this many seconds without a request...
+    #[serde(default = "default_console_idle")]
+    pub session_idle_seconds: u64,
+    /// ...and this many hours after its login, however busy.
+    #[serde(default = "default_console_max_hours")]
+    pub session_max_hours: u64,
+    /// Failed logins of one user name before further attempts are refused for
+    /// `lockout_seconds` (from one client address: four times as many).
+    #[serde(default = "default_console_max_failed")]
+    pub max_failed_logins: u32,
+    #[serde(default = "default_console_lockout")]
+    pub lockout_seconds: u64,
+    /// Show study and series UIDs and the patient ID to admins.
+    #[serde(default)]
+    pub show_identifiers: bool,
+    /// Requests served at once.
+    #[serde(default = "default_console_workers")]
+    pub workers: usize,
+}
+
+fn default_console_bind() -> String {
+    "127.0.0.1".into()
+}
+fn default_console_port() -> u16 {
+    8443
+}
+fn default_console_idle() -> u64 {
+    1800
+}
+fn default_console_max_hours() -> u64 {
+    12
+}
+fn default_console_max_failed() -> u32 {
+    5
+}
+fn default_console_lockout() -> u64 {
+    900
+}
+fn default_console_workers() -> usize {
+    4
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: false,
+            bind: default_console_bind(),
+            port: default_console_port(),
+            cert_file: None,
+            key_file: None,
+            insecure_loopback_http: false,
+            session_idle_seconds: default_console_idle(),
+            session_max_hours: default_console_max_hours(),
+            max_failed_logins: default_console_max_failed(),
+            lockout_seconds: default_console_lockout(),
+            show_identifiers: false,
+            workers: default_console_workers(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// Resolve relative certificate and key paths against `base` (the configuration's folder).
+    pub fn resolve(&mut self, base: &Path) {
+        for path in [&mut self.cert_file, &mut self.key_file]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    pub fn bind_ip(&self) -> Option<IpAddr> {
+        self.bind.parse().ok()
+    }
+
+    /// Every problem, by key (`console.port`); `config` is the whole configuration, for the
+    /// ports the console must not share.
+    pub fn problems(&self, config: &Config) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut problem =
+            |key: &str, message: String| out.push((format!("console.{key}"), message));
+        let ip = self.bind_ip();
+        if ip.is_none() {
+            problem("bind", format!("{:?} is not an IP address", self.bind));
+        }
+        if self.port == 0 {
+            problem("port", "must be between 1 and 65535".into());
+        }
+        if self.enabled {
+            let same_address = |other: &str| other == self.bind;
+            if self.port == config.dicom.port && same_address(&config.dicom.bind) {
+                problem("port", "must differ from dicom.port".into());
+            }
+            if let Some(t) = &config.dicom.tls {
+                if self.port == t.port && same_address(&config.dicom.bind) {
+                    problem("port", "must differ from dicom.tls.port".into());
+                }
+            }
+            if config.http.enabled
+                && self.port == config.http.port
+                && same_address(&config.http.bind)
+            {
+                problem("port", "must differ from http.port".into());
+            }
+        }
+        let loopback = ip.is_some_and(|ip| ip.is_loopback());
+        if self.insecure_loopback_http && !loopback {
+            problem(
+                "insecure_loopback_http",
+                format!(
+                    "allowed only on a loopback bind, not {}: the console would send passwords \
+                     and session cookies in clear",
+                    self.bind
+                ),
+            );
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                if self.enabled {
+                    if let Err(e) = pacs_bridge::tls::load_certificates(cert) {
+                        problem("cert_file", e.to_string());
+                    } else if let Err(e) = pacs_bridge::tls::load_private_key(key) {
+                        problem("key_file", e.to_string());
+                    } else if let Err(e) = pacs_bridge::tls::server_config(cert, key, None) {
+                        problem("key_file", e.to_string());
+                    }
+                }
+            }
+            (Some(_), None) => problem("key_file", "needed with cert_file".into()),
+            (None, Some(_)) => problem("cert_file", "needed with key_file".into()),
+            (None, None) => {
+                if self.enabled && !(self.insecure_loopback_http && loopback) {
+                    problem(
+                        "cert_file",
+                        "needed: the console serves HTTPS only (plain HTTP only on a loopback \
+                         bind with insecure_loopback_http = true)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if !(5..=86_400).contains(&self.session_idle_seconds) {
+            problem("session_idle_seconds", "must be between 5 and 86400".into());
+        }
+        if !(1..=24 * 7).contains(&self.session_max_hours) {
+            problem("session_max_hours", "must be between 1 and 168".into());
+        }
+        if !(1..=1000).contains(&self.max_failed_logins) {
+            problem("max_failed_logins", "must be between 1 and 1000".into());
+        }
+        if !(1..=86_400).contains(&self.lockout_seconds) {
+            problem("lockout_seconds", "must be between 1 and 86400".into());
+        }
+        if !(1..=64).contains(&self.workers) {
+            problem("workers", "must be between 1 and 64".into());
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! files of interrupted transfers go), the SCP binds, and the recovery of jobs and labelled
 //! cases runs on the inference thread while `server.run` serves associations.
 
+use crate::audit::{self, AuditLog};
 use crate::config::Config;
 use crate::file_lock::FileLock;
 use crate::http::HttpEndpoint;
@@ -48,6 +49,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
+    let audit = AuditLog::new(&config.data_dir);
     // The results database is created, put in WAL mode and migrated here, once, before any
     // thread opens it: SQLite answers a connection that switches a fresh file to WAL while
     // another holds it with "database is locked" at once, busy timeout or not (seen: the
@@ -64,7 +66,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let scp_config = config.scp()?;
     let min_free = scp_config.min_free_bytes;
     let server = Server::bind(scp_config, spool.clone(), metrics.clone())?;
+    server.observe(audit_associations(audit.clone()));
     let shutdown = server.shutdown_handle();
+    audit::record(
+        &audit,
+        application_activity("application.start", "success".into()),
+    );
 
     let readiness = Arc::new(Readiness::default());
     let supervisor = Supervisor::new(Cancel::new(), readiness.clone());
@@ -214,6 +221,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             data_dir: config.data_dir.clone(),
             config: config.clone(),
             metrics: appliance_metrics.clone(),
+            audit: audit.clone(),
         };
         let wake = results_queued.clone();
         supervisor.spawn_under("outbox", outbox_stop, move |stop| sender.run(stop, wake))?
@@ -305,6 +313,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         tracing::error!("the shutdown relay panicked");
     }
     let failed = supervisor.failed();
+    let outcome = if failed.is_empty() {
+        "success".to_string()
+    } else {
+        format!("failure: {}", failed.join("; "))
+    };
+    audit::record(&audit, application_activity("application.stop", outcome));
     anyhow::ensure!(
         failed.is_empty(),
         "stopped because a thread failed: {}",
@@ -312,4 +326,54 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!("appliance stopped");
     Ok(())
+}
+
+fn application_activity(action: &str, outcome: String) -> audit::Event {
+    audit::Event {
+        action: action.into(),
+        actor: "daemon".into(),
+        outcome,
+        dicom: Some(audit::DicomEvent::ApplicationActivity),
+        detail: serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
+    }
+}
+
+/// Every association the SCP refused or served, into the audit trail: the peer, both AE
+/// titles, the outcome and the counts.
+fn audit_associations(audit: AuditLog) -> pacs_bridge::scp::Observer {
+    use pacs_bridge::scp::AssociationOutcome;
+    Arc::new(move |report| {
+        let (outcome, dicom, counts) = match &report.outcome {
+            AssociationOutcome::Refused(reason) => (
+                format!("failure: refused ({})", reason.label()),
+                audit::DicomEvent::SecurityAlert,
+                serde_json::Value::Null,
+            ),
+            AssociationOutcome::Ended {
+                end,
+                stored,
+                refused,
+            } => (
+                format!("success: {end}"),
+                audit::DicomEvent::InstancesTransferred,
+                serde_json::json!({ "stored": stored, "refused": refused }),
+            ),
+        };
+        audit::record(
+            &audit,
+            audit::Event {
+                action: "association".into(),
+                actor: format!("peer:{}@{}", report.calling_ae, report.peer.ip()),
+                outcome,
+                dicom: Some(dicom),
+                detail: serde_json::json!({
+                    "calling_ae": report.calling_ae,
+                    "called_ae": report.called_ae,
+                    "peer": report.peer.to_string(),
+                    "tls": report.tls,
+                    "instances": counts,
+                }),
+            },
+        );
+    })
 }

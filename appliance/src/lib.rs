@@ -36,6 +36,7 @@
 //! - [`studies`]: what `appliance studies ...` prints and changes.
 
 pub mod activity;
+pub mod audit;
 pub mod cases;
 pub mod config;
 pub mod conformance;

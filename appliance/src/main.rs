@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: ConsoleCommand,
     },
+    /// The tamper-evident audit trail (associations, deliveries, administrative actions).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the DICOM Conformance Statement (PS3.2) of this build, as Markdown.
     Conformance {
         /// Write it to this file instead of standard output.
@@ -216,6 +221,25 @@ enum ConsoleCommand {
     Users {
         #[command(flatten)]
         config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that every record chains to the one before; exit status 1 at the first break.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest records, oldest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// How many (all when 0).
+        #[arg(long, default_value_t = 50)]
+        last: usize,
     },
 }
 
@@ -399,6 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Console { command } => console_command(command),
+        Command::Audit { command } => audit_command(command),
         Command::Conformance { output } => {
             let config = appliance::config::Config::embedded_default()?;
             let doc = appliance::conformance::render(&config);
@@ -536,8 +561,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             } => {
                 let config = config.load()?;
-                let p = appliance::retention::protect(&config.data_dir, &study_uid)
-                    .context("cannot protect the study")?;
+                let detail = serde_json::json!({ "study": radiant_core::log_tag(&study_uid) });
+                let p = audited(&config, "study.protect", detail, || {
+                    appliance::retention::protect(&config.data_dir, &study_uid)
+                        .context("cannot protect the study")
+                })?;
                 if json {
                     println!("{}", serde_json::to_string(&p)?);
                 } else if p.purged_before {
@@ -551,11 +579,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             StudiesCommand::Unprotect { config, study_uid } => {
                 let config = config.load()?;
-                if !appliance::retention::unprotect(&config.data_dir, &study_uid)
-                    .context("cannot unprotect the study")?
-                {
-                    anyhow::bail!("study {study_uid} is not protected");
-                }
+                let detail = serde_json::json!({ "study": radiant_core::log_tag(&study_uid) });
+                audited(&config, "study.unprotect", detail, || {
+                    if !appliance::retention::unprotect(&config.data_dir, &study_uid)
+                        .context("cannot unprotect the study")?
+                    {
+                        anyhow::bail!("study {study_uid} is not protected");
+                    }
+                    Ok(())
+                })?;
                 println!("study {study_uid} no longer protected");
                 Ok(())
             }
@@ -567,7 +599,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => {
                 let config = config.load()?;
                 init_tool_logging();
-                purge_command(&config, dry_run, all, json)
+                if dry_run {
+                    return purge_command(&config, dry_run, all, json);
+                }
+                let detail = serde_json::json!({ "all_eligible": all });
+                audited(&config, "retention.purge_now", detail, || {
+                    purge_command(&config, dry_run, all, json)
+                })
             }
         },
     }
@@ -866,7 +904,17 @@ fn heads_command(command: HeadsCommand) -> anyhow::Result<()> {
             let package = learnable_model(&config, &model)?;
             let conn = appliance::db::open(&config.data_dir)?;
             let before = appliance::heads::champion(&conn, &package.id, &package.version)?;
-            let after = appliance::heads::rollback(&conn, &package, to)?;
+            let detail = serde_json::json!({
+                "model": package.id, "version": package.version, "from_head": appliance::heads::describe(before),
+                "to_head": match to {
+                    Some(appliance::heads::Target::Global) => "global".to_string(),
+                    Some(appliance::heads::Target::Head(h)) => h.to_string(),
+                    None => "the previous champion".to_string(),
+                },
+            });
+            let after = audited(&config, "head.rollback", detail, || {
+                appliance::heads::rollback(&conn, &package, to)
+            })?;
             println!(
                 "{} {}: champion head {} (was {}); the next study uses it",
                 package.id,
@@ -913,6 +961,69 @@ fn console_command(command: ConsoleCommand) -> anyhow::Result<()> {
     }
 }
 
+fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { config, json } => {
+            let log = appliance::audit::AuditLog::new(&config.load()?.data_dir);
+            let verified = log.verify()?;
+            if json {
+                println!("{}", serde_json::to_string(&verified)?);
+            }
+            match verified.broken {
+                None => {
+                    if !json {
+                        println!(
+                            "audit trail {}: {} records, chain intact",
+                            log.path().display(),
+                            verified.records
+                        );
+                    }
+                    Ok(())
+                }
+                Some(b) => anyhow::bail!(
+                    "audit trail {}: broken at line {}: {} ({} records chain intact before it)",
+                    log.path().display(),
+                    b.line,
+                    b.reason,
+                    verified.records
+                ),
+            }
+        }
+        AuditCommand::List { config, last } => {
+            let log = appliance::audit::AuditLog::new(&config.load()?.data_dir);
+            for record in log.tail((last > 0).then_some(last))? {
+                println!("{}", serde_json::to_string(&record)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Run an administrative action of the CLI and put it, with its outcome, in the audit trail.
+fn audited<T>(
+    config: &Config,
+    action: &str,
+    detail: serde_json::Value,
+    run: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let result = run();
+    let outcome = match &result {
+        Ok(_) => "success".to_string(),
+        Err(e) => format!("failure: {e:#}"),
+    };
+    appliance::audit::record(
+        &appliance::audit::AuditLog::new(&config.data_dir),
+        appliance::audit::Event {
+            action: action.into(),
+            actor: appliance::audit::cli_actor(),
+            outcome,
+            dicom: Some(appliance::audit::DicomEvent::SecurityAlert),
+            detail,
+        },
+    );
+    result
+}
+
 /// `outbox list --state`: one of the outbox's states, each listed in `--help`.
 fn outbox_state_parser() -> impl clap::builder::TypedValueParser<Value = OutboxState> {
     use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -947,11 +1058,17 @@ fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
             Ok(())
         }
         OutboxCommand::Retry { id, config } => {
-            let conn = appliance::db::open(&config.load()?.data_dir)?;
-            let n = appliance::outbox::retry(&conn, id, appliance::db::now_ms())?;
-            if n == 0 {
-                anyhow::bail!("no failed outbox entry to retry");
-            }
+            let config = config.load()?;
+            let conn = appliance::db::open(&config.data_dir)?;
+            let n = audited(
+                &config,
+                "outbox.retry",
+                serde_json::json!({ "entry": id }),
+                || match appliance::outbox::retry(&conn, id, appliance::db::now_ms())? {
+                    0 => anyhow::bail!("no failed outbox entry to retry"),
+                    n => Ok(n),
+                },
+            )?;
             println!("{n} entr{} queued again", if n == 1 { "y" } else { "ies" });
             Ok(())
         }
@@ -1012,8 +1129,12 @@ fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
             version,
             config,
         } => {
-            let registry = models::registry::Registry::new(&config.load()?.data_dir);
-            registry.activate(&id, &version)?;
+            let config = config.load()?;
+            let registry = models::registry::Registry::new(&config.data_dir);
+            let detail = serde_json::json!({ "model": id, "version": version });
+            audited(&config, "model.activate", detail, || {
+                Ok(registry.activate(&id, &version)?)
+            })?;
             println!("activated {id} {version}");
             Ok(())
         }
@@ -1022,8 +1143,13 @@ fn models_command(command: ModelsCommand) -> anyhow::Result<()> {
             activate,
             config,
         } => {
-            let registry = models::registry::Registry::new(&config.load()?.data_dir);
-            let installed = registry.install(&path, activate)?;
+            let config = config.load()?;
+            let registry = models::registry::Registry::new(&config.data_dir);
+            let detail =
+                serde_json::json!({ "package": path.display().to_string(), "activate": activate });
+            let installed = audited(&config, "model.install", detail, || {
+                Ok(registry.install(&path, activate)?)
+            })?;
             println!(
                 "installed {} {}{}",
                 installed.id,

@@ -12,6 +12,7 @@
 //! sent re-sends the same object (same SOP Instance UID) after restart: the PACS sees a
 //! repeat, never a second result.
 
+use crate::audit::{self, AuditLog};
 use crate::config::{Config, DestinationConfig, OutboxConfig};
 use crate::db::{self, OutboxState};
 use crate::export::Exported;
@@ -147,6 +148,7 @@ pub struct Sender {
     pub data_dir: PathBuf,
     pub config: Config,
     pub metrics: Arc<ApplianceMetrics>,
+    pub audit: AuditLog,
 }
 
 struct Due {
@@ -156,6 +158,7 @@ struct Due {
     path: String,
     attempts: u32,
     created_at_ms: i64,
+    kind: String,
 }
 
 enum Outcome {
@@ -190,7 +193,7 @@ impl Sender {
         self.metrics.outbox_pending.set(pending);
         let due: Vec<Due> = {
             let mut stmt = conn.prepare(
-                "SELECT id, study_uid, destination, path, attempts, created_at_ms FROM outbox
+                "SELECT id, study_uid, destination, path, attempts, created_at_ms, kind FROM outbox
                  WHERE state = ?3 AND next_attempt_at_ms <= ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![now, BATCH as i64, OutboxState::Pending], |r| {
@@ -201,6 +204,7 @@ impl Sender {
                     path: r.get(3)?,
                     attempts: r.get::<_, i64>(4)?.clamp(0, i64::from(u32::MAX)) as u32,
                     created_at_ms: r.get(5)?,
+                    kind: r.get(6)?,
                 })
             })?;
             rows.collect::<Result<_, _>>()?
@@ -288,6 +292,7 @@ impl Sender {
     fn record(&self, conn: &Connection, entry: &Due, outcome: Outcome) -> rusqlite::Result<()> {
         let now = db::now_ms();
         let study = log_tag(&entry.study_uid);
+        self.audit_delivery(entry, &study, &outcome);
         match outcome {
             Outcome::Sent => {
                 conn.execute(
@@ -332,6 +337,30 @@ impl Sender {
             Outcome::Permanent(reason) => self.fail(conn, entry, &reason, now)?,
         }
         Ok(())
+    }
+
+    /// Every attempt goes into the audit trail: what was sent where, and how it went.
+    fn audit_delivery(&self, entry: &Due, study: &str, outcome: &Outcome) {
+        let outcome = match outcome {
+            Outcome::Sent => "success".to_string(),
+            Outcome::Transient(reason) => format!("failure (will retry): {reason}"),
+            Outcome::Permanent(reason) => format!("failure: {reason}"),
+        };
+        audit::record(
+            &self.audit,
+            audit::Event {
+                action: "delivery".into(),
+                actor: "daemon".into(),
+                outcome,
+                dicom: Some(audit::DicomEvent::InstancesTransferred),
+                detail: serde_json::json!({
+                    "destination": entry.destination,
+                    "object": entry.kind,
+                    "outbox_entry": entry.id,
+                    "study": study,
+                }),
+            },
+        );
     }
 
     fn fail(&self, conn: &Connection, entry: &Due, reason: &str, now: i64) -> rusqlite::Result<()> {

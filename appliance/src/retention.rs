@@ -477,6 +477,22 @@ impl Retention {
                 bytes = purged.bytes,
                 "study purged from the spool"
             );
+            crate::audit::record(
+                &crate::audit::AuditLog::new(&self.data_dir),
+                crate::audit::Event {
+                    action: "retention.purge".into(),
+                    actor: "retention".into(),
+                    outcome: "success".into(),
+                    dicom: Some(crate::audit::DicomEvent::StudyDeleted),
+                    detail: serde_json::json!({
+                        "study": log_tag(&purged.study_uid),
+                        "calling_ae": purged.calling_ae,
+                        "reason": reason.as_str(),
+                        "instances": purged.instances,
+                        "bytes": purged.bytes,
+                    }),
+                },
+            );
             round.purged.push(PurgeLine {
                 instances: purged.instances,
                 bytes: purged.bytes,

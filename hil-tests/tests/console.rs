@@ -1045,6 +1045,46 @@ fn viewer_and_admin_browse_every_page_without_identifiers_and_only_the_admin_rol
     }
     let ready = site.app.http("/health/ready");
     assert_eq!(ready.0, 200, "{}", ready.1);
+
+    // The audit trail holds the logins (the wrong password too), the viewer's refused
+    // rollback, the admin's rollback and the logout, each by its console user; the chain holds.
+    let out = site.app.cli(&["audit", "list", "--last", "0"]);
+    let trail: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |action: &str, actor: &str, outcome: &str| {
+        trail.iter().any(|r| {
+            r["action"] == action
+                && r["actor"] == actor
+                && r["outcome"].as_str().unwrap_or("").starts_with(outcome)
+        })
+    };
+    assert!(
+        find("console.login", "console:ada", "success"),
+        "{trail:#?}"
+    );
+    assert!(
+        find("console.login", "console:vic", "failure"),
+        "{trail:#?}"
+    );
+    assert!(
+        find("console.login", "console:vic", "success"),
+        "{trail:#?}"
+    );
+    assert!(
+        find("head.rollback", "console:vic", "failure: not an admin"),
+        "{trail:#?}"
+    );
+    assert!(
+        find("head.rollback", "console:ada", "success: champion 1"),
+        "{trail:#?}"
+    );
+    assert!(
+        find("console.logout", "console:ada", "success"),
+        "{trail:#?}"
+    );
+    assert!(site.app.cli(&["audit", "verify"]).status.success());
 }
 
 #[test]
@@ -1239,6 +1279,8 @@ fn check_config_refuses_a_console_without_tls_off_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let check = |console: &str| {
         let mut config = hil_tests::appliance::example_config();
+        // The shipped [console] (off) gives way to the one under test.
+        config.remove("console");
         config.insert(
             "data_dir".into(),
             dir.path().join("data").to_string_lossy().as_ref().into(),

@@ -21,6 +21,7 @@ use super::sessions::{constant_time_eq, random_token, Session, Sessions, Throttl
 use super::users::{self, Role};
 use super::views;
 use super::ConsoleConfig;
+use crate::audit::{self, DicomEvent};
 use crate::config::Config;
 use crate::readiness::Readiness;
 use models::registry::{AnyPackage, Registry};
@@ -147,6 +148,29 @@ fn cookie(name: &str, value: &str, path: &str, max_age: Option<u64>) -> String {
 }
 
 /// A user name as logs may show it: at most 64 characters, quoted and escaped.
+impl State {
+    /// Put a console action into the audit trail, the actor being `console:` and the user.
+    fn audit(
+        &self,
+        action: &str,
+        user: &str,
+        outcome: String,
+        dicom: DicomEvent,
+        detail: serde_json::Value,
+    ) {
+        audit::record(
+            &audit::AuditLog::new(&self.config.data_dir),
+            audit::Event {
+                action: action.into(),
+                actor: format!("console:{}", user.chars().take(64).collect::<String>()),
+                outcome,
+                dicom: Some(dicom),
+                detail,
+            },
+        );
+    }
+}
+
 fn logged_name(name: &str) -> String {
     format!("{:?}", name.chars().take(64).collect::<String>())
 }
@@ -504,6 +528,13 @@ fn login(state: &State, req: &Request) -> Response {
                 Err(e) => return state.error_page(PageError::internal(e), None),
             };
             tracing::info!(user = %logged_name(&account.name), role = %account.role, address = %req.peer, "console login");
+            state.audit(
+                "console.login",
+                &account.name,
+                "success".into(),
+                DicomEvent::UserAuthenticated,
+                serde_json::json!({ "role": account.role.as_str(), "address": req.peer.to_string() }),
+            );
             Response::redirect("/")
                 .with_header(
                     "Set-Cookie",
@@ -518,6 +549,13 @@ fn login(state: &State, req: &Request) -> Response {
                 .unwrap_or_else(PoisonError::into_inner)
                 .failed(&key, req.peer, now);
             tracing::warn!(user = %logged_name(name), address = %req.peer, "console login failed");
+            state.audit(
+                "console.login",
+                name,
+                "failure: wrong user name or password".into(),
+                DicomEvent::UserAuthenticated,
+                serde_json::json!({ "address": req.peer.to_string() }),
+            );
             login_form(state, 401, Some("Wrong user name or password."), shown_name)
         }
     }
@@ -531,6 +569,13 @@ fn logout(state: &State, req: &Request, token: &str, session: &Session) -> PageR
         .unwrap_or_else(PoisonError::into_inner)
         .remove(token);
     tracing::info!(user = %logged_name(&session.user), address = %req.peer, "console logout");
+    state.audit(
+        "console.logout",
+        &session.user,
+        "success".into(),
+        DicomEvent::UserAuthenticated,
+        serde_json::json!({ "address": req.peer.to_string() }),
+    );
     Ok(Response::redirect("/login")
         .with_header("Set-Cookie", &cookie(SESSION_COOKIE, "", "/", Some(0))))
 }
@@ -789,6 +834,13 @@ fn rollback(state: &State, req: &Request, id: &str, session: &Session) -> PageRe
     let form = state.post_form(req, session)?;
     if session.role != Role::Admin {
         tracing::warn!(user = %logged_name(&session.user), model = %id, "console rollback refused: not an admin");
+        state.audit(
+            "head.rollback",
+            &session.user,
+            "failure: not an admin".into(),
+            DicomEvent::SecurityAlert,
+            serde_json::json!({ "model": id }),
+        );
         return Err(PageError::new(
             403,
             "Rolling back a head needs the admin role.",
@@ -815,8 +867,33 @@ fn rollback(state: &State, req: &Request, id: &str, session: &Session) -> PageRe
     let conn = crate::db::open(&state.config.data_dir).map_err(PageError::internal)?;
     let before = crate::heads::champion(&conn, &learnable.id, &learnable.version)
         .map_err(PageError::internal)?;
-    let after = crate::heads::rollback(&conn, &learnable, to)
-        .map_err(|e| PageError::new(409, format!("Not rolled back: {e:#}")))?;
+    let detail = serde_json::json!({
+        "model": learnable.id,
+        "version": learnable.version,
+        "from_head": crate::heads::describe(before),
+    });
+    let after = match crate::heads::rollback(&conn, &learnable, to) {
+        Ok(after) => {
+            state.audit(
+                "head.rollback",
+                &session.user,
+                format!("success: champion {}", crate::heads::describe(after)),
+                DicomEvent::SecurityAlert,
+                detail,
+            );
+            after
+        }
+        Err(e) => {
+            state.audit(
+                "head.rollback",
+                &session.user,
+                format!("failure: {e:#}"),
+                DicomEvent::SecurityAlert,
+                detail,
+            );
+            return Err(PageError::new(409, format!("Not rolled back: {e:#}")));
+        }
+    };
     tracing::info!(
         user = %logged_name(&session.user),
         model = %learnable.id,

@@ -5,7 +5,7 @@
 
 use super::budget::Charge;
 use super::reject::{Answer, RejectReason};
-use super::{Admission, Peer, Shared};
+use super::{Admission, AssociationOutcome, AssociationReport, Peer, Shared};
 use crate::dataset::{self, DatasetError, Identity};
 use crate::dimse::{self, status, Command, Response};
 use crate::store::{IncomingInstance, StoreOutcome};
@@ -187,6 +187,13 @@ pub(crate) fn serve(
             reason = refused.reason.label(),
             "association refused"
         );
+        report(
+            shared,
+            peer,
+            (&rq.calling_ae_title, &rq.called_ae_title),
+            io.transport().is_tls(),
+            AssociationOutcome::Refused(refused.reason),
+        );
         send_refusal(&mut io, refused);
         return;
     }
@@ -196,6 +203,13 @@ pub(crate) fn serve(
             .metrics
             .reject(RejectReason::AssociationLimit.label());
         tracing::warn!(%peer, calling_ae = %rq.calling_ae_title, "association refused: association limit reached");
+        report(
+            shared,
+            peer,
+            (&rq.calling_ae_title, &rq.called_ae_title),
+            io.transport().is_tls(),
+            AssociationOutcome::Refused(RejectReason::AssociationLimit),
+        );
         send_refusal(&mut io, refusal(RejectReason::AssociationLimit));
         return;
     }
@@ -228,6 +242,7 @@ pub(crate) fn serve(
         contexts = contexts.len(),
         "association accepted"
     );
+    let tls = io.transport().is_tls();
     let mut association = Association {
         io,
         peer,
@@ -236,6 +251,7 @@ pub(crate) fn serve(
         contexts,
         shared,
         stored: 0,
+        refused: 0,
         started: Instant::now(),
         waiting: Wait::NextMessage,
     };
@@ -249,6 +265,36 @@ pub(crate) fn serve(
         end = %end,
         "association ended"
     );
+    report(
+        shared,
+        peer,
+        (&association.calling_ae, &association.called_ae),
+        tls,
+        AssociationOutcome::Ended {
+            end: end.to_string(),
+            stored: association.stored,
+            refused: association.refused,
+        },
+    );
+}
+
+/// Tell the observer, if any, what became of an association.
+fn report(
+    shared: &Shared,
+    peer: SocketAddr,
+    (calling_ae, called_ae): (&str, &str),
+    tls: bool,
+    outcome: AssociationOutcome,
+) {
+    if let Some(observer) = shared.observer.get() {
+        observer(&AssociationReport {
+            peer,
+            calling_ae: calling_ae.to_string(),
+            called_ae: called_ae.to_string(),
+            tls,
+            outcome,
+        });
+    }
 }
 
 /// Access control (PS3.8 section 7.1.1): protocol version, application context, called AE
@@ -385,6 +431,8 @@ struct Association<'a> {
     contexts: HashMap<u8, Context>,
     shared: &'a Shared,
     stored: u64,
+    /// Instances answered with a failure status.
+    refused: u64,
     started: Instant,
     /// Which deadline the reads are under.
     waiting: Wait,
@@ -682,6 +730,7 @@ impl Association<'_> {
             Err((reason, comment)) => {
                 let status = reason.store_status();
                 self.shared.metrics.reject(reason.label());
+                self.refused += 1;
                 tracing::warn!(
                     peer = %self.peer,
                     calling_ae = %self.calling_ae,

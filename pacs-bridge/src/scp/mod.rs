@@ -118,7 +118,35 @@ pub(crate) struct Shared {
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
     pub budget: Arc<budget::MemoryBudget>,
+    pub observer: std::sync::OnceLock<Observer>,
 }
+
+/// What became of one association, for an audit trail.
+#[derive(Debug, Clone)]
+pub struct AssociationReport {
+    pub peer: SocketAddr,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub tls: bool,
+    pub outcome: AssociationOutcome,
+}
+
+#[derive(Debug, Clone)]
+pub enum AssociationOutcome {
+    /// Refused with an A-ASSOCIATE-RJ.
+    Refused(RejectReason),
+    /// Accepted, then ended: how (`released`, `aborted by peer`, ...), the instances stored,
+    /// and the instances refused.
+    Ended {
+        end: String,
+        stored: u64,
+        refused: u64,
+    },
+}
+
+/// Told of every association the SCP refused or served, once it is over; called on the
+/// association's thread, so it must be quick.
+pub type Observer = Arc<dyn Fn(&AssociationReport) + Send + Sync>;
 
 pub struct Server {
     listeners: Vec<Listener>,
@@ -230,6 +258,7 @@ impl Server {
                 config,
                 spool,
                 metrics,
+                observer: std::sync::OnceLock::new(),
             }),
             shutdown: ShutdownHandle {
                 flag: Arc::new(AtomicBool::new(false)),
@@ -249,6 +278,11 @@ impl Server {
             .iter()
             .find(|l| l.tls.is_some())
             .and_then(|l| l.socket.local_addr().ok())
+    }
+
+    /// Tell `observer` of every association from now on (set once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.shared.observer.set(observer);
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
