@@ -10,7 +10,10 @@
 //! appear as [`radiant_core::log_tag`]s, like in the logs.
 //!
 //! Appends from several processes are serialised by an exclusive lock on the file; each
-//! record is fsync'd before `append` returns.
+//! record is fsync'd before `append` returns. With `[audit] syslog` set, each record is also
+//! sent, once on disk, to that syslog server as an RFC 5424 message over UDP (RFC 5426;
+//! facility 13, log audit): a copy out of the appliance's reach, which also shows a trail cut
+//! short at its end.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -97,10 +100,11 @@ pub struct Record {
     pub prev: String,
 }
 
-/// The trail of a data folder.
+/// The trail of a data folder, and where its records are forwarded.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     path: PathBuf,
+    syslog: Option<std::net::SocketAddr>,
 }
 
 pub fn path_in(data_dir: &Path) -> PathBuf {
@@ -112,9 +116,19 @@ fn hash_hex(line: &[u8]) -> String {
 }
 
 impl AuditLog {
+    /// The trail of `data_dir`, kept on disk only.
     pub fn new(data_dir: &Path) -> Self {
         AuditLog {
             path: path_in(data_dir),
+            syslog: None,
+        }
+    }
+
+    /// The trail of the configuration's data folder, forwarded to its `[audit] syslog`.
+    pub fn of(config: &crate::config::Config) -> Self {
+        AuditLog {
+            path: path_in(&config.data_dir),
+            syslog: config.audit.syslog_addr(),
         }
     }
 
@@ -178,6 +192,11 @@ impl AuditLog {
             if let Some(dir) = self.path.parent() {
                 radiant_core::durable::fsync_dir(dir).map_err(|e| self.io(e.source))?;
             }
+        }
+        drop(file);
+        if let Some(addr) = self.syslog {
+            line.pop();
+            forward(addr, &record, &line);
         }
         Ok(record)
     }
@@ -308,6 +327,66 @@ impl AuditLog {
             }
         }
         Ok(out.into())
+    }
+}
+
+/// Send one record to a syslog server as RFC 5424 over UDP: PRI (facility 13, log audit;
+/// severity notice, or warning for a failure), the record's time, this host, `radiant-edge`,
+/// the process, the action as MSGID, no structured data, and the record's line as MSG. A
+/// lost datagram is not retried: the file is the trail, syslog a copy.
+fn forward(addr: std::net::SocketAddr, record: &Record, line: &[u8]) {
+    const LOG_AUDIT: u8 = 13;
+    let severity = if record.outcome.starts_with("failure") {
+        4
+    } else {
+        5
+    };
+    let msgid: String = record
+        .action
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(32)
+        .collect();
+    let mut datagram = format!(
+        "<{}>1 {} {} radiant-edge {} {} - ",
+        LOG_AUDIT * 8 + severity,
+        record.time,
+        hostname(),
+        std::process::id(),
+        if msgid.is_empty() { "-" } else { &msgid }
+    )
+    .into_bytes();
+    datagram.extend_from_slice(line);
+    let local: std::net::SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sent = std::net::UdpSocket::bind(local).and_then(|s| s.send_to(&datagram, addr));
+    if let Err(e) = sent {
+        tracing::warn!(%addr, error = %e, "cannot forward an audit record to syslog");
+    }
+}
+
+/// This machine's name for syslog's HOSTNAME field (`-` when it has none).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name: String = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end])
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(255)
+            .collect()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "-".into()
+    } else {
+        name
     }
 }
 

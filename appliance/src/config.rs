@@ -83,6 +83,9 @@ pub struct Config {
     /// Firmware updates; read by the `updater` process only.
     #[serde(default)]
     pub update: Option<fleet_wire::site::UpdateConfig>,
+    /// Where the audit trail is forwarded ([`crate::audit`]).
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The web console ([`crate::console`]).
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
@@ -1218,6 +1221,14 @@ impl Config {
         for (key, reason) in self.update.iter().flat_map(|u| u.problems()) {
             problem(&key, reason);
         }
+        if let Some(syslog) = &self.audit.syslog {
+            if self.audit.syslog_addr().is_none() {
+                problem(
+                    "audit.syslog",
+                    format!("{syslog:?} is not a host:port that resolves"),
+                );
+            }
+        }
         for (key, reason) in self.console.iter().flat_map(|c| c.problems(self)) {
             problem(&key, reason);
         }
@@ -1481,6 +1492,26 @@ fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
         return Err(format!("{host:?} resolves to no address"));
     }
     Ok(addrs)
+}
+
+/// `[audit]`: forwarding of the audit trail.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `host:port` of a syslog server taking RFC 5424 over UDP; none: the trail stays on disk.
+    #[serde(default)]
+    pub syslog: Option<String>,
+}
+
+impl AuditConfig {
+    /// The syslog server's address, resolved; `None` when not set or not resolvable (the
+    /// configuration check names the latter).
+    pub fn syslog_addr(&self) -> Option<SocketAddr> {
+        self.syslog
+            .as_deref()
+            .and_then(|s| s.to_socket_addrs().ok())
+            .and_then(|mut addrs| addrs.next())
+    }
 }
 
 /// `[console]`: the web console.
@@ -1958,6 +1989,23 @@ mod tests {
         );
         assert!(default.sends("ANY", ResultObject::Sr, true));
         assert!(!default.sends("ANY", ResultObject::Sc, false));
+    }
+
+    #[test]
+    fn an_audit_syslog_that_does_not_resolve_is_named_by_key() {
+        let base = "data_dir = \"d\"\n[dicom]\nae_title = \"X\"\nport = 104\n\
+                    [[dicom.peers]]\nae_title = \"P\"\nhost = \"127.0.0.1\"\n";
+        let bad = format!("{base}[audit]\nsyslog = \"no port here\"\n");
+        match Config::from_toml(&bad, "t", Path::new(".")) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+                assert_eq!(keys, ["audit.syslog"]);
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        let good = format!("{base}[audit]\nsyslog = \"127.0.0.1:514\"\n");
+        let config = Config::from_toml(&good, "t", Path::new(".")).unwrap();
+        assert_eq!(config.audit.syslog_addr(), Some(([127, 0, 0, 1], 514).into()));
     }
 
     #[test]

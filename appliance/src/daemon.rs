@@ -49,7 +49,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
-    let audit = AuditLog::new(&config.data_dir);
+    let audit = AuditLog::of(&config);
     // The results database is created, put in WAL mode and migrated here, once, before any
     // thread opens it: SQLite answers a connection that switches a fresh file to WAL while
     // another holds it with "database is locked" at once, busy timeout or not (seen: the

@@ -1012,7 +1012,7 @@ fn audited<T>(
         Err(e) => format!("failure: {e:#}"),
     };
     appliance::audit::record(
-        &appliance::audit::AuditLog::new(&config.data_dir),
+        &appliance::audit::AuditLog::of(config),
         appliance::audit::Event {
             action: action.into(),
             actor: appliance::audit::cli_actor(),

@@ -346,6 +346,7 @@ pub struct Round {
 /// The retention of one data folder: its policy and its two databases.
 pub struct Retention {
     data_dir: PathBuf,
+    audit: crate::audit::AuditLog,
     index_path: PathBuf,
     policy: Policy,
     index: Connection,
@@ -360,6 +361,7 @@ impl Retention {
             results: db::open(&data_dir)?,
             index_path: store::index_path(&data_dir),
             policy: Policy::of(&config.retention),
+            audit: crate::audit::AuditLog::of(config),
             data_dir,
         })
     }
@@ -478,7 +480,7 @@ impl Retention {
                 "study purged from the spool"
             );
             crate::audit::record(
-                &crate::audit::AuditLog::new(&self.data_dir),
+                &self.audit,
                 crate::audit::Event {
                     action: "retention.purge".into(),
                     actor: "retention".into(),

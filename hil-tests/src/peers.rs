@@ -139,6 +139,49 @@ fn spawn_storescp(extra: &[&str]) -> PeerProcess {
     peer
 }
 
+/// rsyslogd in the foreground, taking RFC 5424 over UDP on a loopback port and writing each
+/// message as received, one per line, to `messages` in its folder (`PeerProcess::dir`).
+pub fn start_rsyslog() -> PeerProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let conf = dir.path().join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{work}\")\n\
+             module(load=\"imudp\")\n\
+             input(type=\"imudp\" address=\"127.0.0.1\" port=\"{port}\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+             *.* action(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
+            work = dir.path().display(),
+            out = dir.path().join("messages").display(),
+        ),
+    )
+    .expect("write rsyslog.conf");
+    let child = Command::new("/usr/sbin/rsyslogd")
+        .arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.path().join("rsyslogd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rsyslogd (apt-get install rsyslog)");
+    // UDP has no port to probe: wait for rsyslogd to have bound it.
+    let bound = wait_until(Duration::from_secs(10), || {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+    });
+    assert!(bound, "rsyslogd did not bind UDP port {port}");
+    PeerProcess {
+        name: "rsyslogd",
+        dir,
+        port,
+        http_port: 0,
+        child,
+    }
+}
+
 /// The plain pynetdicom storage SCP in `hil-tests/peers/pynetdicom_scp.py` (AE title ANY-SCP);
 /// with `write_files` it writes each dataset to a file, as a typical SCP does.
 pub fn start_pynetdicom(write_files: bool) -> PeerProcess {

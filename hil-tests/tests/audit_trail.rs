@@ -3,9 +3,9 @@
 //! hash-chained record per event with its DICOM audit code and no identifier in clear;
 //! `appliance audit verify` passes, and fails naming the line once a record is edited.
 
-use hil_tests::appliance::{set_destination, Appliance};
+use hil_tests::appliance::{set, set_destination, Appliance};
 use hil_tests::fixtures::lesion_series;
-use hil_tests::peers::{echoscu, start_storescp, storescu};
+use hil_tests::peers::{echoscu, start_rsyslog, start_storescp, storescu};
 use hil_tests::wait_until;
 use std::time::Duration;
 
@@ -34,8 +34,11 @@ fn actions(records: &[serde_json::Value], action: &str) -> Vec<serde_json::Value
 fn every_association_delivery_and_admin_action_is_chained_and_an_edit_is_found() {
     let viewer = start_storescp();
     let port = viewer.port;
+    let syslog = start_rsyslog();
+    let syslog_at = format!("127.0.0.1:{}", syslog.port);
     let mut app = Appliance::start_with_model(&|c| {
         set_destination(c, "archive", "STORESCP", port);
+        set(c, "audit", "syslog", syslog_at.as_str());
     });
     let (files, study_uid) = lesion_series();
     let out = storescu("STORESCU", &app.ae_title, app.port, &[], &files);
@@ -109,6 +112,32 @@ fn every_association_delivery_and_admin_action_is_chained_and_an_edit_is_found()
         said.contains(&format!("{} records, chain intact", all.len())),
         "{said}"
     );
+
+    // rsyslogd got every record as RFC 5424 (facility log audit, the action as MSGID), the
+    // record's line as the message: a copy the appliance cannot edit afterwards.
+    let got = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(syslog.dir.path().join("messages"))
+            .map(|m| m.lines().count() >= all.len())
+            .unwrap_or(false)
+    });
+    assert!(got, "rsyslog holds too few messages");
+    let messages = std::fs::read_to_string(syslog.dir.path().join("messages")).unwrap();
+    for line in text.lines() {
+        // Two processes may send in another order than they appended: match by content.
+        let message = messages
+            .lines()
+            .find(|m| m.ends_with(line))
+            .unwrap_or_else(|| panic!("not forwarded: {line}\n{messages}"));
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let failure = record["outcome"].as_str().unwrap().starts_with("failure");
+        let pri = if failure { "<108>1 " } else { "<109>1 " };
+        assert!(message.starts_with(pri), "{message}");
+        let fields: Vec<&str> = message.splitn(8, ' ').collect();
+        assert_eq!(fields[3], "radiant-edge", "{message}");
+        assert_eq!(fields[5], record["action"].as_str().unwrap(), "{message}");
+        assert_eq!(fields[6], "-");
+        assert_eq!(fields[7], line, "the message is the record's line");
+    }
 
     // Someone edits a record: the chain breaks at the next line, and verify says which.
     let lines: Vec<&str> = text.lines().collect();

@@ -159,7 +159,7 @@ impl State {
         detail: serde_json::Value,
     ) {
         audit::record(
-            &audit::AuditLog::new(&self.config.data_dir),
+            &audit::AuditLog::of(&self.config),
             audit::Event {
                 action: action.into(),
                 actor: format!("console:{}", user.chars().take(64).collect::<String>()),
