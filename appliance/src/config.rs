@@ -2005,7 +2005,10 @@ mod tests {
         }
         let good = format!("{base}[audit]\nsyslog = \"127.0.0.1:514\"\n");
         let config = Config::from_toml(&good, "t", Path::new(".")).unwrap();
-        assert_eq!(config.audit.syslog_addr(), Some(([127, 0, 0, 1], 514).into()));
+        assert_eq!(
+            config.audit.syslog_addr(),
+            Some(([127, 0, 0, 1], 514).into())
+        );
     }
 
     #[test]

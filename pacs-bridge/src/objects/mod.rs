@@ -58,6 +58,16 @@ pub enum ObjectError {
     Decode(String),
 }
 
+/// A multi-frame object as written (SEG, SC): its Part 10 bytes and the identity the SR and
+/// the outbox need.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub bytes: Vec<u8>,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub frames: usize,
+}
+
 /// What made a result, for every object that reports it.
 #[derive(Debug, Clone)]
 pub struct Creator {

@@ -288,13 +288,7 @@ pub fn window_for(series: &SeriesVolume, z: usize) -> Window {
 }
 
 /// An SC as written.
-#[derive(Debug, Clone)]
-pub struct WrittenSc {
-    pub bytes: Vec<u8>,
-    pub sop_instance_uid: String,
-    pub series_instance_uid: String,
-    pub frames: usize,
-}
+pub type WrittenSc = super::Written;
 
 /// Encode the outline SC of `labels` (one label value per source voxel, in volume order) over
 /// `series`. `uid_seed` names the result (job key): the same seed gives the same UIDs.

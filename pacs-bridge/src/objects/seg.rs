@@ -44,13 +44,7 @@ pub struct Segment {
 }
 
 /// A SEG as written, with the identity the SR and the outbox need.
-#[derive(Debug, Clone)]
-pub struct WrittenSeg {
-    pub bytes: Vec<u8>,
-    pub sop_instance_uid: String,
-    pub series_instance_uid: String,
-    pub frames: usize,
-}
+pub type WrittenSeg = super::Written;
 
 /// Encode the SEG of `labels` (one label value per source voxel, in volume order).
 /// `uid_seed` names the result (job key): the same seed gives the same UIDs.
