@@ -68,10 +68,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::bind(scp_config, spool.clone(), metrics.clone())?;
     server.observe(audit_associations(audit.clone()));
     let shutdown = server.shutdown_handle();
-    audit::record(
-        &audit,
-        application_activity("application.start", "success".into()),
-    );
+    audit_routes(&audit, &config);
+    let mut start = application_activity("application.start", "success".into());
+    start.detail["routes"] = serde_json::to_value(&config.routes).unwrap_or_default();
+    audit::record(&audit, start);
 
     let readiness = Arc::new(Readiness::default());
     let supervisor = Supervisor::new(Cancel::new(), readiness.clone());
@@ -326,6 +326,38 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!("appliance stopped");
     Ok(())
+}
+
+/// Routes live in the configuration file, so a change shows at the next start: when the
+/// routes in force differ from those the last start recorded, the change is recorded with
+/// both (before the new start, which records the routes it runs with).
+fn audit_routes(audit: &AuditLog, config: &Config) {
+    let now = serde_json::to_value(&config.routes).unwrap_or_default();
+    let before = match audit.tail(None) {
+        Ok(records) => records
+            .into_iter()
+            .rev()
+            .find(|r| r.action == "application.start")
+            .map(|r| r.detail["routes"].clone()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the audit trail for the last routes");
+            return;
+        }
+    };
+    // No earlier start (a new trail): the start record itself holds the first routes.
+    let Some(before) = before else { return };
+    if before != now {
+        audit::record(
+            audit,
+            audit::Event {
+                action: "routes.change".into(),
+                actor: "configuration".into(),
+                outcome: "success".into(),
+                dicom: Some(audit::DicomEvent::SecurityAlert),
+                detail: serde_json::json!({ "before": before, "after": now }),
+            },
+        );
+    }
 }
 
 fn application_activity(action: &str, outcome: String) -> audit::Event {

@@ -58,6 +58,14 @@ fn every_association_delivery_and_admin_action_is_chained_and_an_edit_is_found()
         .success());
     assert!(!app.cli(&["outbox", "retry"]).status.success());
     app.terminate(Duration::from_secs(30));
+    // An admin routes CT to the model explicitly (a change of the file, seen at the start).
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    let mut config: toml::Table = toml::from_str(&text).unwrap();
+    let mut route = toml::Table::new();
+    route.insert("model".into(), "head-ct-ich".into());
+    route.insert("modality".into(), "CT".into());
+    config.insert("routes".into(), toml::Value::Array(vec![route.into()]));
+    std::fs::write(&app.config_path, toml::to_string(&config).unwrap()).unwrap();
     app.launch();
 
     let all = records(&app);
@@ -84,6 +92,10 @@ fn every_association_delivery_and_admin_action_is_chained_and_an_edit_is_found()
     assert!(deliveries
         .iter()
         .all(|d| d["outcome"] == "success" && d["detail"]["destination"] == "archive"));
+    let routes = actions(&all, "routes.change");
+    assert_eq!(routes.len(), 1, "{all:#?}");
+    assert_eq!(routes[0]["detail"]["before"], serde_json::json!([]));
+    assert_eq!(routes[0]["detail"]["after"][0]["model"], "head-ct-ich");
     let protect = actions(&all, "study.protect");
     assert_eq!(protect.len(), 1);
     assert!(protect[0]["actor"].as_str().unwrap().starts_with("cli:"));
