@@ -68,6 +68,48 @@ pub struct Written {
     pub frames: usize,
 }
 
+/// An item naming one source instance: Referenced SOP Class and Instance UID.
+pub(crate) fn referenced_instance(source: &crate::volume::SliceSource) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    put_str(
+        &mut item,
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        &source.sop_class_uid,
+    );
+    put_str(
+        &mut item,
+        tags::REFERENCED_SOP_INSTANCE_UID,
+        VR::UI,
+        &source.sop_instance_uid,
+    );
+    item
+}
+
+/// The Referenced Series item of the source series (PS3.3 C.12.2), naming the instance of each
+/// of `slices` once, in that order.
+pub(crate) fn referenced_series(
+    series: &crate::volume::SeriesVolume,
+    slices: impl IntoIterator<Item = usize>,
+) -> InMemDicomObject {
+    let mut seen = std::collections::HashSet::new();
+    let instances = slices
+        .into_iter()
+        .filter_map(|z| series.sources.get(z))
+        .filter(|s| seen.insert(s.sop_instance_uid.as_str()))
+        .map(referenced_instance)
+        .collect();
+    let mut item = InMemDicomObject::new_empty();
+    put_str(
+        &mut item,
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        &series.series_uid,
+    );
+    put_seq(&mut item, tags::REFERENCED_INSTANCE_SEQUENCE, instances);
+    item
+}
+
 /// What made a result, for every object that reports it.
 #[derive(Debug, Clone)]
 pub struct Creator {

@@ -14,7 +14,8 @@ use super::glyphs::{self, GLYPH_HEIGHT};
 use super::seg::Segment;
 use super::{
     code, code_item, copy_patient_and_study, derived_uid, items, now_da_tm, part10, put_ds,
-    put_empty, put_seq, put_sop_common, put_str, put_u16, Creator, ObjectError,
+    put_empty, put_seq, put_sop_common, put_str, put_u16, referenced_instance, referenced_series,
+    Creator, ObjectError,
 };
 use crate::volume::SeriesVolume;
 use dicom_core::value::PrimitiveValue;
@@ -448,7 +449,7 @@ pub fn build(
     put_seq(
         &mut o,
         tags::REFERENCED_SERIES_SEQUENCE,
-        vec![referenced_series(series)],
+        vec![referenced_series(series, 0..series.sources.len())],
     );
     // Image Pixel (C.7.6.3) as Multi-frame True Color SC Image (C.8.6.3) constrains it.
     put_u16(&mut o, tags::SAMPLES_PER_PIXEL, 3);
@@ -502,19 +503,7 @@ fn source_images(series: &SeriesVolume) -> Vec<InMemDicomObject> {
         .sources
         .iter()
         .map(|s| {
-            let mut item = InMemDicomObject::new_empty();
-            put_str(
-                &mut item,
-                tags::REFERENCED_SOP_CLASS_UID,
-                VR::UI,
-                &s.sop_class_uid,
-            );
-            put_str(
-                &mut item,
-                tags::REFERENCED_SOP_INSTANCE_UID,
-                VR::UI,
-                &s.sop_instance_uid,
-            );
+            let mut item = referenced_instance(s);
             let multi_frame = per_instance
                 .get(s.sop_instance_uid.as_str())
                 .is_some_and(|n| *n > 1);
@@ -538,41 +527,6 @@ fn source_images(series: &SeriesVolume) -> Vec<InMemDicomObject> {
             item
         })
         .collect()
-}
-
-/// The source series with each of its instances once (PS3.3 C.12.2).
-fn referenced_series(series: &SeriesVolume) -> InMemDicomObject {
-    let mut seen = std::collections::HashSet::new();
-    let instances = series
-        .sources
-        .iter()
-        .filter(|s| seen.insert(s.sop_instance_uid.as_str()))
-        .map(|s| {
-            let mut item = InMemDicomObject::new_empty();
-            put_str(
-                &mut item,
-                tags::REFERENCED_SOP_CLASS_UID,
-                VR::UI,
-                &s.sop_class_uid,
-            );
-            put_str(
-                &mut item,
-                tags::REFERENCED_SOP_INSTANCE_UID,
-                VR::UI,
-                &s.sop_instance_uid,
-            );
-            item
-        })
-        .collect();
-    let mut item = InMemDicomObject::new_empty();
-    put_str(
-        &mut item,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        &series.series_uid,
-    );
-    put_seq(&mut item, tags::REFERENCED_INSTANCE_SEQUENCE, instances);
-    item
 }
 
 /// Patient Orientation letters of a direction (PS3.3 C.7.6.1.1.1): +x is L, +y P, +z H; each

@@ -10,7 +10,8 @@
 
 use super::{
     code, code_item, copy_patient_and_study, items, now_da_tm, part10, put_ds, put_empty, put_seq,
-    put_sop_common, put_str, put_u16, string, Creator, ObjectError,
+    put_sop_common, put_str, put_u16, referenced_instance, referenced_series, string, Creator,
+    ObjectError,
 };
 use crate::volume::SeriesVolume;
 use dicom_core::value::PrimitiveValue;
@@ -236,7 +237,11 @@ pub fn build(
     put_seq(
         &mut o,
         tags::REFERENCED_SERIES_SEQUENCE,
-        vec![referenced_series(series, &frames)],
+        vec![referenced_series(series, {
+            let mut slices: Vec<usize> = frames.iter().map(|(_, z)| *z).collect();
+            slices.sort_unstable();
+            slices
+        })],
     );
     o.put(DataElement::new(
         tags::PIXEL_DATA,
@@ -355,19 +360,7 @@ fn per_frame_groups(series: &SeriesVolume, segment: u8, z: usize) -> InMemDicomO
         u16::from(segment),
     );
     // Derivation Image (C.7.6.16.2.6): this frame derives from that source slice.
-    let mut source_image = InMemDicomObject::new_empty();
-    put_str(
-        &mut source_image,
-        tags::REFERENCED_SOP_CLASS_UID,
-        VR::UI,
-        &slice.sop_class_uid,
-    );
-    put_str(
-        &mut source_image,
-        tags::REFERENCED_SOP_INSTANCE_UID,
-        VR::UI,
-        &slice.sop_instance_uid,
-    );
+    let mut source_image = referenced_instance(slice);
     // The mask is on the source's own pixel grid (PS3.3 C.7.6.1.1.x Spatial Locations
     // Preserved): viewers and readers may overlay it without resampling.
     put_str(
@@ -423,44 +416,6 @@ fn is_multi_frame(series: &SeriesVolume, sop_instance_uid: &str) -> bool {
         .take(2)
         .count()
         > 1
-}
-
-fn referenced_series(series: &SeriesVolume, frames: &[(u8, usize)]) -> InMemDicomObject {
-    let mut seen: Vec<&str> = Vec::new();
-    let mut instances = Vec::new();
-    let mut slices: Vec<usize> = frames.iter().map(|(_, z)| *z).collect();
-    slices.sort_unstable();
-    slices.dedup();
-    for z in slices {
-        let s = &series.sources[z];
-        if seen.contains(&s.sop_instance_uid.as_str()) {
-            continue;
-        }
-        seen.push(&s.sop_instance_uid);
-        let mut item = InMemDicomObject::new_empty();
-        put_str(
-            &mut item,
-            tags::REFERENCED_SOP_CLASS_UID,
-            VR::UI,
-            &s.sop_class_uid,
-        );
-        put_str(
-            &mut item,
-            tags::REFERENCED_SOP_INSTANCE_UID,
-            VR::UI,
-            &s.sop_instance_uid,
-        );
-        instances.push(item);
-    }
-    let mut item = InMemDicomObject::new_empty();
-    put_str(
-        &mut item,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        &series.series_uid,
-    );
-    put_seq(&mut item, tags::REFERENCED_INSTANCE_SEQUENCE, instances);
-    item
 }
 
 /// Binary frames packed one bit per pixel, first pixel in the least significant bit, frames
