@@ -183,6 +183,11 @@ impl Appliance {
         self.json_lines(&["cases", "list", "--json"])
     }
 
+    /// `audit list --last 0`: every record of the audit trail, oldest first.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.json_lines(&["audit", "list", "--last", "0"])
+    }
+
     fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let out = self.cli(args);
         String::from_utf8_lossy(&out.stdout)

@@ -9,19 +9,6 @@ use hil_tests::peers::{echoscu, start_rsyslog, start_storescp, storescu};
 use hil_tests::wait_until;
 use std::time::Duration;
 
-fn records(app: &Appliance) -> Vec<serde_json::Value> {
-    let out = app.cli(&["audit", "list", "--last", "0"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn actions(records: &[serde_json::Value], action: &str) -> Vec<serde_json::Value> {
     records
         .iter()
@@ -68,7 +55,7 @@ fn every_association_delivery_and_admin_action_is_chained_and_an_edit_is_found()
     std::fs::write(&app.config_path, toml::to_string(&config).unwrap()).unwrap();
     app.launch();
 
-    let all = records(&app);
+    let all = app.audit();
     let sent: Vec<_> = actions(&all, "association")
         .into_iter()
         .filter(|r| r["detail"]["calling_ae"] == "STORESCU")

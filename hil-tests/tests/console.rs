@@ -1048,11 +1048,7 @@ fn viewer_and_admin_browse_every_page_without_identifiers_and_only_the_admin_rol
 
     // The audit trail holds the logins (the wrong password too), the viewer's refused
     // rollback, the admin's rollback and the logout, each by its console user; the chain holds.
-    let out = site.app.cli(&["audit", "list", "--last", "0"]);
-    let trail: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let trail = site.app.audit();
     let find = |action: &str, actor: &str, outcome: &str| {
         trail.iter().any(|r| {
             r["action"] == action
