@@ -339,9 +339,14 @@ fn a_case_keeps_a_bounded_sample_and_a_purged_held_out_series_is_left_out_of_the
     // pixels of each of 3 classes, 16 features of 4 bytes each, where the 108-slice study's
     // features were 28 MB.
     let sample = |id: i64| app.data_dir.join(format!("cases/{id}/sample.f32"));
+    // The labels file is written after the features: wait for it, not only the first.
+    let sample_labels = |id: i64| app.data_dir.join(format!("cases/{id}/sample_labels.u8"));
     assert!(
-        wait_until(Duration::from_secs(60), || sample(1).is_file()
-            && sample(2).is_file()),
+        wait_until(Duration::from_secs(60), || [1, 2].iter().all(|&id| sample(
+            id
+        )
+        .is_file()
+            && sample_labels(id).is_file())),
         "{}",
         app.log()
     );
