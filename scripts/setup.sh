@@ -9,9 +9,9 @@ cd "$REPO_ROOT"
 # Real peers the tests start (DCMTK, Orthanc, dciodvfy) and the CT source of the fixtures.
 # cmake builds CharLS (JPEG-LS) for dicom-pixeldata; binutils strips the firmware bundle's binaries;
 # systemd-analyze checks the image's units; headless Chromium (with a font for the screenshots)
-# browses the web console; rsyslog receives the audit trail.
+# browses the web console; rsyslog receives the audit trail; fuse3 mounts the power-cut file system.
 APT_PACKAGES=(dcmtk orthanc dicom3tools invesalius-examples curl cmake mosquitto binutils systemd
-    chromium fonts-dejavu-core rsyslog)
+    chromium fonts-dejavu-core rsyslog fuse3)
 python3 -m pip --version >/dev/null 2>&1 || APT_PACKAGES+=(python3-pip)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

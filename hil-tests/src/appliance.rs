@@ -3,7 +3,7 @@
 //! data directory and ports.
 
 use crate::{free_port, http_get, port_open, repo_root, signal, wait_until};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -62,8 +62,24 @@ impl Appliance {
     /// Start on the example configuration with fresh ports and data directory, a 1-second
     /// quiet period and a small disk floor; `tweak` may change anything else.
     pub fn start(tweak: Tweak<'_>) -> Appliance {
+        let appliance = Appliance::configure(None, tweak);
+        appliance.launched()
+    }
+
+    /// Like [`Appliance::start`] with the data directory at `data_dir` (on another file
+    /// system, say), not yet launched.
+    pub fn configure_at(data_dir: &Path, tweak: Tweak<'_>) -> Appliance {
+        Appliance::configure(Some(data_dir), tweak)
+    }
+
+    fn launched(mut self) -> Appliance {
+        self.launch();
+        self
+    }
+
+    fn configure(data_dir: Option<&Path>, tweak: Tweak<'_>) -> Appliance {
         let dir = tempfile::tempdir().expect("temp dir");
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let port = free_port();
         let http_port = free_port();
         let mut config = example_config();
@@ -106,7 +122,7 @@ impl Appliance {
         )
         .expect("write config");
         let log_path = dir.path().join("appliance.log");
-        let mut appliance = Appliance {
+        Appliance {
             dir,
             config_path,
             data_dir,
@@ -115,9 +131,7 @@ impl Appliance {
             ae_title,
             child: None,
             log_path,
-        };
-        appliance.launch();
-        appliance
+        }
     }
 
     /// Start with inference on and the reference model installed; returns once the inference
@@ -198,6 +212,14 @@ impl Appliance {
 
     /// Start the daemon process (again) and wait until it accepts DICOM connections.
     pub fn launch(&mut self) {
+        if let Err(e) = self.try_launch(Duration::from_secs(20)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Start the daemon process (again); `Err` with its log when it does not accept DICOM
+    /// connections within `timeout` or exits first.
+    pub fn try_launch(&mut self, timeout: Duration) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,10 +235,12 @@ impl Appliance {
             .expect("spawn appliance");
         self.child = Some(child);
         let port = self.port;
-        let up = wait_until(Duration::from_secs(20), || {
-            self.exited().is_none() && port_open(port)
-        });
-        assert!(up, "appliance did not start; log:\n{}", self.log());
+        let up = wait_until(timeout, || self.exited().is_none() && port_open(port));
+        if up {
+            Ok(())
+        } else {
+            Err(format!("appliance did not start; log:\n{}", self.log()))
+        }
     }
 
     /// The daemon's exit status if it has exited.

@@ -12,12 +12,16 @@
 //! - [`fleet`]: mosquitto with mutual TLS and the fleet ACL, the `federation` server and
 //!   `updater` processes.
 //! - [`pki`]: throw-away CAs and certificates (the `openssl` CLI) for the DICOM TLS tests.
+//! - [`lazyfs`]: a FUSE file system that forgets what was not synced, for power-cut tests.
+//! - [`power_cut`]: the appliance's durable paths cut after each sync, restarted and checked.
 
 pub mod appliance;
 pub mod fixtures;
 pub mod fleet;
+pub mod lazyfs;
 pub mod peers;
 pub mod pki;
+pub mod power_cut;
 pub mod raw;
 pub mod site;
 

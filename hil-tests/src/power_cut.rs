@@ -1,0 +1,672 @@
+//! Power-cut exploration of the appliance's durable paths on the lazy file system.
+//!
+//! An [`Explorer`] prepares one path's starting state on the real disk (a template data
+//! directory), then runs trials: the template copied, mounted through [`LazyFs`], the daemon
+//! started on it, the path's work driven by real peers, the power cut right after sync number
+//! `k` of the work (counted from the daemon being up), the daemon restarted on a fresh mount of
+//! what survived, and the invariants checked. A recording run (no cut) gives the number of
+//! syncs the work makes; `k` is drawn from `1..=syncs + 1` (the last: a cut once the work is
+//! over and the appliance idle), so enough trials hit every window between two syncs.
+//!
+//! Invariants, on every path: the daemon starts again and stays up (no crash loop); every
+//! SQLite database under the data directory passes `PRAGMA integrity_check`; no panic in the
+//! log. Per path, see [`DurablePath`].
+
+use crate::appliance::{set, set_destination, Appliance};
+use crate::fixtures::{self, CtSeries};
+use crate::lazyfs::model::{CutOptions, CutSummary};
+use crate::lazyfs::LazyFs;
+use crate::peers::{start_storescp, storescu_successes, PeerProcess, STORESCU};
+use crate::repo_root;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The durable paths explored, each with what must hold after a cut anywhere in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurablePath {
+    /// Three associations at once, each sending a new study. After the cut: every instance
+    /// acknowledged with Success is indexed and byte-identical; the spool holds exactly the
+    /// files the index names (no partial or orphan file).
+    Ingest,
+    /// A received study (durable before the cut) completes, its job runs the reference model,
+    /// commits its result and outbox rows, and the outbox delivers the SEG and SR to a DCMTK
+    /// `storescp`. After the cut and a restart: the study's 108 instances are indexed; it ends
+    /// with exactly one job, done, with one result; every outbox entry of it is sent.
+    Completion,
+    /// `appliance studies purge --all` removes two finished studies. After the cut: no index
+    /// row names a missing file, and once retention has run again no purged study leaves a
+    /// file behind; each study is either whole or gone.
+    Purge,
+    /// `appliance models install` of the reference package. After the cut: `models verify`
+    /// passes (a version is either whole or absent) and installing again succeeds.
+    ModelInstall,
+}
+
+impl DurablePath {
+    pub const ALL: [DurablePath; 4] = [
+        DurablePath::Ingest,
+        DurablePath::Completion,
+        DurablePath::Purge,
+        DurablePath::ModelInstall,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DurablePath::Ingest => "ingest",
+            DurablePath::Completion => "completion",
+            DurablePath::Purge => "purge",
+            DurablePath::ModelInstall => "model-install",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DurablePath> {
+        DurablePath::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// A class of the appliance's syncs the file system can be told to ignore, to measure which
+/// of them the invariants need (a sync that can go breaks nothing when ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsynced {
+    /// fdatasync of an instance's file before it is renamed into the spool.
+    InstanceFiles,
+    /// fsync of the spool's study folders and of the spool folder.
+    SpoolFolders,
+    /// The spool index's commits (fsyncs of `index.sqlite` and its WAL).
+    Index,
+}
+
+impl Unsynced {
+    pub const ALL: [Unsynced; 3] = [
+        Unsynced::InstanceFiles,
+        Unsynced::SpoolFolders,
+        Unsynced::Index,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unsynced::InstanceFiles => "instance-files",
+            Unsynced::SpoolFolders => "spool-folders",
+            Unsynced::Index => "index",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Unsynced> {
+        Unsynced::ALL.into_iter().find(|u| u.name() == name)
+    }
+
+    /// Whether a sync of `path` (relative to the mount) is of this class.
+    fn matches(self, path: &Path, dir: bool) -> bool {
+        let in_spool = path.starts_with("data/spool");
+        match self {
+            Unsynced::InstanceFiles => in_spool && !dir,
+            Unsynced::SpoolFolders => in_spool && dir,
+            Unsynced::Index => path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("index.sqlite")),
+        }
+    }
+}
+
+/// One trial's outcome.
+#[derive(Debug, Clone)]
+pub struct TrialReport {
+    pub cut_after: u64,
+    pub seed: u64,
+    /// Whether the work reached sync `cut_after` (else the cut fell once it was over).
+    pub reached: bool,
+    /// Instances the peers were told were stored (ingest).
+    pub acknowledged: usize,
+    pub summary: CutSummary,
+    pub violations: Vec<String>,
+    pub seconds: f64,
+}
+
+/// A new study sent by one association: its files and their SOP Instance UIDs.
+struct Study {
+    uid: String,
+    files: Vec<PathBuf>,
+    sop_of: HashMap<PathBuf, String>,
+}
+
+/// One path's prepared state and inputs.
+pub struct Explorer {
+    path: DurablePath,
+    work: TempDir,
+    studies: Vec<Study>,
+    lesion_study: String,
+    destination: Option<PeerProcess>,
+    ignored: Option<Unsynced>,
+    /// Syncs the work made in the recording run.
+    pub trace: u64,
+    trials: u64,
+}
+
+const STUDIES_PER_INGEST: usize = 3;
+const SLICES_PER_STUDY: usize = 10;
+
+impl Explorer {
+    /// Prepare `path`'s template and run it once without a cut (which must pass its checks).
+    pub fn new(path: DurablePath) -> Result<Explorer, String> {
+        Explorer::ignoring(path, None)
+    }
+
+    /// Like [`Explorer::new`], with the syncs of `ignored` answered but not performed (the
+    /// run without a cut is then not checked: it cannot tell).
+    pub fn ignoring(path: DurablePath, ignored: Option<Unsynced>) -> Result<Explorer, String> {
+        let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut explorer = Explorer {
+            path,
+            work,
+            studies: Vec::new(),
+            lesion_study: String::new(),
+            destination: None,
+            ignored,
+            trace: 0,
+            trials: 0,
+        };
+        explorer.prepare()?;
+        let recording = explorer.trial(u64::MAX, 0);
+        if ignored.is_none() && !recording.violations.is_empty() {
+            return Err(format!(
+                "{}: the run without a cut already fails: {:?}",
+                path.name(),
+                recording.violations
+            ));
+        }
+        Ok(explorer)
+    }
+
+    fn template(&self) -> PathBuf {
+        self.work.path().join("template")
+    }
+
+    fn tweak(&self, config: &mut toml::Table, trial: bool) {
+        match self.path {
+            DurablePath::Completion => {
+                set(config, "inference", "enabled", true);
+                if trial {
+                    if let Some(peer) = &self.destination {
+                        set_destination(config, "pacs", "STORESCP", peer.port);
+                    }
+                } else {
+                    // Prepared: the study is received but must not complete before the trial.
+                    set(config, "dicom", "study_quiet_seconds", 3600i64);
+                }
+            }
+            // A finished study may go at once.
+            DurablePath::Purge => set(config, "retention", "grace_seconds", 0i64),
+            DurablePath::Ingest | DurablePath::ModelInstall => {}
+        }
+    }
+
+    fn prepare(&mut self) -> Result<(), String> {
+        let data = self.template().join("data");
+        std::fs::create_dir_all(self.template()).map_err(|e| e.to_string())?;
+        let series = CtSeries::load();
+        let count = match self.path {
+            DurablePath::Ingest => STUDIES_PER_INGEST,
+            DurablePath::Purge => 2,
+            _ => 0,
+        };
+        for n in 0..count {
+            let (uid, files) = fixtures::new_study(&series, SLICES_PER_STUDY, self.work.path(), n);
+            let sop_of = files
+                .iter()
+                .map(|f| Ok((f.clone(), sop_instance_uid(f)?)))
+                .collect::<Result<_, String>>()?;
+            self.studies.push(Study { uid, files, sop_of });
+        }
+        let mut app = Appliance::configure_at(&data, &|c| self.tweak(c, false));
+        if self.path == DurablePath::Completion {
+            self.destination = Some(start_storescp());
+            install_reference_model(&app)?;
+        }
+        app.try_launch(Duration::from_secs(30))?;
+        match self.path {
+            DurablePath::Completion => {
+                let (files, study) = fixtures::lesion_series();
+                self.lesion_study = study;
+                let log = send(&app, &files);
+                if storescu_successes(&log).len() != files.len() {
+                    return Err(format!("preparing: not every slice was stored:\n{log}"));
+                }
+            }
+            DurablePath::Purge => {
+                for study in &self.studies {
+                    send(&app, &study.files);
+                }
+                let complete = crate::wait_until(Duration::from_secs(30), || {
+                    let studies = app.studies();
+                    self.studies.iter().all(|s| {
+                        studies
+                            .iter()
+                            .any(|j| j["study_uid"] == s.uid.as_str() && j["state"] == "complete")
+                    })
+                });
+                if !complete {
+                    return Err(format!(
+                        "preparing: studies not complete: {:?}",
+                        app.studies()
+                    ));
+                }
+            }
+            DurablePath::Ingest | DurablePath::ModelInstall => {}
+        }
+        app.terminate(Duration::from_secs(15))
+            .ok_or_else(|| "preparing: the daemon did not stop".to_string())?;
+        Ok(())
+    }
+
+    /// The cut point of trial `i` of `n`: strided over the trace so every window is hit once
+    /// `n` reaches the trace's length, then offset by the seed.
+    pub fn cut_point(&self, i: u64, n: u64, seed: u64) -> u64 {
+        let windows = self.trace + 1;
+        if n >= windows {
+            1 + (i + seed) % windows
+        } else {
+            1 + (i * windows / n.max(1) + seed % windows.max(1)) % windows
+        }
+    }
+
+    /// One trial: cut right after sync `cut_after` of the work (`u64::MAX`: only at its end).
+    pub fn trial(&mut self, cut_after: u64, seed: u64) -> TrialReport {
+        let started = Instant::now();
+        let mut violations = Vec::new();
+        self.trials += 1;
+        let root = self.work.path().join(format!("trial-{}", self.trials));
+        let disk = root.join("disk");
+        let mnt = root.join("mnt");
+        let setup = std::fs::create_dir_all(&mnt)
+            .map_err(|e| e.to_string())
+            .and_then(|()| copy_tree(&self.template(), &disk));
+        let mut report = TrialReport {
+            cut_after,
+            seed,
+            reached: false,
+            acknowledged: 0,
+            summary: CutSummary::default(),
+            violations: Vec::new(),
+            seconds: 0.0,
+        };
+        if let Err(e) = setup {
+            report.violations.push(format!("setting up: {e}"));
+            return report;
+        }
+        let fs = match LazyFs::mount(&disk, &mnt) {
+            Ok(fs) => fs,
+            Err(e) => {
+                report.violations.push(format!("mounting: {e}"));
+                return report;
+            }
+        };
+        if let Some(class) = self.ignored {
+            fs.ignore_syncs(Box::new(move |path, dir| class.matches(path, dir)));
+        }
+        let mut app = Appliance::configure_at(&mnt.join("data"), &|c| self.tweak(c, true));
+        if let Err(e) = app.try_launch(Duration::from_secs(30)) {
+            report.violations.push(format!("first start: {e}"));
+            app.kill9();
+            return report;
+        }
+        let base = fs.syncs();
+        fs.cut_after_sync(base.saturating_add(cut_after));
+        let observed = self.work(&mut app, &fs);
+        report.reached = fs.frozen();
+        report.acknowledged = observed.len();
+        if cut_after == u64::MAX {
+            self.trace = fs.syncs() - base;
+        }
+        fs.freeze();
+        app.kill9();
+        let options = CutOptions {
+            reorder_dirs: true,
+            tear: true,
+        };
+        match fs.power_cut(options, seed) {
+            Ok(summary) => report.summary = summary,
+            Err(e) => {
+                report.violations.push(format!("power cut: {e}"));
+                return report;
+            }
+        }
+        let fs = match LazyFs::mount(&disk, &mnt) {
+            Ok(fs) => fs,
+            Err(e) => {
+                report
+                    .violations
+                    .push(format!("mounting after the cut: {e}"));
+                return report;
+            }
+        };
+        match app.try_launch(Duration::from_secs(30)) {
+            Err(e) => violations.push(format!("restart: {}", tail(&e, 2000))),
+            Ok(()) => {
+                self.check(&app, &observed, &mut violations);
+                check_databases(&app.data_dir, &mut violations);
+                if app.exited().is_some() {
+                    violations.push(format!(
+                        "the daemon exited after the restart: {}",
+                        tail(&app.log(), 2000)
+                    ));
+                }
+            }
+        }
+        if app.log().contains("panicked") {
+            violations.push(format!("a panic in the log: {}", tail(&app.log(), 2000)));
+        }
+        app.terminate(Duration::from_secs(15));
+        let _ = fs.unmount();
+        let _ = std::fs::remove_dir_all(&root);
+        report.violations = violations;
+        report.seconds = started.elapsed().as_secs_f64();
+        report
+    }
+
+    /// Drive the path's work until it is done or the file system froze; returns what the
+    /// peers were told (acknowledged files).
+    fn work(&self, app: &mut Appliance, fs: &LazyFs) -> Vec<PathBuf> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let until = |done: &dyn Fn() -> bool| {
+            while Instant::now() < deadline && !fs.frozen() && !done() {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        };
+        let acknowledged = match self.path {
+            DurablePath::Ingest => {
+                let senders: Vec<_> = self
+                    .studies
+                    .iter()
+                    .map(|s| {
+                        let (ae, port, files) = (app.ae_title.clone(), app.port, s.files.clone());
+                        std::thread::spawn(move || send_to(&ae, port, &files))
+                    })
+                    .collect();
+                until(&|| senders.iter().all(|s| s.is_finished()));
+                if fs.frozen() {
+                    // The machine stopped: the senders see the connection drop.
+                    app.kill9();
+                }
+                senders
+                    .into_iter()
+                    .filter_map(|s| s.join().ok())
+                    .flat_map(|log| storescu_successes(&log))
+                    .collect()
+            }
+            DurablePath::Completion => {
+                until(&|| self.completion_done(app));
+                Vec::new()
+            }
+            DurablePath::Purge => {
+                let _ = app.cli(&["studies", "purge", "--all"]);
+                Vec::new()
+            }
+            DurablePath::ModelInstall => {
+                let _ = install_reference_model(app);
+                Vec::new()
+            }
+        };
+        // Let what the work set off (a study completing, a checkpoint) settle into the trace.
+        let mut last = fs.syncs();
+        let mut quiet_since = Instant::now();
+        while !fs.frozen() && quiet_since.elapsed() < Duration::from_millis(1500) {
+            std::thread::sleep(Duration::from_millis(100));
+            if fs.syncs() != last {
+                last = fs.syncs();
+                quiet_since = Instant::now();
+            }
+        }
+        acknowledged
+    }
+
+    fn completion_done(&self, app: &Appliance) -> bool {
+        let jobs = app.jobs(&self.lesion_study);
+        let outbox = app.outbox();
+        jobs.len() == 1
+            && jobs[0]["state"] == "done"
+            && outbox.len() >= 2
+            && outbox.iter().all(|e| e["state"] == "sent")
+    }
+
+    fn check(&self, app: &Appliance, acknowledged: &[PathBuf], violations: &mut Vec<String>) {
+        match self.path {
+            DurablePath::Ingest => {
+                let sop_of: HashMap<&PathBuf, &String> =
+                    self.studies.iter().flat_map(|s| s.sop_of.iter()).collect();
+                for file in acknowledged {
+                    let Some(sop) = sop_of.get(file) else {
+                        violations.push(format!("{} acknowledged but unknown", file.display()));
+                        continue;
+                    };
+                    match app.stored_path(sop) {
+                        None => violations.push(format!(
+                            "{} was acknowledged but is not indexed",
+                            file.display()
+                        )),
+                        Some(stored) => {
+                            if !same_dataset(file, &stored) {
+                                violations.push(format!(
+                                    "{} was acknowledged but its stored copy differs",
+                                    file.display()
+                                ));
+                            }
+                        }
+                    }
+                }
+                spool_matches_index(&app.data_dir, violations);
+            }
+            DurablePath::Completion => {
+                let indexed = index_paths(&app.data_dir).map(|p| p.len()).unwrap_or(0);
+                if indexed != 108 {
+                    violations.push(format!("{indexed} of 108 received instances indexed"));
+                }
+                let done =
+                    crate::wait_until(Duration::from_secs(120), || self.completion_done(app));
+                if !done {
+                    violations.push(format!(
+                        "the study did not end with one job done and its results sent: jobs {:?}, outbox {:?}",
+                        app.jobs(&self.lesion_study),
+                        app.outbox()
+                    ));
+                }
+                let results = count_rows(&app.data_dir.join("results.sqlite"), "results");
+                if results != Ok(1) {
+                    violations.push(format!("results rows: {results:?}, one expected"));
+                }
+            }
+            DurablePath::Purge => {
+                spool_has_every_indexed_file(&app.data_dir, violations);
+                let out = app.cli(&["studies", "purge", "--all"]);
+                if !out.status.success() {
+                    violations.push(format!(
+                        "purging again after the restart failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                spool_matches_index(&app.data_dir, violations);
+                let left = index_paths(&app.data_dir)
+                    .map(|p| p.len())
+                    .unwrap_or(usize::MAX);
+                if left != 0 {
+                    violations.push(format!("{left} instances left after purging again"));
+                }
+            }
+            DurablePath::ModelInstall => {
+                let out = app.cli(&["models", "verify"]);
+                if !out.status.success() {
+                    violations.push(format!(
+                        "models verify after the cut: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                if let Err(e) = install_reference_model(app) {
+                    // Already installed whole is fine; anything else is not.
+                    if !e.contains("already installed") {
+                        violations.push(format!("installing again: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn install_reference_model(app: &Appliance) -> Result<(), String> {
+    let package = repo_root().join("models/reference/head-ct");
+    let out = app.cli(&["models", "install", &package.to_string_lossy()]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn send(app: &Appliance, files: &[PathBuf]) -> String {
+    send_to(&app.ae_title, app.port, files)
+}
+
+/// `storescu -v` of `files` in one association; its log.
+fn send_to(ae_title: &str, port: u16, files: &[PathBuf]) -> String {
+    Command::new(STORESCU)
+        .args(["-v", "-aet", "STORESCU", "-aec", ae_title, "127.0.0.1"])
+        .arg(port.to_string())
+        .args(files)
+        .stdout(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default()
+}
+
+fn sop_instance_uid(file: &Path) -> Result<String, String> {
+    let out = Command::new("/usr/bin/dcmdump")
+        .args(["-q", "-s", "+P", "0008,0018"])
+        .arg(file)
+        .output()
+        .map_err(|e| format!("dcmdump: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split('[')
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .map(|uid| uid.trim_end_matches('\0').to_string())
+        .ok_or_else(|| format!("no SOP Instance UID in {}", file.display()))
+}
+
+fn same_dataset(original: &Path, stored: &Path) -> bool {
+    match (std::fs::read(original), std::fs::read(stored)) {
+        (Ok(a), Ok(b)) => {
+            let (a, b) = (
+                fixtures::dataset_after_meta(&a),
+                fixtures::dataset_after_meta(&b),
+            );
+            a.is_some() && a == b
+        }
+        _ => false,
+    }
+}
+
+/// The spool paths the index names (relative to the data directory).
+fn index_paths(data_dir: &Path) -> Result<BTreeSet<PathBuf>, String> {
+    let index = pacs_bridge::store::index_path(data_dir);
+    let conn =
+        rusqlite::Connection::open_with_flags(&index, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("open {}: {e}", index.display()))?;
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let mut stmt = conn
+        .prepare("SELECT path FROM instances")
+        .map_err(|e| e.to_string())?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| e.to_string())?;
+    rows.map(|r| r.map(PathBuf::from).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Every file the index names exists.
+fn spool_has_every_indexed_file(data_dir: &Path, violations: &mut Vec<String>) {
+    match index_paths(data_dir) {
+        Err(e) => violations.push(format!("reading the index: {e}")),
+        Ok(paths) => {
+            for p in paths.iter().filter(|p| !data_dir.join(p).is_file()) {
+                violations.push(format!("the index names {} but it is gone", p.display()));
+            }
+        }
+    }
+}
+
+/// The spool holds exactly the files the index names: nothing missing, no partial file left.
+fn spool_matches_index(data_dir: &Path, violations: &mut Vec<String>) {
+    spool_has_every_indexed_file(data_dir, violations);
+    let Ok(indexed) = index_paths(data_dir) else {
+        return;
+    };
+    let spool = data_dir.join("spool");
+    for file in crate::peers::files_below(&spool) {
+        let relative = file.strip_prefix(data_dir).unwrap_or(&file).to_path_buf();
+        if !indexed.contains(&relative) {
+            violations.push(format!(
+                "{} is in the spool but not indexed",
+                relative.display()
+            ));
+        }
+    }
+}
+
+/// `PRAGMA integrity_check` of every database under the data directory.
+fn check_databases(data_dir: &Path, violations: &mut Vec<String>) {
+    for file in crate::peers::files_below(data_dir) {
+        if file.extension().is_none_or(|e| e != "sqlite") {
+            continue;
+        }
+        let check = rusqlite::Connection::open_with_flags(
+            &file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(5))?;
+            c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+        });
+        match check {
+            Ok(ok) if ok == "ok" => {}
+            other => violations.push(format!("{}: integrity_check {other:?}", file.display())),
+        }
+    }
+}
+
+fn count_rows(db: &Path, table: &str) -> Result<i64, String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| e.to_string())?;
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for entry in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            let link = std::fs::read_link(entry.path()).map_err(|e| e.to_string())?;
+            std::os::unix::fs::symlink(link, &target).map_err(|e| e.to_string())?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    &text[start..]
+}
