@@ -143,6 +143,8 @@ pub struct Explorer {
     ignored: Option<Unsynced>,
     /// Syncs the work made in the recording run.
     pub trace: u64,
+    /// Those syncs, each named by its path.
+    pub trace_names: Vec<String>,
     trials: u64,
 }
 
@@ -167,6 +169,7 @@ impl Explorer {
             destination: None,
             ignored,
             trace: 0,
+            trace_names: Vec::new(),
             trials: 0,
         };
         explorer.prepare()?;
@@ -320,6 +323,7 @@ impl Explorer {
         report.acknowledged = observed.len();
         if cut_after == u64::MAX {
             self.trace = fs.syncs() - base;
+            self.trace_names = fs.trace().split_off(base as usize);
         }
         fs.freeze();
         app.kill9();

@@ -15,6 +15,7 @@ const USAGE: &str = "usage: crashcheck [--path NAME|all] [--cuts N] [--seed S] [
   --cuts   trials per path (default 125)
   --seed   first seed (default 1); trial i uses seed S+i
   --cut    replay one trial: cut after sync K of the work, with seed S
+  --show-trace   print the syncs of the run without a cut, numbered as the cut points
   --ignore-syncs CLASS   answer the syncs of instance-files, spool-folders or index without
            performing them, to measure whether the invariants need them";
 
@@ -24,6 +25,7 @@ struct Options {
     seed: u64,
     cut: Option<u64>,
     ignored: Option<Unsynced>,
+    show_trace: bool,
 }
 
 fn main() {
@@ -52,6 +54,11 @@ fn run() -> Result<bool> {
             explorer.trace + 1,
             explorer.trace + 1
         );
+        if options.show_trace {
+            for (i, name) in explorer.trace_names.iter().enumerate() {
+                println!("  sync {}: {name}", i + 1);
+            }
+        }
         let trials: Vec<(u64, u64)> = match options.cut {
             Some(k) => vec![(k, options.seed)],
             None => (0..options.cuts)
@@ -146,6 +153,7 @@ fn parse_options() -> Result<Options> {
         seed: 1,
         cut: None,
         ignored: None,
+        show_trace: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -162,6 +170,7 @@ fn parse_options() -> Result<Options> {
             }
             "--cuts" => options.cuts = value()?.parse().context("--cuts")?,
             "--seed" => options.seed = value()?.parse().context("--seed")?,
+            "--show-trace" => options.show_trace = true,
             "--cut" => options.cut = Some(value()?.parse().context("--cut")?),
             "--ignore-syncs" => {
                 let name = value()?;

@@ -34,6 +34,8 @@ struct Shared {
     /// Syncs of paths this matches are answered but do nothing: the tool for measuring which
     /// syncs the invariants need.
     ignored: Option<SyncFilter>,
+    /// Every sync so far, in order: the path (relative to the mount, '/' for a directory).
+    trace: Vec<String>,
 }
 
 /// Matches a path relative to the mount, and whether it is a directory.
@@ -55,6 +57,7 @@ impl LazyFs {
             cut_after: None,
             frozen: false,
             ignored: None,
+            trace: Vec::new(),
         }));
         let fs = Fuse {
             shared: shared.clone(),
@@ -95,6 +98,11 @@ impl LazyFs {
         if shared.model.syncs() >= k {
             shared.frozen = true;
         }
+    }
+
+    /// The syncs so far, in order, each named by its path ('/' ending a directory's).
+    pub fn trace(&self) -> Vec<String> {
+        self.lock().trace.clone()
     }
 
     /// Answer syncs of the paths `filter` matches without making anything durable.
@@ -229,10 +237,15 @@ impl Fuse {
     /// Sync `ino` (unless ignored), count it and freeze if it is the armed one.
     fn sync(&self, ino: INodeNo, dir: bool) -> Result<(), Errno> {
         let mut shared = self.live()?;
-        let ignored = shared
-            .ignored
-            .as_ref()
-            .is_some_and(|f| f(&shared.model.path_of(ino.0), dir));
+        let path = shared.model.path_of(ino.0);
+        let ignored = shared.ignored.as_ref().is_some_and(|f| f(&path, dir));
+        let name = format!(
+            "{}{}{}",
+            path.display(),
+            if dir { "/" } else { "" },
+            if ignored { " (ignored)" } else { "" }
+        );
+        shared.trace.push(name);
         if ignored {
             shared.model.count_ignored_sync();
         } else if dir {
