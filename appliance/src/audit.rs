@@ -145,8 +145,8 @@ impl AuditLog {
 
     /// Append `event` after the last record, fsync'd; returns the record written.
     pub fn append(&self, event: Event) -> Result<Record, AuditError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.is_dir()) {
+            radiant_core::durable::create_dir_durable(dir).map_err(|e| self.io(e.source))?;
         }
         let mut file = OpenOptions::new()
             .create(true)

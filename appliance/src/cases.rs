@@ -19,7 +19,7 @@ use models::learnable::Learnable;
 use pacs_bridge::objects::{seg, sr_read};
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
-use radiant_core::durable::{fsync_dir, write_synced};
+use radiant_core::durable::{create_dir_durable, fsync_dir, write_synced};
 use radiant_core::Uid;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
@@ -395,12 +395,9 @@ pub fn ingest(
             }
             let dir = PathBuf::from("cases").join(id.to_string());
             let absolute = data_dir.join(&dir);
-            std::fs::create_dir_all(&absolute)?;
+            create_dir_durable(&absolute)?;
             write_synced(&absolute.join("labels.u8"), &labels)?;
             fsync_dir(&absolute)?;
-            if let Some(parent) = absolute.parent() {
-                fsync_dir(parent)?;
-            }
             tx.execute(
                 "UPDATE cases SET study_uid = ?2, series_uid = ?3, labels_path = ?4,
                      label_voxels_json = ?5, patient_key = ?6 WHERE id = ?1",

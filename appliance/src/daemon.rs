@@ -34,7 +34,9 @@ use std::time::Duration;
 const ASSEMBLY_TICK: Duration = Duration::from_millis(500);
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
+    // Durable at every level: on a first boot that makes the data folder, what is acknowledged
+    // in it must not vanish with the folder's own entry at a power cut.
+    radiant_core::durable::create_dir_durable(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     // One daemon per data folder, taken before recovery: a second one would remove the
     // temporary files of instances the first is about to acknowledge.

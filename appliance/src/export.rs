@@ -15,7 +15,7 @@ use pacs_bridge::objects::seg::{self, Segment};
 use pacs_bridge::objects::sr::{self, Finding, MeasuredSegment, Report};
 use pacs_bridge::objects::Creator;
 use pacs_bridge::volume::SeriesVolume;
-use radiant_core::durable::{fsync_dir, write_synced};
+use radiant_core::durable::{create_dir_durable, fsync_dir, write_synced};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -169,17 +169,14 @@ pub fn export(
 
     let dir = job_dir(job_id);
     let absolute = data_dir.join(&dir);
-    std::fs::create_dir_all(&absolute)
-        .with_context(|| format!("cannot create {}", absolute.display()))?;
+    // Every level durable: the first job's `results` folder is new in the data folder too.
+    create_dir_durable(&absolute)?;
     write_synced(&absolute.join("seg.dcm"), &written.bytes)?;
     write_synced(&absolute.join("sr.dcm"), &sr.bytes)?;
     if let Some(outlines) = &outlines {
         write_synced(&absolute.join("sc.dcm"), &outlines.bytes)?;
     }
     fsync_dir(&absolute)?;
-    if let Some(parent) = absolute.parent() {
-        fsync_dir(parent)?;
-    }
     let mut objects = vec![
         ExportedObject {
             kind: ResultObject::Seg,

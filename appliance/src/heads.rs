@@ -12,7 +12,7 @@ use crate::db::{self, now_ms, HeadState};
 use anyhow::Context;
 use models::head::Head;
 use models::learnable::Learnable;
-use radiant_core::durable::{fsync_dir, write_synced};
+use radiant_core::durable::{create_dir_durable, fsync_dir, write_synced};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -163,7 +163,7 @@ pub fn record(conn: &Connection, data_dir: &Path, new: &NewHead) -> anyhow::Resu
         .join(format!("{id}.safetensors"));
     let absolute = data_dir.join(&relative);
     let dir = absolute.parent().context("head path has no folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    create_dir_durable(dir)?;
     write_synced(&absolute, &bytes)?;
     fsync_dir(dir)?;
     tx.execute(

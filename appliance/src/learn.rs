@@ -55,7 +55,7 @@ use models::package::Package;
 use models::preprocess;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
-use radiant_core::durable::{fsync_dir, write_synced};
+use radiant_core::durable::{create_dir_durable, fsync_dir, write_synced};
 use radiant_core::Cancel;
 use rusqlite::{named_params, params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -845,7 +845,7 @@ impl Learner {
     ) -> anyhow::Result<()> {
         let dir = PathBuf::from("cases").join(id.to_string());
         let absolute = self.data_dir.join(&dir);
-        std::fs::create_dir_all(&absolute)?;
+        create_dir_durable(&absolute)?;
         let (features_path, labels_path) = (dir.join("sample.f32"), dir.join("sample_labels.u8"));
         write_synced(&self.data_dir.join(&features_path), &stored.features)?;
         write_synced(&self.data_dir.join(&labels_path), &stored.labels)?;

@@ -8,7 +8,7 @@ use crate::package::{
     ReportSpec,
 };
 use crate::pipeline::PipelinePackage;
-use radiant_core::durable::{fsync_dir, write_durable, DurableError};
+use radiant_core::durable::{create_dir_durable, fsync_dir, write_durable, DurableError};
 use std::fs;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -171,7 +171,7 @@ impl Registry {
         let (id, version) = (package.id().to_string(), package.version().to_string());
         let model_dir = self.root.join(&id);
         let target = model_dir.join(&version);
-        fs::create_dir_all(&model_dir).map_err(io(&model_dir))?;
+        create_dir_durable(&model_dir).map_err(durable)?;
         if target.exists() {
             let existing = AnyPackage::open(&target)?;
             if !existing.same_manifest(&package) {

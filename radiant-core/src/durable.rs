@@ -2,7 +2,8 @@
 //! same directory, fdatasync it, rename it over the final name, and fsync the directory so the
 //! rename itself survives a power cut. Callers that write several files into one directory
 //! may use [`write_synced`] for each and [`fsync_dir`] once; everything else uses
-//! [`write_durable`].
+//! [`write_durable`]. A folder is made with [`create_dir_durable`], which syncs every level
+//! (a directory's entry is durable only once its parent is fsync'd).
 
 use std::fs::File;
 use std::io::Write;
@@ -59,6 +60,39 @@ pub fn fsync_dir(dir: &Path) -> Result<(), DurableError> {
         .map_err(DurableError::at("fsync directory", dir))
 }
 
+/// Create `dir` and any missing ancestors so that the whole path survives a power cut: the
+/// parent of every level created is fsync'd, and so is `dir`'s own parent, always (a folder an
+/// interrupted earlier attempt made may not be durable yet). What is later written into `dir`
+/// still needs [`fsync_dir`] of `dir`.
+pub fn create_dir_durable(dir: &Path) -> Result<(), DurableError> {
+    let mut missing = Vec::new();
+    let mut level = dir;
+    while !level.as_os_str().is_empty() && !level.is_dir() {
+        missing.push(level);
+        match level.parent() {
+            Some(parent) => level = parent,
+            None => break,
+        }
+    }
+    for created in missing.iter().rev() {
+        match std::fs::create_dir(created) {
+            Ok(()) => {}
+            // Another thread or process made it meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && created.is_dir() => {}
+            Err(e) => return Err(DurableError::at("create directory", created)(e)),
+        }
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+    }
+    if missing.is_empty() {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// [`write_synced`], then [`fsync_dir`] of the parent: when this returns `Ok`, the file with
 /// these bytes survives a power cut.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
@@ -73,6 +107,17 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_dir_durable_makes_every_missing_level_and_accepts_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("results/7/objects");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durable(&deep).unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(create_dir_durable(&dir.path().join("file/sub")).is_err());
+    }
 
     #[test]
     fn a_durable_write_replaces_the_file_and_leaves_no_temporary() {

@@ -138,7 +138,9 @@ impl Spool {
     pub fn open(data_dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<Spool>, StoreError> {
         let spool_dir = data_dir.join("spool");
         let tmp_dir = spool_dir.join("tmp");
-        fs::create_dir_all(&tmp_dir).map_err(|e| StoreError::io(&tmp_dir, e))?;
+        // Durable at every level: on a first start the spool folder is new in the data folder.
+        radiant_core::durable::create_dir_durable(&tmp_dir)
+            .map_err(|e| StoreError::io(&tmp_dir, e.source))?;
         let index_path = index_path(data_dir);
         let conn = index::open(&index_path)?;
         recover(data_dir, &spool_dir, &tmp_dir, &conn, &index_path)?;
@@ -341,7 +343,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Remove what a crash left behind: `.part` files and spool files the index does not list.
 /// Move a spool file the index does not list to `<data_dir>/quarantine/`, keeping its path
 /// below the spool (`relative` is `spool/<study>/<file>`), both folders synced.
 fn quarantine(data_dir: &Path, path: &Path, relative: &str) -> Result<(), StoreError> {
@@ -350,7 +351,8 @@ fn quarantine(data_dir: &Path, path: &Path, relative: &str) -> Result<(), StoreE
         .unwrap_or(Path::new(relative));
     let target = data_dir.join("quarantine").join(below_spool);
     let folder = target.parent().unwrap_or(data_dir);
-    fs::create_dir_all(folder).map_err(|e| StoreError::io(folder, e))?;
+    radiant_core::durable::create_dir_durable(folder)
+        .map_err(|e| StoreError::io(folder, e.source))?;
     fs::rename(path, &target).map_err(|e| StoreError::io(path, e))?;
     radiant_core::durable::fsync_dir(folder).map_err(|e| StoreError::io(folder, e.source))?;
     if let Some(parent) = path.parent() {
@@ -360,6 +362,9 @@ fn quarantine(data_dir: &Path, path: &Path, relative: &str) -> Result<(), StoreE
     Ok(())
 }
 
+/// Undo what a crash left behind: remove `.part` files, index again the spool files the index
+/// does not list (quarantining those that cannot be placed), and log instances whose files are
+/// missing.
 fn recover(
     data_dir: &Path,
     spool_dir: &Path,
