@@ -95,7 +95,10 @@ fn run() -> Result<()> {
         }
     );
     println!("  appliance quiet:     study_quiet_seconds = {study_quiet_seconds}");
-    println!("  appliance durability: fsync (fdatasync per instance, group-committed index) before Success, always");
+    println!(
+        "  appliance durability: each instance's file fdatasync'd and its folder fsync'd (shared by a \
+         batch) before Success, always; the index commit is not fsync'd (rebuilt from the files)"
+    );
     println!();
 
     let receivers = start_receivers(study_quiet_seconds)?;
