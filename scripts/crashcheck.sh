@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Power-cut exploration (issue 16): every durable path of the appliance (ingest, study
-# completion with inference and delivery, purge, model install) run on the lazy file system
+# completion with inference and delivery, labelled cases through fine-tune and champion,
+# purge, model install) run on the lazy file system
 # (hil-tests/src/lazyfs), cut right after a sync drawn from the path's trace of syncs, restarted
 # on what survived and its invariants checked (hil-tests/src/power_cut.rs).
 #

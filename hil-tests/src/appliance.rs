@@ -235,8 +235,9 @@ impl Appliance {
             .expect("spawn appliance");
         self.child = Some(child);
         let port = self.port;
-        let up = wait_until(timeout, || self.exited().is_none() && port_open(port));
-        if up {
+        // Done waiting once it listens or once it exited.
+        wait_until(timeout, || self.exited().is_some() || port_open(port));
+        if self.exited().is_none() && port_open(port) {
             Ok(())
         } else {
             Err(format!("appliance did not start; log:\n{}", self.log()))

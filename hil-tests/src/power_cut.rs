@@ -1,12 +1,14 @@
 //! Power-cut exploration of the appliance's durable paths on the lazy file system.
 //!
 //! An [`Explorer`] prepares one path's starting state on the real disk (a template data
-//! directory), then runs trials: the template copied, mounted through [`LazyFs`], the daemon
-//! started on it, the path's work driven by real peers, the power cut right after sync number
-//! `k` of the work (counted from the daemon being up), the daemon restarted on a fresh mount of
-//! what survived, and the invariants checked. A recording run (no cut) gives the number of
-//! syncs the work makes; `k` is drawn from `1..=syncs + 1` (the last: a cut once the work is
-//! over and the appliance idle), so enough trials hit every window between two syncs.
+//! directory; empty for ingest, which so starts with the appliance's first boot), then runs
+//! trials: the template copied, mounted through [`LazyFs`], the daemon started on it, the path's
+//! work driven by real peers, the power cut right after sync number `k` (counted from the
+//! mount, so the daemon's start and recovery are in it), the daemon restarted on a fresh mount
+//! of what survived, and the invariants checked. A recording run (no cut) gives the number of
+//! syncs the start and the work make; `k` is drawn from `1..=syncs + 1` (the last: a cut once
+//! the work is over and the appliance idle), so enough trials hit every window between two
+//! syncs.
 //!
 //! Invariants, on every path: the daemon starts again and stays up (no crash loop); every
 //! SQLite database under the data directory passes `PRAGMA integrity_check`; no panic in the
@@ -17,7 +19,7 @@ use crate::fixtures::{self, CtSeries};
 use crate::lazyfs::model::{CutOptions, CutSummary};
 use crate::lazyfs::LazyFs;
 use crate::peers::{start_storescp, storescu_successes, PeerProcess, STORESCU};
-use crate::repo_root;
+use crate::{repo_root, site};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,7 +29,8 @@ use tempfile::TempDir;
 /// The durable paths explored, each with what must hold after a cut anywhere in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DurablePath {
-    /// Three associations at once, each sending a new study. After the cut: every instance
+    /// A first boot on an empty data folder, then three associations at once, each sending a
+    /// new study, which completes after its quiet second. After the cut: every instance
     /// acknowledged with Success is indexed and byte-identical; the spool holds exactly the
     /// files the index names (no partial or orphan file).
     Ingest,
@@ -40,15 +43,22 @@ pub enum DurablePath {
     /// row names a missing file, and once retention has run again no purged study leaves a
     /// file behind; each study is either whole or gone.
     Purge,
+    /// Two radiologist SEGs come back by `storescu`: each becomes a labelled case (the first
+    /// held out), the learner stores the second's features, fine-tunes the head, the gate
+    /// accepts it and it becomes the champion. After the cut and a restart: every SEG
+    /// acknowledged is indexed and intact and becomes an accepted case; learning ends with one
+    /// accepted champion head, fine-tuned on the training case; `heads list` reads every head.
+    Learning,
     /// `appliance models install` of the reference package. After the cut: `models verify`
     /// passes (a version is either whole or absent) and installing again succeeds.
     ModelInstall,
 }
 
 impl DurablePath {
-    pub const ALL: [DurablePath; 4] = [
+    pub const ALL: [DurablePath; 5] = [
         DurablePath::Ingest,
         DurablePath::Completion,
+        DurablePath::Learning,
         DurablePath::Purge,
         DurablePath::ModelInstall,
     ];
@@ -57,6 +67,7 @@ impl DurablePath {
         match self {
             DurablePath::Ingest => "ingest",
             DurablePath::Completion => "completion",
+            DurablePath::Learning => "learning",
             DurablePath::Purge => "purge",
             DurablePath::ModelInstall => "model-install",
         }
@@ -201,6 +212,13 @@ impl Explorer {
                     set(config, "dicom", "study_quiet_seconds", 3600i64);
                 }
             }
+            DurablePath::Learning => {
+                set(config, "inference", "enabled", true);
+                set(config, "learning", "min_new_cases", 1i64);
+                set(config, "learning", "holdout_every", 2i64);
+                set(config, "learning", "min_holdout_cases", 1i64);
+                set(config, "learning", "interval_hours", 0i64);
+            }
             // A finished study may go at once.
             DurablePath::Purge => set(config, "retention", "grace_seconds", 0i64),
             DurablePath::Ingest | DurablePath::ModelInstall => {}
@@ -224,9 +242,15 @@ impl Explorer {
                 .collect::<Result<_, String>>()?;
             self.studies.push(Study { uid, files, sop_of });
         }
+        if self.path == DurablePath::Ingest {
+            // Nothing before the first boot.
+            return Ok(());
+        }
         let mut app = Appliance::configure_at(&data, &|c| self.tweak(c, false));
         if self.path == DurablePath::Completion {
             self.destination = Some(start_storescp());
+        }
+        if matches!(self.path, DurablePath::Completion | DurablePath::Learning) {
             install_reference_model(&app)?;
         }
         app.try_launch(Duration::from_secs(30))?;
@@ -257,6 +281,32 @@ impl Explorer {
                         app.studies()
                     ));
                 }
+            }
+            DurablePath::Learning => {
+                // Two site studies inferred, and the radiologist's SEG of each.
+                let mut labels = Vec::new();
+                for (tag, offset) in [("A", [0.0, -10.0, 6.0]), ("B", [6.0, 8.0, -6.0])] {
+                    let (files, study) = site::site_study(self.work.path(), tag, offset);
+                    let job = site::infer(&app, &files, &study);
+                    let seg = self.work.path().join(format!("{tag}-radiologist.dcm"));
+                    site::radiologist_seg(
+                        self.work.path(),
+                        tag,
+                        &site::seg_of(&app, &job),
+                        &seg,
+                        None,
+                    );
+                    labels.push(seg);
+                }
+                let sop_of = labels
+                    .iter()
+                    .map(|f| Ok((f.clone(), sop_instance_uid(f)?)))
+                    .collect::<Result<_, String>>()?;
+                self.studies.push(Study {
+                    uid: String::new(),
+                    files: labels,
+                    sop_of,
+                });
             }
             DurablePath::Ingest | DurablePath::ModelInstall => {}
         }
@@ -311,19 +361,23 @@ impl Explorer {
             fs.ignore_syncs(Box::new(move |path, dir| class.matches(path, dir)));
         }
         let mut app = Appliance::configure_at(&mnt.join("data"), &|c| self.tweak(c, true));
-        if let Err(e) = app.try_launch(Duration::from_secs(30)) {
-            report.violations.push(format!("first start: {e}"));
-            app.kill9();
-            return report;
-        }
-        let base = fs.syncs();
-        fs.cut_after_sync(base.saturating_add(cut_after));
-        let observed = self.work(&mut app, &fs);
+        // Syncs count from the mount: the daemon's start (its recovery) is part of the trace.
+        fs.cut_after_sync(cut_after);
+        let observed = match app.try_launch(Duration::from_secs(30)) {
+            Ok(()) => self.work(&mut app, &fs),
+            // The power went while it started.
+            Err(_) if fs.frozen() => Vec::new(),
+            Err(e) => {
+                report.violations.push(format!("first start: {e}"));
+                app.kill9();
+                return report;
+            }
+        };
         report.reached = fs.frozen();
         report.acknowledged = observed.len();
         if cut_after == u64::MAX {
-            self.trace = fs.syncs() - base;
-            self.trace_names = fs.trace().split_off(base as usize);
+            self.trace = fs.syncs();
+            self.trace_names = fs.trace();
         }
         fs.freeze();
         app.kill9();
@@ -405,6 +459,19 @@ impl Explorer {
                 until(&|| self.completion_done(app));
                 Vec::new()
             }
+            DurablePath::Learning => {
+                // One association per SEG, in order: the first case is the held-out one.
+                let mut acknowledged = Vec::new();
+                for seg in &self.studies[0].files {
+                    let log = send_label(app, seg);
+                    acknowledged.extend(storescu_successes(&log));
+                    if fs.frozen() {
+                        break;
+                    }
+                }
+                until(&|| learned(app));
+                acknowledged
+            }
             DurablePath::Purge => {
                 let _ = app.cli(&["studies", "purge", "--all"]);
                 Vec::new()
@@ -436,32 +503,74 @@ impl Explorer {
             && outbox.iter().all(|e| e["state"] == "sent")
     }
 
+    /// Every file a peer was told was stored is indexed and byte-identical.
+    fn check_acknowledged(
+        &self,
+        app: &Appliance,
+        acknowledged: &[PathBuf],
+        violations: &mut Vec<String>,
+    ) {
+        let sop_of: HashMap<&PathBuf, &String> =
+            self.studies.iter().flat_map(|s| s.sop_of.iter()).collect();
+        for file in acknowledged {
+            let Some(sop) = sop_of.get(file) else {
+                violations.push(format!("{} acknowledged but unknown", file.display()));
+                continue;
+            };
+            match app.stored_path(sop) {
+                None => violations.push(format!(
+                    "{} was acknowledged but is not indexed",
+                    file.display()
+                )),
+                Some(stored) => {
+                    if !same_dataset(file, &stored) {
+                        violations.push(format!(
+                            "{} was acknowledged but its stored copy differs",
+                            file.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
     fn check(&self, app: &Appliance, acknowledged: &[PathBuf], violations: &mut Vec<String>) {
         match self.path {
             DurablePath::Ingest => {
-                let sop_of: HashMap<&PathBuf, &String> =
-                    self.studies.iter().flat_map(|s| s.sop_of.iter()).collect();
-                for file in acknowledged {
-                    let Some(sop) = sop_of.get(file) else {
-                        violations.push(format!("{} acknowledged but unknown", file.display()));
-                        continue;
-                    };
-                    match app.stored_path(sop) {
-                        None => violations.push(format!(
-                            "{} was acknowledged but is not indexed",
-                            file.display()
-                        )),
-                        Some(stored) => {
-                            if !same_dataset(file, &stored) {
-                                violations.push(format!(
-                                    "{} was acknowledged but its stored copy differs",
-                                    file.display()
-                                ));
-                            }
+                self.check_acknowledged(app, acknowledged, violations);
+                spool_matches_index(&app.data_dir, violations);
+            }
+            DurablePath::Learning => {
+                self.check_acknowledged(app, acknowledged, violations);
+                let labels = self.studies[0].files.len();
+                let done = crate::wait_until(Duration::from_secs(240), || {
+                    let cases = app.cases();
+                    cases.len() >= acknowledged.len()
+                        && cases.iter().all(|c| c["state"] == "accepted")
+                        && (acknowledged.len() < labels || learned(app))
+                });
+                if !done {
+                    violations.push(format!(
+                        "{} SEGs acknowledged; cases {:?}; heads {:?}",
+                        acknowledged.len(),
+                        app.cases(),
+                        head_list(app)
+                    ));
+                }
+                match head_list(app) {
+                    Err(e) => violations.push(format!("heads list: {e}")),
+                    Ok(heads) => {
+                        let champions = heads.iter().filter(|h| h["champion"] == true).count();
+                        if champions != 1 {
+                            violations.push(format!("{champions} champion heads: {heads:?}"));
+                        }
+                        let tuned = heads.iter().filter(|h| h["state"] == "accepted").count();
+                        if tuned > 1 {
+                            violations
+                                .push(format!("the one training case was learned {tuned} times"));
                         }
                     }
                 }
-                spool_matches_index(&app.data_dir, violations);
             }
             DurablePath::Completion => {
                 let indexed = index_paths(&app.data_dir).map(|p| p.len()).unwrap_or(0);
@@ -516,6 +625,47 @@ impl Explorer {
             }
         }
     }
+}
+
+/// `heads list --json`, or why it failed.
+fn head_list(app: &Appliance) -> Result<Vec<serde_json::Value>, String> {
+    let out = app.cli(&["heads", "list", "--json"]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Whether a fine-tuned head passed the gate and is the champion.
+fn learned(app: &Appliance) -> bool {
+    head_list(app).is_ok_and(|heads| {
+        heads
+            .iter()
+            .any(|h| h["state"] == "accepted" && h["champion"] == true)
+    })
+}
+
+/// A radiologist's SEG by `storescu -R` (SEG is not in storescu's default proposal); its log.
+fn send_label(app: &Appliance, seg: &Path) -> String {
+    Command::new(STORESCU)
+        .args([
+            "-v",
+            "-R",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            &app.ae_title,
+            "127.0.0.1",
+        ])
+        .arg(app.port.to_string())
+        .arg(seg)
+        .stdout(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default()
 }
 
 fn install_reference_model(app: &Appliance) -> Result<(), String> {

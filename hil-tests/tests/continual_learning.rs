@@ -6,10 +6,10 @@
 //! `appliance learn now` yields to a study that arrives while it runs.
 
 use hil_tests::appliance::{set, Appliance};
+use hil_tests::peers::storescu;
 use hil_tests::site::{
     heads, infer, lesion_ml, radiologist_seg, seg_of, send_label, site_study, truth_ml,
 };
-use hil_tests::peers::storescu;
 use hil_tests::{repo_root, wait_until};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -214,7 +214,11 @@ fn learn_now_shows_progress_yields_to_a_new_study_and_the_gate_refuses_a_poisone
     signal(&learn, "STOP");
     let sent = Instant::now();
     let out = storescu("STORESCU", &app.ae_title, app.port, &[], &c_files);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         wait_until(Duration::from_secs(120), || !app.jobs(&c_study).is_empty()),
         "{}",
