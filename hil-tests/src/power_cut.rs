@@ -328,6 +328,16 @@ impl Explorer {
 
     /// One trial: cut right after sync `cut_after` of the work (`u64::MAX`: only at its end).
     pub fn trial(&mut self, cut_after: u64, seed: u64) -> TrialReport {
+        let options = CutOptions {
+            reorder_dirs: true,
+            tear: true,
+        };
+        self.trial_with(cut_after, seed, options)
+    }
+
+    /// [`Explorer::trial`] with the cut's options: without `reorder_dirs`, no unsynced directory
+    /// operation survives (the cut that finds a missing directory fsync every time).
+    pub fn trial_with(&mut self, cut_after: u64, seed: u64, options: CutOptions) -> TrialReport {
         let started = Instant::now();
         let mut violations = Vec::new();
         self.trials += 1;
@@ -381,10 +391,6 @@ impl Explorer {
         }
         fs.freeze();
         app.kill9();
-        let options = CutOptions {
-            reorder_dirs: true,
-            tear: true,
-        };
         match fs.power_cut(options, seed) {
             Ok(summary) => report.summary = summary,
             Err(e) => {
