@@ -259,6 +259,17 @@ impl Fuse {
         Ok(())
     }
 
+    /// `unlink` (`dir` false) or `rmdir` (`dir` true) of `name` in `parent`.
+    fn remove_entry(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        match self
+            .live()
+            .and_then(|mut s| s.model.remove(parent.0, name, dir).map_err(errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn create_entry(
         &self,
         parent: INodeNo,
@@ -377,23 +388,11 @@ impl Filesystem for Fuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .live()
-            .and_then(|mut s| s.model.remove(parent.0, name, false).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_entry(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .live()
-            .and_then(|mut s| s.model.remove(parent.0, name, true).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_entry(parent, name, true, reply);
     }
 
     fn symlink(
