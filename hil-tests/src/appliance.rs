@@ -235,9 +235,18 @@ impl Appliance {
             .expect("spawn appliance");
         self.child = Some(child);
         let port = self.port;
-        // Done waiting once it listens or once it exited.
-        wait_until(timeout, || self.exited().is_some() || port_open(port));
-        if self.exited().is_none() && port_open(port) {
+        // Done waiting once it listens or once it exited. One probe connection that succeeds,
+        // never a second: each holds one of the peer's association slots until the daemon
+        // sees it close, and a test with a pool of two may need both at once.
+        let mut listening = false;
+        wait_until(timeout, || {
+            if self.exited().is_some() {
+                return true;
+            }
+            listening = port_open(port);
+            listening
+        });
+        if listening {
             Ok(())
         } else {
             Err(format!("appliance did not start; log:\n{}", self.log()))
