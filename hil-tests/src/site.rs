@@ -58,6 +58,11 @@ pub fn infer(app: &Appliance, files: &[PathBuf], study: &str) -> serde_json::Val
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    job_done(app, study)
+}
+
+/// Wait until the first job of `study` is done; that job.
+pub fn job_done(app: &Appliance, study: &str) -> serde_json::Value {
     assert!(
         wait_until(Duration::from_secs(120), || app
             .jobs(study)

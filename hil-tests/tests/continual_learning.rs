@@ -8,9 +8,9 @@
 use hil_tests::appliance::{set, Appliance};
 use hil_tests::peers::storescu;
 use hil_tests::site::{
-    heads, infer, lesion_ml, radiologist_seg, seg_of, send_label, site_study, truth_ml,
+    heads, infer, job_done, lesion_ml, radiologist_seg, seg_of, send_label, site_study, truth_ml,
 };
-use hil_tests::{repo_root, wait_until};
+use hil_tests::{repo_root, signal, wait_until};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -211,7 +211,7 @@ fn learn_now_shows_progress_yields_to_a_new_study_and_the_gate_refuses_a_poisone
     // Hold the fine-tune still while study C arrives and its job is queued: however fast the
     // 60 epochs go on this machine, the fine-tune is then certainly running when inference
     // needs the machine (CI once saw all 60 done before C's quiet period ended).
-    signal(&learn, "STOP");
+    signal(learn.id(), libc::SIGSTOP);
     let sent = Instant::now();
     let out = storescu("STORESCU", &app.ae_title, app.port, &[], &c_files);
     assert!(
@@ -224,17 +224,8 @@ fn learn_now_shows_progress_yields_to_a_new_study_and_the_gate_refuses_a_poisone
         "{}",
         app.log()
     );
-    signal(&learn, "CONT");
-    assert!(
-        wait_until(Duration::from_secs(120), || app
-            .jobs(&c_study)
-            .first()
-            .is_some_and(|j| j["state"] == "done")),
-        "{:?}\n{}",
-        app.jobs(&c_study),
-        app.log()
-    );
-    let c = app.jobs(&c_study)[0].clone();
+    signal(learn.id(), libc::SIGCONT);
+    let c = job_done(&app, &c_study);
     let c_seconds = sent.elapsed().as_secs_f64();
     let status = learn.wait().unwrap();
     let mut stdout = String::new();
@@ -273,16 +264,6 @@ fn learn_now_shows_progress_yields_to_a_new_study_and_the_gate_refuses_a_poisone
     assert_eq!(all[1]["state"], "refused");
     // The study that arrived during the fine-tune ran on the global head.
     assert_eq!(c["result"]["head"], "global");
-}
-
-/// Send `kill -SIGNAL` to a child process.
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name}");
 }
 
 #[test]
