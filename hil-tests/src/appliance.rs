@@ -51,6 +51,8 @@ pub struct Appliance {
     pub port: u16,
     pub http_port: u16,
     pub ae_title: String,
+    /// Whether the configuration serves HTTP (health, metrics): launch then waits for it too.
+    http_enabled: bool,
     child: Option<Child>,
     log_path: PathBuf,
 }
@@ -115,6 +117,11 @@ impl Appliance {
             .and_then(|a| a.as_str())
             .unwrap_or("RADIANT")
             .to_string();
+        let http_enabled = config
+            .get("http")
+            .and_then(|h| h.get("enabled"))
+            .and_then(|e| e.as_bool())
+            .unwrap_or(true);
         let config_path = dir.path().join("appliance.toml");
         std::fs::write(
             &config_path,
@@ -129,6 +136,7 @@ impl Appliance {
             port,
             http_port,
             ae_title,
+            http_enabled,
             child: None,
             log_path,
         }
@@ -235,15 +243,19 @@ impl Appliance {
             .expect("spawn appliance");
         self.child = Some(child);
         let port = self.port;
-        // Done waiting once it listens or once it exited. One probe connection that succeeds,
-        // never a second: each holds one of the peer's association slots until the daemon
-        // sees it close, and a test with a pool of two may need both at once.
+        // Done waiting once it listens or once it exited. One DICOM probe connection that
+        // succeeds, never a second: each holds one of the peer's association slots until the
+        // daemon sees it close, and a test with a pool of two may need both at once. The SCP
+        // binds before the HTTP endpoint starts, so HTTP is waited for after it.
+        let (http_enabled, http_port) = (self.http_enabled, self.http_port);
+        let mut dicom_listening = false;
         let mut listening = false;
         wait_until(timeout, || {
             if self.exited().is_some() {
                 return true;
             }
-            listening = port_open(port);
+            dicom_listening = dicom_listening || port_open(port);
+            listening = dicom_listening && (!http_enabled || port_open(http_port));
             listening
         });
         if listening {
