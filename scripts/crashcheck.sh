@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Power-cut exploration (issue 16): every durable path of the appliance (ingest, study
 # completion with inference and delivery, labelled cases through fine-tune and champion,
-# purge, model install) run on the lazy file system
+# purge, model install, a firmware update rolled back then one committed, the site's part of
+# a federated round) run on the lazy file system
 # (hil-tests/src/lazyfs), cut right after a sync drawn from the path's trace of syncs, restarted
 # on what survived and its invariants checked (hil-tests/src/power_cut.rs).
 #

@@ -109,12 +109,24 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
-    let _ = std::fs::create_dir_all(data_dir.join("globals"));
+/// Why the store cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Folder(#[from] radiant_core::durable::DurableError),
+    #[error("federation.sqlite: {0}")]
+    Database(#[from] rusqlite::Error),
+}
+
+/// Open (or make) the store. `globals/` is made durably: the signed heads the database lists
+/// must survive a power cut with it.
+pub fn open(data_dir: &Path) -> Result<Connection, StoreError> {
+    radiant_core::durable::create_dir_durable(&data_dir.join("globals"))?;
     let conn = Connection::open(data_dir.join("federation.sqlite"))?;
+    // A lock is waited for before anything else (`fleet` and `rounds list` run beside `serve`).
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }

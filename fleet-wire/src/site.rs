@@ -152,21 +152,17 @@ pub fn global_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("federation").join("global")
 }
 
-/// Write `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the folder.
+/// Write `bytes` to `path` durably, its folder made durably first if missing (the first
+/// global head a site installs makes `global/`: a power cut must not take the folder while
+/// the updater's state says the head is installed).
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    let as_io = |e: radiant_core::durable::DurableError| {
+        std::io::Error::new(e.source.kind(), e.to_string())
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        radiant_core::durable::create_dir_durable(dir).map_err(as_io)?;
     }
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::File::create(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    radiant_core::durable::write_durable(path, bytes).map_err(as_io)
 }
 
 /// `[update]` in the appliance configuration: where the updater finds firmware bundles and

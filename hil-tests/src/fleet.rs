@@ -219,11 +219,16 @@ impl Process {
 
     /// SIGKILL, then start again.
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// SIGKILL (the machine it runs on lost power); [`Process::start_again`] restarts it.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.launch();
     }
 
     pub fn start_again(&mut self) {

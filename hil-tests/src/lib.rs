@@ -11,11 +11,13 @@
 //! - [`site`]: a simulated site's studies and radiologist's SEGs (continual learning).
 //! - [`fleet`]: mosquitto with mutual TLS and the fleet ACL, the `federation` server and
 //!   `updater` processes.
+//! - [`federated`]: a federation server's setup and its sites, with their local heads.
 //! - [`pki`]: throw-away CAs and certificates (the `openssl` CLI) for the DICOM TLS tests.
 //! - [`lazyfs`]: a FUSE file system that forgets what was not synced, for power-cut tests.
 //! - [`power_cut`]: the appliance's durable paths cut after each sync, restarted and checked.
 
 pub mod appliance;
+pub mod federated;
 pub mod fixtures;
 pub mod fleet;
 pub mod lazyfs;

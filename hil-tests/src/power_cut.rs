@@ -15,7 +15,9 @@
 //! log. Per path, see [`DurablePath`].
 
 use crate::appliance::{set, set_destination, Appliance};
+use crate::federated::{self, server_setup, ServerSetup, Site, B0, W0};
 use crate::fixtures::{self, CtSeries};
+use crate::fleet::{Broker, FleetPki, Process};
 use crate::lazyfs::model::{CutOptions, CutSummary};
 use crate::lazyfs::LazyFs;
 use crate::peers::{start_storescp, storescu_successes, PeerProcess, STORESCU};
@@ -52,15 +54,37 @@ pub enum DurablePath {
     /// `appliance models install` of the reference package. After the cut: `models verify`
     /// passes (a version is either whole or absent) and installing again succeeds.
     ModelInstall,
+    /// A firmware update on a site running 0.2.0 (committed in slot A, a received study in its
+    /// databases), from signed `file://` repositories: `updater update --now` of 0.3.0, whose
+    /// self-test fails (fetched, staged, installed into slot B, databases snapshotted, switched
+    /// on trial, rolled back with the snapshot restored), then of 0.4.0, whose self-test
+    /// passes (installed again into slot B, committed). After the cut, before anything runs:
+    /// a recorded trial has its whole snapshot. Then the unit's `updater boot` succeeds,
+    /// `current` points at a slot whose every file verifies and which the state names, 0.3.0
+    /// is never committed, the index keeps every instance, and updating again ends with 0.4.0
+    /// committed.
+    Update,
+    /// The site's part of a federated round: the appliance handed over its head fine-tuned
+    /// from global 1 (in the template); `updater run` on the mount fetches global 1, builds
+    /// the noised update for round 1 (its ε accounted), queues, sends it, and installs global
+    /// 2, which the federation server (quorum 1, with its broker on the real disk: only the
+    /// site loses power) aggregated from it. After the cut and a restart of the updater: it
+    /// ends with global 2 installed and nothing queued; the round counted the site once; the
+    /// update the server counted is the one the site's outbox keeps (a site that forgot it
+    /// would build another with fresh noise: its data released twice, once unaccounted); the
+    /// site's ε is spent.
+    FederatedRound,
 }
 
 impl DurablePath {
-    pub const ALL: [DurablePath; 5] = [
+    pub const ALL: [DurablePath; 7] = [
         DurablePath::Ingest,
         DurablePath::Completion,
         DurablePath::Learning,
         DurablePath::Purge,
         DurablePath::ModelInstall,
+        DurablePath::Update,
+        DurablePath::FederatedRound,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +94,8 @@ impl DurablePath {
             DurablePath::Learning => "learning",
             DurablePath::Purge => "purge",
             DurablePath::ModelInstall => "model-install",
+            DurablePath::Update => "update",
+            DurablePath::FederatedRound => "federated-round",
         }
     }
 
@@ -151,6 +177,15 @@ pub struct Explorer {
     studies: Vec<Study>,
     lesion_study: String,
     destination: Option<PeerProcess>,
+    /// Update: the signed repositories of the two releases, in the order they are taken.
+    repositories: Vec<PathBuf>,
+    /// Update: the instances the template's index holds.
+    indexed: usize,
+    /// Update: what each `updater update` of the last trial's work said.
+    pub update_outcomes: Vec<String>,
+    /// FederatedRound: the fleet's certificates, and the last trial's broker, server, site.
+    fleet_pki: Option<FleetPki>,
+    federation: Option<Federation>,
     ignored: Option<Unsynced>,
     /// Syncs the work made in the recording run.
     pub trace: u64,
@@ -178,6 +213,11 @@ impl Explorer {
             studies: Vec::new(),
             lesion_study: String::new(),
             destination: None,
+            repositories: Vec::new(),
+            indexed: 0,
+            update_outcomes: Vec::new(),
+            fleet_pki: None,
+            federation: None,
             ignored,
             trace: 0,
             trace_names: Vec::new(),
@@ -190,6 +230,13 @@ impl Explorer {
                 "{}: the run without a cut already fails: {:?}",
                 path.name(),
                 recording.violations
+            ));
+        }
+        // The update path is only explored if it really rolls back and then commits.
+        if path == DurablePath::Update && explorer.update_outcomes != ["rolled_back", "committed"] {
+            return Err(format!(
+                "update: the run without a cut said {:?}, not a rollback then a commit",
+                explorer.update_outcomes
             ));
         }
         Ok(explorer)
@@ -221,7 +268,10 @@ impl Explorer {
             }
             // A finished study may go at once.
             DurablePath::Purge => set(config, "retention", "grace_seconds", 0i64),
-            DurablePath::Ingest | DurablePath::ModelInstall => {}
+            DurablePath::Ingest
+            | DurablePath::ModelInstall
+            | DurablePath::Update
+            | DurablePath::FederatedRound => {}
         }
     }
 
@@ -232,6 +282,7 @@ impl Explorer {
         let count = match self.path {
             DurablePath::Ingest => STUDIES_PER_INGEST,
             DurablePath::Purge => 2,
+            DurablePath::Update => 1,
             _ => 0,
         };
         for n in 0..count {
@@ -260,6 +311,13 @@ impl Explorer {
                 self.lesion_study = study;
                 let log = send(&app, &files);
                 if storescu_successes(&log).len() != files.len() {
+                    return Err(format!("preparing: not every slice was stored:\n{log}"));
+                }
+            }
+            DurablePath::Update => {
+                let log = send(&app, &self.studies[0].files);
+                self.indexed = storescu_successes(&log).len();
+                if self.indexed != self.studies[0].files.len() {
                     return Err(format!("preparing: not every slice was stored:\n{log}"));
                 }
             }
@@ -308,10 +366,109 @@ impl Explorer {
                     sop_of,
                 });
             }
-            DurablePath::Ingest | DurablePath::ModelInstall => {}
+            DurablePath::Ingest | DurablePath::ModelInstall | DurablePath::FederatedRound => {}
         }
         app.terminate(Duration::from_secs(15))
             .ok_or_else(|| "preparing: the daemon did not stop".to_string())?;
+        if self.path == DurablePath::Update {
+            self.prepare_update(&app)?;
+        }
+        if self.path == DurablePath::FederatedRound {
+            // The head the appliance fine-tuned from global 1 on five cases.
+            let w: Vec<f32> = W0.iter().map(|w| w + 0.125).collect();
+            federated::put_local_head(&data, 1, &w, &B0, 5);
+            self.fleet_pki = Some(FleetPki::new());
+        }
+        Ok(())
+    }
+
+    /// A trial's broker and federation server (on the real disk), and the site on the mount
+    /// with its updater running.
+    fn start_federation(&self, app: &Appliance) -> Result<Federation, String> {
+        let pki = self
+            .fleet_pki
+            .as_ref()
+            .ok_or_else(|| "the fleet's certificates were not prepared".to_string())?;
+        let broker = Broker::start(pki);
+        let server = server_setup(pki, &broker, &[SITE], 1, 120, "fedavg");
+        let mut config = std::fs::read_to_string(&server.config).map_err(|e| e.to_string())?;
+        // Updates one by one, each noised on the device (so its ε is spent).
+        config.push_str("secure_aggregation = false\nnoise_multiplier = 1.0\n");
+        std::fs::write(&server.config, config).map_err(|e| e.to_string())?;
+        let server_process = Process::start(
+            "federation",
+            &["serve", "--config", &server.config.to_string_lossy()],
+            server.dir.path().join("server.log"),
+        );
+        let site_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let site = Site::with_data(pki, &broker, &server, SITE, site_dir, app.data_dir.clone());
+        let updater = site.updater();
+        Ok(Federation {
+            _broker: broker,
+            server,
+            _server_process: server_process,
+            site,
+            updater,
+        })
+    }
+
+    /// The update path's repositories and the site's first install: 0.2.0 published and
+    /// installed (committed in slot A), then 0.3.0 (failing its self-test) published; the
+    /// second repository is the first plus 0.4.0 (passing), as the fleet publishes it later.
+    fn prepare_update(&mut self, app: &Appliance) -> Result<(), String> {
+        let first = self.work.path().join("repositories/first");
+        let second = self.work.path().join("repositories/second");
+        run_ok(
+            Command::new(crate::appliance::binary_named("fleet"))
+                .args(["repo", "init"])
+                .arg(&first),
+        )?;
+        self.publish(&first, "0.2.0", true)?;
+        let config = updater_config(app, &first)?;
+        let installed = updater_json(&config, &["update", "--now", "--running", "0.1.0"])?;
+        if installed["state"] != "committed" || installed["version"] != "0.2.0" {
+            return Err(format!("preparing: the first install said {installed}"));
+        }
+        self.publish(&first, "0.3.0", false)?;
+        copy_tree(&first, &second)?;
+        self.publish(&second, "0.4.0", true)?;
+        self.repositories = vec![first, second];
+        Ok(())
+    }
+
+    /// Make a release's bundle (a stand-in appliance whose self-test passes or fails, and a
+    /// model file in a second folder) and publish it in `repository`.
+    fn publish(&self, repository: &Path, version: &str, passes: bool) -> Result<(), String> {
+        let stage = self.work.path().join(format!("release-{version}"));
+        std::fs::create_dir_all(&stage).map_err(|e| e.to_string())?;
+        let appliance = stage.join("appliance");
+        let model = stage.join("model.onnx");
+        std::fs::write(
+            &appliance,
+            crate::fleet::stand_in_appliance(version, passes, 0.2),
+        )
+        .and_then(|()| {
+            let bytes: Vec<u8> = (0..64 * 1024)
+                .map(|i| (i * 7 + version.len()) as u8)
+                .collect();
+            std::fs::write(&model, bytes)
+        })
+        .map_err(|e| e.to_string())?;
+        let bundle = stage.join(format!("radiant-edge-{version}.tar"));
+        run_ok(
+            Command::new(crate::appliance::binary_named("bundle"))
+                .args(["make", "--version", version, "--min-from", "0.1.0"])
+                .args(["--hardware", std::env::consts::ARCH, "--out"])
+                .arg(&bundle)
+                .arg(format!("--file=bin/appliance={}:755", appliance.display()))
+                .arg(format!("--file=models/model.onnx={}:644", model.display())),
+        )?;
+        run_ok(
+            Command::new(crate::appliance::binary_named("fleet"))
+                .args(["repo", "publish"])
+                .arg(repository)
+                .arg(&bundle),
+        )?;
         Ok(())
     }
 
@@ -341,6 +498,7 @@ impl Explorer {
         let started = Instant::now();
         let mut violations = Vec::new();
         self.trials += 1;
+        self.federation = None;
         let root = self.work.path().join(format!("trial-{}", self.trials));
         let disk = root.join("disk");
         let mnt = root.join("mnt");
@@ -391,6 +549,9 @@ impl Explorer {
         }
         fs.freeze();
         app.kill9();
+        if let Some(federation) = self.federation.as_mut() {
+            federation.updater.kill();
+        }
         match fs.power_cut(options, seed) {
             Ok(summary) => report.summary = summary,
             Err(e) => {
@@ -407,9 +568,21 @@ impl Explorer {
                 return report;
             }
         };
+        if self.path == DurablePath::Update {
+            self.check_update_before_start(&app, &mut violations);
+        }
         match app.try_launch(Duration::from_secs(30)) {
             Err(e) => violations.push(format!("restart: {}", tail(&e, 2000))),
             Ok(()) => {
+                if let Some(federation) = self.federation.as_mut() {
+                    federation.updater.start_again();
+                } else if self.path == DurablePath::FederatedRound {
+                    // The power went before the round's work began: it runs after the restart.
+                    match self.start_federation(&app) {
+                        Ok(federation) => self.federation = Some(federation),
+                        Err(e) => violations.push(format!("starting the federation: {e}")),
+                    }
+                }
                 self.check(&app, &observed, &mut violations);
                 check_databases(&app.data_dir, &mut violations);
                 if app.exited().is_some() {
@@ -433,7 +606,7 @@ impl Explorer {
 
     /// Drive the path's work until it is done or the file system froze; returns what the
     /// peers were told (acknowledged files).
-    fn work(&self, app: &mut Appliance, fs: &LazyFs) -> Vec<PathBuf> {
+    fn work(&mut self, app: &mut Appliance, fs: &LazyFs) -> Vec<PathBuf> {
         let deadline = Instant::now() + Duration::from_secs(120);
         let until = |done: &dyn Fn() -> bool| {
             while Instant::now() < deadline && !fs.frozen() && !done() {
@@ -484,6 +657,38 @@ impl Explorer {
             }
             DurablePath::ModelInstall => {
                 let _ = install_reference_model(app);
+                Vec::new()
+            }
+            DurablePath::FederatedRound => {
+                match self.start_federation(app) {
+                    Ok(federation) => {
+                        let installed = federation.site.global(2);
+                        self.federation = Some(federation);
+                        until(&|| {
+                            installed.is_file() && installed.with_extension("json").is_file()
+                        });
+                    }
+                    Err(e) => {
+                        self.federation = None;
+                        eprintln!("federated round: {e}");
+                    }
+                }
+                Vec::new()
+            }
+            DurablePath::Update => {
+                let mut outcomes = Vec::new();
+                for repository in &self.repositories {
+                    let said = updater_config(app, repository)
+                        .and_then(|config| updater_json(&config, &["update", "--now"]));
+                    outcomes.push(match said {
+                        Ok(json) => json["state"].as_str().unwrap_or("?").to_string(),
+                        Err(e) => e,
+                    });
+                    if fs.frozen() {
+                        break;
+                    }
+                }
+                self.update_outcomes = outcomes;
                 Vec::new()
             }
         };
@@ -614,6 +819,8 @@ impl Explorer {
                     violations.push(format!("{left} instances left after purging again"));
                 }
             }
+            DurablePath::Update => self.check_update(app, violations),
+            DurablePath::FederatedRound => self.check_federated_round(violations),
             DurablePath::ModelInstall => {
                 let out = app.cli(&["models", "verify"]);
                 if !out.status.success() {
@@ -630,6 +837,327 @@ impl Explorer {
                 }
             }
         }
+    }
+}
+
+impl Explorer {
+    /// The update configuration of the site with the last repository (the one a start after
+    /// the cut would use).
+    fn site_update_config(&self, app: &Appliance) -> Result<PathBuf, String> {
+        let repository = self
+            .repositories
+            .last()
+            .ok_or_else(|| "no update repository prepared".to_string())?;
+        updater_config(app, repository)
+    }
+
+    /// Before anything runs after the cut: a trial `state.json` records has its whole snapshot
+    /// of the databases (a rollback puts it back); then the unit's `updater boot` succeeds.
+    fn check_update_before_start(&self, app: &Appliance, violations: &mut Vec<String>) {
+        let state_path = install_root(app).join("state.json");
+        match std::fs::read(&state_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                violations.push("state.json is gone: the committed 0.2.0 is forgotten".into())
+            }
+            Err(e) => violations.push(format!("state.json: {e}")),
+            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Err(e) => violations.push(format!("state.json does not parse: {e}")),
+                Ok(state) => {
+                    if let Some(snapshot) = state["trial"]["snapshot"].as_str() {
+                        self.check_snapshot(Path::new(snapshot), violations);
+                    }
+                }
+            },
+        }
+        match self
+            .site_update_config(app)
+            .and_then(|config| updater_json(&config, &["boot"]))
+        {
+            Ok(boot) if boot.get("boot").is_some() => {}
+            Ok(other) => violations.push(format!("updater boot said {other}")),
+            Err(e) => violations.push(format!("updater boot: {e}")),
+        }
+    }
+
+    /// A trial's snapshot holds each database the site had, whole, the index with every
+    /// instance.
+    fn check_snapshot(&self, snapshot: &Path, violations: &mut Vec<String>) {
+        for name in ["index.sqlite", "results.sqlite"] {
+            if !self.template().join("data").join(name).exists() {
+                continue;
+            }
+            let copy = snapshot.join(name);
+            if !copy.is_file() {
+                violations.push(format!(
+                    "a trial is recorded but its snapshot lacks {name} ({})",
+                    snapshot.display()
+                ));
+            }
+        }
+        let instances = count_rows(&snapshot.join("index.sqlite"), "instances");
+        if instances != Ok(self.indexed as i64) {
+            violations.push(format!(
+                "the trial's snapshot of the index holds {instances:?} instances, {} expected",
+                self.indexed
+            ));
+        }
+    }
+
+    /// After the restart: what runs verifies and is what the state says; the index keeps
+    /// every instance; updating again ends with 0.4.0 committed and running.
+    fn check_update(&self, app: &Appliance, violations: &mut Vec<String>) {
+        let config = match self.site_update_config(app) {
+            Ok(config) => config,
+            Err(e) => return violations.push(e),
+        };
+        check_running_slot(app, &config, "after the cut", violations);
+        let instances = count_rows(&app.data_dir.join("index.sqlite"), "instances");
+        if instances != Ok(self.indexed as i64) {
+            violations.push(format!(
+                "the index holds {instances:?} instances, {} expected",
+                self.indexed
+            ));
+        }
+        // A trial the cut interrupted is finished first (its self-test, then its commit or
+        // rollback), so 0.4.0 may take more than one run.
+        let mut said = Vec::new();
+        for _ in 0..3 {
+            match updater_json(&config, &["update", "--now"]) {
+                Ok(json) => {
+                    let done = (json["state"] == "committed" && json["version"] == "0.4.0")
+                        || (json["state"] == "up_to_date" && json["running"] == "0.4.0");
+                    said.push(json);
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    violations.push(format!("updating again: {e}"));
+                    return;
+                }
+            }
+        }
+        if check_running_slot(app, &config, "updated again", violations).as_deref() != Some("0.4.0")
+        {
+            violations.push(format!(
+                "updating again did not end with 0.4.0 committed: {said:?}"
+            ));
+        }
+    }
+}
+
+impl Explorer {
+    /// After the restart of the site and its updater: global 2 installed and nothing queued;
+    /// round 1 counted the site once, with the update its outbox keeps; ε spent.
+    fn check_federated_round(&self, violations: &mut Vec<String>) {
+        let Some(federation) = &self.federation else {
+            return violations.push("the federation did not start".into());
+        };
+        let site = &federation.site;
+        let mut status = Err(String::new());
+        let settled = crate::wait_until(Duration::from_secs(90), || {
+            status = updater_status(site);
+            status.as_ref().is_ok_and(|s| {
+                s["global_version"] == 2 && s["queued_updates"] == 0 && s["connected"] == true
+            })
+        });
+        if !settled {
+            violations.push(format!(
+                "the site did not end with global 2 and nothing queued: {status:?}; updater: {}",
+                log_summary(&federation.updater.log())
+            ));
+        }
+        if let Err(e) = federated::try_read_head(&site.global(2)) {
+            violations.push(format!("global 2 as handed over: {e}"));
+        }
+        let round = federated::rounds(&federation.server)
+            .into_iter()
+            .find(|r| r["round"] == 1);
+        match round {
+            Some(r) if r["state"] == "aggregated" && r["participants"] == 1 => {}
+            other => violations.push(format!("round 1 on the server: {other:?}")),
+        }
+        let counted = query_text(
+            &federation.server.dir.path().join("data/federation.sqlite"),
+            &format!("SELECT blob FROM updates WHERE round = 1 AND device = '{SITE}'"),
+        );
+        let kept = query_text(
+            &site.data().join("federation/updater.sqlite"),
+            "SELECT blob FROM outbox WHERE round = 1",
+        );
+        if counted.is_err() || counted != kept {
+            violations.push(format!(
+                "the server counted update {counted:?} from the site, whose outbox keeps {kept:?}"
+            ));
+        }
+        let spent = status
+            .as_ref()
+            .ok()
+            .and_then(|s| s["epsilon"].as_f64())
+            .unwrap_or(0.0);
+        if spent <= 0.0 {
+            violations.push(format!(
+                "the site's update went out noised but its ε is {spent}: {status:?}"
+            ));
+        }
+    }
+}
+
+/// The lines of a log that say what went wrong (errors, warnings, a panic's message, the
+/// error a process exited with), at most the last twenty.
+fn log_summary(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR")
+                || l.contains("WARN")
+                || l.contains("panicked")
+                || l.starts_with("Error")
+        })
+        .collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A federated round's peers in one trial.
+struct Federation {
+    _broker: Broker,
+    server: ServerSetup,
+    _server_process: Process,
+    site: Site,
+    updater: Process,
+}
+
+/// The one site of the federated-round path.
+const SITE: &str = "site-a";
+
+/// `updater status --json` of `site`, or why it failed.
+fn updater_status(site: &Site) -> Result<serde_json::Value, String> {
+    let out = Command::new(crate::appliance::binary_named("updater"))
+        .args(["status", "--json", "--config"])
+        .arg(&site.config)
+        .output()
+        .map_err(|e| format!("updater status: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "updater status ({e}): {}",
+            tail(&String::from_utf8_lossy(&out.stderr), 1000)
+        )
+    })
+}
+
+/// The one text value `sql` selects from `db`, read only.
+fn query_text(db: &Path, sql: &str) -> Result<String, String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("{}: {e}", db.display()))?;
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row(sql, [], |r| r.get(0))
+        .map_err(|e| format!("{}: {e}", db.display()))
+}
+
+/// `current` points at a slot whose every file verifies against its bundle.json, and the
+/// state names that version (the trial's, else the committed one); a version that failed its
+/// self-test is never committed. The committed version when there is no trial.
+fn check_running_slot(
+    app: &Appliance,
+    config: &Path,
+    when: &str,
+    violations: &mut Vec<String>,
+) -> Option<String> {
+    let slots = match updater_json(config, &["slots"]) {
+        Ok(slots) => slots,
+        Err(e) => {
+            violations.push(format!("{when}: updater slots: {e}"));
+            return None;
+        }
+    };
+    let manifest = match image::bundle::verify_dir(&install_root(app).join("current")) {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            violations.push(format!("{when}: current does not verify: {e}; {slots}"));
+            return None;
+        }
+    };
+    if slots["committed"][1] == "0.3.0" {
+        violations.push(format!(
+            "{when}: 0.3.0 failed its self-test but is committed"
+        ));
+    }
+    let named = if slots["trial"].is_null() {
+        &slots["committed"][1]
+    } else {
+        &slots["trial"]["version"]
+    };
+    if *named != manifest.version.as_str() {
+        violations.push(format!(
+            "{when}: current runs {} but the state says {slots}",
+            manifest.version
+        ));
+        return None;
+    }
+    slots["trial"].is_null().then(|| manifest.version.clone())
+}
+
+/// The install root of the site whose data directory `app` runs on: next to it, on the same
+/// file system.
+fn install_root(app: &Appliance) -> PathBuf {
+    app.data_dir
+        .parent()
+        .unwrap_or(&app.data_dir)
+        .join("install")
+}
+
+/// The site's `[update]` configuration for `repository` (a signed repository read through
+/// `file://`), written next to the appliance's configuration. The restart it asks for is a
+/// no-op: the checks restart the appliance themselves.
+fn updater_config(app: &Appliance, repository: &Path) -> Result<PathBuf, String> {
+    let name = repository
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config = app.dir.path().join(format!("update-{name}.toml"));
+    let text = format!(
+        "data_dir = {:?}\n[update]\nenabled = true\nrepository = \"file://{}/repository/\"\n\
+         trusted_root = {:?}\ninstall_root = {:?}\nmax_boot_attempts = 3\nself_test = true\n\
+         restart_command = [\"/bin/true\"]\n",
+        app.data_dir,
+        repository.display(),
+        repository.join("repository/metadata/1.root.json"),
+        install_root(app),
+    );
+    std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+    Ok(config)
+}
+
+/// `updater ARGS --config CONFIG`: the JSON it prints (whatever its exit status: a refused or
+/// rolled-back update exits 1 and says why), or its stderr when it printed none.
+fn updater_json(config: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = Command::new(crate::appliance::binary_named("updater"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .map_err(|e| format!("updater: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).map_err(|_| {
+        format!(
+            "updater {args:?} exited {} without JSON: {}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 1000)
+        )
+    })
+}
+
+/// Run `command`; its stdout, or its stderr as the error.
+fn run_ok(command: &mut Command) -> Result<String, String> {
+    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 

@@ -6,182 +6,15 @@
 use fleet_mqtt::{Incoming, Link, LinkConfig};
 use fleet_wire::message::Message;
 use fleet_wire::tensors::{self, Array};
+use hil_tests::federated::{
+    read_head, rounds, server_setup, ServerSetup, Site, B0, FEDERATION, MODEL, W0,
+};
 use hil_tests::fleet::{run, Broker, FleetPki, Process};
 use hil_tests::wait_until;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempfile::TempDir;
-
-const FEDERATION: &str = "fleet-test";
-const MODEL: &str = "head-test";
-
-fn head_blob(w: &[f32], b: &[f32]) -> Vec<u8> {
-    tensors::encode(
-        &[
-            ("b".to_string(), Array::F32(b.to_vec())),
-            ("w".to_string(), Array::F32(w.to_vec())),
-        ],
-        &BTreeMap::new(),
-    )
-    .expect("encode a head")
-}
-
-fn read_head(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (arrays, _) = tensors::decode(&bytes).expect("a head blob");
-    arrays
-        .into_iter()
-        .map(|(name, a)| match a {
-            Array::F32(v) => (name, v),
-            other => panic!("{name}: {other:?}"),
-        })
-        .collect()
-}
-
-const W0: [f32; 6] = [0.5, -0.25, 1.0, 0.0, 2.0, -1.5];
-const B0: [f32; 2] = [0.1, -0.1];
-
-/// The server's folder, keys and configuration.
-struct ServerSetup {
-    dir: TempDir,
-    config: PathBuf,
-    public_key: PathBuf,
-    private_key: PathBuf,
-}
-
-fn server_setup(
-    pki: &FleetPki,
-    broker: &Broker,
-    enrolled: &[&str],
-    quorum: u32,
-    round_seconds: u64,
-    aggregator: &str,
-) -> ServerSetup {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cert = pki.client("federation-server");
-    let private_key = dir.path().join("signing.pem");
-    let public_key = dir.path().join("signing.pub.pem");
-    run(
-        "federation",
-        &[
-            "keygen",
-            "--private",
-            private_key.to_str().unwrap(),
-            "--public",
-            public_key.to_str().unwrap(),
-        ],
-    );
-    std::fs::write(dir.path().join("initial.safetensors"), head_blob(&W0, &B0)).unwrap();
-    let config = dir.path().join("federation.toml");
-    let enrolled: Vec<String> = enrolled.iter().map(|d| format!("{d:?}")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "federation = {FEDERATION:?}\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\n\
-             key_file = {key:?}\nsigning_key_file = \"signing.pem\"\ndata_dir = \"data\"\n\
-             model = {MODEL:?}\ninitial_head = \"initial.safetensors\"\nenrolled = [{enrolled}]\n\
-             quorum = {quorum}\nround_seconds = {round_seconds}\naggregator = {aggregator:?}\n\
-             clip_norm = 100.0\n",
-            broker = broker.url(),
-            ca = pki.ca.cert,
-            cert = cert.cert,
-            key = cert.key,
-            enrolled = enrolled.join(", "),
-        ),
-    )
-    .unwrap();
-    ServerSetup {
-        dir,
-        config,
-        public_key,
-        private_key,
-    }
-}
-
-/// One site: its data folder with an appliance configuration whose `[federation]` table the
-/// updater reads, and its local head fine-tuned from global version 1.
-struct Site {
-    id: String,
-    dir: TempDir,
-    config: PathBuf,
-}
-
-impl Site {
-    fn new(pki: &FleetPki, broker: &Broker, server: &ServerSetup, id: &str) -> Site {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cert = pki.client(id);
-        let mut config = hil_tests::appliance::example_config();
-        config.insert(
-            "data_dir".into(),
-            toml::Value::String(dir.path().join("data").display().to_string()),
-        );
-        let federation: toml::Table = toml::from_str(&format!(
-            "enabled = true\nbroker = {broker:?}\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n\
-             federation = {FEDERATION:?}\ntrusted_key = {trusted:?}\nmodel = {MODEL:?}\n",
-            broker = broker.url(),
-            ca = pki.ca.cert,
-            cert = cert.cert,
-            key = cert.key,
-            trusted = server.public_key,
-        ))
-        .unwrap();
-        config.insert("federation".into(), toml::Value::Table(federation));
-        let path = dir.path().join("appliance.toml");
-        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        Site {
-            id: id.to_string(),
-            dir,
-            config: path,
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// What the appliance hands over after fine-tuning from global `base`.
-    fn put_local_head(&self, base: u64, w: &[f32], b: &[f32], cases: u32) {
-        let dir = fleet_wire::site::outgoing_dir(&self.data());
-        fleet_wire::site::write_durably(&dir.join(format!("{base}.safetensors")), &head_blob(w, b))
-            .unwrap();
-        let meta = fleet_wire::site::Outgoing {
-            model: MODEL.into(),
-            base_version: base,
-            cases,
-        };
-        fleet_wire::site::write_durably(
-            &dir.join(format!("{base}.json")),
-            serde_json::to_string(&meta).unwrap().as_bytes(),
-        )
-        .unwrap();
-    }
-
-    fn global(&self, version: u64) -> PathBuf {
-        fleet_wire::site::global_dir(&self.data()).join(format!("{version}.safetensors"))
-    }
-
-    fn updater(&self) -> Process {
-        Process::start(
-            "updater",
-            &["run", "--config", self.config.to_str().unwrap()],
-            self.dir.path().join("updater.log"),
-        )
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&run(
-            "updater",
-            &[
-                "status",
-                "--config",
-                self.config.to_str().unwrap(),
-                "--json",
-            ],
-        ))
-        .unwrap()
-    }
-}
 
 fn link(
     pki: &FleetPki,
@@ -226,22 +59,6 @@ fn wait_for(
         }
     }
     seen
-}
-
-fn rounds(server: &ServerSetup) -> Vec<serde_json::Value> {
-    run(
-        "federation",
-        &[
-            "rounds",
-            "list",
-            "--config",
-            server.config.to_str().unwrap(),
-            "--json",
-        ],
-    )
-    .lines()
-    .map(|l| serde_json::from_str(l).unwrap())
-    .collect()
 }
 
 /// A broker, a server and sites, started by the test.

@@ -46,16 +46,22 @@ fn ingest_survives_power_cuts() {
     explore(DurablePath::Ingest);
 }
 
-/// The cut right after the first sync of `name` that follows the sync of `marker` in the
-/// recorded trace (syncs count from 1).
-fn after(explorer: &Explorer, marker: &str, name: &str) -> u64 {
-    let names = &explorer.trace_names;
-    let at = names
-        .iter()
-        .position(|n| n == marker)
-        .and_then(|m| names[m..].iter().position(|n| n == name).map(|i| m + i))
-        .unwrap_or_else(|| panic!("no sync of {name} after {marker} in {names:#?}"));
-    at as u64 + 1
+/// The cut right after the sync of the last of `names`, each found in the recorded trace
+/// after the one before it (syncs count from 1).
+fn after(explorer: &Explorer, names: &[&str]) -> u64 {
+    let trace = &explorer.trace_names;
+    let mut at = None;
+    for name in names {
+        let from = at.map_or(0, |i| i + 1);
+        at = trace[from..]
+            .iter()
+            .position(|n| n == name)
+            .map(|i| from + i);
+        if at.is_none() {
+            panic!("no sync of {name} in the sequence {names:?} in {trace:#?}");
+        }
+    }
+    at.map_or(0, |i| i as u64 + 1)
 }
 
 #[test]
@@ -63,7 +69,7 @@ fn study_completion_inference_and_delivery_survive_power_cuts() {
     // Regression: cut right after the job's result commit. The first job's `results/` folder
     // was never synced into the data folder, so the outbox named a result file that was gone.
     explore_with(DurablePath::Completion, |e| {
-        vec![after(e, "data/results/1/", "data/results.sqlite-wal")]
+        vec![after(e, &["data/results/1/", "data/results.sqlite-wal"])]
     });
 }
 
@@ -73,8 +79,7 @@ fn labelled_cases_fine_tune_and_champion_survive_power_cuts() {
     explore_with(DurablePath::Learning, |e| {
         vec![after(
             e,
-            "data/heads/head-ct-ich/0.1.0/",
-            "data/results.sqlite-wal",
+            &["data/heads/head-ct-ich/0.1.0/", "data/results.sqlite-wal"],
         )]
     });
 }
@@ -87,4 +92,33 @@ fn a_purge_survives_power_cuts() {
 #[test]
 fn a_model_install_survives_power_cuts() {
     explore(DurablePath::ModelInstall);
+}
+
+#[test]
+fn a_firmware_update_its_rollback_and_its_commit_survive_power_cuts() {
+    // Also cut right after the trial is recorded (its database snapshot just made) and right
+    // after `current` switched to the new slot.
+    explore_with(DurablePath::Update, |e| {
+        let recorded = ["data/update/snapshots/0.2.0/", "install/"];
+        vec![
+            after(e, &recorded),
+            after(e, &[recorded[0], recorded[1], "install/"]),
+        ]
+    });
+}
+
+#[test]
+fn a_sites_federated_round_survives_power_cuts() {
+    // Also cut right after global 2 is handed over: its folder was made at the first global
+    // head without a sync of its parent, so the head could vanish while the updater's state
+    // said it was installed (and would never fetch it again).
+    explore_with(DurablePath::FederatedRound, |e| {
+        vec![after(
+            e,
+            &[
+                "data/federation/global/2.json.part",
+                "data/federation/global/",
+            ],
+        )]
+    });
 }

@@ -28,6 +28,7 @@
 //! `rauc status mark-good` / clearing `upgrade_available`.
 
 use image::bundle;
+use radiant_core::durable::{create_dir_durable, DurableError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -36,6 +37,8 @@ use thiserror::Error;
 pub enum SlotError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Durable(#[from] DurableError),
     #[error("{0}")]
     Bundle(#[from] bundle::BundleError),
     #[error("state.json: {0}")]
@@ -145,7 +148,7 @@ impl Slots {
     /// operator's commands. An exclusive lock on `<install_root>/lock`, released when the
     /// returned file closes (also by a crash).
     fn lock(&self) -> Result<std::fs::File, SlotError> {
-        std::fs::create_dir_all(&self.root)?;
+        create_dir_durable(&self.root)?;
         let path = self.root.join("lock");
         // Opened for reading when it exists: the boot counter runs as root and the updater as
         // its own user, and a lock needs no write access.
@@ -212,7 +215,7 @@ impl Slots {
     }
 
     fn recover_unlocked(&self) -> Result<(), SlotError> {
-        std::fs::create_dir_all(self.root.join("slots"))?;
+        create_dir_durable(&self.root.join("slots"))?;
         let mut state = self.state()?;
         if let Some(reason) = state.rolling_back.clone() {
             return self.rollback_unlocked(&reason);
@@ -309,7 +312,9 @@ impl Slots {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
-        std::fs::create_dir_all(&dir)?;
+        // Every level durable: the trial recorded next names this folder, and a rollback
+        // after a power cut must find it.
+        create_dir_durable(&dir)?;
         for name in DATABASES {
             let source = self.data_dir.join(name);
             if !source.exists() {

@@ -3,8 +3,20 @@
 //! fetched, the installed global version, the privacy accountant, and the link status that
 //! `updater status` prints.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use radiant_core::durable::{create_dir_durable, DurableError};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use std::path::Path;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why the state cannot be opened.
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("{0}")]
+    Folder(#[from] DurableError),
+    #[error("updater.sqlite: {0}")]
+    Database(#[from] rusqlite::Error),
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (round INTEGER PRIMARY KEY, blob TEXT NOT NULL,
@@ -22,15 +34,42 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
+/// How long opening the state waits for another process's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Open (or make) the state. Its folder is made durably: a power cut after the first update
+/// went out must not take the outbox and the privacy accountant with it.
+pub fn open(data_dir: &Path) -> Result<Connection, StateError> {
     let dir = data_dir.join("federation");
-    let _ = std::fs::create_dir_all(&dir);
+    create_dir_durable(&dir)?;
     let conn = Connection::open(dir.join("updater.sqlite"))?;
+    conn.busy_timeout(LOCK_WAIT)?;
+    // Two processes setting up the database at once (`updater status` while `updater run`
+    // starts, on a new database or one recovering from a power cut) can each hold the read
+    // lock the other must upgrade from; SQLite then answers "locked" at once instead of
+    // waiting. The set-up is tried again until the lock wait is over.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match set_up(&conn) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+            Ok(()) => return Ok(conn),
+        }
+    }
+}
+
+/// WAL, synchronous FULL, and the schema, made in one write transaction taken up front.
+fn set_up(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)?;
-    Ok(conn)
+    conn.execute_batch(&format!("BEGIN IMMEDIATE;{SCHEMA}COMMIT;"))
 }
 
 pub fn get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -81,4 +120,29 @@ pub fn status(conn: &Connection, device: &str) -> rusqlite::Result<Status> {
         queued_bytes,
         epsilon: get(conn, "epsilon")?.and_then(|v| v.parse().ok()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_opening_a_new_state_at_once_all_get_it() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let opened: Vec<_> = (0..4)
+                .map(|i| {
+                    let data = dir.path().to_path_buf();
+                    std::thread::spawn(move || {
+                        let conn = open(&data)?;
+                        set(&conn, &format!("opener-{i}"), "yes")?;
+                        Ok::<_, StateError>(())
+                    })
+                })
+                .collect();
+            for opener in opened {
+                opener.join().unwrap().unwrap();
+            }
+        }
+    }
 }

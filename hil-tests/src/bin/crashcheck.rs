@@ -11,7 +11,8 @@ use hil_tests::power_cut::{DurablePath, Explorer, Unsynced};
 use std::collections::BTreeSet;
 
 const USAGE: &str = "usage: crashcheck [--path NAME|all] [--cuts N] [--seed S] [--cut K]
-  --path   ingest, completion, purge, model-install or all (default all)
+  --path   ingest, completion, learning, purge, model-install, update, federated-round or
+           all (default all)
   --cuts   trials per path (default 125)
   --seed   first seed (default 1); trial i uses seed S+i
   --cut    replay one trial: cut after sync K of the work, with seed S
