@@ -55,6 +55,23 @@ pub struct ServerSetup {
     pub private_key: PathBuf,
 }
 
+/// A server's signing key pair made by `federation keygen` in `dir`: (private, public) PEM.
+pub fn signing_keys(dir: &Path) -> (PathBuf, PathBuf) {
+    let private_key = dir.join("signing.pem");
+    let public_key = dir.join("signing.pub.pem");
+    run(
+        "federation",
+        &[
+            "keygen",
+            "--private",
+            &private_key.to_string_lossy(),
+            "--public",
+            &public_key.to_string_lossy(),
+        ],
+    );
+    (private_key, public_key)
+}
+
 /// A server enrolling `enrolled` with its signing keys made by `federation keygen`, the
 /// initial head [`W0`], [`B0`], and a configuration reaching `broker`.
 pub fn server_setup(
@@ -67,18 +84,7 @@ pub fn server_setup(
 ) -> ServerSetup {
     let dir = tempfile::tempdir().expect("temp dir");
     let cert = pki.client("federation-server");
-    let private_key = dir.path().join("signing.pem");
-    let public_key = dir.path().join("signing.pub.pem");
-    run(
-        "federation",
-        &[
-            "keygen",
-            "--private",
-            private_key.to_str().unwrap(),
-            "--public",
-            public_key.to_str().unwrap(),
-        ],
-    );
+    let (private_key, public_key) = signing_keys(dir.path());
     std::fs::write(dir.path().join("initial.safetensors"), head_blob(&W0, &B0)).unwrap();
     let config = dir.path().join("federation.toml");
     let enrolled: Vec<String> = enrolled.iter().map(|d| format!("{d:?}")).collect();

@@ -956,7 +956,7 @@ impl Explorer {
         let site = &federation.site;
         let mut status = Err(String::new());
         let settled = crate::wait_until(Duration::from_secs(90), || {
-            status = updater_status(site);
+            status = updater_json(&site.config, &["status", "--json"]);
             status.as_ref().is_ok_and(|s| {
                 s["global_version"] == 2 && s["queued_updates"] == 0 && s["connected"] == true
             })
@@ -1029,21 +1029,6 @@ struct Federation {
 
 /// The one site of the federated-round path.
 const SITE: &str = "site-a";
-
-/// `updater status --json` of `site`, or why it failed.
-fn updater_status(site: &Site) -> Result<serde_json::Value, String> {
-    let out = Command::new(crate::appliance::binary_named("updater"))
-        .args(["status", "--json", "--config"])
-        .arg(&site.config)
-        .output()
-        .map_err(|e| format!("updater status: {e}"))?;
-    serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "updater status ({e}): {}",
-            tail(&String::from_utf8_lossy(&out.stderr), 1000)
-        )
-    })
-}
 
 /// The one text value `sql` selects from `db`, read only.
 fn query_text(db: &Path, sql: &str) -> Result<String, String> {

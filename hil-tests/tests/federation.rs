@@ -7,7 +7,7 @@ use fleet_mqtt::{Incoming, Link, LinkConfig};
 use fleet_wire::message::Message;
 use fleet_wire::tensors::{self, Array};
 use hil_tests::federated::{
-    read_head, rounds, server_setup, ServerSetup, Site, B0, FEDERATION, MODEL, W0,
+    read_head, rounds, server_setup, signing_keys, ServerSetup, Site, B0, FEDERATION, MODEL, W0,
 };
 use hil_tests::fleet::{run, Broker, FleetPki, Process};
 use hil_tests::wait_until;
@@ -951,20 +951,7 @@ impl RealHeadServer {
     ) -> RealHeadServer {
         let dir = tempfile::tempdir().unwrap();
         let cert = pki.client("federation-server");
-        let (private, public_key) = (
-            dir.path().join("signing.pem"),
-            dir.path().join("signing.pub.pem"),
-        );
-        run(
-            "federation",
-            &[
-                "keygen",
-                "--private",
-                private.to_str().unwrap(),
-                "--public",
-                public_key.to_str().unwrap(),
-            ],
-        );
+        let (_, public_key) = signing_keys(dir.path());
         let enrolled: Vec<String> = enrolled.iter().map(|d| format!("{d:?}")).collect();
         let config = dir.path().join("federation.toml");
         std::fs::write(

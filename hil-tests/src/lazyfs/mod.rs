@@ -148,28 +148,23 @@ impl LazyFs {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
-        match session.umount_and_join() {
-            Ok(()) => Ok(()),
-            // The kernel ended the connection as the mount went (reading /dev/fuse after an
-            // abort says ECONNABORTED rather than ENODEV): nothing can reach the model any
-            // more, which holds everything, so the unmount is done.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-                let _ = std::process::Command::new("fusermount3")
-                    .args(["-u", "-z", "-q"])
-                    .arg(&self.mountpoint)
-                    .stderr(std::process::Stdio::null())
-                    .status();
-                Ok(())
-            }
-            Err(e) => {
-                // Busy (a process still has a file open): detach it lazily; the kernel fails
-                // that process's later calls.
-                let _ = std::process::Command::new("fusermount3")
-                    .args(["-u", "-z"])
-                    .arg(&self.mountpoint)
-                    .status();
-                Err(e)
-            }
+        let Err(e) = session.umount_and_join() else {
+            return Ok(());
+        };
+        // Busy (a process still has a file open): detach it lazily; the kernel fails that
+        // process's later calls. Quiet: the mount may already be gone.
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "-q"])
+            .arg(&self.mountpoint)
+            .stderr(std::process::Stdio::null())
+            .status();
+        // The kernel ended the connection as the mount went (reading /dev/fuse after an abort
+        // says ECONNABORTED rather than ENODEV): nothing can reach the model any more, which
+        // holds everything, so the unmount is done.
+        if e.raw_os_error() == Some(libc::ECONNABORTED) {
+            Ok(())
+        } else {
+            Err(e)
         }
     }
 }
