@@ -185,7 +185,8 @@ fn the_outbox_delivers_after_the_pacs_returns_even_across_an_appliance_kill() {
     app.launch();
     orthanc.restart_orthanc();
     let delivered = wait_until(Duration::from_secs(60), || {
-        app.outbox().iter().all(|e| e["state"] == "sent")
+        let entries = app.outbox();
+        !entries.is_empty() && entries.iter().all(|e| e["state"] == "sent")
     });
     assert!(delivered, "{:?}\n{}", app.outbox(), app.log());
     let series = orthanc_series(&orthanc);
@@ -247,10 +248,10 @@ fn a_permanent_refusal_stops_delivery_at_once_and_retry_queues_it_again() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        wait_until(Duration::from_secs(30), || app
-            .outbox()
-            .iter()
-            .all(|e| e["state"] == "sent")),
+        wait_until(Duration::from_secs(30), || {
+            let entries = app.outbox();
+            !entries.is_empty() && entries.iter().all(|e| e["state"] == "sent")
+        }),
         "{:?}",
         app.outbox()
     );

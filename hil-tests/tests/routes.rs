@@ -101,11 +101,14 @@ fn each_series_goes_to_the_models_its_routes_name_and_an_unrouted_series_is_coun
     send(&app, &ct);
     send(&app, &axial);
     send(&app, &sagittal);
+    // One read of the job list per poll: two reads raced, an empty list
+    // passing `all` and a job created in between passing `!is_empty`.
     let done = |study: &str| {
-        app.jobs(study)
-            .iter()
-            .all(|j| j["state"] == "done" || j["state"] == "failed")
-            && !app.jobs(study).is_empty()
+        let jobs = app.jobs(study);
+        !jobs.is_empty()
+            && jobs
+                .iter()
+                .all(|j| j["state"] == "done" || j["state"] == "failed")
     };
     assert!(
         wait_until(Duration::from_secs(240), || done(&ct_study)
