@@ -869,6 +869,7 @@ impl Explorer {
                 }
             },
         }
+        self.check_remembered_metadata(app, violations);
         match self
             .site_update_config(app)
             .and_then(|config| updater_json(&config, &["boot"]))
@@ -876,6 +877,27 @@ impl Explorer {
             Ok(boot) if boot.get("boot").is_some() => {}
             Ok(other) => violations.push(format!("updater boot said {other}")),
             Err(e) => violations.push(format!("updater boot: {e}")),
+        }
+    }
+
+    /// The repository's timestamp version the updater's next load reads back as the newest
+    /// it saw is never below what it knew before the trace, nor below the version of a
+    /// repository it took a release from (staged, or in a slot): a power cut must not reopen
+    /// the door to older signed metadata.
+    fn check_remembered_metadata(&self, app: &Appliance, violations: &mut Vec<String>) {
+        let mut floor = remembered_timestamp(&self.template().join("data/update/tuf"));
+        for (release, repository) in ["0.3.0", "0.4.0"].iter().zip(&self.repositories) {
+            if took_release(app, release) {
+                let published = repository.join("repository/metadata/timestamp.json");
+                floor = floor.max(timestamp_version(&published).unwrap_or(0));
+            }
+        }
+        let remembered = remembered_timestamp(&app.data_dir.join("update/tuf"));
+        if remembered < floor {
+            violations.push(format!(
+                "the updater remembers timestamp version {remembered}, but it saw {floor}: \
+                 older signed metadata would be taken"
+            ));
         }
     }
 
@@ -1085,6 +1107,36 @@ fn check_running_slot(
 
 /// The install root of the site whose data directory `app` runs on: next to it, on the same
 /// file system.
+/// `signed.version` of a TUF metadata file, `None` when it is missing or does not parse.
+fn timestamp_version(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    json["signed"]["version"].as_u64()
+}
+
+/// The timestamp version the updater's next load trusts as seen: its durable record
+/// (`seen/`, put back before tough reads), else tough's own file; 0 when neither parses.
+fn remembered_timestamp(tuf: &Path) -> u64 {
+    timestamp_version(&tuf.join("seen/timestamp.json"))
+        .or_else(|| timestamp_version(&tuf.join("timestamp.json")))
+        .unwrap_or(0)
+}
+
+/// Whether the updater took `release` from its repository: it is staged, or a slot holds it.
+fn took_release(app: &Appliance, release: &str) -> bool {
+    let in_slot = |slot: &str| {
+        let manifest = install_root(app)
+            .join("slots")
+            .join(slot)
+            .join("bundle.json");
+        std::fs::read(manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|m| m["version"] == release)
+    };
+    app.data_dir.join("update/staged").join(release).is_dir() || in_slot("a") || in_slot("b")
+}
+
 fn install_root(app: &Appliance) -> PathBuf {
     app.data_dir
         .parent()

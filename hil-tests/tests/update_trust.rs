@@ -379,6 +379,34 @@ fn rolled_back_version_is_refused() {
 }
 
 #[test]
+fn rolled_back_version_is_refused_after_a_power_cut_tore_the_metadata_tough_keeps() {
+    // tough rewrites its datastore in place without fsync; a power cut can leave the files it
+    // reads back empty or torn (what the lazy file system's cuts leave). The device still
+    // remembers the versions it saw.
+    let fleet = Fleet::new();
+    let old = fleet.dir.path().join("old-metadata");
+    copy_dir(&fleet.metadata(), &old);
+    fleet.fleet(&["repo", "refresh"], &[&fleet.repo()]);
+    let (ok, json) = fleet.fetch();
+    assert!(ok, "{json}");
+    std::fs::remove_dir_all(fleet.data().join("update/staged")).unwrap();
+    let tuf = fleet.data().join("update/tuf");
+    let timestamp = std::fs::read(tuf.join("timestamp.json")).unwrap();
+    std::fs::write(
+        tuf.join("timestamp.json"),
+        &timestamp[..timestamp.len() / 2],
+    )
+    .unwrap();
+    std::fs::write(tuf.join("snapshot.json"), b"").unwrap();
+    std::fs::remove_dir_all(fleet.metadata()).unwrap();
+    copy_dir(&old, &fleet.metadata());
+    fleet.refused(
+        "rolled-back version after a power cut",
+        "Found version 2 of timestamp metadata when we had previously fetched version 3",
+    );
+}
+
+#[test]
 fn threshold_not_met_for_a_new_root_is_refused() {
     // A new root version signed by one root key where two must sign (one stolen key).
     let fleet = Fleet::new();

@@ -1,13 +1,15 @@
 //! Firmware bundles through the fleet's trust root: the repository's TUF metadata is verified
 //! (`tough`: signatures and thresholds from the shipped root through every later root, expiry,
-//! versions that never go down, kept in `<data_dir>/update/tuf/`), the newest bundle for this
-//! hardware and running version is chosen from signed metadata alone, downloaded into
+//! versions that never go down, kept in `<data_dir>/update/tuf/` and across power cuts by
+//! `tuf_seen`), the newest bundle for this hardware and running version is chosen from signed
+//! metadata alone, downloaded into
 //! `<data_dir>/update/downloads/` (no byte past its signed length, its signed SHA-256), and
 //! unpacked there with every file checked against its `bundle.json`; only then is it moved to
 //! `<data_dir>/update/staged/<version>/`. Nothing outside the download folder is written before
 //! all of that holds, and every refusal is typed and says why.
 
 use crate::transport::RepositoryTransport;
+use crate::tuf_seen;
 use image::bundle::{self, BundleError};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -18,6 +20,9 @@ use tough::{ExpirationEnforcement, Limits, RepositoryLoader, TargetName};
 pub enum FetchError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The durable record of the metadata seen before could not be read or written.
+    #[error("the metadata seen before: {0}")]
+    Seen(#[from] tuf_seen::SeenError),
     #[error("configuration: {0}")]
     Config(String),
     /// The repository's metadata did not verify (signatures, thresholds, expiry, versions).
@@ -131,17 +136,21 @@ pub(crate) async fn load(
         ))
     })?;
     let tuf = update_dir(data_dir).join("tuf");
-    std::fs::create_dir_all(&tuf)?;
+    radiant_core::durable::create_dir_durable(&tuf).map_err(tuf_seen::SeenError::from)?;
     let transport = RepositoryTransport::new(config.ca_file.as_deref())
         .map_err(|e| FetchError::Config(e.to_string()))?;
-    RepositoryLoader::new(&root, metadata_url, targets_url)
+    tuf_seen::restore(&tuf)?;
+    let loaded = RepositoryLoader::new(&root, metadata_url, targets_url)
         .transport(transport)
         .datastore(&tuf)
         .limits(limits())
         .expiration_enforcement(ExpirationEnforcement::Safe)
         .load()
-        .await
-        .map_err(|e| FetchError::Metadata(e.to_string()))
+        .await;
+    // Recorded before anything acts on the metadata, and after a refusal too: tough may have
+    // taken a newer timestamp before it refused the snapshot.
+    tuf_seen::record(&tuf)?;
+    loaded.map_err(|e| FetchError::Metadata(e.to_string()))
 }
 
 /// The key the repository's targets role delegates the `federation` role to: the one key

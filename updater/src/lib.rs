@@ -8,7 +8,8 @@
 //! status), `device` (the loop), `secure` (this device's side of secure aggregation), `update`
 //! (turning a local head into the round's update blob: delta, clipping, noise), `firmware`
 //! (firmware bundles verified through the fleet's TUF trust root, downloaded and checked file
-//! by file, then staged), `transport` (the repository over HTTPS or from a mounted folder),
+//! by file, then staged), `transport` (the repository over HTTPS or from a mounted folder), `tuf_seen` (a durable copy of
+//! the metadata tough reads back to refuse rollbacks),
 //! `model_updates` (model packages through the same trust root, installed inactive by the
 //! appliance), `slots` (A/B install of a staged bundle on trial, the boot counter, commit and rollback
 //! with the databases' snapshot), `schedule` (the maintenance window and the appliance's
@@ -32,4 +33,5 @@ pub mod secure;
 pub mod slots;
 pub mod state;
 pub mod transport;
+pub mod tuf_seen;
 pub mod update;
