@@ -360,9 +360,10 @@ fn freeze_attack_with_stale_metadata_is_refused_once_it_expires() {
     fleet.refused("freeze attack", "expired");
 }
 
-#[test]
-fn rolled_back_version_is_refused() {
-    // The device saw newer metadata; the mirror goes back to an older, validly signed set.
+/// The device takes refreshed metadata (timestamp version 3); `between` runs on its data
+/// folder; then the mirror goes back to the older, validly signed set (version 2), which must
+/// be refused.
+fn a_rolled_back_mirror_is_refused(what: &str, between: impl FnOnce(&Path)) {
     let fleet = Fleet::new();
     let old = fleet.dir.path().join("old-metadata");
     copy_dir(&fleet.metadata(), &old);
@@ -370,12 +371,18 @@ fn rolled_back_version_is_refused() {
     let (ok, json) = fleet.fetch();
     assert!(ok, "{json}");
     std::fs::remove_dir_all(fleet.data().join("update/staged")).unwrap();
+    between(&fleet.data());
     std::fs::remove_dir_all(fleet.metadata()).unwrap();
     copy_dir(&old, &fleet.metadata());
     fleet.refused(
-        "rolled-back version",
+        what,
         "Found version 2 of timestamp metadata when we had previously fetched version 3",
     );
+}
+
+#[test]
+fn rolled_back_version_is_refused() {
+    a_rolled_back_mirror_is_refused("rolled-back version", |_| {});
 }
 
 #[test]
@@ -383,27 +390,16 @@ fn rolled_back_version_is_refused_after_a_power_cut_tore_the_metadata_tough_keep
     // tough rewrites its datastore in place without fsync; a power cut can leave the files it
     // reads back empty or torn (what the lazy file system's cuts leave). The device still
     // remembers the versions it saw.
-    let fleet = Fleet::new();
-    let old = fleet.dir.path().join("old-metadata");
-    copy_dir(&fleet.metadata(), &old);
-    fleet.fleet(&["repo", "refresh"], &[&fleet.repo()]);
-    let (ok, json) = fleet.fetch();
-    assert!(ok, "{json}");
-    std::fs::remove_dir_all(fleet.data().join("update/staged")).unwrap();
-    let tuf = fleet.data().join("update/tuf");
-    let timestamp = std::fs::read(tuf.join("timestamp.json")).unwrap();
-    std::fs::write(
-        tuf.join("timestamp.json"),
-        &timestamp[..timestamp.len() / 2],
-    )
-    .unwrap();
-    std::fs::write(tuf.join("snapshot.json"), b"").unwrap();
-    std::fs::remove_dir_all(fleet.metadata()).unwrap();
-    copy_dir(&old, &fleet.metadata());
-    fleet.refused(
-        "rolled-back version after a power cut",
-        "Found version 2 of timestamp metadata when we had previously fetched version 3",
-    );
+    a_rolled_back_mirror_is_refused("rolled-back version after a power cut", |data| {
+        let tuf = data.join("update/tuf");
+        let timestamp = std::fs::read(tuf.join("timestamp.json")).unwrap();
+        std::fs::write(
+            tuf.join("timestamp.json"),
+            &timestamp[..timestamp.len() / 2],
+        )
+        .unwrap();
+        std::fs::write(tuf.join("snapshot.json"), b"").unwrap();
+    });
 }
 
 #[test]

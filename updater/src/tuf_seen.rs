@@ -92,63 +92,59 @@ pub fn record(datastore: &Path) -> Result<(), SeenError> {
 mod tests {
     use super::*;
 
-    fn write(path: &Path, text: &str) {
-        std::fs::write(path, text).unwrap();
+    const V2: &str = r#"{"signed":{"version":2}}"#;
+    const V3: &str = r#"{"signed":{"version":3}}"#;
+    const V4: &str = r#"{"signed":{"version":4}}"#;
+
+    fn write(store: &Path, name: &str, text: &str) {
+        std::fs::write(store.join(name), text).unwrap();
+    }
+
+    /// What `tough` reads in `store` after [`restore`]; `None` when the file is absent.
+    fn read_back(store: &Path, name: &str) -> Option<String> {
+        restore(store).unwrap();
+        std::fs::read_to_string(store.join(name)).ok()
+    }
+
+    /// A store whose load left timestamp 3 and snapshot 2, recorded.
+    fn recorded_store() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "timestamp.json", V3);
+        write(dir.path(), "snapshot.json", V2);
+        record(dir.path()).unwrap();
+        dir
     }
 
     #[test]
     fn a_torn_datastore_file_is_put_back_as_it_was_recorded() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = recorded_store();
         let store = dir.path();
-        write(&store.join("timestamp.json"), r#"{"signed":{"version":3}}"#);
-        write(&store.join("snapshot.json"), r#"{"signed":{"version":2}}"#);
-        record(store).unwrap();
         // What a power cut leaves of files written in place and never synced.
-        write(&store.join("timestamp.json"), r#"{"signed":{"ver"#);
+        write(store, "timestamp.json", r#"{"signed":{"ver"#);
         std::fs::remove_file(store.join("snapshot.json")).unwrap();
-        restore(store).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(store.join("timestamp.json")).unwrap(),
-            r#"{"signed":{"version":3}}"#
-        );
-        assert_eq!(
-            std::fs::read_to_string(store.join("snapshot.json")).unwrap(),
-            r#"{"signed":{"version":2}}"#
-        );
-        assert!(!store.join("latest_known_time.json").exists());
+        assert_eq!(read_back(store, "timestamp.json").as_deref(), Some(V3));
+        assert_eq!(read_back(store, "snapshot.json").as_deref(), Some(V2));
+        assert_eq!(read_back(store, "latest_known_time.json"), None);
     }
 
     #[test]
     fn a_later_load_replaces_the_record_and_a_removal_is_recorded() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = recorded_store();
         let store = dir.path();
-        write(&store.join("timestamp.json"), r#"{"signed":{"version":3}}"#);
-        write(&store.join("snapshot.json"), r#"{"signed":{"version":2}}"#);
-        record(store).unwrap();
-        write(&store.join("timestamp.json"), r#"{"signed":{"version":4}}"#);
+        write(store, "timestamp.json", V4);
         std::fs::remove_file(store.join("snapshot.json")).unwrap();
         record(store).unwrap();
-        write(&store.join("timestamp.json"), "");
-        restore(store).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(store.join("timestamp.json")).unwrap(),
-            r#"{"signed":{"version":4}}"#
-        );
-        assert!(!store.join("snapshot.json").exists());
+        write(store, "timestamp.json", "");
+        assert_eq!(read_back(store, "timestamp.json").as_deref(), Some(V4));
+        assert_eq!(read_back(store, "snapshot.json"), None);
     }
 
     #[test]
     fn a_file_that_does_not_parse_keeps_the_record() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = recorded_store();
         let store = dir.path();
-        write(&store.join("timestamp.json"), r#"{"signed":{"version":3}}"#);
+        write(store, "timestamp.json", r#"{"sig"#);
         record(store).unwrap();
-        write(&store.join("timestamp.json"), r#"{"sig"#);
-        record(store).unwrap();
-        restore(store).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(store.join("timestamp.json")).unwrap(),
-            r#"{"signed":{"version":3}}"#
-        );
+        assert_eq!(read_back(store, "timestamp.json").as_deref(), Some(V3));
     }
 }
