@@ -122,13 +122,11 @@ pub enum StoreError {
 /// must survive a power cut with it.
 pub fn open(data_dir: &Path) -> Result<Connection, StoreError> {
     radiant_core::durable::create_dir_durable(&data_dir.join("globals"))?;
-    let conn = Connection::open(data_dir.join("federation.sqlite"))?;
-    // A lock is waited for before anything else (`fleet` and `rounds list` run beside `serve`).
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(SCHEMA)?;
-    Ok(conn)
+    // `fleet` and `rounds list` may open it while `serve` sets it up (`radiant_core::sqlite`).
+    Ok(radiant_core::sqlite::open_durable(
+        &data_dir.join("federation.sqlite"),
+        SCHEMA,
+    )?)
 }
 
 /// Where global version `version`'s blob is kept.

@@ -8,7 +8,7 @@
 use hil_tests::appliance::Appliance;
 use hil_tests::fixtures::lesion_series;
 use hil_tests::peers::{python_peer, storescu};
-use hil_tests::site::send_label;
+use hil_tests::site::{job_done, send_label};
 use hil_tests::wait_until;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -27,16 +27,7 @@ fn answered() -> (Appliance, String, PathBuf, serde_json::Value) {
     let (files, study) = lesion_series();
     let out = storescu("STORESCU", &app.ae_title, app.port, &[], &files);
     assert!(out.status.success());
-    assert!(
-        wait_until(Duration::from_secs(90), || app
-            .jobs(&study)
-            .first()
-            .is_some_and(|j| j["state"] == "done")),
-        "{:?}\n{}",
-        app.jobs(&study),
-        app.log()
-    );
-    let job = app.jobs(&study)[0].clone();
+    let job = job_done(&app, &study);
     let seg = app
         .data_dir
         .join(job["result"]["objects"][0]["path"].as_str().unwrap());

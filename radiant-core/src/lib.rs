@@ -15,6 +15,8 @@
 //! - [`uid`]: a DICOM UID that prints only a hashed tag, so logs and errors never carry it in
 //!   clear.
 //! - [`rng`]: SplitMix64, the seeded stream every deterministic choice uses.
+//! - [`sqlite`]: the one way a durable SQLite database is opened beside other processes (lock
+//!   wait first, WAL, synchronous FULL, the schema in one write transaction, retried on busy).
 
 pub mod cancel;
 pub mod code;
@@ -22,6 +24,7 @@ pub mod digest;
 pub mod durable;
 pub mod panic;
 pub mod rng;
+pub mod sqlite;
 pub mod uid;
 pub mod volume;
 

@@ -4,9 +4,9 @@
 //! `updater status` prints.
 
 use radiant_core::durable::{create_dir_durable, DurableError};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use radiant_core::sqlite::open_durable;
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
-use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Why the state cannot be opened.
@@ -34,42 +34,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// How long opening the state waits for another process's lock.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-
 /// Open (or make) the state. Its folder is made durably: a power cut after the first update
-/// went out must not take the outbox and the privacy accountant with it.
+/// went out must not take the outbox and the privacy accountant with it. `updater status` may
+/// open it while `updater run` sets it up (`radiant_core::sqlite`).
 pub fn open(data_dir: &Path) -> Result<Connection, StateError> {
     let dir = data_dir.join("federation");
     create_dir_durable(&dir)?;
-    let conn = Connection::open(dir.join("updater.sqlite"))?;
-    conn.busy_timeout(LOCK_WAIT)?;
-    // Two processes setting up the database at once (`updater status` while `updater run`
-    // starts, on a new database or one recovering from a power cut) can each hold the read
-    // lock the other must upgrade from; SQLite then answers "locked" at once instead of
-    // waiting. The set-up is tried again until the lock wait is over.
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match set_up(&conn) {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
-            {
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => return Err(e.into()),
-            Ok(()) => return Ok(conn),
-        }
-    }
-}
-
-/// WAL, synchronous FULL, and the schema, made in one write transaction taken up front.
-fn set_up(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE;{SCHEMA}COMMIT;"))
+    Ok(open_durable(&dir.join("updater.sqlite"), SCHEMA)?)
 }
 
 pub fn get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
