@@ -13,7 +13,6 @@
 
 use crate::audit::{self, AuditLog};
 use crate::config::Config;
-use crate::file_lock::FileLock;
 use crate::http::HttpEndpoint;
 use crate::metrics::{ApplianceMetrics, Exposition};
 use crate::readiness::Readiness;
@@ -23,6 +22,7 @@ use pacs_bridge::metrics::Metrics;
 use pacs_bridge::scp::Server;
 use pacs_bridge::store::studies::{Assembler, StudyCompleted};
 use pacs_bridge::store::Spool;
+use radiant_core::file_lock::FileLock;
 use radiant_core::{log_tag, Cancel, Doorbell};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;

@@ -38,7 +38,6 @@
 
 use crate::config::Config;
 use crate::db::{self, now_ms, CaseKind, CaseState, LearnOutcome, Split};
-use crate::file_lock::FileLock;
 use crate::heads::{self, CaseRef};
 use crate::jobs::inference_busy;
 use crate::loaded::Loaded;
@@ -56,6 +55,7 @@ use models::preprocess;
 use pacs_bridge::store::index;
 use pacs_bridge::volume::{self, Limits};
 use radiant_core::durable::{create_dir_durable, fsync_dir, write_synced};
+use radiant_core::file_lock::FileLock;
 use radiant_core::Cancel;
 use rusqlite::{named_params, params, Connection, OptionalExtension};
 use serde::Serialize;

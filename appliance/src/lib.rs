@@ -15,8 +15,6 @@
 //! - [`export`]: a result as SEG and SR files, geometry-checked and fsync'd.
 //! - [`federated`]: the learner's side of the federation hand-over folder: its champion out,
 //!   verified global heads in through the gate.
-//! - [`file_lock`]: exclusive advisory locks in the data folder (one daemon, one learning
-//!   run).
 //! - [`heads`]: head versions with their lineage, and the champion inference uses.
 //! - [`loaded`]: a model loaded for inference, of either package contract.
 //! - [`learn`]: on-site fine-tuning of the head: features of labelled cases, when a run is
@@ -46,7 +44,6 @@ pub mod db;
 pub mod doctor;
 pub mod export;
 pub mod federated;
-pub mod file_lock;
 pub mod heads;
 pub mod http;
 pub mod jobs;

@@ -415,7 +415,7 @@ impl Retention {
         let picked = plan(&studies, usage, now_ms, &self.policy, mode);
         // The learner reads the spool only under its lock; a study a case refers to goes only
         // while this round holds that lock (taken once, when first needed).
-        let mut learn_lock: Option<Option<crate::file_lock::FileLock>> = None;
+        let mut learn_lock: Option<Option<radiant_core::file_lock::FileLock>> = None;
         for (i, reason) in picked {
             let f = &studies[i];
             let line = PurgeLine {
@@ -434,9 +434,10 @@ impl Retention {
                 let lock = match &learn_lock {
                     Some(lock) => lock.is_some(),
                     None => {
-                        let taken =
-                            crate::file_lock::FileLock::try_take(&self.data_dir.join("learn.lock"))
-                                .map_err(|e| RetentionError::Lock(format!("{e:#}")))?;
+                        let taken = radiant_core::file_lock::FileLock::try_take(
+                            &self.data_dir.join("learn.lock"),
+                        )
+                        .map_err(|e| RetentionError::Lock(format!("{e:#}")))?;
                         let held = taken.is_some();
                         learn_lock = Some(taken);
                         held

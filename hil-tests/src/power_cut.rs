@@ -1105,8 +1105,6 @@ fn check_running_slot(
     slots["trial"].is_null().then(|| manifest.version.clone())
 }
 
-/// The install root of the site whose data directory `app` runs on: next to it, on the same
-/// file system.
 /// `signed.version` of a TUF metadata file, `None` when it is missing or does not parse.
 fn timestamp_version(path: &Path) -> Option<u64> {
     let bytes = std::fs::read(path).ok()?;
@@ -1137,6 +1135,8 @@ fn took_release(app: &Appliance, release: &str) -> bool {
     app.data_dir.join("update/staged").join(release).is_dir() || in_slot("a") || in_slot("b")
 }
 
+/// The install root of the site whose data directory `app` runs on: next to it, on the same
+/// file system.
 fn install_root(app: &Appliance) -> PathBuf {
     app.data_dir
         .parent()

@@ -11,6 +11,7 @@
 //! - [`digest`]: SHA-256 of a stream, as hex.
 //! - [`durable`]: write-temp, fdatasync, rename, fsync the directory: the one way a file
 //!   becomes durable.
+//! - [`file_lock`]: exclusive advisory locks (`flock`), taken at once or waited for.
 //! - [`panic`]: the message of a caught panic.
 //! - [`uid`]: a DICOM UID that prints only a hashed tag, so logs and errors never carry it in
 //!   clear.
@@ -22,6 +23,7 @@ pub mod cancel;
 pub mod code;
 pub mod digest;
 pub mod durable;
+pub mod file_lock;
 pub mod panic;
 pub mod rng;
 pub mod sqlite;

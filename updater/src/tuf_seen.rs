@@ -4,9 +4,12 @@
 //! datastore without fsync: a power cut can leave them empty or torn, `tough` then reads them
 //! as never seen, and metadata older than what the device acted on would be taken. This module
 //! keeps a durable copy of those files in `<datastore>/seen/`, recorded (fsync'd, renamed)
-//! after every load and put back into the datastore before the next one.
+//! after every load and put back into the datastore before the next one. A load holds
+//! [`lock`] from the restore to the record, so updater processes side by side (`run` taking a
+//! release while an admin runs `update --now`) never write the datastore at once.
 
 use radiant_core::durable::{create_dir_durable, fsync_dir, write_synced, DurableError};
+use radiant_core::file_lock::{FileLock, LockError};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -18,6 +21,8 @@ const READ_BACK: [&str; 3] = ["timestamp.json", "snapshot.json", "latest_known_t
 pub enum SeenError {
     #[error(transparent)]
     Durable(#[from] DurableError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot {step} {path}: {source}")]
     Io {
         step: &'static str,
@@ -37,6 +42,12 @@ fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 fn seen_dir(datastore: &Path) -> PathBuf {
     datastore.join("seen")
+}
+
+/// Hold the datastore for one load (restore, tough's load, record), waiting for another
+/// updater process that holds it. The datastore folder must exist.
+pub fn lock(datastore: &Path) -> Result<FileLock, SeenError> {
+    Ok(FileLock::take(&datastore.join("seen.lock"))?)
 }
 
 /// A file's bytes, or `None` when it does not exist.

@@ -324,7 +324,7 @@ fn change<T>(
             .map_err(|e| write_error(&dir, e.to_string()))?;
     }
     let lock_path = dir.join("users.lock");
-    let _lock = match crate::file_lock::FileLock::try_take(&lock_path) {
+    let _lock = match radiant_core::file_lock::FileLock::try_take(&lock_path) {
         Ok(Some(lock)) => lock,
         Ok(None) => return Err(UsersError::Locked { path: lock_path }),
         Err(e) => return Err(write_error(&lock_path, format!("{e:#}"))),
