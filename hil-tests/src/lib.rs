@@ -27,7 +27,9 @@ pub mod power_cut;
 pub mod raw;
 pub mod site;
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use test_support::repo_root;
@@ -46,12 +48,25 @@ pub fn ort_library() -> std::path::PathBuf {
     std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// A TCP port that was free a moment ago on loopback.
+/// A TCP port that was free a moment ago on loopback, and never handed out before in this test
+/// process: the kernel may give a released port to the next `bind(0)`, and two tests running
+/// side by side would then start peers on one port, the second one's readiness probe reaching
+/// the first one's listener (CI saw storescp refuse a connection its probe had just made).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on loopback")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port on loopback");
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// Poll `check` until it returns true or `timeout` passes.
