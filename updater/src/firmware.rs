@@ -4,8 +4,9 @@
 //! `tuf_seen`), the newest bundle for this hardware and running version is chosen from signed
 //! metadata alone, downloaded into `<data_dir>/update/downloads/` (no byte past its signed
 //! length, its signed SHA-256), and unpacked there with every file checked against its
-//! `bundle.json`; only then is it moved to `<data_dir>/update/staged/<version>/`. Nothing outside the download folder is written before
-//! all of that holds, and every refusal is typed and says why.
+//! `bundle.json`; only then is it moved to `<data_dir>/update/staged/<version>/`. Nothing
+//! outside the download folder is written before all of that holds, and every refusal is typed
+//! and says why.
 
 use crate::transport::RepositoryTransport;
 use crate::tuf_seen;
@@ -135,11 +136,9 @@ pub(crate) async fn load(
         ))
     })?;
     let tuf = update_dir(data_dir).join("tuf");
-    radiant_core::durable::create_dir_durable(&tuf).map_err(tuf_seen::SeenError::from)?;
     let transport = RepositoryTransport::new(config.ca_file.as_deref())
         .map_err(|e| FetchError::Config(e.to_string()))?;
-    let _held = tuf_seen::lock(&tuf)?;
-    tuf_seen::restore(&tuf)?;
+    let _held = tuf_seen::hold(&tuf)?;
     let loaded = RepositoryLoader::new(&root, metadata_url, targets_url)
         .transport(transport)
         .datastore(&tuf)

@@ -4,8 +4,8 @@
 //! datastore without fsync: a power cut can leave them empty or torn, `tough` then reads them
 //! as never seen, and metadata older than what the device acted on would be taken. This module
 //! keeps a durable copy of those files in `<datastore>/seen/`, recorded (fsync'd, renamed)
-//! after every load and put back into the datastore before the next one. A load holds
-//! [`lock`] from the restore to the record, so updater processes side by side (`run` taking a
+//! after every load and put back into the datastore before the next one. A load keeps what
+//! [`hold`] returns from the restore to the record, so updater processes side by side (`run` taking a
 //! release while an admin runs `update --now`) never write the datastore at once.
 
 use radiant_core::durable::{create_dir_durable, fsync_dir, write_synced, DurableError};
@@ -44,10 +44,14 @@ fn seen_dir(datastore: &Path) -> PathBuf {
     datastore.join("seen")
 }
 
-/// Hold the datastore for one load (restore, tough's load, record), waiting for another
-/// updater process that holds it. The datastore folder must exist.
-pub fn lock(datastore: &Path) -> Result<FileLock, SeenError> {
-    Ok(FileLock::take(&datastore.join("seen.lock"))?)
+/// Hold the datastore for one load, waiting for another updater process that holds it: the
+/// folder made durably, the lock taken, the recorded copies put back. Keep what it returns
+/// until [`record`] has run after `tough`'s load.
+pub fn hold(datastore: &Path) -> Result<FileLock, SeenError> {
+    create_dir_durable(datastore)?;
+    let held = FileLock::take(&datastore.join("seen.lock"))?;
+    restore(datastore)?;
+    Ok(held)
 }
 
 /// A file's bytes, or `None` when it does not exist.
@@ -61,7 +65,7 @@ fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, SeenError> {
 
 /// Put the recorded copies back into the datastore before `tough` reads it. A copy that was
 /// never recorded leaves the datastore's file as it is (a device that never loaded).
-pub fn restore(datastore: &Path) -> Result<(), SeenError> {
+fn restore(datastore: &Path) -> Result<(), SeenError> {
     let seen = seen_dir(datastore);
     for name in READ_BACK {
         if let Some(bytes) = read_if_present(&seen.join(name))? {
@@ -111,9 +115,9 @@ mod tests {
         std::fs::write(store.join(name), text).unwrap();
     }
 
-    /// What `tough` reads in `store` after [`restore`]; `None` when the file is absent.
+    /// What `tough` reads in `store` once a load holds it; `None` when the file is absent.
     fn read_back(store: &Path, name: &str) -> Option<String> {
-        restore(store).unwrap();
+        drop(hold(store).unwrap());
         std::fs::read_to_string(store.join(name)).ok()
     }
 
